@@ -1,1 +1,44 @@
-fn main() {}
+//! `skiff`: one binary for the whole distribution (like k3s). Thin: parse flags, set up logging,
+//! call the libraries, map errors once.
+
+mod server;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Skiff: a Kubernetes distribution in one binary"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `skiff_cri=debug,info`.
+    #[arg(long, global = true, env = "SKIFF_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a single-node cluster: API server on the embedded store, scheduler, and the node
+    /// (kubelet + CRI server + CNI).
+    Server(server::ServerArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Several TLS users (API server, kube client, registry client) share one crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Server(args) => rt.block_on(server::run(args)),
+    }
+}

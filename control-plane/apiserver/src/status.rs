@@ -1,0 +1,169 @@
+//! Kubernetes `Status` objects: every error the API returns is one, with the HTTP code and reason
+//! clients switch on.
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct StatusError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl StatusError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+        let what = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        Self {
+            details: Some(json!({"name": name, "group": group, "kind": plural})),
+            ..Self::new(404, "NotFound", format!("{what} \"{name}\" not found"))
+        }
+    }
+
+    pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
+        let what = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        Self {
+            details: Some(json!({"name": name, "group": group, "kind": plural})),
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{what} \"{name}\" already exists"),
+            )
+        }
+    }
+
+    pub fn conflict(plural: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {plural} \"{name}\": {why}"),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    /// 422 Invalid with one cause per field error, as `kubectl` prints them.
+    pub fn invalid(kind: &str, name: &str, errors: &[FieldError]) -> Self {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let message = if list.len() == 1 {
+            format!("{kind} \"{name}\" is invalid: {}", list[0])
+        } else {
+            format!("{kind} \"{name}\" is invalid: [{}]", list.join(", "))
+        };
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.detail_message(), "field": e.field}))
+            .collect();
+        Self {
+            details: Some(json!({"name": name, "kind": kind, "causes": causes})),
+            ..Self::new(422, "Invalid", message)
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            v["details"] = d.clone();
+        }
+        v
+    }
+}
+
+/// One field error of a validation (`field.Error` upstream).
+#[derive(Debug, Clone)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: &'static str,
+    pub value: Option<String>,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            value: None,
+            detail: detail.into(),
+        }
+    }
+    pub fn invalid(field: impl Into<String>, value: &str, detail: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            value: Some(value.to_string()),
+            detail: detail.into(),
+        }
+    }
+    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueDuplicate",
+            value: Some(value.to_string()),
+            detail: String::new(),
+        }
+    }
+    fn type_text(&self) -> &'static str {
+        match self.reason {
+            "FieldValueRequired" => "Required value",
+            "FieldValueDuplicate" => "Duplicate value",
+            _ => "Invalid value",
+        }
+    }
+    fn detail_message(&self) -> String {
+        let mut s = self.type_text().to_string();
+        if let Some(v) = &self.value {
+            s.push_str(&format!(": \"{v}\""));
+        }
+        if !self.detail.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.detail);
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.detail_message())
+    }
+}
