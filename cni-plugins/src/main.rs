@@ -1,1 +1,52 @@
-fn main() {}
+use std::io::Read;
+
+use anyhow::Context;
+use skiff_cni::{install, parse_argv, plugin_for, skel, Invocation};
+
+fn main() -> anyhow::Result<()> {
+    // Logs go to stderr: stdout carries the CNI result.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_CNI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .without_time()
+        .with_ansi(false)
+        .init();
+
+    let argv: Vec<_> = std::env::args_os().collect();
+    match parse_argv(&argv) {
+        Invocation::Plugin(name) => {
+            let plugin = plugin_for(&name).context("unknown plugin")?;
+            let mut stdin = Vec::new();
+            if std::env::var("CNI_COMMAND").as_deref() != Ok("VERSION") || !is_tty() {
+                std::io::stdin()
+                    .read_to_end(&mut stdin)
+                    .context("reading the network config from stdin")?;
+            }
+            let env = |k: &str| std::env::var(k).ok();
+            let code = skel::run(plugin.as_ref(), &env, stdin, &mut std::io::stdout().lock());
+            std::process::exit(code);
+        }
+        Invocation::Install(dir) => {
+            let exe = std::env::current_exe().context("finding this executable")?;
+            for l in install(&dir, &exe)
+                .with_context(|| format!("creating plugin symlinks in {}", dir.display()))?
+            {
+                println!("{} -> {}", l.display(), exe.display());
+            }
+            Ok(())
+        }
+        Invocation::Usage(msg) => {
+            anyhow::bail!(
+                "{msg}\nusage: skiff-cni <bridge|host-local|loopback|portmap> (CNI env + config on stdin)\n       skiff-cni install <CNI bin dir>"
+            )
+        }
+    }
+}
+
+fn is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor number; fd 0 needs no ownership.
+    unsafe { libc::isatty(0) == 1 }
+}

@@ -1,0 +1,74 @@
+//! Executing a delegated plugin (the IPAM plugin) the way libcni does: found in `CNI_PATH`, our
+//! environment with `CNI_COMMAND` replaced, the same config on stdin, the result on stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::error::{code, CniError, Error, Result};
+
+/// Finds `plugin` in the `CNI_PATH` directories.
+pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf> {
+    if plugin.is_empty() || plugin.contains('/') {
+        return Err(Error::Config(format!("invalid plugin type {plugin:?}")));
+    }
+    path.iter()
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "failed to find plugin {plugin:?} in path {path:?}: put it in a CNI_PATH directory"
+            ))
+        })
+}
+
+/// Runs `bin` with `command`; returns its stdout when it succeeded.
+pub fn exec(bin: &Path, command: &str, stdin: &[u8]) -> Result<Vec<u8>> {
+    let mut child = Command::new(bin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io(format!("failed to start {}", bin.display()), e))?;
+    if let Some(mut si) = child.stdin.take() {
+        // A plugin that exits without reading its stdin is judged by its exit status below.
+        let _ = si.write_all(stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("failed to wait for {}", bin.display()), e))?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+        if let Some(c) = v.get("code").and_then(Value::as_u64) {
+            return Err(CniError::new(
+                c as u32,
+                v.get("msg").and_then(Value::as_str).unwrap_or_default(),
+                v.get("details").and_then(Value::as_str).unwrap_or_default(),
+            )
+            .into());
+        }
+    }
+    Err(CniError::new(
+        code::INTERNAL,
+        format!(
+            "netplugin {} failed ({}): {:?}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        "",
+    )
+    .into())
+}
+
+/// Delegates `command` to plugin `plugin` found in `path`.
+pub fn delegate(plugin: &str, command: &str, path: &[PathBuf], stdin: &[u8]) -> Result<Vec<u8>> {
+    let bin = find_in_path(plugin, path)?;
+    tracing::debug!(plugin = %bin.display(), command, "delegating");
+    exec(&bin, command, stdin)
+}
