@@ -43,6 +43,21 @@ pub struct ServerArgs {
     /// etcd endpoints for HA (e.g. http://127.0.0.1:2379); the embedded store when unset.
     #[arg(long)]
     pub datastore_endpoint: Option<String>,
+    /// Runtime folder: CRI socket, sandbox netns mounts, OCI runtime state.
+    #[arg(long, default_value = "/run/skiff")]
+    pub run_dir: PathBuf,
+    /// Root of the pods' log folders.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_log_dir: PathBuf,
+    /// Use this CRI endpoint (unix socket path, e.g. containerd's) instead of the embedded CRI server.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// Port of the kubelet's HTTPS server.
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Registries (host:port) pulled over plain HTTP. Loopback registries are always allowed.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 fn host_name() -> String {
@@ -124,13 +139,150 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let admin_client = kube_client(&args.write_kubeconfig).await?;
     let sched = tokio::spawn(skiff_scheduler::run(admin_client, stopped()));
 
+    let agent = if args.disable_agent {
+        None
+    } else {
+        Some(start_agent(
+            &args,
+            &pki,
+            &node_name,
+            node_ip,
+            &kubelet_kubeconfig,
+            &stopped,
+        )?)
+    };
+    let (cri, kubelet) = match agent {
+        Some((c, k)) => (c, Some(k)),
+        None => (None, None),
+    };
+    let cri = async {
+        match cri {
+            Some(h) => h.await,
+            None => std::future::pending().await,
+        }
+    };
+    let kubelet = async {
+        match kubelet {
+            Some(h) => h.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = api => { r?.context("API server")?; }
         r = sched => { r?.context("scheduler")?; }
+        r = cri => { r?.context("CRI server")?; }
+        r = kubelet => { r?.context("kubelet")?; }
         _ = shutdown_signal() => { tracing::info!("shutting down"); }
     }
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+type Task<E> = tokio::task::JoinHandle<Result<(), E>>;
+
+/// The first /24 of the cluster CIDR: this node's pod range.
+fn node_pod_cidr(cluster_cidr: &str) -> Result<String> {
+    let base = cluster_cidr.split('/').next().unwrap_or_default();
+    let ip: std::net::Ipv4Addr = base.parse().with_context(|| {
+        format!("--cluster-cidr {cluster_cidr}: expected an IPv4 CIDR such as 10.42.0.0/16")
+    })?;
+    Ok(format!("{ip}/24"))
+}
+
+/// A binary installed next to `skiff` (`skiff-runtime`, `skiff-monitor`, `skiff-cni`).
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the skiff binary")?;
+    let p = exe.with_file_name(name);
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found next to {}: build all binaries with `cargo build --release --bins`",
+        name,
+        exe.display()
+    );
+    Ok(p)
+}
+
+/// Writes the node's CNI network (bridge cni0 + host-local) and installs the plugins.
+fn setup_cni(agent_dir: &std::path::Path, pod_cidr: &str) -> Result<(PathBuf, PathBuf)> {
+    let conf_dir = agent_dir.join("etc/cni/net.d");
+    let bin_dir = agent_dir.join("cni/bin");
+    std::fs::create_dir_all(&conf_dir)?;
+    skiff_cni::install(&bin_dir, &sibling("skiff-cni")?)
+        .with_context(|| format!("installing CNI plugins into {}", bin_dir.display()))?;
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "skiff",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(
+        conf_dir.join("10-skiff.conflist"),
+        serde_json::to_vec_pretty(&conflist)?,
+    )?;
+    Ok((conf_dir, bin_dir))
+}
+
+/// Starts the node side: the embedded CRI server (unless an external endpoint is given) and
+/// the kubelet.
+fn start_agent<F, Fut>(
+    args: &ServerArgs,
+    pki: &Pki,
+    node_name: &str,
+    node_ip: IpAddr,
+    kubeconfig: &std::path::Path,
+    stopped: &F,
+) -> Result<(
+    Option<Task<skiff_cri::CriError>>,
+    Task<skiff_node::NodeError>,
+)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let agent_dir = args.data_dir.join("agent");
+    let pod_cidr = node_pod_cidr(&args.cluster_cidr)?;
+    let (cri_task, endpoint) = match &args.container_runtime_endpoint {
+        Some(ep) => (None, ep.clone()),
+        None => {
+            let (cni_conf_dir, cni_bin_dir) = setup_cni(&agent_dir, &pod_cidr)?;
+            let mut insecure = vec!["127.0.0.1:5000".to_string(), "localhost:5000".to_string()];
+            insecure.extend(args.insecure_registries.iter().cloned());
+            let cfg = skiff_cri::CriConfig {
+                socket: args.run_dir.join("cri.sock"),
+                state_dir: args.data_dir.join("cri"),
+                runtime_bin: sibling("skiff-runtime")?,
+                runtime_root: args.run_dir.join("runtime"),
+                monitor_bin: sibling("skiff-monitor")?,
+                cni_conf_dir,
+                cni_bin_dir,
+                netns_dir: args.run_dir.join("netns"),
+                insecure_registries: insecure,
+                ..Default::default()
+            };
+            let socket = cfg.socket.clone();
+            (Some(tokio::spawn(skiff_cri::serve(cfg, stopped()))), socket)
+        }
+    };
+    let mut kcfg = skiff_node::KubeletConfig::new(
+        node_name,
+        skiff_node::KubeSource::Kubeconfig(kubeconfig.to_path_buf()),
+        node_ip,
+    );
+    kcfg.cri_endpoint = endpoint;
+    kcfg.pod_cidr = pod_cidr;
+    kcfg.port = args.kubelet_port;
+    kcfg.root_dir = agent_dir.join("kubelet");
+    kcfg.pod_log_dir = args.pod_log_dir.clone();
+    kcfg.tls_cert = Some(pki.kubelet_serving.cert.clone());
+    kcfg.tls_key = Some(pki.kubelet_serving.key.clone());
+    kcfg.client_ca = Some(pki.ca.cert.clone());
+    kcfg.cluster_dns = vec![args.cluster_dns];
+    kcfg.roles = vec!["control-plane".into(), "master".into()];
+    let kubelet = tokio::spawn(skiff_node::run(kcfg, stopped()));
+    Ok((cri_task, kubelet))
 }
 
 async fn wait_healthy(port: u16) {

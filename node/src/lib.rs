@@ -1,1 +1,316 @@
-//! skiff-node
+//! skiff-node: Skiff's kubelet.
+//!
+//! It registers the Node, keeps its status and Lease fresh, runs this node's pods through a CRI
+//! runtime (runtime.v1 over a unix socket) and serves `/containerLogs` on :10250 for `kubectl logs`.
+//!
+//! Module layout:
+//! - [`cri`]: the [`CriRuntime`] trait (the CRI calls the kubelet makes) and [`GrpcCri`], the tonic
+//!   client over a unix socket. [`fake`]: an in-memory runtime for tests.
+//! - [`reconcile`]: per-pod sync against the CRI (sandbox, image pulls with back-off, containers,
+//!   restart policy with crash back-off, termination). API-free; returns the status to write.
+//! - [`status`]: the pure pod-status computation (phase, conditions, container statuses).
+//! - [`pods`]: the pod manager: watch + reflector store of `spec.nodeName=<node>` pods, one worker
+//!   task per pod, status writes through `pods/status`, final deletion, orphan sandbox sweep.
+//! - [`node`]: host facts, Node registration, status heartbeat, Lease renewal.
+//! - [`server`] and [`tls`]: the HTTPS server on :10250; [`logs`]: CRI log-line parsing/rendering.
+//! - [`error`]: [`NodeError`] and [`CriError`].
+
+pub mod cri;
+pub mod error;
+pub mod fake;
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod reconcile;
+pub mod server;
+pub mod status;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use cri::{CriRuntime, GrpcCri};
+pub use error::{CriError, NodeError};
+pub use reconcile::SyncContext;
+
+/// Where the kubelet gets its API server connection from.
+#[derive(Clone)]
+pub enum KubeSource {
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    /// A ready client configuration.
+    Config(Box<kube::Config>),
+    /// `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
+    Infer,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeSource::Kubeconfig(p) => write!(f, "Kubeconfig({})", p.display()),
+            KubeSource::Config(c) => write!(f, "Config({})", c.cluster_url),
+            KubeSource::Infer => write!(f, "Infer"),
+        }
+    }
+}
+
+/// The kubelet's configuration. [`KubeletConfig::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    pub kube: KubeSource,
+    /// CRI unix socket (`/run/skiff/cri.sock`).
+    pub cri_endpoint: PathBuf,
+    /// This node's pod CIDR (`10.42.0.0/24`), written to `spec.podCIDR`.
+    pub pod_cidr: String,
+    /// The node's InternalIP (also the pods' hostIP).
+    pub node_ip: IpAddr,
+    /// Port of the kubelet's HTTPS server (10250).
+    pub port: u16,
+    /// Address to bind the server on (all addresses by default).
+    pub bind_address: IpAddr,
+    /// State directory (`/var/lib/skiff/kubelet`); the self-signed certificate goes to `pki/`.
+    pub root_dir: PathBuf,
+    /// Root of the pod log directories (`/var/log/pods`).
+    pub pod_log_dir: PathBuf,
+    /// Serving certificate and key (PEM). Both unset: a self-signed pair in `<root_dir>/pki`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to; unset: no client authentication.
+    pub client_ca: Option<PathBuf>,
+    /// Cluster DNS server(s) for `dnsPolicy: ClusterFirst` (empty: pods use the host's resolv.conf).
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    /// Node roles: labels `node-role.kubernetes.io/<role>=true`.
+    pub roles: Vec<String>,
+    /// Extra node labels.
+    pub node_labels: BTreeMap<String, String>,
+    /// Cgroup parent root of pods (cgroupfs layout), `/kubepods`.
+    pub cgroup_root: String,
+    /// Node status and Lease renewal period (10 s).
+    pub status_interval: Duration,
+}
+
+impl KubeletConfig {
+    /// A configuration with the defaults of `skiff agent` for `node_name`.
+    pub fn new(node_name: impl Into<String>, kube: KubeSource, node_ip: IpAddr) -> Self {
+        Self {
+            node_name: node_name.into(),
+            kube,
+            cri_endpoint: PathBuf::from("/run/skiff/cri.sock"),
+            pod_cidr: "10.42.0.0/24".into(),
+            node_ip,
+            port: 10250,
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            root_dir: PathBuf::from("/var/lib/skiff/kubelet"),
+            pod_log_dir: PathBuf::from("/var/log/pods"),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            roles: Vec::new(),
+            node_labels: BTreeMap::new(),
+            cgroup_root: "/kubepods".into(),
+            status_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+async fn make_client(src: &KubeSource) -> Result<Client, NodeError> {
+    let config = match src {
+        KubeSource::Kubeconfig(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| NodeError::Kubeconfig {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| NodeError::Kubeconfig {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+        }
+        KubeSource::Config(c) => (**c).clone(),
+        KubeSource::Infer => kube::Config::infer()
+            .await
+            .map_err(|e| NodeError::Client(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| NodeError::Client(e.to_string()))
+}
+
+/// `skiff://0.1.0` from a CRI Version answer.
+fn runtime_version(v: &skiff_proto::cri::VersionResponse) -> String {
+    format!("{}://{}", v.runtime_name, v.runtime_version)
+}
+
+/// Retries `f` every `delay` until it succeeds or shutdown; logs each failure with `what`.
+async fn retry<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    mut f: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => warn!("{what}: {e}; retrying in {}s", delay.as_secs_f32()),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs the kubelet until `shutdown` resolves. Pods keep running after it returns.
+///
+/// Waits (with retries and a log line each time) for the CRI runtime and the API server, so it
+/// can start before them.
+pub async fn run(
+    cfg: KubeletConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    if cfg.node_name.is_empty() {
+        return Err(NodeError::Config("node name is empty".into()));
+    }
+    if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+        return Err(NodeError::Config(
+            "give both the serving certificate and its key, or neither".into(),
+        ));
+    }
+    let cri = Arc::new(GrpcCri::new(&cfg.cri_endpoint)?);
+    run_with_runtime(cfg, cri, shutdown).await
+}
+
+/// [`run`] with a given CRI runtime (tests use [`fake::FakeCri`]).
+pub async fn run_with_runtime<R: CriRuntime>(
+    cfg: KubeletConfig,
+    cri: Arc<R>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    if cfg.node_name.is_empty() {
+        return Err(NodeError::Config("node name is empty".into()));
+    }
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let client = make_client(&cfg.kube).await?;
+    info!(node = %cfg.node_name, cri = %cfg.cri_endpoint.display(), "kubelet starting");
+
+    let what = format!("CRI runtime at {} not ready", cfg.cri_endpoint.display());
+    let Some(version) = retry(&what, &mut stop_rx, || cri.version()).await else {
+        return Ok(());
+    };
+    let rt_version = runtime_version(&version);
+    info!(runtime = %rt_version, "connected to the CRI runtime");
+
+    let facts = node::NodeFacts {
+        node_name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip,
+        pod_cidr: cfg.pod_cidr.clone(),
+        port: cfg.port,
+        roles: cfg.roles.clone(),
+        extra_labels: cfg.node_labels.clone(),
+        host: node::HostInfo::read(),
+    };
+    let Some(node_obj) = retry(
+        "cannot register the node with the API server",
+        &mut stop_rx,
+        || node::register(&client, &facts),
+    )
+    .await
+    else {
+        return Ok(());
+    };
+
+    // TLS and the :10250 server.
+    let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => tls::ensure_self_signed(&cfg.root_dir.join("pki"), &cfg.node_name, cfg.node_ip)?,
+    };
+    let tls_cfg = tls::server_config(&cert, &key, cfg.client_ca.as_deref())?;
+    let addr = SocketAddr::new(cfg.bind_address, cfg.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+
+    let (reader, writer) = kube::runtime::reflector::store();
+    let server_state = Arc::new(server::ServerState {
+        cri: cri.clone(),
+        pods: reader.clone(),
+        pod_log_dir: cfg.pod_log_dir.clone(),
+    });
+    let mut srv_stop = stop_rx.clone();
+    let server_task = tokio::spawn(async move {
+        server::serve_listener(listener, tls_cfg, server_state, &mut srv_stop).await;
+    });
+
+    // Node status + lease heartbeat.
+    let hb_client = client.clone();
+    let hb_cri = cri.clone();
+    let mut hb_stop = stop_rx.clone();
+    let interval = cfg.status_interval;
+    let hb_facts = facts.clone();
+    let heartbeat = tokio::spawn(async move {
+        let node_uid = node_obj.metadata.uid.clone();
+        let mut old_status = node_obj.status.clone();
+        let mut health = node::RuntimeHealth {
+            version: rt_version,
+            problem: None,
+        };
+        loop {
+            match hb_cri.version().await {
+                Ok(v) => {
+                    health.version = runtime_version(&v);
+                    health.problem = None;
+                }
+                Err(e) => health.problem = Some(e.to_string()),
+            }
+            match node::update_status(&hb_client, &hb_facts, &health, old_status.as_ref()).await {
+                Ok(n) => old_status = n.status,
+                Err(e) => warn!(error = %e, "cannot update node status; retrying"),
+            }
+            if let Err(e) =
+                node::renew_lease(&hb_client, &hb_facts.node_name, node_uid.as_deref()).await
+            {
+                warn!(error = %e, "cannot renew the node lease; retrying");
+            }
+            tokio::select! {
+                _ = hb_stop.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+
+    let ctx = Arc::new(SyncContext {
+        node_name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip.to_string(),
+        pod_log_dir: cfg.pod_log_dir.clone(),
+        cluster_dns: cfg.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        root_dir: cfg.root_dir.clone(),
+    });
+    pods::run(client, cri, ctx, writer, reader, stop_rx.clone()).await;
+    let _ = heartbeat.await;
+    let _ = server_task.await;
+    info!("kubelet stopped");
+    Ok(())
+}

@@ -1,1 +1,46 @@
-//! skiff-tests
+//! skiff-tests: the test harness shared by Skiff's end-to-end tests and benchmarks.
+//!
+//! - [`registry::Registry`]: Debian's `docker-registry` on 127.0.0.1:5000 (reused when one answers).
+//! - [`image::build_busybox_image`] + [`image::push`]: an OCI image from `/bin/busybox`, pushed
+//!   with the registry HTTP API v2.
+//! - [`cri_env::CriEnv`]: an in-process CRI server with its own temp state and bridge network.
+//! - [`netns`]: network namespaces and links with cleanup guards.
+
+pub mod cri_env;
+pub mod image;
+pub mod netns;
+pub mod registry;
+
+pub use cri_env::CriEnv;
+pub use image::{build_busybox_image, push, OciImage};
+pub use registry::Registry;
+
+/// Errors of the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP {0}")]
+    Http(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let context = context.into();
+    move |source| HarnessError::Io { context, source }
+}
+
+/// Path of a binary built in this workspace's target dir (`target/debug/<name>`).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join(name)
+}

@@ -42,6 +42,15 @@ impl CertPair {
     }
 }
 
+/// A leaf to issue: where it goes, CN, O, SANs, usage.
+type Leaf<'a> = (
+    &'a CertPair,
+    &'a str,
+    Option<&'a str>,
+    &'a [String],
+    ExtendedKeyUsagePurpose,
+);
+
 /// Every certificate the cluster uses.
 #[derive(Clone, Debug)]
 pub struct Pki {
@@ -144,13 +153,7 @@ impl Pki {
         let ca_key = KeyPair::from_pem(&pki.ca.key_pem()?).map_err(pki_err)?;
         let issuer = Issuer::from_ca_cert_pem(&pki.ca.cert_pem()?, ca_key).map_err(pki_err)?;
         let node_cn = format!("system:node:{node_name}");
-        let leaves: [(
-            &CertPair,
-            &str,
-            Option<&str>,
-            &[String],
-            ExtendedKeyUsagePurpose,
-        ); 5] = [
+        let leaves: [Leaf<'_>; 5] = [
             (
                 &pki.apiserver,
                 "kube-apiserver",

@@ -1,1 +1,25 @@
-//! skiff-cri
+//! skiff-cri: a CRI `runtime.v1` server (RuntimeService + ImageService) on a unix socket.
+//!
+//! Layout follows containerd's CRI plugin: `runtime/` holds one module per RuntimeService verb,
+//! `images/` the ImageService, `store/` the in-memory + on-disk state (versioned JSON written
+//! temp+fsync+rename so that a restart reloads every sandbox, container and image). Errors are the
+//! typed [`CriError`] everywhere and become `tonic::Status` only at the gRPC edge.
+//!
+//! Processes: each sandbox has a `skiff-monitor pause` process holding its net/ipc/uts namespaces;
+//! each container has a `skiff-monitor container` process that runs the OCI runtime's `create`,
+//! writes the CRI log and records the exit status (see docs/node-contracts.md).
+
+pub mod client;
+mod cni;
+mod config;
+mod error;
+mod images;
+mod runtime;
+mod server;
+mod store;
+mod sys;
+mod util;
+
+pub use config::CriConfig;
+pub use error::CriError;
+pub use server::serve;

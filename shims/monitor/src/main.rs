@@ -1,1 +1,43 @@
-fn main() {}
+//! `skiff-monitor`: one tiny process per container (the job of conmon / containerd-shim), and the
+//! pod sandbox's built-in pause process. No async runtime, no allocator-heavy dependencies: it
+//! lives as long as the container and must stay under 1 MiB RSS.
+//!
+//! Roles (see `docs/node-contracts.md`):
+//! - `pause --hostname NAME`: `pause.rs`.
+//! - `container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE
+//!   --state-dir DIR`: `container.rs`.
+//!
+//! Syscalls live in `sys.rs`; the CRI log format and time stamps in `cri_log.rs` / `timefmt.rs`.
+
+mod args;
+mod atomic;
+mod container;
+mod cri_log;
+mod pause;
+mod sys;
+mod timefmt;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: skiff-monitor pause --hostname NAME\n       \
+skiff-monitor container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE --state-dir DIR";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = match argv.first().map(String::as_str) {
+        Some("pause") => args::PauseArgs::parse(&argv[1..]).and_then(pause::run),
+        Some("container") => args::ContainerArgs::parse(&argv[1..]).and_then(container::run),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("expected a role, `pause` or `container`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("skiff-monitor: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The kubelet's view of a CRI runtime: a small trait over the runtime.v1 calls the kubelet makes,
+//! with the real implementation ([`GrpcCri`]: tonic over a unix socket).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use skiff_proto::cri;
+use skiff_proto::cri::image_service_client::ImageServiceClient;
+use skiff_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::CriError;
+
+/// Label keys the kubelet puts on sandboxes and containers (the ones upstream's kubelet uses).
+pub mod labels {
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+}
+
+/// The CRI calls the kubelet needs. Every method is one runtime.v1 RPC.
+pub trait CriRuntime: Send + Sync + 'static {
+    fn version(&self) -> impl Future<Output = Result<cri::VersionResponse, CriError>> + Send;
+    fn run_pod_sandbox(
+        &self,
+        config: cri::PodSandboxConfig,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+    fn stop_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn remove_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn pod_sandbox_status(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<cri::PodSandboxStatus, CriError>> + Send;
+    fn list_pod_sandbox(
+        &self,
+        label_selector: HashMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<cri::PodSandbox>, CriError>> + Send;
+    fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn stop_container(
+        &self,
+        id: &str,
+        timeout_secs: i64,
+    ) -> impl Future<Output = Result<(), CriError>> + Send;
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send;
+    /// Containers matching the sandbox id (if not empty) and the labels.
+    fn list_containers(
+        &self,
+        sandbox_id: &str,
+        label_selector: HashMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<cri::Container>, CriError>> + Send;
+    fn container_status(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<cri::ContainerStatus, CriError>> + Send;
+    /// Whether the image is present (its id), `None` if not.
+    fn image_status(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<cri::Image>, CriError>> + Send;
+    /// Pulls an image, returns its image ref.
+    fn pull_image(
+        &self,
+        image: &str,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+}
+
+/// CRI over gRPC on a unix socket. Cheap to clone; the channel reconnects by itself.
+#[derive(Clone, Debug)]
+pub struct GrpcCri {
+    endpoint: PathBuf,
+    runtime: RuntimeServiceClient<Channel>,
+    image: ImageServiceClient<Channel>,
+}
+
+impl GrpcCri {
+    /// Makes a lazily connecting client for the socket `path` (connects on the first call).
+    pub fn new(path: &Path) -> Result<Self, CriError> {
+        let socket = path.to_path_buf();
+        // The URI is ignored by the connector; tonic needs a syntactically valid one.
+        let endpoint = Endpoint::try_from("http://[::]:50051")
+            .map_err(|e| CriError::Connect {
+                endpoint: socket.clone(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300));
+        let sock = socket.clone();
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&sock).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }));
+        Ok(Self {
+            endpoint: socket,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            image: ImageServiceClient::new(channel),
+        })
+    }
+
+    /// The socket path.
+    pub fn endpoint(&self) -> &Path {
+        &self.endpoint
+    }
+
+    fn err(&self, op: &'static str, status: tonic::Status) -> CriError {
+        // Transport failures (no socket, refused, reset) surface as Unavailable.
+        if status.code() == tonic::Code::Unavailable {
+            return CriError::Connect {
+                endpoint: self.endpoint.clone(),
+                message: status.message().to_string(),
+            };
+        }
+        CriError::call(op, status)
+    }
+}
+
+impl CriRuntime for GrpcCri {
+    async fn version(&self) -> Result<cri::VersionResponse, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .map_err(|s| self.err("Version", s))?;
+        Ok(r.into_inner())
+    }
+
+    async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig) -> Result<String, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map_err(|s| self.err("RunPodSandbox", s))?;
+        Ok(r.into_inner().pod_sandbox_id)
+    }
+
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        self.runtime
+            .clone()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .map_err(|s| self.err("StopPodSandbox", s))?;
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        self.runtime
+            .clone()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .map_err(|s| self.err("RemovePodSandbox", s))?;
+        Ok(())
+    }
+
+    async fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(|s| self.err("PodSandboxStatus", s))?;
+        r.into_inner()
+            .status
+            .ok_or_else(|| CriError::not_found("PodSandboxStatus", format!("sandbox {id}")))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        label_selector: HashMap<String, String>,
+    ) -> Result<Vec<cri::PodSandbox>, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    label_selector,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| self.err("ListPodSandbox", s))?;
+        Ok(r.into_inner().items)
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.into(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config),
+            })
+            .await
+            .map_err(|s| self.err("CreateContainer", s))?;
+        Ok(r.into_inner().container_id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), CriError> {
+        self.runtime
+            .clone()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map_err(|s| self.err("StartContainer", s))?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), CriError> {
+        self.runtime
+            .clone()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout: timeout_secs,
+            })
+            .await
+            .map_err(|s| self.err("StopContainer", s))?;
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), CriError> {
+        self.runtime
+            .clone()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map_err(|s| self.err("RemoveContainer", s))?;
+        Ok(())
+    }
+
+    async fn list_containers(
+        &self,
+        sandbox_id: &str,
+        label_selector: HashMap<String, String>,
+    ) -> Result<Vec<cri::Container>, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    pod_sandbox_id: sandbox_id.into(),
+                    label_selector,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| self.err("ListContainers", s))?;
+        Ok(r.into_inner().containers)
+    }
+
+    async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(|s| self.err("ContainerStatus", s))?;
+        r.into_inner()
+            .status
+            .ok_or_else(|| CriError::not_found("ContainerStatus", format!("container {id}")))
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>, CriError> {
+        let r = self
+            .image
+            .clone()
+            .image_status(cri::ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            })
+            .await
+            .map_err(|s| self.err("ImageStatus", s))?;
+        Ok(r.into_inner().image)
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        let r = self
+            .image
+            .clone()
+            .pull_image(cri::PullImageRequest {
+                image: Some(image_spec(image)),
+                auth: None,
+                sandbox_config: Some(sandbox_config),
+            })
+            .await
+            .map_err(|s| self.err("PullImage", s))?;
+        Ok(r.into_inner().image_ref)
+    }
+}
+
+/// An `ImageSpec` naming `image` as the user wrote it.
+pub fn image_spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: image.into(),
+        user_specified_image: image.into(),
+        ..Default::default()
+    }
+}

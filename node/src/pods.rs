@@ -1,0 +1,316 @@
+//! The pod manager: watches this node's pods (reflector store), runs one worker task per pod,
+//! writes pod status, finishes deletions, and sweeps sandboxes whose pods are gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::cri::{labels, CriRuntime};
+use crate::reconcile::{terminate_pod, PodSync, SyncContext};
+
+/// How often a live pod is re-synced against the CRI (the relist period).
+pub const RESYNC: Duration = Duration::from_secs(1);
+/// How often sandboxes of vanished pods are swept.
+pub const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// Grace period for pods that vanished from the API without the kubelet stopping them.
+const VANISHED_GRACE_SECS: i64 = 2;
+
+struct Worker {
+    tx: watch::Sender<Option<Pod>>,
+}
+
+fn uid_of(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+fn key_of(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Runs the pod manager until `shutdown` turns true. Pods keep running when the kubelet stops.
+pub async fn run<R: CriRuntime>(
+    client: Client,
+    cri: Arc<R>,
+    ctx: Arc<SyncContext>,
+    writer: reflector::store::Writer<Pod>,
+    reader: Store<Pod>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let api: Api<Pod> = Api::all(client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let mut events = reflector::reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .boxed();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut init_seen: HashSet<String> = HashSet::new();
+    let mut synced = false;
+    let mut sweep = tokio::time::interval(ORPHAN_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(uid) = done_rx.recv() => {
+                workers.remove(&uid);
+            }
+            _ = sweep.tick(), if synced => {
+                sweep_orphans(&*cri, &reader, &workers).await;
+            }
+            ev = events.next() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    Err(e) => warn!(error = %e, "pod watch failed; retrying (is the API server up?)"),
+                    Ok(watcher::Event::Init) => init_seen.clear(),
+                    Ok(watcher::Event::InitApply(p)) => {
+                        init_seen.insert(uid_of(&p));
+                        dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                    }
+                    Ok(watcher::Event::Apply(p)) => {
+                        dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                    }
+                    Ok(watcher::Event::Delete(p)) => {
+                        let uid = uid_of(&p);
+                        info!(pod = %key_of(&p), %uid, "pod removed from the API");
+                        match workers.get(&uid) {
+                            Some(w) => { let _ = w.tx.send(None); }
+                            None => spawn_cleanup(cri.clone(), uid),
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        for (uid, w) in &workers {
+                            if !init_seen.contains(uid) {
+                                info!(%uid, "pod is gone from the API (relist)");
+                                let _ = w.tx.send(None);
+                            }
+                        }
+                        if !synced {
+                            synced = true;
+                            info!(pods = init_seen.len(), "pod list synced");
+                            sweep.reset_immediately();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    debug!("pod manager stopped");
+}
+
+fn dispatch<R: CriRuntime>(
+    workers: &mut HashMap<String, Worker>,
+    pod: Pod,
+    cri: &Arc<R>,
+    ctx: &Arc<SyncContext>,
+    client: &Client,
+    done: &mpsc::UnboundedSender<String>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let uid = uid_of(&pod);
+    if uid.is_empty() {
+        return;
+    }
+    if let Some(w) = workers.get(&uid) {
+        if w.tx.send(Some(pod.clone())).is_ok() {
+            return;
+        }
+    }
+    let key = key_of(&pod);
+    let (tx, rx) = watch::channel(Some(pod));
+    let sync = PodSync::new(cri.clone(), ctx.clone());
+    let span = tracing::info_span!("pod", pod = %key, uid = %uid);
+    tokio::spawn(
+        pod_worker(
+            uid.clone(),
+            rx,
+            sync,
+            client.clone(),
+            done.clone(),
+            shutdown.clone(),
+        )
+        .instrument(span),
+    );
+    workers.insert(uid, Worker { tx });
+}
+
+fn spawn_cleanup<R: CriRuntime>(cri: Arc<R>, uid: String) {
+    tokio::spawn(async move {
+        if let Err(e) = terminate_pod(&*cri, &uid, VANISHED_GRACE_SECS).await {
+            warn!(%uid, error = %e, "cannot clean up the sandboxes of a deleted pod");
+        }
+    });
+}
+
+/// Stops and removes sandboxes whose pod uid is neither in the store nor owned by a worker.
+async fn sweep_orphans<R: CriRuntime>(
+    cri: &R,
+    reader: &Store<Pod>,
+    workers: &HashMap<String, Worker>,
+) {
+    let known: HashSet<String> = reader.state().iter().map(|p| uid_of(p)).collect();
+    let sandboxes = match cri.list_pod_sandbox(HashMap::new()).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "orphan sweep: ListPodSandbox failed");
+            return;
+        }
+    };
+    let orphans: HashSet<String> = sandboxes
+        .iter()
+        .filter_map(|s| s.labels.get(labels::POD_UID).cloned())
+        .filter(|uid| !known.contains(uid) && !workers.contains_key(uid))
+        .collect();
+    for uid in orphans {
+        info!(%uid, "removing sandboxes of a pod that no longer exists");
+        if let Err(e) = terminate_pod(cri, &uid, VANISHED_GRACE_SECS).await {
+            warn!(%uid, error = %e, "orphan sweep failed");
+        }
+    }
+}
+
+async fn write_status(client: &Client, pod: &Pod, status: &PodStatus) -> Result<(), kube::Error> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({
+        "metadata": { "uid": pod.metadata.uid },
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Deletes the pod object for good (grace 0, only this uid). `Ok(true)` when it is gone.
+async fn finish_delete(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        // Already gone, or a new pod with the same name (uid precondition failed).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn pod_worker<R: CriRuntime>(
+    uid: String,
+    mut rx: watch::Receiver<Option<Pod>>,
+    mut sync: PodSync<R>,
+    client: Client,
+    done: mpsc::UnboundedSender<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    debug!("pod worker started");
+    let mut last_written: Option<PodStatus> = None;
+    let mut last_pod: Option<Pod> = None;
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let current = rx.borrow_and_update().clone();
+        let mut wait = RESYNC;
+        match current {
+            None => {
+                // Gone from the API: only the CRI side is left to clean.
+                let grace = last_pod
+                    .as_ref()
+                    .and_then(|p| p.metadata.deletion_grace_period_seconds)
+                    .unwrap_or(VANISHED_GRACE_SECS)
+                    .max(0);
+                match sync.terminate(&uid, grace).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        warn!(error = %e, "cleanup of a deleted pod failed; retrying");
+                        wait = retry;
+                    }
+                }
+            }
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or_else(|| {
+                        pod.spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                    })
+                    .unwrap_or(30)
+                    .max(0);
+                info!(grace, "pod is being deleted; stopping it");
+                let res = match sync.terminate(&uid, grace).await {
+                    Ok(()) => finish_delete(&client, &pod)
+                        .await
+                        .map_err(|e| format!("deleting the pod object: {e}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                last_pod = Some(pod);
+                match res {
+                    Ok(()) => {
+                        info!("pod terminated and deleted");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "pod deletion failed; retrying");
+                        wait = retry;
+                    }
+                }
+            }
+            Some(pod) => {
+                let status = sync.sync(&pod, Instant::now()).await;
+                let unchanged =
+                    last_written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status);
+                if !unchanged {
+                    match write_status(&client, &pod, &status).await {
+                        Ok(()) => {
+                            debug!(phase = ?status.phase, "pod status written");
+                            last_written = Some(status.clone());
+                            retry = Duration::from_secs(1);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot write pod status; retrying");
+                            last_written = None;
+                            wait = retry;
+                            retry = (retry * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                } else {
+                    last_written = Some(status.clone());
+                }
+                let phase = status.phase.as_deref().unwrap_or_default();
+                if phase == "Succeeded" || phase == "Failed" {
+                    // Nothing more will run; wake up only for changes (deletion).
+                    wait = Duration::from_secs(60);
+                }
+                last_pod = Some(pod);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let _ = done.send(uid);
+    debug!("pod worker finished");
+}

@@ -1,0 +1,908 @@
+//! Reconciling one pod against the CRI: sandbox, images, containers, restarts with back-off, and
+//! termination. API-free: [`PodSync::sync`] returns the status to write; the caller writes it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use skiff_proto::cri;
+use tracing::{debug, info, warn};
+
+use crate::cri::{labels, CriRuntime};
+use crate::error::CriError;
+use crate::status::{self, StatusInput, Waiting};
+
+/// Initial crash / image pull back-off.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// Maximum crash / image pull back-off.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long resets its crash back-off.
+const BACKOFF_RESET_AFTER_SECS: i64 = 600;
+
+/// Node-wide settings the pod sync needs.
+#[derive(Debug, Clone)]
+pub struct SyncContext {
+    pub node_name: String,
+    pub node_ip: String,
+    /// Root of pod log directories (`/var/log/pods`).
+    pub pod_log_dir: PathBuf,
+    /// Cluster DNS servers for `dnsPolicy: ClusterFirst` (empty: the runtime uses the host's).
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    /// Cgroup parent root for pods (cgroupfs driver), e.g. `/kubepods`.
+    pub cgroup_root: String,
+    /// The kubelet's state directory; emptyDir volumes live in `<root_dir>/pods/<uid>/volumes/`.
+    pub root_dir: PathBuf,
+}
+
+/// A pod's state directory under the kubelet root.
+pub fn pod_dir(root: &std::path::Path, uid: &str) -> PathBuf {
+    root.join("pods").join(uid)
+}
+
+#[derive(Debug, Clone, Default)]
+struct CrashBackoff {
+    /// Delay applied to the next restart (zero: restart at once).
+    delay: Duration,
+    /// The exited container being waited on and when it may be restarted.
+    pending: Option<(String, Instant)>,
+}
+
+#[derive(Debug, Clone)]
+struct PullBackoff {
+    delay: Duration,
+    until: Instant,
+    message: String,
+}
+
+/// One container to converge, with what it needs.
+struct ContainerStep<'a> {
+    pod: &'a Pod,
+    c: &'a Container,
+    history: &'a [cri::ContainerStatus],
+    sandbox_id: &'a str,
+    sandbox_config: &'a cri::PodSandboxConfig,
+    now: Instant,
+}
+
+/// The per-pod state a worker keeps between syncs.
+pub struct PodSync<R: CriRuntime> {
+    cri: Arc<R>,
+    ctx: Arc<SyncContext>,
+    sandbox_id: Option<String>,
+    pod_ips: Vec<String>,
+    start_time: Option<Time>,
+    crash: HashMap<String, CrashBackoff>,
+    pull: HashMap<String, PullBackoff>,
+    /// Set once the pod reached Succeeded/Failed and its sandbox was stopped.
+    terminal_done: bool,
+}
+
+fn next_delay(d: Duration) -> Duration {
+    if d.is_zero() {
+        BACKOFF_INITIAL
+    } else {
+        (d * 2).min(BACKOFF_MAX)
+    }
+}
+
+fn attempt_of(c: &cri::ContainerStatus) -> u32 {
+    c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)
+}
+
+fn name_of(c: &cri::ContainerStatus) -> String {
+    c.metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .or_else(|| c.labels.get(labels::CONTAINER_NAME).cloned())
+        .unwrap_or_default()
+}
+
+/// The directory of a pod's logs: `<root>/<ns>_<name>_<uid>`.
+pub fn pod_log_directory(root: &std::path::Path, ns: &str, name: &str, uid: &str) -> PathBuf {
+    root.join(format!("{ns}_{name}_{uid}"))
+}
+
+/// The effective image pull policy (the API server's default when unset).
+pub fn pull_policy(c: &Container) -> &str {
+    if let Some(p) = c.image_pull_policy.as_deref() {
+        return p;
+    }
+    let image = c.image.as_deref().unwrap_or_default();
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        "IfNotPresent"
+    } else if !last.contains(':') || last.ends_with(":latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    }
+}
+
+/// Expands `$(VAR)` references in `s` from `env` (upstream's rules: `$$` escapes, unknown
+/// references stay as written).
+pub fn expand_vars(s: &str, env: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    match env.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&s[i..i + 3 + end]),
+                    }
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+impl<R: CriRuntime> PodSync<R> {
+    pub fn new(cri: Arc<R>, ctx: Arc<SyncContext>) -> Self {
+        Self {
+            cri,
+            ctx,
+            sandbox_id: None,
+            pod_ips: Vec::new(),
+            start_time: None,
+            crash: HashMap::new(),
+            pull: HashMap::new(),
+            terminal_done: false,
+        }
+    }
+
+    /// The current sandbox id, if any.
+    pub fn sandbox_id(&self) -> Option<&str> {
+        self.sandbox_id.as_deref()
+    }
+
+    /// The sandbox config the kubelet sends for `pod` (attempt `attempt`).
+    pub fn sandbox_config(&self, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+        let md = &pod.metadata;
+        let ns = md.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = md.name.clone().unwrap_or_default();
+        let uid = md.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        let hostname = if host_network {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        } else {
+            spec.hostname.clone().unwrap_or_else(|| name.clone())
+        };
+        let dns_policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+        // ClusterFirst on the host network falls back to the host's resolv.conf, as upstream.
+        let use_cluster_dns = match dns_policy {
+            "ClusterFirstWithHostNet" => true,
+            "ClusterFirst" => !host_network,
+            _ => false,
+        };
+        let mut dns_config = if use_cluster_dns && !self.ctx.cluster_dns.is_empty() {
+            let d = &self.ctx.cluster_domain;
+            Some(cri::DnsConfig {
+                servers: self.ctx.cluster_dns.clone(),
+                searches: vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
+                options: vec!["ndots:5".into()],
+            })
+        } else {
+            None
+        };
+        if dns_policy == "None" {
+            dns_config = Some(cri::DnsConfig::default());
+        }
+        if let Some(pc) = spec.dns_config.as_ref() {
+            let d = dns_config.get_or_insert_with(Default::default);
+            d.servers.extend(pc.nameservers.clone().unwrap_or_default());
+            d.searches.extend(pc.searches.clone().unwrap_or_default());
+            for o in pc.options.clone().unwrap_or_default() {
+                let name = o.name.unwrap_or_default();
+                d.options.push(match o.value {
+                    Some(v) => format!("{name}:{v}"),
+                    None => name,
+                });
+            }
+        }
+        let port_mappings = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.clone().unwrap_or_default())
+            .filter(|p| p.host_port.unwrap_or(0) > 0)
+            .map(|p| cri::PortMapping {
+                protocol: match p.protocol.as_deref() {
+                    Some("UDP") => cri::Protocol::Udp as i32,
+                    Some("SCTP") => cri::Protocol::Sctp as i32,
+                    _ => cri::Protocol::Tcp as i32,
+                },
+                container_port: p.container_port,
+                host_port: p.host_port.unwrap_or(0),
+                host_ip: p.host_ip.unwrap_or_default(),
+            })
+            .collect();
+        let qos = status::qos_class(pod);
+        let cgroup_parent = match qos {
+            "Guaranteed" => format!("{}/pod{uid}", self.ctx.cgroup_root),
+            "Burstable" => format!("{}/burstable/pod{uid}", self.ctx.cgroup_root),
+            _ => format!("{}/besteffort/pod{uid}", self.ctx.cgroup_root),
+        };
+        let node_ns = cri::NamespaceMode::Node as i32;
+        let ns_opts = cri::NamespaceOption {
+            network: if host_network { node_ns } else { 0 },
+            pid: if spec.host_pid.unwrap_or(false) {
+                node_ns
+            } else {
+                cri::NamespaceMode::Container as i32
+            },
+            ipc: if spec.host_ipc.unwrap_or(false) {
+                node_ns
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.clone(),
+                uid: uid.clone(),
+                namespace: ns.clone(),
+                attempt,
+            }),
+            hostname,
+            log_directory: pod_log_directory(&self.ctx.pod_log_dir, &ns, &name, &uid)
+                .to_string_lossy()
+                .into_owned(),
+            dns_config,
+            port_mappings,
+            labels: status::sandbox_labels(pod).into_iter().collect(),
+            annotations: md
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent,
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(ns_opts),
+                    privileged: spec.containers.iter().any(|c| {
+                        c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            windows: None,
+        }
+    }
+
+    /// The container config for container `c` of `pod`, restart attempt `attempt`.
+    pub fn container_config(&self, pod: &Pod, c: &Container, attempt: u32) -> cri::ContainerConfig {
+        let md = &pod.metadata;
+        let mut env_map: HashMap<String, String> = HashMap::new();
+        let mut envs = Vec::new();
+        for e in c.env.clone().unwrap_or_default() {
+            let value = if let Some(v) = e.value {
+                Some(expand_vars(&v, &env_map))
+            } else if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+                match f.field_path.as_str() {
+                    "metadata.name" => md.name.clone(),
+                    "metadata.namespace" => md.namespace.clone(),
+                    "metadata.uid" => md.uid.clone(),
+                    "spec.nodeName" => Some(self.ctx.node_name.clone()),
+                    "spec.serviceAccountName" => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone()),
+                    "status.hostIP" => Some(self.ctx.node_ip.clone()),
+                    "status.podIP" => self.pod_ips.first().cloned(),
+                    other => {
+                        debug!(field = other, env = %e.name, "unsupported fieldRef; skipped");
+                        None
+                    }
+                }
+            } else {
+                debug!(env = %e.name, "env valueFrom is not supported yet; skipped");
+                None
+            };
+            if let Some(v) = value {
+                env_map.insert(e.name.clone(), v.clone());
+                envs.push(cri::KeyValue {
+                    key: e.name,
+                    value: v,
+                });
+            }
+        }
+        let mut lbl = HashMap::new();
+        lbl.insert(labels::POD_NAME.into(), md.name.clone().unwrap_or_default());
+        lbl.insert(
+            labels::POD_NAMESPACE.into(),
+            md.namespace.clone().unwrap_or_default(),
+        );
+        lbl.insert(labels::POD_UID.into(), md.uid.clone().unwrap_or_default());
+        lbl.insert(labels::CONTAINER_NAME.into(), c.name.clone());
+        let mut annotations = HashMap::new();
+        annotations.insert(
+            "io.kubernetes.container.restartCount".to_string(),
+            attempt.to_string(),
+        );
+        let sc = c.security_context.clone().unwrap_or_default();
+        let image = c.image.clone().unwrap_or_default();
+        let mounts = self.mounts(pod, c);
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: c.name.clone(),
+                attempt,
+            }),
+            image: Some(crate::cri::image_spec(&image)),
+            command: c
+                .command
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| expand_vars(s, &env_map))
+                .collect(),
+            args: c
+                .args
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| expand_vars(s, &env_map))
+                .collect(),
+            working_dir: c.working_dir.clone().unwrap_or_default(),
+            envs,
+            labels: lbl,
+            annotations,
+            log_path: format!("{}/{attempt}.log", c.name),
+            mounts,
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    privileged: sc.privileged.unwrap_or(false),
+                    run_as_user: sc.run_as_user.map(|v| cri::Int64Value { value: v }),
+                    run_as_group: sc.run_as_group.map(|v| cri::Int64Value { value: v }),
+                    readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Host mounts for the container's volume mounts. Supported: `emptyDir` (a directory under the
+    /// pod's state dir) and `hostPath`; other volume types are skipped with a log line.
+    fn mounts(&self, pod: &Pod, c: &Container) -> Vec<cri::Mount> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for vm in c.volume_mounts.iter().flatten() {
+            let Some(v) = volumes.iter().find(|v| v.name == vm.name) else {
+                warn!(volume = %vm.name, "volumeMount names no volume of the pod; skipped");
+                continue;
+            };
+            let base = if let Some(hp) = &v.host_path {
+                let p = PathBuf::from(&hp.path);
+                if matches!(hp.type_.as_deref(), Some("DirectoryOrCreate")) {
+                    if let Err(e) = std::fs::create_dir_all(&p) {
+                        warn!(path = %p.display(), error = %e, "cannot create hostPath directory");
+                    }
+                }
+                p
+            } else if v.empty_dir.is_some() {
+                let p = pod_dir(&self.ctx.root_dir, &uid)
+                    .join("volumes/kubernetes.io~empty-dir")
+                    .join(&v.name);
+                if let Err(e) = std::fs::create_dir_all(&p) {
+                    warn!(path = %p.display(), error = %e, "cannot create emptyDir");
+                }
+                p
+            } else {
+                debug!(volume = %v.name, "volume type not supported yet; skipped");
+                continue;
+            };
+            let host_path = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) if !sub.split('/').any(|p| p == "..") => {
+                    let p = base.join(sub);
+                    let _ = std::fs::create_dir_all(&p);
+                    p
+                }
+                Some(sub) => {
+                    warn!(sub_path = %sub, "subPath with '..' refused; skipped");
+                    continue;
+                }
+                None => base,
+            };
+            out.push(cri::Mount {
+                container_path: vm.mount_path.clone(),
+                host_path: host_path.to_string_lossy().into_owned(),
+                readonly: vm.read_only.unwrap_or(false),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// CRI statuses of this pod's containers (all sandboxes), by name, newest attempt first.
+    async fn observe(
+        &self,
+        uid: &str,
+    ) -> Result<HashMap<String, Vec<cri::ContainerStatus>>, CriError> {
+        let mut sel = HashMap::new();
+        sel.insert(labels::POD_UID.to_string(), uid.to_string());
+        let list = self.cri.list_containers("", sel).await?;
+        let mut by_name: HashMap<String, Vec<cri::ContainerStatus>> = HashMap::new();
+        for c in list {
+            match self.cri.container_status(&c.id).await {
+                Ok(s) => by_name.entry(name_of(&s)).or_default().push(s),
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for v in by_name.values_mut() {
+            v.sort_by(|a, b| {
+                attempt_of(b)
+                    .cmp(&attempt_of(a))
+                    .then(b.created_at.cmp(&a.created_at))
+            });
+        }
+        Ok(by_name)
+    }
+
+    /// Finds or creates the pod's sandbox; returns its id and config.
+    async fn ensure_sandbox(
+        &mut self,
+        pod: &Pod,
+    ) -> Result<(String, cri::PodSandboxConfig), CriError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut sel = HashMap::new();
+        sel.insert(labels::POD_UID.to_string(), uid.clone());
+        let existing = self.cri.list_pod_sandbox(sel).await?;
+        let ready = cri::PodSandboxState::SandboxReady as i32;
+        let current = existing
+            .iter()
+            .filter(|s| s.state == ready)
+            .max_by_key(|s| {
+                (
+                    s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+                    s.created_at,
+                )
+            });
+        if let Some(sb) = current {
+            let attempt = sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+            if self.sandbox_id.as_deref() != Some(sb.id.as_str()) {
+                info!(sandbox = %sb.id, "adopted existing sandbox");
+            }
+            self.sandbox_id = Some(sb.id.clone());
+            return Ok((sb.id.clone(), self.sandbox_config(pod, attempt)));
+        }
+        if let Some(old) = self.sandbox_id.take() {
+            warn!(sandbox = %old, "sandbox is no longer ready; creating a new one");
+        }
+        let attempt = existing
+            .iter()
+            .map(|s| s.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1))
+            .max()
+            .unwrap_or(0);
+        let config = self.sandbox_config(pod, attempt);
+        let id = self.cri.run_pod_sandbox(config.clone()).await?;
+        info!(sandbox = %id, attempt, "started pod sandbox");
+        self.sandbox_id = Some(id.clone());
+        Ok((id, config))
+    }
+
+    /// Ensures the image of `c` is present according to its pull policy.
+    /// `Err(waiting)` says why the container cannot start now.
+    async fn ensure_image(
+        &mut self,
+        c: &Container,
+        sandbox_config: &cri::PodSandboxConfig,
+        now: Instant,
+    ) -> Result<(), Waiting> {
+        let image = c.image.clone().unwrap_or_default();
+        if let Some(b) = self.pull.get(&c.name) {
+            if now < b.until {
+                return Err(Waiting::new(
+                    "ImagePullBackOff",
+                    format!(
+                        "Back-off pulling image \"{image}\": ErrImagePull: {}",
+                        b.message
+                    ),
+                ));
+            }
+        }
+        let policy = pull_policy(c).to_string();
+        if policy != "Always" {
+            match self.cri.image_status(&image).await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if policy == "Never" => {
+                    return Err(Waiting::new(
+                        "ErrImageNeverPull",
+                        format!(
+                            "Container image \"{image}\" is not present with pull policy of Never"
+                        ),
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%image, error = %e, "ImageStatus failed; pulling"),
+            }
+        }
+        info!(%image, "pulling image");
+        match self.cri.pull_image(&image, sandbox_config.clone()).await {
+            Ok(r) => {
+                info!(%image, image_ref = %r, "pulled image");
+                self.pull.remove(&c.name);
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.message();
+                warn!(%image, error = %message, "image pull failed");
+                let delay = next_delay(self.pull.get(&c.name).map(|b| b.delay).unwrap_or_default());
+                self.pull.insert(
+                    c.name.clone(),
+                    PullBackoff {
+                        delay,
+                        until: now + delay,
+                        message: message.clone(),
+                    },
+                );
+                Err(Waiting::new("ErrImagePull", message))
+            }
+        }
+    }
+
+    /// Whether a container whose latest instance exited should run again.
+    fn should_restart(policy: &str, latest: &cri::ContainerStatus) -> bool {
+        match policy {
+            "Never" => false,
+            "OnFailure" => latest.exit_code != 0,
+            _ => true,
+        }
+    }
+
+    /// One reconcile pass for a live pod: converge the CRI state and return the status.
+    pub async fn sync(&mut self, pod: &Pod, now: Instant) -> PodStatus {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.start_time.is_none() {
+            self.start_time = Some(status::now_time());
+        }
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let old_phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        let terminal = matches!(old_phase.as_deref(), Some("Succeeded" | "Failed"));
+
+        let mut sandbox_ready = false;
+        if !terminal {
+            match self.ensure_sandbox(pod).await {
+                Ok((sandbox_id, sandbox_config)) => {
+                    sandbox_ready = true;
+                    match self.cri.pod_sandbox_status(&sandbox_id).await {
+                        Ok(st) => {
+                            if let Some(net) = st.network {
+                                let mut ips = Vec::new();
+                                if !net.ip.is_empty() {
+                                    ips.push(net.ip);
+                                }
+                                ips.extend(net.additional_ips.into_iter().map(|p| p.ip));
+                                if !ips.is_empty() {
+                                    self.pod_ips = ips;
+                                }
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "PodSandboxStatus failed"),
+                    }
+                    if let Err(e) = self
+                        .converge_containers(
+                            pod,
+                            &uid,
+                            &policy,
+                            &sandbox_id,
+                            &sandbox_config,
+                            now,
+                            &mut waiting,
+                        )
+                        .await
+                    {
+                        warn!(error = %e, "container sync failed; retrying");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot run the pod sandbox; retrying");
+                    for c in &spec.containers {
+                        waiting.insert(c.name.clone(), Waiting::new("ContainerCreating", ""));
+                    }
+                }
+            }
+        }
+
+        let observed = match self.observe(&uid).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "cannot list the pod's containers");
+                HashMap::new()
+            }
+        };
+        let input = StatusInput {
+            host_ip: self.ctx.node_ip.clone(),
+            pod_ips: self.pod_ips.clone(),
+            sandbox_ready: sandbox_ready && !self.terminal_done,
+            start_time: self.start_time.clone(),
+            containers: observed,
+            waiting,
+            now: status::now_time(),
+        };
+        let mut st = status::compute_pod_status(pod, &input);
+        let phase = st.phase.clone().unwrap_or_default();
+        if (phase == "Succeeded" || phase == "Failed") && !self.terminal_done {
+            // Like upstream: a finished pod's sandbox is stopped (its containers stay for logs).
+            info!(%phase, "pod finished; stopping its sandbox");
+            if let Some(id) = self.sandbox_id.clone() {
+                if let Err(e) = self.cri.stop_pod_sandbox(&id).await {
+                    warn!(error = %e, "StopPodSandbox failed");
+                }
+            }
+            self.terminal_done = true;
+            st = status::compute_pod_status(
+                pod,
+                &StatusInput {
+                    sandbox_ready: false,
+                    ..input
+                },
+            );
+        }
+        st
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn converge_containers(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        policy: &str,
+        sandbox_id: &str,
+        sandbox_config: &cri::PodSandboxConfig,
+        now: Instant,
+        waiting: &mut HashMap<String, Waiting>,
+    ) -> Result<(), CriError> {
+        let observed = self.observe(uid).await?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let exited = cri::ContainerState::ContainerExited as i32;
+        let empty = Vec::new();
+        // Init containers run one at a time, in order, each to success, before the others.
+        for c in spec.init_containers.iter().flatten() {
+            let history = observed.get(&c.name).unwrap_or(&empty);
+            match history.first() {
+                Some(l) if l.state == exited && l.exit_code == 0 => continue,
+                Some(l) if l.state == exited && policy == "Never" => return Ok(()),
+                _ => {
+                    let restart = |_: &cri::ContainerStatus| true;
+                    let step = ContainerStep {
+                        pod,
+                        c,
+                        history,
+                        sandbox_id,
+                        sandbox_config,
+                        now,
+                    };
+                    self.converge_one(step, &restart, waiting).await;
+                    return Ok(());
+                }
+            }
+        }
+        let restart = |l: &cri::ContainerStatus| Self::should_restart(policy, l);
+        for c in &spec.containers {
+            let history = observed.get(&c.name).unwrap_or(&empty);
+            let step = ContainerStep {
+                pod,
+                c,
+                history,
+                sandbox_id,
+                sandbox_config,
+                now,
+            };
+            self.converge_one(step, &restart, waiting).await;
+        }
+        Ok(())
+    }
+
+    /// Brings one container towards running: starts it, restarts it after an exit when
+    /// `restart` says so (with crash back-off), or records why it waits.
+    async fn converge_one(
+        &mut self,
+        step: ContainerStep<'_>,
+        restart: &(dyn Fn(&cri::ContainerStatus) -> bool + Sync),
+        waiting: &mut HashMap<String, Waiting>,
+    ) {
+        let ContainerStep {
+            pod,
+            c,
+            history,
+            sandbox_id,
+            sandbox_config,
+            now,
+        } = step;
+        let pod_ref = format!(
+            "{}_{}({})",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+        );
+        // Old instances beyond the previous one are garbage.
+        for old in history.iter().skip(2) {
+            if old.state == cri::ContainerState::ContainerExited as i32 {
+                debug!(container = %old.id, "removing old container instance");
+                let _ = self.cri.remove_container(&old.id).await;
+            }
+        }
+        let attempt = match history.first() {
+            None => 0,
+            Some(l) => {
+                let state = cri::ContainerState::try_from(l.state)
+                    .unwrap_or(cri::ContainerState::ContainerUnknown);
+                match state {
+                    cri::ContainerState::ContainerRunning
+                    | cri::ContainerState::ContainerUnknown => return,
+                    cri::ContainerState::ContainerCreated => {
+                        // Created but never started (e.g. the kubelet restarted in between).
+                        if let Err(e) = self.cri.start_container(&l.id).await {
+                            waiting.insert(
+                                c.name.clone(),
+                                Waiting::new("RunContainerError", e.message()),
+                            );
+                        }
+                        return;
+                    }
+                    cri::ContainerState::ContainerExited => {
+                        if !restart(l) {
+                            return;
+                        }
+                        let b = self.crash.entry(c.name.clone()).or_default();
+                        if l.finished_at - l.started_at > BACKOFF_RESET_AFTER_SECS * 1_000_000_000 {
+                            b.delay = Duration::ZERO;
+                        }
+                        let until = match &b.pending {
+                            Some((id, until)) if *id == l.id => *until,
+                            _ => {
+                                let until = now + b.delay;
+                                b.pending = Some((l.id.clone(), until));
+                                until
+                            }
+                        };
+                        if now < until {
+                            waiting.insert(
+                                c.name.clone(),
+                                Waiting::new(
+                                    "CrashLoopBackOff",
+                                    format!(
+                                        "back-off {}s restarting failed container={} pod={pod_ref}",
+                                        b.delay.as_secs(),
+                                        c.name
+                                    ),
+                                ),
+                            );
+                            return;
+                        }
+                        attempt_of(l) + 1
+                    }
+                }
+            }
+        };
+        if let Err(w) = self.ensure_image(c, sandbox_config, now).await {
+            waiting.insert(c.name.clone(), w);
+            return;
+        }
+        let config = self.container_config(pod, c, attempt);
+        let id = match self
+            .cri
+            .create_container(sandbox_id, config, sandbox_config.clone())
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(container = %c.name, error = %e, "CreateContainer failed");
+                waiting.insert(
+                    c.name.clone(),
+                    Waiting::new("CreateContainerError", e.message()),
+                );
+                return;
+            }
+        };
+        if attempt > 0 {
+            let b = self.crash.entry(c.name.clone()).or_default();
+            b.delay = next_delay(b.delay);
+            b.pending = None;
+        }
+        match self.cri.start_container(&id).await {
+            Ok(()) => info!(container = %c.name, id = %id, attempt, "started container"),
+            Err(e) => {
+                warn!(container = %c.name, error = %e, "StartContainer failed");
+                let _ = self.cri.remove_container(&id).await;
+                waiting.insert(
+                    c.name.clone(),
+                    Waiting::new("RunContainerError", e.message()),
+                );
+            }
+        }
+    }
+
+    /// Stops and removes everything the pod has in the CRI (every sandbox with its uid label).
+    /// `grace_secs` is the time containers get between SIGTERM and SIGKILL.
+    pub async fn terminate(&mut self, uid: &str, grace_secs: i64) -> Result<(), CriError> {
+        terminate_pod(&*self.cri, uid, grace_secs).await?;
+        self.sandbox_id = None;
+        let dir = pod_dir(&self.ctx.root_dir, uid);
+        if !uid.is_empty() && dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(path = %dir.display(), error = %e, "cannot remove the pod's directory");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops the containers (with `grace_secs`) and stops and removes every sandbox of pod `uid`.
+pub async fn terminate_pod<R: CriRuntime>(
+    cri: &R,
+    uid: &str,
+    grace_secs: i64,
+) -> Result<(), CriError> {
+    let mut sel = HashMap::new();
+    sel.insert(labels::POD_UID.to_string(), uid.to_string());
+    let containers = cri.list_containers("", sel.clone()).await?;
+    let running = cri::ContainerState::ContainerRunning as i32;
+    let stops = containers
+        .iter()
+        .filter(|c| c.state == running)
+        .map(|c| cri.stop_container(&c.id, grace_secs));
+    for r in futures::future::join_all(stops).await {
+        if let Err(e) = r {
+            if e.code() != tonic::Code::NotFound {
+                return Err(e);
+            }
+        }
+    }
+    for sb in cri.list_pod_sandbox(sel).await? {
+        info!(sandbox = %sb.id, "stopping and removing pod sandbox");
+        for r in [
+            cri.stop_pod_sandbox(&sb.id).await,
+            cri.remove_pod_sandbox(&sb.id).await,
+        ] {
+            if let Err(e) = r {
+                if e.code() != tonic::Code::NotFound {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

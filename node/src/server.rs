@@ -1,0 +1,399 @@
+//! The kubelet's HTTPS server on :10250: `/healthz`, `/pods` and
+//! `/containerLogs/{namespace}/{pod}/{container}` (what `kubectl logs` reaches via the API server).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{ObjectRef, Store};
+use skiff_proto::cri;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::cri::{labels, CriRuntime};
+use crate::error::NodeError;
+use crate::logs::{render, LogOptions, Renderer};
+use crate::reconcile::pod_log_directory;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// What the handlers need.
+pub struct ServerState<R: CriRuntime> {
+    pub cri: Arc<R>,
+    pub pods: Store<Pod>,
+    pub pod_log_dir: PathBuf,
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut body = msg.into();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed()))
+}
+
+/// Parses the `/containerLogs` query.
+pub fn parse_log_query(query: Option<&str>) -> Result<LogOptions, String> {
+    let mut o = LogOptions::default();
+    let boolean = |v: &str| v.is_empty() || v == "true" || v == "1";
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "follow" => o.follow = boolean(v),
+            "timestamps" => o.timestamps = boolean(v),
+            "previous" => o.previous = boolean(v),
+            "tailLines" => {
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| format!("tailLines: bad number {v:?}"))?;
+                o.tail_lines = Some(n.max(0) as usize);
+            }
+            "limitBytes" => {
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| format!("limitBytes: bad number {v:?}"))?;
+                o.limit_bytes = Some(n.max(0) as usize);
+            }
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// The log file and container id of `container` of `pod` (the previous instance if `previous`).
+async fn locate_log<R: CriRuntime>(
+    st: &ServerState<R>,
+    pod: &Pod,
+    container: &str,
+    previous: bool,
+) -> Result<(PathBuf, Option<String>), (StatusCode, String)> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let log_dir = pod_log_directory(&st.pod_log_dir, &ns, &name, &uid);
+    let mut sel = HashMap::new();
+    sel.insert(labels::POD_UID.to_string(), uid.clone());
+    sel.insert(labels::CONTAINER_NAME.to_string(), container.to_string());
+    let mut list = st
+        .cri
+        .list_containers("", sel)
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    list.sort_by(|a, b| {
+        let at = |c: &cri::Container| c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+        at(b).cmp(&at(a)).then(b.created_at.cmp(&a.created_at))
+    });
+    let pick = list.get(usize::from(previous));
+    let Some(c) = pick else {
+        if previous {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "previous terminated container \"{container}\" in pod \"{name}\" not found"
+                ),
+            ));
+        }
+        // No container (yet or any more): fall back to the newest file of the path convention.
+        let dir = log_dir.join(container);
+        let newest = std::fs::read_dir(&dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".log")
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .map(|k| (k, e.path()))
+            })
+            .max_by_key(|(k, _)| *k);
+        return match newest {
+            Some((_, p)) => Ok((p, None)),
+            None => Err((
+                StatusCode::BAD_REQUEST,
+                format!("container \"{container}\" in pod \"{name}\" is waiting to start"),
+            )),
+        };
+    };
+    let path = match st.cri.container_status(&c.id).await {
+        Ok(s) if !s.log_path.is_empty() => {
+            let p = PathBuf::from(&s.log_path);
+            if p.is_absolute() {
+                p
+            } else {
+                log_dir.join(p)
+            }
+        }
+        _ => {
+            let attempt = c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+            log_dir.join(container).join(format!("{attempt}.log"))
+        }
+    };
+    Ok((path, Some(c.id.clone())))
+}
+
+async fn container_logs<R: CriRuntime>(
+    st: Arc<ServerState<R>>,
+    ns: &str,
+    pod_name: &str,
+    container: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    let opts = match parse_log_query(query) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(pod) = st.pods.get(&ObjectRef::new(pod_name).within(ns)) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod_name} not found on this node"),
+        );
+    };
+    let in_spec = pod
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .any(|c| c.name == container)
+        })
+        .unwrap_or(false);
+    if !in_spec {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not valid for pod {pod_name}"),
+        );
+    }
+    let (path, id) = match locate_log(&st, &pod, container, opts.previous).await {
+        Ok(x) => x,
+        Err((code, msg)) => return text(code, msg),
+    };
+    debug!(path = %path.display(), "serving container logs");
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("cannot open the log file {}: {e}", path.display()),
+            )
+        }
+    };
+    let mut content = Vec::new();
+    if let Err(e) = file.read_to_end(&mut content).await {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", path.display()),
+        );
+    }
+    // Only whole records now; a trailing fragment is kept for following.
+    let cut = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let rest = content.split_off(cut);
+    let first = render(&String::from_utf8_lossy(&content), &opts);
+    if !opts.follow || opts.previous || id.is_none() {
+        return Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(
+                Full::new(Bytes::from(first))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    let cri = st.cri.clone();
+    let id = id.unwrap_or_default();
+    tokio::spawn(follow_log(cri, id, file, first, rest, opts.timestamps, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// Streams a log file as it grows until the container stops or the client goes away.
+async fn follow_log<R: CriRuntime>(
+    cri: Arc<R>,
+    id: String,
+    mut file: tokio::fs::File,
+    first: Vec<u8>,
+    mut pending: Vec<u8>,
+    timestamps: bool,
+    tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+) {
+    if !first.is_empty() && tx.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
+        return;
+    }
+    let mut renderer = Renderer::new(timestamps);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut idle = 0u32;
+    loop {
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        if n > 0 {
+            idle = 0;
+            pending.extend_from_slice(&buf[..n]);
+            if let Some(i) = pending.iter().rposition(|&b| b == b'\n') {
+                let rest = pending.split_off(i + 1);
+                let mut out = Vec::new();
+                for line in String::from_utf8_lossy(&pending).lines() {
+                    renderer.push(line, &mut out);
+                }
+                pending = rest;
+                if tx.send(Ok(Frame::data(Bytes::from(out)))).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        if tx.is_closed() {
+            return;
+        }
+        idle += 1;
+        // Every second without data: stop once the container no longer runs.
+        if idle.is_multiple_of(5) {
+            let running = matches!(
+                cri.container_status(&id).await,
+                Ok(s) if s.state == cri::ContainerState::ContainerRunning as i32
+            );
+            if !running {
+                // One last read for what was written just before the exit.
+                if let Ok(n) = file.read(&mut buf).await {
+                    if n > 0 {
+                        continue;
+                    }
+                }
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn handle<R: CriRuntime>(
+    st: Arc<ServerState<R>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    if req.method() != hyper::Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served"));
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resp = match parts.as_slice() {
+        ["healthz"] | ["healthz", "ping"] => text(StatusCode::OK, "ok"),
+        ["pods"] => {
+            let items: Vec<_> = st.pods.state().iter().map(|p| (**p).clone()).collect();
+            let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(
+                    Full::new(Bytes::from(list.to_string()))
+                        .map_err(|e| match e {})
+                        .boxed(),
+                )
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+        }
+        ["containerLogs", ns, pod, container] => {
+            container_logs(st.clone(), ns, pod, container, query.as_deref()).await
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("{path}: not found")),
+    };
+    Ok(resp)
+}
+
+/// Serves HTTPS on `addr` until `shutdown` turns true.
+pub async fn serve<R: CriRuntime>(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    st: Arc<ServerState<R>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    serve_listener(listener, tls, st, &mut shutdown).await;
+    Ok(())
+}
+
+/// Serves HTTPS on an already bound listener (tests bind port 0).
+pub async fn serve_listener<R: CriRuntime>(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    st: Arc<ServerState<R>>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    if let Ok(a) = listener.local_addr() {
+        info!(addr = %a, "kubelet server listening (https)");
+    }
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let st = st.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Where a pod's logs live (for callers outside the server).
+pub fn log_dir_of(root: &Path, pod: &Pod) -> PathBuf {
+    pod_log_directory(
+        root,
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default(),
+    )
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Skiff needs. Usage: scripts/deps.sh build|test
+# build: what `skiff server` needs to build and run; test: that plus the peers and tools the tests use.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+want=(build-essential pkg-config libseccomp-dev protobuf-compiler iproute2 ca-certificates curl)
+if [ "${1:-build}" = test ]; then
+  want+=(busybox-static docker-registry containerd runc crun containernetworking-plugins etcd-server jq)
+fi
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "error: no Rust toolchain (cargo) on PATH; install one with rustup, then run this again" >&2
+  exit 1
+fi

@@ -1,0 +1,215 @@
+//! CreateContainer: overlayfs rootfs, OCI config.json, then `skiff-monitor container` which runs
+//! the runtime's `create`; we wait for its `created` / `create-error` file.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use skiff_proto::cri;
+
+use crate::error::{CriError, Result};
+use crate::server::State;
+use crate::store::container::{Container, CreatedInfo};
+use crate::store::sandbox::SandboxState;
+use crate::util::new_id;
+
+pub(crate) async fn create(
+    st: &State,
+    req: cri::CreateContainerRequest,
+) -> Result<cri::CreateContainerResponse> {
+    let config = req.config.ok_or_else(|| {
+        CriError::InvalidArgument("CreateContainer needs a container config".into())
+    })?;
+    let meta = config.metadata.clone().ok_or_else(|| {
+        CriError::InvalidArgument("CreateContainer needs container metadata".into())
+    })?;
+    let sb = st.sandboxes.get(&req.pod_sandbox_id)?;
+    if sb.state != SandboxState::Ready {
+        return Err(CriError::FailedPrecondition(format!(
+            "sandbox {} is not ready: create containers only in a running sandbox",
+            sb.id
+        )));
+    }
+    if let Some(dup) = st.containers.list().into_iter().find(|c| {
+        let m = c.metadata();
+        c.sandbox_id == sb.id && m.name == meta.name && m.attempt == meta.attempt
+    }) {
+        return Err(CriError::AlreadyExists(format!(
+            "container name {}/{} (attempt {}) is reserved by {}: remove it first",
+            sb.metadata().name,
+            meta.name,
+            meta.attempt,
+            dup.id
+        )));
+    }
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    let image = crate::images::resolve(st, &image_name)?
+        .ok_or_else(|| CriError::ImageNotFound(image_name.clone()))?;
+
+    let id = new_id();
+    tracing::Span::current().record("container", id.as_str());
+    let dir = st.containers.record_dir(&id);
+    let log_path = if config.log_path.is_empty() {
+        dir.join("container.log")
+    } else if sb.config.log_directory.is_empty() {
+        PathBuf::from(&config.log_path)
+    } else {
+        Path::new(&sb.config.log_directory).join(&config.log_path)
+    };
+    let snapshots: Vec<String> = image
+        .chain_ids
+        .iter()
+        .map(|c| c.strip_prefix("sha256:").unwrap_or(c).to_string())
+        .collect();
+    let mut ct = Container::new(
+        id.clone(),
+        sb.id.clone(),
+        config,
+        image.id.clone(),
+        image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        snapshots,
+        log_path,
+        &dir,
+    );
+    st.containers.put(ct.clone())?;
+
+    match setup(st, &mut ct, &sb, &image).await {
+        Ok(()) => {
+            st.containers.put(ct.clone())?;
+            tracing::info!(pid = ct.pid, "container created");
+            Ok(cri::CreateContainerResponse { container_id: id })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "CreateContainer failed; cleaning up");
+            if let Err(ce) = super::container_remove::cleanup(st, &ct).await {
+                tracing::warn!(error = %ce, "cleanup after failed CreateContainer");
+            }
+            let _ = st.containers.delete(&id);
+            let _ = crate::util::remove_dir_all_quiet(&dir);
+            Err(e)
+        }
+    }
+}
+
+async fn setup(
+    st: &State,
+    ct: &mut Container,
+    sb: &crate::store::sandbox::Sandbox,
+    image: &crate::store::image::ImageRecord,
+) -> Result<()> {
+    let dir = st.containers.record_dir(&ct.id);
+    let upper = dir.join("fs");
+    let work = dir.join("work");
+    for d in [&upper, &work, &ct.rootfs, &ct.monitor_dir] {
+        std::fs::create_dir_all(d).map_err(CriError::io("creating container dir", d.as_path()))?;
+    }
+    let snap_root = crate::images::snapshots_dir(st);
+    let lowers: Vec<PathBuf> = ct
+        .snapshots
+        .iter()
+        .rev()
+        .map(|s| snap_root.join(s))
+        .collect();
+    if lowers.is_empty() {
+        return Err(CriError::FailedPrecondition(format!(
+            "image {} has no layers",
+            image.id
+        )));
+    }
+    for l in &lowers {
+        if !l.is_dir() {
+            return Err(CriError::FailedPrecondition(format!(
+                "snapshot {} of image {} is missing: pull the image again",
+                l.display(),
+                image.id
+            )));
+        }
+    }
+    let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    crate::sys::mount_overlay(&lower_refs, &upper, &work, &ct.rootfs)?;
+
+    let sb_dir = super::sandbox_run::sandbox_dir(st, &sb.id);
+    let spec = super::spec::generate(st, ct, sb, &sb_dir, image)?;
+    spec.save(ct.bundle.join("config.json"))
+        .map_err(|e| CriError::Spec(format!("writing config.json: {e}")))?;
+
+    if let Some(parent) = ct.log_path.parent() {
+        std::fs::create_dir_all(parent).map_err(CriError::io("creating log dir", parent))?;
+    }
+    ct.pid = start_monitor(st, ct).await?;
+    Ok(())
+}
+
+async fn start_monitor(st: &State, ct: &Container) -> Result<i32> {
+    let log = ct.monitor_dir.join("monitor.log");
+    let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
+    let mut child = tokio::process::Command::new(&st.cfg.monitor_bin)
+        .arg("container")
+        .arg("--runtime")
+        .arg(&st.cfg.runtime_bin)
+        .arg("--runtime-root")
+        .arg(&st.cfg.runtime_root)
+        .arg("--bundle")
+        .arg(&ct.bundle)
+        .arg("--id")
+        .arg(&ct.id)
+        .arg("--log-path")
+        .arg(&ct.log_path)
+        .arg("--state-dir")
+        .arg(&ct.monitor_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .map_err(|e| {
+            CriError::Monitor(format!(
+                "cannot start {} container: {e} (is skiff-monitor installed?)",
+                st.cfg.monitor_bin.display()
+            ))
+        })?;
+    let created = ct.monitor_dir.join("created");
+    let create_error = ct.monitor_dir.join("create-error");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(st.cfg.create_timeout_secs);
+    let mut delay = Duration::from_millis(2);
+    loop {
+        if let Ok(data) = std::fs::read(&created) {
+            if let Ok(info) = serde_json::from_slice::<CreatedInfo>(&data) {
+                return Ok(info.pid);
+            }
+        }
+        if create_error.exists() {
+            let msg = std::fs::read_to_string(&create_error).unwrap_or_default();
+            return Err(CriError::Runtime {
+                verb: "create",
+                id: ct.id.clone(),
+                message: msg.trim().to_string(),
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() && !created.exists() && !create_error.exists() {
+                let msg = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(CriError::Monitor(format!(
+                    "monitor exited with {status}: {}",
+                    msg.trim()
+                )));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CriError::Monitor(format!(
+                "no created/create-error file in {} after {}s",
+                ct.monitor_dir.display(),
+                st.cfg.create_timeout_secs
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,31 @@
+//! StartContainer: `runtime start`.
+
+use skiff_proto::cri;
+
+use crate::error::{CriError, Result};
+use crate::server::State;
+
+pub(crate) async fn start(st: &State, id: &str) -> Result<cri::StartContainerResponse> {
+    let ct = st.containers.get(id)?;
+    if ct.cri_state() != cri::ContainerState::ContainerCreated {
+        return Err(CriError::FailedPrecondition(format!(
+            "container {} is {:?}, not CREATED: only a created container can be started",
+            ct.id,
+            ct.cri_state()
+        )));
+    }
+    match super::oci::start(st, &ct.id).await {
+        Ok(()) => {
+            st.containers
+                .update(&ct.id, |c| c.started_at = crate::util::now_nanos())?;
+            tracing::info!("container started");
+            Ok(cri::StartContainerResponse {})
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            st.containers
+                .update(&ct.id, |c| c.start_error = Some(msg))?;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! ContainerStatus.
+
+use skiff_proto::cri;
+
+use crate::error::Result;
+use crate::server::State;
+use crate::store::container::Container;
+
+pub(crate) fn status(
+    st: &State,
+    req: cri::ContainerStatusRequest,
+) -> Result<cri::ContainerStatusResponse> {
+    let ct = st.containers.get(&req.container_id)?;
+    let mut info = std::collections::HashMap::new();
+    if req.verbose {
+        info.insert(
+            "info".to_string(),
+            serde_json::json!({"pid": ct.pid, "sandboxID": ct.sandbox_id, "bundle": ct.bundle})
+                .to_string(),
+        );
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(to_status(&ct)),
+        info,
+    })
+}
+
+pub(crate) fn to_status(ct: &Container) -> cri::ContainerStatus {
+    let state = ct.cri_state();
+    let mut s = cri::ContainerStatus {
+        id: ct.id.clone(),
+        metadata: ct.config.metadata.clone(),
+        state: state as i32,
+        created_at: ct.created_at,
+        started_at: ct.started_at,
+        image: ct.config.image.clone(),
+        image_ref: ct.image_ref.clone(),
+        image_id: ct.image_id.clone(),
+        labels: ct.config.labels.clone(),
+        annotations: ct.config.annotations.clone(),
+        mounts: ct.config.mounts.clone(),
+        log_path: ct.log_path.display().to_string(),
+        ..Default::default()
+    };
+    if let Some(msg) = &ct.start_error {
+        s.exit_code = 128;
+        s.reason = "StartError".into();
+        s.message = msg.clone();
+        s.finished_at = ct.started_at.max(ct.created_at);
+    } else if let Some(exit) = ct.exit_info() {
+        s.exit_code = exit.exit_code;
+        s.finished_at = crate::util::rfc3339_nanos(&exit.finished_at);
+        s.reason = if exit.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+        .into();
+    }
+    s
+}

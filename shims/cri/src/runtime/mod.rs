@@ -1,0 +1,328 @@
+//! RuntimeService: one module per verb; this file only dispatches and maps errors at the edge.
+
+mod container_create;
+mod container_list;
+mod container_remove;
+mod container_start;
+mod container_status;
+mod container_stop;
+mod oci;
+mod sandbox_list;
+mod sandbox_remove;
+mod sandbox_run;
+mod sandbox_status;
+mod sandbox_stop;
+mod spec;
+mod status;
+mod version;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use skiff_proto::cri::{self, runtime_service_server::RuntimeService};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::error::CriError;
+use crate::server::State;
+
+pub(crate) struct RuntimeSvc {
+    state: Arc<State>,
+}
+
+impl RuntimeSvc {
+    pub(crate) fn new(state: Arc<State>) -> RuntimeSvc {
+        RuntimeSvc { state }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+fn edge<T>(verb: &'static str, r: Result<T, CriError>) -> Res<T> {
+    match r {
+        Ok(v) => Ok(Response::new(v)),
+        Err(e) => {
+            tracing::warn!(verb, error = %e, "CRI call failed");
+            Err(e.into())
+        }
+    }
+}
+
+fn unimplemented<T>(verb: &'static str) -> Res<T> {
+    Err(CriError::Unimplemented(verb).into())
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeSvc {
+    async fn version(&self, _r: Request<cri::VersionRequest>) -> Res<cri::VersionResponse> {
+        Ok(Response::new(version::version()))
+    }
+
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Res<cri::StatusResponse> {
+        edge("Status", status::status(&self.state, r.into_inner()))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> Res<cri::RunPodSandboxResponse> {
+        let req = r.into_inner();
+        let m = req
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!("RunPodSandbox", pod = %m.name, namespace = %m.namespace, sandbox = tracing::field::Empty);
+        edge(
+            "RunPodSandbox",
+            sandbox_run::run(&self.state, req).instrument(span).await,
+        )
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> Res<cri::StopPodSandboxResponse> {
+        let req = r.into_inner();
+        let span = tracing::info_span!("StopPodSandbox", sandbox = %req.pod_sandbox_id);
+        edge(
+            "StopPodSandbox",
+            sandbox_stop::stop(&self.state, &req.pod_sandbox_id)
+                .instrument(span)
+                .await,
+        )
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Res<cri::RemovePodSandboxResponse> {
+        let req = r.into_inner();
+        let span = tracing::info_span!("RemovePodSandbox", sandbox = %req.pod_sandbox_id);
+        edge(
+            "RemovePodSandbox",
+            sandbox_remove::remove(&self.state, &req.pod_sandbox_id)
+                .instrument(span)
+                .await,
+        )
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Res<cri::PodSandboxStatusResponse> {
+        edge(
+            "PodSandboxStatus",
+            sandbox_status::status(&self.state, r.into_inner()),
+        )
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> Res<cri::ListPodSandboxResponse> {
+        edge(
+            "ListPodSandbox",
+            Ok(sandbox_list::list(&self.state, r.into_inner())),
+        )
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> Res<cri::CreateContainerResponse> {
+        let req = r.into_inner();
+        let name = req
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!("CreateContainer", sandbox = %req.pod_sandbox_id, name = %name, container = tracing::field::Empty);
+        edge(
+            "CreateContainer",
+            container_create::create(&self.state, req)
+                .instrument(span)
+                .await,
+        )
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> Res<cri::StartContainerResponse> {
+        let req = r.into_inner();
+        let span = tracing::info_span!("StartContainer", container = %req.container_id);
+        edge(
+            "StartContainer",
+            container_start::start(&self.state, &req.container_id)
+                .instrument(span)
+                .await,
+        )
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<cri::StopContainerRequest>,
+    ) -> Res<cri::StopContainerResponse> {
+        let req = r.into_inner();
+        let span = tracing::info_span!("StopContainer", container = %req.container_id);
+        edge(
+            "StopContainer",
+            container_stop::stop_by_id(&self.state, &req.container_id, req.timeout)
+                .instrument(span)
+                .await,
+        )
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> Res<cri::RemoveContainerResponse> {
+        let req = r.into_inner();
+        let span = tracing::info_span!("RemoveContainer", container = %req.container_id);
+        edge(
+            "RemoveContainer",
+            container_remove::remove_by_id(&self.state, &req.container_id)
+                .instrument(span)
+                .await,
+        )
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> Res<cri::ListContainersResponse> {
+        edge(
+            "ListContainers",
+            Ok(container_list::list(&self.state, r.into_inner())),
+        )
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> Res<cri::ContainerStatusResponse> {
+        edge(
+            "ContainerStatus",
+            container_status::status(&self.state, r.into_inner()),
+        )
+    }
+
+    async fn update_container_resources(
+        &self,
+        _r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Res<cri::UpdateContainerResourcesResponse> {
+        unimplemented("UpdateContainerResources")
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Res<cri::ReopenContainerLogResponse> {
+        unimplemented("ReopenContainerLog")
+    }
+
+    async fn exec_sync(&self, _r: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
+        unimplemented("ExecSync")
+    }
+
+    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
+        unimplemented("Exec")
+    }
+
+    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
+        unimplemented("Attach")
+    }
+
+    async fn port_forward(
+        &self,
+        _r: Request<cri::PortForwardRequest>,
+    ) -> Res<cri::PortForwardResponse> {
+        unimplemented("PortForward")
+    }
+
+    async fn container_stats(
+        &self,
+        _r: Request<cri::ContainerStatsRequest>,
+    ) -> Res<cri::ContainerStatsResponse> {
+        unimplemented("ContainerStats")
+    }
+
+    async fn list_container_stats(
+        &self,
+        _r: Request<cri::ListContainerStatsRequest>,
+    ) -> Res<cri::ListContainerStatsResponse> {
+        // The kubelet calls this periodically; an empty answer keeps it content until stats exist.
+        Ok(Response::new(cri::ListContainerStatsResponse::default()))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Res<cri::PodSandboxStatsResponse> {
+        unimplemented("PodSandboxStats")
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Res<cri::ListPodSandboxStatsResponse> {
+        Ok(Response::new(cri::ListPodSandboxStatsResponse::default()))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        _r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Res<cri::UpdateRuntimeConfigResponse> {
+        // The pod CIDR arrives here; our CNI config is written by `skiff server`, so nothing to do.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse::default()))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Res<cri::CheckpointContainerResponse> {
+        unimplemented("CheckpointContainer")
+    }
+
+    type GetContainerEventsStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _r: Request<cri::GetEventsRequest>,
+    ) -> Res<Self::GetContainerEventsStream> {
+        unimplemented("GetContainerEvents")
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Res<cri::ListMetricDescriptorsResponse> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse::default()))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Res<cri::ListPodSandboxMetricsResponse> {
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse::default()))
+    }
+
+    async fn runtime_config(
+        &self,
+        _r: Request<cri::RuntimeConfigRequest>,
+    ) -> Res<cri::RuntimeConfigResponse> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+}

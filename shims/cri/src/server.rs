@@ -1,0 +1,94 @@
+//! Wiring: shared state, the gRPC server on the unix socket, graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use skiff_proto::cri::image_service_server::ImageServiceServer;
+use skiff_proto::cri::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::CriConfig;
+use crate::error::{CriError, Result};
+use crate::store::container::Container;
+use crate::store::image::ImageRecord;
+use crate::store::sandbox::Sandbox;
+use crate::store::Store;
+
+/// Everything the services share.
+pub(crate) struct State {
+    pub cfg: CriConfig,
+    pub sandboxes: Store<Sandbox>,
+    pub containers: Store<Container>,
+    pub images: Store<ImageRecord>,
+    /// Pause processes started by this server instance, so they can be waited for (reaped).
+    pub pause_children: Mutex<HashMap<String, tokio::process::Child>>,
+    /// Serialises image store updates (tags move between images).
+    pub image_lock: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    pub(crate) fn load(cfg: CriConfig) -> Result<State> {
+        let (sandboxes, orphan_sb) = Store::<Sandbox>::load(&cfg.sandboxes_dir())?;
+        let (containers, orphan_ct) = Store::<Container>::load(&cfg.containers_dir())?;
+        let (images, orphan_img) = Store::<ImageRecord>::load(&cfg.images_dir().join("meta"))?;
+        for dir in orphan_sb.iter().chain(&orphan_img) {
+            tracing::info!(dir = %dir.display(), "removing leftover of an interrupted operation");
+            let _ = crate::util::remove_dir_all_quiet(dir);
+        }
+        for dir in &orphan_ct {
+            // A container dir may still have its rootfs mounted.
+            let _ = crate::sys::unmount(&dir.join("bundle").join("rootfs"));
+            let _ = crate::util::remove_dir_all_quiet(dir);
+        }
+        tracing::info!(
+            sandboxes = sandboxes.list().len(),
+            containers = containers.list().len(),
+            images = images.list().len(),
+            "CRI state loaded"
+        );
+        Ok(State {
+            cfg,
+            sandboxes,
+            containers,
+            images,
+            pause_children: Mutex::new(HashMap::new()),
+            image_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// Serves the CRI RuntimeService and ImageService on `cfg.socket` until `shutdown` resolves.
+/// State under `cfg.state_dir` is reloaded first, so sandboxes and containers survive a restart.
+pub async fn serve(
+    cfg: CriConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), CriError> {
+    for dir in [&cfg.state_dir, &cfg.netns_dir, &cfg.runtime_root] {
+        std::fs::create_dir_all(dir).map_err(CriError::io("creating dir", dir.as_path()))?;
+    }
+    let socket = cfg.socket.clone();
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(CriError::io("creating socket dir", parent))?;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CriError::io("removing stale socket", socket.as_path())(e)),
+    }
+    let state = Arc::new(State::load(cfg)?);
+    let listener = UnixListener::bind(&socket)
+        .map_err(CriError::io("binding CRI socket", socket.as_path()))?;
+    tracing::info!(socket = %socket.display(), "CRI server listening");
+
+    let runtime = crate::runtime::RuntimeSvc::new(state.clone());
+    let images = crate::images::ImageSvc::new(state.clone());
+    let result = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(runtime).max_decoding_message_size(16 << 20))
+        .add_service(ImageServiceServer::new(images).max_decoding_message_size(16 << 20))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    result.map_err(|e| CriError::Serve(e.to_string()))
+}

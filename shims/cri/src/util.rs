@@ -1,0 +1,84 @@
+//! Small helpers: atomic JSON files, ids, clocks.
+
+use std::io::Write;
+use std::path::Path;
+
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{CriError, Result};
+
+/// Writes `value` as JSON to `path` through a temp file, fsync and rename, so a crash leaves
+/// either the old or the new file.
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(|source| CriError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &data)
+}
+
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(CriError::io("creating dir", dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(CriError::io("creating", &tmp))?;
+    f.write_all(data).map_err(CriError::io("writing", &tmp))?;
+    f.sync_all().map_err(CriError::io("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(CriError::io("renaming into", path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let data = std::fs::read(path).map_err(CriError::io("reading", path))?;
+    serde_json::from_slice(&data).map_err(|source| CriError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A new 64-hex-digit id, like containerd's.
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Nanoseconds since the Unix epoch.
+pub(crate) fn now_nanos() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// Parses an RFC 3339 timestamp into nanoseconds since the epoch (0 when unparsable).
+pub(crate) fn rfc3339_nanos(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .unwrap_or(0)
+}
+
+/// Removes a directory tree, ignoring "not found".
+pub(crate) fn remove_dir_all_quiet(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CriError::io("removing", path)(e)),
+    }
+}
+
+/// Matches CRI label selectors: every key/value of `selector` must be in `labels`.
+pub(crate) fn labels_match(
+    selector: &std::collections::HashMap<String, String>,
+    labels: &std::collections::HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -1,0 +1,127 @@
+//! Hand-rolled flag parsing (clap would double the binary and its RSS).
+
+use std::path::PathBuf;
+
+pub struct PauseArgs {
+    pub hostname: String,
+}
+
+pub struct ContainerArgs {
+    pub runtime: PathBuf,
+    pub runtime_root: PathBuf,
+    pub bundle: PathBuf,
+    pub id: String,
+    pub log_path: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// `--flag value` or `--flag=value` pairs.
+fn pairs(argv: &[String], known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let Some(flag) = arg.strip_prefix("--") else {
+            return Err(format!("unexpected argument {arg:?}"));
+        };
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_owned(), v.to_owned()),
+            None => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| format!("flag --{flag} needs a value"))?;
+                (flag.to_owned(), v.clone())
+            }
+        };
+        if !known.contains(&name.as_str()) {
+            return Err(format!("unknown flag --{name}"));
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+fn take(pairs: &[(String, String)], name: &str) -> Result<String, String> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| format!("missing required flag --{name}"))
+}
+
+impl PauseArgs {
+    pub fn parse(argv: &[String]) -> Result<Self, String> {
+        let p = pairs(argv, &["hostname"])?;
+        Ok(Self {
+            hostname: take(&p, "hostname")?,
+        })
+    }
+}
+
+impl ContainerArgs {
+    pub fn parse(argv: &[String]) -> Result<Self, String> {
+        let known = [
+            "runtime",
+            "runtime-root",
+            "bundle",
+            "id",
+            "log-path",
+            "state-dir",
+        ];
+        let p = pairs(argv, &known)?;
+        Ok(Self {
+            runtime: take(&p, "runtime")?.into(),
+            runtime_root: take(&p, "runtime-root")?.into(),
+            bundle: take(&p, "bundle")?.into(),
+            id: take(&p, "id")?,
+            log_path: take(&p, "log-path")?.into(),
+            state_dir: take(&p, "state-dir")?.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_container_flags_both_styles() {
+        let a = ContainerArgs::parse(&v(&[
+            "--runtime",
+            "/bin/rt",
+            "--runtime-root=/r",
+            "--bundle",
+            "/b",
+            "--id",
+            "sk1",
+            "--log-path",
+            "/l",
+            "--state-dir",
+            "/s",
+        ]))
+        .unwrap();
+        assert_eq!(a.runtime, PathBuf::from("/bin/rt"));
+        assert_eq!(a.runtime_root, PathBuf::from("/r"));
+        assert_eq!(a.id, "sk1");
+    }
+
+    #[test]
+    fn reports_missing_and_unknown_flags() {
+        assert!(PauseArgs::parse(&v(&[]))
+            .err()
+            .unwrap()
+            .contains("--hostname"));
+        assert!(PauseArgs::parse(&v(&["--bogus", "x"]))
+            .err()
+            .unwrap()
+            .contains("unknown flag"));
+        assert!(PauseArgs::parse(&v(&["--hostname"]))
+            .err()
+            .unwrap()
+            .contains("needs a value"));
+    }
+}

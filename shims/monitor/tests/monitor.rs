@@ -1,0 +1,331 @@
+//! End-to-end tests of `skiff-monitor` (needs root): the `container` role driving
+//! `skiff-runtime` (or Debian's `runc` when that is not built) on a busybox bundle, and the
+//! `pause` role. Names start with `sk`; everything is cleaned up.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const MONITOR: &str = env!("CARGO_BIN_EXE_skiff-monitor");
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The runtimes to drive: our own build next to this test binary's target dir, and runc.
+fn runtimes() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let exe = PathBuf::from(MONITOR);
+    if let Some(dir) = exe.parent() {
+        let ours = dir.join("skiff-runtime");
+        if ours.exists() {
+            out.push(ours);
+        } else {
+            eprintln!("note: {} not built, only runc is tested", ours.display());
+        }
+    }
+    if Path::new("/usr/sbin/runc").exists() {
+        out.push("/usr/sbin/runc".into());
+    }
+    out
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sk-mon-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// With `host_pid`, the container shares the host pid namespace (so its shell is not a
+/// namespace init, which ignores SIGKILL sent from inside).
+fn busybox_bundle(dir: &Path, script: &str, host_pid: bool) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "sys", "tmp"] {
+        fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for a in ["sh", "echo", "sleep", "printf"] {
+        symlink("busybox", bin.join(a)).unwrap();
+    }
+    let spec = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .unwrap();
+    assert!(spec.success());
+    let path = bundle.join("config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = Value::Bool(false);
+    config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    if host_pid {
+        config["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|ns| ns["type"] != "pid");
+    }
+    fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    bundle
+}
+
+fn wait_for_any(paths: &[PathBuf], timeout: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(p) = paths.iter().find(|p| p.exists()) {
+            return Some(p.clone());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn run_container(
+    runtime: &Path,
+    s: &Scratch,
+    id: &str,
+    script: &str,
+    host_pid: bool,
+) -> (Value, String) {
+    let dir = s.0.join(runtime.file_name().unwrap());
+    fs::create_dir_all(&dir).unwrap();
+    let bundle = busybox_bundle(&dir, script, host_pid);
+    let root = dir.join("root");
+    let state = dir.join("state");
+    let log = dir.join("logs/0.log");
+    let status = Command::new(MONITOR)
+        .arg("container")
+        .arg("--runtime")
+        .arg(runtime)
+        .arg("--runtime-root")
+        .arg(&root)
+        .arg("--bundle")
+        .arg(&bundle)
+        .args(["--id", id])
+        .arg("--log-path")
+        .arg(&log)
+        .arg("--state-dir")
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(status.success(), "monitor did not detach cleanly");
+    let created = state.join("created");
+    let outcome = wait_for_any(
+        &[created.clone(), state.join("create-error")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        outcome.as_deref(),
+        Some(created.as_path()),
+        "create failed: {:?}",
+        fs::read_to_string(state.join("create-error"))
+    );
+    let created: Value = serde_json::from_slice(&fs::read(&created).unwrap()).unwrap();
+    let pid = created["pid"].as_i64().unwrap();
+    assert_eq!(
+        fs::read_to_string(state.join("pid")).unwrap().trim(),
+        pid.to_string()
+    );
+    let monitor_pid: i32 = fs::read_to_string(state.join("monitor.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rss = fs::read_to_string(format!("/proc/{monitor_pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(str::to_owned);
+    eprintln!("idle monitor {monitor_pid} {rss:?}");
+
+    let start = Command::new(runtime)
+        .arg("--root")
+        .arg(&root)
+        .args(["start", id])
+        .status()
+        .unwrap();
+    assert!(start.success());
+    let exit = wait_for_any(&[state.join("exit")], Duration::from_secs(10)).expect("no exit file");
+    let exit: Value = serde_json::from_slice(&fs::read(exit).unwrap()).unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let deleted = Command::new(runtime)
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", id])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    // The monitor is gone once it wrote the exit file.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{monitor_pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "monitor {monitor_pid} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (exit, text)
+}
+
+/// `<RFC3339Nano> <stream> <F|P> <content>`
+fn parse_cri_line(line: &str) -> (String, String, String, String) {
+    let mut it = line.splitn(4, ' ');
+    let mut next = || it.next().unwrap_or_default().to_owned();
+    (next(), next(), next(), next())
+}
+
+#[test]
+fn container_logs_and_exit_code() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    for runtime in runtimes() {
+        let s = Scratch::new("ctr");
+        let (exit, log) = run_container(
+            &runtime,
+            &s,
+            "skmon1",
+            "echo hello; echo err >&2; printf tail; exit 3",
+            false,
+        );
+        assert_eq!(exit["exit_code"], 3, "{runtime:?}: {exit}");
+        assert_eq!(exit["signal"], Value::Null);
+        let finished = exit["finished_at"].as_str().unwrap();
+        assert!(
+            finished.len() == 30 && finished.ends_with('Z'),
+            "{finished}"
+        );
+        let lines: Vec<_> = log.lines().map(parse_cri_line).collect();
+        let find = |stream: &str, tag: &str, content: &str| {
+            lines
+                .iter()
+                .any(|(_, s, t, c)| s == stream && t == tag && c == content)
+        };
+        assert!(find("stdout", "F", "hello"), "{runtime:?}: {log}");
+        assert!(find("stderr", "F", "err"), "{runtime:?}: {log}");
+        assert!(find("stdout", "P", "tail"), "{runtime:?}: {log}");
+        for (ts, ..) in &lines {
+            assert_eq!(ts.len(), 30, "bad time stamp {ts}");
+            assert!(ts.as_bytes()[10] == b'T' && ts.ends_with('Z'));
+        }
+    }
+}
+
+#[test]
+fn container_killed_by_signal() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let Some(runtime) = runtimes().into_iter().next() else {
+        return;
+    };
+    let s = Scratch::new("sig");
+    let (exit, _) = run_container(&runtime, &s, "skmon2", "kill -9 $$", true);
+    assert_eq!(exit["exit_code"], 137, "{exit}");
+    assert_eq!(exit["signal"], 9);
+}
+
+#[test]
+fn create_error_is_reported() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let Some(runtime) = runtimes().into_iter().next() else {
+        return;
+    };
+    let s = Scratch::new("err");
+    let state = s.0.join("state");
+    let status = Command::new(MONITOR)
+        .arg("container")
+        .arg("--runtime")
+        .arg(&runtime)
+        .arg("--runtime-root")
+        .arg(s.0.join("root"))
+        .arg("--bundle")
+        .arg(s.0.join("no-such-bundle"))
+        .args(["--id", "skmonerr"])
+        .arg("--log-path")
+        .arg(s.0.join("0.log"))
+        .arg("--state-dir")
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = state.join("create-error");
+    let got = wait_for_any(
+        &[err.clone(), state.join("created")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(got.as_deref(), Some(err.as_path()));
+    let text = fs::read_to_string(err).unwrap();
+    assert!(
+        !text.trim().is_empty() && text.trim().lines().count() == 1,
+        "{text:?}"
+    );
+}
+
+#[test]
+fn bad_flags_fail_before_detaching() {
+    let out = Command::new(MONITOR)
+        .args(["container", "--runtime", "/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing required flag"));
+}
+
+#[test]
+fn pause_holds_namespaces_until_sigterm() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let mut child = Command::new(MONITOR)
+        .args(["pause", "--hostname", "skpause"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id();
+    let ns = |kind: &str, p: &str| fs::metadata(format!("/proc/{p}/ns/{kind}")).unwrap().ino();
+    for kind in ["net", "ipc", "uts"] {
+        assert_ne!(
+            ns(kind, &pid.to_string()),
+            ns(kind, "self"),
+            "{kind} not unshared"
+        );
+    }
+    let host = Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--uts", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "skpause");
+    // SAFETY: plain kill(2) of the child we spawned.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

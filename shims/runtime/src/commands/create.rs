@@ -1,0 +1,108 @@
+//! `create`: build the container from a bundle; its init blocks until `start`.
+//!
+//! The container's stdio are this process's stdio (the init is forked from it), which is how
+//! `skiff-monitor` captures the container's output. On failure nothing is left behind: the
+//! state directory `libcontainer` may have made is removed.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+
+use super::Globals;
+use crate::bundle::Bundle;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Path to the OCI bundle (directory holding config.json).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's init pid (host pid namespace) to this file.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket receiving the pty master when process.terminal is true.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Pass this many fds (after stdio) through to the container.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// Use chroot instead of pivot_root (for ramfs roots).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility; no session keyring is created.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Container id (file name under --root).
+    pub id: String,
+}
+
+pub fn create(args: Args, globals: &Globals) -> Result<()> {
+    build(&args, globals, true)?;
+    Ok(())
+}
+
+/// Shared by `create` and `run`.
+pub(super) fn build(args: &Args, globals: &Globals, detach: bool) -> Result<Container> {
+    let id = args.id.as_str();
+    let container_dir = globals.container_dir(id)?;
+    if container_dir.exists() {
+        bail!("container {id} already exists: delete it first or pick another id");
+    }
+    let bundle = Bundle::load(&args.bundle)?;
+
+    // `@` cannot appear in an id, so this never collides with a container directory.
+    let shadow_dir = globals.root_dir()?.join(format!("{id}@bundle"));
+    let spec_dir = match bundle.oom_score_clamp()? {
+        Some((wanted, clamped)) => {
+            tracing::warn!(
+                wanted,
+                clamped,
+                "oomScoreAdj needs CAP_SYS_RESOURCE to go below ours; clamped"
+            );
+            bundle.write_shadow(&shadow_dir, clamped)?;
+            shadow_dir.clone()
+        }
+        None => bundle.dir.clone(),
+    };
+
+    let result = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_pid_file(args.pid_file.as_ref())
+        .and_then(|b| b.with_root_path(&globals.root))
+        .map(|b| {
+            b.with_console_socket(args.console_socket.as_ref())
+                .with_preserved_fds(args.preserve_fds)
+                .as_init(&spec_dir)
+                .with_systemd(globals.systemd_cgroup)
+                .with_detach(detach)
+                .with_no_pivot(args.no_pivot)
+        })
+        .and_then(|b| b.build());
+
+    if spec_dir == shadow_dir {
+        let _ = fs::remove_dir_all(&shadow_dir);
+    }
+    let mut container = match result {
+        Ok(container) => container,
+        Err(err) => {
+            // libcontainer removes what it made once the init was forked, but not for
+            // errors before that (bad rootfs, spec validation): do it here.
+            if container_dir.exists() {
+                if let Err(clean) = fs::remove_dir_all(&container_dir) {
+                    tracing::error!(?container_dir, %clean, "cannot remove state dir");
+                }
+            }
+            return Err(err).with_context(|| format!("cannot create container {id}"));
+        }
+    };
+    if spec_dir != bundle.dir {
+        // Report the caller's bundle, not the shadow copy we fed libcontainer.
+        container.state.bundle = bundle.dir.clone();
+        container
+            .save()
+            .with_context(|| format!("cannot save the state of container {id}"))?;
+    }
+    Ok(container)
+}

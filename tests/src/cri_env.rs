@@ -1,0 +1,240 @@
+//! A CRI server under test: temp socket, state, runtime root, netns dir and CNI conf dir (a bridge
+//! network of its own), served in-process by `skiff_cri::serve`. Binaries default to the workspace's
+//! (`target/debug/skiff-runtime`, `skiff-monitor`, `skiff-cni` linked as the CNI plugins) and can be
+//! swapped with SKIFF_TEST_RUNTIME, SKIFF_TEST_MONITOR, SKIFF_TEST_CNI_BIN_DIR.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skiff_cri::CriConfig;
+use skiff_proto::cri;
+use skiff_proto::cri::image_service_client::ImageServiceClient;
+use skiff_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use crate::netns::delete_link;
+use crate::{io_err, workspace_bin, HarnessError, Result};
+
+pub type RuntimeClient = RuntimeServiceClient<Channel>;
+pub type ImageClient = ImageServiceClient<Channel>;
+
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), skiff_cri::CriError>>,
+}
+
+pub struct CriEnv {
+    pub cfg: CriConfig,
+    /// Network name of the conflist, bridge and host-local data dir.
+    pub network: String,
+    pub bridge: String,
+    pub ipam_dir: PathBuf,
+    /// cgroupfs parent given to sandboxes (`/sk<random>`), removed on Drop.
+    pub cgroup_parent: String,
+    server: Option<Server>,
+    tmp: tempfile::TempDir,
+}
+
+fn env_path(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+impl CriEnv {
+    /// Starts a CRI server whose pod network is bridge `bridge` (name starting with `sk`) with
+    /// `subnet` (inside 10.244.0.0/16), trusting `registry` over plain HTTP.
+    pub async fn start(bridge: &str, subnet: &str, registry: &str) -> Result<CriEnv> {
+        assert!(bridge.starts_with("sk"), "test links start with sk");
+        let tmp = tempfile::Builder::new()
+            .prefix("sk-cri-")
+            .tempdir()
+            .map_err(io_err("creating temp dir"))?;
+        let t = tmp.path();
+        let network = format!("{bridge}net");
+        let conf_dir = t.join("net.d");
+        let ipam_dir = t.join("ipam");
+        std::fs::create_dir_all(&conf_dir).map_err(io_err("creating conf dir"))?;
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0", "name": network,
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                          "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam_dir}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        std::fs::write(conf_dir.join("10-sktest.conflist"), conflist.to_string())
+            .map_err(io_err("writing conflist"))?;
+        let cni_bin_dir = match std::env::var_os("SKIFF_TEST_CNI_BIN_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let dir = t.join("cni-bin");
+                std::fs::create_dir_all(&dir).map_err(io_err("creating cni bin dir"))?;
+                let bin = workspace_bin("skiff-cni");
+                if !bin.exists() {
+                    return Err(HarnessError::Other(
+                        "build the plugins first: cargo build -p skiff-cni".into(),
+                    ));
+                }
+                for name in ["bridge", "host-local", "loopback", "portmap"] {
+                    std::os::unix::fs::symlink(&bin, dir.join(name))
+                        .map_err(io_err("linking CNI plugin"))?;
+                }
+                dir
+            }
+        };
+        let cfg = CriConfig {
+            socket: t.join("cri.sock"),
+            state_dir: t.join("state"),
+            runtime_bin: env_path("SKIFF_TEST_RUNTIME", workspace_bin("skiff-runtime")),
+            runtime_root: t.join("runtime"),
+            monitor_bin: env_path("SKIFF_TEST_MONITOR", workspace_bin("skiff-monitor")),
+            cni_conf_dir: conf_dir,
+            cni_bin_dir,
+            netns_dir: t.join("netns"),
+            insecure_registries: vec![registry.to_string()],
+            ..Default::default()
+        };
+        let cgroup_parent = format!(
+            "/sk{}",
+            &tmp.path().file_name().unwrap_or_default().to_string_lossy()[7..]
+        );
+        let mut env = CriEnv {
+            cfg,
+            network,
+            bridge: bridge.to_string(),
+            ipam_dir,
+            cgroup_parent,
+            server: None,
+            tmp,
+        };
+        env.serve().await?;
+        Ok(env)
+    }
+
+    async fn serve(&mut self) -> Result<()> {
+        let socket = self.cfg.socket.clone();
+        let _ = std::fs::remove_file(&socket);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(skiff_cri::serve(self.cfg.clone(), async {
+            let _ = rx.await;
+        }));
+        for _ in 0..500 {
+            if socket.exists() {
+                self.server = Some(Server { stop: tx, task });
+                return Ok(());
+            }
+            if task.is_finished() {
+                let r = task.await.map_err(|e| HarnessError::Other(e.to_string()))?;
+                return Err(HarnessError::Other(format!("CRI server exited: {r:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(HarnessError::Other(
+            "CRI socket did not appear within 5s".into(),
+        ))
+    }
+
+    /// Stops the server (graceful) and starts it again on the same state.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.serve().await
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(s) = self.server.take() {
+            let _ = s.stop.send(());
+            s.task
+                .await
+                .map_err(|e| HarnessError::Other(e.to_string()))?
+                .map_err(|e| HarnessError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub async fn clients(&self) -> Result<(RuntimeClient, ImageClient)> {
+        skiff_cri::client::connect(&self.cfg.socket)
+            .await
+            .map_err(|e| HarnessError::Other(e.to_string()))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Host-local's reservations (file names that are IPv4 addresses).
+    pub fn ipam_reservations(&self) -> Vec<String> {
+        std::fs::read_dir(self.ipam_dir.join(&self.network))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The kubelet-style log directory of pod `name`.
+    pub fn log_dir(&self, name: &str) -> PathBuf {
+        self.tmp
+            .path()
+            .join("logs")
+            .join(format!("default_{name}_{name}-uid"))
+    }
+
+    /// A pod sandbox config as the kubelet would send it.
+    pub fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("{name}-uid"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.log_dir(name).display().to_string(),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            annotations: HashMap::from([("note".to_string(), "skiff-test".to_string())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A container config running `script` with `sh -c` in `image`.
+    pub fn shell_container(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into()],
+            args: vec![script.into()],
+            log_path: format!("{name}/0.log"),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for CriEnv {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let _ = s.stop.send(());
+        }
+        delete_link(&self.bridge);
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in rd.flatten() {
+                let _ =
+                    std::fs::remove_dir(c.path().join(self.cgroup_parent.trim_start_matches('/')));
+            }
+        }
+    }
+}

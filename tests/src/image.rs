@@ -1,0 +1,245 @@
+//! A busybox OCI image built from Debian's `/bin/busybox` (busybox-static), and a pusher speaking
+//! the registry HTTP API v2.
+
+use std::io::Write;
+use std::process::Command;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{io_err, HarnessError, Result};
+
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// A blob and its `sha256:` digest.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub digest: String,
+    pub media_type: String,
+    pub data: Vec<u8>,
+}
+
+impl Blob {
+    pub fn new(media_type: &str, data: Vec<u8>) -> Blob {
+        Blob {
+            digest: sha256(&data),
+            media_type: media_type.into(),
+            data,
+        }
+    }
+}
+
+/// An OCI image: config, layers, manifest (all as bytes with digests).
+#[derive(Debug, Clone)]
+pub struct OciImage {
+    pub config: Blob,
+    pub layers: Vec<Blob>,
+    pub manifest: Blob,
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn append_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(mode);
+    h.set_size(0);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, path, std::io::empty())
+        .map_err(io_err("building layer"))
+}
+
+fn append_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(mode);
+    h.set_size(data.len() as u64);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, path, data)
+        .map_err(io_err("building layer"))
+}
+
+/// The busybox root filesystem as an uncompressed tar: `bin/busybox`, a hard link per applet of
+/// `busybox --list` in `bin/`, `etc/passwd` + `etc/group` (root, nobody), and the usual dirs.
+pub fn busybox_layer_tar() -> Result<Vec<u8>> {
+    let busybox = std::fs::read(BUSYBOX).map_err(io_err(format!(
+        "reading {BUSYBOX} (apt-get install busybox-static)"
+    )))?;
+    let out = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .map_err(io_err("running busybox --list"))?;
+    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .map(String::from)
+        .collect();
+    applets.sort();
+    applets.dedup();
+
+    let mut b = tar::Builder::new(Vec::new());
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("home", 0o755),
+        ("proc", 0o555),
+        ("root", 0o700),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("usr", 0o755),
+        ("var", 0o755),
+    ] {
+        append_dir(&mut b, d, mode)?;
+    }
+    append_file(&mut b, "bin/busybox", 0o755, &busybox)?;
+    for a in &applets {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(0);
+        b.append_link(&mut h, format!("bin/{a}"), "bin/busybox")
+            .map_err(io_err("building layer"))?;
+    }
+    append_file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    append_file(&mut b, "etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n")?;
+    b.into_inner().map_err(io_err("building layer"))
+}
+
+/// Builds the busybox image; `gzip` picks a `tar+gzip` layer instead of a plain tar one.
+pub fn build_busybox_image_with(gzip: bool) -> Result<OciImage> {
+    let tar = busybox_layer_tar()?;
+    let diff_id = sha256(&tar);
+    let layer = if gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&tar).map_err(io_err("compressing layer"))?;
+        Blob::new(
+            MEDIA_LAYER_GZIP,
+            enc.finish().map_err(io_err("compressing layer"))?,
+        )
+    } else {
+        Blob::new(MEDIA_LAYER_TAR, tar)
+    };
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "skiff-tests: busybox-static"}],
+    });
+    let config = Blob::new(MEDIA_CONFIG, serde_json::to_vec(&config).expect("JSON"));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config.digest, "size": config.data.len()},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.data.len()}],
+    });
+    let manifest = Blob::new(MEDIA_MANIFEST, serde_json::to_vec(&manifest).expect("JSON"));
+    Ok(OciImage {
+        config,
+        layers: vec![layer],
+        manifest,
+    })
+}
+
+/// Builds the busybox image with a plain tar layer.
+pub fn build_busybox_image() -> Result<OciImage> {
+    build_busybox_image_with(false)
+}
+
+fn http_err(what: &str, e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Http(format!("{what}: {e}"))
+}
+
+/// Pushes `image` to `registry` (`host:port`) as `name:tag` (e.g. `busybox:latest`) over plain
+/// HTTP: each blob with a POST + monolithic PUT (skipped when the registry has it), then the
+/// manifest. Returns the manifest digest.
+pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<String> {
+    let (name, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
+    let base = format!("http://{registry}/v2/{name}");
+    let http = reqwest13::Client::new();
+    for blob in image.layers.iter().chain(std::iter::once(&image.config)) {
+        let head = http
+            .head(format!("{base}/blobs/{}", blob.digest))
+            .send()
+            .await
+            .map_err(|e| http_err("HEAD blob", e))?;
+        if head.status().is_success() {
+            continue;
+        }
+        let start = http
+            .post(format!("{base}/blobs/uploads/"))
+            .send()
+            .await
+            .map_err(|e| http_err("starting upload", e))?;
+        if start.status().as_u16() != 202 {
+            return Err(HarnessError::Http(format!(
+                "starting upload: {}",
+                start.status()
+            )));
+        }
+        let loc = start
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| HarnessError::Http("upload without Location".into()))?
+            .to_string();
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("http://{registry}{loc}")
+        };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = http
+            .put(format!("{loc}{sep}digest={}", blob.digest))
+            .header("content-type", "application/octet-stream")
+            .body(blob.data.clone())
+            .send()
+            .await
+            .map_err(|e| http_err("uploading blob", e))?;
+        if put.status().as_u16() != 201 {
+            let st = put.status();
+            let body = put.text().await.unwrap_or_default();
+            return Err(HarnessError::Http(format!(
+                "uploading blob {}: {st} {body}",
+                blob.digest
+            )));
+        }
+    }
+    let put = http
+        .put(format!("{base}/manifests/{tag}"))
+        .header("content-type", MEDIA_MANIFEST)
+        .body(image.manifest.data.clone())
+        .send()
+        .await
+        .map_err(|e| http_err("pushing manifest", e))?;
+    if put.status().as_u16() != 201 {
+        let st = put.status();
+        let body = put.text().await.unwrap_or_default();
+        return Err(HarnessError::Http(format!("pushing manifest: {st} {body}")));
+    }
+    Ok(image.manifest.digest.clone())
+}
