@@ -224,17 +224,95 @@ impl CriEnv {
     }
 }
 
+/// PIDs recorded in the server's state (`pause_pid` of sandboxes, `pid` of containers) that still
+/// run a process of ours (their command line names skiff-monitor, or they live in our cgroup parent).
+fn recorded_pids(state: &Path, kind: &str, file: &str, key: &str) -> Vec<i32> {
+    std::fs::read_dir(state.join(kind))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join(file)).ok())
+                .filter_map(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+                .filter_map(|v| v.get(key).and_then(serde_json::Value::as_i64))
+                .filter(|p| *p > 0)
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl CriEnv {
+    /// Best-effort cleanup after a failed test: kills the recorded containers and pause processes
+    /// and unmounts everything under the temp dir, deepest first.
+    fn force_cleanup(&self) {
+        let state = &self.cfg.state_dir;
+        let in_our_cgroup = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map(|c| c.contains(&self.cgroup_parent))
+                .unwrap_or(false)
+        };
+        let is_pause = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("skiff-monitor"))
+                .unwrap_or(false)
+        };
+        for pid in recorded_pids(state, "containers", "container.json", "pid") {
+            if in_our_cgroup(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for pid in recorded_pids(state, "sandboxes", "sandbox.json", "pause_pid") {
+            if is_pause(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let dir = self.tmp.path().to_string_lossy().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 impl Drop for CriEnv {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {
             let _ = s.stop.send(());
         }
+        self.force_cleanup();
         delete_link(&self.bridge);
-        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in rd.flatten() {
-                let _ =
-                    std::fs::remove_dir(c.path().join(self.cgroup_parent.trim_start_matches('/')));
+        // The cgroup parent and whatever container cgroups a runtime left in it (processes were
+        // killed above; give them a moment to go).
+        let parent = self.cgroup_parent.trim_start_matches('/').to_string();
+        for _ in 0..50 {
+            let mut left = false;
+            if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+                for c in rd.flatten() {
+                    let dir = c.path().join(&parent);
+                    if let Ok(children) = std::fs::read_dir(&dir) {
+                        for ch in children.flatten().filter(|e| e.path().is_dir()) {
+                            let _ = std::fs::remove_dir(ch.path());
+                        }
+                    }
+                    let _ = std::fs::remove_dir(&dir);
+                    left |= dir.exists();
+                }
             }
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

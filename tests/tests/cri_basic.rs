@@ -191,8 +191,9 @@ async fn cri_pod_lifecycle() {
             name: "skc".into(),
             attempt: 0,
         }),
+        // By image id, as the kubelet does.
         image: Some(cri::ImageSpec {
-            image: image_name.clone(),
+            image: pulled.image_ref.clone(),
             ..Default::default()
         }),
         command: vec!["sh".into(), "-c".into()],
@@ -229,6 +230,12 @@ async fn cri_pod_lifecycle() {
         "{cs:?}"
     );
     assert!(cs.started_at > 0);
+    assert_eq!(
+        cs.image.as_ref().unwrap().image,
+        image_name,
+        "status shows the tag"
+    );
+    assert_eq!(cs.image_id, image.config.digest);
     assert_eq!(
         cs.image_ref,
         format!("{}/busybox@{}", registry.addr(), image.manifest.digest)
@@ -270,6 +277,78 @@ async fn cri_pod_lifecycle() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.containers.len(), 1);
+
+    // ExecSync, when the runtime has runc's `exec` verb.
+    let runtime_has_exec = std::process::Command::new(&cfg.runtime_bin)
+        .args(["exec", "--help"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let exec = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: container_id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $SKTEST; echo err >&2; exit 7".into(),
+            ],
+            timeout: 10,
+        })
+        .await;
+    if runtime_has_exec {
+        let exec = exec.unwrap().into_inner();
+        assert_eq!(
+            (
+                exec.stdout.as_slice(),
+                exec.stderr.as_slice(),
+                exec.exit_code
+            ),
+            (&b"1\n"[..], &b"err\n"[..], 7)
+        );
+    } else {
+        eprintln!(
+            "runtime {} has no exec verb: ExecSync returns an error",
+            cfg.runtime_bin.display()
+        );
+        assert!(exec.is_err());
+    }
+
+    // Stats from cgroups, the writable layer and the pod's netns.
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: container_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.writable_layer.is_some());
+    let all_stats = rt
+        .list_container_stats(cri::ListContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all_stats.stats.len(), 1);
+    let pod_stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .linux
+        .unwrap();
+    assert_eq!(pod_stats.containers.len(), 1);
+    assert!(pod_stats.process.unwrap().process_count.unwrap().value >= 1);
+    assert_eq!(
+        pod_stats.network.unwrap().default_interface.unwrap().name,
+        "eth0"
+    );
 
     // Restart the CRI server: state reloads from disk.
     drop((rt, img));

@@ -95,7 +95,7 @@ async fn cri_exit_codes_failures_and_images() {
     let mut ok_cfg = CriEnv::shell_container(
         "skok",
         &image,
-        "test \"$SKV\" = 42 && cat /etc/hostname && id -u",
+        "test \"$SKV\" = 42 && cat /etc/hostname && id -u && echo pod-shm > /dev/shm/skx",
     );
     ok_cfg.envs = vec![cri::KeyValue {
         key: "SKV".into(),
@@ -134,6 +134,32 @@ async fn cri_exit_codes_failures_and_images() {
         "hostname in log: {log:?}"
     );
     assert!(log.contains(" stdout F 0\n"), "uid 0 in log: {log:?}");
+    // /dev/shm is shared by the pod's containers.
+    let shm_id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(CriEnv::shell_container("skshm", &image, "cat /dev/shm/skx")),
+            sandbox_config: Some(sb_config.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: shm_id.clone(),
+    })
+    .await
+    .unwrap();
+    let shm = wait_exited(&mut rt, &shm_id).await;
+    assert_eq!(shm.exit_code, 0);
+    assert!(std::fs::read_to_string(&shm.log_path)
+        .unwrap()
+        .contains(" stdout F pod-shm\n"));
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: shm_id,
+    })
+    .await
+    .unwrap();
     let bad = wait_exited(&mut rt, &ids[1]).await;
     assert_eq!((bad.exit_code, bad.reason.as_str()), (3, "Error"));
     let exited = rt
@@ -245,6 +271,61 @@ async fn cri_exit_codes_failures_and_images() {
         "IP of the failed sandbox released"
     );
     std::fs::write(&conflist, good).unwrap();
+
+    // A host-network pod: no CNI, no netns mount, the host's hostname.
+    let mut host_cfg = env.sandbox_config("skhost");
+    host_cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let host_sb = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(host_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(std::fs::read_dir(&env.cfg.netns_dir).unwrap().count(), 0);
+    assert!(links_on_bridge("skbr2").is_empty());
+    let host_ct = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: host_sb.clone(),
+            config: Some(CriEnv::shell_container(
+                "skh",
+                &image,
+                "cat /etc/hostname; hostname",
+            )),
+            sandbox_config: Some(host_cfg),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: host_ct.clone(),
+    })
+    .await
+    .unwrap();
+    let hs = wait_exited(&mut rt, &host_ct).await;
+    assert_eq!(hs.exit_code, 0);
+    let host_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let log = std::fs::read_to_string(&hs.log_path).unwrap();
+    assert_eq!(
+        log.matches(&format!(" stdout F {host_name}\n")).count(),
+        2,
+        "{log:?}"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: host_sb,
+    })
+    .await
+    .unwrap();
+    assert!(mounts_under(env.dir()).is_empty());
 
     // RemoveImage drops the record and its snapshot.
     img.remove_image(cri::RemoveImageRequest {

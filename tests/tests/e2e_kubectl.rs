@@ -97,6 +97,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // If an assertion failed midway, let the kubelet tear the pods down first.
+        if self.kubeconfig.exists() {
+            let _ = self.kubectl(&["delete", "pods", "--all", "--timeout=60s"]);
+        }
         // Stop only what we started, by PID.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -197,7 +201,13 @@ fn kubectl_drives_a_pod_through_every_layer() {
             && l.contains(NODE)),
         "unexpected `get pods -o wide`:\n{wide}"
     );
+    eprintln!(
+        "$ kubectl get nodes -o wide\n{}",
+        s.kubectl_ok(&["get", "nodes", "-o", "wide"])
+    );
+    eprintln!("$ kubectl get pods -o wide\n{wide}");
     let describe = s.kubectl_ok(&["describe", "pod", "sk-hello"]);
+    eprintln!("$ kubectl describe pod sk-hello\n{describe}");
     assert!(describe.contains("Status:           Running") || describe.contains("Running"));
     assert!(describe.contains(&ip), "describe lacks the IP:\n{describe}");
 
@@ -214,6 +224,14 @@ fn kubectl_drives_a_pod_through_every_layer() {
             .unwrap_or(0),
         0,
         "sandbox netns left behind"
+    );
+    let runtime_root = run_dir.join("runtime");
+    let containers: Vec<_> = std::fs::read_dir(&runtime_root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        containers.is_empty(),
+        "containers still known to the runtime: {containers:?}"
     );
     let data_dir = s.dir.path().join("data");
     let left = mounts_under(&data_dir);

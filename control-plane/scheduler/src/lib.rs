@@ -99,7 +99,11 @@ async fn event(client: &Client, pod: &Pod, type_: &str, reason: &str, message: S
 }
 
 /// One pass: binds every pending pod it can.
-async fn schedule_pending(client: &Client) -> Result<(), SchedulerError> {
+/// Pods already told they do not fit (by uid), so the retry loop records one event per pod, not
+/// one per pass.
+type Warned = std::collections::HashSet<String>;
+
+async fn schedule_pending(client: &Client, warned: &mut Warned) -> Result<(), SchedulerError> {
     let pods_api: Api<Pod> = Api::all(client.clone());
     let pending = pods_api
         .list(&ListParams::default().fields("spec.nodeName="))
@@ -138,8 +142,11 @@ async fn schedule_pending(client: &Client) -> Result<(), SchedulerError> {
                 "0/{} nodes are available: no Ready, schedulable node.",
                 nodes.len()
             );
-            tracing::info!("{msg}");
-            event(client, &pod, "Warning", "FailedScheduling", msg).await;
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if warned.insert(uid) {
+                tracing::info!("{msg}");
+                event(client, &pod, "Warning", "FailedScheduling", msg).await;
+            }
             continue;
         };
         let binding = Binding {
@@ -196,8 +203,12 @@ pub async fn run(
     let mut changes = watcher(pods, watcher::Config::default().fields("spec.nodeName=")).boxed();
     tokio::pin!(shutdown);
     tracing::info!("scheduler running");
+    let mut warned = Warned::new();
     loop {
-        if let Err(e) = schedule_pending(&client).await {
+        if warned.len() > 10_000 {
+            warned.clear();
+        }
+        if let Err(e) = schedule_pending(&client, &mut warned).await {
             tracing::warn!(error = %e, "scheduling pass failed; retrying");
         }
         tokio::select! {

@@ -298,3 +298,40 @@ pub(crate) fn result_ips(result: &Value) -> Vec<String> {
     ips.sort_by_key(|a| a.contains(':'));
     ips
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ips_prefer_eth0_and_ipv4() {
+        let r = json!({
+            "interfaces": [{"name": "skbr"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/x"}],
+            "ips": [
+                {"address": "fd00::5/64", "interface": 2},
+                {"address": "10.244.1.5/24", "interface": 2},
+                {"address": "10.244.1.1/24", "interface": 0}
+            ]
+        });
+        assert_eq!(result_ips(&r), ["10.244.1.5", "fd00::5"]);
+    }
+
+    #[test]
+    fn plugin_conf_chains_and_filters_capabilities() {
+        let plugin = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+        let rc = json!({"portMappings": [{"hostPort": 80}], "bandwidth": {}});
+        let c = plugin_conf(
+            &plugin,
+            &json!("1.0.0"),
+            &json!("net"),
+            Some(&json!({"ips": []})),
+            &rc,
+        );
+        assert_eq!(c["name"], "net");
+        assert_eq!(c["prevResult"], json!({"ips": []}));
+        assert_eq!(
+            c["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 80}]})
+        );
+    }
+}

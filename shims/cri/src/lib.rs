@@ -9,6 +9,7 @@
 //! each container has a `skiff-monitor container` process that runs the OCI runtime's `create`,
 //! writes the CRI log and records the exit status (see docs/node-contracts.md).
 
+mod cgroups;
 pub mod client;
 mod cni;
 mod config;

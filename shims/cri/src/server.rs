@@ -26,6 +26,10 @@ pub(crate) struct State {
     pub pause_children: Mutex<HashMap<String, tokio::process::Child>>,
     /// Serialises image store updates (tags move between images).
     pub image_lock: tokio::sync::Mutex<()>,
+    /// Per sandbox/container id locks so that verbs on one object do not interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Last (timestamp, cumulative CPU ns) per container/sandbox for `usage_nano_cores`.
+    pub cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl State {
@@ -55,7 +59,26 @@ impl State {
             images,
             pause_children: Mutex::new(HashMap::new()),
             image_lock: tokio::sync::Mutex::new(()),
+            locks: Mutex::new(HashMap::new()),
+            cpu_samples: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Takes the operation lock of a sandbox or container id.
+    pub(crate) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .locks
+            .lock()
+            .expect("lock map poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// Forgets the lock of a removed object.
+    pub(crate) fn forget_lock(&self, id: &str) {
+        self.locks.lock().expect("lock map poisoned").remove(id);
     }
 }
 
@@ -78,6 +101,7 @@ pub async fn serve(
         Err(e) => return Err(CriError::io("removing stale socket", socket.as_path())(e)),
     }
     let state = Arc::new(State::load(cfg)?);
+    crate::runtime::recover(&state).await;
     let listener = UnixListener::bind(&socket)
         .map_err(CriError::io("binding CRI socket", socket.as_path()))?;
     tracing::info!(socket = %socket.display(), "CRI server listening");

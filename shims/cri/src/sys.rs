@@ -46,6 +46,18 @@ pub(crate) fn mount_overlay(
     .map_err(sys_err("mounting overlay on", target))
 }
 
+/// Mounts a tmpfs for a pod's shared `/dev/shm`.
+pub(crate) fn mount_shm(target: &Path) -> Result<()> {
+    mount(
+        Some("shm"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(sys_err("mounting shm tmpfs on", target))
+}
+
 /// Detaches the mount at `target`; "not mounted" and "not found" are fine.
 pub(crate) fn unmount(target: &Path) -> Result<()> {
     loop {

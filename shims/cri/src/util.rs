@@ -82,3 +82,27 @@ pub(crate) fn labels_match(
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
+
+/// Bytes and inodes used under `dir` (not following symlinks).
+pub(crate) fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut bytes = 0;
+    let mut inodes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
+            inodes += 1;
+            bytes += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}

@@ -164,7 +164,7 @@ impl ImageService for ImageSvc {
         let dir = self.state.cfg.images_dir();
         let (bytes, inodes) = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || unpack::disk_usage(&dir)
+            move || crate::util::disk_usage(&dir)
         })
         .await
         .unwrap_or((0, 0));

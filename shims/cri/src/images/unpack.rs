@@ -123,7 +123,7 @@ fn unpack_into(blob: &Path, diff_id: &str, dst: &Path) -> Result<()> {
         }
         entry
             .unpack_in(dst)
-            .map_err(|e| unpack_err(format!("unpacking {}: {e}", path.display())))?;
+            .map_err(|e| unpack_err(format!("unpacking {}: {}", path.display(), chain(&e))))?;
     }
     let mut hr = ar.into_inner();
     std::io::copy(&mut hr, &mut std::io::sink()).map_err(CriError::io("reading layer", blob))?;
@@ -135,6 +135,18 @@ fn unpack_into(blob: &Path, diff_id: &str, dst: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// A relative path with `.` removed; None if it climbs out with `..`.
@@ -179,26 +191,94 @@ fn sys_setxattr(path: &Path, name: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Bytes and inodes used under `dir` (not following symlinks).
-pub(crate) fn disk_usage(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(md) = e.path().symlink_metadata() else {
-                continue;
-            };
-            inodes += 1;
-            bytes += md.blocks() * 512;
-            if md.is_dir() {
-                stack.push(e.path());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
             }
         }
+        b.into_inner().unwrap()
     }
-    (bytes, inodes)
+
+    fn digest(d: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(d)))
+    }
+
+    #[test]
+    fn unpacks_gzip_with_whiteouts_and_verifies_diff_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[
+            ("etc/", None),
+            ("etc/motd", Some(b"hi")),
+            ("etc/.wh.old", Some(b"")),
+            ("var/", None),
+            ("var/.wh..wh..opq", Some(b"")),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let blob = tmp.path().join("blob");
+        std::fs::write(&blob, gz.finish().unwrap()).unwrap();
+        let snaps = tmp.path().join("snaps");
+        std::fs::create_dir_all(&snaps).unwrap();
+
+        unpack_layer(&blob, &digest(&tar), &snaps, "abc").unwrap();
+        let root = snaps.join("abc");
+        assert_eq!(std::fs::read(root.join("etc/motd")).unwrap(), b"hi");
+        let wh = std::fs::symlink_metadata(root.join("etc/old")).unwrap();
+        assert!(
+            wh.file_type().is_char_device(),
+            "whiteout is a 0/0 char device"
+        );
+        let mut buf = [0u8; 4];
+        let name = CString::new("trusted.overlay.opaque").unwrap();
+        let path = CString::new(root.join("var").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C strings and a 4-byte buffer for the value.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        assert_eq!((n, buf[0]), (1, b'y'));
+
+        // A wrong diff id is refused and leaves nothing behind.
+        std::fs::write(&blob, &tar).unwrap();
+        let err = unpack_layer(&blob, &digest(b"other"), &snaps, "def").unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert!(!snaps.join("def").exists());
+        assert_eq!(std::fs::read_dir(&snaps).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn clean_rejects_escapes() {
+        assert_eq!(clean(Path::new("./a/b")), Some(PathBuf::from("a/b")));
+        assert_eq!(clean(Path::new("/a")), Some(PathBuf::from("a")));
+        assert_eq!(clean(Path::new("a/../../b")), None);
+    }
 }

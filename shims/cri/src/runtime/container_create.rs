@@ -145,6 +145,7 @@ async fn setup(
         std::fs::create_dir_all(parent).map_err(CriError::io("creating log dir", parent))?;
     }
     ct.pid = start_monitor(st, ct).await?;
+    ct.pid_start_time = crate::sys::proc_stat(ct.pid).map(|(t, _)| t).unwrap_or(0);
     Ok(())
 }
 

@@ -23,7 +23,7 @@ pub(crate) fn list(st: &State, req: cri::ListContainersRequest) -> cri::ListCont
                 id: c.id.clone(),
                 pod_sandbox_id: c.sandbox_id.clone(),
                 metadata: c.config.metadata.clone(),
-                image: c.config.image.clone(),
+                image: Some(super::container_status::image_spec(st, &c)),
                 image_ref: c.image_ref.clone(),
                 image_id: c.image_id.clone(),
                 state,

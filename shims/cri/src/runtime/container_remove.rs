@@ -13,7 +13,9 @@ pub(crate) async fn remove_by_id(st: &State, id: &str) -> Result<cri::RemoveCont
         Err(CriError::NotFound { .. }) => return Ok(cri::RemoveContainerResponse {}),
         Err(e) => return Err(e),
     };
+    let _guard = st.lock(&ct.id).await;
     remove(st, &ct).await?;
+    st.forget_lock(&ct.id);
     Ok(cri::RemoveContainerResponse {})
 }
 
@@ -21,6 +23,10 @@ pub(crate) async fn remove(st: &State, ct: &Container) -> Result<()> {
     super::container_stop::stop(st, ct, 0).await?;
     cleanup(st, ct).await?;
     st.containers.delete(&ct.id)?;
+    st.cpu_samples
+        .lock()
+        .expect("cpu sample map poisoned")
+        .remove(&ct.id);
     remove_dir_all_quiet(&st.containers.record_dir(&ct.id))?;
     tracing::info!(container = %ct.id, "container removed");
     Ok(())

@@ -7,6 +7,8 @@ use crate::server::State;
 
 pub(crate) async fn start(st: &State, id: &str) -> Result<cri::StartContainerResponse> {
     let ct = st.containers.get(id)?;
+    let _guard = st.lock(&ct.id).await;
+    let ct = st.containers.get(&ct.id)?;
     if ct.cri_state() != cri::ContainerState::ContainerCreated {
         return Err(CriError::FailedPrecondition(format!(
             "container {} is {:?}, not CREATED: only a created container can be started",

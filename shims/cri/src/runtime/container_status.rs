@@ -20,12 +20,12 @@ pub(crate) fn status(
         );
     }
     Ok(cri::ContainerStatusResponse {
-        status: Some(to_status(&ct)),
+        status: Some(to_status(st, &ct)),
         info,
     })
 }
 
-pub(crate) fn to_status(ct: &Container) -> cri::ContainerStatus {
+pub(crate) fn to_status(st: &State, ct: &Container) -> cri::ContainerStatus {
     let state = ct.cri_state();
     let mut s = cri::ContainerStatus {
         id: ct.id.clone(),
@@ -33,7 +33,7 @@ pub(crate) fn to_status(ct: &Container) -> cri::ContainerStatus {
         state: state as i32,
         created_at: ct.created_at,
         started_at: ct.started_at,
-        image: ct.config.image.clone(),
+        image: Some(image_spec(st, ct)),
         image_ref: ct.image_ref.clone(),
         image_id: ct.image_id.clone(),
         labels: ct.config.labels.clone(),
@@ -58,4 +58,19 @@ pub(crate) fn to_status(ct: &Container) -> cri::ContainerStatus {
         .into();
     }
     s
+}
+
+/// The container's image as the kubelet shows it: the first repo tag of the image it was created
+/// from (the kubelet creates containers by image id), else what the kubelet asked for.
+pub(crate) fn image_spec(st: &State, ct: &Container) -> cri::ImageSpec {
+    let mut spec = ct.config.image.clone().unwrap_or_default();
+    if let Ok(img) = st
+        .images
+        .get(ct.image_id.strip_prefix("sha256:").unwrap_or(&ct.image_id))
+    {
+        if let Some(tag) = img.repo_tags.first() {
+            spec.image = tag.clone();
+        }
+    }
+    spec
 }

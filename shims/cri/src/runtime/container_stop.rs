@@ -19,6 +19,7 @@ pub(crate) async fn stop_by_id(
         Err(CriError::NotFound { .. }) => return Ok(cri::StopContainerResponse {}),
         Err(e) => return Err(e),
     };
+    let _guard = st.lock(&ct.id).await;
     stop(st, &ct, timeout).await?;
     Ok(cri::StopContainerResponse {})
 }

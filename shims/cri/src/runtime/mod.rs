@@ -1,6 +1,7 @@
 //! RuntimeService: one module per verb; this file only dispatches and maps errors at the edge.
 
 mod container_create;
+mod container_exec_sync;
 mod container_list;
 mod container_remove;
 mod container_start;
@@ -13,6 +14,7 @@ mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
 mod spec;
+mod stats;
 mod status;
 mod version;
 
@@ -33,6 +35,45 @@ pub(crate) struct RuntimeSvc {
 impl RuntimeSvc {
     pub(crate) fn new(state: Arc<State>) -> RuntimeSvc {
         RuntimeSvc { state }
+    }
+}
+
+/// Settles what a crash or reboot left behind, once at start: sandboxes caught half-made are torn
+/// down and forgotten; containers whose process and monitor are gone without an exit record get
+/// one (exit code 255, like containerd's "unknown" exit).
+pub(crate) async fn recover(st: &State) {
+    for sb in st.sandboxes.list() {
+        if sb.state == crate::store::sandbox::SandboxState::Creating {
+            tracing::info!(sandbox = %sb.id, "removing sandbox left half-made by a crash");
+            if let Err(e) = sandbox_stop::teardown(st, &sb).await {
+                tracing::warn!(sandbox = %sb.id, error = %e, "teardown of half-made sandbox");
+                continue;
+            }
+            let _ = st.sandboxes.delete(&sb.id);
+            let _ = crate::util::remove_dir_all_quiet(&st.sandboxes.record_dir(&sb.id));
+        }
+    }
+    for ct in st.containers.list() {
+        let gone = if ct.pid_start_time == 0 {
+            crate::sys::proc_stat(ct.pid).is_none()
+        } else {
+            !crate::sys::alive(ct.pid, ct.pid_start_time)
+        };
+        if ct.pid <= 0 || ct.exit_info().is_some() || !gone {
+            continue;
+        }
+        // The monitor writes the exit file right after the process ends: give it a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if ct.exit_info().is_some() {
+            continue;
+        }
+        tracing::warn!(container = %ct.id, "container process gone without an exit record");
+        let exit = crate::store::container::ExitInfo {
+            exit_code: 255,
+            signal: None,
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        };
+        let _ = crate::util::write_json_atomic(&ct.monitor_dir.join("exit"), &exit);
     }
 }
 
@@ -223,8 +264,15 @@ impl RuntimeService for RuntimeSvc {
         unimplemented("ReopenContainerLog")
     }
 
-    async fn exec_sync(&self, _r: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
-        unimplemented("ExecSync")
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
+        let req = r.into_inner();
+        let span = tracing::info_span!("ExecSync", container = %req.container_id);
+        edge(
+            "ExecSync",
+            container_exec_sync::exec_sync(&self.state, req)
+                .instrument(span)
+                .await,
+        )
     }
 
     async fn exec(&self, _r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
@@ -244,31 +292,42 @@ impl RuntimeService for RuntimeSvc {
 
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Res<cri::ContainerStatsResponse> {
-        unimplemented("ContainerStats")
+        edge(
+            "ContainerStats",
+            stats::container(&self.state, r.into_inner()),
+        )
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Res<cri::ListContainerStatsResponse> {
-        // The kubelet calls this periodically; an empty answer keeps it content until stats exist.
-        Ok(Response::new(cri::ListContainerStatsResponse::default()))
+        Ok(Response::new(stats::list_containers(
+            &self.state,
+            r.into_inner(),
+        )))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Res<cri::PodSandboxStatsResponse> {
-        unimplemented("PodSandboxStats")
+        edge(
+            "PodSandboxStats",
+            stats::sandbox(&self.state, r.into_inner()),
+        )
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Res<cri::ListPodSandboxStatsResponse> {
-        Ok(Response::new(cri::ListPodSandboxStatsResponse::default()))
+        Ok(Response::new(stats::list_sandboxes(
+            &self.state,
+            r.into_inner(),
+        )))
     }
 
     async fn update_runtime_config(

@@ -12,6 +12,7 @@ pub(crate) async fn remove(st: &State, id: &str) -> Result<cri::RemovePodSandbox
         Err(CriError::NotFound { .. }) => return Ok(cri::RemovePodSandboxResponse {}),
         Err(e) => return Err(e),
     };
+    let _guard = st.lock(&sb.id).await;
     super::sandbox_stop::teardown(st, &sb).await?;
     for ct in st
         .containers
@@ -23,6 +24,11 @@ pub(crate) async fn remove(st: &State, id: &str) -> Result<cri::RemovePodSandbox
     }
     st.sandboxes.delete(&sb.id)?;
     remove_dir_all_quiet(&st.sandboxes.record_dir(&sb.id))?;
+    st.forget_lock(&sb.id);
+    st.cpu_samples
+        .lock()
+        .expect("cpu sample map poisoned")
+        .remove(&sb.id);
     tracing::info!("sandbox removed");
     Ok(cri::RemovePodSandboxResponse {})
 }

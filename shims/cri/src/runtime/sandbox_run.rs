@@ -97,6 +97,12 @@ pub(crate) async fn run(
 async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
     let dir = st.sandboxes.record_dir(&sb.id);
     write_etc_files(&dir, sb)?;
+    if namespace_options(&sb.config).ipc != NS_NODE {
+        // One /dev/shm for the whole pod, as its containers share the IPC namespace.
+        let shm = dir.join("shm");
+        std::fs::create_dir_all(&shm).map_err(CriError::io("creating shm dir", &shm))?;
+        crate::sys::mount_shm(&shm)?;
+    }
 
     let hostname = hostname_of(sb);
     let (pid, start_time) = start_pause(st, sb, &dir, &hostname).await?;

@@ -20,6 +20,7 @@ pub(crate) async fn stop(st: &State, id: &str) -> Result<cri::StopPodSandboxResp
         Err(CriError::NotFound { .. }) => return Ok(cri::StopPodSandboxResponse {}),
         Err(e) => return Err(e),
     };
+    let _guard = st.lock(&sb.id).await;
     teardown(st, &sb).await?;
     st.sandboxes
         .update(&sb.id, |s| s.state = SandboxState::NotReady)?;
@@ -55,6 +56,8 @@ pub(crate) async fn teardown(st: &State, sb: &Sandbox) -> Result<()> {
     }
 
     stop_pause(st, sb).await;
+
+    crate::sys::unmount(&dir.join("shm"))?;
 
     if let Some(netns) = &sb.netns_path {
         crate::sys::unmount(netns)?;

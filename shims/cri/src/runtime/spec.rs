@@ -191,6 +191,11 @@ fn clamp_oom_score_adj(v: i64) -> i32 {
     v.clamp(own, 1000) as i32
 }
 
+/// The container's cgroupfs path: `<sandbox cgroup parent>/<container id>`, absolute.
+pub(crate) fn cgroups_path(sb: &Sandbox, id: &str) -> String {
+    format!("/{}/{}", sb.cgroup_parent.trim_matches('/'), id).replace("//", "/")
+}
+
 pub(crate) fn generate(
     st: &State,
     ct: &Container,
@@ -363,12 +368,6 @@ pub(crate) fn generate(
             ],
         )?,
         mnt(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        )?,
-        mnt(
             "/dev/mqueue",
             "mqueue",
             "mqueue",
@@ -392,6 +391,13 @@ pub(crate) fn generate(
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         )?,
     ];
+    // /dev/shm: the pod's tmpfs, or the host's for host-IPC pods.
+    let shm_src = if pod_ns.ipc == NS_NODE {
+        PathBuf::from("/dev/shm")
+    } else {
+        sb_dir.join("shm")
+    };
+    mounts.push(bind("/dev/shm", &shm_src, false, "rprivate")?);
     let user_dests: HashSet<&str> = cfg
         .mounts
         .iter()
@@ -431,11 +437,7 @@ pub(crate) fn generate(
     }
 
     // cgroups (cgroupfs driver): <sandbox cgroup parent>/<container id>.
-    let cgroups_path = PathBuf::from(if sb.cgroup_parent.starts_with('/') {
-        format!("{}/{}", sb.cgroup_parent.trim_end_matches('/'), ct.id)
-    } else {
-        format!("/{}/{}", sb.cgroup_parent.trim_end_matches('/'), ct.id)
-    });
+    let cgroups_path = PathBuf::from(cgroups_path(sb, &ct.id));
     let mut rb =
         LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(privileged)
@@ -518,7 +520,7 @@ pub(crate) fn generate(
     );
     let _ = st;
 
-    SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
@@ -527,13 +529,15 @@ pub(crate) fn generate(
                 .build()
                 .map_err(spec_err)?,
         )
-        .hostname(super::sandbox_run::hostname_of(sb))
         .process(process)
         .mounts(mounts)
         .linux(linux)
         .annotations(annotations)
         .build()
-        .map_err(spec_err)
+        .map_err(spec_err)?;
+    // Host-network pods share the host's UTS namespace: no hostname of their own.
+    spec.set_hostname((!sb.host_network).then(|| super::sandbox_run::hostname_of(sb)));
+    Ok(spec)
 }
 
 fn all_caps() -> HashSet<Capability> {

@@ -24,6 +24,9 @@ pub(crate) struct Container {
     /// Set when a StartContainer failed: the container is then reported exited with this message.
     pub start_error: Option<String>,
     pub pid: i32,
+    /// Start time of `pid` (to tell it from a reused PID).
+    #[serde(default)]
+    pub pid_start_time: u64,
     pub log_path: PathBuf,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
@@ -70,6 +73,7 @@ impl Container {
             started_at: 0,
             start_error: None,
             pid: 0,
+            pid_start_time: 0,
             log_path,
             bundle: dir.join("bundle"),
             rootfs: dir.join("bundle").join("rootfs"),

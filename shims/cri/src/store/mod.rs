@@ -133,3 +133,27 @@ impl<T: Record> Store<T> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::image::ImageRecord;
+
+    #[test]
+    fn records_persist_and_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, orphans) = Store::<ImageRecord>::load(tmp.path()).unwrap();
+        assert!(orphans.is_empty());
+        let mut rec = ImageRecord::new(format!("sha256:{}", "ab".repeat(32)));
+        rec.repo_tags.push("x/y:z".into());
+        store.put(rec).unwrap();
+        std::fs::create_dir_all(tmp.path().join("half-made")).unwrap();
+
+        let (again, orphans) = Store::<ImageRecord>::load(tmp.path()).unwrap();
+        assert_eq!(orphans, vec![tmp.path().join("half-made")]);
+        let got = again.get("abab").unwrap();
+        assert_eq!(got.repo_tags, ["x/y:z"]);
+        again.delete(got.hex()).unwrap();
+        assert!(matches!(again.get("abab"), Err(CriError::NotFound { .. })));
+    }
+}

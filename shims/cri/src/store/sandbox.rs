@@ -70,7 +70,10 @@ impl Sandbox {
 
     pub(crate) fn cri_state(&self) -> cri::PodSandboxState {
         match self.state {
-            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+            // A sandbox whose pause process died (e.g. after a reboot) is not ready any more.
+            SandboxState::Ready if crate::sys::alive(self.pause_pid, self.pause_start_time) => {
+                cri::PodSandboxState::SandboxReady
+            }
             _ => cri::PodSandboxState::SandboxNotready,
         }
     }

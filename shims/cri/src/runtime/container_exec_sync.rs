@@ -1,0 +1,103 @@
+//! ExecSync: runs a command in a running container through the runtime's runc-compatible
+//! `exec --process <json> ID` and returns its output and exit code.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+use skiff_proto::cri;
+use tokio::io::AsyncReadExt;
+
+use crate::error::{CriError, Result};
+use crate::server::State;
+
+/// Output beyond this is cut (the kubelet's probes need a few bytes).
+const MAX_OUTPUT: u64 = 16 << 20;
+
+pub(crate) async fn exec_sync(
+    st: &State,
+    req: cri::ExecSyncRequest,
+) -> Result<cri::ExecSyncResponse> {
+    let ct = st.containers.get(&req.container_id)?;
+    if ct.cri_state() != cri::ContainerState::ContainerRunning {
+        return Err(CriError::FailedPrecondition(format!(
+            "container {} is not running: exec needs a running container",
+            ct.id
+        )));
+    }
+    if req.cmd.is_empty() {
+        return Err(CriError::InvalidArgument("ExecSync needs a command".into()));
+    }
+    // The exec'd process inherits the container's user, env, cwd and capabilities.
+    let spec =
+        Spec::load(ct.bundle.join("config.json")).map_err(|e| CriError::Spec(e.to_string()))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(req.cmd.clone()));
+    process.set_terminal(Some(false));
+    let file = ct
+        .bundle
+        .join(format!("exec-{}.json", &crate::util::new_id()[..12]));
+    crate::util::write_json_atomic(&file, &process)?;
+
+    let mut child = tokio::process::Command::new(&st.cfg.runtime_bin)
+        .arg("--root")
+        .arg(&st.cfg.runtime_root)
+        .arg("exec")
+        .arg("--process")
+        .arg(&file)
+        .arg(&ct.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| CriError::Runtime {
+            verb: "exec",
+            id: ct.id.clone(),
+            message: format!("cannot run {}: {e}", st.cfg.runtime_bin.display()),
+        })?;
+    let mut out = child.stdout.take().expect("piped").take(MAX_OUTPUT);
+    let mut err = child.stderr.take().expect("piped").take(MAX_OUTPUT);
+    let run = async {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let (r1, r2) = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e));
+        r1.and(r2)?;
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((o, e, status))
+    };
+    let result = if req.timeout > 0 {
+        tokio::time::timeout(Duration::from_secs(req.timeout as u64), run).await
+    } else {
+        Ok(run.await)
+    };
+    let _ = std::fs::remove_file(&file);
+    let (stdout, stderr, status) = result
+        .map_err(|_| CriError::Runtime {
+            verb: "exec",
+            id: ct.id.clone(),
+            message: format!("command timed out after {}s", req.timeout),
+        })?
+        .map_err(|e| CriError::Runtime {
+            verb: "exec",
+            id: ct.id.clone(),
+            message: e.to_string(),
+        })?;
+    if !status.success()
+        && String::from_utf8_lossy(&stderr).contains("unrecognized subcommand 'exec'")
+    {
+        return Err(CriError::Runtime {
+            verb: "exec",
+            id: ct.id.clone(),
+            message: format!("{} has no `exec` verb", st.cfg.runtime_bin.display()),
+        });
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let exit_code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(cri::ExecSyncResponse {
+        stdout,
+        stderr,
+        exit_code,
+    })
+}
