@@ -17,6 +17,7 @@
 
 pub mod cri;
 pub mod error;
+pub mod events;
 pub mod fake;
 pub mod logs;
 pub mod node;

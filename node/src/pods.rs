@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::cri::{labels, CriRuntime};
+use crate::events::PodEvent;
 use crate::reconcile::{terminate_pod, PodSync, SyncContext};
 
 /// How often a live pod is re-synced against the CRI (the relist period).
@@ -258,6 +259,29 @@ async fn pod_worker<R: CriRuntime>(
                     .unwrap_or(30)
                     .max(0);
                 info!(grace, "pod is being deleted; stopping it");
+                if last_pod.is_none()
+                    || last_pod
+                        .as_ref()
+                        .and_then(|p| p.metadata.deletion_timestamp.as_ref())
+                        .is_none()
+                {
+                    let running: Vec<PodEvent> = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                        .map(|c| {
+                            PodEvent::normal(
+                                "Killing",
+                                &c.name,
+                                format!("Stopping container {}", c.name),
+                            )
+                        })
+                        .collect();
+                    crate::events::post(&client, sync.node_name(), &pod, running).await;
+                }
                 let res = match sync.terminate(&uid, grace).await {
                     Ok(()) => finish_delete(&client, &pod)
                         .await
@@ -278,6 +302,8 @@ async fn pod_worker<R: CriRuntime>(
             }
             Some(pod) => {
                 let status = sync.sync(&pod, Instant::now()).await;
+                let events = sync.take_events();
+                crate::events::post(&client, sync.node_name(), &pod, events).await;
                 let unchanged =
                     last_written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status);
                 if !unchanged {

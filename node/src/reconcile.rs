@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::cri::{labels, CriRuntime};
 use crate::error::CriError;
+use crate::events::PodEvent;
 use crate::status::{self, StatusInput, Waiting};
 
 /// Initial crash / image pull back-off.
@@ -79,6 +80,10 @@ pub struct PodSync<R: CriRuntime> {
     pull: HashMap<String, PullBackoff>,
     /// Set once the pod reached Succeeded/Failed and its sandbox was stopped.
     terminal_done: bool,
+    /// Events collected since the last [`PodSync::take_events`].
+    events: Vec<PodEvent>,
+    /// One-shot events already recorded.
+    reported: std::collections::HashSet<String>,
 }
 
 fn next_delay(d: Duration) -> Duration {
@@ -165,7 +170,19 @@ impl<R: CriRuntime> PodSync<R> {
             crash: HashMap::new(),
             pull: HashMap::new(),
             terminal_done: false,
+            events: Vec::new(),
+            reported: std::collections::HashSet::new(),
         }
+    }
+
+    /// The node this kubelet runs as.
+    pub fn node_name(&self) -> &str {
+        &self.ctx.node_name
+    }
+
+    /// The events recorded since the last call, for the worker to post.
+    pub fn take_events(&mut self) -> Vec<PodEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// The current sandbox id, if any.
@@ -536,7 +553,16 @@ impl<R: CriRuntime> PodSync<R> {
         let policy = pull_policy(c).to_string();
         if policy != "Always" {
             match self.cri.image_status(&image).await {
-                Ok(Some(_)) => return Ok(()),
+                Ok(Some(_)) => {
+                    if !self.pulled_once(&c.name) {
+                        self.events.push(PodEvent::normal(
+                            "Pulled",
+                            &c.name,
+                            format!("Container image \"{image}\" already present on machine"),
+                        ));
+                    }
+                    return Ok(());
+                }
                 Ok(None) if policy == "Never" => {
                     return Err(Waiting::new(
                         "ErrImageNeverPull",
@@ -550,15 +576,39 @@ impl<R: CriRuntime> PodSync<R> {
             }
         }
         info!(%image, "pulling image");
+        self.events.push(PodEvent::normal(
+            "Pulling",
+            &c.name,
+            format!("Pulling image \"{image}\""),
+        ));
+        let started = std::time::Instant::now();
         match self.cri.pull_image(&image, sandbox_config.clone()).await {
             Ok(r) => {
                 info!(%image, image_ref = %r, "pulled image");
+                self.events.push(PodEvent::normal(
+                    "Pulled",
+                    &c.name,
+                    format!(
+                        "Successfully pulled image \"{image}\" in {}ms",
+                        started.elapsed().as_millis()
+                    ),
+                ));
                 self.pull.remove(&c.name);
                 Ok(())
             }
             Err(e) => {
                 let message = e.message();
                 warn!(%image, error = %message, "image pull failed");
+                self.events.push(PodEvent::warning(
+                    "Failed",
+                    &c.name,
+                    format!("Failed to pull image \"{image}\": {message}"),
+                ));
+                self.events.push(PodEvent::warning(
+                    "Failed",
+                    &c.name,
+                    "Error: ErrImagePull".into(),
+                ));
                 let delay = next_delay(self.pull.get(&c.name).map(|b| b.delay).unwrap_or_default());
                 self.pull.insert(
                     c.name.clone(),
@@ -571,6 +621,13 @@ impl<R: CriRuntime> PodSync<R> {
                 Err(Waiting::new("ErrImagePull", message))
             }
         }
+    }
+
+    /// Whether an "already present" event was recorded for `container` (once per pod worker,
+    /// not at every sync).
+    fn pulled_once(&mut self, container: &str) -> bool {
+        let key = format!("present/{container}");
+        !self.reported.insert(key)
     }
 
     /// Whether a container whose latest instance exited should run again.
@@ -826,6 +883,11 @@ impl<R: CriRuntime> PodSync<R> {
             Ok(id) => id,
             Err(e) => {
                 warn!(container = %c.name, error = %e, "CreateContainer failed");
+                self.events.push(PodEvent::warning(
+                    "Failed",
+                    &c.name,
+                    format!("Error: {}", e.message()),
+                ));
                 waiting.insert(
                     c.name.clone(),
                     Waiting::new("CreateContainerError", e.message()),
@@ -838,10 +900,27 @@ impl<R: CriRuntime> PodSync<R> {
             b.delay = next_delay(b.delay);
             b.pending = None;
         }
+        self.events.push(PodEvent::normal(
+            "Created",
+            &c.name,
+            format!("Created container {}", c.name),
+        ));
         match self.cri.start_container(&id).await {
-            Ok(()) => info!(container = %c.name, id = %id, attempt, "started container"),
+            Ok(()) => {
+                info!(container = %c.name, id = %id, attempt, "started container");
+                self.events.push(PodEvent::normal(
+                    "Started",
+                    &c.name,
+                    format!("Started container {}", c.name),
+                ));
+            }
             Err(e) => {
                 warn!(container = %c.name, error = %e, "StartContainer failed");
+                self.events.push(PodEvent::warning(
+                    "Failed",
+                    &c.name,
+                    format!("Error: {}", e.message()),
+                ));
                 let _ = self.cri.remove_container(&id).await;
                 waiting.insert(
                     c.name.clone(),

@@ -210,6 +210,12 @@ fn kubectl_drives_a_pod_through_every_layer() {
     eprintln!("$ kubectl describe pod sk-hello\n{describe}");
     assert!(describe.contains("Status:           Running") || describe.contains("Running"));
     assert!(describe.contains(&ip), "describe lacks the IP:\n{describe}");
+    for event in ["Scheduled", "Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            describe.contains(event),
+            "describe lacks the {event} event:\n{describe}"
+        );
+    }
 
     // Deleting the pod stops the container and frees every resource it held.
     s.kubectl_ok(&["delete", "pod", "sk-hello", "--timeout=90s"]);

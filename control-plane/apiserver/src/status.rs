@@ -21,32 +21,32 @@ impl StatusError {
         }
     }
 
-    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
+    /// `<plural>[.<group>] "<name>" <what>` with the details clients read.
+    fn about(
+        code: u16,
+        reason: &'static str,
+        group: &str,
+        plural: &str,
+        name: &str,
+        what: &str,
+    ) -> Self {
+        let resource = if group.is_empty() {
             plural.to_string()
         } else {
             format!("{plural}.{group}")
         };
         Self {
             details: Some(json!({"name": name, "group": group, "kind": plural})),
-            ..Self::new(404, "NotFound", format!("{what} \"{name}\" not found"))
+            ..Self::new(code, reason, format!("{resource} \"{name}\" {what}"))
         }
     }
 
+    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+        Self::about(404, "NotFound", group, plural, name, "not found")
+    }
+
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
-        Self {
-            details: Some(json!({"name": name, "group": group, "kind": plural})),
-            ..Self::new(
-                409,
-                "AlreadyExists",
-                format!("{what} \"{name}\" already exists"),
-            )
-        }
+        Self::about(409, "AlreadyExists", group, plural, name, "already exists")
     }
 
     pub fn conflict(plural: &str, name: &str, why: &str) -> Self {

@@ -59,9 +59,11 @@ async fn event(client: &Client, pod: &Pod, type_: &str, reason: &str, message: S
     let now = k8s_openapi::jiff::Timestamp::now();
     let ev = Event {
         metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}.",
-                pod.metadata.name.clone().unwrap_or_default()
+            // `<pod>.<unix nanos in hex>` like upstream's recorder: events list in time order.
+            name: Some(format!(
+                "{}.{:x}",
+                pod.metadata.name.as_deref().unwrap_or("pod"),
+                now.as_nanosecond()
             )),
             namespace: Some(ns.clone()),
             ..Default::default()
