@@ -1,6 +1,7 @@
 //! `skiff`: one binary for the whole distribution (like k3s). Thin: parse flags, set up logging,
 //! call the libraries, map errors once.
 
+mod cri;
 mod server;
 
 use anyhow::Result;
@@ -25,6 +26,8 @@ enum Cmd {
     /// Run a single-node cluster: API server on the embedded store, scheduler, and the node
     /// (kubelet + CRI server + CNI).
     Server(server::ServerArgs),
+    /// Run only the CRI server (runtime.v1 on a unix socket).
+    Cri(cri::CriArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Server(args) => rt.block_on(server::run(args)),
+        Cmd::Cri(args) => rt.block_on(cri::run(args)),
     }
 }

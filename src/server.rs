@@ -190,7 +190,7 @@ fn node_pod_cidr(cluster_cidr: &str) -> Result<String> {
 }
 
 /// A binary installed next to `skiff` (`skiff-runtime`, `skiff-monitor`, `skiff-cni`).
-fn sibling(name: &str) -> Result<PathBuf> {
+pub fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the skiff binary")?;
     let p = exe.with_file_name(name);
     anyhow::ensure!(
@@ -304,7 +304,7 @@ pub async fn kube_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(cfg)?)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
