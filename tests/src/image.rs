@@ -180,6 +180,8 @@ fn http_err(what: &str, e: impl std::fmt::Display) -> HarnessError {
 pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<String> {
     let (name, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
     let base = format!("http://{registry}/v2/{name}");
+    // reqwest is built without a bundled TLS provider: use ring, as every Skiff binary does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest13::Client::new();
     for blob in image.layers.iter().chain(std::iter::once(&image.config)) {
         let head = http

@@ -88,6 +88,8 @@ pub async fn serve(
     cfg: CriConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CriError> {
+    // Registry pulls use rustls; with only `ring` compiled in, make it the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for dir in [&cfg.state_dir, &cfg.netns_dir, &cfg.runtime_root] {
         std::fs::create_dir_all(dir).map_err(CriError::io("creating dir", dir.as_path()))?;
     }
