@@ -1,6 +1,6 @@
 //! Errors of the plugins and their mapping to CNI spec error codes.
 
-use crate::{ipam::IpamError, netlink::NetlinkError, netns::NetnsError};
+use crate::{ipam::IpamError, netlink::NetlinkError, netns::NetnsError, nft::NftError};
 
 /// CNI spec error codes (SPEC.md, "Error").
 pub mod code {
@@ -12,6 +12,8 @@ pub mod code {
     pub const DECODING_FAILURE: u32 = 6;
     pub const INVALID_NETWORK_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot service ADD requests.
+    pub const NOT_AVAILABLE: u32 = 50;
     pub const INTERNAL: u32 = 999;
 }
 
@@ -49,6 +51,8 @@ pub enum Error {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error(transparent)]
     Ipam(#[from] IpamError),
     #[error("{context}: {source}")]
     Io {
@@ -79,7 +83,7 @@ impl Error {
             Error::Ipam(e) => e.code(),
             Error::Io { .. } => code::IO_FAILURE,
             Error::Netns(NetnsError::NotFound { .. }) => code::INVALID_ENV,
-            Error::Netlink(_) | Error::Netns(_) | Error::Other(_) => code::INTERNAL,
+            Error::Netlink(_) | Error::Nft(_) | Error::Netns(_) | Error::Other(_) => code::INTERNAL,
         }
     }
 

@@ -26,7 +26,21 @@ pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf> {
 
 /// Runs `bin` with `command`; returns its stdout when it succeeded.
 pub fn exec(bin: &Path, command: &str, stdin: &[u8]) -> Result<Vec<u8>> {
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // SAFETY: the closure runs in the forked child before exec and only makes the prctl
+    // syscall, which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            // If we are killed mid-ADD, the delegate dies with us instead of finishing an
+            // allocation after the runtime's cleanup DEL already ran.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -66,9 +80,48 @@ pub fn exec(bin: &Path, command: &str, stdin: &[u8]) -> Result<Vec<u8>> {
     .into())
 }
 
-/// Delegates `command` to plugin `plugin` found in `path`.
+/// Delegates `command` to plugin `plugin` found in `path`. When that file is this very binary
+/// (our `host-local` next to our `bridge`), the plugin runs in-process with the same environment
+/// and stdin — the same code an exec would run, without a fork+exec.
 pub fn delegate(plugin: &str, command: &str, path: &[PathBuf], stdin: &[u8]) -> Result<Vec<u8>> {
     let bin = find_in_path(plugin, path)?;
+    if let Some(p) = in_process(plugin, &bin) {
+        tracing::debug!(plugin, command, "delegating in-process");
+        return run_here(p.as_ref(), command, stdin);
+    }
     tracing::debug!(plugin = %bin.display(), command, "delegating");
     exec(&bin, command, stdin)
+}
+
+/// Our own plugin `plugin`, if `bin` is this executable.
+fn in_process(plugin: &str, bin: &Path) -> Option<Box<dyn crate::skel::Plugin>> {
+    if std::env::var_os("SKIFF_CNI_EXEC_DELEGATES").is_some() {
+        return None;
+    }
+    let me = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let it = bin.canonicalize().ok()?;
+    (me == it).then(|| crate::plugin_for(plugin)).flatten()
+}
+
+fn run_here(plugin: &dyn crate::skel::Plugin, command: &str, stdin: &[u8]) -> Result<Vec<u8>> {
+    let env = |k: &str| {
+        if k == "CNI_COMMAND" {
+            Some(command.to_string())
+        } else {
+            std::env::var(k).ok()
+        }
+    };
+    let mut out = Vec::new();
+    if crate::skel::run(plugin, &env, stdin.to_vec(), &mut out) == 0 {
+        return Ok(out);
+    }
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    Err(CniError::new(
+        v.get("code")
+            .and_then(Value::as_u64)
+            .map_or(code::INTERNAL, |c| c as u32),
+        v.get("msg").and_then(Value::as_str).unwrap_or_default(),
+        v.get("details").and_then(Value::as_str).unwrap_or_default(),
+    )
+    .into())
 }

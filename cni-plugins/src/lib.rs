@@ -5,11 +5,15 @@
 //! The binary picks the plugin from the file name it was run as (`argv[0]`), or from its first
 //! argument when run as `skiff-cni <plugin>`.
 
+pub mod conntrack;
+pub mod detach;
 pub mod error;
 pub mod invoke;
 pub mod ipam;
+pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod plugins;
 pub mod skel;
 pub mod sysctl;

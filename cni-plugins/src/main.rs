@@ -4,16 +4,21 @@ use anyhow::Context;
 use skiff_cni::{install, parse_argv, plugin_for, skel, Invocation};
 
 fn main() -> anyhow::Result<()> {
-    // Logs go to stderr: stdout carries the CNI result.
-    tracing_subscriber::fmt()
+    // Logs go to stderr: stdout carries the CNI result. A plain level filter unless
+    // SKIFF_CNI_LOG asks for more: an EnvFilter costs start-up time and memory on every call.
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_CNI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
         .without_time()
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match std::env::var("SKIFF_CNI_LOG") {
+        Ok(f) if !f.is_empty() => fmt
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_new(&f)
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .init(),
+        _ => fmt.with_max_level(tracing::Level::WARN).init(),
+    }
 
     let argv: Vec<_> = std::env::args_os().collect();
     match parse_argv(&argv) {

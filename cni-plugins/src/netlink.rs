@@ -11,8 +11,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
@@ -61,8 +62,11 @@ pub struct Link {
     pub master: Option<u32>,
     pub mtu: Option<u32>,
     pub up: bool,
+    pub promisc: bool,
     /// IFLA_LINK_NETNSID: set when the peer of a veth is in another namespace.
     pub link_netnsid: Option<i32>,
+    /// IFLA_LINK: the peer's index (in the namespace `link_netnsid` names) for a veth.
+    pub peer_index: Option<u32>,
 }
 
 impl Link {
@@ -112,6 +116,7 @@ fn link_from_msg(m: &LinkMessage) -> Link {
     let mut l = Link {
         index: m.header.index,
         up: m.header.flags.contains(LinkFlags::Up),
+        promisc: m.header.flags.contains(LinkFlags::Promisc),
         ..Default::default()
     };
     for a in &m.attributes {
@@ -121,6 +126,7 @@ fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Controller(i) => l.master = Some(*i),
             LinkAttribute::Mtu(v) => l.mtu = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
+            LinkAttribute::Link(v) => l.peer_index = Some(*v),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -263,7 +269,13 @@ impl Netlink {
 
     /// Creates a bridge (down); `EEXIST` is returned as an error.
     /// `mac` pins the bridge's address so it never follows its ports.
-    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> Result<()> {
+    pub fn add_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        vlan_filtering: bool,
+    ) -> Result<()> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         if let Some(mac) = mac {
@@ -272,10 +284,13 @@ impl Netlink {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        m.attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-                InfoKind::Bridge,
-            )]));
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(info));
         self.ack(
             &format!("create bridge {name}"),
             RouteNetlinkMessage::NewLink(m),
@@ -292,6 +307,7 @@ impl Netlink {
         peer_ns_fd: RawFd,
         mtu: Option<u32>,
         master: u32,
+        peer_mac: Option<[u8; 6]>,
     ) -> Result<()> {
         // The peer cannot be created up: the kernel configures it before the pair is linked
         // (veth_open would fail with ENOTCONN). It is brought up inside the namespace.
@@ -299,6 +315,9 @@ impl Netlink {
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
         if let Some(mtu) = mtu {
             p.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = peer_mac {
+            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
         p.attributes.push(LinkAttribute::NetNsFd(peer_ns_fd));
 
@@ -331,6 +350,71 @@ impl Netlink {
             RouteNetlinkMessage::SetLink(m),
             0,
         )
+    }
+
+    /// Turns promiscuous mode on.
+    pub fn set_promisc(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Promisc;
+        m.header.change_mask = LinkFlags::Promisc;
+        self.ack(
+            &format!("set link #{index} promiscuous"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
+    fn bridge_vlan(
+        &mut self,
+        index: u32,
+        vid: u16,
+        pvid: bool,
+        untagged: bool,
+        add: bool,
+    ) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.interface_family = AddressFamily::Bridge;
+        m.header.index = index;
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if pvid {
+            flags |= BridgeVlanInfoFlags::Pvid;
+        }
+        if untagged {
+            flags |= BridgeVlanInfoFlags::Untagged;
+        }
+        m.attributes.push(LinkAttribute::AfSpecBridge(vec![
+            AfSpecBridge::Flags(BridgeFlag::Controller),
+            AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }),
+        ]));
+        let (op, msg) = if add {
+            (
+                format!("add vlan {vid} to bridge port #{index}"),
+                RouteNetlinkMessage::SetLink(m),
+            )
+        } else {
+            (
+                format!("remove vlan {vid} from bridge port #{index}"),
+                RouteNetlinkMessage::DelLink(m),
+            )
+        };
+        self.ack(&op, msg, 0)
+    }
+
+    /// Adds VLAN `vid` to a bridge port (`pvid`: untagged ingress lands in it).
+    pub fn bridge_vlan_add(
+        &mut self,
+        index: u32,
+        vid: u16,
+        pvid: bool,
+        untagged: bool,
+    ) -> Result<()> {
+        self.bridge_vlan(index, vid, pvid, untagged, true)
+    }
+
+    /// Removes VLAN `vid` from a bridge port.
+    pub fn bridge_vlan_del(&mut self, index: u32, vid: u16) -> Result<()> {
+        self.bridge_vlan(index, vid, false, false, false)
     }
 
     /// Sets the hardware address (pins a bridge's MAC so it does not follow its ports).
@@ -417,7 +501,7 @@ impl Netlink {
         Ok(out)
     }
 
-    fn addr_msg(index: u32, net: IpNet) -> AddressMessage {
+    fn addr_msg(index: u32, net: IpNet, nodad: bool) -> AddressMessage {
         let mut m = AddressMessage::default();
         m.header.family = family_of(&net.addr);
         m.header.prefix_len = net.prefix;
@@ -435,17 +519,24 @@ impl Netlink {
             }
             IpAddr::V6(_) => {
                 m.attributes.push(AddressAttribute::Address(net.addr));
-                m.attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                if nodad {
+                    m.attributes
+                        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                }
             }
         }
         m
     }
 
     pub fn add_address(&mut self, index: u32, net: IpNet) -> Result<()> {
+        self.add_address_dad(index, net, false)
+    }
+
+    /// Adds an address; IPv6 addresses skip duplicate address detection unless `dad`.
+    pub fn add_address_dad(&mut self, index: u32, net: IpNet, dad: bool) -> Result<()> {
         self.ack(
             &format!("add address {net} to link #{index}"),
-            RouteNetlinkMessage::NewAddress(Self::addr_msg(index, net)),
+            RouteNetlinkMessage::NewAddress(Self::addr_msg(index, net, !dad)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
@@ -453,7 +544,7 @@ impl Netlink {
     pub fn del_address(&mut self, index: u32, net: IpNet) -> Result<()> {
         self.ack(
             &format!("delete address {net} from link #{index}"),
-            RouteNetlinkMessage::DelAddress(Self::addr_msg(index, net)),
+            RouteNetlinkMessage::DelAddress(Self::addr_msg(index, net, true)),
             0,
         )
     }

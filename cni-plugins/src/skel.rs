@@ -50,6 +50,32 @@ pub struct CmdArgs {
     pub config: Value,
 }
 
+impl CmdArgs {
+    /// The network's `name` (validated non-empty for every command but VERSION).
+    pub fn network_name(&self) -> &str {
+        self.config
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// `cni.dev/valid-attachments` of a GC config as (containerID, ifname) pairs.
+pub fn valid_attachments(config: &Value) -> Vec<(String, String)> {
+    config
+        .get("cni.dev/valid-attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            Some((
+                v.get("containerID")?.as_str()?.to_string(),
+                v.get("ifname")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// What each plugin implements.
 pub trait Plugin {
     /// ADD: returns the rendered result JSON.

@@ -313,6 +313,29 @@ pub fn render<T: Serialize + ?Sized>(v: &T) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
+/// Renames object keys (recursively) that match one of `canonical` case-insensitively to that
+/// spelling. Runtimes fill capability arguments from Go structs without JSON tags (containerd's
+/// go-cni sends `{"HostPort":8080,...}`); Go's decoder matches keys case-insensitively, so the
+/// reference plugins accept any casing, and so must we.
+pub fn fold_keys(v: &serde_json::Value, canonical: &[&str]) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let k = canonical
+                        .iter()
+                        .find(|c| c.eq_ignore_ascii_case(k))
+                        .map_or_else(|| k.clone(), |c| (*c).to_string());
+                    (k, fold_keys(v, canonical))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|x| fold_keys(x, canonical)).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Parses `CNI_ARGS` (`K=V;K2=V2`) into pairs; pairs without `=` are rejected.
 pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, String> {
     s.split(';')
@@ -359,6 +382,15 @@ mod tests {
         assert!(new["ips"][0].get("version").is_none());
         assert_eq!(new["dns"], serde_json::json!({}));
         assert_eq!(CniResult::from_value(old).unwrap(), r);
+    }
+
+    #[test]
+    fn keys_fold_like_go() {
+        let v = serde_json::json!([{"HostPort": 1, "containerport": 2, "Other": 3}]);
+        assert_eq!(
+            fold_keys(&v, &["hostPort", "containerPort"]),
+            serde_json::json!([{"hostPort": 1, "containerPort": 2, "Other": 3}])
+        );
     }
 
     #[test]

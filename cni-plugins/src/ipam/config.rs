@@ -214,7 +214,8 @@ impl IpamConfig {
         sets_raw.extend(raw.ranges);
         // The "ipRanges" capability replaces the configured ranges.
         if let Some(rt) = config.get("runtimeConfig").and_then(|r| r.get("ipRanges")) {
-            let rt: Vec<Vec<RangeRaw>> = serde_json::from_value(rt.clone())
+            let rt = crate::types::fold_keys(rt, &["subnet", "rangeStart", "rangeEnd", "gateway"]);
+            let rt: Vec<Vec<RangeRaw>> = serde_json::from_value(rt)
                 .map_err(|e| IpamError::Config(format!("runtimeConfig.ipRanges: {e}")))?;
             if !rt.is_empty() {
                 sets_raw = rt;

@@ -15,6 +15,8 @@ use super::IpamError;
 pub const LINE_BREAK: &str = "\r\n";
 pub const LAST_IP_PREFIX: &str = "last_reserved_ip.";
 const LOCK_FILE: &str = "lock";
+/// Allocation files being written (hidden from the reference plugin's listing logic by the dot).
+const TMP_PREFIX: &str = ".skiff-tmp.";
 
 /// An open, exclusively locked store; the lock is released on drop.
 pub struct Store {
@@ -46,6 +48,14 @@ impl Store {
             .map_err(|e| IpamError::io(format!("open {}", lock_path.display()), e))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| IpamError::io(format!("flock {}", lock_path.display()), e.into()))?;
+        // Anything half-written belongs to a process that died holding the lock we now hold.
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for ent in rd.flatten() {
+                if ent.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    let _ = fs::remove_file(ent.path());
+                }
+            }
+        }
         Ok(Store { dir, _lock: lock })
     }
 
@@ -61,22 +71,32 @@ impl Store {
         ip: IpAddr,
         range_id: usize,
     ) -> Result<bool, IpamError> {
+        // Written aside and linked into place, so a crash never leaves an allocation file
+        // without its owner (which DEL could not match).
         let path = self.dir.join(ip.to_string());
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-        {
-            Ok(f) => f,
+        let tmp = self
+            .dir
+            .join(format!("{TMP_PREFIX}{ip}.{}", std::process::id()));
+        let write_tmp = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            f.write_all(owner_key(id, ifname).as_bytes())
+        };
+        if let Err(e) = write_tmp() {
+            let _ = fs::remove_file(&tmp);
+            return Err(IpamError::io(format!("write {}", tmp.display()), e));
+        }
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(IpamError::io(format!("create {}", path.display()), e)),
-        };
-        if let Err(e) = f.write_all(owner_key(id, ifname).as_bytes()) {
-            let _ = fs::remove_file(&path);
-            return Err(IpamError::io(format!("write {}", path.display()), e));
         }
-        drop(f);
         let last = self.dir.join(format!("{LAST_IP_PREFIX}{range_id}"));
         fs::write(&last, ip.to_string())
             .map_err(|e| IpamError::io(format!("write {}", last.display()), e))?;
@@ -97,7 +117,7 @@ impl Store {
         for ent in rd.flatten() {
             let name = ent.file_name();
             let name = name.to_string_lossy();
-            if name == LOCK_FILE || name.starts_with(LAST_IP_PREFIX) {
+            if name == LOCK_FILE || name.starts_with(LAST_IP_PREFIX) || name.starts_with('.') {
                 continue;
             }
             if ent.file_type().map(|t| !t.is_file()).unwrap_or(true) {

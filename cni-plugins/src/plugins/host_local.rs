@@ -5,7 +5,7 @@ use crate::ipam::allocator::allocate;
 use crate::ipam::config::{parse_resolv_conf, IpamConfig};
 use crate::ipam::store::Store;
 use crate::ipam::IpamError;
-use crate::skel::{CmdArgs, Plugin};
+use crate::skel::{valid_attachments, CmdArgs, Plugin};
 use crate::types::CniResult;
 
 pub struct HostLocal;
@@ -58,22 +58,23 @@ impl Plugin for HostLocal {
     /// Spec 1.1 GC: frees every address whose attachment is not in `cni.dev/valid-attachments`.
     fn gc(&self, a: &CmdArgs) -> Result<()> {
         let cfg = IpamConfig::load(&a.config, &a.args)?;
-        let valid: Vec<(String, String)> = a
-            .config
-            .get("cni.dev/valid-attachments")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| {
-                Some((
-                    v.get("containerID")?.as_str()?.to_string(),
-                    v.get("ifname")?.as_str()?.to_string(),
-                ))
-            })
-            .collect();
+        let valid = valid_attachments(&a.config);
         let store = Store::open(&cfg.data_dir, &cfg.network)?;
         let n = store.retain(|id, ifname| valid.iter().any(|(i, f)| i == id && f == ifname))?;
         tracing::info!(released = n, "gc");
+        Ok(())
+    }
+
+    /// Spec 1.1 STATUS: ready when the store can be opened and locked.
+    fn status(&self, a: &CmdArgs) -> Result<()> {
+        let cfg = IpamConfig::load(&a.config, &a.args)?;
+        Store::open(&cfg.data_dir, &cfg.network).map_err(|e| {
+            crate::error::CniError::new(
+                crate::error::code::NOT_AVAILABLE,
+                "host-local cannot use its store",
+                e.to_string(),
+            )
+        })?;
         Ok(())
     }
 

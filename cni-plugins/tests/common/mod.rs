@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,6 +108,22 @@ pub fn run_plugin(
     cni_path: &Path,
     conf: &Value,
 ) -> Run {
+    run_plugin_env(host, bin, cmd, id, netns, ifname, cni_path, conf, &[])
+}
+
+/// [`run_plugin`] with extra environment variables (e.g. `CNI_ARGS`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_plugin_env(
+    host: Option<&Ns>,
+    bin: &Path,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    ifname: &str,
+    cni_path: &Path,
+    conf: &Value,
+    extra: &[(&str, &str)],
+) -> Run {
     let mut c = match host {
         Some(h) => {
             let mut c = Command::new("ip");
@@ -120,6 +138,7 @@ pub fn run_plugin(
         .env("CNI_IFNAME", ifname)
         .env("CNI_PATH", cni_path)
         .env_remove("CNI_ARGS")
+        .envs(extra.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -1,0 +1,776 @@
+//! A small synchronous nf_tables client speaking netfilter netlink directly (no `nft`/`iptables`
+//! exec, no libnftnl): batched transactions of table/chain/rule messages, and rule dumps.
+//!
+//! Only what the NAT rules of `bridge` (ipMasq) and `portmap` need is encoded: the `meta`,
+//! `payload`, `cmp`, `bitwise`, `immediate`, `fib`, `masq` and `nat` expressions.
+
+use std::io;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("failed to open a netfilter netlink socket: {0} (is nf_tables available?)")]
+    Socket(#[source] io::Error),
+    #[error("nftables: {op} failed: {source}")]
+    Request {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("nftables: {op}: malformed answer from the kernel")]
+    Decode { op: String },
+    /// An error reported by the detached worker process (see `detach`).
+    #[error("{msg}")]
+    Remote { msg: String, errno: Option<i32> },
+}
+
+impl NftError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::Request { source, .. } | NftError::Socket(source) => source.raw_os_error(),
+            NftError::Decode { .. } => None,
+            NftError::Remote { errno, .. } => *errno,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, NftError>;
+
+// Netlink / nfnetlink constants (linux/netlink.h, linux/netfilter/nfnetlink.h, nf_tables.h).
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_DELRULE: u16 = 8;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// Address families of nf_tables tables (NFPROTO_*).
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+pub const NFPROTO_BRIDGE: u8 = 7;
+
+/// Netfilter hooks (NF_INET_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting = 0,
+    Input = 1,
+    Forward = 2,
+    Output = 3,
+    Postrouting = 4,
+}
+
+/// 16-byte data registers (NFT_REG_1..).
+pub const REG1: u32 = 1;
+pub const REG2: u32 = 2;
+
+/// `meta` keys used here.
+pub const META_MARK: u32 = 3;
+pub const META_IIFNAME: u32 = 6;
+pub const META_NFPROTO: u32 = 15;
+pub const META_L4PROTO: u32 = 16;
+
+/// Payload bases.
+pub const BASE_LL: u32 = 0;
+pub const BASE_NETWORK: u32 = 1;
+pub const BASE_TRANSPORT: u32 = 2;
+
+/// Comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq = 0,
+    Neq = 1,
+}
+
+/// NAT types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatType {
+    Snat = 0,
+    Dnat = 1,
+}
+
+pub const NF_DROP: i32 = 0;
+
+/// `fib daddr type` (NFT_FIB_RESULT_ADDRTYPE with NFTA_FIB_F_DADDR) and the RTN_LOCAL value.
+pub const FIB_RESULT_ADDRTYPE: u32 = 3;
+pub const FIB_F_DADDR: u32 = 2;
+pub const RTN_LOCAL: u32 = 2;
+
+/// One nf_tables expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    MetaLoad {
+        key: u32,
+        dreg: u32,
+    },
+    MetaSet {
+        key: u32,
+        sreg: u32,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Cmp {
+        sreg: u32,
+        op: CmpOp,
+        data: Vec<u8>,
+    },
+    /// `dreg = (sreg & mask) ^ xor`
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    Fib {
+        dreg: u32,
+        result: u32,
+        flags: u32,
+    },
+    Masq,
+    /// A verdict such as [`NF_DROP`].
+    Verdict(i32),
+    Nat {
+        kind: NatType,
+        family: u8,
+        addr_reg: u32,
+        proto_reg: Option<u32>,
+    },
+}
+
+/// A netlink attribute writer.
+#[derive(Default)]
+pub(crate) struct Attrs {
+    buf: Vec<u8>,
+}
+
+impl Attrs {
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    pub(crate) fn put(&mut self, ty: u16, data: &[u8]) {
+        let len = 4 + data.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+    fn str(&mut self, ty: u16, s: &str) {
+        let mut d = s.as_bytes().to_vec();
+        d.push(0);
+        self.put(ty, &d);
+    }
+    fn be32(&mut self, ty: u16, v: u32) {
+        self.put(ty, &v.to_be_bytes());
+    }
+    fn be64(&mut self, ty: u16, v: u64) {
+        self.put(ty, &v.to_be_bytes());
+    }
+    fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) {
+        let mut inner = Attrs::default();
+        f(&mut inner);
+        self.put(ty | NLA_F_NESTED, &inner.buf);
+    }
+    fn data(&mut self, ty: u16, v: &[u8]) {
+        self.nest(ty, |a| a.put(NFTA_DATA_VALUE, v));
+    }
+}
+
+impl Expr {
+    fn encode(&self, a: &mut Attrs) {
+        let (name, body): (&str, Attrs) = {
+            let mut d = Attrs::default();
+            let name = match self {
+                Expr::MetaLoad { key, dreg } => {
+                    d.be32(2, *key); // NFTA_META_KEY
+                    d.be32(1, *dreg); // NFTA_META_DREG
+                    "meta"
+                }
+                Expr::MetaSet { key, sreg } => {
+                    d.be32(2, *key);
+                    d.be32(3, *sreg); // NFTA_META_SREG
+                    "meta"
+                }
+                Expr::Payload {
+                    base,
+                    offset,
+                    len,
+                    dreg,
+                } => {
+                    d.be32(1, *dreg); // NFTA_PAYLOAD_DREG
+                    d.be32(2, *base);
+                    d.be32(3, *offset);
+                    d.be32(4, *len);
+                    "payload"
+                }
+                Expr::Cmp { sreg, op, data } => {
+                    d.be32(1, *sreg); // NFTA_CMP_SREG
+                    d.be32(2, *op as u32);
+                    d.data(3, data); // NFTA_CMP_DATA
+                    "cmp"
+                }
+                Expr::Bitwise {
+                    sreg,
+                    dreg,
+                    mask,
+                    xor,
+                } => {
+                    d.be32(1, *sreg); // NFTA_BITWISE_SREG
+                    d.be32(2, *dreg);
+                    d.be32(3, mask.len() as u32); // NFTA_BITWISE_LEN
+                    d.data(4, mask);
+                    d.data(5, xor);
+                    "bitwise"
+                }
+                Expr::Immediate { dreg, data } => {
+                    d.be32(1, *dreg); // NFTA_IMMEDIATE_DREG
+                    d.data(2, data);
+                    "immediate"
+                }
+                Expr::Fib {
+                    dreg,
+                    result,
+                    flags,
+                } => {
+                    d.be32(1, *dreg); // NFTA_FIB_DREG
+                    d.be32(2, *result);
+                    d.be32(3, *flags);
+                    "fib"
+                }
+                Expr::Masq => "masq",
+                Expr::Verdict(code) => {
+                    d.be32(1, 0); // NFTA_IMMEDIATE_DREG = NFT_REG_VERDICT
+                    d.nest(2, |data| {
+                        // NFTA_DATA_VERDICT { NFTA_VERDICT_CODE }
+                        data.nest(2, |v| v.be32(1, *code as u32));
+                    });
+                    "immediate"
+                }
+                Expr::Nat {
+                    kind,
+                    family,
+                    addr_reg,
+                    proto_reg,
+                } => {
+                    d.be32(1, *kind as u32); // NFTA_NAT_TYPE
+                    d.be32(2, u32::from(*family)); // NFTA_NAT_FAMILY
+                    d.be32(3, *addr_reg); // ADDR_MIN
+                    d.be32(4, *addr_reg); // ADDR_MAX
+                    let mut flags = 1; // NF_NAT_RANGE_MAP_IPS
+                    if let Some(p) = proto_reg {
+                        d.be32(5, *p); // PROTO_MIN
+                        d.be32(6, *p); // PROTO_MAX
+                        flags |= 2; // NF_NAT_RANGE_PROTO_SPECIFIED
+                    }
+                    d.be32(7, flags); // NFTA_NAT_FLAGS
+                    "nat"
+                }
+            };
+            (name, d)
+        };
+        a.nest(NFTA_LIST_ELEM, |e| {
+            e.str(NFTA_EXPR_NAME, name);
+            if !body.buf.is_empty() {
+                e.put(NFTA_EXPR_DATA | NLA_F_NESTED, &body.buf);
+            }
+        });
+    }
+}
+
+/// Encodes a rule comment the way `nft` stores it (so `nft list` shows it).
+pub fn comment_userdata(comment: &str) -> Vec<u8> {
+    let mut s = comment.as_bytes().to_vec();
+    s.truncate(250);
+    s.push(0);
+    let mut out = vec![0u8, s.len() as u8]; // NFTNL_UDATA_RULE_COMMENT
+    out.extend_from_slice(&s);
+    out
+}
+
+/// Reads the comment back from rule userdata.
+pub fn userdata_comment(ud: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i + 2 <= ud.len() {
+        let (ty, len) = (ud[i], usize::from(ud[i + 1]));
+        let v = ud.get(i + 2..i + 2 + len)?;
+        if ty == 0 {
+            let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+            return Some(String::from_utf8_lossy(&v[..end]).into_owned());
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// A rule as dumped from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub chain: String,
+    pub handle: u64,
+    pub comment: Option<String>,
+}
+
+/// A transaction: every message is applied, or none.
+pub struct Batch {
+    family: u8,
+    msgs: Vec<(u16, u16, Vec<u8>)>,
+}
+
+impl Batch {
+    pub fn new(family: u8) -> Self {
+        Batch {
+            family,
+            msgs: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Creates the table unless it exists.
+    pub fn add_table(&mut self, table: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_TABLE_NAME, table);
+        self.msgs.push((NFT_MSG_NEWTABLE, NLM_F_CREATE, a.buf));
+    }
+
+    pub fn del_table(&mut self, table: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_TABLE_NAME, table);
+        self.msgs.push((NFT_MSG_DELTABLE, 0, a.buf));
+    }
+
+    /// Creates a base chain of `kind` ("nat", "filter") on `hook` unless it exists (policy accept).
+    pub fn add_base_chain(&mut self, table: &str, chain: &str, kind: &str, hook: Hook, prio: i32) {
+        let mut a = Attrs::default();
+        a.str(NFTA_CHAIN_TABLE, table);
+        a.str(NFTA_CHAIN_NAME, chain);
+        a.nest(NFTA_CHAIN_HOOK, |h| {
+            h.be32(NFTA_HOOK_HOOKNUM, hook as u32);
+            h.be32(NFTA_HOOK_PRIORITY, prio as u32);
+        });
+        a.be32(NFTA_CHAIN_POLICY, 1); // NF_ACCEPT
+        a.str(NFTA_CHAIN_TYPE, kind);
+        self.msgs.push((NFT_MSG_NEWCHAIN, NLM_F_CREATE, a.buf));
+    }
+
+    /// Appends a rule carrying `comment` to a chain.
+    pub fn add_rule(&mut self, table: &str, chain: &str, exprs: &[Expr], comment: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_RULE_TABLE, table);
+        a.str(NFTA_RULE_CHAIN, chain);
+        a.nest(NFTA_RULE_EXPRESSIONS, |l| {
+            for e in exprs {
+                e.encode(l);
+            }
+        });
+        a.put(NFTA_RULE_USERDATA, &comment_userdata(comment));
+        self.msgs
+            .push((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, a.buf));
+    }
+
+    pub fn del_rule(&mut self, table: &str, chain: &str, handle: u64) {
+        let mut a = Attrs::default();
+        a.str(NFTA_RULE_TABLE, table);
+        a.str(NFTA_RULE_CHAIN, chain);
+        a.be64(NFTA_RULE_HANDLE, handle);
+        self.msgs.push((NFT_MSG_DELRULE, 0, a.buf));
+    }
+}
+
+fn nlmsg(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, body: &[u8]) {
+    let len = 16 + 4 + body.len();
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.push(family);
+    buf.push(0); // NFNETLINK_V0
+    buf.extend_from_slice(&res_id.to_be_bytes());
+    buf.extend_from_slice(body);
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+/// Iterates the attributes of a buffer as (type without flags, payload).
+pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let v = &b[4..len];
+        b = &b[((len + 3) & !3).min(b.len())..];
+        Some((ty, v))
+    })
+}
+
+/// One netfilter netlink socket in the calling thread's network namespace.
+pub struct Nft {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Nft {
+    pub fn open() -> Result<Self> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NftError::Socket)?;
+        sock.bind_auto().map_err(NftError::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(NftError::Socket)?;
+        let seq = crate::sysctl::random_u32() & 0x00ff_ffff;
+        Ok(Nft { sock, seq })
+    }
+
+    /// Sends the batch as one transaction and waits for the kernel's verdict on every message.
+    pub fn commit(&mut self, op: &str, b: &Batch) -> Result<()> {
+        if b.msgs.is_empty() {
+            return Ok(());
+        }
+        let err = |source: io::Error| NftError::Request {
+            op: op.to_string(),
+            source,
+        };
+        let mut buf = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        let begin = self.seq;
+        nlmsg(
+            &mut buf,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            begin,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        for (ty, flags, body) in &b.msgs {
+            self.seq = self.seq.wrapping_add(1);
+            nlmsg(
+                &mut buf,
+                (NFNL_SUBSYS_NFTABLES << 8) | ty,
+                NLM_F_REQUEST | NLM_F_ACK | flags,
+                self.seq,
+                b.family,
+                0,
+                body,
+            );
+        }
+        let last = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        nlmsg(
+            &mut buf,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            self.seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        self.sock.send(&buf, 0).map_err(err)?;
+        // One answer per message (an ack or an error), all queued before send() returned.
+        let mut pending = b.msgs.len();
+        let mut first_err: Option<i32> = None;
+        while pending > 0 {
+            let (data, _) = self.sock.recv_from_full().map_err(err)?;
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4]));
+                let len = len as usize;
+                if len < 16 || off + len > data.len() {
+                    return Err(NftError::Decode { op: op.to_string() });
+                }
+                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+                let m = &data[off..off + len];
+                off += (len + 3) & !3;
+                let in_batch = seq.wrapping_sub(begin) <= last.wrapping_sub(begin);
+                if ty != NLMSG_ERROR || !in_batch || m.len() < 20 {
+                    continue;
+                }
+                let code = i32::from_ne_bytes(m[16..20].try_into().unwrap_or([0; 4]));
+                if code != 0 && first_err.is_none() {
+                    first_err = Some(-code);
+                }
+                pending -= 1;
+            }
+        }
+        match first_err {
+            Some(e) => Err(err(io::Error::from_raw_os_error(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// A dump request of any nfnetlink subsystem: the payload (after the nfgenmsg header) of
+    /// every answer message of type `reply_type`.
+    pub(crate) fn dump_raw(
+        &mut self,
+        op: &str,
+        msg_type: u16,
+        reply_type: u16,
+        family: u8,
+        body: &[u8],
+    ) -> Result<Vec<Vec<u8>>> {
+        let err = |source: io::Error| NftError::Request {
+            op: op.to_string(),
+            source,
+        };
+        let mut buf = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        nlmsg(
+            &mut buf,
+            msg_type,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            self.seq,
+            family,
+            0,
+            body,
+        );
+        self.sock.send(&buf, 0).map_err(err)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full().map_err(err)?;
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let len =
+                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                if len < 16 || off + len > data.len() {
+                    return Err(NftError::Decode { op: op.to_string() });
+                }
+                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+                let m = &data[off..off + len];
+                off += (len + 3) & !3;
+                if seq != self.seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let code = m
+                            .get(16..20)
+                            .map(|c| i32::from_ne_bytes(c.try_into().unwrap_or([0; 4])))
+                            .unwrap_or(0);
+                        return match -code {
+                            0 => Ok(out),
+                            e => Err(err(io::Error::from_raw_os_error(e))),
+                        };
+                    }
+                    t if t == reply_type => out.push(m.get(20..).unwrap_or_default().to_vec()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// One request of any nfnetlink subsystem, acknowledged.
+    pub(crate) fn request_ack(
+        &mut self,
+        op: &str,
+        msg_type: u16,
+        family: u8,
+        body: &[u8],
+    ) -> Result<()> {
+        let err = |source: io::Error| NftError::Request {
+            op: op.to_string(),
+            source,
+        };
+        let mut buf = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        nlmsg(
+            &mut buf,
+            msg_type,
+            NLM_F_REQUEST | NLM_F_ACK,
+            self.seq,
+            family,
+            0,
+            body,
+        );
+        self.sock.send(&buf, 0).map_err(err)?;
+        loop {
+            let (data, _) = self.sock.recv_from_full().map_err(err)?;
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let len =
+                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                if len < 16 || off + len > data.len() {
+                    return Err(NftError::Decode { op: op.to_string() });
+                }
+                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+                let m = &data[off..off + len];
+                off += (len + 3) & !3;
+                if seq == self.seq && ty == NLMSG_ERROR {
+                    let code = m
+                        .get(16..20)
+                        .map(|c| i32::from_ne_bytes(c.try_into().unwrap_or([0; 4])))
+                        .unwrap_or(0);
+                    return match -code {
+                        0 => Ok(()),
+                        e => Err(err(io::Error::from_raw_os_error(e))),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Every rule of `table` (empty when the table does not exist).
+    pub fn rules(&mut self, family: u8, table: &str) -> Result<Vec<RuleInfo>> {
+        let op = format!("list rules of table {table}");
+        let err = |source: io::Error| NftError::Request {
+            op: op.clone(),
+            source,
+        };
+        let mut a = Attrs::default();
+        a.str(NFTA_RULE_TABLE, table);
+        let mut buf = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        nlmsg(
+            &mut buf,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            self.seq,
+            family,
+            0,
+            &a.buf,
+        );
+        self.sock.send(&buf, 0).map_err(err)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full().map_err(err)?;
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let len =
+                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                if len < 16 || off + len > data.len() {
+                    return Err(NftError::Decode { op: op.clone() });
+                }
+                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+                let m = &data[off..off + len];
+                off += (len + 3) & !3;
+                if seq != self.seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let code = m
+                            .get(16..20)
+                            .map(|c| i32::from_ne_bytes(c.try_into().unwrap_or([0; 4])))
+                            .unwrap_or(0);
+                        return match -code {
+                            0 => Ok(out),
+                            libc::ENOENT => Ok(Vec::new()),
+                            e => Err(err(io::Error::from_raw_os_error(e))),
+                        };
+                    }
+                    t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE_REPLY => {
+                        let mut r = RuleInfo {
+                            chain: String::new(),
+                            handle: 0,
+                            comment: None,
+                        };
+                        let mut tbl = String::new();
+                        for (aty, v) in attrs(m.get(20..).unwrap_or_default()) {
+                            match aty {
+                                NFTA_RULE_TABLE => tbl = cstr(v),
+                                NFTA_RULE_CHAIN => r.chain = cstr(v),
+                                NFTA_RULE_HANDLE if v.len() == 8 => {
+                                    r.handle = u64::from_be_bytes(v.try_into().unwrap_or([0; 8]))
+                                }
+                                NFTA_RULE_USERDATA => r.comment = userdata_comment(v),
+                                _ => {}
+                            }
+                        }
+                        if tbl == table {
+                            out.push(r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Dumped rules come back as NEWRULE messages.
+const NFT_MSG_NEWRULE_REPLY: u16 = NFT_MSG_NEWRULE;
+
+fn cstr(v: &[u8]) -> String {
+    let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(&v[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_roundtrip() {
+        let u = comment_userdata("skiff-cni bridge net=a id=b if=eth0");
+        assert_eq!(u[0], 0);
+        assert_eq!(
+            userdata_comment(&u).as_deref(),
+            Some("skiff-cni bridge net=a id=b if=eth0")
+        );
+    }
+
+    #[test]
+    fn attr_layout() {
+        let mut a = Attrs::default();
+        a.str(1, "abc");
+        assert_eq!(a.buf, vec![8, 0, 1, 0, b'a', b'b', b'c', 0]);
+        let got: Vec<_> = attrs(&a.buf).collect();
+        assert_eq!(got, vec![(1u16, &b"abc\0"[..])]);
+    }
+}
