@@ -1,10 +1,12 @@
 //! Reading and checking an OCI bundle before `libcontainer` sees it.
 //!
 //! `libcontainer` reports a missing rootfs as a bare "io error" and leaves its state directory
-//! behind, so `create` checks the bundle first and says what to fix. It also applies the one
-//! host-specific adjustment Skiff makes: a *lower* `oomScoreAdj` than our own needs
-//! `CAP_SYS_RESOURCE`; without it the value is clamped to our own score (as containerd's
-//! `restrict_oom_score_adj` does) instead of failing the whole create.
+//! behind, so `create` checks the bundle first and says what to fix. It also makes two
+//! adjustments, fed to libcontainer as a shadow `config.json`: a *lower* `oomScoreAdj` than our
+//! own needs `CAP_SYS_RESOURCE`; without it the value is clamped to our own score (as
+//! containerd's `restrict_oom_score_adj` does) instead of failing the whole create; and the
+//! cgroup v1 hierarchies under a read-only `cgroup` mount are listed as `readonlyPaths`, which
+//! libcontainer 0.7 would otherwise leave writable (runc mounts them read-only).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -82,14 +84,40 @@ impl Bundle {
         }
     }
 
-    /// Write a copy of the spec with `oomScoreAdj` replaced (and an absolute rootfs) into
-    /// `shadow_dir`, for `libcontainer` to read instead of the original bundle.
-    pub fn write_shadow(&self, shadow_dir: &Path, oom_score_adj: i32) -> Result<()> {
+    /// The spec libcontainer should run, if it differs from the bundle's: `oomScoreAdj`
+    /// clamped (see the module doc) and read-only cgroup v1 hierarchies (see
+    /// [`ro_cgroup_paths`]). `None` when the bundle can be used as it is.
+    pub fn adjusted_spec(&self) -> Result<Option<Spec>> {
         let mut spec = self.spec.clone();
-        if let Some(mut process) = spec.process().clone() {
-            process.set_oom_score_adj(Some(oom_score_adj));
-            spec.set_process(Some(process));
+        let mut changed = false;
+        if let Some((wanted, clamped)) = self.oom_score_clamp()? {
+            tracing::warn!(
+                wanted,
+                clamped,
+                "oomScoreAdj needs CAP_SYS_RESOURCE to go below ours; clamped"
+            );
+            if let Some(mut process) = spec.process().clone() {
+                process.set_oom_score_adj(Some(clamped));
+                spec.set_process(Some(process));
+            }
+            changed = true;
         }
+        let extra = ro_cgroup_paths(&spec, &host_cgroup_v1_mounts());
+        if !extra.is_empty() {
+            if let Some(mut linux) = spec.linux().clone() {
+                let mut paths = linux.readonly_paths().clone().unwrap_or_default();
+                paths.extend(extra);
+                linux.set_readonly_paths(Some(paths));
+                spec.set_linux(Some(linux));
+                changed = true;
+            }
+        }
+        Ok(changed.then_some(spec))
+    }
+
+    /// Write `spec` (with an absolute rootfs) into `shadow_dir`, for `libcontainer` to read
+    /// instead of the original bundle.
+    pub fn write_shadow(&self, shadow_dir: &Path, mut spec: Spec) -> Result<()> {
         if let Some(mut root) = spec.root().clone() {
             root.set_path(self.rootfs.clone());
             spec.set_root(Some(root));
@@ -100,6 +128,58 @@ impl Bundle {
             .with_context(|| format!("cannot write {}/config.json", shadow_dir.display()))?;
         Ok(())
     }
+}
+
+/// Mount points of the host's cgroup v1 hierarchies (`/sys/fs/cgroup/<name>`), by name.
+fn host_cgroup_v1_mounts() -> Vec<String> {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            if fields.get(sep + 1) != Some(&"cgroup") {
+                return None;
+            }
+            let name = fields.get(4)?.strip_prefix("/sys/fs/cgroup/")?;
+            (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// runc mounts every cgroup v1 hierarchy read-only when the spec's `cgroup` mount has `ro`;
+/// libcontainer 0.7 mounts them read-write (only the tmpfs above them honours `ro`), which
+/// would let the container change its own limits. Listing them as `readonlyPaths` makes
+/// libcontainer remount each one read-only after mounting. (Upstream: honour `ro` in
+/// libcontainer's `mount_cgroup_v1`.)
+pub fn ro_cgroup_paths(spec: &Spec, hierarchies: &[String]) -> Vec<String> {
+    let Some(mounts) = spec.mounts() else {
+        return Vec::new();
+    };
+    let existing: Vec<String> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.readonly_paths().clone())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in mounts {
+        let ro = m
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "ro"));
+        if m.typ().as_deref() != Some("cgroup") || !ro {
+            continue;
+        }
+        for name in hierarchies {
+            let path = m.destination().join(name).display().to_string();
+            if !existing.contains(&path) && !out.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 /// `root.path` is relative to the bundle unless absolute (runtime-spec config.md).
@@ -132,6 +212,19 @@ mod tests {
             rootfs_path(Path::new("/b"), Path::new("/r")),
             PathBuf::from("/r")
         );
+    }
+
+    #[test]
+    fn ro_cgroup_mount_lists_each_hierarchy() {
+        let mut spec = Spec::default();
+        let names = vec!["cpu".to_owned(), "memory".to_owned()];
+        let paths = ro_cgroup_paths(&spec, &names);
+        // runc's default spec has a read-only cgroup mount at /sys/fs/cgroup.
+        assert_eq!(paths, ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory"]);
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_readonly_paths(Some(vec!["/sys/fs/cgroup/cpu".into()]));
+        spec.set_linux(Some(linux));
+        assert_eq!(ro_cgroup_paths(&spec, &names), ["/sys/fs/cgroup/memory"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod bundle;
 mod commands;
 mod logging;
+mod sys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ struct Cli {
     /// systemd host with cgroup v2, ignored by the cgroup v1 manager).
     #[arg(long, global = true)]
     systemd_cgroup: bool,
+    /// Accepted for runc compatibility (checkpoint/restore is not supported).
+    #[arg(long, global = true, hide = true)]
+    criu: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,10 +64,43 @@ enum Command {
     Run(commands::run::Args),
     /// List the containers under --root.
     List(commands::list::Args),
+    /// Run a new process in a running container.
+    Exec(commands::exec::Args),
+    /// List the processes of a container.
+    Ps(commands::ps::Args),
+    /// Freeze every process of a container.
+    Pause(commands::pause::Args),
+    /// Thaw a paused container.
+    Resume(commands::pause::Args),
+    /// Change the cgroup limits of a container.
+    Update(commands::update::Args),
+    /// Write a default config.json into a bundle.
+    Spec(commands::spec::Args),
+    /// Print the features of this runtime as OCI features JSON.
+    Features,
+    /// Print cgroup statistics events of a container.
+    Events(commands::events::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These verbs fork processes that join the container while still running this binary:
+    // make sure those cannot write to it first (CVE-2019-5736, see sys::sealed_exe).
+    let seal = match &cli.command {
+        Command::Create(a) => Some(bundle_allows_private_ns(&a.bundle)),
+        Command::Run(a) => Some(bundle_allows_private_ns(&a.bundle)),
+        // An exec'd process joins the container's own mount namespace.
+        Command::Exec(_) => Some(true),
+        _ => None,
+    };
+    if let Some(allow_private_ns) = seal {
+        if let Err(err) = sys::sealed_exe::ensure_sealed(allow_private_ns) {
+            eprintln!(
+                "skiff-runtime: cannot re-execute from a sealed copy of /proc/self/exe: {err}"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let level = if cli.debug {
         tracing::Level::DEBUG
     } else {
@@ -80,6 +117,7 @@ fn main() -> ExitCode {
         root: cli.root,
         systemd_cgroup: cli.systemd_cgroup,
     };
+    let is_exec = matches!(cli.command, Command::Exec(_));
     let result = match cli.command {
         Command::Create(args) => commands::create::create(args, &globals).map(|()| 0),
         Command::Start(args) => commands::start::start(args, &globals).map(|()| 0),
@@ -88,6 +126,15 @@ fn main() -> ExitCode {
         Command::Delete(args) => commands::delete::delete(args, &globals).map(|()| 0),
         Command::Run(args) => commands::run::run(args, &globals),
         Command::List(args) => commands::list::list(args, &globals).map(|()| 0),
+        // runc exits 255 when exec itself fails (1 is a valid exit code of the process).
+        Command::Exec(args) => commands::exec::exec(args, &globals),
+        Command::Ps(args) => commands::ps::ps(args, &globals).map(|()| 0),
+        Command::Pause(args) => commands::pause::pause(args, &globals).map(|()| 0),
+        Command::Resume(args) => commands::pause::resume(args, &globals).map(|()| 0),
+        Command::Update(args) => commands::update::update(args, &globals).map(|()| 0),
+        Command::Spec(args) => commands::spec::spec(args).map(|()| 0),
+        Command::Features => commands::features::features().map(|()| 0),
+        Command::Events(args) => commands::events::events(args, &globals).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
@@ -97,7 +144,18 @@ fn main() -> ExitCode {
             let line = format!("{err:#}").replace('\n', " ");
             logger.error(&line);
             eprintln!("skiff-runtime: {line}");
-            ExitCode::FAILURE
+            // runc exits 255 when `exec` itself fails (1 may be the process's own status).
+            if is_exec {
+                ExitCode::from(255)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+fn bundle_allows_private_ns(bundle: &std::path::Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .map(|c| sys::sealed_exe::allows_private_ns(&c))
+        .unwrap_or(false)
 }

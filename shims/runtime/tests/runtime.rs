@@ -2,156 +2,15 @@
 //! `runc`. They need root (namespaces, cgroups); as another user they print why and pass.
 //! Every container id, netns and temp dir starts with `sk`; each test cleans up after itself.
 
+mod common;
+
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
 
+use common::*;
 use serde_json::Value;
-
-const RUNTIME: &str = env!("CARGO_BIN_EXE_skiff-runtime");
-const APPLETS: &[&str] = &["sh", "echo", "sleep", "true", "cat", "ls", "hostname"];
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn have(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// A scratch dir holding bundles and the state roots of both runtimes; removed on drop.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sk-rt-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self { dir }
-    }
-
-    /// A bundle whose rootfs holds Debian's static busybox and a few applet links, and whose
-    /// config is `runc spec`'s default with `args` and no terminal.
-    fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
-        let bundle = self.dir.join(name);
-        let bin = bundle.join("rootfs/bin");
-        fs::create_dir_all(&bin).unwrap();
-        for d in ["proc", "dev", "sys", "tmp"] {
-            fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for a in APPLETS {
-            symlink("busybox", bin.join(a)).unwrap();
-        }
-        let out = Command::new("runc")
-            .args(["spec", "--bundle"])
-            .arg(&bundle)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "runc spec failed: {out:?}");
-        self.edit_config(&bundle, |c| {
-            c["process"]["terminal"] = Value::Bool(false);
-            c["process"]["args"] = serde_json::json!(args);
-        });
-        bundle
-    }
-
-    fn edit_config(&self, bundle: &Path, f: impl FnOnce(&mut Value)) {
-        let path = bundle.join("config.json");
-        let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        f(&mut config);
-        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    }
-
-    fn root(&self, runtime: &str) -> PathBuf {
-        self.dir.join(format!("root-{}", short(runtime)))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn short(runtime: &str) -> &str {
-    Path::new(runtime).file_name().unwrap().to_str().unwrap()
-}
-
-/// `<runtime> --root <scratch root> args...`, stdin null, output captured.
-fn rt(s: &Scratch, runtime: &str, args: &[&str]) -> Output {
-    Command::new(runtime)
-        .arg("--root")
-        .arg(s.root(runtime))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// `create` with the container's stdout/stderr going to `out_file`.
-fn create(s: &Scratch, runtime: &str, bundle: &Path, id: &str, out_file: &Path) -> Output {
-    let out = fs::File::create(out_file).unwrap();
-    let status = Command::new(runtime)
-        .arg("--root")
-        .arg(s.root(runtime))
-        .args(["create", "--bundle"])
-        .arg(bundle)
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .status()
-        .unwrap();
-    Output {
-        status,
-        stdout: Vec::new(),
-        stderr: fs::read(out_file).unwrap(),
-    }
-}
-
-fn state(s: &Scratch, runtime: &str, id: &str) -> Value {
-    let out = rt(s, runtime, &["state", id]);
-    assert!(out.status.success(), "{runtime} state {id}: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn wait_status(s: &Scratch, runtime: &str, id: &str, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = state(s, runtime, id);
-        if st["status"] == want {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{runtime} {id} never became {want}: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-    k.sort();
-    k
-}
-
-fn skip() -> bool {
-    if !is_root() || !have("runc") {
-        eprintln!("skipping: needs root and Debian's runc");
-        return true;
-    }
-    false
-}
 
 #[test]
 fn lifecycle_matches_runc() {
@@ -361,4 +220,44 @@ fn negative_oom_score_adj_is_applied_or_clamped() {
     let _ = rt(&s, RUNTIME, &["delete", "--force", id]);
     result.unwrap();
     assert!(!s.root(RUNTIME).join(format!("{id}@bundle")).exists());
+}
+
+/// CVE-2019-5736: the container's init runs our binary until `start`; what its
+/// `/proc/<pid>/exe` names must not be writable: a read-only bind mount (plain bundles) or a
+/// sealed memfd (bundles with runtime-namespace hooks).
+#[test]
+fn init_exe_is_read_only_or_a_sealed_memfd() {
+    if skip() {
+        return;
+    }
+    let s = Scratch::new("seal");
+    let plain = s.bundle("plain", &["true"]);
+    let hooked = s.bundle("hooked", &["true"]);
+    s.edit_config(&hooked, |c| {
+        c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/true"}]});
+    });
+    for (bundle, want) in [(&plain, "ro"), (&hooked, "memfd")] {
+        let id = "skseal";
+        let out = create(&s, RUNTIME, bundle, id, &s.dir.join("out"));
+        let result = std::panic::catch_unwind(|| {
+            assert!(out.status.success(), "create: {out:?}");
+            let pid = state(&s, RUNTIME, id)["pid"].as_i64().unwrap();
+            let link = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            let exe = fs::File::open(format!("/proc/{pid}/exe")).unwrap();
+            let st = nix::sys::statfs::fstatfs(&exe).unwrap();
+            let ro = st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+            let memfd = link.to_string_lossy().starts_with("/memfd:skiff-runtime");
+            match want {
+                "ro" => assert!(ro && !memfd, "{link:?} not on a read-only mount"),
+                _ => assert!(memfd, "{link:?} is not our sealed memfd"),
+            }
+            // Opening it for writing fails either way.
+            let w = fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{pid}/exe"));
+            assert!(w.is_err(), "init exe opened for writing");
+        });
+        let _ = rt(&s, RUNTIME, &["delete", "--force", id]);
+        result.unwrap();
+    }
 }

@@ -12,8 +12,10 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 
+use super::exec::check_console;
 use super::Globals;
 use crate::bundle::Bundle;
+use crate::sys::pty::ConsoleListener;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -44,25 +46,47 @@ pub fn create(args: Args, globals: &Globals) -> Result<()> {
     Ok(())
 }
 
-/// Shared by `create` and `run`.
-pub(super) fn build(args: &Args, globals: &Globals, detach: bool) -> Result<Container> {
+/// Shared by `create` and `run`. `detach` is false only for a foreground `run`; then a
+/// terminal container gets our own console listener (returned) instead of a caller's socket.
+pub(super) fn build(
+    args: &Args,
+    globals: &Globals,
+    detach: bool,
+) -> Result<(Container, Option<ConsoleListener>)> {
     let id = args.id.as_str();
     let container_dir = globals.container_dir(id)?;
     if container_dir.exists() {
         bail!("container {id} already exists: delete it first or pick another id");
     }
     let bundle = Bundle::load(&args.bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    check_console(detach, terminal, args.console_socket.is_some())?;
+    let listener = if terminal && !detach {
+        let path = globals
+            .root_dir()?
+            .join(format!("{id}@console-{}.sock", std::process::id()));
+        Some(
+            ConsoleListener::bind(&path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    let console = args
+        .console_socket
+        .clone()
+        .or_else(|| listener.as_ref().map(|l| l.path().to_path_buf()));
 
     // `@` cannot appear in an id, so this never collides with a container directory.
     let shadow_dir = globals.root_dir()?.join(format!("{id}@bundle"));
-    let spec_dir = match bundle.oom_score_clamp()? {
-        Some((wanted, clamped)) => {
-            tracing::warn!(
-                wanted,
-                clamped,
-                "oomScoreAdj needs CAP_SYS_RESOURCE to go below ours; clamped"
-            );
-            bundle.write_shadow(&shadow_dir, clamped)?;
+    let spec_dir = match bundle.adjusted_spec()? {
+        Some(spec) => {
+            bundle.write_shadow(&shadow_dir, spec)?;
             shadow_dir.clone()
         }
         None => bundle.dir.clone(),
@@ -72,11 +96,13 @@ pub(super) fn build(args: &Args, globals: &Globals, detach: bool) -> Result<Cont
         .with_pid_file(args.pid_file.as_ref())
         .and_then(|b| b.with_root_path(&globals.root))
         .map(|b| {
-            b.with_console_socket(args.console_socket.as_ref())
+            b.with_console_socket(console.as_ref())
                 .with_preserved_fds(args.preserve_fds)
                 .as_init(&spec_dir)
                 .with_systemd(globals.systemd_cgroup)
-                .with_detach(detach)
+                // libcontainer's check reads "detached" as "a console socket is expected";
+                // runc's rules were applied above.
+                .with_detach(terminal)
                 .with_no_pivot(args.no_pivot)
         })
         .and_then(|b| b.build());
@@ -104,5 +130,5 @@ pub(super) fn build(args: &Args, globals: &Globals, detach: bool) -> Result<Cont
             .save()
             .with_context(|| format!("cannot save the state of container {id}"))?;
     }
-    Ok(container)
+    Ok((container, listener))
 }

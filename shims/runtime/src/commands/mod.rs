@@ -8,11 +8,18 @@ use libcontainer::container::Container;
 
 pub mod create;
 pub mod delete;
+pub mod events;
+pub mod exec;
+pub mod features;
 pub mod kill;
 pub mod list;
+pub mod pause;
+pub mod ps;
 pub mod run;
+pub mod spec;
 pub mod start;
 pub mod state;
+pub mod update;
 
 /// Flags shared by every verb.
 pub struct Globals {
@@ -73,6 +80,19 @@ pub fn load_container(globals: &Globals, id: &str) -> Result<Container> {
         bail!("container {id} does not exist");
     }
     Container::load(dir).with_context(|| format!("cannot load the state of container {id}"))
+}
+
+/// The cgroup manager of a container (its `cgroupsPath`, v1 or v2 as the host has it).
+pub fn cgroup_manager(container: &Container) -> Result<libcgroups::common::AnyCgroupManager> {
+    let config = container
+        .spec()
+        .with_context(|| format!("cannot load the config of container {}", container.id()))?;
+    libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        cgroup_path: config.cgroup_path,
+        systemd_cgroup: container.systemd(),
+        container_name: container.id().to_owned(),
+    })
+    .with_context(|| format!("cannot open the cgroups of container {}", container.id()))
 }
 
 #[cfg(test)]

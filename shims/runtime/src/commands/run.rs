@@ -4,12 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use super::create::{self, build};
 use super::Globals;
+use crate::sys::pty;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,7 +46,19 @@ pub fn run(args: Args, globals: &Globals) -> Result<i32> {
         no_new_keyring: args.no_new_keyring,
         id: args.id.clone(),
     };
-    let mut container = build(&create_args, globals, args.detach)?;
+    let (mut container, listener) = build(&create_args, globals, args.detach)?;
+    // The pty master arrives on our listener during create; take it before starting.
+    let master = match &listener {
+        Some(l) => match l.recv_master() {
+            Ok(m) => Some(m),
+            Err(err) => {
+                let _ = container.delete(true);
+                return Err(err).context("cannot receive the container's pty");
+            }
+        },
+        None => None,
+    };
+    drop(listener);
     if let Err(err) = container.start() {
         let _ = container.delete(true);
         return Err(err).with_context(|| format!("cannot start container {}", args.id));
@@ -59,37 +69,11 @@ pub fn run(args: Args, globals: &Globals) -> Result<i32> {
     let init = container
         .pid()
         .with_context(|| format!("container {} has no init pid in its state", args.id))?;
-    let status = wait_foreground(init);
+    // Wait for the init (our child: libcontainer forks it as a sibling of its intermediate
+    // process), forwarding signals and proxying the pty if there is one.
+    let status = pty::proxy_and_wait(master, init).context("cannot wait for the container");
     container
         .delete(true)
         .with_context(|| format!("cannot delete container {} after it exited", args.id))?;
     status
-}
-
-/// Wait for `init` (our child: libcontainer forks it as a sibling of its intermediate
-/// process), forwarding every other signal to it.
-fn wait_foreground(init: Pid) -> Result<i32> {
-    let all = SigSet::all();
-    all.thread_block().context("cannot block signals")?;
-    loop {
-        // Reap first: the init may have exited before the signals were blocked, and a
-        // SIGCHLD sent then was discarded.
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == init => return Ok(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => return Ok(128 + sig as i32),
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
-                Ok(_) => continue,
-                Err(err) => return Err(err).context("waitpid failed"),
-            }
-        }
-        match all.wait().context("sigwait failed")? {
-            Signal::SIGCHLD | Signal::SIGURG | Signal::SIGWINCH => {}
-            sig => {
-                if let Err(err) = kill(init, sig) {
-                    tracing::warn!(%err, ?sig, "cannot forward signal to the container init");
-                }
-            }
-        }
-    }
 }

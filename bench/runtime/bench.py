@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Lifecycle benchmark of OCI runtimes: skiff-runtime vs crun vs runc, interleaved.
+
+Run through run.sh (it builds the release binary and enters a private mount namespace with
+/sys/fs/cgroup/unified unmounted, which crun 1.8 needs on this hybrid host). Per round and
+runtime, in a shuffled order:
+  lifecycle: create + start + wait for the init + delete of a `/bin/true` bundle
+  detached:  run --detach + kill KILL + wait + delete of a `sleep` bundle
+The driver is a child subreaper, so it can waitpid() the container init (read from
+--pid-file) instead of polling `state`. Figures are medians; CPU is user+sys of the runtime
+processes only; peak RSS is the median max RSS of 10 `create`s under GNU time (for skiff-runtime it
+includes the sealed re-exec of itself, which keeps the same pid).
+"""
+
+import ctypes
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def die(msg):
+    print(f"bench: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def make_bundle(path, args):
+    rootfs = os.path.join(path, "rootfs")
+    for d in ("bin", "proc", "dev", "sys", "tmp"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for a in ("sh", "true", "sleep"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", a))
+    subprocess.run(["runc", "spec", "--bundle", path], check=True)
+    cfg_path = os.path.join(path, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = args
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+
+
+class Runtime:
+    def __init__(self, name, binary, root):
+        self.name = name
+        self.binary = binary
+        self.root = root
+        self.lifecycle = []
+        self.detached = []
+        self.cpu = []
+        self.create_rss = []
+        self.not_child = 0
+
+    def call(self, *args):
+        """Run one verb; return (rusage, exit status). Output goes to /dev/null."""
+        pid = os.posix_spawn(
+            self.binary,
+            [self.binary, "--root", self.root, *args],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
+            ],
+        )
+        while True:
+            wpid, status, ru = os.wait4(pid, 0)
+            if wpid == pid:
+                break
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            die(f"{self.name} {' '.join(args)} exited {code}")
+        return ru
+
+    def wait_init(self, pidfile):
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            # Its parent (e.g. crun's helper) has not exited yet, so it is not ours yet.
+            self.not_child += 1
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            except ChildProcessError:
+                if not os.path.exists(f"/proc/{pid}"):
+                    return
+            reap_orphans()
+            time.sleep(0.0002)
+
+    def lifecycle_once(self, bundle, cid, pidfile):
+        t0 = time.perf_counter()
+        ru1 = self.call("create", "--bundle", bundle, "--pid-file", pidfile, cid)
+        ru2 = self.call("start", cid)
+        self.wait_init(pidfile)
+        ru3 = self.call("delete", cid)
+        t1 = time.perf_counter()
+        self.lifecycle.append((t1 - t0) * 1000)
+        self.cpu.append(
+            sum(r.ru_utime + r.ru_stime for r in (ru1, ru2, ru3)) * 1000
+        )
+
+    def rss_once(self, bundle, cid, pidfile, out):
+        """Peak RSS of `create` through GNU time: its forked child starts from time's small
+        image, where a child of this Python process would inherit our RSS as its high-water
+        mark."""
+        subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", out, self.binary, "--root", self.root,
+             "create", "--bundle", bundle, "--pid-file", pidfile, cid],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            check=True,
+        )
+        with open(out) as f:
+            self.create_rss.append(int(f.read().split()[-1]))
+        self.call("delete", "--force", cid)
+        reap_orphans()
+
+    def detached_once(self, bundle, cid, pidfile):
+        t0 = time.perf_counter()
+        self.call("run", "--detach", "--bundle", bundle, "--pid-file", pidfile, cid)
+        self.call("kill", cid, "KILL")
+        self.wait_init(pidfile)
+        self.call("delete", cid)
+        t1 = time.perf_counter()
+        self.detached.append((t1 - t0) * 1000)
+
+
+def reap_orphans():
+    """Collect any other reparented children (e.g. intermediate processes)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def main():
+    runs = int(os.environ.get("RUNS", "50"))
+    skiff = os.environ.get("SKIFF_RUNTIME") or die("SKIFF_RUNTIME not set")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        die("cannot become a child subreaper")
+    work = tempfile.mkdtemp(prefix="sk-rtbench-")
+    try:
+        true_b = os.path.join(work, "true")
+        sleep_b = os.path.join(work, "sleep")
+        # State roots on a tmpfs, as /run is on a real node (here / and /run share one ext4,
+        # whose flush-on-truncate heuristic would otherwise dominate small state writes).
+        states = os.path.join(work, "state")
+        os.makedirs(states)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "sk-rtbench", states], check=True)
+        make_bundle(true_b, ["/bin/true"])
+        make_bundle(sleep_b, ["/bin/sleep", "1000"])
+        # The same binary on a read-only bind mount: the deployment that lets skiff-runtime skip
+        # its per-invocation sealed memfd copy (CVE-2019-5736 defence; see sys/sealed_exe.rs).
+        ro_bin = os.path.join(work, "skiff-runtime-ro")
+        open(ro_bin, "w").close()
+        subprocess.run(["mount", "--bind", "-o", "ro", skiff, ro_bin], check=True)
+        runtimes = [
+            Runtime("skiff", skiff, os.path.join(states, "root-skiff")),
+            Runtime("skiff_robind", ro_bin, os.path.join(states, "root-skiff-ro")),
+            Runtime("crun", shutil.which("crun"), os.path.join(states, "root-crun")),
+            Runtime("runc", shutil.which("runc"), os.path.join(states, "root-runc")),
+        ]
+        pidfile = os.path.join(states, "pid")
+        # Warm-up: page cache, first-use directories.
+        for r in runtimes:
+            r.lifecycle_once(true_b, f"skw-{r.name}", pidfile)
+            r.detached_once(sleep_b, f"skwd-{r.name}", pidfile)
+            r.lifecycle, r.detached, r.cpu, r.create_rss = [], [], [], []
+        for i in range(runs):
+            order = runtimes[:]
+            random.shuffle(order)
+            for r in order:
+                r.lifecycle_once(true_b, f"skb-{r.name}-{i}", pidfile)
+                r.detached_once(sleep_b, f"skd-{r.name}-{i}", pidfile)
+                reap_orphans()
+        for i in range(10):
+            for r in runtimes:
+                r.rss_once(true_b, f"skr-{r.name}-{i}", pidfile, os.path.join(states, "rss"))
+        by = {r.name: r for r in runtimes}
+
+        def line(metric, values, fmt="{:.1f}"):
+            names = ("skiff", "crun", "runc", "skiff_robind")
+            parts = [f"{n}={fmt.format(values[n])}" for n in names]
+            ratios = [
+                f"ratio_{n}={values['skiff'] / values[n]:.2f}" for n in ("crun", "runc")
+            ] + [f"robind_ratio_crun={values['skiff_robind'] / values['crun']:.2f}"]
+            print(f"{metric} {' '.join(parts)} {' '.join(ratios)}")
+
+        med = statistics.median
+        line("runtime_lifecycle_p50_ms", {n: med(r.lifecycle) for n, r in by.items()})
+        line("runtime_run_detach_kill_p50_ms", {n: med(r.detached) for n, r in by.items()})
+        line("runtime_lifecycle_cpu_p50_ms", {n: med(r.cpu) for n, r in by.items()})
+        line(
+            "runtime_create_peak_rss_kib",
+            {n: med(r.create_rss) for n, r in by.items()},
+            "{:.0f}",
+        )
+        line(
+            "runtime_binary_bytes",
+            {n: os.path.getsize(os.path.realpath(r.binary)) for n, r in by.items()},
+            "{:.0f}",
+        )
+        print(
+            "# lifecycle p10/p90 ms: "
+            + " ".join(
+                f"{n}={statistics.quantiles(r.lifecycle, n=10)[0]:.1f}/"
+                f"{statistics.quantiles(r.lifecycle, n=10)[-1]:.1f}"
+                for n, r in by.items()
+            )
+            + f" (runs={runs})"
+        )
+        print("# init not our child (waited by polling): "
+              + " ".join(f"{n}={r.not_child}" for n, r in by.items()))
+    finally:
+        for m in ("skiff-runtime-ro", "state"):
+            subprocess.run(["umount", os.path.join(work, m)], stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

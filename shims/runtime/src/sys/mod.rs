@@ -1,0 +1,4 @@
+//! Small privileged-syscall helpers, one module per concern.
+
+pub mod pty;
+pub mod sealed_exe;
