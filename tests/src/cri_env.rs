@@ -15,6 +15,22 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::netns::delete_link;
+
+/// WebSocket and SPDY clients of the streaming server (Exec/Attach/PortForward URLs).
+#[path = "cri_stream.rs"]
+pub mod stream;
+
+/// An in-memory registry with auth, image indexes and stallable blobs, for pull tests.
+#[path = "cri_fake_registry.rs"]
+pub mod fake_registry;
+
+/// Debian's containerd as a CRI peer (private instance, stopped by PID).
+#[path = "cri_containerd.rs"]
+pub mod containerd;
+
+/// critest-like checks over the plain CRI client, for any runtime.
+#[path = "cri_conformance.rs"]
+pub mod conformance;
 use crate::{io_err, workspace_bin, HarnessError, Result};
 
 pub type RuntimeClient = RuntimeServiceClient<Channel>;
@@ -39,6 +55,12 @@ pub struct CriEnv {
 
 fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+/// Installs the process-wide rustls provider (ring) that registry clients need; call it first
+/// in a test that pushes images before starting a [`CriEnv`].
+pub fn init_tls() {
+    skiff_cri::ensure_tls_provider();
 }
 
 impl CriEnv {
@@ -94,6 +116,7 @@ impl CriEnv {
             cni_bin_dir,
             netns_dir: t.join("netns"),
             insecure_registries: vec![registry.to_string()],
+            registry_config_dir: t.join("certs.d"),
             ..Default::default()
         };
         let cgroup_parent = format!(

@@ -20,6 +20,7 @@ async fn cri_pod_lifecycle() {
         .with_test_writer()
         .try_init();
     assert!(nix::unistd::geteuid().is_root(), "cri_basic needs root");
+    skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
     let image = build_busybox_image().unwrap();
     push(registry.addr(), "busybox:latest", &image)

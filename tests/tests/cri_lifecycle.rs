@@ -46,6 +46,7 @@ async fn cri_exit_codes_failures_and_images() {
         .with_test_writer()
         .try_init();
     assert!(nix::unistd::geteuid().is_root(), "needs root");
+    skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
     let gz = build_busybox_image_with(true).unwrap();
     push(registry.addr(), "skbusybox:gz", &gz).await.unwrap();

@@ -31,6 +31,7 @@ fn kill(pid: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_recovers_after_crashes() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
+    skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
     let image = build_busybox_image().unwrap();
     push(registry.addr(), "busybox:latest", &image)
@@ -160,6 +161,7 @@ async fn cri_recovers_after_crashes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_env_cleans_up_after_an_abandoned_pod() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
+    skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
     let image = build_busybox_image().unwrap();
     push(registry.addr(), "busybox:latest", &image)

@@ -15,6 +15,7 @@ fn median(v: &mut [Duration]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_pod_timings() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
+    skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
     let image = build_busybox_image().unwrap();
     push(registry.addr(), "busybox:latest", &image)

@@ -1,4 +1,6 @@
-//! Reading cgroup v1 statistics (cpuacct, memory, pids) for the stats verbs. Read-only.
+//! cgroup v1 (cgroupfs layout, `/sys/fs/cgroup/<controller>/<path>`): statistics for the stats
+//! verbs (cpuacct, memory, pids), the sandbox's own cgroup holding its pause process, and direct
+//! limit writes for UpdateContainerResources when the runtime cannot `update`.
 
 use std::path::PathBuf;
 
@@ -59,4 +61,100 @@ pub(crate) fn memory(path: &str) -> Option<Memory> {
 /// Number of tasks in the cgroup.
 pub(crate) fn pids(path: &str) -> Option<u64> {
     read_u64("pids", path, "pids.current")
+}
+
+/// Controllers a sandbox cgroup is created in (cpuset is left to the runtime: it needs its
+/// cpus/mems copied down the tree first).
+const POD_CONTROLLERS: [&str; 7] = [
+    "blkio", "cpu", "cpuacct", "devices", "freezer", "memory", "pids",
+];
+
+/// The cgroup of a sandbox's pause process: `<cgroup_parent>/<sandbox id>` (as containerd with
+/// cgroupfs).
+pub(crate) fn sandbox_path(parent: &str, id: &str) -> String {
+    format!("/{}/{}", parent.trim_matches('/'), id).replace("//", "/")
+}
+
+/// Creates `path` in every pod controller that is mounted and moves `pid` into it.
+pub(crate) fn enter(path: &str, pid: i32) -> std::io::Result<()> {
+    for c in POD_CONTROLLERS {
+        if !PathBuf::from(ROOT).join(c).is_dir() {
+            continue;
+        }
+        let dir = PathBuf::from(ROOT)
+            .join(c)
+            .join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", dir.join("cgroup.procs").display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes `path` from every pod controller (it must be empty); missing dirs are fine.
+pub(crate) fn remove(path: &str) {
+    for c in POD_CONTROLLERS {
+        let dir = PathBuf::from(ROOT)
+            .join(c)
+            .join(path.trim_start_matches('/'));
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing sandbox cgroup"),
+        }
+    }
+}
+
+fn write(controller: &str, path: &str, name: &str, value: &str) -> std::io::Result<()> {
+    let f = file(controller, path, name);
+    std::fs::write(&f, value).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("writing {value} to {}: {e}", f.display()))
+    })
+}
+
+/// Writes new limits straight into the container's cgroup v1 files (memory, cpu, cpuset).
+pub(crate) fn apply_limits(
+    path: &str,
+    r: &skiff_proto::cri::LinuxContainerResources,
+) -> std::io::Result<()> {
+    if r.memory_limit_in_bytes > 0 {
+        let limit = r.memory_limit_in_bytes.to_string();
+        let memsw = file("memory", path, "memory.memsw.limit_in_bytes");
+        let swap =
+            (r.memory_swap_limit_in_bytes > 0).then(|| r.memory_swap_limit_in_bytes.to_string());
+        // memsw must stay >= the limit: raise it first when growing, lower it after shrinking.
+        if let (Some(sw), true) = (&swap, memsw.exists()) {
+            if write("memory", path, "memory.memsw.limit_in_bytes", sw).is_err() {
+                write("memory", path, "memory.limit_in_bytes", &limit)?;
+                write("memory", path, "memory.memsw.limit_in_bytes", sw)?;
+            } else {
+                write("memory", path, "memory.limit_in_bytes", &limit)?;
+            }
+        } else if write("memory", path, "memory.limit_in_bytes", &limit).is_err() && memsw.exists()
+        {
+            // Growing past the current memsw limit: lift memsw with it.
+            write("memory", path, "memory.memsw.limit_in_bytes", &limit)?;
+            write("memory", path, "memory.limit_in_bytes", &limit)?;
+        }
+    }
+    if r.cpu_shares > 0 {
+        write("cpu", path, "cpu.shares", &r.cpu_shares.to_string())?;
+    }
+    if r.cpu_period > 0 {
+        write("cpu", path, "cpu.cfs_period_us", &r.cpu_period.to_string())?;
+    }
+    if r.cpu_quota != 0 {
+        write("cpu", path, "cpu.cfs_quota_us", &r.cpu_quota.to_string())?;
+    }
+    if !r.cpuset_cpus.is_empty() {
+        write("cpuset", path, "cpuset.cpus", &r.cpuset_cpus)?;
+    }
+    if !r.cpuset_mems.is_empty() {
+        write("cpuset", path, "cpuset.mems", &r.cpuset_mems)?;
+    }
+    Ok(())
 }

@@ -21,14 +21,20 @@ pub struct CriConfig {
     pub cni_bin_dir: PathBuf,
     /// Where sandbox network namespaces are bind-mounted (`<netns_dir>/<sandbox-id>`).
     pub netns_dir: PathBuf,
-    /// Registries (`host[:port]`) reached over plain HTTP instead of HTTPS.
+    /// Registries (`host[:port]`) reached over plain HTTP instead of HTTPS (loopback
+    /// registries always are, unless a hosts.toml says otherwise).
     pub insecure_registries: Vec<String>,
+    /// containerd-style registry host configs: `<dir>/<registry>/hosts.toml` (mirrors, server).
+    pub registry_config_dir: PathBuf,
     /// Default cgroup parent when a sandbox gives none (cgroupfs path, relative to each controller).
     pub default_cgroup_parent: String,
     /// Seconds to wait for a container's monitor to report `created`/`create-error`.
     pub create_timeout_secs: u64,
     /// Seconds a CNI plugin may run before it is killed.
     pub cni_timeout_secs: u64,
+    /// Address of the Exec/Attach/PortForward streaming server (`127.0.0.1:0`: a free port on
+    /// loopback, where only the kubelet on this node reaches it).
+    pub stream_address: String,
 }
 
 impl Default for CriConfig {
@@ -43,9 +49,11 @@ impl Default for CriConfig {
             cni_bin_dir: PathBuf::from("/var/lib/skiff/cni/bin"),
             netns_dir: PathBuf::from("/run/skiff/netns"),
             insecure_registries: Vec::new(),
+            registry_config_dir: PathBuf::from("/etc/skiff/certs.d"),
             default_cgroup_parent: "/skiff".to_string(),
             create_timeout_secs: 60,
             cni_timeout_secs: 60,
+            stream_address: "127.0.0.1:0".to_string(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum CriError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unimplemented(&'static str),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{context}: {path}: {source}")]
     Io {
         context: &'static str,
@@ -85,6 +87,7 @@ impl From<CriError> for tonic::Status {
             CriError::AlreadyExists(_) => tonic::Status::already_exists(msg),
             CriError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             CriError::Unimplemented(_) => tonic::Status::unimplemented(msg),
+            CriError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
             _ => tonic::Status::unknown(msg),
         }
     }

@@ -18,9 +18,17 @@ mod images;
 mod runtime;
 mod server;
 mod store;
+mod stream;
 mod sys;
 mod util;
 
 pub use config::CriConfig;
 pub use error::CriError;
 pub use server::serve;
+
+/// Installs rustls's `ring` provider as the process default unless one is installed already.
+/// Registry pulls (oci-client, built without a provider of its own) need it; [`serve`] calls
+/// it, and so may a process that pulls or pushes before the server runs (tests).
+pub fn ensure_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -30,6 +30,10 @@ pub(crate) struct State {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Last (timestamp, cumulative CPU ns) per container/sandbox for `usage_nano_cores`.
     pub cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Container and sandbox lifecycle events for GetContainerEvents subscribers.
+    pub events: tokio::sync::broadcast::Sender<skiff_proto::cri::ContainerEventResponse>,
+    /// Containers whose STOPPED event was sent (or that had exited before this server started).
+    pub stopped_reported: Mutex<std::collections::HashSet<String>>,
 }
 
 impl State {
@@ -40,6 +44,23 @@ impl State {
         for dir in orphan_sb.iter().chain(&orphan_img) {
             tracing::info!(dir = %dir.display(), "removing leftover of an interrupted operation");
             let _ = crate::util::remove_dir_all_quiet(dir);
+        }
+        // Temp blobs and snapshot dirs of pulls cut short (kill -9): never referenced.
+        for dir in [
+            cfg.images_dir().join("blobs").join("sha256"),
+            cfg.images_dir().join("snapshots"),
+        ] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    tracing::info!(path = %e.path().display(), "removing leftover of an interrupted pull");
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        crate::util::remove_dir_all_quiet(&p)
+                    } else {
+                        std::fs::remove_file(&p).map_err(CriError::io("removing", &p))
+                    };
+                }
+            }
         }
         for dir in &orphan_ct {
             // A container dir may still have its rootfs mounted.
@@ -61,6 +82,8 @@ impl State {
             image_lock: tokio::sync::Mutex::new(()),
             locks: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(1024).0,
+            stopped_reported: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -88,8 +111,8 @@ pub async fn serve(
     cfg: CriConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CriError> {
-    // Registry pulls use rustls; with only `ring` compiled in, make it the process default.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::ensure_tls_provider();
+    crate::sys::limit_malloc_arenas();
     for dir in [&cfg.state_dir, &cfg.netns_dir, &cfg.runtime_root] {
         std::fs::create_dir_all(dir).map_err(CriError::io("creating dir", dir.as_path()))?;
     }
@@ -104,17 +127,22 @@ pub async fn serve(
     }
     let state = Arc::new(State::load(cfg)?);
     crate::runtime::recover(&state).await;
+    let watcher = tokio::spawn(crate::runtime::watch_exits(state.clone()));
     let listener = UnixListener::bind(&socket)
         .map_err(CriError::io("binding CRI socket", socket.as_path()))?;
     tracing::info!(socket = %socket.display(), "CRI server listening");
 
-    let runtime = crate::runtime::RuntimeSvc::new(state.clone());
+    let stream =
+        crate::stream::StreamServer::start(state.clone(), &state.cfg.stream_address).await?;
+    let runtime = crate::runtime::RuntimeSvc::new(state.clone(), stream.clone());
     let images = crate::images::ImageSvc::new(state.clone());
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime).max_decoding_message_size(16 << 20))
         .add_service(ImageServiceServer::new(images).max_decoding_message_size(16 << 20))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
+    stream.shutdown();
+    watcher.abort();
     let _ = std::fs::remove_file(&socket);
     result.map_err(|e| CriError::Serve(e.to_string()))
 }

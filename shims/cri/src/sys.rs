@@ -101,3 +101,106 @@ pub(crate) fn alive(pid: i32, start_time: u64) -> bool {
         None => false,
     }
 }
+
+/// Receives one file descriptor passed with SCM_RIGHTS on a connected unix socket (the pty
+/// master an OCI runtime sends to `--console-socket`). Blocking.
+pub(crate) fn recv_fd(
+    sock: &std::os::unix::net::UnixStream,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            let mut it = fds.into_iter();
+            if let Some(fd) = it.next() {
+                for extra in it {
+                    // SAFETY: `extra` was just received and is owned by nobody else.
+                    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(extra) });
+                }
+                // SAFETY: the kernel installed `fd` in our table for us; we are its only owner.
+                return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::other(
+        "the runtime sent no file descriptor on the console socket",
+    ))
+}
+
+/// Sets the window size of a terminal (TIOCSWINSZ on the pty master).
+pub(crate) fn set_winsize(
+    fd: std::os::fd::BorrowedFd<'_>,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Connects to `addr` from inside the network namespace at `netns` (a `/proc/<pid>/ns/net` or
+/// bind-mounted nsfs path). Runs on a fresh thread that enters the namespace and then ends, so no
+/// other code ever runs in the wrong namespace; the socket keeps its namespace.
+pub(crate) fn connect_in_netns(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
+}
+
+/// Puts `fd` in non-blocking mode (for `tokio::io::unix::AsyncFd`).
+pub(crate) fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Caps glibc's malloc arenas at 2: every thread that allocates would otherwise get an arena of
+/// its own (the blocking pool's unpack and console threads come and go), each holding freed
+/// memory. Process-wide allocator tuning; a no-op on other C libraries.
+pub(crate) fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called once at start-up.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns freed heap memory to the kernel (glibc keeps it otherwise), e.g. after a pull.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

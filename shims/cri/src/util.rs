@@ -19,7 +19,27 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, &data)
 }
 
+/// Like [`write_json_atomic`] without the fsyncs: for records that describe live processes and
+/// mounts (sandboxes, containers, scratch files), which a reboot makes moot anyway. The rename
+/// keeps them whole across a crash of the server.
+pub(crate) fn write_json_fast<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(|source| CriError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic_with(path, &data, false)
+}
+
+/// [`write_atomic`] without the fsyncs (see [`write_json_fast`]).
+pub(crate) fn write_fast(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_with(path, data, false)
+}
+
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_with(path, data, true)
+}
+
+fn write_atomic_with(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(CriError::io("creating dir", dir))?;
     let tmp = dir.join(format!(
@@ -29,11 +49,15 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     ));
     let mut f = std::fs::File::create(&tmp).map_err(CriError::io("creating", &tmp))?;
     f.write_all(data).map_err(CriError::io("writing", &tmp))?;
-    f.sync_all().map_err(CriError::io("syncing", &tmp))?;
+    if durable {
+        f.sync_all().map_err(CriError::io("syncing", &tmp))?;
+    }
     drop(f);
     std::fs::rename(&tmp, path).map_err(CriError::io("renaming into", path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    if durable {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }

@@ -15,6 +15,37 @@ pub struct ContainerArgs {
     pub state_dir: PathBuf,
 }
 
+pub struct ExecArgs {
+    pub runtime: PathBuf,
+    pub runtime_root: PathBuf,
+    pub id: String,
+    pub process: PathBuf,
+    pub console_socket: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+impl ExecArgs {
+    pub fn parse(argv: &[String]) -> Result<Self, String> {
+        let known = [
+            "runtime",
+            "runtime-root",
+            "id",
+            "process",
+            "console-socket",
+            "pid-file",
+        ];
+        let p = pairs(argv, &known)?;
+        Ok(Self {
+            runtime: take(&p, "runtime")?.into(),
+            runtime_root: take(&p, "runtime-root")?.into(),
+            id: take(&p, "id")?,
+            process: take(&p, "process")?.into(),
+            console_socket: take(&p, "console-socket")?.into(),
+            pid_file: take(&p, "pid-file")?.into(),
+        })
+    }
+}
+
 /// `--flag value` or `--flag=value` pairs.
 fn pairs(argv: &[String], known: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();

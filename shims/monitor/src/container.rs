@@ -29,7 +29,9 @@ use crate::{atomic, sys, timefmt};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cap on what the runtime may print during `create` (kept for `create-error`).
 const MAX_CREATE_OUTPUT: usize = 64 * 1024;
-/// Quiet time after which the code pages touched by a burst of work are trimmed again.
+/// Delay after the first activity since the last trim before the pages it touched are trimmed
+/// again. Not pushed back by further activity, so a container that logs without pause still
+/// gets its monitor trimmed every couple of seconds (only the hot loop's pages come back).
 const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Files that describe one run of the container; stale ones are removed before starting.
 const OUTCOME_FILES: [&str; 5] = ["created", "create-error", "exit", "pid", "monitor.pid"];
@@ -63,13 +65,13 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
     sys::daemonize()?;
     sys::stdio_to_dev_null(&[0, 1, 2])?;
     let _ = std::env::set_current_dir("/");
-    let _ = atomic::write(
+    let _ = atomic::write_fast(
         &state_dir.join("monitor.pid"),
         std::process::id().to_string().as_bytes(),
     );
     // From here on, failures are reported through `create-error`: nobody sees our stderr.
     let fail = |msg: String| {
-        let _ = atomic::write(&state_dir.join("create-error"), msg.as_bytes());
+        let _ = atomic::write_fast(&state_dir.join("create-error"), msg.as_bytes());
         msg
     };
     sys::set_child_subreaper().map_err(fail)?;
@@ -77,7 +79,9 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
     let sfd = sys::signal_fd(&set).map_err(fail)?;
 
     let pid_file = state_dir.join("pid");
-    let mut child = Command::new(&runtime)
+    let mut cmd = Command::new(&runtime);
+    sys::child_with_empty_sigmask(&mut cmd);
+    let mut child = cmd
         .arg("--root")
         .arg(&runtime_root)
         .arg("create")
@@ -140,8 +144,8 @@ struct Monitor {
     early_exits: Vec<(Pid, WaitStatus, String)>,
     /// The init's wait status, when it was reaped, and the drain deadline.
     init_exit: Option<(WaitStatus, String, Instant)>,
-    /// When to drop code pages again (see `sys::trim_code_pages`): set after every burst of
-    /// work, so an idle monitor sits at its minimal RSS.
+    /// When to drop clean file pages again (see `sys::trim_code_pages`): set at the first
+    /// activity after a trim, so the monitor returns to its minimal RSS within TRIM_AFTER.
     trim_at: Option<Instant>,
 }
 
@@ -168,7 +172,7 @@ impl Monitor {
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(now));
             let (sig_ready, out_ready, err_ready) = self.wait(timeout)?;
-            if sig_ready || out_ready || err_ready {
+            if (sig_ready || out_ready || err_ready) && self.trim_at.is_none() {
                 self.trim_at = Some(Instant::now() + TRIM_AFTER);
             }
             if out_ready {
@@ -359,7 +363,8 @@ impl Monitor {
                 Ok(pid) => {
                     self.init_pid = Some(pid);
                     let json = format!("{{\"pid\":{pid}}}");
-                    if let Err(e) = atomic::write(&self.state_dir.join("created"), json.as_bytes())
+                    if let Err(e) =
+                        atomic::write_fast(&self.state_dir.join("created"), json.as_bytes())
                     {
                         self.note(&format!("cannot write created: {e}"));
                     }
@@ -383,7 +388,7 @@ impl Monitor {
         match failure {
             Some(msg) => {
                 let msg = if msg.is_empty() { output } else { msg };
-                let _ = atomic::write(&self.state_dir.join("create-error"), msg.as_bytes());
+                let _ = atomic::write_fast(&self.state_dir.join("create-error"), msg.as_bytes());
                 true
             }
             None => false,

@@ -4,6 +4,8 @@
 //!
 //! Roles (see `docs/node-contracts.md`):
 //! - `pause --hostname NAME`: `pause.rs`.
+//! - `exec --runtime BIN --runtime-root DIR --id ID --process FILE --console-socket SOCK
+//!   --pid-file FILE`: a tty exec for the CRI streaming server, `exec.rs`.
 //! - `container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE
 //!   --state-dir DIR`: `container.rs`.
 //!
@@ -13,6 +15,7 @@ mod args;
 mod atomic;
 mod container;
 mod cri_log;
+mod exec;
 mod pause;
 mod sys;
 mod timefmt;
@@ -20,18 +23,25 @@ mod timefmt;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: skiff-monitor pause --hostname NAME\n       \
-skiff-monitor container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE --state-dir DIR";
+skiff-monitor container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE --state-dir DIR\n       \
+skiff-monitor exec --runtime BIN --runtime-root DIR --id ID --process FILE --console-socket SOCK --pid-file FILE";
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let result = match argv.first().map(String::as_str) {
         Some("pause") => args::PauseArgs::parse(&argv[1..]).and_then(pause::run),
         Some("container") => args::ContainerArgs::parse(&argv[1..]).and_then(container::run),
+        Some("exec") => match args::ExecArgs::parse(&argv[1..]).and_then(exec::run) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
         }
-        _ => Err(format!("expected a role, `pause` or `container`\n{USAGE}")),
+        _ => Err(format!(
+            "expected a role, `pause`, `container` or `exec`\n{USAGE}"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

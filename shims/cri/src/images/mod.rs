@@ -1,6 +1,7 @@
 //! ImageService: pull from OCI/Docker v2 registries into a content store, unpack layers once into
 //! snapshot dirs keyed by chain id, and keep image records (config digest = image id).
 
+mod hosts;
 mod pull;
 mod unpack;
 
@@ -15,13 +16,76 @@ use crate::error::{CriError, Result};
 use crate::server::State;
 use crate::store::image::ImageRecord;
 
+type SharedPull = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<String, Status>>,
+>;
+
 pub(crate) struct ImageSvc {
     state: Arc<State>,
+    /// Pulls in flight, by image name and credentials: a second PullImage of the same image
+    /// waits for the first instead of downloading again.
+    pulls: Arc<std::sync::Mutex<std::collections::HashMap<String, SharedPull>>>,
 }
 
 impl ImageSvc {
     pub(crate) fn new(state: Arc<State>) -> ImageSvc {
-        ImageSvc { state }
+        ImageSvc {
+            state,
+            pulls: Default::default(),
+        }
+    }
+
+    async fn pull_deduplicated(
+        &self,
+        name: String,
+        auth: Option<cri::AuthConfig>,
+    ) -> std::result::Result<String, Status> {
+        use futures::FutureExt;
+        use sha2::Digest;
+        let who = auth
+            .as_ref()
+            .map(|a| {
+                hex::encode(sha2::Sha256::digest(
+                    format!(
+                        "{}\0{}\0{}\0{}",
+                        a.username, a.password, a.auth, a.registry_token
+                    )
+                    .as_bytes(),
+                ))
+            })
+            .unwrap_or_default();
+        let key = format!("{name}\0{who}");
+        let (fut, first) = {
+            let mut pulls = self.pulls.lock().expect("pull map poisoned");
+            match pulls.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let st = self.state.clone();
+                    let span = tracing::info_span!("PullImage", image = %name);
+                    let n = name.clone();
+                    let f = async move {
+                        pull::pull(&st, &n, auth).await.map_err(|e| {
+                            tracing::warn!(verb = "PullImage", error = %e, "CRI call failed");
+                            Status::from(e)
+                        })
+                    }
+                    .instrument(span)
+                    .boxed()
+                    .shared();
+                    pulls.insert(key.clone(), f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !first {
+            tracing::info!(image = %name, "joining a pull of the same image already in progress");
+        }
+        let r = fut.await;
+        if first {
+            self.pulls.lock().expect("pull map poisoned").remove(&key);
+            crate::sys::trim_heap();
+        }
+        r
     }
 }
 
@@ -132,14 +196,9 @@ impl ImageService for ImageSvc {
     async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
         let req = r.into_inner();
         let name = req.image.map(|i| i.image).unwrap_or_default();
-        let span = tracing::info_span!("PullImage", image = %name);
-        edge(
-            "PullImage",
-            pull::pull(&self.state, &name, req.auth)
-                .instrument(span)
-                .await
-                .map(|image_ref| cri::PullImageResponse { image_ref }),
-        )
+        self.pull_deduplicated(name, req.auth)
+            .await
+            .map(|image_ref| Response::new(cri::PullImageResponse { image_ref }))
     }
 
     async fn remove_image(

@@ -93,6 +93,35 @@ pub(crate) fn blobs_of(st: &State, img: &ImageRecord) -> Vec<String> {
     out
 }
 
+/// What one endpoint delivered: everything is stored and unpacked, only the record is left.
+struct Fetched {
+    manifest: oci_client::manifest::OciImageManifest,
+    manifest_digest: String,
+    config_digest: String,
+    config: ImageConfig,
+    chains: Vec<String>,
+}
+
+fn registry_auth(auth: Option<cri::AuthConfig>) -> RegistryAuth {
+    use base64::Engine;
+    match auth {
+        Some(a) if !a.username.is_empty() => RegistryAuth::Basic(a.username, a.password),
+        Some(a) if !a.auth.is_empty() => {
+            // `auth` is base64("user:password"), as in a docker config.json.
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(a.auth.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok());
+            match decoded.as_deref().and_then(|d| d.split_once(':')) {
+                Some((u, p)) => RegistryAuth::Basic(u.to_string(), p.to_string()),
+                None => RegistryAuth::Anonymous,
+            }
+        }
+        Some(a) if !a.registry_token.is_empty() => RegistryAuth::Bearer(a.registry_token),
+        _ => RegistryAuth::Anonymous,
+    }
+}
+
 pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) -> Result<String> {
     if name.is_empty() {
         return Err(CriError::InvalidArgument(
@@ -102,17 +131,120 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
     let reference: Reference = name
         .parse()
         .map_err(|e| CriError::InvalidArgument(format!("invalid image reference {name:?}: {e}")))?;
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(st.cfg.insecure_registries.clone()),
-        ..Default::default()
-    });
-    let auth = match auth {
-        Some(a) if !a.username.is_empty() => RegistryAuth::Basic(a.username, a.password),
-        Some(a) if !a.registry_token.is_empty() => RegistryAuth::Bearer(a.registry_token),
-        _ => RegistryAuth::Anonymous,
+    let auth = registry_auth(auth);
+    let endpoints = super::hosts::endpoints(
+        &st.cfg.registry_config_dir,
+        reference.registry(),
+        &st.cfg.insecure_registries,
+    )?;
+    let started = std::time::Instant::now();
+    let mut fetched = None;
+    let mut mirror_errors = Vec::new();
+    for ep in &endpoints {
+        if ep.mirror && !ep.resolve && reference.digest().is_none() {
+            continue; // this mirror cannot resolve tags
+        }
+        let at = match reference.digest() {
+            Some(d) => {
+                Reference::with_digest(ep.host.clone(), reference.repository().into(), d.into())
+            }
+            None => Reference::with_tag(
+                ep.host.clone(),
+                reference.repository().into(),
+                reference.tag().unwrap_or("latest").into(),
+            ),
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: if ep.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            ..Default::default()
+        });
+        tracing::info!(endpoint = %ep.host, plain_http = ep.plain_http, mirror = ep.mirror, "pulling");
+        match fetch_from(st, &client, &at, &auth, name).await {
+            Ok(f) => {
+                fetched = Some(f);
+                break;
+            }
+            Err(e) if ep.mirror => {
+                tracing::warn!(endpoint = %ep.host, error = %e, "mirror failed; trying the next host");
+                mirror_errors.push(format!("{}: {e}", ep.host));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(Fetched {
+        manifest,
+        manifest_digest,
+        config_digest,
+        config,
+        chains,
+    }) = fetched
+    else {
+        return Err(CriError::Pull {
+            image: name.into(),
+            message: format!("every configured host failed: {}", mirror_errors.join("; ")),
+        });
     };
+    let config_hex = hex_of(&config_digest)?.to_string();
+
+    // Record: the tag moves to this image; digests accumulate.
+    let _guard = st.image_lock.lock().await;
+    let tag = reference.whole();
+    let repo_digest = format!(
+        "{}/{}@{}",
+        reference.registry(),
+        reference.repository(),
+        manifest_digest
+    );
+    for mut other in st.images.list() {
+        if other.id != config_digest && other.repo_tags.contains(&tag) {
+            other.repo_tags.retain(|t| *t != tag);
+            st.images.put(other)?;
+        }
+    }
+    let mut rec = st
+        .images
+        .get(&config_hex)
+        .unwrap_or_else(|_| ImageRecord::new(config_digest.clone()));
+    if reference.digest().is_none() && !rec.repo_tags.contains(&tag) {
+        rec.repo_tags.push(tag);
+    }
+    if !rec.repo_digests.contains(&repo_digest) {
+        rec.repo_digests.push(repo_digest);
+    }
+    rec.size = manifest
+        .layers
+        .iter()
+        .map(|l| l.size.max(0) as u64)
+        .sum::<u64>()
+        + manifest.config.size.max(0) as u64;
+    rec.config = config;
+    rec.chain_ids = chains;
+    rec.manifest_digest = manifest_digest;
+    crate::util::write_json_atomic(
+        &st.images.record_dir(&config_hex).join("manifest.json"),
+        &manifest,
+    )?;
+    st.images.put(rec)?;
+    tracing::info!(id = %config_digest, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
+    Ok(config_digest)
+}
+
+/// Fetches manifest, config and layers of `at` (digests verified), storing blobs and unpacking
+/// snapshots. A blob is written to a temp name and renamed into place, a snapshot unpacked into
+/// a temp dir and renamed: an interrupted pull leaves only temp files (removed at start).
+async fn fetch_from(
+    st: &State,
+    client: &oci_client::Client,
+    at: &Reference,
+    auth: &RegistryAuth,
+    name: &str,
+) -> Result<Fetched> {
     let (manifest, manifest_digest, config) = client
-        .pull_manifest_and_config(&reference, &auth)
+        .pull_manifest_and_config(at, auth)
         .await
         .map_err(|e| map_err(name, e))?;
     let config_digest = manifest.config.digest.clone();
@@ -148,26 +280,36 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
     write_atomic(&blobs.join(&config_hex), config.as_bytes())?;
 
     let chains = chain_ids(&cf.rootfs.diff_ids);
+    let total = manifest.layers.len();
     for (i, layer) in manifest.layers.iter().enumerate() {
         let chain_hex = hex_of(&chains[i])?.to_string();
         let target = snaps.join(&chain_hex);
         if target.is_dir() {
-            tracing::debug!(layer = %layer.digest, "snapshot present");
+            tracing::info!(layer = %layer.digest, "layer {}/{total} already unpacked", i + 1);
             continue;
         }
         let blob_hex = hex_of(&layer.digest)?.to_string();
         let blob = blobs.join(&blob_hex);
         if !blob.exists() {
+            let t0 = std::time::Instant::now();
+            tracing::info!(layer = %layer.digest, size = layer.size, "downloading layer {}/{total}", i + 1);
             let tmp = blobs.join(format!(".{blob_hex}.{}", crate::util::new_id()));
             let file = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(CriError::io("creating blob", &tmp))?;
-            let res = client.pull_blob(&reference, layer, file).await;
+            let res = client.pull_blob(at, layer, file).await;
             if let Err(e) = res {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(map_err(name, e));
             }
             std::fs::rename(&tmp, &blob).map_err(CriError::io("storing blob", &blob))?;
+            let secs = t0.elapsed().as_secs_f64().max(1e-6);
+            tracing::info!(
+                layer = %layer.digest,
+                mib_per_s = format!("{:.1}", layer.size.max(0) as f64 / secs / 1048576.0),
+                "downloaded layer {}/{total}",
+                i + 1
+            );
         }
         let diff_id = cf.rootfs.diff_ids[i].clone();
         let (snaps2, blob2) = (snaps.clone(), blob.clone());
@@ -176,50 +318,15 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
         })
         .await
         .map_err(|e| CriError::Serve(format!("unpack task: {e}")))??;
-        tracing::debug!(layer = %layer.digest, "layer unpacked");
+        tracing::info!(layer = %layer.digest, "unpacked layer {}/{total}", i + 1);
     }
-
-    // Record: the tag moves to this image; digests accumulate.
-    let _guard = st.image_lock.lock().await;
-    let tag = reference.whole();
-    let repo_digest = format!(
-        "{}/{}@{}",
-        reference.registry(),
-        reference.repository(),
-        manifest_digest
-    );
-    for mut other in st.images.list() {
-        if other.id != config_digest && other.repo_tags.contains(&tag) {
-            other.repo_tags.retain(|t| *t != tag);
-            st.images.put(other)?;
-        }
-    }
-    let mut rec = st
-        .images
-        .get(&config_hex)
-        .unwrap_or_else(|_| ImageRecord::new(config_digest.clone()));
-    if reference.digest().is_none() && !rec.repo_tags.contains(&tag) {
-        rec.repo_tags.push(tag);
-    }
-    if !rec.repo_digests.contains(&repo_digest) {
-        rec.repo_digests.push(repo_digest);
-    }
-    rec.size = manifest
-        .layers
-        .iter()
-        .map(|l| l.size.max(0) as u64)
-        .sum::<u64>()
-        + manifest.config.size.max(0) as u64;
-    rec.config = cf.config.unwrap_or_default();
-    rec.chain_ids = chains;
-    rec.manifest_digest = manifest_digest;
-    crate::util::write_json_atomic(
-        &st.images.record_dir(&config_hex).join("manifest.json"),
-        &manifest,
-    )?;
-    st.images.put(rec)?;
-    tracing::info!(id = %config_digest, "image pulled");
-    Ok(config_digest)
+    Ok(Fetched {
+        manifest,
+        manifest_digest,
+        config_digest,
+        config: cf.config.unwrap_or_default(),
+        chains,
+    })
 }
 
 #[cfg(test)]

@@ -211,6 +211,7 @@ async fn start_monitor(st: &State, ct: &Container) -> Result<i32> {
             )));
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(20));
+        // A short cap: every millisecond here is pod start latency.
+        delay = (delay * 2).min(Duration::from_millis(4));
     }
 }

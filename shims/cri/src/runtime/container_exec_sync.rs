@@ -14,6 +14,26 @@ use crate::server::State;
 /// Output beyond this is cut (the kubelet's probes need a few bytes).
 const MAX_OUTPUT: u64 = 16 << 20;
 
+/// Writes the runc `exec --process` JSON for `cmd`: the container's own process (user, env, cwd,
+/// capabilities) with new args. The caller removes the file.
+pub(crate) fn write_process_file(
+    ct: &crate::store::container::Container,
+    cmd: &[String],
+    tty: bool,
+) -> Result<std::path::PathBuf> {
+    let spec =
+        Spec::load(ct.bundle.join("config.json")).map_err(|e| CriError::Spec(e.to_string()))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(cmd.to_vec()));
+    process.set_terminal(Some(tty));
+    process.set_console_size(None);
+    let file = ct
+        .bundle
+        .join(format!("exec-{}.json", &crate::util::new_id()[..12]));
+    crate::util::write_json_fast(&file, &process)?;
+    Ok(file)
+}
+
 pub(crate) async fn exec_sync(
     st: &State,
     req: cri::ExecSyncRequest,
@@ -28,16 +48,7 @@ pub(crate) async fn exec_sync(
     if req.cmd.is_empty() {
         return Err(CriError::InvalidArgument("ExecSync needs a command".into()));
     }
-    // The exec'd process inherits the container's user, env, cwd and capabilities.
-    let spec =
-        Spec::load(ct.bundle.join("config.json")).map_err(|e| CriError::Spec(e.to_string()))?;
-    let mut process = spec.process().clone().unwrap_or_default();
-    process.set_args(Some(req.cmd.clone()));
-    process.set_terminal(Some(false));
-    let file = ct
-        .bundle
-        .join(format!("exec-{}.json", &crate::util::new_id()[..12]));
-    crate::util::write_json_atomic(&file, &process)?;
+    let file = write_process_file(&ct, &req.cmd, false)?;
 
     let mut child = tokio::process::Command::new(&st.cfg.runtime_bin)
         .arg("--root")
@@ -72,10 +83,11 @@ pub(crate) async fn exec_sync(
     };
     let _ = std::fs::remove_file(&file);
     let (stdout, stderr, status) = result
-        .map_err(|_| CriError::Runtime {
-            verb: "exec",
-            id: ct.id.clone(),
-            message: format!("command timed out after {}s", req.timeout),
+        .map_err(|_| {
+            CriError::DeadlineExceeded(format!(
+                "exec in container {}: command timed out after {}s",
+                ct.id, req.timeout
+            ))
         })?
         .map_err(|e| CriError::Runtime {
             verb: "exec",

@@ -16,10 +16,12 @@ pub(crate) async fn start(st: &State, id: &str) -> Result<cri::StartContainerRes
             ct.cri_state()
         )));
     }
+    // Taken before `start`: a process that exits at once must not look finished before started.
+    let started_at = crate::util::now_nanos();
     match super::oci::start(st, &ct.id).await {
         Ok(()) => {
             st.containers
-                .update(&ct.id, |c| c.started_at = crate::util::now_nanos())?;
+                .update(&ct.id, |c| c.started_at = started_at)?;
             tracing::info!("container started");
             Ok(cri::StartContainerResponse {})
         }

@@ -40,6 +40,15 @@ pub(crate) fn to_status(st: &State, ct: &Container) -> cri::ContainerStatus {
         annotations: ct.config.annotations.clone(),
         mounts: ct.config.mounts.clone(),
         log_path: ct.log_path.display().to_string(),
+        resources: ct
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|r| cri::ContainerResources {
+                linux: Some(r),
+                windows: None,
+            }),
         ..Default::default()
     };
     if let Some(msg) = &ct.start_error {

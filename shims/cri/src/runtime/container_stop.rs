@@ -26,6 +26,12 @@ pub(crate) async fn stop_by_id(
 
 /// Stops a container if it still runs; returns once the monitor has recorded its exit.
 pub(crate) async fn stop(st: &State, ct: &Container, timeout: i64) -> Result<()> {
+    let r = stop_inner(st, ct, timeout).await;
+    super::events::note_stopped(st, ct);
+    r
+}
+
+async fn stop_inner(st: &State, ct: &Container, timeout: i64) -> Result<()> {
     if ct.exit_info().is_some() || ct.pid <= 0 {
         return Ok(());
     }

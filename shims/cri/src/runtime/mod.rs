@@ -4,9 +4,13 @@ mod container_create;
 mod container_exec_sync;
 mod container_list;
 mod container_remove;
+mod container_reopen_log;
 mod container_start;
 mod container_status;
 mod container_stop;
+mod container_update;
+mod events;
+mod metrics;
 mod oci;
 mod sandbox_list;
 mod sandbox_remove;
@@ -16,6 +20,7 @@ mod sandbox_stop;
 mod spec;
 mod stats;
 mod status;
+mod streaming;
 mod version;
 
 use std::pin::Pin;
@@ -27,14 +32,20 @@ use tracing::Instrument;
 
 use crate::error::CriError;
 use crate::server::State;
+use crate::stream::StreamServer;
+
+pub(crate) use container_exec_sync::write_process_file;
+use cri::ContainerEventType as Ev;
+pub(crate) use events::watch as watch_exits;
 
 pub(crate) struct RuntimeSvc {
     state: Arc<State>,
+    stream: Arc<StreamServer>,
 }
 
 impl RuntimeSvc {
-    pub(crate) fn new(state: Arc<State>) -> RuntimeSvc {
-        RuntimeSvc { state }
+    pub(crate) fn new(state: Arc<State>, stream: Arc<StreamServer>) -> RuntimeSvc {
+        RuntimeSvc { state, stream }
     }
 }
 
@@ -114,10 +125,13 @@ impl RuntimeService for RuntimeSvc {
             .and_then(|c| c.metadata.clone())
             .unwrap_or_default();
         let span = tracing::info_span!("RunPodSandbox", pod = %m.name, namespace = %m.namespace, sandbox = tracing::field::Empty);
-        edge(
-            "RunPodSandbox",
-            sandbox_run::run(&self.state, req).instrument(span).await,
-        )
+        let r = sandbox_run::run(&self.state, req).instrument(span).await;
+        if let Ok(resp) = &r {
+            let id = &resp.pod_sandbox_id;
+            events::emit(&self.state, id, id, Ev::ContainerCreatedEvent);
+            events::emit(&self.state, id, id, Ev::ContainerStartedEvent);
+        }
+        edge("RunPodSandbox", r)
     }
 
     async fn stop_pod_sandbox(
@@ -126,12 +140,15 @@ impl RuntimeService for RuntimeSvc {
     ) -> Res<cri::StopPodSandboxResponse> {
         let req = r.into_inner();
         let span = tracing::info_span!("StopPodSandbox", sandbox = %req.pod_sandbox_id);
-        edge(
-            "StopPodSandbox",
-            sandbox_stop::stop(&self.state, &req.pod_sandbox_id)
-                .instrument(span)
-                .await,
-        )
+        let known = self.state.sandboxes.get(&req.pod_sandbox_id).is_ok();
+        let r = sandbox_stop::stop(&self.state, &req.pod_sandbox_id)
+            .instrument(span)
+            .await;
+        if r.is_ok() && known {
+            let id = &req.pod_sandbox_id;
+            events::emit(&self.state, id, id, Ev::ContainerStoppedEvent);
+        }
+        edge("StopPodSandbox", r)
     }
 
     async fn remove_pod_sandbox(
@@ -140,12 +157,15 @@ impl RuntimeService for RuntimeSvc {
     ) -> Res<cri::RemovePodSandboxResponse> {
         let req = r.into_inner();
         let span = tracing::info_span!("RemovePodSandbox", sandbox = %req.pod_sandbox_id);
-        edge(
-            "RemovePodSandbox",
-            sandbox_remove::remove(&self.state, &req.pod_sandbox_id)
-                .instrument(span)
-                .await,
-        )
+        let known = self.state.sandboxes.get(&req.pod_sandbox_id).is_ok();
+        let r = sandbox_remove::remove(&self.state, &req.pod_sandbox_id)
+            .instrument(span)
+            .await;
+        if r.is_ok() && known {
+            let id = &req.pod_sandbox_id;
+            events::emit(&self.state, id, id, Ev::ContainerDeletedEvent);
+        }
+        edge("RemovePodSandbox", r)
     }
 
     async fn pod_sandbox_status(
@@ -180,12 +200,19 @@ impl RuntimeService for RuntimeSvc {
             .map(|m| m.name.clone())
             .unwrap_or_default();
         let span = tracing::info_span!("CreateContainer", sandbox = %req.pod_sandbox_id, name = %name, container = tracing::field::Empty);
-        edge(
-            "CreateContainer",
-            container_create::create(&self.state, req)
-                .instrument(span)
-                .await,
-        )
+        let sandbox_id = req.pod_sandbox_id.clone();
+        let r = container_create::create(&self.state, req)
+            .instrument(span)
+            .await;
+        if let Ok(resp) = &r {
+            events::emit(
+                &self.state,
+                &resp.container_id,
+                &sandbox_id,
+                Ev::ContainerCreatedEvent,
+            );
+        }
+        edge("CreateContainer", r)
     }
 
     async fn start_container(
@@ -194,12 +221,20 @@ impl RuntimeService for RuntimeSvc {
     ) -> Res<cri::StartContainerResponse> {
         let req = r.into_inner();
         let span = tracing::info_span!("StartContainer", container = %req.container_id);
-        edge(
-            "StartContainer",
-            container_start::start(&self.state, &req.container_id)
-                .instrument(span)
-                .await,
-        )
+        let r = container_start::start(&self.state, &req.container_id)
+            .instrument(span)
+            .await;
+        if r.is_ok() {
+            if let Ok(ct) = self.state.containers.get(&req.container_id) {
+                events::emit(
+                    &self.state,
+                    &ct.id,
+                    &ct.sandbox_id,
+                    Ev::ContainerStartedEvent,
+                );
+            }
+        }
+        edge("StartContainer", r)
     }
 
     async fn stop_container(
@@ -222,12 +257,24 @@ impl RuntimeService for RuntimeSvc {
     ) -> Res<cri::RemoveContainerResponse> {
         let req = r.into_inner();
         let span = tracing::info_span!("RemoveContainer", container = %req.container_id);
-        edge(
-            "RemoveContainer",
-            container_remove::remove_by_id(&self.state, &req.container_id)
-                .instrument(span)
-                .await,
-        )
+        let sandbox_id = self
+            .state
+            .containers
+            .get(&req.container_id)
+            .ok()
+            .map(|c| c.sandbox_id);
+        let r = container_remove::remove_by_id(&self.state, &req.container_id)
+            .instrument(span)
+            .await;
+        if let (Ok(_), Some(sb)) = (&r, sandbox_id) {
+            events::emit(
+                &self.state,
+                &req.container_id,
+                &sb,
+                Ev::ContainerDeletedEvent,
+            );
+        }
+        edge("RemoveContainer", r)
     }
 
     async fn list_containers(
@@ -252,16 +299,27 @@ impl RuntimeService for RuntimeSvc {
 
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Res<cri::UpdateContainerResourcesResponse> {
-        unimplemented("UpdateContainerResources")
+        let req = r.into_inner();
+        let span = tracing::info_span!("UpdateContainerResources", container = %req.container_id);
+        edge(
+            "UpdateContainerResources",
+            container_update::update(&self.state, req)
+                .instrument(span)
+                .await,
+        )
     }
 
     async fn reopen_container_log(
         &self,
-        _r: Request<cri::ReopenContainerLogRequest>,
+        r: Request<cri::ReopenContainerLogRequest>,
     ) -> Res<cri::ReopenContainerLogResponse> {
-        unimplemented("ReopenContainerLog")
+        let req = r.into_inner();
+        edge(
+            "ReopenContainerLog",
+            container_reopen_log::reopen(&self.state, &req.container_id).await,
+        )
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
@@ -275,19 +333,28 @@ impl RuntimeService for RuntimeSvc {
         )
     }
 
-    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
-        unimplemented("Exec")
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
+        edge(
+            "Exec",
+            streaming::exec(&self.state, &self.stream, r.into_inner()),
+        )
     }
 
-    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
-        unimplemented("Attach")
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
+        edge(
+            "Attach",
+            streaming::attach(&self.state, &self.stream, r.into_inner()),
+        )
     }
 
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Res<cri::PortForwardResponse> {
-        unimplemented("PortForward")
+        edge(
+            "PortForward",
+            streaming::port_forward(&self.state, &self.stream, r.into_inner()),
+        )
     }
 
     async fn container_stats(
@@ -357,21 +424,30 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _r: Request<cri::GetEventsRequest>,
     ) -> Res<Self::GetContainerEventsStream> {
-        unimplemented("GetContainerEvents")
+        use tokio_stream::StreamExt;
+        let rx = self.state.events.subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| match e {
+            Ok(ev) => Some(Ok(ev)),
+            Err(lagged) => {
+                tracing::warn!(error = %lagged, "a container event subscriber fell behind");
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(
         &self,
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Res<cri::ListMetricDescriptorsResponse> {
-        Ok(Response::new(cri::ListMetricDescriptorsResponse::default()))
+        Ok(Response::new(metrics::descriptors()))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Res<cri::ListPodSandboxMetricsResponse> {
-        Ok(Response::new(cri::ListPodSandboxMetricsResponse::default()))
+        Ok(Response::new(metrics::list(&self.state)))
     }
 
     async fn runtime_config(

@@ -12,7 +12,7 @@ use crate::cni::{result_ips, Cni, PodRef};
 use crate::error::{CriError, Result};
 use crate::server::State;
 use crate::store::sandbox::{Sandbox, SandboxState};
-use crate::util::{new_id, write_atomic, write_json_atomic};
+use crate::util::{new_id, write_fast, write_json_atomic};
 
 /// NamespaceMode::NODE in CRI.
 pub(crate) const NS_NODE: i32 = cri::NamespaceMode::Node as i32;
@@ -109,6 +109,11 @@ async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
     sb.pause_pid = pid;
     sb.pause_start_time = start_time;
     st.sandboxes.put(sb.clone())?;
+    // The pause process lives in the pod's cgroup, `<cgroup_parent>/<sandbox id>`.
+    let cg = crate::cgroups::sandbox_path(&sb.cgroup_parent, &sb.id);
+    crate::cgroups::enter(&cg, pid).map_err(|e| {
+        CriError::Monitor(format!("moving the pause process into cgroup {cg}: {e}"))
+    })?;
 
     if sb.host_network {
         return Ok(());
@@ -195,13 +200,13 @@ fn write_etc_files(dir: &Path, sb: &Sandbox) -> Result<()> {
     } else {
         hostname_of(sb)
     };
-    write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    write_fast(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
     let hosts = if sb.host_network {
         std::fs::read("/etc/hosts").unwrap_or_default()
     } else {
         b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n".to_vec()
     };
-    write_atomic(&dir.join("hosts"), &hosts)?;
+    write_fast(&dir.join("hosts"), &hosts)?;
     let resolv = match &sb.config.dns_config {
         Some(dns)
             if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() =>
@@ -220,7 +225,7 @@ fn write_etc_files(dir: &Path, sb: &Sandbox) -> Result<()> {
         }
         _ => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
     };
-    write_atomic(&dir.join("resolv.conf"), &resolv)?;
+    write_fast(&dir.join("resolv.conf"), &resolv)?;
     Ok(())
 }
 

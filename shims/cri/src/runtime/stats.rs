@@ -111,7 +111,7 @@ pub(crate) fn list_containers(
 }
 
 /// Interface counters of the pod's network namespace, read through the pause process.
-fn network(sb: &Sandbox, ts: i64) -> Option<cri::NetworkUsage> {
+pub(crate) fn network(sb: &Sandbox, ts: i64) -> Option<cri::NetworkUsage> {
     if sb.host_network || !crate::sys::alive(sb.pause_pid, sb.pause_start_time) {
         return None;
     }

@@ -70,6 +70,7 @@ impl ImageRecord {
 impl Record for ImageRecord {
     const KIND: &'static str = "image";
     const FILE: &'static str = "image.json";
+    const DURABLE: bool = true;
     fn key(&self) -> &str {
         self.hex()
     }

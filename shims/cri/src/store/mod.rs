@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{CriError, Result};
-use crate::util::{read_json, write_json_atomic};
+use crate::util::{read_json, write_json_atomic, write_json_fast};
 
 /// Version of the on-disk record format; bump and migrate on incompatible changes.
 pub(crate) const RECORD_VERSION: u32 = 1;
@@ -28,6 +28,10 @@ pub(crate) trait Record:
     const FILE: &'static str;
     fn key(&self) -> &str;
     fn version(&self) -> u32;
+    /// Whether writes are fsynced. Image records are (their blobs and snapshots outlive a
+    /// reboot); sandbox and container records describe processes and mounts that a reboot ends,
+    /// so a rename without fsync is enough (whole across a server crash).
+    const DURABLE: bool = false;
 }
 
 pub(crate) struct Store<T> {
@@ -81,7 +85,11 @@ impl<T: Record> Store<T> {
     /// Persists the record, then publishes it in memory.
     pub(crate) fn put(&self, rec: T) -> Result<()> {
         let path = self.record_dir(rec.key()).join(T::FILE);
-        write_json_atomic(&path, &rec)?;
+        if T::DURABLE {
+            write_json_atomic(&path, &rec)?;
+        } else {
+            write_json_fast(&path, &rec)?;
+        }
         self.items
             .write()
             .expect("store lock poisoned")

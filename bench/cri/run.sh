@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# bench/cri/run.sh - Skiff's CRI server against containerd + runc, in one run.
+#
+# Builds release binaries (skiff, skiff-runtime, skiff-cni; skiff-monitor statically linked into
+# target/x86_64-unknown-linux-gnu/release so the host build cache is left alone), then runs the
+# ignored test tests/tests/cri_bench.rs, which drives both daemons with the same CRI client and
+# prints one line per figure:
+#   cri_sandbox_container_start_p50_ms skiff=.. containerd=.. ratio=..
+# Targets (issue 6): sandbox+container start p50 <= 0.5x containerd's; daemon idle RSS <= 0.3x;
+# per-pod processes < 1 MiB.
+#
+# Usage: sudo bench/cri/run.sh [ITERATIONS] [PODS]        (defaults 30 and 20)
+# Env:   SKIP_BUILD=1 to reuse the binaries; DYNAMIC_MONITOR=1 to measure the dynamic monitor.
+# Needs: root, containerd + containerd-shim-runc-v2 + runc (Debian packages), docker-registry.
+set -euo pipefail
+ITERS="${1:-30}"
+PODS="${2:-20}"
+ROOT="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)"
+cd "$ROOT"
+TRIPLE=x86_64-unknown-linux-gnu
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+  cargo build --release -p skiff -p skiff-runtime -p skiff-cni -p skiff-monitor
+  # With an explicit --target, RUSTFLAGS reach only that target's crates (not build scripts),
+  # and the output lands in target/$TRIPLE: a separate cache.
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p skiff-monitor --target "$TRIPLE"
+fi
+BIN="$(mktemp -d /tmp/sk-bench-bin.XXXXXX)"
+CNI="$BIN/cni"
+mkdir -p "$CNI"
+cp target/release/skiff target/release/skiff-runtime "$BIN/"
+if [[ -n "${DYNAMIC_MONITOR:-}" ]]; then
+  cp target/release/skiff-monitor "$BIN/"
+else
+  cp "target/$TRIPLE/release/skiff-monitor" "$BIN/"
+fi
+for p in bridge host-local loopback portmap; do ln -s "$ROOT/target/release/skiff-cni" "$CNI/$p"; done
+echo "# daemons and monitor: release builds in $BIN; the CRI client (the test) is a debug build, the same for both"
+SKIFF_BENCH_BIN_DIR="$BIN" SKIFF_TEST_CNI_BIN_DIR="$CNI" SKIFF_BENCH_ITERS="$ITERS" SKIFF_BENCH_PODS="$PODS" \
+  cargo test -p skiff-tests --test cri_bench -- --ignored --nocapture --test-threads=1 2>&1 \
+  | grep -E '^(cri_|#)'
+rm -rf "$BIN"
