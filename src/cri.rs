@@ -33,6 +33,12 @@ pub struct CriArgs {
     /// Registries (host:port) pulled over plain HTTP.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Registry hosts config, containerd's layout: `<dir>/<host>/hosts.toml` (mirrors, HTTP).
+    #[arg(long, default_value = "/etc/skiff/certs.d")]
+    pub registry_config_dir: PathBuf,
+    /// Address of the streaming server (exec, attach, port-forward URLs); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub stream_address: String,
 }
 
 pub async fn run(args: CriArgs) -> Result<()> {
@@ -54,6 +60,8 @@ pub async fn run(args: CriArgs) -> Result<()> {
         cni_bin_dir: args.cni_bin_dir,
         netns_dir: args.netns_dir,
         insecure_registries: args.insecure_registries,
+        registry_config_dir: args.registry_config_dir,
+        stream_address: args.stream_address,
         ..Default::default()
     };
     skiff_cri::serve(cfg, crate::server::shutdown_signal())
