@@ -16,6 +16,45 @@ struct Server {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     created_bridge: bool,
+    /// The pod network's nftables table, if this test's server made it.
+    created_nft_table: bool,
+    /// Pod cgroup roots (`/sys/fs/cgroup/<controller>/kubepods`) this test's server made.
+    created_cgroups: Vec<PathBuf>,
+}
+
+fn nft_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", "skiff-cni"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `/sys/fs/cgroup/<controller>/kubepods` for every v1 controller that does not have it yet.
+fn missing_pod_cgroup_roots() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("kubepods"))
+                .filter(|p| {
+                    p.parent().is_some_and(|c| c.join("cgroup.procs").exists()) && !p.exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes an (empty of processes) cgroup tree, children first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl Server {
@@ -23,6 +62,8 @@ impl Server {
         let dir = tempfile::Builder::new().prefix("sk-e2e").tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let created_bridge = !netns::link_exists("cni0");
+        let created_nft_table = !nft_table_exists();
+        let created_cgroups = missing_pod_cgroup_roots();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(workspace_bin("skiff"))
             .args(["server", "--node-ip", "127.0.0.1", "--node-name", NODE])
@@ -46,6 +87,8 @@ impl Server {
             dir,
             kubeconfig,
             created_bridge,
+            created_nft_table,
+            created_cgroups,
         }
     }
 
@@ -117,6 +160,14 @@ impl Drop for Server {
         let _ = self.child.wait();
         if self.created_bridge {
             netns::delete_link("cni0");
+        }
+        if self.created_nft_table {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", "skiff-cni"])
+                .status();
+        }
+        for root in &self.created_cgroups {
+            remove_cgroup_tree(root);
         }
     }
 }
