@@ -345,6 +345,18 @@ async fn cri_bench_skiff_vs_containerd() {
     let ctd_pid = ctd.pid() as i32;
     let (s_idle, _) = mem_kib(skiff_pid);
     let (c_idle, _) = mem_kib(ctd_pid);
+    if let Ok(dir) = std::env::var("SKIFF_BENCH_SMAPS_DIR") {
+        for (n, pid) in [("skiff", skiff_pid), ("containerd", ctd_pid)] {
+            let _ = std::fs::copy(
+                format!("/proc/{pid}/smaps"),
+                format!("{dir}/{n}-idle.smaps"),
+            );
+        }
+        let _ = std::fs::write(format!("{dir}/skiff.pid"), skiff_pid.to_string());
+        if let Ok(secs) = std::env::var("SKIFF_BENCH_HOLD_SECS") {
+            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(0)));
+        }
+    }
 
     for i in 0..iters {
         for side in [&mut s, &mut c] {

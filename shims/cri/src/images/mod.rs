@@ -3,6 +3,7 @@
 
 mod hosts;
 mod pull;
+pub(crate) mod reference;
 mod unpack;
 
 use std::path::PathBuf;
@@ -99,9 +100,7 @@ pub(crate) fn blobs_dir(st: &State) -> PathBuf {
 
 /// `busybox` -> `docker.io/library/busybox:latest`; digests kept.
 pub(crate) fn normalize(name: &str) -> Option<String> {
-    name.parse::<oci_client::Reference>()
-        .ok()
-        .map(|r| r.whole())
+    reference::parse(name).ok().map(|r| r.whole())
 }
 
 /// Finds an image by id (full, `sha256:`-less, or unique prefix), tag or repo digest.

@@ -128,8 +128,7 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
             "PullImage needs an image name".into(),
         ));
     }
-    let reference: Reference = name
-        .parse()
+    let reference: Reference = super::reference::parse(name)
         .map_err(|e| CriError::InvalidArgument(format!("invalid image reference {name:?}: {e}")))?;
     let auth = registry_auth(auth);
     let endpoints = super::hosts::endpoints(
