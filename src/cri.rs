@@ -39,6 +39,31 @@ pub struct CriArgs {
     /// Address of the streaming server (exec, attach, port-forward URLs); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub stream_address: String,
+    /// CRI config file (TOML: `[runtimes.<handler>]` with `binary` and `root`). Read when it
+    /// exists; the default needs not exist.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// Where the CRI config file is looked for.
+pub const DEFAULT_CONFIG: &str = "/etc/skiff/cri.toml";
+
+/// Adds the fetch helper, the runc/crun handlers found on PATH and those of the config file.
+pub fn finish_config(
+    mut cfg: skiff_cri::CriConfig,
+    file: &std::path::Path,
+) -> Result<skiff_cri::CriConfig> {
+    cfg.fetch_helper = Some(vec![
+        std::env::current_exe()
+            .context("locating the skiff binary")?
+            .into_os_string(),
+        "cri-fetch".into(),
+    ]);
+    cfg = cfg.with_default_handlers();
+    if file.exists() || file != std::path::Path::new(DEFAULT_CONFIG) {
+        cfg = cfg.load_file(file)?;
+    }
+    Ok(cfg)
 }
 
 pub async fn run(args: CriArgs) -> Result<()> {
@@ -64,6 +89,8 @@ pub async fn run(args: CriArgs) -> Result<()> {
         stream_address: args.stream_address,
         ..Default::default()
     };
+    let mut cfg = finish_config(cfg, &args.config)?;
+    cfg.trim_when_idle = true;
     skiff_cri::serve(cfg, crate::server::shutdown_signal())
         .await
         .context("CRI server")

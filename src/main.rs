@@ -28,6 +28,9 @@ enum Cmd {
     Server(server::ServerArgs),
     /// Run only the CRI server (runtime.v1 on a unix socket).
     Cri(cri::CriArgs),
+    /// Internal: one image fetch for the CRI server (request on stdin, reply on stdout).
+    #[command(hide = true)]
+    CriFetch,
 }
 
 fn main() -> Result<()> {
@@ -44,5 +47,9 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Server(args) => rt.block_on(server::run(args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),
+        Cmd::CriFetch => Ok(rt.block_on(skiff_cri::serve_fetch(
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        ))?),
     }
 }

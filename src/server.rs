@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// Use this CRI endpoint (unix socket path, e.g. containerd's) instead of the embedded CRI server.
     #[arg(long)]
     pub container_runtime_endpoint: Option<PathBuf>,
+    /// Config file of the embedded CRI server (TOML: `[runtimes.<handler>]` for RuntimeClass
+    /// handlers). Read when it exists.
+    #[arg(long, default_value = crate::cri::DEFAULT_CONFIG)]
+    pub cri_config: PathBuf,
     /// Port of the kubelet's HTTPS server.
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -262,6 +266,7 @@ where
                 insecure_registries: insecure,
                 ..Default::default()
             };
+            let cfg = crate::cri::finish_config(cfg, &args.cri_config)?;
             let socket = cfg.socket.clone();
             (Some(tokio::spawn(skiff_cri::serve(cfg, stopped()))), socket)
         }

@@ -340,7 +340,11 @@ async fn cri_bench_skiff_vs_containerd() {
         let (sb, _) = side.start_pod("skwarm", false).await;
         side.stop_pod(&sb, false).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Right after the calls, before `skiff cri` trims (what a busy node sees).
+    let (s_hot, _) = mem_kib(skiff.child.id() as i32);
+    let (c_hot, _) = mem_kib(ctd.pid() as i32);
+    // Idle: 5 s without a call (`skiff cri` trims after 2 s of quiet; containerd does nothing).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let skiff_pid = skiff.child.id() as i32;
     let ctd_pid = ctd.pid() as i32;
     let (s_idle, _) = mem_kib(skiff_pid);
@@ -431,6 +435,7 @@ async fn cri_bench_skiff_vs_containerd() {
             );
         }
     }
+    line("daemon_after_calls_rss_kib", s_hot as f64, c_hot as f64);
     line("daemon_idle_rss_kib", s_idle as f64, c_idle as f64);
     line(
         &format!("daemon_{pods}pods_rss_kib"),

@@ -252,6 +252,16 @@ async fn cri_pull_killed_mid_blob_leaves_no_image() {
             std::fs::read_to_string(tmp.path().join("cri.log")).unwrap_or_default()
         )
     });
+    // The fetch runs in a `skiff cri-fetch` child of the server; it must die with it.
+    let helpers = children_of(server.id() as i32);
+    assert!(
+        helpers
+            .iter()
+            .any(|p| std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.windows(9).any(|w| w == b"cri-fetch"))
+                .unwrap_or(false)),
+        "no fetch helper among the server's children {helpers:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -261,6 +271,16 @@ async fn cri_pull_killed_mid_blob_leaves_no_image() {
     assert!(
         pulling.await.unwrap().is_err(),
         "the interrupted pull failed"
+    );
+    for _ in 0..100 {
+        if helpers.iter().all(|p| !alive_not_zombie(*p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        helpers.iter().all(|p| !alive_not_zombie(*p)),
+        "the fetch helper outlived the killed server"
     );
 
     // Restarted on the same state: no image, no partial blob; a new pull completes.
@@ -278,4 +298,30 @@ async fn cri_pull_killed_mid_blob_leaves_no_image() {
     )
     .unwrap();
     server.wait().unwrap();
+}
+
+/// PIDs whose parent is `pid` (from /proc/*/stat).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+fn alive_not_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }

@@ -22,8 +22,9 @@ mod stream;
 mod sys;
 mod util;
 
-pub use config::CriConfig;
+pub use config::{ConfigError, ConfigFile, CriConfig, RuntimeHandler};
 pub use error::CriError;
+pub use images::serve_fetch;
 pub use server::serve;
 
 /// Installs rustls's `ring` provider as the process default unless one is installed already.

@@ -198,9 +198,58 @@ pub(crate) fn limit_malloc_arenas() {
 
 /// Returns freed heap memory to the kernel (glibc keeps it otherwise), e.g. after a pull.
 pub(crate) fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
+    skiff_memtrim::trim_heap();
+}
+
+/// Milliseconds since the epoch of the last CRI call that finished.
+static LAST_CALL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Notes that a CRI call just finished (see [`IdleTrim`]).
+pub(crate) fn note_call() {
+    LAST_CALL_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Gives memory back once the server has been idle for a while: freed heap, and clean code
+/// pages (what pulls, start-up and rare verbs touched); the next call faults back what it runs,
+/// from the page cache. Only for a standalone daemon (`CriConfig::trim_when_idle`).
+#[derive(Default)]
+pub(crate) struct IdleTrim {
+    trimmed_at_ms: u64,
+}
+
+impl IdleTrim {
+    /// Call periodically; trims when no call finished for `idle` and none since the last trim.
+    pub(crate) fn tick(&mut self, idle: std::time::Duration) {
+        let last = LAST_CALL_MS.load(std::sync::atomic::Ordering::Relaxed);
+        let now = now_ms();
+        if self.trimmed_at_ms > last || now.saturating_sub(last) < idle.as_millis() as u64 {
+            return;
+        }
+        skiff_memtrim::trim_heap();
+        skiff_memtrim::trim_code_pages();
+        self.trimmed_at_ms = now;
+    }
+}
+
+/// Makes a child started with `cmd` get SIGKILL when the thread that started it exits (the
+/// server dying with a helper in flight must not leave the helper running).
+pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe and touches no memory of the parent.
     unsafe {
-        libc::malloc_trim(0);
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

@@ -144,7 +144,7 @@ struct Monitor {
     early_exits: Vec<(Pid, WaitStatus, String)>,
     /// The init's wait status, when it was reaped, and the drain deadline.
     init_exit: Option<(WaitStatus, String, Instant)>,
-    /// When to drop clean file pages again (see `sys::trim_code_pages`): set at the first
+    /// When to drop clean file pages again (see `skiff_memtrim::trim_code_pages`): set at the first
     /// activity after a trim, so the monitor returns to its minimal RSS within TRIM_AFTER.
     trim_at: Option<Instant>,
 }
@@ -165,7 +165,7 @@ impl Monitor {
                 }
             }
             if self.trim_at.is_some_and(|t| t <= now) {
-                sys::trim_code_pages();
+                skiff_memtrim::trim_code_pages();
                 self.trim_at = None;
             }
             let timeout = self

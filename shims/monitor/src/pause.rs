@@ -24,7 +24,7 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
     // Close stdin/stdout/stderr for good: nothing is written after `ready`, and a pipe kept
     // open would make the caller wait for EOF.
     sys::stdio_to_dev_null(&[0, 1, 2])?;
-    sys::trim_code_pages();
+    skiff_memtrim::trim_code_pages();
     loop {
         match set.wait() {
             Ok(Signal::SIGTERM | Signal::SIGINT) => return Ok(()),

@@ -86,67 +86,6 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// Drop this process's clean, read-only file pages (our text and rodata, and libc's) from its
-/// page tables once start-up or a burst of work is over. They are unmodified copies of the page
-/// cache, so nothing is lost: the few pages the idle loop needs fault back in. This takes the
-/// idle monitor from ~1 MiB RSS (mostly start-up code of std and glibc) to its working set.
-/// A mapping with any anonymous (copy-on-write) page, such as RELRO data written by relocation,
-/// is never touched: dropping it would bring back the unrelocated file contents.
-pub fn trim_code_pages() {
-    // Collect first, drop the text, then advise in one tight loop: code that runs after the
-    // first madvise faults its pages (and, with fault-around, their neighbours) back in.
-    let mut ranges = [(0usize, 0usize); 64];
-    let mut n = 0;
-    if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
-        let mut candidate: Option<(usize, usize)> = None;
-        for line in smaps.lines() {
-            if let Some(v) = line.strip_prefix("Anonymous:") {
-                let anon_kb: u64 = v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|k| k.parse().ok())
-                    .unwrap_or(1);
-                if let (Some(r), 0, true) = (candidate.take(), anon_kb, n < ranges.len()) {
-                    ranges[n] = r;
-                    n += 1;
-                }
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) = (
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-            ) else {
-                continue;
-            };
-            let Some((start, end)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) else {
-                continue; // a "Key: value" line, not a mapping header
-            };
-            // Only private, non-writable mappings of a real file (inode != 0).
-            candidate =
-                ((perms == "r-xp" || perms == "r--p") && inode != "0").then_some((start, end));
-        }
-    }
-    for &(start, end) in &ranges[..n] {
-        // SAFETY: the range is a whole, page-aligned, non-writable private file mapping of this
-        // process (from /proc/self/smaps) with no anonymous pages. MADV_DONTNEED only removes
-        // page-table entries; the next access re-reads the identical, unmodified page from the
-        // page cache. No Rust object is ever written to such a mapping.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-        }
-    }
-}
-
 /// Makes `cmd`'s child start with an empty signal mask: the monitor blocks SIGCHLD and SIGUSR1
 /// for its signalfd, and a blocked mask survives fork and exec, so without this the container
 /// (which the runtime starts from our child) would never see SIGUSR1 or SIGCHLD.

@@ -3,6 +3,7 @@
 
 mod hosts;
 mod pull;
+pub use pull::serve_fetch;
 pub(crate) mod reference;
 mod unpack;
 
@@ -148,6 +149,7 @@ fn to_cri(i: &ImageRecord) -> cri::Image {
 type Res<T> = std::result::Result<Response<T>, Status>;
 
 fn edge<T>(verb: &'static str, r: Result<T>) -> Res<T> {
+    crate::sys::note_call();
     r.map(Response::new).map_err(|e| {
         tracing::warn!(verb, error = %e, "CRI call failed");
         e.into()

@@ -4,7 +4,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use skiff_proto::cri;
 
@@ -12,8 +12,6 @@ use crate::error::{CriError, Result};
 use crate::server::State;
 use crate::store::image::{ImageConfig, ImageRecord};
 use crate::util::write_atomic;
-
-use super::{blobs_dir, snapshots_dir};
 
 #[derive(Deserialize)]
 struct ConfigFile {
@@ -94,7 +92,8 @@ pub(crate) fn blobs_of(st: &State, img: &ImageRecord) -> Vec<String> {
 }
 
 /// What one endpoint delivered: everything is stored and unpacked, only the record is left.
-struct Fetched {
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Fetched {
     manifest: oci_client::manifest::OciImageManifest,
     manifest_digest: String,
     config_digest: String,
@@ -102,7 +101,46 @@ struct Fetched {
     chains: Vec<String>,
 }
 
-fn registry_auth(auth: Option<cri::AuthConfig>) -> RegistryAuth {
+/// Credentials of a PullImage, as the fetch helper receives them on stdin.
+#[derive(Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Credentials {
+    username: String,
+    password: String,
+    auth: String,
+    registry_token: String,
+}
+
+impl From<cri::AuthConfig> for Credentials {
+    fn from(a: cri::AuthConfig) -> Credentials {
+        Credentials {
+            username: a.username,
+            password: a.password,
+            auth: a.auth,
+            registry_token: a.registry_token,
+        }
+    }
+}
+
+/// Where and how to fetch: all a fetch needs of the server's config.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct FetchRequest {
+    name: String,
+    auth: Option<Credentials>,
+    images_dir: std::path::PathBuf,
+    registry_config_dir: std::path::PathBuf,
+    insecure_registries: Vec<String>,
+}
+
+/// The helper's answer on stdout.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum FetchReply {
+    Fetched(Box<Fetched>),
+    ImageNotFound,
+    InvalidArgument(String),
+    Failed(String),
+}
+
+fn registry_auth(auth: Option<Credentials>) -> RegistryAuth {
     use base64::Engine;
     match auth {
         Some(a) if !a.username.is_empty() => RegistryAuth::Basic(a.username, a.password),
@@ -122,21 +160,107 @@ fn registry_auth(auth: Option<cri::AuthConfig>) -> RegistryAuth {
     }
 }
 
-pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) -> Result<String> {
+fn parse_name(name: &str) -> Result<Reference> {
     if name.is_empty() {
         return Err(CriError::InvalidArgument(
             "PullImage needs an image name".into(),
         ));
     }
-    let reference: Reference = super::reference::parse(name)
-        .map_err(|e| CriError::InvalidArgument(format!("invalid image reference {name:?}: {e}")))?;
-    let auth = registry_auth(auth);
-    let endpoints = super::hosts::endpoints(
-        &st.cfg.registry_config_dir,
-        reference.registry(),
-        &st.cfg.insecure_registries,
-    )?;
+    super::reference::parse(name)
+        .map_err(|e| CriError::InvalidArgument(format!("invalid image reference {name:?}: {e}")))
+}
+
+pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) -> Result<String> {
+    let reference = parse_name(name)?;
     let started = std::time::Instant::now();
+    let req = FetchRequest {
+        name: name.to_string(),
+        auth: auth.map(Credentials::from),
+        images_dir: st.cfg.images_dir(),
+        registry_config_dir: st.cfg.registry_config_dir.clone(),
+        insecure_registries: st.cfg.insecure_registries.clone(),
+    };
+    let fetched = match &st.cfg.fetch_helper {
+        Some(cmd) => fetch_in_child(cmd, &req).await?,
+        None => fetch(&req).await?,
+    };
+    record(st, &reference, fetched, started).await
+}
+
+/// Runs `cmd` (the `skiff cri-fetch` helper) with the request on stdin and reads its reply:
+/// the registry client, TLS state and decompression buffers live and die in the child. The
+/// child's logs go to our stderr; it dies with us (PDEATHSIG) and when the call is dropped.
+async fn fetch_in_child(cmd: &[std::ffi::OsString], req: &FetchRequest) -> Result<Fetched> {
+    use tokio::io::AsyncWriteExt;
+    let (prog, args) = cmd
+        .split_first()
+        .ok_or_else(|| CriError::Serve("empty fetch helper command".into()))?;
+    let failed = |message: String| CriError::Pull {
+        image: req.name.clone(),
+        message,
+    };
+    let mut c = tokio::process::Command::new(prog);
+    c.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    crate::sys::die_with_parent(c.as_std_mut());
+    let mut child = c
+        .spawn()
+        .map_err(|e| failed(format!("cannot start the fetch helper {prog:?}: {e}")))?;
+    let body = serde_json::to_vec(req).map_err(|e| CriError::Serve(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&body)
+            .await
+            .map_err(|e| failed(format!("writing to the fetch helper: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| failed(format!("waiting for the fetch helper: {e}")))?;
+    match serde_json::from_slice::<FetchReply>(&out.stdout) {
+        Ok(FetchReply::Fetched(f)) => Ok(*f),
+        Ok(FetchReply::ImageNotFound) => Err(CriError::ImageNotFound(req.name.clone())),
+        Ok(FetchReply::InvalidArgument(m)) => Err(CriError::InvalidArgument(m)),
+        Ok(FetchReply::Failed(m)) => Err(failed(m)),
+        Err(_) => Err(failed(format!(
+            "the fetch helper failed ({}) without a reply; see the log above",
+            out.status
+        ))),
+    }
+}
+
+/// The helper's side: one request on `input`, the reply as JSON on `output`.
+pub async fn serve_fetch(
+    input: impl std::io::Read,
+    mut output: impl std::io::Write,
+) -> std::io::Result<()> {
+    let req: FetchRequest = serde_json::from_reader(input)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let span = tracing::info_span!("PullImage", image = %req.name);
+    let reply = match tracing::Instrument::instrument(fetch(&req), span).await {
+        Ok(f) => FetchReply::Fetched(Box::new(f)),
+        Err(CriError::ImageNotFound(_)) => FetchReply::ImageNotFound,
+        Err(CriError::InvalidArgument(m)) => FetchReply::InvalidArgument(m),
+        Err(CriError::Pull { message, .. }) => FetchReply::Failed(message),
+        Err(e) => FetchReply::Failed(e.to_string()),
+    };
+    serde_json::to_writer(&mut output, &reply)?;
+    output.flush()
+}
+
+/// Tries each endpoint (mirrors first, per hosts.toml) until one delivers the image.
+async fn fetch(req: &FetchRequest) -> Result<Fetched> {
+    let name = req.name.as_str();
+    let reference = parse_name(name)?;
+    let auth = registry_auth(req.auth.clone());
+    let endpoints = super::hosts::endpoints(
+        &req.registry_config_dir,
+        reference.registry(),
+        &req.insecure_registries,
+    )?;
     let mut fetched = None;
     let mut mirror_errors = Vec::new();
     for ep in &endpoints {
@@ -162,7 +286,7 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
             ..Default::default()
         });
         tracing::info!(endpoint = %ep.host, plain_http = ep.plain_http, mirror = ep.mirror, "pulling");
-        match fetch_from(st, &client, &at, &auth, name).await {
+        match fetch_from(&req.images_dir, &client, &at, &auth, name).await {
             Ok(f) => {
                 fetched = Some(f);
                 break;
@@ -174,19 +298,26 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
             Err(e) => return Err(e),
         }
     }
-    let Some(Fetched {
+    fetched.ok_or_else(|| CriError::Pull {
+        image: name.into(),
+        message: format!("every configured host failed: {}", mirror_errors.join("; ")),
+    })
+}
+
+/// Records a fetched image: the tag moves to it, digests accumulate.
+async fn record(
+    st: &State,
+    reference: &Reference,
+    fetched: Fetched,
+    started: std::time::Instant,
+) -> Result<String> {
+    let Fetched {
         manifest,
         manifest_digest,
         config_digest,
         config,
         chains,
-    }) = fetched
-    else {
-        return Err(CriError::Pull {
-            image: name.into(),
-            message: format!("every configured host failed: {}", mirror_errors.join("; ")),
-        });
-    };
+    } = fetched;
     let config_hex = hex_of(&config_digest)?.to_string();
 
     // Record: the tag moves to this image; digests accumulate.
@@ -236,7 +367,7 @@ pub(crate) async fn pull(st: &State, name: &str, auth: Option<cri::AuthConfig>) 
 /// snapshots. A blob is written to a temp name and renamed into place, a snapshot unpacked into
 /// a temp dir and renamed: an interrupted pull leaves only temp files (removed at start).
 async fn fetch_from(
-    st: &State,
+    images_dir: &std::path::Path,
     client: &oci_client::Client,
     at: &Reference,
     auth: &RegistryAuth,
@@ -271,8 +402,8 @@ async fn fetch_from(
             ),
         });
     }
-    let blobs = blobs_dir(st);
-    let snaps = snapshots_dir(st);
+    let blobs = images_dir.join("blobs").join("sha256");
+    let snaps = images_dir.join("snapshots");
     for d in [&blobs, &snaps] {
         std::fs::create_dir_all(d).map_err(CriError::io("creating image dir", d.as_path()))?;
     }

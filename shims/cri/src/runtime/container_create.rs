@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use skiff_proto::cri;
 
+use crate::config::RuntimeHandler;
 use crate::error::{CriError, Result};
 use crate::server::State;
 use crate::store::container::{Container, CreatedInfo};
@@ -65,6 +66,7 @@ pub(crate) async fn create(
         .iter()
         .map(|c| c.strip_prefix("sha256:").unwrap_or(c).to_string())
         .collect();
+    st.cfg.handler(&sb.runtime_handler)?; // still configured?
     let mut ct = Container::new(
         id.clone(),
         sb.id.clone(),
@@ -79,6 +81,7 @@ pub(crate) async fn create(
         log_path,
         &dir,
     );
+    ct.runtime_handler = sb.runtime_handler.clone();
     st.containers.put(ct.clone())?;
 
     match setup(st, &mut ct, &sb, &image).await {
@@ -144,20 +147,21 @@ async fn setup(
     if let Some(parent) = ct.log_path.parent() {
         std::fs::create_dir_all(parent).map_err(CriError::io("creating log dir", parent))?;
     }
-    ct.pid = start_monitor(st, ct).await?;
+    let runtime = st.cfg.handler(&ct.runtime_handler)?;
+    ct.pid = start_monitor(st, ct, &runtime).await?;
     ct.pid_start_time = crate::sys::proc_stat(ct.pid).map(|(t, _)| t).unwrap_or(0);
     Ok(())
 }
 
-async fn start_monitor(st: &State, ct: &Container) -> Result<i32> {
+async fn start_monitor(st: &State, ct: &Container, rt: &RuntimeHandler) -> Result<i32> {
     let log = ct.monitor_dir.join("monitor.log");
     let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
     let mut child = tokio::process::Command::new(&st.cfg.monitor_bin)
         .arg("container")
         .arg("--runtime")
-        .arg(&st.cfg.runtime_bin)
+        .arg(&rt.binary)
         .arg("--runtime-root")
-        .arg(&st.cfg.runtime_root)
+        .arg(rt.root())
         .arg("--bundle")
         .arg(&ct.bundle)
         .arg("--id")

@@ -50,9 +50,10 @@ pub(crate) async fn exec_sync(
     }
     let file = write_process_file(&ct, &req.cmd, false)?;
 
-    let mut child = tokio::process::Command::new(&st.cfg.runtime_bin)
+    let runtime = st.cfg.handler(&ct.runtime_handler)?;
+    let mut child = tokio::process::Command::new(&runtime.binary)
         .arg("--root")
-        .arg(&st.cfg.runtime_root)
+        .arg(runtime.root())
         .arg("exec")
         .arg("--process")
         .arg(&file)
@@ -65,7 +66,7 @@ pub(crate) async fn exec_sync(
         .map_err(|e| CriError::Runtime {
             verb: "exec",
             id: ct.id.clone(),
-            message: format!("cannot run {}: {e}", st.cfg.runtime_bin.display()),
+            message: format!("cannot run {}: {e}", runtime.binary.display()),
         })?;
     let mut out = child.stdout.take().expect("piped").take(MAX_OUTPUT);
     let mut err = child.stderr.take().expect("piped").take(MAX_OUTPUT);
@@ -100,7 +101,7 @@ pub(crate) async fn exec_sync(
         return Err(CriError::Runtime {
             verb: "exec",
             id: ct.id.clone(),
-            message: format!("{} has no `exec` verb", st.cfg.runtime_bin.display()),
+            message: format!("{} has no `exec` verb", runtime.binary.display()),
         });
     }
     use std::os::unix::process::ExitStatusExt;

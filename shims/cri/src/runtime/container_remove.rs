@@ -34,7 +34,7 @@ pub(crate) async fn remove(st: &State, ct: &Container) -> Result<()> {
 
 /// Runtime delete + rootfs unmount; used by remove and by a failed create.
 pub(crate) async fn cleanup(st: &State, ct: &Container) -> Result<()> {
-    if let Err(e) = super::oci::delete(st, &ct.id).await {
+    if let Err(e) = super::oci::delete(st, ct).await {
         // "does not exist" is the common case for a container whose create failed.
         tracing::debug!(error = %e, "runtime delete");
     }

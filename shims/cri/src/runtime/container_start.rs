@@ -18,7 +18,7 @@ pub(crate) async fn start(st: &State, id: &str) -> Result<cri::StartContainerRes
     }
     // Taken before `start`: a process that exits at once must not look finished before started.
     let started_at = crate::util::now_nanos();
-    match super::oci::start(st, &ct.id).await {
+    match super::oci::start(st, &ct).await {
         Ok(()) => {
             st.containers
                 .update(&ct.id, |c| c.started_at = started_at)?;

@@ -64,7 +64,7 @@ fn stop_signal(st: &State, ct: &Container) -> String {
 }
 
 async fn send(st: &State, ct: &Container, sig: &str) {
-    if let Err(e) = super::oci::kill(st, &ct.id, sig).await {
+    if let Err(e) = super::oci::kill(st, ct, sig).await {
         // The runtime may already consider it stopped; signal the process directly as a fallback.
         tracing::debug!(error = %e, "runtime kill failed; signalling the pid");
         let s = sig.parse::<Signal>().unwrap_or(Signal::SIGKILL);

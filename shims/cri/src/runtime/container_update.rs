@@ -113,11 +113,12 @@ pub(crate) async fn update(
         .bundle
         .join(format!("update-{}.json", &crate::util::new_id()[..12]));
     crate::util::write_json_fast(&file, &resources)?;
+    let runtime = st.cfg.handler(&ct.runtime_handler)?;
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::process::Command::new(&st.cfg.runtime_bin)
+        tokio::process::Command::new(&runtime.binary)
             .arg("--root")
-            .arg(&st.cfg.runtime_root)
+            .arg(runtime.root())
             .arg("update")
             .arg("-r")
             .arg(&file)

@@ -82,10 +82,14 @@ pub(crate) async fn watch(st: std::sync::Arc<State>) {
         );
     }
     let mut ticks: u32 = 0;
+    let mut idle_trim = crate::sys::IdleTrim::default();
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(50) {
+        if st.cfg.trim_when_idle && ticks.is_multiple_of(5) {
+            // Every second: once 2 s passed without a call, give back heap and code pages.
+            idle_trim.tick(std::time::Duration::from_secs(2));
+        } else if ticks.is_multiple_of(50) {
             // Every 10 s: give back what pulls and pod churn freed.
             crate::sys::trim_heap();
         }

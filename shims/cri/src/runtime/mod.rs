@@ -91,6 +91,7 @@ pub(crate) async fn recover(st: &State) {
 type Res<T> = Result<Response<T>, Status>;
 
 fn edge<T>(verb: &'static str, r: Result<T, CriError>) -> Res<T> {
+    crate::sys::note_call();
     match r {
         Ok(v) => Ok(Response::new(v)),
         Err(e) => {

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use crate::error::{CriError, Result};
 use crate::server::State;
+use crate::store::container::Container;
 
-async fn run(st: &State, verb: &'static str, id: &str, args: &[&str]) -> Result<()> {
-    let mut cmd = tokio::process::Command::new(&st.cfg.runtime_bin);
-    cmd.arg("--root").arg(&st.cfg.runtime_root).args(args);
+async fn run(st: &State, ct: &Container, verb: &'static str, args: &[&str]) -> Result<()> {
+    let id = ct.id.as_str();
+    let rt = st.cfg.handler(&ct.runtime_handler)?;
+    let mut cmd = tokio::process::Command::new(&rt.binary);
+    cmd.arg("--root").arg(rt.root()).args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -16,7 +19,7 @@ async fn run(st: &State, verb: &'static str, id: &str, args: &[&str]) -> Result<
     let child = cmd.spawn().map_err(|e| CriError::Runtime {
         verb,
         id: id.to_string(),
-        message: format!("cannot run {}: {e}", st.cfg.runtime_bin.display()),
+        message: format!("cannot run {}: {e}", rt.binary.display()),
     })?;
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
@@ -45,14 +48,14 @@ async fn run(st: &State, verb: &'static str, id: &str, args: &[&str]) -> Result<
     }
 }
 
-pub(crate) async fn start(st: &State, id: &str) -> Result<()> {
-    run(st, "start", id, &["start", id]).await
+pub(crate) async fn start(st: &State, ct: &Container) -> Result<()> {
+    run(st, ct, "start", &["start", &ct.id]).await
 }
 
-pub(crate) async fn kill(st: &State, id: &str, signal: &str) -> Result<()> {
-    run(st, "kill", id, &["kill", id, signal]).await
+pub(crate) async fn kill(st: &State, ct: &Container, signal: &str) -> Result<()> {
+    run(st, ct, "kill", &["kill", &ct.id, signal]).await
 }
 
-pub(crate) async fn delete(st: &State, id: &str) -> Result<()> {
-    run(st, "delete", id, &["delete", "--force", id]).await
+pub(crate) async fn delete(st: &State, ct: &Container) -> Result<()> {
+    run(st, ct, "delete", &["delete", "--force", &ct.id]).await
 }

@@ -50,6 +50,7 @@ pub(crate) async fn run(
             "sandbox metadata needs a name".into(),
         ));
     }
+    st.cfg.handler(&req.runtime_handler)?;
     let id = new_id();
     tracing::Span::current().record("sandbox", id.as_str());
     let mut sb = Sandbox::new(id.clone(), config, req.runtime_handler);

@@ -47,13 +47,18 @@ pub(crate) fn status(st: &State, _req: cri::StatusRequest) -> Result<cri::Status
                 network,
             ],
         }),
-        runtime_handlers: vec![cri::RuntimeHandler {
-            name: String::new(),
-            features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
-                ..Default::default()
-            }),
-        }],
+        runtime_handlers: st
+            .cfg
+            .handler_names()
+            .into_iter()
+            .map(|name| cri::RuntimeHandler {
+                name,
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    ..Default::default()
+                }),
+            })
+            .collect(),
         ..Default::default()
     })
 }

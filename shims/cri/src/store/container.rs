@@ -31,6 +31,9 @@ pub(crate) struct Container {
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub monitor_dir: PathBuf,
+    /// The sandbox's RuntimeClass handler (`""`: the default runtime).
+    #[serde(default)]
+    pub runtime_handler: String,
 }
 
 /// The monitor's `exit` file.
@@ -78,6 +81,7 @@ impl Container {
             bundle: dir.join("bundle"),
             rootfs: dir.join("bundle").join("rootfs"),
             monitor_dir: dir.join("monitor"),
+            runtime_handler: String::new(),
         }
     }
 

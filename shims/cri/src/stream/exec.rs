@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{Io, Outcome};
+use crate::config::RuntimeHandler;
 use crate::server::State;
+use crate::store::container::Container;
 
 /// How long output may keep flowing after the process exited (a background child could hold
 /// the pipes forever).
@@ -38,9 +40,9 @@ pub(crate) async fn run(st: &State, req: &cri::ExecRequest, io: Io) -> Outcome {
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     let out = if req.tty {
-        run_tty(st, &ct.id, &file, io).await
+        run_tty(st, &ct, &file, io).await
     } else {
-        run_pipes(st, &ct.id, &file, io).await
+        run_pipes(st, &ct, &file, io).await
     };
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(file.with_extension("pid"));
@@ -75,10 +77,15 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, tx: Option<mpsc::Sender<Vec<u8>>>)
     }
 }
 
-async fn run_pipes(st: &State, id: &str, file: &Path, io: Io) -> Outcome {
-    let mut child = match tokio::process::Command::new(&st.cfg.runtime_bin)
+async fn run_pipes(st: &State, ct: &Container, file: &Path, io: Io) -> Outcome {
+    let id = ct.id.as_str();
+    let runtime = match st.cfg.handler(&ct.runtime_handler) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let mut child = match tokio::process::Command::new(&runtime.binary)
         .arg("--root")
-        .arg(&st.cfg.runtime_root)
+        .arg(runtime.root())
         .arg("exec")
         .arg("--process")
         .arg(file)
@@ -98,9 +105,7 @@ async fn run_pipes(st: &State, id: &str, file: &Path, io: Io) -> Outcome {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed(format!("cannot run {}: {e}", st.cfg.runtime_bin.display()))
-        }
+        Err(e) => return Outcome::Failed(format!("cannot run {}: {e}", runtime.binary.display())),
     };
     let stdin_task = match (io.stdin, child.stdin.take()) {
         (Some(mut rx), Some(mut w)) => Some(tokio::spawn(async move {
@@ -140,10 +145,7 @@ async fn run_pipes(st: &State, id: &str, file: &Path, io: Io) -> Outcome {
             let code = exit_code(s);
             let text = String::from_utf8_lossy(&err_tail);
             if code != 0 && text.contains("unrecognized subcommand 'exec'") {
-                return Outcome::Failed(format!(
-                    "{} has no `exec` verb",
-                    st.cfg.runtime_bin.display()
-                ));
+                return Outcome::Failed(format!("{} has no `exec` verb", runtime.binary.display()));
             }
             Outcome::Exited(code)
         }
@@ -151,7 +153,11 @@ async fn run_pipes(st: &State, id: &str, file: &Path, io: Io) -> Outcome {
     }
 }
 
-async fn run_tty(st: &State, id: &str, file: &Path, io: Io) -> Outcome {
+async fn run_tty(st: &State, ct: &Container, file: &Path, io: Io) -> Outcome {
+    let runtime = match st.cfg.handler(&ct.runtime_handler) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
     // Unix socket paths are short (108 bytes): keep the console socket in the temp dir.
     let sock = std::env::temp_dir().join(format!(
         "skiff-console-{}.sock",
@@ -161,13 +167,14 @@ async fn run_tty(st: &State, id: &str, file: &Path, io: Io) -> Outcome {
         Ok(l) => l,
         Err(e) => return Outcome::Failed(format!("console socket {}: {e}", sock.display())),
     };
-    let result = run_tty_with(st, id, file, &sock, listener, io).await;
+    let result = run_tty_with(st, &runtime, &ct.id, file, &sock, listener, io).await;
     let _ = std::fs::remove_file(&sock);
     result
 }
 
 async fn run_tty_with(
     st: &State,
+    runtime: &RuntimeHandler,
     id: &str,
     file: &Path,
     sock: &Path,
@@ -177,9 +184,9 @@ async fn run_tty_with(
     let mut child = match tokio::process::Command::new(&st.cfg.monitor_bin)
         .arg("exec")
         .arg("--runtime")
-        .arg(&st.cfg.runtime_bin)
+        .arg(&runtime.binary)
         .arg("--runtime-root")
-        .arg(&st.cfg.runtime_root)
+        .arg(runtime.root())
         .arg("--id")
         .arg(id)
         .arg("--process")
