@@ -401,3 +401,172 @@ async fn cri_streaming_exec_attach_portforward() {
     .await
     .unwrap();
 }
+
+/// Reads the session until `want` shows up on stdout (or panics after 10 s), returning stdout.
+async fn read_until(ws: &mut WsClient, want: &str) -> String {
+    let mut out = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !out.contains(want) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, ws.recv()).await {
+            Ok(Ok(Some((1, d)))) => out.push_str(&String::from_utf8_lossy(&d)),
+            Ok(Ok(Some(_))) => {}
+            other => panic!("waiting for {want:?}, got {other:?}; stdout so far {out:?}"),
+        }
+    }
+    out
+}
+
+async fn wait_exit(rt: &mut RuntimeClient, id: &str) -> cri::ContainerStatus {
+    for _ in 0..100 {
+        let st = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("container {id} did not exit");
+}
+
+/// Attach with input: a `stdinOnce` container reads lines from the session and sees EOF when
+/// the session closes its stdin; a tty container gets a shell on a pty, resized by the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_attach_stdin_and_tty() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    skiff_tests::cri_env::init_tls();
+    let registry = Registry::shared().expect("local registry");
+    let image = build_busybox_image().unwrap();
+    push(registry.addr(), "skbusybox:attach", &image)
+        .await
+        .unwrap();
+    let env = CriEnv::start("skbr15", "10.244.15.0/24", registry.addr())
+        .await
+        .unwrap();
+    let (mut rt, mut img) = env.clients().await.unwrap();
+    let image_name = format!("{}/skbusybox:attach", registry.addr());
+    img.pull_image(cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image_name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sb_config = env.sandbox_config("skattach");
+    let sandbox_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sb_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let start = |mut cfg: cri::ContainerConfig| {
+        let mut rt = rt.clone();
+        let sandbox_id = sandbox_id.clone();
+        let sb_config = sb_config.clone();
+        async move {
+            cfg.log_path = format!("{}/0.log", cfg.metadata.as_ref().unwrap().name);
+            let id = rt
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sandbox_id,
+                    config: Some(cfg),
+                    sandbox_config: Some(sb_config),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            rt.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let attach_url = |id: String, tty: bool| {
+        let mut rt = rt.clone();
+        async move {
+            rt.attach(cri::AttachRequest {
+                container_id: id,
+                stdin: true,
+                tty,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+        }
+    };
+
+    // stdin + stdinOnce, no tty: lines in, EOF when the session closes its stdin.
+    let mut cfg = CriEnv::shell_container(
+        "reader",
+        &image_name,
+        "while read l; do echo \"got:$l\"; done; echo stdin-closed",
+    );
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let reader = start(cfg).await;
+    let url = attach_url(reader.clone(), false).await;
+    let mut ws = WsClient::connect(&url, &["v5.channel.k8s.io"])
+        .await
+        .unwrap()
+        .unwrap();
+    ws.send(0, b"hello\nskiff\n").await.unwrap();
+    read_until(&mut ws, "got:skiff").await;
+    ws.send(255, &[0]).await.unwrap(); // v5: close stdin
+    read_until(&mut ws, "stdin-closed").await;
+    drop(ws);
+    let st = wait_exit(&mut rt.clone(), &reader).await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+
+    // tty + stdin: an interactive shell on a pty, resized through the session.
+    let mut cfg = CriEnv::shell_container("shell", &image_name, "exec sh");
+    cfg.stdin = true;
+    cfg.tty = true;
+    let shell = start(cfg).await;
+    let url = attach_url(shell.clone(), true).await;
+    let mut ws = WsClient::connect(&url, &["v5.channel.k8s.io"])
+        .await
+        .unwrap()
+        .unwrap();
+    ws.send(4, br#"{"Width":101,"Height":31}"#).await.unwrap();
+    // Resize is applied by the monitor before later input is read by the shell.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(0, b"stty size; tty; echo tty-$((40+2))\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut ws, "tty-42").await;
+    assert!(out.contains("31 101"), "stty size after resize: {out:?}");
+    assert!(out.contains("/dev/pts/"), "a pty: {out:?}");
+    ws.send(0, b"exit 3\n").await.unwrap();
+    drop(ws);
+    let st = wait_exit(&mut rt.clone(), &shell).await;
+    assert_eq!(st.exit_code, 3, "{st:?}");
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox_id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id,
+    })
+    .await
+    .unwrap();
+}

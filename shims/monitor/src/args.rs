@@ -13,6 +13,18 @@ pub struct ContainerArgs {
     pub id: String,
     pub log_path: PathBuf,
     pub state_dir: PathBuf,
+    /// The container's stdin: none (/dev/null), open (a pipe kept open for attach sessions), or
+    /// once (closed when the first attach session ends).
+    pub stdin: StdinMode,
+    /// Run the container on a pty (the spec has `terminal: true`).
+    pub tty: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdinMode {
+    None,
+    Open,
+    Once,
 }
 
 pub struct ExecArgs {
@@ -98,8 +110,21 @@ impl ContainerArgs {
             "id",
             "log-path",
             "state-dir",
+            "stdin",
+            "tty",
         ];
         let p = pairs(argv, &known)?;
+        let stdin = match take(&p, "stdin").as_deref() {
+            Err(_) | Ok("none") => StdinMode::None,
+            Ok("open") => StdinMode::Open,
+            Ok("once") => StdinMode::Once,
+            Ok(v) => return Err(format!("--stdin takes none, open or once, not {v:?}")),
+        };
+        let tty = match take(&p, "tty").as_deref() {
+            Err(_) | Ok("no") => false,
+            Ok("yes") => true,
+            Ok(v) => return Err(format!("--tty takes yes or no, not {v:?}")),
+        };
         Ok(Self {
             runtime: take(&p, "runtime")?.into(),
             runtime_root: take(&p, "runtime-root")?.into(),
@@ -107,6 +132,8 @@ impl ContainerArgs {
             id: take(&p, "id")?,
             log_path: take(&p, "log-path")?.into(),
             state_dir: take(&p, "state-dir")?.into(),
+            stdin,
+            tty,
         })
     }
 }
@@ -138,6 +165,33 @@ mod tests {
         assert_eq!(a.runtime, PathBuf::from("/bin/rt"));
         assert_eq!(a.runtime_root, PathBuf::from("/r"));
         assert_eq!(a.id, "sk1");
+        assert_eq!((a.stdin, a.tty), (StdinMode::None, false));
+        let mut with = v(&[
+            "--runtime",
+            "r",
+            "--runtime-root",
+            "r",
+            "--bundle",
+            "b",
+            "--id",
+            "i",
+        ]);
+        with.extend(v(&[
+            "--log-path",
+            "l",
+            "--state-dir",
+            "s",
+            "--stdin=once",
+            "--tty",
+            "yes",
+        ]));
+        let a = ContainerArgs::parse(&with).unwrap();
+        assert_eq!((a.stdin, a.tty), (StdinMode::Once, true));
+        with.extend(v(&["--stdin", "sometimes"]));
+        assert!(ContainerArgs::parse(&with)
+            .err()
+            .unwrap()
+            .contains("none, open or once"));
     }
 
     #[test]

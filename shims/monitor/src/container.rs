@@ -7,9 +7,10 @@
 //! SIGUSR1 reopens the log file. Everything runs in one `poll` loop over the two pipes and a
 //! signalfd.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::args::ContainerArgs;
+use crate::args::{ContainerArgs, StdinMode};
+use crate::attach::Attach;
 use crate::cri_log::{LineBuffer, LogFile};
 use crate::{atomic, sys, timefmt};
 
@@ -78,23 +80,64 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
     let set = sys::block_signals(&[Signal::SIGCHLD, Signal::SIGUSR1]).map_err(fail)?;
     let sfd = sys::signal_fd(&set).map_err(fail)?;
 
+    let mut attach = if args.stdin != StdinMode::None || args.tty {
+        Some(Attach::bind(&state_dir, args.stdin).map_err(fail)?)
+    } else {
+        None
+    };
+    // A tty container's pty master comes over a console socket during `create`. Socket paths
+    // are short (108 bytes): it lives in the temp dir until the master arrived.
+    let console_listener = if args.tty {
+        let path = std::env::temp_dir().join(format!(
+            "skiff-monitor-{}-{}.sock",
+            std::process::id(),
+            timefmt::now().replace([':', '.'], "")
+        ));
+        let l = UnixListener::bind(&path)
+            .map_err(|e| fail(format!("console socket {}: {e}", path.display())))?;
+        Some((l, path))
+    } else {
+        None
+    };
+
     let pid_file = state_dir.join("pid");
     let mut cmd = Command::new(&runtime);
     sys::child_with_empty_sigmask(&mut cmd);
-    let mut child = cmd
-        .arg("--root")
+    cmd.arg("--root")
         .arg(&runtime_root)
         .arg("create")
         .arg("--bundle")
         .arg(&bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
+        .arg(&pid_file);
+    if let Some((_, path)) = &console_listener {
+        cmd.arg("--console-socket").arg(path);
+    }
+    // Without a tty the init inherits the runtime's stdio: a pipe for stdin when asked.
+    let piped_stdin = args.stdin != StdinMode::None && !args.tty;
+    let spawned = cmd
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(if piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", runtime.display())))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some((_, path)) = &console_listener {
+                let _ = fs::remove_file(path);
+            }
+            return Err(fail(format!("cannot run {}: {e}", runtime.display())));
+        }
+    };
+    if let (Some(a), Some(w)) = (attach.as_mut(), child.stdin.take()) {
+        a.set_stdin(File::from(std::os::fd::OwnedFd::from(w)))
+            .map_err(fail)?;
+    }
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(fail("runtime pipes missing".into()));
     };
@@ -120,8 +163,15 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
         early_exits: Vec::new(),
         init_exit: None,
         trim_at: Some(Instant::now()),
+        console_listener,
+        console: None,
+        attach,
     };
-    monitor.run()
+    let r = monitor.run();
+    if let Some((_, path)) = monitor.console_listener.take() {
+        let _ = fs::remove_file(path);
+    }
+    r
 }
 
 struct Monitor {
@@ -147,12 +197,45 @@ struct Monitor {
     /// When to drop clean file pages again (see `skiff_memtrim::trim_code_pages`): set at the first
     /// activity after a trim, so the monitor returns to its minimal RSS within TRIM_AFTER.
     trim_at: Option<Instant>,
+    /// tty: where the runtime sends the pty master (and the socket's path).
+    console_listener: Option<(UnixListener, PathBuf)>,
+    /// tty: the pty master; the container's output is read from it like stdout.
+    console: Option<File>,
+    /// The attach socket (stdin and terminal size), when the container has stdin or a tty.
+    attach: Option<Attach>,
 }
 
 #[derive(Clone, Copy)]
 enum Stream {
     Out,
     Err,
+    Console,
+}
+
+/// What `poll` found ready.
+#[derive(Default)]
+struct Ready {
+    signals: bool,
+    stdout: bool,
+    stderr: bool,
+    console: bool,
+    console_listener: bool,
+    attach_listener: bool,
+    sessions: Vec<usize>,
+    stdin: bool,
+}
+
+impl Ready {
+    fn any(&self) -> bool {
+        self.signals
+            || self.stdout
+            || self.stderr
+            || self.console
+            || self.console_listener
+            || self.attach_listener
+            || self.stdin
+            || !self.sessions.is_empty()
+    }
 }
 
 impl Monitor {
@@ -160,7 +243,9 @@ impl Monitor {
         loop {
             let now = Instant::now();
             if let Some((_, _, drain_until)) = &self.init_exit {
-                if (self.stdout.is_none() && self.stderr.is_none()) || now >= *drain_until {
+                let drained =
+                    self.stdout.is_none() && self.stderr.is_none() && self.console.is_none();
+                if drained || now >= *drain_until {
                     break;
                 }
             }
@@ -171,16 +256,34 @@ impl Monitor {
             let timeout = self
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(now));
-            let (sig_ready, out_ready, err_ready) = self.wait(timeout)?;
-            if (sig_ready || out_ready || err_ready) && self.trim_at.is_none() {
+            let ready = self.wait(timeout)?;
+            if ready.any() && self.trim_at.is_none() {
                 self.trim_at = Some(Instant::now() + TRIM_AFTER);
             }
-            if out_ready {
+            if ready.stdout {
                 self.read_stream(Stream::Out);
             }
-            if err_ready {
+            if ready.stderr {
                 self.read_stream(Stream::Err);
             }
+            if ready.console_listener {
+                self.receive_console();
+            }
+            if ready.console {
+                self.read_stream(Stream::Console);
+            }
+            if let Some(a) = self.attach.as_mut() {
+                if ready.attach_listener {
+                    a.accept();
+                }
+                if !ready.sessions.is_empty() {
+                    a.read_sessions(ready.sessions);
+                }
+                if ready.stdin || a.stdin_to_write().is_some() {
+                    a.write_stdin();
+                }
+            }
+            let sig_ready = ready.signals;
             if sig_ready {
                 let (chld, usr1) = self.read_signals();
                 if usr1 {
@@ -219,17 +322,44 @@ impl Monitor {
         .min()
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> Result<(bool, bool, bool), String> {
-        let mut fds = Vec::with_capacity(3);
+    fn wait(&self, timeout: Option<Duration>) -> Result<Ready, String> {
+        let mut fds = Vec::with_capacity(8);
         fds.push(PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN));
-        let out_idx = self.stdout.as_ref().map(|s| {
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        fn push<'a>(
+            fds: &mut Vec<PollFd<'a>>,
+            fd: std::os::fd::BorrowedFd<'a>,
+            flags: PollFlags,
+        ) -> usize {
+            fds.push(PollFd::new(fd, flags));
             fds.len() - 1
-        });
-        let err_idx = self.stderr.as_ref().map(|s| {
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-            fds.len() - 1
-        });
+        }
+        let mut add = |fd, flags| push(&mut fds, fd, flags);
+        let out_idx = self
+            .stdout
+            .as_ref()
+            .map(|s| add(s.as_fd(), PollFlags::POLLIN));
+        let err_idx = self
+            .stderr
+            .as_ref()
+            .map(|s| add(s.as_fd(), PollFlags::POLLIN));
+        let con_idx = self
+            .console
+            .as_ref()
+            .map(|c| add(c.as_fd(), PollFlags::POLLIN));
+        let conl_idx = self
+            .console_listener
+            .as_ref()
+            .map(|(l, _)| add(l.as_fd(), PollFlags::POLLIN));
+        let mut att_idx = None;
+        let mut sess_idx = Vec::new();
+        let mut stdin_idx = None;
+        if let Some(a) = &self.attach {
+            att_idx = Some(add(a.listener_fd(), PollFlags::POLLIN));
+            for (i, fd) in a.readable_sessions() {
+                sess_idx.push((i, add(fd, PollFlags::POLLIN)));
+            }
+            stdin_idx = a.stdin_to_write().map(|fd| add(fd, PollFlags::POLLOUT));
+        }
         let timeout = match timeout {
             // Round up so a deadline is never polled for 0 ms repeatedly.
             Some(t) => {
@@ -245,7 +375,53 @@ impl Monitor {
             i.and_then(|i| fds[i].revents())
                 .is_some_and(|r| !r.is_empty())
         };
-        Ok((ready(Some(0)), ready(out_idx), ready(err_idx)))
+        Ok(Ready {
+            signals: ready(Some(0)),
+            stdout: ready(out_idx),
+            stderr: ready(err_idx),
+            console: ready(con_idx),
+            console_listener: ready(conl_idx),
+            attach_listener: ready(att_idx),
+            sessions: sess_idx
+                .into_iter()
+                .filter(|(_, fi)| ready(Some(*fi)))
+                .map(|(i, _)| i)
+                .collect(),
+            stdin: ready(stdin_idx),
+        })
+    }
+
+    /// tty: the runtime connected to the console socket; take the pty master it sends.
+    fn receive_console(&mut self) {
+        let Some((listener, path)) = self.console_listener.take() else {
+            return;
+        };
+        let _ = fs::remove_file(&path);
+        let master = listener
+            .accept()
+            .map_err(|e| format!("accepting on the console socket: {e}"))
+            .and_then(|(conn, _)| sys::recv_fd(conn.as_fd()));
+        let master = match master {
+            Ok(fd) => File::from(fd),
+            Err(e) => {
+                self.note(&e);
+                return;
+            }
+        };
+        if let Err(e) = sys::set_nonblocking(master.as_fd()) {
+            self.note(&e);
+        }
+        if let Some(a) = self.attach.as_mut() {
+            if let Ok(dup) = master.try_clone() {
+                a.set_console(dup);
+            }
+            if let Ok(dup) = master.try_clone() {
+                if let Err(e) = a.set_stdin(dup) {
+                    self.note(&e);
+                }
+            }
+        }
+        self.console = Some(master);
     }
 
     /// Read what is available (until EAGAIN, at most a few buffers so the other stream and
@@ -256,10 +432,17 @@ impl Monitor {
             let result = match which {
                 Stream::Out => self.stdout.as_mut().map(|s| s.read(&mut buf)),
                 Stream::Err => self.stderr.as_mut().map(|s| s.read(&mut buf)),
+                Stream::Console => self.console.as_mut().map(|s| s.read(&mut buf)),
+            };
+            // A pty master reads EIO once the container side is closed: that is its EOF.
+            let eof = match &result {
+                Some(Ok(0)) => true,
+                Some(Err(e)) => e.raw_os_error() == Some(libc::EIO),
+                _ => false,
             };
             match result {
                 None => return,
-                Some(Ok(0)) => {
+                Some(_) if eof => {
                     let ts = timefmt::now();
                     match which {
                         Stream::Out => {
@@ -269,6 +452,10 @@ impl Monitor {
                         Stream::Err => {
                             self.stderr = None;
                             self.err_buf.flush_partial(&ts, &mut self.records);
+                        }
+                        Stream::Console => {
+                            self.console = None;
+                            self.out_buf.flush_partial(&ts, &mut self.records);
                         }
                     }
                     return;
@@ -291,7 +478,7 @@ impl Monitor {
         let ts = timefmt::now();
         let now = Instant::now();
         match which {
-            Stream::Out => self.out_buf.push(data, &ts, now, &mut self.records),
+            Stream::Out | Stream::Console => self.out_buf.push(data, &ts, now, &mut self.records),
             Stream::Err => self.err_buf.push(data, &ts, now, &mut self.records),
         }
     }

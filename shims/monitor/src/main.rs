@@ -13,6 +13,7 @@
 
 mod args;
 mod atomic;
+mod attach;
 mod container;
 mod cri_log;
 mod exec;

@@ -104,3 +104,49 @@ pub fn child_with_empty_sigmask(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Receives one file descriptor (SCM_RIGHTS) on a connected unix socket: the pty master a
+/// runtime sends on its `--console-socket`.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1024];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("recvmsg on the console socket: {e}"))?;
+    for c in msg
+        .cmsgs()
+        .map_err(|e| format!("console socket message: {e}"))?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us (SCM_RIGHTS); nothing
+                // else owns it.
+                return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err("the runtime sent no pty master on the console socket".into())
+}
+
+/// Sets a pty's window size (TIOCSWINSZ), for attach sessions' resize events.
+pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> Result<(), String> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r != 0 {
+        return Err(format!("TIOCSWINSZ: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

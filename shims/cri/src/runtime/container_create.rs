@@ -170,6 +170,14 @@ async fn start_monitor(st: &State, ct: &Container, rt: &RuntimeHandler) -> Resul
         .arg(&ct.log_path)
         .arg("--state-dir")
         .arg(&ct.monitor_dir)
+        .arg("--stdin")
+        .arg(match (ct.config.stdin, ct.config.stdin_once) {
+            (false, _) => "none",
+            (true, false) => "open",
+            (true, true) => "once",
+        })
+        .arg("--tty")
+        .arg(if ct.config.tty { "yes" } else { "no" })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr))

@@ -296,7 +296,7 @@ pub(crate) fn generate(
 
     let resources = lin.resources.clone().unwrap_or_default();
     let mut process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(ct.config.tty)
         .args(args)
         .env(env)
         .cwd(cwd)

@@ -1,8 +1,10 @@
 //! Attach: the container's output as it is written, read back from its CRI log (the monitor
 //! owns the container's stdio and writes every line there), split into stdout and stderr again
 //! (a tty container's output all goes to stdout). Follows log rotation (ReopenContainerLog) and
-//! ends when the container has exited and the log is drained. The container's stdin is
-//! `/dev/null` (see docs/cri.md), so client input is discarded.
+//! ends when the container has exited and the log is drained. Input and terminal resizes go to
+//! the monitor's attach socket (`<monitor-dir>/attach`, frames described in skiff-monitor's
+//! `attach` module), which feeds the container's stdin pipe or pty; a container created
+//! without stdin has no use for input, which is then discarded.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -25,10 +27,15 @@ pub(crate) async fn run(st: &State, req: &cri::AttachRequest, io: Io) -> Outcome
     }
     let tty = req.tty;
     let (stdout, stderr) = (io.stdout, io.stderr);
-    // Input is discarded, but read so the client never blocks on a full channel.
-    let drain_stdin = io
-        .stdin
-        .map(|mut rx| tokio::spawn(async move { while rx.recv().await.is_some() {} }));
+    let resize = if tty { io.resize } else { None };
+    let drain_stdin = (io.stdin.is_some() || resize.is_some()).then(|| {
+        tokio::spawn(forward_input(
+            ct.monitor_dir.clone(),
+            io.stdin,
+            resize,
+            ct.config.stdin,
+        ))
+    });
     let mut file: Option<(std::fs::File, u64)> = None;
     let mut pending: Vec<u8> = Vec::new();
     let mut first = true;
@@ -86,6 +93,81 @@ pub(crate) async fn run(st: &State, req: &cri::AttachRequest, io: Io) -> Outcome
         t.abort();
     }
     Outcome::Exited(0)
+}
+
+/// Frame kinds of the monitor's attach socket.
+const FRAME_DATA: u8 = 0;
+const FRAME_RESIZE: u8 = 1;
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(3 + payload.len());
+    f.push(kind);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Copies the client's input and resizes to the monitor's attach socket until the client's
+/// stdin ends (then the connection is closed: for a `stdinOnce` container that closes its
+/// stdin). Without the socket (or a stdin) input is read and dropped, so the client never
+/// blocks on a full channel.
+async fn forward_input(
+    monitor_dir: std::path::PathBuf,
+    mut stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    mut resize: Option<tokio::sync::mpsc::Receiver<(u16, u16)>>,
+    has_stdin: bool,
+) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncWriteExt;
+    // Through /proc/self/fd: the state path may be longer than a socket address allows.
+    let mut conn = match std::fs::File::open(&monitor_dir) {
+        Ok(dir) => {
+            let path = format!("/proc/self/fd/{}/attach", dir.as_raw_fd());
+            tokio::net::UnixStream::connect(path).await.ok()
+        }
+        Err(_) => None,
+    };
+    if !has_stdin && resize.is_none() {
+        conn = None;
+    }
+    loop {
+        tokio::select! {
+            data = async { stdin.as_mut()?.recv().await }, if stdin.is_some() => match data {
+                Some(d) => {
+                    if let Some(c) = conn.as_mut().filter(|_| has_stdin) {
+                        for chunk in d.chunks(u16::MAX as usize) {
+                            if c.write_all(&frame(FRAME_DATA, chunk)).await.is_err() {
+                                conn = None;
+                                break;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    stdin = None;
+                    if has_stdin {
+                        if let Some(mut c) = conn.take() {
+                            let _ = c.shutdown().await;
+                        }
+                        return;
+                    }
+                }
+            },
+            size = async { resize.as_mut()?.recv().await }, if resize.is_some() => match size {
+                Some((w, h)) => {
+                    if let Some(c) = conn.as_mut() {
+                        let mut p = w.to_be_bytes().to_vec();
+                        p.extend_from_slice(&h.to_be_bytes());
+                        if c.write_all(&frame(FRAME_RESIZE, &p)).await.is_err() {
+                            conn = None;
+                        }
+                    }
+                }
+                None => resize = None,
+            },
+            else => return,
+        }
+    }
 }
 
 /// Reads what was appended since the last call; true when something was read.
