@@ -510,6 +510,24 @@ async fn exec_and_logs(t: &mut Target) -> Check {
         matches!(&timed, Err(s) if s.code() == tonic::Code::DeadlineExceeded),
         "ExecSync past its timeout: {timed:?}"
     );
+    // ... and the timed-out process is killed, not left running in the container.
+    let mut left = true;
+    for _ in 0..40 {
+        let ps = t
+            .exec_sync(
+                &id,
+                &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+                10,
+            )
+            .await
+            .map_err(e("ExecSync ps"))?;
+        left = String::from_utf8_lossy(&ps.stdout).contains("sleep 10 ");
+        if !left {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(!left, "the timed-out exec process still runs");
     // Streaming exec over WebSocket.
     let url =
         t.rt.exec(cri::ExecRequest {
@@ -559,6 +577,46 @@ async fn exec_and_logs(t: &mut Target) -> Check {
         && ts.as_bytes()[10] == b'T'
         && (ts.ends_with('Z') || ts[19..].contains('+') || ts[19..].contains('-'));
     ensure!(rfc3339, "log timestamp {ts:?}");
+    t.teardown(&sb).await
+}
+
+async fn attach_stdin(t: &mut Target) -> Check {
+    let (sb, sb_cfg) = t.run_sandbox("skattach").await?;
+    let mut cfg = t.container(
+        "skattach",
+        &["sh", "-c", "read l; echo \"got:$l\"; sleep 1000"],
+    );
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let id = t.start_container(&sb, &sb_cfg, cfg).await?;
+    let url =
+        t.rt.attach(cri::AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .map_err(e("Attach"))?
+        .into_inner()
+        .url;
+    let mut ws = WsClient::connect(&url, &["v4.channel.k8s.io"])
+        .await
+        .map_err(e("websocket"))?
+        .map_err(|r| format!("websocket refused: {r:?}"))?;
+    ws.send(0, b"hello\n").await.map_err(e("websocket send"))?;
+    let mut out = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !out.contains("got:hello") && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await {
+            Ok(Ok(Some((1, d)))) => out.push_str(&String::from_utf8_lossy(&d)),
+            Ok(Ok(Some(_))) => {}
+            other => return Err(format!("attach ended: {other:?}; stdout {out:?}")),
+        }
+    }
+    ensure!(out.contains("got:hello"), "attach stdout {out:?}");
+    drop(ws);
     t.teardown(&sb).await
 }
 
@@ -737,6 +795,7 @@ pub async fn run(t: &mut Target) -> Vec<(&'static str, Check)> {
     out.push(("sandbox lifecycle", sandbox_lifecycle(t).await));
     out.push(("container lifecycle", container_lifecycle(t).await));
     out.push(("exec sync, streaming exec, logs", exec_and_logs(t).await));
+    out.push(("attach with stdin", attach_stdin(t).await));
     out.push(("networking, port-forward", networking(t).await));
     out.push(("security context", security_context(t).await));
     out.push(("resource updates", resource_updates(t).await));

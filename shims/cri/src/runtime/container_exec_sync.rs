@@ -49,6 +49,7 @@ pub(crate) async fn exec_sync(
         return Err(CriError::InvalidArgument("ExecSync needs a command".into()));
     }
     let file = write_process_file(&ct, &req.cmd, false)?;
+    let pid_file = file.with_extension("pid");
 
     let runtime = st.cfg.handler(&ct.runtime_handler)?;
     let mut child = tokio::process::Command::new(&runtime.binary)
@@ -57,6 +58,8 @@ pub(crate) async fn exec_sync(
         .arg("exec")
         .arg("--process")
         .arg(&file)
+        .arg("--pid-file")
+        .arg(&pid_file)
         .arg(&ct.id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -83,6 +86,12 @@ pub(crate) async fn exec_sync(
         Ok(run.await)
     };
     let _ = std::fs::remove_file(&file);
+    if result.is_err() {
+        // Timed out: the runtime's `exec` is killed on drop, but the process it started lives
+        // in the container; kill it too, as containerd does.
+        kill_exec_process(&pid_file, &ct);
+    }
+    let _ = std::fs::remove_file(&pid_file);
     let (stdout, stderr, status) = result
         .map_err(|_| {
             CriError::DeadlineExceeded(format!(
@@ -113,4 +122,21 @@ pub(crate) async fn exec_sync(
         stderr,
         exit_code,
     })
+}
+
+/// SIGKILLs the process an `exec --pid-file` recorded, if it still runs in the container (its
+/// pid namespace is the container init's).
+fn kill_exec_process(pid_file: &std::path::Path, ct: &crate::store::container::Container) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
+    else {
+        return;
+    };
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    if ns(pid).is_some() && ns(pid) == ns(ct.pid) {
+        tracing::info!(container = %ct.id, pid, "killing the exec process after its timeout");
+        let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
 }
