@@ -6,5 +6,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh build
 echo "building release binaries (first build takes several minutes)..."
-cargo build --release --bins
-exec target/release/skiff server "$@"
+bash scripts/dist.sh
+exec target/dist/skiff server "$@"
