@@ -88,6 +88,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             "--datastore-endpoint {ep}: the etcd backend is not available yet; run without it to use the embedded store"
         );
     }
+    if !args.disable_agent && args.container_runtime_endpoint.is_none() {
+        // Refuse a bad CRI config file before anything starts (the CRI starts last).
+        crate::cri::finish_config(skiff_cri::CriConfig::default(), &args.cri_config)?;
+    }
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
     let node_ip = args.node_ip.unwrap_or_else(default_ip);
     let advertise = SocketAddr::new(node_ip, args.https_listen_port);

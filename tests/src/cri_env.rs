@@ -57,6 +57,40 @@ fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
 }
 
+/// Pulls `image` (panics with the server's message on failure).
+pub async fn pull_image(img: &mut ImageClient, image: &str) {
+    img.pull_image(cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
+}
+
+/// Polls ContainerStatus until the container has exited (10 s at most), returning that status.
+pub async fn wait_exited(rt: &mut RuntimeClient, id: &str) -> cri::ContainerStatus {
+    for _ in 0..500 {
+        let s = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("container {id} did not exit");
+}
+
 /// Installs the process-wide rustls provider (ring) that registry clients need; call it first
 /// in a test that pushes images before starting a [`CriEnv`].
 pub fn init_tls() {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use skiff_proto::cri;
+use skiff_tests::cri_env::pull_image;
 use skiff_tests::netns::link_exists;
 use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
 
@@ -84,15 +85,7 @@ async fn cri_runtime_handlers_from_config_file() {
         assert!(names.iter().any(|n| n == want), "{want:?} in {names:?}");
     }
 
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: image_name.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    pull_image(&mut img, &image_name).await;
 
     let runc_bin = which("runc");
     let mut handlers = vec![

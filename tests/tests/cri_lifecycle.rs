@@ -1,33 +1,11 @@
 //! More CRI behaviour (run as root): exit codes and reasons, cleanup after a failed
 //! RunPodSandbox / CreateContainer, gzip layers, image removal. Bridge `skbr2`, 10.244.2.0/24.
 
-use std::time::Duration;
-
 use skiff_proto::cri;
-use skiff_tests::cri_env::RuntimeClient;
+use skiff_tests::cri_env::wait_exited;
 use skiff_tests::image::build_busybox_image_with;
 use skiff_tests::netns::links_on_bridge;
 use skiff_tests::{push, CriEnv, Registry};
-
-async fn wait_exited(rt: &mut RuntimeClient, id: &str) -> cri::ContainerStatus {
-    for _ in 0..500 {
-        let s = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("container {id} did not exit");
-}
 
 fn mounts_under(dir: &std::path::Path) -> Vec<String> {
     let d = dir.to_string_lossy().to_string();

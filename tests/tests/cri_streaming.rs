@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use skiff_proto::cri;
 use skiff_tests::cri_env::stream::{Refused, SpdyClient, SpdyFrame, WsClient};
-use skiff_tests::cri_env::RuntimeClient;
+use skiff_tests::cri_env::{pull_image, wait_exited, RuntimeClient};
 use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
 
 async fn exec_url(
@@ -417,26 +417,6 @@ async fn read_until(ws: &mut WsClient, want: &str) -> String {
     out
 }
 
-async fn wait_exit(rt: &mut RuntimeClient, id: &str) -> cri::ContainerStatus {
-    for _ in 0..100 {
-        let st = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if st.state == cri::ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("container {id} did not exit");
-}
-
 /// Attach with input: a `stdinOnce` container reads lines from the session and sees EOF when
 /// the session closes its stdin; a tty container gets a shell on a pty, resized by the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,15 +433,7 @@ async fn cri_attach_stdin_and_tty() {
         .unwrap();
     let (mut rt, mut img) = env.clients().await.unwrap();
     let image_name = format!("{}/skbusybox:attach", registry.addr());
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: image_name.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    pull_image(&mut img, &image_name).await;
     let sb_config = env.sandbox_config("skattach");
     let sandbox_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -532,7 +504,7 @@ async fn cri_attach_stdin_and_tty() {
     ws.send(255, &[0]).await.unwrap(); // v5: close stdin
     read_until(&mut ws, "stdin-closed").await;
     drop(ws);
-    let st = wait_exit(&mut rt.clone(), &reader).await;
+    let st = wait_exited(&mut rt.clone(), &reader).await;
     assert_eq!(st.exit_code, 0, "{st:?}");
 
     // tty + stdin: an interactive shell on a pty, resized through the session.
@@ -556,7 +528,7 @@ async fn cri_attach_stdin_and_tty() {
     assert!(out.contains("/dev/pts/"), "a pty: {out:?}");
     ws.send(0, b"exit 3\n").await.unwrap();
     drop(ws);
-    let st = wait_exit(&mut rt.clone(), &shell).await;
+    let st = wait_exited(&mut rt.clone(), &shell).await;
     assert_eq!(st.exit_code, 3, "{st:?}");
 
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {

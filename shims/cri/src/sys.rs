@@ -196,11 +196,6 @@ pub(crate) fn limit_malloc_arenas() {
     }
 }
 
-/// Returns freed heap memory to the kernel (glibc keeps it otherwise), e.g. after a pull.
-pub(crate) fn trim_heap() {
-    skiff_memtrim::trim_heap();
-}
-
 /// Milliseconds since the epoch of the last CRI call that finished.
 static LAST_CALL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 

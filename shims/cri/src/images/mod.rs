@@ -85,7 +85,7 @@ impl ImageSvc {
         let r = fut.await;
         if first {
             self.pulls.lock().expect("pull map poisoned").remove(&key);
-            crate::sys::trim_heap();
+            skiff_memtrim::trim_heap();
         }
         r
     }

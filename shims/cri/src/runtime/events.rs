@@ -91,7 +91,7 @@ pub(crate) async fn watch(st: std::sync::Arc<State>) {
             idle_trim.tick(std::time::Duration::from_secs(2));
         } else if ticks.is_multiple_of(50) {
             // Every 10 s: give back what pulls and pod churn freed.
-            crate::sys::trim_heap();
+            skiff_memtrim::trim_heap();
         }
         let all = st.containers.list();
         st.stopped_reported
