@@ -3,6 +3,7 @@
 //! DNAT rule existed would otherwise keep bypassing it until it times out.
 
 use crate::nft::{attrs, Attrs, Nft, NftError};
+use crate::nlsock::NLA_F_NESTED;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
@@ -13,7 +14,6 @@ const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
 
 /// True when the original-direction tuple is (`proto`, any, any -> `dport`).
 fn matches(tuple: &[u8], proto: u8, dport: u16) -> bool {

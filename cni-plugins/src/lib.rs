@@ -14,6 +14,7 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nlsock;
 pub mod plugins;
 pub mod skel;
 pub mod sysctl;

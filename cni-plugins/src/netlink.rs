@@ -5,23 +5,10 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+use crate::nlsock::{
+    self, attrs, c_str, ne_i32, ne_u32, Attrs, NlSocket, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
-use netlink_packet_route::link::{
-    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
-};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
-    RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
 use crate::types::IpNet;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +21,6 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
-    #[error("netlink: {op}: cannot decode the kernel's answer: {msg}")]
-    Decode { op: String, msg: String },
 }
 
 impl NetlinkError {
@@ -45,7 +30,6 @@ impl NetlinkError {
             NetlinkError::Request { source, .. } | NetlinkError::Socket(source) => {
                 source.raw_os_error()
             }
-            NetlinkError::Decode { .. } => None,
         }
     }
 }
@@ -102,169 +86,187 @@ pub struct RouteOpts {
     pub scope: Option<u8>,
 }
 
-fn kind_name(k: &InfoKind) -> String {
-    match k {
-        InfoKind::Bridge => "bridge".into(),
-        InfoKind::Veth => "veth".into(),
-        InfoKind::Dummy => "dummy".into(),
-        InfoKind::Other(s) => s.clone(),
-        other => format!("{other:?}").to_lowercase(),
-    }
+// rtnetlink message types, attributes and flags (linux/rtnetlink.h, if_link.h, if_addr.h).
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+const VETH_INFO_PEER: u16 = 1;
+const IFLA_BR_VLAN_FILTERING: u16 = 7;
+const IFLA_BRPORT_MODE: u16 = 4;
+const IFLA_BRIDGE_FLAGS: u16 = 0;
+const IFLA_BRIDGE_VLAN_INFO: u16 = 2;
+const BRIDGE_FLAGS_MASTER: u16 = 1;
+const BRIDGE_VLAN_INFO_PVID: u16 = 2;
+const BRIDGE_VLAN_INFO_UNTAGGED: u16 = 4;
+const IFF_UP: u32 = 0x1;
+const IFF_PROMISC: u32 = 0x100;
+
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_BROADCAST: u16 = 4;
+const IFA_FLAGS: u16 = 8;
+const IFA_F_NODAD: u32 = 0x02;
+
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_METRICS: u16 = 8;
+const RTA_TABLE: u16 = 15;
+const RTAX_MTU: u16 = 2;
+const RTAX_ADVMSS: u16 = 8;
+const RTPROT_BOOT: u8 = 3;
+const RTN_UNICAST: u8 = 1;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+const RT_TABLE_UNSPEC: u8 = 0;
+const RT_TABLE_MAIN: u8 = 254;
+
+/// `struct ifinfomsg`: family, type, index, flags, change mask.
+fn ifinfomsg(a: &mut Attrs, family: u8, index: u32, flags: u32, change: u32) {
+    let mut h = [0u8; 16];
+    h[0] = family;
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..12].copy_from_slice(&flags.to_ne_bytes());
+    h[12..16].copy_from_slice(&change.to_ne_bytes());
+    a.raw(&h);
 }
 
-fn link_from_msg(m: &LinkMessage) -> Link {
-    let mut l = Link {
-        index: m.header.index,
-        up: m.header.flags.contains(LinkFlags::Up),
-        promisc: m.header.flags.contains(LinkFlags::Promisc),
-        ..Default::default()
-    };
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => l.name = n.clone(),
-            LinkAttribute::Address(mac) => l.mac = Some(mac.clone()),
-            LinkAttribute::Controller(i) => l.master = Some(*i),
-            LinkAttribute::Mtu(v) => l.mtu = Some(*v),
-            LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
-            LinkAttribute::Link(v) => l.peer_index = Some(*v),
-            LinkAttribute::LinkInfo(infos) => {
-                for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        l.kind = Some(kind_name(k));
-                    }
-                }
-            }
-            _ => {}
-        }
+/// A link message with just a header (and the name, when given).
+fn link_msg(index: u32, name: Option<&str>) -> Attrs {
+    let mut a = Attrs::default();
+    ifinfomsg(&mut a, 0, index, 0, 0);
+    if let Some(n) = name {
+        a.str(IFLA_IFNAME, n);
     }
-    l
+    a
 }
 
-fn family_of(ip: &IpAddr) -> AddressFamily {
+fn family_of(ip: &IpAddr) -> u8 {
     if ip.is_ipv4() {
-        AddressFamily::Inet
+        libc::AF_INET as u8
     } else {
-        AddressFamily::Inet6
+        libc::AF_INET6 as u8
     }
 }
 
-fn route_addr_to_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
-        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+fn ip_from(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
         _ => None,
     }
 }
 
+/// Decodes an `RTM_NEWLINK` payload (`ifinfomsg` + attributes).
+fn parse_link(p: &[u8]) -> Option<Link> {
+    let index = ne_i32(p.get(4..)?)? as u32;
+    let flags = ne_u32(p.get(8..)?)?;
+    let mut l = Link {
+        index,
+        up: flags & IFF_UP != 0,
+        promisc: flags & IFF_PROMISC != 0,
+        ..Default::default()
+    };
+    for (ty, v) in attrs(p.get(16..)?) {
+        match ty {
+            IFLA_IFNAME => l.name = c_str(v),
+            IFLA_ADDRESS => l.mac = Some(v.to_vec()),
+            IFLA_MASTER => l.master = ne_u32(v),
+            IFLA_MTU => l.mtu = ne_u32(v),
+            IFLA_LINK_NETNSID => l.link_netnsid = ne_i32(v),
+            IFLA_LINK => l.peer_index = ne_u32(v),
+            IFLA_LINKINFO => {
+                l.kind = attrs(v)
+                    .find(|(t, _)| *t == IFLA_INFO_KIND)
+                    .map(|(_, k)| c_str(k));
+            }
+            _ => {}
+        }
+    }
+    Some(l)
+}
+
 /// One rtnetlink socket bound in the current thread's network namespace.
 pub struct Netlink {
-    sock: Socket,
+    sock: NlSocket,
     seq: u32,
 }
 
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
-        sock.bind_auto().map_err(NetlinkError::Socket)?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(NetlinkError::Socket)?;
+        let sock = NlSocket::open(libc::NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
         Ok(Netlink { sock, seq: 0 })
     }
 
+    /// Sends one request and collects the payloads of its answers (the reply of an acked
+    /// request, or every message of a dump).
     fn request(
         &mut self,
-        op: &str,
-        msg: RouteNetlinkMessage,
+        op: &dyn Fn() -> String,
+        ty: u16,
         flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
-        let err = |source: io::Error| NetlinkError::Request {
-            op: op.to_string(),
-            source,
-        };
-        let mut nl = NetlinkMessage::from(msg);
+        body: &Attrs,
+    ) -> Result<Vec<Vec<u8>>> {
+        let err = |source: io::Error| NetlinkError::Request { op: op(), source };
         self.seq = self.seq.wrapping_add(1);
-        nl.header.flags = flags;
-        nl.header.sequence_number = self.seq;
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.sock.send(&buf, 0).map_err(err)?;
-
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut buf = Vec::with_capacity(nlsock::HDR + body.buf.len());
+        nlsock::message(&mut buf, ty, flags, self.seq, &body.buf);
+        self.sock.send(&buf).map_err(err)?;
         let mut out = Vec::new();
-        loop {
-            let (data, _) = self.sock.recv_from_full().map_err(err)?;
-            let mut off = 0usize;
-            while off < data.len() {
-                let b =
-                    NetlinkBuffer::new_checked(&data[off..]).map_err(|e| NetlinkError::Decode {
-                        op: op.to_string(),
-                        msg: e.to_string(),
-                    })?;
-                let len = b.length() as usize;
-                let seq = b.sequence_number();
-                let bytes = &data[off..off + len];
-                off += (len + 3) & !3;
-                if seq != self.seq {
-                    continue;
-                }
-                let parsed = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
-                    Ok(p) => p,
-                    Err(e) if dump => {
-                        tracing::debug!(op, error = %e, "skipping an undecodable netlink message");
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(NetlinkError::Decode {
-                            op: op.to_string(),
-                            msg: e.to_string(),
-                        })
-                    }
-                };
-                match parsed.payload {
-                    NetlinkPayload::Error(e) => match e.code {
-                        Some(c) => return Err(err(io::Error::from_raw_os_error(-c.get()))),
-                        None => return Ok(out),
-                    },
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    _ => {}
-                }
-            }
-        }
+        self.sock
+            .answers(self.seq, |m| out.push(m.payload.to_vec()))
+            .map_err(err)?;
+        Ok(out)
     }
 
-    fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, extra: u16) -> Result<()> {
-        self.request(op, msg, NLM_F_REQUEST | NLM_F_ACK | extra)
+    fn ack(&mut self, op: &dyn Fn() -> String, ty: u16, body: &Attrs, extra: u16) -> Result<()> {
+        self.request(op, ty, NLM_F_REQUEST | NLM_F_ACK | extra, body)
             .map(|_| ())
     }
 
-    fn get_link(&mut self, op: &str, m: LinkMessage) -> Result<Option<Link>> {
-        match self.request(
-            op,
-            RouteNetlinkMessage::GetLink(m),
-            NLM_F_REQUEST | NLM_F_ACK,
-        ) {
-            Ok(v) => Ok(v.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(link_from_msg(l)),
-                _ => None,
-            })),
+    fn get_link(&mut self, op: &dyn Fn() -> String, m: &Attrs) -> Result<Option<Link>> {
+        match self.request(op, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, m) {
+            Ok(v) => Ok(v.iter().find_map(|p| parse_link(p))),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
-        let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.get_link(&format!("get link {name}"), m)
+        self.get_link(&|| format!("get link {name}"), &link_msg(0, Some(name)))
     }
 
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        self.get_link(&format!("get link #{index}"), m)
+        self.get_link(&|| format!("get link #{index}"), &link_msg(index, None))
     }
 
     /// Creates a bridge (down); `EEXIST` is returned as an error.
@@ -276,24 +278,23 @@ impl Netlink {
         mac: Option<[u8; 6]>,
         vlan_filtering: bool,
     ) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let mut m = link_msg(0, Some(name));
         if let Some(mac) = mac {
-            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+            m.put(IFLA_ADDRESS, &mac);
         }
         if let Some(mtu) = mtu {
-            m.attributes.push(LinkAttribute::Mtu(mtu));
+            m.u32(IFLA_MTU, mtu);
         }
-        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
-        if vlan_filtering {
-            info.push(LinkInfo::Data(InfoData::Bridge(vec![
-                InfoBridge::VlanFiltering(true),
-            ])));
-        }
-        m.attributes.push(LinkAttribute::LinkInfo(info));
+        m.nest(IFLA_LINKINFO, |a| {
+            a.str(IFLA_INFO_KIND, "bridge");
+            if vlan_filtering {
+                a.nest(IFLA_INFO_DATA, |a| a.u8(IFLA_BR_VLAN_FILTERING, 1));
+            }
+        });
         self.ack(
-            &format!("create bridge {name}"),
-            RouteNetlinkMessage::NewLink(m),
+            &|| format!("create bridge {name}"),
+            RTM_NEWLINK,
+            &m,
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
@@ -309,60 +310,52 @@ impl Netlink {
         master: u32,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<()> {
-        // The peer cannot be created up: the kernel configures it before the pair is linked
-        // (veth_open would fail with ENOTCONN). It is brought up inside the namespace.
-        let mut p = LinkMessage::default();
-        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        let mut m = Attrs::default();
+        ifinfomsg(&mut m, 0, 0, IFF_UP, IFF_UP);
+        m.str(IFLA_IFNAME, host);
         if let Some(mtu) = mtu {
-            p.attributes.push(LinkAttribute::Mtu(mtu));
+            m.u32(IFLA_MTU, mtu);
         }
-        if let Some(mac) = peer_mac {
-            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
-        }
-        p.attributes.push(LinkAttribute::NetNsFd(peer_ns_fd));
-
-        let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
-        m.attributes.push(LinkAttribute::IfName(host.to_string()));
-        if let Some(mtu) = mtu {
-            m.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        m.attributes.push(LinkAttribute::Controller(master));
-        m.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
-        ]));
+        m.u32(IFLA_MASTER, master);
+        m.nest(IFLA_LINKINFO, |a| {
+            a.str(IFLA_INFO_KIND, "veth");
+            a.nest(IFLA_INFO_DATA, |a| {
+                // The peer cannot be created up: the kernel configures it before the pair is
+                // linked (veth_open would fail with ENOTCONN). It is brought up in its namespace.
+                a.nest(VETH_INFO_PEER, |a| {
+                    ifinfomsg(a, 0, 0, 0, 0);
+                    a.str(IFLA_IFNAME, peer);
+                    if let Some(mtu) = mtu {
+                        a.u32(IFLA_MTU, mtu);
+                    }
+                    if let Some(mac) = peer_mac {
+                        a.put(IFLA_ADDRESS, &mac);
+                    }
+                    a.u32(IFLA_NET_NS_FD, peer_ns_fd as u32);
+                });
+            });
+        });
         self.ack(
-            &format!("create veth {host} (peer {peer})"),
-            RouteNetlinkMessage::NewLink(m),
+            &|| format!("create veth {host} (peer {peer})"),
+            RTM_NEWLINK,
+            &m,
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
+    fn set_flag(&mut self, index: u32, flag: u32, what: &str) -> Result<()> {
+        let mut m = Attrs::default();
+        ifinfomsg(&mut m, 0, index, flag, flag);
+        self.ack(&|| format!("set link #{index} {what}"), RTM_SETLINK, &m, 0)
+    }
+
     pub fn set_up(&mut self, index: u32) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
-        self.ack(
-            &format!("set link #{index} up"),
-            RouteNetlinkMessage::SetLink(m),
-            0,
-        )
+        self.set_flag(index, IFF_UP, "up")
     }
 
     /// Turns promiscuous mode on.
     pub fn set_promisc(&mut self, index: u32) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.header.flags = LinkFlags::Promisc;
-        m.header.change_mask = LinkFlags::Promisc;
-        self.ack(
-            &format!("set link #{index} promiscuous"),
-            RouteNetlinkMessage::SetLink(m),
-            0,
-        )
+        self.set_flag(index, IFF_PROMISC, "promiscuous")
     }
 
     fn bridge_vlan(
@@ -373,32 +366,37 @@ impl Netlink {
         untagged: bool,
         add: bool,
     ) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.interface_family = AddressFamily::Bridge;
-        m.header.index = index;
-        let mut flags = BridgeVlanInfoFlags::empty();
+        let mut m = Attrs::default();
+        ifinfomsg(&mut m, libc::AF_BRIDGE as u8, index, 0, 0);
+        let mut flags = 0u16;
         if pvid {
-            flags |= BridgeVlanInfoFlags::Pvid;
+            flags |= BRIDGE_VLAN_INFO_PVID;
         }
         if untagged {
-            flags |= BridgeVlanInfoFlags::Untagged;
+            flags |= BRIDGE_VLAN_INFO_UNTAGGED;
         }
-        m.attributes.push(LinkAttribute::AfSpecBridge(vec![
-            AfSpecBridge::Flags(BridgeFlag::Controller),
-            AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }),
-        ]));
-        let (op, msg) = if add {
-            (
-                format!("add vlan {vid} to bridge port #{index}"),
-                RouteNetlinkMessage::SetLink(m),
+        m.nest(IFLA_AF_SPEC, |a| {
+            a.u16(IFLA_BRIDGE_FLAGS, BRIDGE_FLAGS_MASTER);
+            let mut info = [0u8; 4];
+            info[..2].copy_from_slice(&flags.to_ne_bytes());
+            info[2..].copy_from_slice(&vid.to_ne_bytes());
+            a.put(IFLA_BRIDGE_VLAN_INFO, &info);
+        });
+        if add {
+            self.ack(
+                &|| format!("add vlan {vid} to bridge port #{index}"),
+                RTM_SETLINK,
+                &m,
+                0,
             )
         } else {
-            (
-                format!("remove vlan {vid} from bridge port #{index}"),
-                RouteNetlinkMessage::DelLink(m),
+            self.ack(
+                &|| format!("remove vlan {vid} from bridge port #{index}"),
+                RTM_DELLINK,
+                &m,
+                0,
             )
-        };
-        self.ack(&op, msg, 0)
+        }
     }
 
     /// Adds VLAN `vid` to a bridge port (`pvid`: untagged ingress lands in it).
@@ -419,109 +417,112 @@ impl Netlink {
 
     /// Sets the hardware address (pins a bridge's MAC so it does not follow its ports).
     pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
-        self.ack(
-            &format!("set mac on link #{index}"),
-            RouteNetlinkMessage::SetLink(m),
-            0,
-        )
+        let mut m = link_msg(index, None);
+        m.put(IFLA_ADDRESS, mac);
+        self.ack(&|| format!("set mac on link #{index}"), RTM_SETLINK, &m, 0)
     }
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.attributes.push(LinkAttribute::Mtu(mtu));
+        let mut m = link_msg(index, None);
+        m.u32(IFLA_MTU, mtu);
         self.ack(
-            &format!("set mtu {mtu} on link #{index}"),
-            RouteNetlinkMessage::SetLink(m),
+            &|| format!("set mtu {mtu} on link #{index}"),
+            RTM_SETLINK,
+            &m,
             0,
         )
     }
 
     /// Sets hairpin mode on a bridge port (the link must already be enslaved).
     pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                on,
-            )])),
-        ]));
+        let mut m = link_msg(index, None);
+        m.nest(IFLA_LINKINFO, |a| {
+            a.str(IFLA_INFO_SLAVE_KIND, "bridge");
+            a.nest(IFLA_INFO_SLAVE_DATA, |a| {
+                a.u8(IFLA_BRPORT_MODE, u8::from(on))
+            });
+        });
         self.ack(
-            &format!("set hairpin mode on link #{index}"),
-            RouteNetlinkMessage::NewLink(m),
+            &|| format!("set hairpin mode on link #{index}"),
+            RTM_NEWLINK,
+            &m,
             0,
         )
     }
 
     pub fn del_link(&mut self, index: u32) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
         self.ack(
-            &format!("delete link #{index}"),
-            RouteNetlinkMessage::DelLink(m),
+            &|| format!("delete link #{index}"),
+            RTM_DELLINK,
+            &link_msg(index, None),
             0,
         )
     }
 
     /// Addresses of one link (or of all links) as (link index, address/prefix).
     pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
-        let m = AddressMessage::default();
+        let mut m = Attrs::default();
+        m.raw(&[0u8; 8]);
         let v = self.request(
-            "list addresses",
-            RouteNetlinkMessage::GetAddress(m),
+            &|| "list addresses".to_string(),
+            RTM_GETADDR,
             NLM_F_REQUEST | NLM_F_DUMP,
+            &m,
         )?;
         let mut out = Vec::new();
-        for msg in v {
-            let RouteNetlinkMessage::NewAddress(a) = msg else {
+        for p in v {
+            if p.len() < 8 {
+                continue;
+            }
+            let prefix = p[1];
+            let Some(link) = ne_u32(&p[4..]) else {
                 continue;
             };
-            if index.is_some_and(|i| i != a.header.index) {
+            if index.is_some_and(|i| i != link) {
                 continue;
             }
             let mut local = None;
             let mut addr = None;
-            for at in &a.attributes {
-                match at {
-                    AddressAttribute::Local(ip) => local = Some(*ip),
-                    AddressAttribute::Address(ip) => addr = Some(*ip),
+            for (ty, v) in attrs(&p[8..]) {
+                match ty {
+                    IFA_LOCAL => local = ip_from(v),
+                    IFA_ADDRESS => addr = ip_from(v),
                     _ => {}
                 }
             }
-            if let Some(ip) = local.or(addr) {
-                if let Some(n) = IpNet::new(ip, a.header.prefix_len) {
-                    out.push((a.header.index, n));
-                }
+            if let Some(n) = local.or(addr).and_then(|ip| IpNet::new(ip, prefix)) {
+                out.push((link, n));
             }
         }
         Ok(out)
     }
 
-    fn addr_msg(index: u32, net: IpNet, nodad: bool) -> AddressMessage {
-        let mut m = AddressMessage::default();
-        m.header.family = family_of(&net.addr);
-        m.header.prefix_len = net.prefix;
-        m.header.index = index;
-        m.header.scope = AddressScope::Universe;
+    /// `struct ifaddrmsg` + attributes for adding or deleting `net` on link `index`.
+    fn addr_msg(index: u32, net: IpNet, nodad: bool) -> Attrs {
+        let mut m = Attrs::default();
+        let mut h = [0u8; 8];
+        h[0] = family_of(&net.addr);
+        h[1] = net.prefix;
+        h[3] = RT_SCOPE_UNIVERSE;
+        h[4..8].copy_from_slice(&index.to_ne_bytes());
+        let ip = ip_bytes(&net.addr);
         match net.addr {
             IpAddr::V4(_) => {
-                m.attributes.push(AddressAttribute::Local(net.addr));
-                m.attributes.push(AddressAttribute::Address(net.addr));
+                m.raw(&h);
+                m.put(IFA_LOCAL, &ip);
+                m.put(IFA_ADDRESS, &ip);
                 if net.prefix < 31 {
-                    if let IpAddr::V4(b) = net.last() {
-                        m.attributes.push(AddressAttribute::Broadcast(b));
-                    }
+                    m.put(IFA_BROADCAST, &ip_bytes(&net.last()));
                 }
             }
             IpAddr::V6(_) => {
-                m.attributes.push(AddressAttribute::Address(net.addr));
                 if nodad {
-                    m.attributes
-                        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                    h[2] = IFA_F_NODAD as u8;
+                }
+                m.raw(&h);
+                m.put(IFA_ADDRESS, &ip);
+                if nodad {
+                    m.u32(IFA_FLAGS, IFA_F_NODAD);
                 }
             }
         }
@@ -535,32 +536,37 @@ impl Netlink {
     /// Adds an address; IPv6 addresses skip duplicate address detection unless `dad`.
     pub fn add_address_dad(&mut self, index: u32, net: IpNet, dad: bool) -> Result<()> {
         self.ack(
-            &format!("add address {net} to link #{index}"),
-            RouteNetlinkMessage::NewAddress(Self::addr_msg(index, net, !dad)),
+            &|| format!("add address {net} to link #{index}"),
+            RTM_NEWADDR,
+            &Self::addr_msg(index, net, !dad),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
     pub fn del_address(&mut self, index: u32, net: IpNet) -> Result<()> {
         self.ack(
-            &format!("delete address {net} from link #{index}"),
-            RouteNetlinkMessage::DelAddress(Self::addr_msg(index, net, true)),
+            &|| format!("delete address {net} from link #{index}"),
+            RTM_DELADDR,
+            &Self::addr_msg(index, net, true),
             0,
         )
     }
 
     /// Routes of one family in every table.
     pub fn routes(&mut self, v6: bool) -> Result<Vec<RouteEntry>> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = if v6 {
-            AddressFamily::Inet6
+        let mut m = Attrs::default();
+        let mut h = [0u8; 12];
+        h[0] = if v6 {
+            libc::AF_INET6 as u8
         } else {
-            AddressFamily::Inet
+            libc::AF_INET as u8
         };
+        m.raw(&h);
         let v = self.request(
-            "list routes",
-            RouteNetlinkMessage::GetRoute(m),
+            &|| "list routes".to_string(),
+            RTM_GETROUTE,
             NLM_F_REQUEST | NLM_F_DUMP,
+            &m,
         )?;
         let zero: IpAddr = if v6 {
             std::net::Ipv6Addr::UNSPECIFIED.into()
@@ -568,28 +574,24 @@ impl Netlink {
             std::net::Ipv4Addr::UNSPECIFIED.into()
         };
         let mut out = Vec::new();
-        for msg in v {
-            let RouteNetlinkMessage::NewRoute(r) = msg else {
+        for p in v {
+            if p.len() < 12 {
                 continue;
-            };
+            }
             let mut dst = zero;
             let mut gw = None;
             let mut oif = None;
-            let mut table = u32::from(r.header.table);
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => {
-                        if let Some(ip) = route_addr_to_ip(d) {
-                            dst = ip;
-                        }
-                    }
-                    RouteAttribute::Gateway(g) => gw = route_addr_to_ip(g),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Table(t) => table = *t,
+            let mut table = u32::from(p[4]);
+            for (ty, v) in attrs(&p[12..]) {
+                match ty {
+                    RTA_DST => dst = ip_from(v).unwrap_or(dst),
+                    RTA_GATEWAY => gw = ip_from(v),
+                    RTA_OIF => oif = ne_u32(v),
+                    RTA_TABLE => table = ne_u32(v).unwrap_or(table),
                     _ => {}
                 }
             }
-            if let Some(dst) = IpNet::new(dst, r.header.destination_prefix_length) {
+            if let Some(dst) = IpNet::new(dst, p[1]) {
                 out.push(RouteEntry {
                     dst,
                     gw,
@@ -609,48 +611,60 @@ impl Netlink {
         oif: u32,
         opts: RouteOpts,
     ) -> Result<()> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = family_of(&dst.addr);
-        m.header.destination_prefix_length = dst.prefix;
-        m.header.protocol = RouteProtocol::Boot;
-        m.header.kind = RouteType::Unicast;
-        m.header.scope = match opts.scope {
-            Some(s) => RouteScope::from(s),
-            None if gw.is_none() => RouteScope::Link,
-            None => RouteScope::Universe,
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+        let mut h = [0u8; 12];
+        h[0] = family_of(&dst.addr);
+        h[1] = dst.prefix;
+        h[5] = RTPROT_BOOT;
+        h[6] = match opts.scope {
+            Some(s) => s,
+            None if gw.is_none() => RT_SCOPE_LINK,
+            None => RT_SCOPE_UNIVERSE,
         };
-        match opts.table {
-            Some(t) if t < 256 => m.header.table = t as u8,
-            Some(t) => {
-                m.header.table = RouteHeader::RT_TABLE_UNSPEC;
-                m.attributes.push(RouteAttribute::Table(t));
+        h[7] = RTN_UNICAST;
+        let big_table = match opts.table {
+            Some(t) if t < 256 => {
+                h[4] = t as u8;
+                None
             }
-            None => m.header.table = RouteHeader::RT_TABLE_MAIN,
+            Some(t) => {
+                h[4] = RT_TABLE_UNSPEC;
+                Some(t)
+            }
+            None => {
+                h[4] = RT_TABLE_MAIN;
+                None
+            }
+        };
+        let mut m = Attrs::default();
+        m.raw(&h);
+        if let Some(t) = big_table {
+            m.u32(RTA_TABLE, t);
         }
         if dst.prefix > 0 {
-            m.attributes
-                .push(RouteAttribute::Destination(dst.network().into()));
+            m.put(RTA_DST, &ip_bytes(&dst.network()));
         }
         if let Some(g) = gw {
-            m.attributes.push(RouteAttribute::Gateway(g.into()));
+            m.put(RTA_GATEWAY, &ip_bytes(&g));
         }
-        m.attributes.push(RouteAttribute::Oif(oif));
+        m.u32(RTA_OIF, oif);
         if let Some(p) = opts.priority {
-            m.attributes.push(RouteAttribute::Priority(p));
+            m.u32(RTA_PRIORITY, p);
         }
-        let mut metrics = Vec::new();
-        if let Some(v) = opts.mtu {
-            metrics.push(RouteMetric::Mtu(v));
-        }
-        if let Some(v) = opts.advmss {
-            metrics.push(RouteMetric::Advmss(v));
-        }
-        if !metrics.is_empty() {
-            m.attributes.push(RouteAttribute::Metrics(metrics));
+        if opts.mtu.is_some() || opts.advmss.is_some() {
+            m.nest(RTA_METRICS, |a| {
+                if let Some(v) = opts.mtu {
+                    a.u32(RTAX_MTU, v);
+                }
+                if let Some(v) = opts.advmss {
+                    a.u32(RTAX_ADVMSS, v);
+                }
+            });
         }
         self.ack(
-            &format!("add route {dst} via {gw:?} dev #{oif}"),
-            RouteNetlinkMessage::NewRoute(m),
+            &|| format!("add route {dst} via {gw:?} dev #{oif}"),
+            RTM_NEWROUTE,
+            &m,
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }

@@ -6,7 +6,11 @@
 
 use std::io;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+pub(crate) use crate::nlsock::{attrs, Attrs};
+use crate::nlsock::{
+    c_str as cstr, NlSocket, NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_REQUEST,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -37,15 +41,7 @@ impl NftError {
 
 type Result<T> = std::result::Result<T, NftError>;
 
-// Netlink / nfnetlink constants (linux/netlink.h, linux/netfilter/nfnetlink.h, nf_tables.h).
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
+// nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -176,48 +172,9 @@ pub enum Expr {
     },
 }
 
-/// A netlink attribute writer.
-#[derive(Default)]
-pub(crate) struct Attrs {
-    buf: Vec<u8>,
-}
-
-impl Attrs {
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.buf
-    }
-
-    pub(crate) fn put(&mut self, ty: u16, data: &[u8]) {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-    fn str(&mut self, ty: u16, s: &str) {
-        let mut d = s.as_bytes().to_vec();
-        d.push(0);
-        self.put(ty, &d);
-    }
-    fn be32(&mut self, ty: u16, v: u32) {
-        self.put(ty, &v.to_be_bytes());
-    }
-    fn be64(&mut self, ty: u16, v: u64) {
-        self.put(ty, &v.to_be_bytes());
-    }
-    fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) {
-        let mut inner = Attrs::default();
-        f(&mut inner);
-        self.put(ty | NLA_F_NESTED, &inner.buf);
-    }
-    fn data(&mut self, ty: u16, v: &[u8]) {
-        self.nest(ty, |a| a.put(NFTA_DATA_VALUE, v));
-    }
+/// `NFTA_DATA_VALUE` nested in `ty`.
+fn data_value(a: &mut Attrs, ty: u16, v: &[u8]) {
+    a.nest(ty, |a| a.put(NFTA_DATA_VALUE, v));
 }
 
 impl Expr {
@@ -250,7 +207,7 @@ impl Expr {
                 Expr::Cmp { sreg, op, data } => {
                     d.be32(1, *sreg); // NFTA_CMP_SREG
                     d.be32(2, *op as u32);
-                    d.data(3, data); // NFTA_CMP_DATA
+                    data_value(&mut d, 3, data); // NFTA_CMP_DATA
                     "cmp"
                 }
                 Expr::Bitwise {
@@ -262,13 +219,13 @@ impl Expr {
                     d.be32(1, *sreg); // NFTA_BITWISE_SREG
                     d.be32(2, *dreg);
                     d.be32(3, mask.len() as u32); // NFTA_BITWISE_LEN
-                    d.data(4, mask);
-                    d.data(5, xor);
+                    data_value(&mut d, 4, mask);
+                    data_value(&mut d, 5, xor);
                     "bitwise"
                 }
                 Expr::Immediate { dreg, data } => {
                     d.be32(1, *dreg); // NFTA_IMMEDIATE_DREG
-                    d.data(2, data);
+                    data_value(&mut d, 2, data);
                     "immediate"
                 }
                 Expr::Fib {
@@ -423,51 +380,25 @@ impl Batch {
     }
 }
 
+/// Appends one nfnetlink message (`nlmsghdr`, `nfgenmsg`, body).
 fn nlmsg(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, body: &[u8]) {
-    let len = 16 + 4 + body.len();
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.push(family);
-    buf.push(0); // NFNETLINK_V0
-    buf.extend_from_slice(&res_id.to_be_bytes());
-    buf.extend_from_slice(body);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-/// Iterates the attributes of a buffer as (type without flags, payload).
-pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let v = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((ty, v))
-    })
+    let mut m = Vec::with_capacity(4 + body.len());
+    m.push(family);
+    m.push(0); // NFNETLINK_V0
+    m.extend_from_slice(&res_id.to_be_bytes());
+    m.extend_from_slice(body);
+    crate::nlsock::message(buf, ty, flags, seq, &m);
 }
 
 /// One netfilter netlink socket in the calling thread's network namespace.
 pub struct Nft {
-    sock: Socket,
+    sock: NlSocket,
     seq: u32,
 }
 
 impl Nft {
     pub fn open() -> Result<Self> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NftError::Socket)?;
-        sock.bind_auto().map_err(NftError::Socket)?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(NftError::Socket)?;
+        let sock = NlSocket::open(libc::NETLINK_NETFILTER).map_err(NftError::Socket)?;
         let seq = crate::sysctl::random_u32() & 0x00ff_ffff;
         Ok(Nft { sock, seq })
     }
@@ -516,38 +447,56 @@ impl Nft {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
-        self.sock.send(&buf, 0).map_err(err)?;
+        self.sock.send(&buf).map_err(err)?;
         // One answer per message (an ack or an error), all queued before send() returned.
         let mut pending = b.msgs.len();
         let mut first_err: Option<i32> = None;
         while pending > 0 {
-            let (data, _) = self.sock.recv_from_full().map_err(err)?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4]));
-                let len = len as usize;
-                if len < 16 || off + len > data.len() {
-                    return Err(NftError::Decode { op: op.to_string() });
-                }
-                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                let m = &data[off..off + len];
-                off += (len + 3) & !3;
-                let in_batch = seq.wrapping_sub(begin) <= last.wrapping_sub(begin);
-                if ty != NLMSG_ERROR || !in_batch || m.len() < 20 {
-                    continue;
-                }
-                let code = i32::from_ne_bytes(m[16..20].try_into().unwrap_or([0; 4]));
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(-code);
-                }
-                pending -= 1;
-            }
+            self.sock
+                .recv_with(|m| {
+                    let in_batch = m.seq.wrapping_sub(begin) <= last.wrapping_sub(begin);
+                    if m.ty == NLMSG_ERROR && in_batch {
+                        let code = m.error_code();
+                        if code != 0 && first_err.is_none() {
+                            first_err = Some(code);
+                        }
+                        pending -= 1;
+                    }
+                    (pending == 0).then_some(Ok(()))
+                })
+                .map_err(err)?;
         }
         match first_err {
             Some(e) => Err(err(io::Error::from_raw_os_error(e))),
             None => Ok(()),
         }
+    }
+
+    /// Sends one nfnetlink request and hands every answer's payload (after the `nfgenmsg`
+    /// header) of type `reply_type` to `on_reply`, until the ack or the end of the dump.
+    fn exchange(
+        &mut self,
+        op: &str,
+        (msg_type, flags, family): (u16, u16, u8),
+        body: &[u8],
+        reply_type: u16,
+        mut on_reply: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let err = |source: io::Error| NftError::Request {
+            op: op.to_string(),
+            source,
+        };
+        let mut buf = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        nlmsg(&mut buf, msg_type, flags, self.seq, family, 0, body);
+        self.sock.send(&buf).map_err(err)?;
+        self.sock
+            .answers(self.seq, |m| {
+                if m.ty == reply_type {
+                    on_reply(m.payload.get(4..).unwrap_or_default());
+                }
+            })
+            .map_err(err)
     }
 
     /// A dump request of any nfnetlink subsystem: the payload (after the nfgenmsg header) of
@@ -560,56 +509,15 @@ impl Nft {
         family: u8,
         body: &[u8],
     ) -> Result<Vec<Vec<u8>>> {
-        let err = |source: io::Error| NftError::Request {
-            op: op.to_string(),
-            source,
-        };
-        let mut buf = Vec::new();
-        self.seq = self.seq.wrapping_add(1);
-        nlmsg(
-            &mut buf,
-            msg_type,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            self.seq,
-            family,
-            0,
-            body,
-        );
-        self.sock.send(&buf, 0).map_err(err)?;
         let mut out = Vec::new();
-        loop {
-            let (data, _) = self.sock.recv_from_full().map_err(err)?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let len =
-                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-                if len < 16 || off + len > data.len() {
-                    return Err(NftError::Decode { op: op.to_string() });
-                }
-                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                let m = &data[off..off + len];
-                off += (len + 3) & !3;
-                if seq != self.seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = m
-                            .get(16..20)
-                            .map(|c| i32::from_ne_bytes(c.try_into().unwrap_or([0; 4])))
-                            .unwrap_or(0);
-                        return match -code {
-                            0 => Ok(out),
-                            e => Err(err(io::Error::from_raw_os_error(e))),
-                        };
-                    }
-                    t if t == reply_type => out.push(m.get(20..).unwrap_or_default().to_vec()),
-                    _ => {}
-                }
-            }
-        }
+        self.exchange(
+            op,
+            (msg_type, NLM_F_REQUEST | NLM_F_DUMP, family),
+            body,
+            reply_type,
+            |p| out.push(p.to_vec()),
+        )?;
+        Ok(out)
     }
 
     /// One request of any nfnetlink subsystem, acknowledged.
@@ -620,136 +528,63 @@ impl Nft {
         family: u8,
         body: &[u8],
     ) -> Result<()> {
-        let err = |source: io::Error| NftError::Request {
-            op: op.to_string(),
-            source,
-        };
-        let mut buf = Vec::new();
-        self.seq = self.seq.wrapping_add(1);
-        nlmsg(
-            &mut buf,
-            msg_type,
-            NLM_F_REQUEST | NLM_F_ACK,
-            self.seq,
-            family,
-            0,
+        self.exchange(
+            op,
+            (msg_type, NLM_F_REQUEST | NLM_F_ACK, family),
             body,
-        );
-        self.sock.send(&buf, 0).map_err(err)?;
-        loop {
-            let (data, _) = self.sock.recv_from_full().map_err(err)?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let len =
-                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-                if len < 16 || off + len > data.len() {
-                    return Err(NftError::Decode { op: op.to_string() });
-                }
-                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                let m = &data[off..off + len];
-                off += (len + 3) & !3;
-                if seq == self.seq && ty == NLMSG_ERROR {
-                    let code = m
-                        .get(16..20)
-                        .map(|c| i32::from_ne_bytes(c.try_into().unwrap_or([0; 4])))
-                        .unwrap_or(0);
-                    return match -code {
-                        0 => Ok(()),
-                        e => Err(err(io::Error::from_raw_os_error(e))),
-                    };
-                }
-            }
-        }
+            u16::MAX,
+            |_| {},
+        )
     }
 
     /// Every rule of `table` (empty when the table does not exist).
     pub fn rules(&mut self, family: u8, table: &str) -> Result<Vec<RuleInfo>> {
         let op = format!("list rules of table {table}");
-        let err = |source: io::Error| NftError::Request {
-            op: op.clone(),
-            source,
-        };
         let mut a = Attrs::default();
         a.str(NFTA_RULE_TABLE, table);
-        let mut buf = Vec::new();
-        self.seq = self.seq.wrapping_add(1);
-        nlmsg(
-            &mut buf,
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            self.seq,
-            family,
-            0,
-            &a.buf,
-        );
-        self.sock.send(&buf, 0).map_err(err)?;
         let mut out = Vec::new();
-        loop {
-            let (data, _) = self.sock.recv_from_full().map_err(err)?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let len =
-                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-                if len < 16 || off + len > data.len() {
-                    return Err(NftError::Decode { op: op.clone() });
-                }
-                let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-                let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                let m = &data[off..off + len];
-                off += (len + 3) & !3;
-                if seq != self.seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = m
-                            .get(16..20)
-                            .map(|c| i32::from_ne_bytes(c.try_into().unwrap_or([0; 4])))
-                            .unwrap_or(0);
-                        return match -code {
-                            0 => Ok(out),
-                            libc::ENOENT => Ok(Vec::new()),
-                            e => Err(err(io::Error::from_raw_os_error(e))),
-                        };
-                    }
-                    t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE_REPLY => {
-                        let mut r = RuleInfo {
-                            chain: String::new(),
-                            handle: 0,
-                            comment: None,
-                        };
-                        let mut tbl = String::new();
-                        for (aty, v) in attrs(m.get(20..).unwrap_or_default()) {
-                            match aty {
-                                NFTA_RULE_TABLE => tbl = cstr(v),
-                                NFTA_RULE_CHAIN => r.chain = cstr(v),
-                                NFTA_RULE_HANDLE if v.len() == 8 => {
-                                    r.handle = u64::from_be_bytes(v.try_into().unwrap_or([0; 8]))
-                                }
-                                NFTA_RULE_USERDATA => r.comment = userdata_comment(v),
-                                _ => {}
-                            }
+        let r = self.exchange(
+            &op,
+            (
+                (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                family,
+            ),
+            &a.buf,
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE_REPLY,
+            |p| {
+                let mut r = RuleInfo {
+                    chain: String::new(),
+                    handle: 0,
+                    comment: None,
+                };
+                let mut tbl = String::new();
+                for (aty, v) in attrs(p) {
+                    match aty {
+                        NFTA_RULE_TABLE => tbl = cstr(v),
+                        NFTA_RULE_CHAIN => r.chain = cstr(v),
+                        NFTA_RULE_HANDLE if v.len() == 8 => {
+                            r.handle = u64::from_be_bytes(v.try_into().unwrap_or([0; 8]))
                         }
-                        if tbl == table {
-                            out.push(r);
-                        }
+                        NFTA_RULE_USERDATA => r.comment = userdata_comment(v),
+                        _ => {}
                     }
-                    _ => {}
                 }
-            }
+                if tbl == table {
+                    out.push(r);
+                }
+            },
+        );
+        match r {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(out),
         }
     }
 }
 
 /// Dumped rules come back as NEWRULE messages.
 const NFT_MSG_NEWRULE_REPLY: u16 = NFT_MSG_NEWRULE;
-
-fn cstr(v: &[u8]) -> String {
-    let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
-    String::from_utf8_lossy(&v[..end]).into_owned()
-}
 
 #[cfg(test)]
 mod tests {
