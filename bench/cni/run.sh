@@ -9,11 +9,13 @@
 # Targets (issue 4): ADD and DEL median <= 0.25x, peak RSS <= 0.2x.
 #
 # Usage: sudo bench/cni/run.sh [ITERATIONS] [ROUNDS]     (defaults 30 and 2)
-# Env:   SKIP_BUILD=1 to use the existing target/release/skiff-cni; REF_DIR (default /usr/lib/cni);
+# Env:   SKIP_BUILD=1 to use the existing build; REF_DIR (default /usr/lib/cni);
 #        OUT (default: a temp dir, printed at the end);
-#        STATIC=1 to measure a statically linked, non-PIE build instead (like the reference Go
-#        plugins, which are static): built with RUSTFLAGS="-C target-feature=+crt-static
-#        -C relocation-model=static" into target/cni-static, leaving the shared cache alone.
+#        BUILD=dev to measure a plain `cargo build --release` instead of the shipped build.
+# What is measured is the binary Skiff ships (scripts/dist.sh): static and non-PIE like the
+# reference Go plugins, profile release-small, hot functions packed first by the symbol
+# ordering file cni-plugins/hot-symbols.txt (regenerate with bench/cni/hot-symbols.sh).
+# SKIFF_CNI_SMAPS_DIR=<dir> makes every plugin run leave a copy of its /proc/self/smaps there.
 # Needs: root, jq, GNU time, iproute2; everything runs in scratch netns named rcni* (see the
 # shared script's header), nothing on the host changes.
 set -euo pipefail
@@ -30,21 +32,23 @@ REF_DIR="${REF_DIR:-/usr/lib/cni}"
 [[ -x "$REF_DIR/bridge" ]] || { echo "no reference plugins in $REF_DIR (apt-get install containernetworking-plugins)" >&2; exit 1; }
 [[ $EUID -eq 0 ]] || { echo "must run as root" >&2; exit 1; }
 
-if [[ "${STATIC:-0}" == 1 ]]; then
-  TRIPLE="$(rustc -vV | awk '/^host:/ { print $2 }')"
-  SDIR="${CARGO_TARGET_DIR:-$ROOT/target}/cni-static"
-  if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
-      cargo build --release -p skiff-cni --target "$TRIPLE" --target-dir "$SDIR" >&2)
-  fi
-  BIN="$SDIR/$TRIPLE/release/skiff-cni"
+TRIPLE="$(rustc -vV | awk '/^host:/ { print $2 }')"
+if [[ "${BUILD:-dist}" == dev ]]; then
+  [[ "${SKIP_BUILD:-0}" == 1 ]] || (cd "$ROOT" && cargo build --release -p skiff-cni >&2)
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff-cni"
 else
   if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p skiff-cni >&2)
+    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no" \
+      cargo build --profile release-small -p skiff-cni --target "$TRIPLE" >&2)
   fi
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff-cni"
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$TRIPLE/release-small/skiff-cni"
 fi
 [[ -x "$BIN" ]] || { echo "missing $BIN (cargo build --release -p skiff-cni)" >&2; exit 1; }
+
+# How much of the hot-symbol list this binary still has (names carry hashes: a toolchain or
+# dependency change makes the list stale, which costs memory but nothing else).
+HOT="$ROOT/cni-plugins/hot-symbols.txt"
+HOT_FOUND=$(nm "$BIN" 2> /dev/null | awk '{ print $NF }' | sort -u | comm -12 - <(sort -u "$HOT") | wc -l)
 
 OUT="${OUT:-$(mktemp -d /tmp/skiff-cni-bench.XXXXXX)}"
 mkdir -p "$OUT"
@@ -86,7 +90,7 @@ line() { # name masq field
 }
 
 {
-  echo "# $ITERS iterations x $ROUNDS alternating rounds per side; medians of per-round medians; kernel $(uname -r), $(nproc) cpus; skiff binary: $(file -b "$BIN" | cut -d, -f1-2 | tr -d '\n') ($(stat -c %s "$BIN") bytes)"
+  echo "# $ITERS iterations x $ROUNDS alternating rounds per side; medians of per-round medians; kernel $(uname -r), $(nproc) cpus; skiff binary: $(file -b "$BIN" | cut -d, -f1-2 | tr -d '\n') ($(stat -c %s "$BIN") bytes); hot symbols found: $HOT_FOUND/$(wc -l < "$HOT")"
   for masq in true false; do
     sfx=""; [[ $masq == false ]] && sfx="_nomasq"
     line "cni_bridge_add_p50_ms$sfx" "$masq" ADD

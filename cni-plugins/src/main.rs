@@ -32,6 +32,12 @@ fn main() -> anyhow::Result<()> {
             }
             let env = |k: &str| std::env::var(k).ok();
             let code = skel::run(plugin.as_ref(), &env, stdin, &mut std::io::stdout().lock());
+            if let Some(dir) = std::env::var_os("SKIFF_CNI_SMAPS_DIR") {
+                // For memory work (bench/cni): which mappings this run kept resident (the copy
+                // itself runs cold code, so text figures come out a little high).
+                let to = std::path::Path::new(&dir).join(format!("{name}.{}", std::process::id()));
+                let _ = std::fs::copy("/proc/self/smaps", to);
+            }
             std::process::exit(code);
         }
         Invocation::Install(dir) => {
