@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 
 use crate::nlsock::{
     self, attrs, c_str, ne_i32, ne_u32, Attrs, NlSocket, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use crate::types::IpNet;
 
@@ -300,7 +300,9 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host` here (up, attached to `master`), `peer` directly in the
-    /// namespace `peer_ns_fd` refers to (down).
+    /// namespace `peer_ns_fd` refers to (down). Returns the new host link as the kernel echoes
+    /// it (`NLM_F_ECHO`, Linux >= 6.2; its `peer_index` is the peer's index in its namespace),
+    /// or `None` from kernels that do not echo.
     pub fn add_veth(
         &mut self,
         host: &str,
@@ -309,7 +311,7 @@ impl Netlink {
         mtu: Option<u32>,
         master: u32,
         peer_mac: Option<[u8; 6]>,
-    ) -> Result<()> {
+    ) -> Result<Option<Link>> {
         let mut m = Attrs::default();
         ifinfomsg(&mut m, 0, 0, IFF_UP, IFF_UP);
         m.str(IFLA_IFNAME, host);
@@ -335,12 +337,16 @@ impl Netlink {
                 });
             });
         });
-        self.ack(
+        let echoed = self.request(
             &|| format!("create veth {host} (peer {peer})"),
             RTM_NEWLINK,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | NLM_F_CREATE | NLM_F_EXCL,
             &m,
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        )?;
+        Ok(echoed
+            .iter()
+            .filter_map(|p| parse_link(p))
+            .find(|l| l.name == host && l.index != 0))
     }
 
     fn set_flag(&mut self, index: u32, flag: u32, what: &str) -> Result<()> {

@@ -11,14 +11,17 @@ pub fn set(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(&p, value)
 }
 
-/// Reads 4 random bytes from the kernel for interface names.
+/// Writes `value` to `/proc/sys/<key>` (for a fresh interface, whose values are known).
+pub fn write(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(Path::new("/proc/sys").join(key), value)
+}
+
+/// 4 random bytes from the kernel (interface names, MACs, netlink sequence numbers).
 pub fn random_u32() -> u32 {
-    use std::io::Read;
     let mut b = [0u8; 4];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
+    // SAFETY: getrandom writes at most 4 bytes into the 4-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, libc::GRND_NONBLOCK) };
+    if n != 4 {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

@@ -309,28 +309,64 @@ fn ensure_bridge_addr(nl: &mut Netlink, br: &Link, gw: IpNet, force: bool) -> Re
     Ok(())
 }
 
-/// Creates a veth pair: the host end (`veth%08x`, up, attached to `br`) in the current namespace
-/// and the peer `ifname` in the namespace `peer_ns` refers to.
+/// The container side of a new veth pair: its MAC (chosen here, like the kernel would: random,
+/// locally administered) and, when the kernel echoed the host side, its index in the container.
+struct Peer {
+    mac: [u8; 6],
+    index: Option<u32>,
+}
+
+/// Creates the veth pair with the container end named `ifname` directly in `peer_ns`.
 fn create_veth(
     nl: &mut Netlink,
-    peer_ns: &std::fs::File,
+    peer_ns: &NetNs,
     ifname: &str,
     mtu: Option<u32>,
     br: &Link,
     mac: Option<[u8; 6]>,
-) -> Result<Link> {
+) -> Result<(Link, Peer)> {
     use std::os::fd::AsRawFd;
+    let peer_mac = mac.unwrap_or_else(random_mac);
     for _ in 0..10 {
         let host = format!("veth{:08x}", sysctl::random_u32());
-        match nl.add_veth(&host, ifname, peer_ns.as_raw_fd(), mtu, br.index, mac) {
-            Ok(()) => {
-                return nl.link_by_name(&host)?.ok_or_else(|| {
+        let fd = peer_ns.file().as_raw_fd();
+        match nl.add_veth(&host, ifname, fd, mtu, br.index, Some(peer_mac)) {
+            Ok(Some(link)) => {
+                let index = link.peer_index.filter(|_| link.link_netnsid.is_some());
+                return Ok((
+                    link,
+                    Peer {
+                        mac: peer_mac,
+                        index,
+                    },
+                ));
+            }
+            Ok(None) => {
+                let link = nl.link_by_name(&host)?.ok_or_else(|| {
                     Error::Other(format!("veth {host} vanished right after it was created"))
-                })
+                })?;
+                return Ok((
+                    link,
+                    Peer {
+                        mac: peer_mac,
+                        index: None,
+                    },
+                ));
             }
             // EEXIST is ambiguous (host name or peer name): retry only if the host name is taken.
-            Err(e) if e.errno() == Some(libc::EEXIST) && nl.link_by_name(&host)?.is_some() => {
-                continue
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                if nl.link_by_name(&host)?.is_some() {
+                    continue;
+                }
+                let taken = peer_ns.run(|| -> Result<bool> {
+                    Ok(Netlink::open()?.link_by_name(ifname)?.is_some())
+                })??;
+                if taken {
+                    return Err(Error::Other(format!(
+                        "container veth name provided ({ifname}) already exists"
+                    )));
+                }
+                return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         }
@@ -380,10 +416,9 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, vlan: u16, preserve: bool)
             "VLAN gateway interface name {name:?} is too long: use a shorter bridge name"
         ))
     })?;
-    let here = std::fs::File::open("/proc/thread-self/ns/net")
-        .map_err(|e| Error::io("open the host network namespace", e))?;
+    let here = NetNs::open(std::path::Path::new("/proc/thread-self/ns/net"))?;
     let port = match create_veth(nl, &here, &name, br.mtu, br, None) {
-        Ok(p) => p,
+        Ok((p, _)) => p,
         // A concurrent ADD created it first.
         Err(e) => match nl.link_by_name(&name)? {
             Some(l) => return Ok(l),
@@ -446,22 +481,32 @@ fn calc_gateways(result: &mut CniResult, conf: &BridgeConf) -> Vec<IpNet> {
 /// Sets addresses and routes on the container interface (run inside the netns).
 fn configure_container(
     ifname: &str,
+    peer: &Peer,
     result: &CniResult,
     if_index: usize,
     dad: bool,
 ) -> Result<Option<String>> {
-    // Per-interface sysctls of this (the container's) namespace, as the reference sets them.
+    // Per-interface sysctls of this (the container's) new interface, as the reference sets them.
     if dad {
-        let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-        let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
+        let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+        let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
     } else {
-        let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+        let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
     }
-    let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+    let _ = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
     let mut nl = Netlink::open()?;
-    let link = nl
-        .link_by_name(ifname)?
-        .ok_or_else(|| Error::Other(format!("{ifname} is missing in the container namespace")))?;
+    let link = match peer.index {
+        // Just created, down, with the MAC we gave it.
+        Some(index) => Link {
+            index,
+            name: ifname.to_string(),
+            mac: Some(peer.mac.to_vec()),
+            ..Default::default()
+        },
+        None => nl.link_by_name(ifname)?.ok_or_else(|| {
+            Error::Other(format!("{ifname} is missing in the container namespace"))
+        })?,
+    };
     let mine: Vec<&IpConfig> = result
         .ips
         .iter()
@@ -520,7 +565,7 @@ impl Bridge {
         let mut nl = Netlink::open()?;
         let nl = &mut nl;
         let br = ensure_bridge(nl, conf)?;
-        let host = create_veth(nl, ns.file(), &a.ifname, conf.mtu(), &br, conf.mac)?;
+        let (host, peer) = create_veth(nl, ns, &a.ifname, conf.mtu(), &br, conf.mac)?;
         *host_veth = Some(host.index);
         tracing::info!(host = %host.name, bridge = %br.name, "created veth pair");
         let mut result = CniResult {
@@ -561,7 +606,7 @@ impl Bridge {
             }
             let gws = calc_gateways(&mut result, conf);
             let dad = conf.enabledad;
-            let mac = ns.run(|| configure_container(&a.ifname, &result, 2, dad))??;
+            let mac = ns.run(|| configure_container(&a.ifname, &peer, &result, 2, dad))??;
             result.interfaces[2].mac = mac;
             if conf.is_gateway {
                 // With a VLAN the gateway lives on `<bridge>.<vlan>`, else on the bridge.
@@ -714,6 +759,8 @@ impl Plugin for Bridge {
             ));
         }
         let ns = NetNs::open(netns_path(a)?)?;
+        // Before IPAM: a failed ADD releases the container's addresses, which must not hit
+        // those of the interface that already has this name.
         let ifname = a.ifname.clone();
         let exists = ns.run(move || -> Result<bool> {
             let mut cnl = Netlink::open()?;
