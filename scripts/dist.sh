@@ -5,8 +5,8 @@
 #                  packed first (shims/runtime/hot-symbols.txt): the short-lived runtime's start
 #                  time and peak RSS are what count (bench/runtime)
 #   skiff-monitor  static, non-PIE (one per container: no ld.so/libc mappings)
-#   skiff-cni      static, non-PIE, release-small with its hot code packed first
-#                  (cni-plugins/hot-symbols.txt): a plugin lives for ~2 ms per call (bench/cni)
+#   skiff-cni      static (musl), non-PIE, release-small with its hot code packed first:
+#                  a plugin lives for ~2 ms per call (scripts/build-cni.sh, bench/cni)
 # The static builds use an explicit --target, so their RUSTFLAGS leave the host cache alone.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -18,14 +18,13 @@ cargo build --release -p skiff
 echo "building skiff-monitor (static)..."
 RUSTFLAGS="$STATIC_FLAGS" cargo build --release -p skiff-monitor --target "$TRIPLE"
 echo "building skiff-cni (static, release-small)..."
-RUSTFLAGS="$STATIC_FLAGS -C force-unwind-tables=no" \
-  cargo build --profile release-small -p skiff-cni --target "$TRIPLE"
+CNI_BIN="$(bash scripts/build-cni.sh)"
 echo "building skiff-runtime (static, release-small)..."
 LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="/usr/lib/$(gcc -print-multiarch)" \
   RUSTFLAGS="$STATIC_FLAGS -C force-unwind-tables=no" \
   cargo build --profile release-small -p skiff-runtime --target "$TRIPLE"
 mkdir -p target/dist
-cp target/release/skiff "target/$TRIPLE/release/skiff-monitor" "target/$TRIPLE/release-small/skiff-cni" \
+cp target/release/skiff "target/$TRIPLE/release/skiff-monitor" "$CNI_BIN" \
   "target/$TRIPLE/release-small/skiff-runtime" target/dist/
 strip target/dist/skiff-runtime target/dist/skiff-cni
 echo "binaries in target/dist:"

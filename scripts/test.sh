@@ -19,4 +19,6 @@ stamp "tests"
 # Test binaries run one after another; tests inside one binary run two at a time and use their
 # own bridges, namespaces, ports and temp dirs (the kubectl end-to-end suite is one test).
 cargo test --workspace --no-fail-fast -- --test-threads=2
+stamp "CNI plugin suites again, on the shipped skiff-cni build"
+SKIFF_TEST_CNI_BIN="$(bash scripts/build-cni.sh)" cargo test -p skiff-cni --no-fail-fast -- --test-threads=2
 stamp "all tests done"

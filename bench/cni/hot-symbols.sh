@@ -12,11 +12,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
-triple=$(rustc -vV | awk '/^host:/ { print $2 }')
-# Exactly the shipped build (scripts/dist.sh), so the symbol names match.
-RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no" \
-  cargo build --profile release-small -p skiff-cni --target "$triple" >&2
-bin="$repo/target/$triple/release-small/skiff-cni"
+# Exactly the shipped build, so the symbol names (hashes) match.
+bin="$(bash scripts/build-cni.sh)"
 work=$(mktemp -d /tmp/sk-cnihot.XXXXXX)
 cleanup() {
   ip netns del skhotc 2> /dev/null || true
@@ -65,10 +62,10 @@ done
 # Every function callgrind saw (fn= and cfn= name definitions; 'N suffixes mark recursion).
 grep -h -E '^c?fn=\([0-9]+\) ' "$work"/cg/out.* | sed -E "s/^c?fn=\([0-9]+\) //; s/'[0-9]+\$//" \
   | grep -v -E '^0x|^\(below' | sort -u > "$work/seen.txt"
-# glibc picks string functions by CPU (ifunc): valgrind's CPU gets the AVX2 ones, real hosts
-# may get EVEX/AVX-512. Add those variants of every string function that ran.
+# A glibc build picks string functions by CPU (ifunc): valgrind's CPU gets the AVX2 ones, real
+# hosts may get EVEX/AVX-512. Add those variants of every string function that ran.
 nm "$bin" | awk '{ print $NF }' | sort -u > "$work/all.txt"
-bases=$(grep -o -E '^__(mem|str|wmem|wcs|stp|raw)[a-z0-9]*_' "$work/seen.txt" | sort -u | sed 's/_$//')
+bases=$( (grep -o -E '^__(mem|str|wmem|wcs|stp|raw)[a-z0-9]*_' "$work/seen.txt" || true) | sort -u | sed 's/_$//')
 for b in $bases; do
   grep -E "^${b}_(evex|avx)" "$work/all.txt" || true
   [[ $b == __memcpy || $b == __mempcpy ]] && grep -E '^__memmove_(evex|avx)' "$work/all.txt" || true

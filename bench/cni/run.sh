@@ -12,9 +12,10 @@
 # Env:   SKIP_BUILD=1 to use the existing build; REF_DIR (default /usr/lib/cni);
 #        OUT (default: a temp dir, printed at the end);
 #        BUILD=dev to measure a plain `cargo build --release` instead of the shipped build.
-# What is measured is the binary Skiff ships (scripts/dist.sh): static and non-PIE like the
-# reference Go plugins, profile release-small, hot functions packed first by the symbol
-# ordering file cni-plugins/hot-symbols.txt (regenerate with bench/cni/hot-symbols.sh).
+# What is measured is the binary Skiff ships (scripts/build-cni.sh, used by scripts/dist.sh):
+# static and non-PIE like the reference Go plugins, linked against musl, profile release-small,
+# hot functions packed first by the symbol ordering file cni-plugins/hot-symbols.txt
+# (regenerate with bench/cni/hot-symbols.sh).
 # SKIFF_CNI_SMAPS_DIR=<dir> makes every plugin run leave a copy of its /proc/self/smaps there.
 # Needs: root, jq, GNU time, iproute2; everything runs in scratch netns named rcni* (see the
 # shared script's header), nothing on the host changes.
@@ -32,16 +33,13 @@ REF_DIR="${REF_DIR:-/usr/lib/cni}"
 [[ -x "$REF_DIR/bridge" ]] || { echo "no reference plugins in $REF_DIR (apt-get install containernetworking-plugins)" >&2; exit 1; }
 [[ $EUID -eq 0 ]] || { echo "must run as root" >&2; exit 1; }
 
-TRIPLE="$(rustc -vV | awk '/^host:/ { print $2 }')"
 if [[ "${BUILD:-dist}" == dev ]]; then
   [[ "${SKIP_BUILD:-0}" == 1 ]] || (cd "$ROOT" && cargo build --release -p skiff-cni >&2)
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff-cni"
+elif [[ "${SKIP_BUILD:-0}" == 1 ]]; then
+  BIN="$ROOT/target/cni-musl/$(rustc -vV | awk '/^host:/ { print $2 }')/release-small/skiff-cni"
 else
-  if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no" \
-      cargo build --profile release-small -p skiff-cni --target "$TRIPLE" >&2)
-  fi
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$TRIPLE/release-small/skiff-cni"
+  BIN="$(bash "$ROOT/scripts/build-cni.sh")"
 fi
 [[ -x "$BIN" ]] || { echo "missing $BIN (cargo build --release -p skiff-cni)" >&2; exit 1; }
 

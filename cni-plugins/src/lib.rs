@@ -10,6 +10,8 @@ pub mod detach;
 pub mod error;
 pub mod invoke;
 pub mod ipam;
+#[cfg(feature = "musl-link")]
+pub mod musl_link;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -72,10 +72,15 @@ impl Drop for Ns {
     }
 }
 
-/// A temp dir of plugin symlinks to our binary (what `skiff-cni install DIR` makes).
+/// A temp dir of plugin symlinks to our binary (what `skiff-cni install DIR` makes): the one
+/// cargo built for the test, or `SKIFF_TEST_CNI_BIN` (scripts/test.sh runs the suites again on
+/// the shipped build, scripts/build-cni.sh).
 pub fn our_plugins() -> tempfile::TempDir {
     let d = tempfile::tempdir().expect("tempdir");
-    skiff_cni::install(d.path(), Path::new(env!("CARGO_BIN_EXE_skiff-cni"))).expect("install");
+    let bin = std::env::var_os("SKIFF_TEST_CNI_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_skiff-cni").into());
+    skiff_cni::install(d.path(), &bin).expect("install");
     d
 }
 
