@@ -10,6 +10,7 @@ pub mod detach;
 pub mod error;
 pub mod invoke;
 pub mod ipam;
+pub mod log;
 #[cfg(feature = "musl-link")]
 pub mod musl_link;
 pub mod nat;

@@ -4,21 +4,10 @@ use anyhow::Context;
 use skiff_cni::{install, parse_argv, plugin_for, skel, Invocation};
 
 fn main() -> anyhow::Result<()> {
-    // Logs go to stderr: stdout carries the CNI result. A plain level filter unless
-    // SKIFF_CNI_LOG asks for more: an EnvFilter costs start-up time and memory on every call.
-    let fmt = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_ansi(false);
-    match std::env::var("SKIFF_CNI_LOG") {
-        Ok(f) if !f.is_empty() => fmt
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_new(&f)
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .init(),
-        _ => fmt.with_max_level(tracing::Level::WARN).init(),
-    }
+    // Logs go to stderr: stdout carries the CNI result.
+    skiff_cni::log::init(skiff_cni::log::level_from(
+        std::env::var("SKIFF_CNI_LOG").ok().as_deref(),
+    ));
 
     let argv: Vec<_> = std::env::args_os().collect();
     match parse_argv(&argv) {
