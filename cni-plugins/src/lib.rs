@@ -5,6 +5,7 @@
 //! The binary picks the plugin from the file name it was run as (`argv[0]`), or from its first
 //! argument when run as `skiff-cni <plugin>`.
 
+pub mod arena;
 pub mod conntrack;
 pub mod detach;
 pub mod error;
