@@ -126,6 +126,10 @@ const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
 const IFA_FLAGS: u16 = 8;
 const IFA_F_NODAD: u32 = 0x02;
+/// Duplicate address detection failed for the address.
+pub const IFA_F_DADFAILED: u32 = 0x08;
+/// Duplicate address detection is still running for the address.
+pub const IFA_F_TENTATIVE: u32 = 0x40;
 
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -467,6 +471,15 @@ impl Netlink {
 
     /// Addresses of one link (or of all links) as (link index, address/prefix).
     pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
+        Ok(self
+            .addresses_with_flags(index)?
+            .into_iter()
+            .map(|(link, net, _)| (link, net))
+            .collect())
+    }
+
+    /// Addresses with their `IFA_F_*` flags (tentative, DAD failed, ...).
+    pub fn addresses_with_flags(&mut self, index: Option<u32>) -> Result<Vec<(u32, IpNet, u32)>> {
         let mut m = Attrs::default();
         m.raw(&[0u8; 8]);
         let v = self.request(
@@ -481,6 +494,7 @@ impl Netlink {
                 continue;
             }
             let prefix = p[1];
+            let mut flags = u32::from(p[2]);
             let Some(link) = ne_u32(&p[4..]) else {
                 continue;
             };
@@ -493,11 +507,12 @@ impl Netlink {
                 match ty {
                     IFA_LOCAL => local = ip_from(v),
                     IFA_ADDRESS => addr = ip_from(v),
+                    IFA_FLAGS => flags = ne_u32(v).unwrap_or(flags),
                     _ => {}
                 }
             }
             if let Some(n) = local.or(addr).and_then(|ip| IpNet::new(ip, prefix)) {
-                out.push((link, n));
+                out.push((link, n, flags));
             }
         }
         Ok(out)

@@ -104,6 +104,40 @@ fn mac_spoofchk_promisc_dad_dns() {
         .exec(&["nft", "list", "table", "bridge", "skiff-cni"])
         .1
         .contains("drop"));
+    // CHECK sees the spoof-check rule, and misses it once it is gone.
+    let mut prev = c.clone();
+    prev["prevResult"] = r.clone();
+    let check = run("CHECK", &prev, &[]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    let (_, listing) = host.exec(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "bridge",
+        "skiff-cni",
+        "prerouting",
+    ]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains(&host_veth))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_string())
+        .expect("the spoof-check rule's handle");
+    let (ok, out) = host.exec(&[
+        "nft",
+        "delete",
+        "rule",
+        "bridge",
+        "skiff-cni",
+        "prerouting",
+        "handle",
+        &handle,
+    ]);
+    assert!(ok, "{out}");
+    let check = run("CHECK", &prev, &[]);
+    assert_ne!(check.code, 0, "CHECK must miss the spoof-check rule");
+    assert!(check.stdout.contains("spoof-check"), "{}", check.stdout);
     assert_eq!(run("DEL", &c, &[]).code, 0);
     assert!(!host.exec(&["nft", "list", "ruleset"]).1.contains("comment"));
 
@@ -128,6 +162,70 @@ fn mac_spoofchk_promisc_dad_dns() {
     let add = run("ADD", &c, &[("CNI_ARGS", "MAC=zz")]);
     assert_eq!(add.code, 1);
     assert_eq!(add.json()["code"], 7, "{}", add.stdout);
+}
+
+/// With `enabledad`, ADD returns only once duplicate address detection has finished: the
+/// container's IPv6 addresses (its link-local one too) are no longer tentative.
+#[test]
+fn enabledad_waits_for_dad() {
+    require_root!();
+    let host = Ns::new("skh55");
+    let cont = Ns::new("skc55");
+    let plugins = our_plugins();
+    let p = plugins.path();
+    let data = tempfile::tempdir().unwrap();
+    let c = conf(
+        "skbr55",
+        "fd00:10:244:55::/64",
+        data.path(),
+        json!({"enabledad": true}),
+    );
+    let add = run_plugin(
+        Some(&host),
+        &p.join("bridge"),
+        "ADD",
+        "skc55",
+        &cont.path(),
+        "eth0",
+        p,
+        &c,
+    );
+    assert_eq!(add.code, 0, "{} {}", add.stdout, add.stderr);
+    let ip = add.json()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addrs = cont.ip_json(&["-6", "addr", "show", "dev", "eth0"]);
+    let infos = addrs[0]["addr_info"].as_array().unwrap();
+    assert!(
+        infos
+            .iter()
+            .any(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]) == ip),
+        "{ip} not on eth0: {addrs}"
+    );
+    assert!(
+        infos.len() >= 2,
+        "the link-local address is there too: {addrs}"
+    );
+    for a in infos {
+        assert!(
+            a.get("tentative").is_none() && a.get("dadfailed").is_none(),
+            "still in DAD after ADD returned: {a}"
+        );
+    }
+    let (_, v) = cont.exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/accept_dad"]);
+    assert_eq!(v.trim(), "1");
+    let del = run_plugin(
+        Some(&host),
+        &p.join("bridge"),
+        "DEL",
+        "skc55",
+        &cont.path(),
+        "eth0",
+        p,
+        &c,
+    );
+    assert_eq!(del.code, 0, "{}", del.stdout);
 }
 
 #[test]

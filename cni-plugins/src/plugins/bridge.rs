@@ -479,6 +479,37 @@ fn calc_gateways(result: &mut CniResult, conf: &BridgeConf) -> Vec<IpNet> {
 }
 
 /// Sets addresses and routes on the container interface (run inside the netns).
+/// With duplicate address detection on, waits until no address of the link is tentative any
+/// more, as the reference does: routes via an address still in DAD would fail, and so would the
+/// container's first packets. An address that failed DAD is an error.
+fn settle_addresses(
+    nl: &mut Netlink,
+    index: u32,
+    ifname: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    use crate::netlink::{IFA_F_DADFAILED, IFA_F_TENTATIVE};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let addrs = nl.addresses_with_flags(Some(index))?;
+        if let Some((_, a, _)) = addrs.iter().find(|(_, _, f)| f & IFA_F_DADFAILED != 0) {
+            return Err(Error::Other(format!(
+                "{ifname}: address {a} failed duplicate address detection (another host has it)"
+            )));
+        }
+        if !addrs.iter().any(|(_, _, f)| f & IFA_F_TENTATIVE != 0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Other(format!(
+                "{ifname} still has tentative addresses after {} s of duplicate address detection",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn configure_container(
     ifname: &str,
     peer: &Peer,
@@ -521,6 +552,14 @@ fn configure_container(
     }
     if !link.up {
         nl.set_up(link.index)?;
+    }
+    if dad && mine.iter().any(|i| !i.address.addr.is_ipv4()) {
+        settle_addresses(
+            &mut nl,
+            link.index,
+            ifname,
+            std::time::Duration::from_secs(10),
+        )?;
     }
     let own: Vec<IpConfig> = mine.into_iter().cloned().collect();
     let (gw4, gw6) = family_gateways(&own);
@@ -891,6 +930,14 @@ impl Plugin for Bridge {
         if conf.ip_masq && !prev.ips.is_empty() && nat::count_owner(&masq_owner(a))? == 0 {
             return Err(Error::Other(format!(
                 "the masquerade rules of {} are missing from table inet {}",
+                a.container_id,
+                nat::TABLE
+            )));
+        }
+        if conf.macspoofchk && nat::count_owner_in(crate::nft::NFPROTO_BRIDGE, &masq_owner(a))? == 0
+        {
+            return Err(Error::Other(format!(
+                "the MAC spoof-check rule of {} is missing from table bridge {}",
                 a.container_id,
                 nat::TABLE
             )));
