@@ -16,7 +16,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 triple="$(rustc -vV | awk '/^host:/ { print $2 }')"
 flags="-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no"
-if [[ "${SKIFF_CNI_LIBC:-musl}" == musl ]] && command -v musl-gcc > /dev/null; then
+# The musl link is made and tested for x86_64 (musl_link.rs mirrors glibc's x86_64 structures).
+if [[ "${SKIFF_CNI_LIBC:-musl}" == musl && $triple == x86_64-unknown-linux-gnu ]] &&
+  command -v musl-gcc > /dev/null; then
   gcc_ld="$(rustc --print sysroot)/lib/rustlib/$triple/bin/gcc-ld"
   libgcc_dir="$(dirname "$(gcc -print-libgcc-file-name)")"
   flags+=" -C linker=musl-gcc -C link-arg=-static -C link-arg=-Wl,--no-dynamic-linker"
@@ -25,7 +27,7 @@ if [[ "${SKIFF_CNI_LIBC:-musl}" == musl ]] && command -v musl-gcc > /dev/null; t
   dir=target/cni-musl
 else
   if [[ "${SKIFF_CNI_LIBC:-musl}" == musl ]]; then
-    echo "note: musl-gcc not found (apt-get install musl-tools): linking skiff-cni against glibc" >&2
+    echo "note: no musl link here (needs x86_64 and musl-gcc from musl-tools): linking skiff-cni against glibc" >&2
   fi
   features=()
   dir=target/cni-glibc

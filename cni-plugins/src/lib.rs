@@ -12,7 +12,7 @@ pub mod error;
 pub mod invoke;
 pub mod ipam;
 pub mod log;
-#[cfg(feature = "musl-link")]
+#[cfg(all(feature = "musl-link", target_arch = "x86_64"))]
 pub mod musl_link;
 pub mod nat;
 pub mod netlink;
