@@ -9,7 +9,7 @@
 # Targets (issue 4): ADD and DEL median <= 0.25x, peak RSS <= 0.2x.
 #
 # Usage: sudo bench/cni/run.sh [ITERATIONS] [ROUNDS]     (defaults 30 and 2)
-# Env:   SKIP_BUILD=1 to use the existing build; REF_DIR (default /usr/lib/cni);
+# Env:   REF_DIR (default /usr/lib/cni); SKIP_BUILD=1 (with BUILD=dev) to use the existing build;
 #        OUT (default: a temp dir, printed at the end);
 #        BUILD=dev to measure a plain `cargo build --release` instead of the shipped build.
 # What is measured is the binary Skiff ships (scripts/build-cni.sh, used by scripts/dist.sh):
@@ -36,8 +36,6 @@ REF_DIR="${REF_DIR:-/usr/lib/cni}"
 if [[ "${BUILD:-dist}" == dev ]]; then
   [[ "${SKIP_BUILD:-0}" == 1 ]] || (cd "$ROOT" && cargo build --release -p skiff-cni >&2)
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff-cni"
-elif [[ "${SKIP_BUILD:-0}" == 1 ]]; then
-  BIN="$ROOT/target/cni-musl/$(rustc -vV | awk '/^host:/ { print $2 }')/release-small/skiff-cni"
 else
   BIN="$(bash "$ROOT/scripts/build-cni.sh")"
 fi

@@ -2,8 +2,8 @@
 //! as the reference portmap does for UDP host ports: a UDP "connection" tracked before the
 //! DNAT rule existed would otherwise keep bypassing it until it times out.
 
-use crate::nft::{attrs, Attrs, Nft, NftError};
-use crate::nlsock::NLA_F_NESTED;
+use crate::nft::{Nft, NftError};
+use crate::nlsock::{attrs, Attrs, NLA_F_NESTED};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;

@@ -88,12 +88,11 @@ impl Subscriber for StderrLog {
     }
 
     fn new_span(&self, span: &Attributes<'_>) -> Id {
-        let mut text = String::from(span.metadata().name());
-        text.push('{');
-        span.record(&mut Fields(&mut text));
-        text.push('}');
+        let mut fields = String::new();
+        span.record(&mut Fields(&mut fields));
+        let text = format!("{}{{{}}}", span.metadata().name(), fields.trim_start());
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.spans.push(text.replacen("{ ", "{", 1));
+        st.spans.push(text);
         Id::from_u64(st.spans.len() as u64)
     }
 

@@ -6,10 +6,9 @@
 
 use std::io;
 
-pub(crate) use crate::nlsock::{attrs, Attrs};
 use crate::nlsock::{
-    c_str as cstr, NlSocket, NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_REQUEST,
+    attrs, c_str as cstr, Attrs, NlSocket, NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 
 #[derive(Debug, thiserror::Error)]

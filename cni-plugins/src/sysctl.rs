@@ -4,11 +4,11 @@ use std::path::Path;
 
 /// Writes `value` to `/proc/sys/<key>` (key with slashes) unless it already holds it.
 pub fn set(key: &str, value: &str) -> std::io::Result<()> {
-    let p = Path::new("/proc/sys").join(key);
-    if std::fs::read_to_string(&p).is_ok_and(|cur| cur.trim() == value) {
+    let cur = std::fs::read_to_string(Path::new("/proc/sys").join(key));
+    if cur.is_ok_and(|cur| cur.trim() == value) {
         return Ok(());
     }
-    std::fs::write(&p, value)
+    write(key, value)
 }
 
 /// Writes `value` to `/proc/sys/<key>` (for a fresh interface, whose values are known).
@@ -16,17 +16,26 @@ pub fn write(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(Path::new("/proc/sys").join(key), value)
 }
 
-/// 4 random bytes from the kernel (interface names, MACs, netlink sequence numbers).
-pub fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most 4 bytes into the 4-byte buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, libc::GRND_NONBLOCK) };
-    if n != 4 {
+/// Fills `buf` from the kernel's random pool (interface names, MACs, netlink sequence numbers);
+/// should that fail, from the clock and pid (uniqueness, not secrecy, is what these need).
+pub fn random_fill(buf: &mut [u8]) {
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    if n != buf.len() as isize {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        return t ^ std::process::id().rotate_left(16);
+        let seed = (t ^ std::process::id().rotate_left(16)).to_ne_bytes();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = seed[i % 4].wrapping_add(i as u8);
+        }
     }
+}
+
+/// 4 random bytes (see [`random_fill`]).
+pub fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    random_fill(&mut b);
     u32::from_ne_bytes(b)
 }

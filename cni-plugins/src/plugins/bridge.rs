@@ -222,9 +222,10 @@ fn netns_path(a: &CmdArgs) -> Result<&std::path::Path> {
 
 /// A random, locally administered unicast MAC.
 fn random_mac() -> [u8; 6] {
-    let a = sysctl::random_u32().to_ne_bytes();
-    let b = sysctl::random_u32().to_ne_bytes();
-    [(a[0] & 0xfe) | 0x02, a[1], a[2], a[3], b[0], b[1]]
+    let mut m = [0u8; 6];
+    sysctl::random_fill(&mut m);
+    m[0] = (m[0] & 0xfe) | 0x02;
+    m
 }
 
 /// Finds or creates the bridge and brings it up.
@@ -316,10 +317,11 @@ struct Peer {
     index: Option<u32>,
 }
 
-/// Creates the veth pair with the container end named `ifname` directly in `peer_ns`.
+/// Creates a veth pair: the host end (`veth%08x`, up, attached to `br`) in the current namespace
+/// and the peer `ifname` in the namespace `peer_ns` refers to.
 fn create_veth(
     nl: &mut Netlink,
-    peer_ns: &NetNs,
+    peer_ns: &std::fs::File,
     ifname: &str,
     mtu: Option<u32>,
     br: &Link,
@@ -329,47 +331,33 @@ fn create_veth(
     let peer_mac = mac.unwrap_or_else(random_mac);
     for _ in 0..10 {
         let host = format!("veth{:08x}", sysctl::random_u32());
-        let fd = peer_ns.file().as_raw_fd();
-        match nl.add_veth(&host, ifname, fd, mtu, br.index, Some(peer_mac)) {
-            Ok(Some(link)) => {
-                let index = link.peer_index.filter(|_| link.link_netnsid.is_some());
-                return Ok((
-                    link,
-                    Peer {
-                        mac: peer_mac,
-                        index,
-                    },
-                ));
-            }
-            Ok(None) => {
-                let link = nl.link_by_name(&host)?.ok_or_else(|| {
-                    Error::Other(format!("veth {host} vanished right after it was created"))
-                })?;
-                return Ok((
-                    link,
-                    Peer {
-                        mac: peer_mac,
-                        index: None,
-                    },
-                ));
-            }
+        let link = match nl.add_veth(
+            &host,
+            ifname,
+            peer_ns.as_raw_fd(),
+            mtu,
+            br.index,
+            Some(peer_mac),
+        ) {
+            Ok(Some(echoed)) => echoed,
+            Ok(None) => nl.link_by_name(&host)?.ok_or_else(|| {
+                Error::Other(format!("veth {host} vanished right after it was created"))
+            })?,
             // EEXIST is ambiguous (host name or peer name): retry only if the host name is taken.
-            Err(e) if e.errno() == Some(libc::EEXIST) => {
-                if nl.link_by_name(&host)?.is_some() {
-                    continue;
-                }
-                let taken = peer_ns.run(|| -> Result<bool> {
-                    Ok(Netlink::open()?.link_by_name(ifname)?.is_some())
-                })??;
-                if taken {
-                    return Err(Error::Other(format!(
-                        "container veth name provided ({ifname}) already exists"
-                    )));
-                }
-                return Err(e.into());
+            Err(e) if e.errno() == Some(libc::EEXIST) && nl.link_by_name(&host)?.is_some() => {
+                continue
             }
             Err(e) => return Err(e.into()),
-        }
+        };
+        // IFLA_LINK is the peer's index in its namespace (only an echoed link names it).
+        let index = link.peer_index.filter(|_| link.link_netnsid.is_some());
+        return Ok((
+            link,
+            Peer {
+                mac: peer_mac,
+                index,
+            },
+        ));
     }
     Err(Error::Other(
         "could not find a free host veth name after 10 tries".into(),
@@ -416,7 +404,8 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, vlan: u16, preserve: bool)
             "VLAN gateway interface name {name:?} is too long: use a shorter bridge name"
         ))
     })?;
-    let here = NetNs::open(std::path::Path::new("/proc/thread-self/ns/net"))?;
+    let here = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| Error::io("open the host network namespace", e))?;
     let port = match create_veth(nl, &here, &name, br.mtu, br, None) {
         Ok((p, _)) => p,
         // A concurrent ADD created it first.
@@ -478,7 +467,6 @@ fn calc_gateways(result: &mut CniResult, conf: &BridgeConf) -> Vec<IpNet> {
     bridge_addrs
 }
 
-/// Sets addresses and routes on the container interface (run inside the netns).
 /// With duplicate address detection on, waits until no address of the link is tentative any
 /// more, as the reference does: routes via an address still in DAD would fail, and so would the
 /// container's first packets. An address that failed DAD is an error.
@@ -510,6 +498,7 @@ fn settle_addresses(
     }
 }
 
+/// Sets addresses and routes on the container interface (run inside the netns).
 fn configure_container(
     ifname: &str,
     peer: &Peer,
@@ -604,7 +593,7 @@ impl Bridge {
         let mut nl = Netlink::open()?;
         let nl = &mut nl;
         let br = ensure_bridge(nl, conf)?;
-        let (host, peer) = create_veth(nl, ns, &a.ifname, conf.mtu(), &br, conf.mac)?;
+        let (host, peer) = create_veth(nl, ns.file(), &a.ifname, conf.mtu(), &br, conf.mac)?;
         *host_veth = Some(host.index);
         tracing::info!(host = %host.name, bridge = %br.name, "created veth pair");
         let mut result = CniResult {
