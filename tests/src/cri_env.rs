@@ -70,6 +70,57 @@ pub async fn pull_image(img: &mut ImageClient, image: &str) {
     .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
 }
 
+/// Builds the busybox test image, pushes it to `registry` as `name` (`repo:tag`) and returns
+/// the reference to pull.
+pub async fn push_busybox(registry: &str, name: &str) -> String {
+    let image = crate::build_busybox_image().expect("busybox test image");
+    crate::push(registry, name, &image)
+        .await
+        .unwrap_or_else(|e| panic!("pushing {name}: {e}"));
+    format!("{registry}/{name}")
+}
+
+/// RunPodSandbox with `config` on runtime `handler` ("" = default); returns the sandbox id.
+pub async fn run_sandbox(
+    rt: &mut RuntimeClient,
+    config: &cri::PodSandboxConfig,
+    handler: &str,
+) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox (runtime handler {handler:?}): {e}"))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// CreateContainer + StartContainer in sandbox `sandbox_id`; returns the container id.
+pub async fn start_container(
+    rt: &mut RuntimeClient,
+    sandbox_id: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {id}: {e}"));
+    id
+}
+
 /// Polls ContainerStatus until the container has exited (10 s at most), returning that status.
 pub async fn wait_exited(rt: &mut RuntimeClient, id: &str) -> cri::ContainerStatus {
     for _ in 0..500 {

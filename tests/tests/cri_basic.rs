@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use skiff_proto::cri;
+use skiff_tests::cri_env::run_sandbox;
 use skiff_tests::netns::{is_mounted, link_exists, links_on_bridge};
 use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
 
@@ -112,15 +113,7 @@ async fn cri_pod_lifecycle() {
     // Sandbox.
     let log_dir = env.log_dir("skpod");
     let sb_config = env.sandbox_config("skpod");
-    let sandbox_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = run_sandbox(&mut rt, &sb_config, "").await;
     let sbs = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: sandbox_id.clone(),

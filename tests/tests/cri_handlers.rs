@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use skiff_proto::cri;
-use skiff_tests::cri_env::pull_image;
+use skiff_tests::cri_env::{pull_image, push_busybox, run_sandbox, start_container};
 use skiff_tests::netns::link_exists;
-use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
+use skiff_tests::{CriEnv, Registry};
 
 const BRIDGE: &str = "skbr14";
 
@@ -34,11 +34,7 @@ async fn cri_runtime_handlers_from_config_file() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
-    let image = build_busybox_image().unwrap();
-    push(registry.addr(), "skbusybox:handlers", &image)
-        .await
-        .unwrap();
-    let image_name = format!("{}/skbusybox:handlers", registry.addr());
+    let image_name = push_busybox(registry.addr(), "skbusybox:handlers").await;
     let mut env = CriEnv::start(BRIDGE, "10.244.14.0/24", registry.addr())
         .await
         .unwrap();
@@ -102,15 +98,7 @@ async fn cri_runtime_handlers_from_config_file() {
     for (i, (handler, bin, root)) in handlers.into_iter().enumerate() {
         let name = format!("skh{i}");
         let sb_cfg = env.sandbox_config(&name);
-        let sb = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler:?}: {e}"))
-            .into_inner()
-            .pod_sandbox_id;
+        let sb = run_sandbox(&mut rt, &sb_cfg, handler).await;
         let st = rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: sb.clone(),
@@ -122,25 +110,9 @@ async fn cri_runtime_handlers_from_config_file() {
             .status
             .unwrap();
         assert_eq!(st.runtime_handler, handler);
-        let ct = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sb.clone(),
-                config: Some(CriEnv::shell_container(
-                    "main",
-                    &image_name,
-                    "echo started; exec sleep 300",
-                )),
-                sandbox_config: Some(sb_cfg),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler:?}: {e}"))
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: ct.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{handler:?}: {e}"));
+        let script = "echo started; exec sleep 300";
+        let main = CriEnv::shell_container("main", &image_name, script);
+        let ct = start_container(&mut rt, &sb, &sb_cfg, main).await;
 
         // The handler's runtime itself holds the container.
         let state = runtime_state(&bin, &root, &ct)

@@ -3,6 +3,7 @@
 
 use skiff_proto::cri;
 use skiff_tests::cri_env::wait_exited;
+use skiff_tests::cri_env::{run_sandbox, start_container};
 use skiff_tests::image::build_busybox_image_with;
 use skiff_tests::netns::links_on_bridge;
 use skiff_tests::{push, CriEnv, Registry};
@@ -60,15 +61,7 @@ async fn cri_exit_codes_failures_and_images() {
     );
 
     let sb_config = env.sandbox_config("skpod2");
-    let sandbox_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = run_sandbox(&mut rt, &sb_config, "").await;
 
     // Exit codes and reasons; the image's Cmd (`sh`) is replaced by command; env reaches the process.
     let mut ok_cfg = CriEnv::shell_container(
@@ -83,21 +76,7 @@ async fn cri_exit_codes_failures_and_images() {
     let bad_cfg = CriEnv::shell_container("skbad", &image, "exit 3");
     let mut ids = Vec::new();
     for cfg in [ok_cfg, bad_cfg] {
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox_id.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(sb_config.clone()),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        let id = start_container(&mut rt, &sandbox_id, &sb_config, cfg).await;
         ids.push(id);
     }
     let ok = wait_exited(&mut rt, &ids[0]).await;
@@ -114,21 +93,13 @@ async fn cri_exit_codes_failures_and_images() {
     );
     assert!(log.contains(" stdout F 0\n"), "uid 0 in log: {log:?}");
     // /dev/shm is shared by the pod's containers.
-    let shm_id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-            config: Some(CriEnv::shell_container("skshm", &image, "cat /dev/shm/skx")),
-            sandbox_config: Some(sb_config.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: shm_id.clone(),
-    })
-    .await
-    .unwrap();
+    let shm_id = start_container(
+        &mut rt,
+        &sandbox_id,
+        &sb_config,
+        CriEnv::shell_container("skshm", &image, "cat /dev/shm/skx"),
+    )
+    .await;
     let shm = wait_exited(&mut rt, &shm_id).await;
     assert_eq!(shm.exit_code, 0);
     assert!(std::fs::read_to_string(&shm.log_path)
@@ -260,15 +231,7 @@ async fn cri_exit_codes_failures_and_images() {
         }),
         ..Default::default()
     });
-    let host_sb = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(host_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let host_sb = run_sandbox(&mut rt, &host_cfg, "").await;
     assert_eq!(std::fs::read_dir(&env.cfg.netns_dir).unwrap().count(), 0);
     assert!(links_on_bridge("skbr2").is_empty());
     let host_ct = rt

@@ -8,6 +8,7 @@ use std::time::Duration;
 use skiff_proto::cri;
 use skiff_proto::cri::ContainerEventType as Ev;
 use skiff_tests::cri_env::RuntimeClient;
+use skiff_tests::cri_env::{pull_image, run_sandbox, start_container};
 use skiff_tests::image::{Blob, MEDIA_CONFIG, MEDIA_MANIFEST};
 use skiff_tests::{build_busybox_image, push, CriEnv, OciImage, Registry};
 
@@ -82,15 +83,7 @@ async fn cri_events_logs_resources_stop_signal_metrics() {
         .unwrap();
     let (mut rt, mut img) = env.clients().await.unwrap();
     let image_name = format!("{}/skbusybox:stopsig", registry.addr());
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: image_name.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    pull_image(&mut img, &image_name).await;
 
     // Events: subscribe first.
     let mut events = rt
@@ -100,15 +93,7 @@ async fn cri_events_logs_resources_stop_signal_metrics() {
         .into_inner();
 
     let sb_config = env.sandbox_config("skops");
-    let sandbox_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = run_sandbox(&mut rt, &sb_config, "").await;
 
     // The pause process sits in <cgroup parent>/<sandbox id>.
     let info = rt
@@ -144,21 +129,7 @@ async fn cri_events_logs_resources_stop_signal_metrics() {
         }),
         ..Default::default()
     });
-    let ct = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(sb_config.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ct.clone(),
-    })
-    .await
-    .unwrap();
+    let ct = start_container(&mut rt, &sandbox_id, &sb_config, cfg).await;
     let status = wait_state(&mut rt, &ct, cri::ContainerState::ContainerRunning).await;
     let log_path = std::path::PathBuf::from(&status.log_path);
 

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use skiff_proto::cri;
+use skiff_tests::cri_env::{pull_image, push_busybox, run_sandbox};
 use skiff_tests::netns::links_on_bridge;
-use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
+use skiff_tests::{CriEnv, Registry};
 
 /// PIDs whose command line contains every one of `needles`.
 fn pids_with(needles: &[&str]) -> Vec<i32> {
@@ -33,34 +34,14 @@ async fn cri_recovers_after_crashes() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
-    let image = build_busybox_image().unwrap();
-    push(registry.addr(), "busybox:latest", &image)
-        .await
-        .unwrap();
+    let image_name = push_busybox(registry.addr(), "busybox:latest").await;
     let mut env = CriEnv::start("skbr3", "10.244.3.0/24", registry.addr())
         .await
         .unwrap();
     let (mut rt, mut img) = env.clients().await.unwrap();
-    let image_name = format!("{}/busybox:latest", registry.addr());
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: image_name.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    pull_image(&mut img, &image_name).await;
     let sb_config = env.sandbox_config("skpod4");
-    let sandbox_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = run_sandbox(&mut rt, &sb_config, "").await;
     let id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.clone(),
@@ -163,35 +144,15 @@ async fn cri_env_cleans_up_after_an_abandoned_pod() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
-    let image = build_busybox_image().unwrap();
-    push(registry.addr(), "busybox:latest", &image)
-        .await
-        .unwrap();
+    let image_name = push_busybox(registry.addr(), "busybox:latest").await;
     let env = CriEnv::start("skbr5", "10.244.5.0/24", registry.addr())
         .await
         .unwrap();
     let dir = env.dir().to_path_buf();
     let (mut rt, mut img) = env.clients().await.unwrap();
-    let image_name = format!("{}/busybox:latest", registry.addr());
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: image_name.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    pull_image(&mut img, &image_name).await;
     let sb_config = env.sandbox_config("skgone");
-    let sb = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sb = run_sandbox(&mut rt, &sb_config, "").await;
     let ct = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sb,

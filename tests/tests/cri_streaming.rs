@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use skiff_proto::cri;
 use skiff_tests::cri_env::stream::{Refused, SpdyClient, SpdyFrame, WsClient};
-use skiff_tests::cri_env::{pull_image, wait_exited, RuntimeClient};
-use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
+use skiff_tests::cri_env::{pull_image, push_busybox, wait_exited, RuntimeClient};
+use skiff_tests::cri_env::{run_sandbox, start_container};
+use skiff_tests::{CriEnv, Registry};
 
 async fn exec_url(
     rt: &mut RuntimeClient,
@@ -46,52 +47,24 @@ async fn cri_streaming_exec_attach_portforward() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
-    let image = build_busybox_image().unwrap();
-    push(registry.addr(), "skbusybox:stream", &image)
-        .await
-        .unwrap();
+    let image_name = push_busybox(registry.addr(), "skbusybox:stream").await;
     let env = CriEnv::start("skbr7", "10.244.7.0/24", registry.addr())
         .await
         .unwrap();
     let (mut rt, mut img) = env.clients().await.unwrap();
-    let image_name = format!("{}/skbusybox:stream", registry.addr());
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: image_name.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    pull_image(&mut img, &image_name).await;
     let sb_config = env.sandbox_config("skstream");
-    let sandbox_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = run_sandbox(&mut rt, &sb_config, "").await;
     // One container serving HTTP on 8080 and printing a tick every 200 ms.
     let script = "mkdir -p /www && echo skiff-pf-ok > /www/index.html && httpd -p 8080 -h /www && \
                   i=0; while true; do echo tick$i; echo tock$i >&2; i=$((i+1)); sleep 0.2; done";
-    let ct = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-            config: Some(CriEnv::shell_container("skstreamct", &image_name, script)),
-            sandbox_config: Some(sb_config.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ct.clone(),
-    })
-    .await
-    .unwrap();
+    let ct = start_container(
+        &mut rt,
+        &sandbox_id,
+        &sb_config,
+        CriEnv::shell_container("skstreamct", &image_name, script),
+    )
+    .await;
 
     // Validation happens at the gRPC call.
     let err = rt
@@ -424,48 +397,21 @@ async fn cri_attach_stdin_and_tty() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
-    let image = build_busybox_image().unwrap();
-    push(registry.addr(), "skbusybox:attach", &image)
-        .await
-        .unwrap();
+    let image_name = push_busybox(registry.addr(), "skbusybox:attach").await;
     let env = CriEnv::start("skbr15", "10.244.15.0/24", registry.addr())
         .await
         .unwrap();
     let (mut rt, mut img) = env.clients().await.unwrap();
-    let image_name = format!("{}/skbusybox:attach", registry.addr());
     pull_image(&mut img, &image_name).await;
     let sb_config = env.sandbox_config("skattach");
-    let sandbox_id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sb_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = run_sandbox(&mut rt, &sb_config, "").await;
     let start = |mut cfg: cri::ContainerConfig| {
         let mut rt = rt.clone();
         let sandbox_id = sandbox_id.clone();
         let sb_config = sb_config.clone();
         async move {
             cfg.log_path = format!("{}/0.log", cfg.metadata.as_ref().unwrap().name);
-            let id = rt
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: sandbox_id,
-                    config: Some(cfg),
-                    sandbox_config: Some(sb_config),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .container_id;
-            rt.start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-            id
+            start_container(&mut rt, &sandbox_id, &sb_config, cfg).await
         }
     };
     let attach_url = |id: String, tty: bool| {

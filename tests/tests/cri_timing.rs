@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use skiff_proto::cri;
-use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
+use skiff_tests::cri_env::{push_busybox, run_sandbox};
+use skiff_tests::{CriEnv, Registry};
 
 fn median(v: &mut [Duration]) -> f64 {
     v.sort();
@@ -17,15 +18,11 @@ async fn cri_pod_timings() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();
     let registry = Registry::shared().expect("local registry");
-    let image = build_busybox_image().unwrap();
-    push(registry.addr(), "busybox:latest", &image)
-        .await
-        .unwrap();
+    let image_name = push_busybox(registry.addr(), "busybox:latest").await;
     let env = CriEnv::start("skbr4", "10.244.4.0/24", registry.addr())
         .await
         .unwrap();
     let (mut rt, mut img) = env.clients().await.unwrap();
-    let image_name = format!("{}/busybox:latest", registry.addr());
     let t = Instant::now();
     let image_id = img
         .pull_image(cri::PullImageRequest {
@@ -49,15 +46,7 @@ async fn cri_pod_timings() {
         let name = format!("sktime{i}");
         let sb_config = env.sandbox_config(&name);
         let t = Instant::now();
-        let sb = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+        let sb = run_sandbox(&mut rt, &sb_config, "").await;
         run.push(t.elapsed());
         let t = Instant::now();
         let ct = rt
