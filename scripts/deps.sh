@@ -17,6 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+if [ "${1:-build}" = test ] && ! python3 -c 'import kubernetes' 2>/dev/null; then
+  echo "installing the Python kubernetes client (pip)"
+  python3 -m pip install -q kubernetes >/dev/null
+fi
 if ! command -v cargo >/dev/null; then
   echo "error: no Rust toolchain (cargo) on PATH; install one with rustup, then run this again" >&2
   exit 1

@@ -34,6 +34,9 @@ pub struct ServerArgs {
     /// Service network.
     #[arg(long, default_value = "10.43.0.0/16")]
     pub service_cidr: String,
+    /// Port range reserved for NodePort Services (kube-apiserver's flag).
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
     /// Cluster DNS address handed to pods.
     #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,
@@ -132,11 +135,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let api_cfg = ApiServerConfig {
-        listen: SocketAddr::new(args.bind_address, args.https_listen_port),
+    let mut api_cfg = ApiServerConfig::new(
+        SocketAddr::new(args.bind_address, args.https_listen_port),
         advertise,
-        pki: pki.clone(),
-    };
+        pki.clone(),
+    );
+    api_cfg.service_cidr = args.service_cidr.clone();
+    api_cfg.node_port_range = parse_port_range(&args.service_node_port_range)?;
     let api = tokio::spawn(skiff_apiserver::serve(api_cfg, store.clone(), stopped()));
     wait_healthy(args.https_listen_port).await;
     println!(
@@ -320,4 +325,23 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `--service-node-port-range` as `low-high`.
+fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').with_context(|| {
+        format!("--service-node-port-range {s:?}: expected LOW-HIGH, e.g. 30000-32767")
+    })?;
+    let (a, b): (u16, u16) = (
+        a.trim()
+            .parse()
+            .with_context(|| format!("--service-node-port-range {s:?}"))?,
+        b.trim()
+            .parse()
+            .with_context(|| format!("--service-node-port-range {s:?}"))?,
+    );
+    if a == 0 || a > b {
+        anyhow::bail!("--service-node-port-range {s:?}: LOW must be between 1 and HIGH");
+    }
+    Ok((a, b))
 }

@@ -4,8 +4,10 @@
 //! - [`image::build_busybox_image`] + [`image::push`]: an OCI image from `/bin/busybox`, pushed
 //!   with the registry HTTP API v2.
 //! - [`cri_env::CriEnv`]: an in-process CRI server with its own temp state and bridge network.
+//! - [`control_plane::ControlPlane`]: `skiff server --disable-agent` of a test's own, and kubectl.
 //! - [`netns`]: network namespaces and links with cleanup guards.
 
+pub mod control_plane;
 pub mod cri_env;
 pub mod image;
 pub mod netns;

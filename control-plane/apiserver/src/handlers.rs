@@ -1,10 +1,14 @@
-//! The REST verbs on resources, generic over the registry; per-kind rules come from `strategy`.
+//! The REST verbs on resources, generic over the registry; per-kind rules come from each entry's
+//! strategy, side effects of a few kinds (service IPs, namespaces, cascading deletion) from
+//! [`crate::lifecycle`].
 
-use crate::registry::{self, Resource, Strategy};
+use crate::lifecycle;
+use crate::registry::{Registry, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::server::{full, json_response, ApiServerConfig, Body};
-use crate::status::StatusError;
-use crate::{strategy, ApiError};
+use crate::server::{ApiServerConfig, Body};
+use crate::status::{FieldError, StatusError};
+use crate::wire::{self, Format};
+use crate::ApiError;
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
 use futures::StreamExt;
@@ -19,18 +23,28 @@ use std::time::Duration;
 
 pub struct Ctx {
     pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
     pub advertise: SocketAddr,
-    kubelet: reqwest::Client,
+    pub services: lifecycle::ServiceRanges,
+    pub ca_pem: String,
+    pub kubelet: reqwest::Client,
+    pub metrics: crate::metrics::Metrics,
+    me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
 
 impl Ctx {
-    pub fn new(store: Arc<dyn Store>, cfg: &ApiServerConfig) -> Result<Self, ApiError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        cfg: &ApiServerConfig,
+    ) -> Result<Self, ApiError> {
         let pki = &cfg.pki;
         let ident = format!(
             "{}{}",
             pki.apiserver_kubelet_client.cert_pem()?,
             pki.apiserver_kubelet_client.key_pem()?
         );
+        let ca_pem = pki.ca.cert_pem()?;
         let kubelet = reqwest::Client::builder()
             .use_rustls_tls()
             .identity(
@@ -38,7 +52,7 @@ impl Ctx {
                     .map_err(|e| ApiError::Tls(format!("kubelet client identity: {e}")))?,
             )
             .add_root_certificate(
-                reqwest::Certificate::from_pem(pki.ca.cert_pem()?.as_bytes())
+                reqwest::Certificate::from_pem(ca_pem.as_bytes())
                     .map_err(|e| ApiError::Tls(format!("cluster CA: {e}")))?,
             )
             .connect_timeout(Duration::from_secs(5))
@@ -46,21 +60,49 @@ impl Ctx {
             .map_err(|e| ApiError::Tls(format!("kubelet client: {e}")))?;
         Ok(Self {
             store,
+            registry,
             advertise: cfg.advertise,
+            services: lifecycle::ServiceRanges::parse(&cfg.service_cidr, cfg.node_port_range)
+                .map_err(ApiError::Config)?,
+            ca_pem,
             kubelet,
+            metrics: Default::default(),
+            me: Default::default(),
         })
     }
+
+    /// Wraps the context in an `Arc` that background tasks can reach.
+    pub fn into_arc(self) -> Arc<Self> {
+        let a = Arc::new(self);
+        let _ = a.me.set(Arc::downgrade(&a));
+        a
+    }
+
+    /// A strong reference for a background task (None while shutting down).
+    pub fn self_ref(&self) -> Option<Arc<Self>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
+    }
+}
+
+/// Who is asking (from the client certificate: CN = user, O = groups).
+#[derive(Clone, Debug, Default)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
 }
 
 /// One request's target: resource, namespace, name, subresource and the query.
 pub struct Target {
-    pub res: &'static Resource,
+    pub res: Arc<Resource>,
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub sub: Option<String>,
     pub query: Vec<(String, String)>,
     pub accept: String,
     pub content_type: String,
+    pub format: Format,
+    pub gzip: bool,
+    pub user: UserInfo,
 }
 
 impl Target {
@@ -70,10 +112,10 @@ impl Target {
             .find(|(a, _)| a == k)
             .map(|(_, v)| v.as_str())
     }
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or_default()
     }
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         self.res.key(self.namespace.as_deref(), self.name())
     }
     fn prefix(&self) -> String {
@@ -82,8 +124,28 @@ impl Target {
             _ => self.res.prefix(),
         }
     }
-    fn wants_table(&self) -> bool {
-        self.accept.contains("as=Table")
+    /// `as=Table` / `as=PartialObjectMetadata[List]` from the Accept header.
+    fn wants(&self) -> Option<&str> {
+        for part in self.accept.split(',') {
+            for p in part.split(';').map(str::trim) {
+                if let Some(a) = p.strip_prefix("as=") {
+                    return Some(a);
+                }
+            }
+        }
+        None
+    }
+    fn dry_run(&self) -> bool {
+        self.param("dryRun").is_some_and(|d| d == "All")
+    }
+    pub fn respond(&self, code: u16, v: &Value) -> Response<Body> {
+        wire::respond(self.format, code, v, self.gzip)
+    }
+    fn field_manager(&self, default: &str) -> String {
+        self.param("fieldManager")
+            .filter(|m| !m.is_empty())
+            .unwrap_or(default)
+            .to_string()
     }
 }
 
@@ -108,14 +170,14 @@ pub fn stamp_new(obj: &mut Value) {
     }
 }
 
-fn store_err(t: &Target, e: StoreError) -> StatusError {
-    let (g, p, n) = (t.res.group, t.res.plural, t.name());
+pub fn store_err(res: &Resource, name: &str, e: StoreError) -> StatusError {
+    let (g, p) = (res.group.as_str(), res.plural.as_str());
     match e {
-        StoreError::NotFound(_) => StatusError::not_found(g, p, n),
-        StoreError::AlreadyExists(_) => StatusError::already_exists(g, p, n),
+        StoreError::NotFound(_) => StatusError::not_found(g, p, name),
+        StoreError::AlreadyExists(_) => StatusError::already_exists(g, p, name),
         StoreError::Conflict { .. } => StatusError::conflict(
-            p,
-            n,
+            &qualified(res),
+            name,
             "the object has been modified; please apply your changes to the latest version and try again",
         ),
         StoreError::Compacted { .. } => StatusError::gone(e.to_string()),
@@ -123,58 +185,73 @@ fn store_err(t: &Target, e: StoreError) -> StatusError {
     }
 }
 
-/// Decodes a stored object and sets its resourceVersion.
-fn decode(kv: &KeyValue) -> Result<Value, StatusError> {
+fn qualified(res: &Resource) -> String {
+    if res.group.is_empty() {
+        res.plural.clone()
+    } else {
+        format!("{}.{}", res.plural, res.group)
+    }
+}
+
+fn terr(t: &Target, e: StoreError) -> StatusError {
+    store_err(&t.res, t.name(), e)
+}
+
+/// Decodes a stored object as the resource `res` serves it and sets its resourceVersion.
+pub fn decode_as(res: &Resource, kv: &KeyValue) -> Result<Value, StatusError> {
     let mut v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| StatusError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    res.strategy.storage_to_version(&mut v);
+    v["apiVersion"] = json!(res.api_version());
+    v["kind"] = json!(res.kind);
     v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     Ok(v)
 }
 
-fn encode(obj: &Value) -> Vec<u8> {
+pub fn encode_for(res: &Resource, obj: &Value) -> Vec<u8> {
     let mut o = obj.clone();
+    res.strategy.version_to_storage(&mut o);
     if let Some(m) = o["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
     serde_json::to_vec(&o).expect("json")
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, StatusError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        StatusError::bad_request(format!("the request body is not valid JSON: {e}"))
-    })?;
-    if !v.is_object() {
-        return Err(StatusError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(v)
-}
-
 fn load(ctx: &Ctx, t: &Target) -> Result<(Value, i64), StatusError> {
-    match ctx.store.get(&t.key()).map_err(|e| store_err(t, e))? {
-        Some(kv) => Ok((decode(&kv)?, kv.mod_revision)),
-        None => Err(StatusError::not_found(t.res.group, t.res.plural, t.name())),
+    match ctx.store.get(&t.key()).map_err(|e| terr(t, e))? {
+        Some(kv) => Ok((decode_as(&t.res, &kv)?, kv.mod_revision)),
+        None => Err(StatusError::not_found(
+            &t.res.group,
+            &t.res.plural,
+            t.name(),
+        )),
     }
 }
 
-fn table(t: &Target, items: &[Value], rv: &str, cont: Option<String>) -> Value {
+fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+}
+
+fn table(t: &Target, items: &[Value], md: Value) -> Value {
     let now = Utc::now();
-    let cols: Vec<Value> = strategy::columns(t.res.strategy)
+    let strategy = &t.res.strategy;
+    let cols: Vec<Value> = strategy
+        .columns()
         .iter()
         .map(|c| json!({"name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority}))
         .collect();
+    let include = t.param("includeObject").unwrap_or("Metadata");
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
-            json!({"cells": strategy::cells(t.res.strategy, o, now), "object": {
-                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+            let object = match include {
+                "None" => Value::Null,
+                "Object" => o.clone(),
+                _ => partial(o),
+            };
+            json!({"cells": strategy.cells(o, now), "object": object})
         })
         .collect();
-    let mut md = json!({"resourceVersion": rv});
-    if let Some(c) = cont {
-        md["continue"] = json!(c);
-    }
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": cols, "rows": rows})
 }
 
@@ -185,20 +262,40 @@ fn selectors(t: &Target) -> Result<(LabelSelector, FieldSelector), StatusError> 
     ))
 }
 
-pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+/// A continue token: the revision of the first page and the last key returned.
+fn continue_token(rv: i64, key: &str) -> String {
+    use base64::Engine;
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{key}\u{0}")});
+    base64::engine::general_purpose::URL_SAFE.encode(raw.to_string())
+}
+
+fn parse_continue(c: &str) -> Result<(i64, String), StatusError> {
+    use base64::Engine;
+    let bad = || {
+        StatusError::bad_request("continue key is not valid: encoded form is not valid base64 JSON; list again without `continue`")
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(c)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let start = v["start"].as_str().ok_or_else(bad)?;
+    Ok((
+        v["rv"].as_i64().unwrap_or(0),
+        start.trim_end_matches('\u{0}').to_string(),
+    ))
+}
+
+/// Matching objects of a list request, with the revision and the continue token.
+fn list_items(ctx: &Ctx, t: &Target) -> Result<(Vec<Value>, i64, Option<String>), StatusError> {
     let (ls, fs) = selectors(t)?;
-    let (kvs, rev) = ctx.store.list(&t.prefix()).map_err(|e| store_err(t, e))?;
-    let start_after = match t.param("continue").filter(|c| !c.is_empty()) {
+    let (kvs, rev) = ctx.store.list(&t.prefix()).map_err(|e| terr(t, e))?;
+    let (list_rv, start_after) = match t.param("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
-            use base64::Engine;
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| StatusError::bad_request("invalid continue token"))?;
-            Some(raw)
+            let (rv, start) = parse_continue(c)?;
+            (rv, Some(start))
         }
-        None => None,
+        None => (rev, None),
     };
     let limit: usize = t
         .param("limit")
@@ -207,6 +304,7 @@ pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
         .unwrap_or(usize::MAX);
     let mut items = Vec::new();
     let mut cont = None;
+    let mut last_key = String::new();
     for kv in kvs {
         if start_after
             .as_ref()
@@ -214,31 +312,38 @@ pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
         {
             continue;
         }
-        let o = decode(&kv)?;
+        let o = decode_as(&t.res, &kv)?;
         if !(ls.matches(&o) && fs.matches(&o)) {
             continue;
         }
         if items.len() == limit {
-            use base64::Engine;
-            let last: &Value = items.last().expect("limit > 0");
-            let last_key = t.res.key(
-                last["metadata"]["namespace"].as_str(),
-                last["metadata"]["name"].as_str().unwrap_or(""),
-            );
-            cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last_key));
+            cont = Some(continue_token(list_rv, &last_key));
             break;
         }
+        last_key = kv.key.clone();
         items.push(o);
     }
-    let rv = rev.to_string();
-    if t.wants_table() {
-        return Ok(json_response(200, &table(t, &items, &rv, cont)));
-    }
-    let mut md = json!({"resourceVersion": rv});
+    Ok((items, list_rv, cont))
+}
+
+pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+    let (items, rv, cont) = list_items(ctx, t)?;
+    let mut md = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         md["continue"] = json!(c);
     }
-    Ok(json_response(
+    match t.wants() {
+        Some("Table") => return Ok(t.respond(200, &table(t, &items, md))),
+        Some("PartialObjectMetadataList") | Some("PartialObjectMetadata") => {
+            let items: Vec<Value> = items.iter().map(partial).collect();
+            return Ok(t.respond(
+                200,
+                &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": md, "items": items}),
+            ));
+        }
+        _ => {}
+    }
+    Ok(t.respond(
         200,
         &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": md, "items": items}),
     ))
@@ -246,24 +351,38 @@ pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
 
 pub fn get(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     let (obj, _) = load(ctx, t)?;
-    if t.wants_table() && t.sub.is_none() {
-        let rv = obj["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        return Ok(json_response(200, &table(t, &[obj], &rv, None)));
+    if t.sub.as_deref() == Some("scale") {
+        return Ok(t.respond(200, &to_scale(&t.res, &obj)));
     }
-    Ok(json_response(200, &obj))
+    if t.sub.is_none() {
+        match t.wants() {
+            Some("Table") => {
+                let md = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                return Ok(t.respond(200, &table(t, &[obj], md)));
+            }
+            Some("PartialObjectMetadata") => return Ok(t.respond(200, &partial(&obj))),
+            _ => {}
+        }
+    }
+    Ok(t.respond(200, &obj))
 }
 
-fn ensure_namespace(ctx: &Ctx, t: &Target) -> Result<(), StatusError> {
+fn ensure_namespace(ctx: &Ctx, t: &Target, creating: bool) -> Result<(), StatusError> {
     if !t.res.namespaced {
         return Ok(());
     }
     let ns = t.namespace.as_deref().unwrap_or("default");
-    let nsres = registry::by_kind("Namespace").expect("namespaces registered");
+    let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
     match ctx.store.get(&nsres.key(None, ns)) {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(kv)) => {
+            if creating {
+                let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                if !v["metadata"]["deletionTimestamp"].is_null() {
+                    return Err(StatusError::forbidden_terminating(&t.res, t.name(), ns));
+                }
+            }
+            Ok(())
+        }
         Ok(None) => Err(StatusError::not_found("", "namespaces", ns)),
         Err(e) => Err(StatusError::internal(e.to_string())),
     }
@@ -278,21 +397,81 @@ fn random_suffix() -> String {
         .collect()
 }
 
-pub fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
-    let mut obj = parse_body(body)?;
-    let res = t.res;
+/// Checks types, defaults and validates an object for the resource, as every write does.
+fn admit(
+    ctx: &Ctx,
+    t: &Target,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<Vec<String>, StatusError> {
+    let res = &t.res;
+    let strategy = &res.strategy;
+    let warnings = crate::validation::field_validation(ctx, t, obj)?;
+    strategy.set_defaults(obj);
+    strip_nulls(obj);
+    let mut errs: Vec<FieldError> = vec![];
+    crate::strategy::validate_meta(strategy.name_rule(), obj, &mut errs);
+    strategy.validate(obj, &mut errs);
+    if let Some(old) = old {
+        strategy.validate_update(obj, old, &mut errs);
+    }
+    if !errs.is_empty() {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        return Err(StatusError::invalid(&res.kind, &name, &res.group, &errs));
+    }
+    Ok(warnings)
+}
+
+/// Drops `null` map values, as upstream's typed round trip drops unset optional fields.
+pub fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, x| !x.is_null() || k == "creationTimestamp");
+            for x in m.values_mut() {
+                strip_nulls(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - \"{w}\"")) {
+            r.headers_mut().append("warning", v);
+        }
+    }
+    r
+}
+
+pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
+    let mut obj = wire::decode_body(&t.content_type, body)?;
+    let res = t.res.clone();
+    if let Some(sub) = t.sub.as_deref() {
+        return crate::subresources::create(ctx, t, sub, obj).await;
+    }
+    if res.kind == "Binding" {
+        return crate::subresources::bind_resource(ctx, t, &obj);
+    }
+    if !res.stored() {
+        return crate::reviews::create(ctx, t, obj);
+    }
+    res.strategy
+        .check_types(&obj)
+        .map_err(StatusError::bad_request)?;
     if obj["kind"].is_null() {
         obj["kind"] = json!(res.kind);
     }
     if obj["apiVersion"].is_null() {
         obj["apiVersion"] = json!(res.api_version());
     }
-    if obj["kind"] != res.kind || obj["apiVersion"] != res.api_version() {
+    if obj["kind"] != res.kind.as_str() || obj["apiVersion"] != res.api_version().as_str() {
         return Err(StatusError::bad_request(format!(
-            "the body kind {} {} does not match the resource {} {}",
-            obj["apiVersion"],
-            obj["kind"],
+            "the API version in the data ({}) does not match the expected API version ({}) or kind {} does not match {}",
+            obj["apiVersion"].as_str().unwrap_or(""),
             res.api_version(),
+            obj["kind"].as_str().unwrap_or(""),
             res.kind
         )));
     }
@@ -303,9 +482,9 @@ pub fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, Stat
         let path_ns = t.namespace.clone().unwrap_or_else(|| "default".into());
         match obj["metadata"]["namespace"].as_str() {
             Some(ns) if !ns.is_empty() && ns != path_ns => {
-                return Err(StatusError::bad_request(format!(
-                    "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({path_ns})"
-                )))
+                return Err(StatusError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
             }
             _ => obj["metadata"]["namespace"] = json!(path_ns),
         }
@@ -318,31 +497,57 @@ pub fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, Stat
         }
     }
     stamp_new(&mut obj);
-    strategy::prepare_create(res.strategy, &mut obj);
-    strategy::default(res.strategy, &mut obj);
+    obj["metadata"]["generation"] = json!(1);
+    res.strategy.prepare_create(&mut obj);
+    let warnings = admit(ctx, t, &mut obj, None)?;
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let errs = strategy::validate(res.strategy, &obj);
-    if !errs.is_empty() {
-        return Err(StatusError::invalid(res.kind, &name, &errs));
-    }
-    ensure_namespace(ctx, t)?;
     let t2 = Target {
         name: Some(name),
         namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
-        res,
+        res: res.clone(),
         sub: None,
         query: vec![],
         accept: String::new(),
         content_type: String::new(),
+        format: t.format,
+        gzip: false,
+        user: t.user.clone(),
     };
-    if t.param("dryRun").is_some() {
-        return Ok(json_response(201, &obj));
+    ensure_namespace(ctx, &t2, true)?;
+    crate::managed::record(
+        &mut obj,
+        None,
+        &t.field_manager("unknown"),
+        "Update",
+        &res.api_version(),
+    );
+    if t.dry_run() {
+        lifecycle::before_create(ctx, &res, &mut obj, true)?;
+        return Ok(with_warnings(t.respond(201, &obj), &warnings));
     }
-    let kv = ctx
+    if ctx
         .store
-        .create(&t2.key(), encode(&obj))
-        .map_err(|e| store_err(&t2, e))?;
-    Ok(json_response(201, &decode(&kv)?))
+        .get(&t2.key())
+        .map_err(|e| terr(&t2, e))?
+        .is_some()
+    {
+        return Err(StatusError::already_exists(
+            &res.group,
+            &res.plural,
+            t2.name(),
+        ));
+    }
+    lifecycle::before_create(ctx, &res, &mut obj, false)?;
+    let kv = match ctx.store.create(&t2.key(), encode_for(&res, &obj)) {
+        Ok(kv) => kv,
+        Err(e) => {
+            lifecycle::undo_create(ctx, &res, &obj);
+            return Err(terr(&t2, e));
+        }
+    };
+    let out = decode_as(&res, &kv)?;
+    lifecycle::after_create(ctx, &res, &out);
+    Ok(with_warnings(t.respond(201, &out), &warnings))
 }
 
 /// Immutable metadata copied from the stored object on every update.
@@ -353,15 +558,52 @@ const KEEP_META: &[&str] = &[
     "deletionGracePeriodSeconds",
     "namespace",
     "name",
+    "generation",
 ];
 
+fn without(v: &Value, keys: &[&str]) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        for k in keys {
+            m.remove(*k);
+        }
+    }
+    v
+}
+
 /// Computes the object an update stores, from the old one and what the client sent.
-fn merge_update(t: &Target, old: &Value, mut new: Value) -> Result<Value, StatusError> {
-    let res = t.res;
-    if t.sub.as_deref() == Some("status") {
-        let mut out = old.clone();
-        out["status"] = new["status"].take();
-        return Ok(out);
+pub fn merge_update(
+    ctx: &Ctx,
+    t: &Target,
+    old: &Value,
+    mut new: Value,
+) -> Result<(Value, Vec<String>), StatusError> {
+    let res = &t.res;
+    res.strategy
+        .check_types(&new)
+        .map_err(StatusError::bad_request)?;
+    match t.sub.as_deref() {
+        Some("status") => {
+            let mut out = old.clone();
+            out["status"] = new["status"].take();
+            // Status writers may change labels/annotations? Upstream keeps metadata except
+            // for a few fields; keep all of the old.
+            return Ok((out, vec![]));
+        }
+        Some("finalize") => {
+            let mut out = old.clone();
+            out["spec"]["finalizers"] = new["spec"]["finalizers"].take();
+            return Ok((out, vec![]));
+        }
+        Some("approval") => {
+            let mut out = old.clone();
+            out["status"]["conditions"] = new["status"]["conditions"].take();
+            return Ok((out, vec![]));
+        }
+        _ => {}
+    }
+    if !new["metadata"].is_object() {
+        new["metadata"] = json!({});
     }
     for k in KEEP_META {
         match old["metadata"].get(*k) {
@@ -373,67 +615,110 @@ fn merge_update(t: &Target, old: &Value, mut new: Value) -> Result<Value, Status
             }
         }
     }
-    new["kind"] = json!(res.kind);
+    if new["apiVersion"].is_null() {
+        new["apiVersion"] = json!(res.api_version());
+    }
+    if new["kind"].is_null() {
+        new["kind"] = json!(res.kind);
+    }
+    if new["kind"] != res.kind.as_str() {
+        return Err(StatusError::bad_request(format!(
+            "the kind of the object ({}) does not match the resource {}",
+            new["kind"].as_str().unwrap_or(""),
+            res.kind
+        )));
+    }
     new["apiVersion"] = json!(res.api_version());
-    if res.has_status {
+    if res.has_status
+        && matches!(
+            t.sub.as_deref(),
+            None | Some("ephemeralcontainers") | Some("resize")
+        )
+    {
         new["status"] = old["status"].clone();
     }
-    if res.strategy == Strategy::Pod {
-        // A pod's node binding only changes through the binding subresource.
-        let old_node = &old["spec"]["nodeName"];
-        if !old_node.is_null() && new["spec"]["nodeName"] != *old_node {
-            return Err(StatusError::invalid(
-                res.kind,
-                t.name(),
-                &[crate::status::FieldError::invalid(
-                    "spec.nodeName",
-                    new["spec"]["nodeName"].as_str().unwrap_or(""),
-                    "field is immutable",
-                )],
-            ));
-        }
+    if t.sub.as_deref() == Some("ephemeralcontainers") {
+        let mut out = old.clone();
+        out["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].take();
+        new = out;
     }
-    strategy::default(res.strategy, &mut new);
-    let errs = strategy::validate(res.strategy, &new);
-    if !errs.is_empty() {
-        return Err(StatusError::invalid(res.kind, t.name(), &errs));
+    res.strategy.prepare_update(&mut new, old);
+    let warnings = admit(ctx, t, &mut new, Some(old))?;
+    // generation follows spec changes (the whole body for kinds without a status split).
+    let ignore: &[&str] = &["metadata", "status", "apiVersion", "kind"];
+    if without(&new, ignore) != without(old, ignore) {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        new["metadata"]["generation"] = json!(g + 1);
     }
-    Ok(new)
+    Ok((new, warnings))
 }
 
-/// Stores `obj` over revision `rev`, or deletes it when its graceful deletion is complete
-/// (deletionTimestamp set, no finalizers, grace 0).
-fn commit_update(ctx: &Ctx, t: &Target, obj: &Value, rev: i64) -> Result<Value, StatusError> {
+/// Stores `obj` over revision `rev`, or deletes it when its deletion is complete
+/// (deletionTimestamp set, no finalizers left).
+pub fn commit_update(ctx: &Ctx, t: &Target, obj: &Value, rev: i64) -> Result<Value, StatusError> {
     let md = &obj["metadata"];
     let finalizers_empty = md["finalizers"].as_array().is_none_or(Vec::is_empty);
     if !md["deletionTimestamp"].is_null()
         && finalizers_empty
         && md["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
     {
+        if t.dry_run() {
+            return Ok(obj.clone());
+        }
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
-            .map_err(|e| store_err(t, e))?;
-        return decode(&kv);
+            .map_err(|e| terr(t, e))?;
+        let gone = decode_as(&t.res, &kv)?;
+        lifecycle::after_delete(ctx, &t.res, &gone);
+        return Ok(gone);
+    }
+    if t.dry_run() {
+        return Ok(obj.clone());
     }
     let kv = ctx
         .store
-        .update(&t.key(), encode(obj), Some(rev))
-        .map_err(|e| store_err(t, e))?;
-    decode(&kv)
+        .update(&t.key(), encode_for(&t.res, obj), Some(rev))
+        .map_err(|e| terr(t, e))?;
+    let out = decode_as(&t.res, &kv)?;
+    lifecycle::after_update(ctx, &t.res, &out);
+    Ok(out)
 }
 
-pub fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
-    let new = parse_body(body)?;
+fn check_update_target(t: &Target, new: &Value) -> Result<(), StatusError> {
     if let Some(n) = new["metadata"]["name"].as_str() {
-        if n != t.name() {
+        if !n.is_empty() && n != t.name() {
             return Err(StatusError::bad_request(format!(
                 "the name of the object ({n}) does not match the name on the URL ({})",
                 t.name()
             )));
         }
     }
-    let (old, rev) = load(ctx, t)?;
+    if let (Some(ns), Some(path_ns)) = (new["metadata"]["namespace"].as_str(), &t.namespace) {
+        if !ns.is_empty() && ns != path_ns && t.res.namespaced {
+            return Err(StatusError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
+    let new = wire::decode_body(&t.content_type, body)?;
+    if t.sub.as_deref() == Some("scale") {
+        return scale_write(ctx, t, |_| Ok(new.clone()));
+    }
+    check_update_target(t, &new)?;
+    let (old, rev) = match load(ctx, t) {
+        Ok(x) => x,
+        // PUT creates when the object does not exist (upstream allows create-on-update for a
+        // few kinds; kubectl replace --force deletes first).
+        Err(e) if e.code == 404 && t.sub.is_none() && allow_create_on_update(&t.res) => {
+            return create(ctx, t, body).await;
+        }
+        Err(e) => return Err(e),
+    };
     let expected = match new["metadata"]["resourceVersion"].as_str() {
         Some(rv) if !rv.is_empty() => rv
             .parse::<i64>()
@@ -441,7 +726,7 @@ pub fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, Stat
         _ => rev,
     };
     if expected != rev {
-        return Err(store_err(
+        return Err(terr(
             t,
             StoreError::Conflict {
                 key: t.key(),
@@ -450,44 +735,298 @@ pub fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, Stat
             },
         ));
     }
-    let obj = merge_update(t, &old, new)?;
-    Ok(json_response(200, &commit_update(ctx, t, &obj, rev)?))
+    if let Some(uid) = new["metadata"]["uid"].as_str().filter(|u| !u.is_empty()) {
+        if old["metadata"]["uid"] != uid {
+            return Err(StatusError::conflict(
+                &qualified(&t.res),
+                t.name(),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old["metadata"]["uid"].as_str().unwrap_or("")
+                ),
+            ));
+        }
+    }
+    let (mut obj, warnings) = merge_update(ctx, t, &old, new)?;
+    crate::managed::record(
+        &mut obj,
+        Some(&old),
+        &t.field_manager("unknown"),
+        "Update",
+        &t.res.api_version(),
+    );
+    let out = commit_update(ctx, t, &obj, rev)?;
+    Ok(with_warnings(t.respond(200, &out), &warnings))
 }
 
-pub fn patch(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
-    for _ in 0..5 {
-        let (old, rev) = load(ctx, t)?;
+fn allow_create_on_update(res: &Resource) -> bool {
+    matches!(
+        res.kind.as_str(),
+        "Endpoints" | "Lease" | "Event" | "EndpointSlice"
+    )
+}
+
+pub async fn patch(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
+    if body.len() > wire::MAX_BODY {
+        return Err(StatusError::new(
+            413,
+            "RequestEntityTooLarge",
+            "the request is too large: limit is 3MB",
+        ));
+    }
+    let ct = wire::media_type(&t.content_type).to_string();
+    if t.sub.as_deref() == Some("scale") {
+        return scale_write(ctx, t, |scale| {
+            let mut s = scale.clone();
+            crate::patch::apply(&ct, &mut s, body)?;
+            Ok(s)
+        });
+    }
+    let apply = ct == "application/apply-patch+yaml";
+    for _ in 0..8 {
+        let (old, rev) = match load(ctx, t) {
+            Ok(x) => x,
+            Err(e) if e.code == 404 && apply && t.sub.is_none() => {
+                return crate::managed::apply_create(ctx, t, body).await;
+            }
+            Err(e) => return Err(e),
+        };
         let mut patched = old.clone();
-        crate::patch::apply(&t.content_type, &mut patched, body)?;
-        let obj = merge_update(t, &old, patched)?;
+        let manager;
+        if apply {
+            manager = t.param("fieldManager").unwrap_or("").to_string();
+            if manager.is_empty() {
+                return Err(StatusError::bad_request(
+                    "PATCH, application/apply-patch+yaml requests require fieldManager to be set",
+                ));
+            }
+            crate::managed::apply(
+                &mut patched,
+                body,
+                &manager,
+                t.param("force") == Some("true"),
+                &t.res,
+            )?;
+        } else {
+            manager = t.field_manager("unknown");
+            crate::patch::apply(&ct, &mut patched, body)?;
+            let pre_rv = patched["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("");
+            if !pre_rv.is_empty() && pre_rv != rev.to_string() {
+                return Err(terr(
+                    t,
+                    StoreError::Conflict {
+                        key: t.key(),
+                        expected: pre_rv.parse().unwrap_or(0),
+                        actual: rev,
+                    },
+                ));
+            }
+            if patched["metadata"]["uid"] != old["metadata"]["uid"]
+                && !patched["metadata"]["uid"].is_null()
+            {
+                return Err(StatusError::conflict(
+                    &qualified(&t.res),
+                    t.name(),
+                    &format!(
+                        "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                        patched["metadata"]["uid"].as_str().unwrap_or(""),
+                        old["metadata"]["uid"].as_str().unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        let (mut obj, warnings) = merge_update(ctx, t, &old, patched)?;
+        if !apply {
+            crate::managed::record(
+                &mut obj,
+                Some(&old),
+                &manager,
+                "Update",
+                &t.res.api_version(),
+            );
+        }
         match commit_update(ctx, t, &obj, rev) {
-            Err(e) if e.code == 409 => continue,
-            r => return r.map(|o| json_response(200, &o)),
+            Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
+            r => return r.map(|o| with_warnings(t.respond(200, &o), &warnings)),
         }
     }
     Err(StatusError::conflict(
-        t.res.plural,
+        &qualified(&t.res),
         t.name(),
         "too many concurrent writers; try again",
     ))
 }
 
-pub fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
+/// The autoscaling/v1 Scale view of a scalable object.
+fn to_scale(res: &Resource, obj: &Value) -> Value {
+    let sel = &obj["spec"]["selector"];
+    let selector = if res.kind == "ReplicationController" {
+        crate::strategy::printers_label_text(sel)
+    } else {
+        crate::strategy::printers_selector_text(sel)
+    };
+    let mut md = json!({
+        "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+        "resourceVersion": obj["metadata"]["resourceVersion"],
+        "creationTimestamp": obj["metadata"]["creationTimestamp"]});
+    if res.namespaced {
+        md["namespace"] = obj["metadata"]["namespace"].clone();
+    }
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": md,
+           "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+           "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector}})
+}
+
+fn scale_write(
+    ctx: &Ctx,
+    t: &Target,
+    f: impl Fn(&Value) -> Result<Value, StatusError>,
+) -> Result<Response<Body>, StatusError> {
+    for _ in 0..8 {
+        let (old, rev) = load(ctx, t)?;
+        let scale = f(&to_scale(&t.res, &old))?;
+        if let Some(rv) = scale["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            if rv != rev.to_string() {
+                return Err(terr(
+                    t,
+                    StoreError::Conflict {
+                        key: t.key(),
+                        expected: rv.parse().unwrap_or(0),
+                        actual: rev,
+                    },
+                ));
+            }
+        }
+        let Some(replicas) = scale["spec"]["replicas"].as_i64() else {
+            return Err(StatusError::invalid(
+                "Scale",
+                t.name(),
+                "autoscaling",
+                &[FieldError::required("spec.replicas", "")],
+            ));
+        };
+        if replicas < 0 {
+            return Err(StatusError::invalid(
+                "Scale",
+                t.name(),
+                "autoscaling",
+                &[FieldError::invalid(
+                    "spec.replicas",
+                    &replicas.to_string(),
+                    "must be greater than or equal to 0",
+                )],
+            ));
+        }
+        let mut obj = old.clone();
+        obj["spec"]["replicas"] = json!(replicas);
+        crate::managed::record(
+            &mut obj,
+            Some(&old),
+            &t.field_manager("unknown"),
+            "Update",
+            &t.res.api_version(),
+        );
+        if obj != old {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            obj["metadata"]["generation"] = json!(g + 1);
+        }
+        match commit_update(ctx, t, &obj, rev) {
+            Err(e) if e.code == 409 => continue,
+            Err(e) => return Err(e),
+            Ok(o) => return Ok(t.respond(200, &to_scale(&t.res, &o))),
+        }
+    }
+    Err(StatusError::conflict(
+        &qualified(&t.res),
+        t.name(),
+        "too many concurrent writers; try again",
+    ))
+}
+
+/// DeleteOptions from the body or the query.
+struct DeleteOpts {
+    grace: Option<i64>,
+    propagation: Option<String>,
+    uid: Option<String>,
+    rv: Option<String>,
+}
+
+fn delete_opts(t: &Target, body: &[u8]) -> Result<DeleteOpts, StatusError> {
     let opts: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| StatusError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        wire::decode_body(&t.content_type, body).map_err(|e| {
+            StatusError::bad_request(format!("invalid DeleteOptions: {}", e.message))
+        })?
     };
-    let grace_opt = opts["gracePeriodSeconds"]
-        .as_i64()
-        .or_else(|| t.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let mut propagation = opts["propagationPolicy"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| t.param("propagationPolicy").map(str::to_string));
+    if propagation.is_none() {
+        if let Some(o) = opts["orphanDependents"]
+            .as_bool()
+            .or_else(|| t.param("orphanDependents").map(|v| v == "true"))
+        {
+            propagation = Some(if o { "Orphan" } else { "Background" }.into());
+        }
+    }
+    if let Some(p) = &propagation {
+        if !["Orphan", "Background", "Foreground"].contains(&p.as_str()) {
+            return Err(StatusError::invalid(
+                "DeleteOptions",
+                "",
+                "",
+                &[FieldError::not_supported(
+                    "propagationPolicy",
+                    p,
+                    &["Foreground", "Background", "Orphan"],
+                )],
+            ));
+        }
+    }
+    Ok(DeleteOpts {
+        grace: opts["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| t.param("gracePeriodSeconds").and_then(|g| g.parse().ok())),
+        propagation,
+        uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
+        rv: opts["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+    })
+}
+
+pub async fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
+    let opts = delete_opts(t, body)?;
+    let out = delete_one(ctx, t, &opts)?;
+    let code = if out["metadata"]["deletionTimestamp"].is_null() || t.dry_run() {
+        200
+    } else {
+        202
+    };
+    // Upstream answers a finished deletion with the object for most kinds and a Status for
+    // a few; kubectl handles both.
+    Ok(t.respond(code, &out))
+}
+
+/// Deletes with the options in the target's query (internal callers: cascades, namespaces).
+pub fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
+    let opts = delete_opts(t, &[])?;
+    delete_one(ctx, t, &opts)
+}
+
+fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
     let (mut obj, rev) = load(ctx, t)?;
-    let pre = &opts["preconditions"];
-    if let Some(uid) = pre["uid"].as_str() {
-        if obj["metadata"]["uid"] != uid {
+    if let Some(uid) = &opts.uid {
+        if obj["metadata"]["uid"] != uid.as_str() {
             return Err(StatusError::conflict(
-                t.res.plural,
+                &qualified(&t.res),
                 t.name(),
                 &format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
@@ -496,136 +1035,160 @@ pub fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, Stat
             ));
         }
     }
-    if let Some(prv) = pre["resourceVersion"].as_str() {
-        if prv != rev.to_string() {
+    if let Some(prv) = &opts.rv {
+        if *prv != rev.to_string() {
             return Err(StatusError::conflict(
-                t.res.plural,
+                &qualified(&t.res),
                 t.name(),
-                "Precondition failed: the resourceVersion does not match",
+                &format!("Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rev}"),
             ));
         }
     }
-    let has_finalizers = obj["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
-    let grace = if t.res.strategy == Strategy::Pod {
-        let phase = obj["status"]["phase"].as_str().unwrap_or("");
-        if obj["spec"]["nodeName"].as_str().unwrap_or("").is_empty()
-            || phase == "Succeeded"
-            || phase == "Failed"
-        {
-            0
-        } else {
-            grace_opt
-                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
-                .unwrap_or(30)
-                .max(0)
+    let grace = lifecycle::grace_period(&t.res, &obj, opts.grace);
+    let propagation = opts
+        .propagation
+        .clone()
+        .unwrap_or_else(|| lifecycle::default_propagation(&t.res).into());
+    let md = &mut obj["metadata"];
+    let mut finalizers: Vec<Value> = md["finalizers"].as_array().cloned().unwrap_or_default();
+    let add = |f: &mut Vec<Value>, name: &str| {
+        if !f.iter().any(|x| x == name) {
+            f.push(json!(name));
         }
-    } else {
-        0
     };
-    if grace == 0 && !has_finalizers {
+    match propagation.as_str() {
+        "Orphan" => add(&mut finalizers, "orphan"),
+        "Foreground" => add(&mut finalizers, "foregroundDeletion"),
+        _ => {}
+    }
+    let namespace_like = t.res.kind == "Namespace" && t.res.group.is_empty();
+    if grace == 0 && finalizers.is_empty() && !namespace_like {
+        if t.dry_run() {
+            return Ok(obj);
+        }
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
-            .map_err(|e| store_err(t, e))?;
-        if t.res.strategy == Strategy::Namespace {
-            delete_namespace_contents(ctx, t.name());
-        }
-        return Ok(json_response(200, &decode(&kv)?));
+            .map_err(|e| terr(t, e))?;
+        let gone = decode_as(&t.res, &kv)?;
+        lifecycle::after_delete(ctx, &t.res, &gone);
+        return Ok(gone);
     }
-    let md = &mut obj["metadata"];
     let current = md["deletionGracePeriodSeconds"].as_i64();
-    if md["deletionTimestamp"].is_null() || current.is_some_and(|c| grace < c) {
+    let first = md["deletionTimestamp"].is_null();
+    if first || current.is_some_and(|c| grace < c) {
         let at = Utc::now() + chrono::Duration::seconds(grace);
         md["deletionTimestamp"] = json!(at.to_rfc3339_opts(SecondsFormat::Secs, true));
         md["deletionGracePeriodSeconds"] = json!(grace);
-        let kv = ctx
-            .store
-            .update(&t.key(), encode(&obj), Some(rev))
-            .map_err(|e| store_err(t, e))?;
-        obj = decode(&kv)?;
     }
-    Ok(json_response(200, &obj))
-}
-
-/// Upstream's namespace controller empties a deleted namespace; here it happens at once.
-fn delete_namespace_contents(ctx: &Ctx, ns: &str) {
-    for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
-        let prefix = format!("{}{ns}/", r.prefix());
-        if let Ok((kvs, _)) = ctx.store.list(&prefix) {
-            for kv in kvs {
-                let _ = ctx.store.delete(&kv.key, None);
-            }
+    if first {
+        md["finalizers"] = json!(finalizers);
+        if namespace_like {
+            obj["status"]["phase"] = json!("Terminating");
         }
     }
+    if t.dry_run() {
+        return Ok(obj);
+    }
+    let kv = ctx
+        .store
+        .update(&t.key(), encode_for(&t.res, &obj), Some(rev))
+        .map_err(|e| terr(t, e))?;
+    let out = decode_as(&t.res, &kv)?;
+    lifecycle::after_delete_started(ctx, &t.res, &out);
+    Ok(out)
 }
 
-pub fn bind(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
-    let binding = parse_body(body)?;
-    let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
-    if node.is_empty() {
-        return Err(StatusError::invalid(
-            "Binding",
-            t.name(),
-            &[crate::status::FieldError::required("target.name", "")],
-        ));
+pub async fn delete_collection(
+    ctx: &Ctx,
+    t: &Target,
+    body: &[u8],
+) -> Result<Response<Body>, StatusError> {
+    if !t.res.verbs.allows("deletecollection") {
+        return Err(StatusError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource (delete {})",
+            t.res.plural
+        )));
     }
-    let (mut pod, rev) = load(ctx, t)?;
-    if !pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty() {
-        return Err(StatusError::conflict(
-            "pods/binding",
-            t.name(),
-            &format!(
-                "pod {} is already assigned to node {:?}",
-                t.name(),
-                pod["spec"]["nodeName"].as_str().unwrap_or("")
-            ),
-        ));
+    let opts = delete_opts(t, body)?;
+    let (items, rv, _) = list_items(ctx, t)?;
+    let mut out = vec![];
+    for o in items {
+        let one = Target {
+            res: t.res.clone(),
+            namespace: o["metadata"]["namespace"].as_str().map(str::to_string),
+            name: o["metadata"]["name"].as_str().map(str::to_string),
+            sub: None,
+            query: t.query.clone(),
+            accept: String::new(),
+            content_type: t.content_type.clone(),
+            format: t.format,
+            gzip: false,
+            user: t.user.clone(),
+        };
+        match delete_one(ctx, &one, &opts) {
+            Ok(v) => out.push(v),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
     }
-    pod["spec"]["nodeName"] = json!(node);
-    let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
-    let conds = pod["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut conds: Vec<Value> = conds
-        .into_iter()
-        .filter(|c| c["type"] != "PodScheduled")
-        .collect();
-    conds.push(cond);
-    pod["status"]["conditions"] = json!(conds);
-    ctx.store
-        .update(&t.key(), encode(&pod), Some(rev))
-        .map_err(|e| store_err(t, e))?;
-    Ok(json_response(
-        201,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    Ok(t.respond(
+        200,
+        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
+                "metadata": {"resourceVersion": rv.to_string()}, "items": out}),
     ))
 }
 
+/// Watch: every change after the requested revision, as upstream's watch stream (JSON lines,
+/// or length-prefixed protobuf frames), with bookmarks and the initial-events end marker.
 pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     let (ls, fs) = selectors(t)?;
     let prefix = t.prefix();
     let rv = t.param("resourceVersion").unwrap_or("");
+    let send_initial = t.param("sendInitialEvents") == Some("true");
+    let bookmarks = t.param("allowWatchBookmarks") == Some("true");
     let timeout = t
         .param("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800);
+    let format = t.format;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    let line = |kind: &str, obj: &Value| {
-        let mut b = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("json");
-        b.push(b'\n');
-        Bytes::from(b)
+    let frame = move |kind: &str, obj: &Value| -> Bytes {
+        match format {
+            Format::Protobuf => match crate::wire::watch_frame(kind, obj) {
+                Some(b) => Bytes::from(b),
+                None => Bytes::new(),
+            },
+            _ => {
+                let mut b =
+                    serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("json");
+                b.push(b'\n');
+                Bytes::from(b)
+            }
+        }
+    };
+    let res = t.res.clone();
+    let bookmark = {
+        let res = res.clone();
+        move |rv: i64, initial_end: bool| -> Value {
+            let mut md = json!({"resourceVersion": rv.to_string()});
+            if initial_end {
+                md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": md})
+        }
     };
     let mut initial = Vec::new();
-    let start = if rv.is_empty() || rv == "0" {
-        let (kvs, rev) = ctx.store.list(&prefix).map_err(|e| store_err(t, e))?;
+    let start = if rv.is_empty() || rv == "0" || send_initial {
+        let (kvs, rev) = ctx.store.list(&prefix).map_err(|e| terr(t, e))?;
         for kv in kvs {
-            let o = decode(&kv)?;
+            let o = decode_as(&res, &kv)?;
             if ls.matches(&o) && fs.matches(&o) {
-                initial.push(line("ADDED", &o));
+                initial.push(frame("ADDED", &o));
             }
+        }
+        if send_initial && bookmarks {
+            initial.push(frame("BOOKMARK", &bookmark(rev, true)));
         }
         rev
     } else {
@@ -636,12 +1199,15 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
         Ok(w) => Some(w),
         Err(e @ StoreError::Compacted { .. }) => {
             let st = StatusError::gone(format!("too old resource version: {start} ({e})"));
-            initial.push(line("ERROR", &st.to_json()));
+            initial.push(frame("ERROR", &st.to_json()));
             None
         }
-        Err(e) => return Err(store_err(t, e)),
+        Err(e) => return Err(terr(t, e)),
     };
+    ctx.metrics.watchers_inc(&res);
+    let metrics = ctx.metrics.clone();
     tokio::spawn(async move {
+        let _guard = metrics.watcher_guard(&res);
         for b in initial {
             if tx.send(b).await.is_err() {
                 return;
@@ -650,27 +1216,39 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
         let Some(mut watch) = watch else { return };
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        let mut last_rev = start;
         loop {
             let ev = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(frame("BOOKMARK", &bookmark(last_rev, false))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 ev = watch.next() => ev,
             };
             let ev = match ev {
                 Some(Ok(ev)) => ev,
                 Some(Err(e)) => {
                     let st = StatusError::gone(e.to_string());
-                    let _ = tx.send(line("ERROR", &st.to_json())).await;
+                    let _ = tx.send(frame("ERROR", &st.to_json())).await;
                     return;
                 }
                 None => return,
             };
-            let Ok(obj) = decode(&ev.kv) else { continue };
+            last_rev = ev.revision();
+            let Ok(obj) = decode_as(&res, &ev.kv) else {
+                continue;
+            };
             let now_match = ls.matches(&obj) && fs.matches(&obj);
             let prev_match = ev
                 .prev
                 .as_ref()
-                .and_then(|p| decode(p).ok())
+                .and_then(|p| decode_as(&res, p).ok())
                 .is_some_and(|p| ls.matches(&p) && fs.matches(&p));
             let kind = match (ev.kind, prev_match, now_match) {
                 (EventKind::Delete, true, _) => "DELETED",
@@ -680,116 +1258,20 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
                 (EventKind::Put, true, false) => "DELETED",
                 (EventKind::Put, false, false) => continue,
             };
-            if tx.send(line(kind, &obj)).await.is_err() {
+            if tx.send(frame(kind, &obj)).await.is_err() {
                 return;
             }
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)));
-    Ok(Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .header("transfer-encoding", "chunked")
-        .body(BodyExt::boxed(StreamBody::new(stream)))
-        .expect("response"))
-}
-
-/// `pods/log`: proxies to the kubelet of the pod's node, like upstream.
-pub async fn pod_log(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
-    let (pod, _) = load(ctx, t)?;
-    let names: Vec<String> = pod["spec"]["containers"]
-        .as_array()
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let container = match t.param("container") {
-        Some(c) if !c.is_empty() => c.to_string(),
-        _ if names.len() == 1 => names[0].clone(),
-        _ => {
-            return Err(StatusError::bad_request(format!(
-                "a container name must be specified for pod {}, choose one of: [{}]",
-                t.name(),
-                names.join(" ")
-            )))
-        }
+    let ct = match format {
+        Format::Protobuf => "application/vnd.kubernetes.protobuf;stream=watch",
+        _ => "application/json",
     };
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    if node_name.is_empty() {
-        return Err(StatusError::bad_request(format!(
-            "pod {} is not scheduled to a node yet; there are no logs",
-            t.name()
-        )));
-    }
-    let nodes = registry::by_kind("Node").expect("nodes registered");
-    let node = match ctx.store.get(&nodes.key(None, node_name)) {
-        Ok(Some(kv)) => decode(&kv)?,
-        _ => return Err(StatusError::not_found("", "nodes", node_name)),
-    };
-    let ip = node["status"]["addresses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-        .and_then(|x| x["address"].as_str())
-        .unwrap_or("127.0.0.1")
-        .to_string();
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_u64()
-        .unwrap_or(10250);
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip
-    };
-    let mut url = url::Url::parse(&format!(
-        "https://{host}:{port}/containerLogs/{}/{}/{container}",
-        t.namespace.as_deref().unwrap_or("default"),
-        t.name()
-    ))
-    .map_err(|e| StatusError::internal(e.to_string()))?;
-    for (k, v) in &t.query {
-        if [
-            "follow",
-            "previous",
-            "timestamps",
-            "tailLines",
-            "sinceSeconds",
-            "sinceTime",
-            "limitBytes",
-        ]
-        .contains(&k.as_str())
-        {
-            url.query_pairs_mut().append_pair(k, v);
-        }
-    }
-    let resp = ctx.kubelet.get(url.clone()).send().await.map_err(|e| {
-        StatusError::internal(format!(
-            "cannot reach the kubelet on node {node_name} at {url}: {e}"
-        ))
-    })?;
-    let code = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("text/plain")
-        .to_string();
-    if code >= 400 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(StatusError::new(
-            code,
-            "BadRequest",
-            text.trim().to_string(),
-        ));
-    }
-    let stream = resp
-        .bytes_stream()
-        .map(|r| r.map(Frame::data).map_err(std::io::Error::other));
-    let _ = full(Bytes::new());
     Ok(Response::builder()
         .status(200)
         .header("content-type", ct)
+        .header("transfer-encoding", "chunked")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("response"))
 }

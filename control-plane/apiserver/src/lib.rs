@@ -7,18 +7,30 @@
 //! subresources, Table output for `kubectl get`, and the `pods/log` proxy to the kubelet.
 //! Per-kind defaulting, validation and printing live in [`strategy`].
 
+pub mod kinds;
 pub mod pki;
 pub mod registry;
 pub mod selectors;
 pub mod status;
 pub mod strategy;
+pub mod wire;
 
+mod bootstrap;
+mod crd;
+mod discovery;
 mod handlers;
+mod lifecycle;
+mod managed;
+mod metrics;
 mod openapi;
 mod patch;
+mod proxy;
+mod reviews;
 mod server;
+mod subresources;
+mod validation;
 
-pub use server::{bootstrap, serve, ApiServerConfig};
+pub use server::{serve, ApiServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,6 +43,8 @@ pub enum ApiError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("store: {0}")]
     Store(#[from] skiff_store::StoreError),
 }

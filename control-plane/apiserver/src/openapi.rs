@@ -2,7 +2,7 @@
 //! (`fieldValidation` on PATCH, per group-version-kind) before `create`/`apply`; schemas for
 //! `kubectl explain` come later.
 
-use crate::registry::{self, RESOURCES};
+use crate::registry::Registry;
 use serde_json::{json, Value};
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -14,12 +14,16 @@ fn gv_path(group: &str, version: &str) -> String {
 }
 
 /// `GET /openapi/v3`: the index of group-version documents.
-pub fn root() -> Value {
+pub fn root(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
-    let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
-    gvs.extend(registry::groups());
+    let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
+    for (g, vs) in reg.groups() {
+        for v in vs {
+            gvs.push((g.clone(), v));
+        }
+    }
     for (g, v) in gvs {
-        let p = gv_path(g, v);
+        let p = gv_path(&g, &v);
         paths.insert(
             p.clone(),
             json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=skiff-{}", env!("CARGO_PKG_VERSION"))}),
@@ -29,7 +33,7 @@ pub fn root() -> Value {
 }
 
 /// `GET /openapi/v3/<api/v1 | apis/g/v>`: one document with a path per resource.
-pub fn group_version(path: &str) -> Option<Value> {
+pub fn group_version(reg: &Registry, path: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     let params = json!([
         {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
@@ -37,9 +41,10 @@ pub fn group_version(path: &str) -> Option<Value> {
         {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}
     ]);
-    for r in RESOURCES
+    for r in reg
+        .all()
         .iter()
-        .filter(|r| gv_path(r.group, r.version) == path)
+        .filter(|r| gv_path(&r.group, &r.version) == path && r.stored())
     {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let item = if r.namespaced {

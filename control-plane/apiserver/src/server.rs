@@ -1,16 +1,17 @@
 //! HTTPS serving, authentication and routing.
 
-use crate::handlers::{self, Ctx, Target};
+use crate::handlers::{self, Ctx, Target, UserInfo};
 use crate::pki::Pki;
-use crate::registry::{self, RESOURCES};
+use crate::registry::Registry;
 use crate::status::StatusError;
+use crate::wire;
 use crate::ApiError;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
+use serde_json::Value;
 use skiff_store::Store;
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,25 +25,27 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 pub struct ApiServerConfig {
     /// Address to listen on (`--bind-address` + `--https-listen-port`).
     pub listen: SocketAddr,
-    /// Address clients are told to use (discovery's serverAddressByClientCIDRs).
+    /// Address clients are told to use (discovery's serverAddressByClientCIDRs, the
+    /// `kubernetes` Service's endpoints).
     pub advertise: SocketAddr,
     pub pki: Pki,
+    /// Service IPs (`--service-cidr`); the first is the `kubernetes` Service's.
+    pub service_cidr: String,
+    /// `--service-node-port-range`.
+    pub node_port_range: (u16, u16),
 }
 
-/// Creates the namespaces every cluster has.
-pub fn bootstrap(store: &dyn Store) -> Result<(), ApiError> {
-    let ns = registry::by_kind("Namespace").expect("namespaces registered");
-    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let key = ns.key(None, name);
-        if store.get(&key)?.is_some() {
-            continue;
+impl ApiServerConfig {
+    /// A config with the default service ranges.
+    pub fn new(listen: SocketAddr, advertise: SocketAddr, pki: Pki) -> Self {
+        Self {
+            listen,
+            advertise,
+            pki,
+            service_cidr: "10.43.0.0/16".into(),
+            node_port_range: (30000, 32767),
         }
-        let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        handlers::stamp_new(&mut obj);
-        crate::strategy::default(ns.strategy, &mut obj);
-        store.create(&key, serde_json::to_vec(&obj).expect("json"))?;
     }
-    Ok(())
 }
 
 fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ApiError> {
@@ -81,7 +84,11 @@ pub async fn serve(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
-    bootstrap(store.as_ref())?;
+    let registry = Arc::new(Registry::builtin());
+    let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
+    crate::bootstrap::run(&ctx)?;
+    crate::crd::load_all(&ctx);
+    crate::lifecycle::resume(&ctx);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cfg.pki)?));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -89,7 +96,6 @@ pub async fn serve(
             addr: cfg.listen,
             source,
         })?;
-    let ctx = Arc::new(Ctx::new(store, &cfg)?);
     tracing::info!(listen = %cfg.listen, "API server listening");
     tokio::pin!(shutdown);
     loop {
@@ -103,6 +109,7 @@ pub async fn serve(
                 }
             },
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -113,14 +120,16 @@ pub async fn serve(
                     return;
                 }
             };
-            let authenticated = tls
+            let user = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
+                .and_then(|c| c.first())
+                .map(|c| user_of(c.as_ref()));
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(ctx, req, authenticated).await) }
+                let user = user.clone();
+                async move { Ok::<_, Infallible>(route(ctx, req, user).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
@@ -129,6 +138,27 @@ pub async fn serve(
         });
     }
     Ok(())
+}
+
+/// The user a verified client certificate names: CN is the user, each O a group.
+fn user_of(der: &[u8]) -> UserInfo {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return UserInfo::default();
+    };
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok().map(str::to_string))
+        .collect();
+    groups.push("system:authenticated".into());
+    UserInfo { name, groups }
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -145,54 +175,82 @@ pub fn json_response(code: u16, v: &Value) -> Response<Body> {
         .expect("response")
 }
 
+fn text(code: u16, body: String) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("x-content-type-options", "nosniff")
+        .body(full(body))
+        .expect("response")
+}
+
 pub fn error_response(e: &StatusError) -> Response<Body> {
     json_response(e.code, &e.to_json())
 }
 
-fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let mut resources = Vec::new();
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        resources.push(json!({
-            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": r.verbs(), "shortNames": r.short_names,
-            "categories": r.categories,
-        }));
-        for sub in r.subresources {
-            let (kind, verbs): (&str, &[&str]) = match *sub {
-                "status" => (r.kind, &["get", "patch", "update"]),
-                "binding" => ("Binding", &["create"]),
-                _ => (r.kind, &["get"]),
-            };
-            resources.push(json!({
-                "name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced,
-                "kind": kind, "verbs": verbs,
-            }));
-        }
-    }
-    if resources.is_empty() {
-        return None;
-    }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+fn not_found() -> StatusError {
+    StatusError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
     )
 }
 
-fn group_json(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// Health checks, as upstream names them under /livez and /readyz.
+fn health(ctx: &Ctx, which: &str, rest: &[&str], query: &str) -> Response<Body> {
+    let store_ok = ctx.store.get("/registry/health").is_ok();
+    let mut checks: Vec<(&str, bool)> = vec![
+        ("ping", true),
+        ("log", true),
+        ("etcd", store_ok),
+        ("poststarthook/start-apiextensions-informers", true),
+        ("poststarthook/bootstrap-controller", true),
+        (
+            "poststarthook/scheduling/bootstrap-system-priority-classes",
+            true,
+        ),
+    ];
+    if which == "readyz" {
+        checks.push(("etcd-readiness", store_ok));
+        checks.push(("informer-sync", true));
+        checks.push(("shutdown", true));
+    }
+    if !rest.is_empty() {
+        let name = rest.join("/");
+        return match checks.iter().find(|(n, _)| *n == name) {
+            Some((_, true)) => text(200, "ok".into()),
+            Some((_, false)) => text(500, format!("internal server error: {name} check failed")),
+            None => text(404, "404 page not found\n".into()),
+        };
+    }
+    let all_ok = checks.iter().all(|(_, ok)| *ok);
+    let verbose = query
+        .split('&')
+        .any(|p| p == "verbose" || p.starts_with("verbose="));
+    if !verbose && all_ok {
+        return text(200, "ok".into());
+    }
+    let mut out = String::new();
+    for (n, ok) in &checks {
+        out.push_str(&format!(
+            "[{}]{n} {}\n",
+            if *ok { "+" } else { "-" },
+            if *ok { "ok" } else { "failed: reason withheld" }
+        ));
+    }
+    if all_ok {
+        out.push_str(&format!("{which} check passed\n"));
+        text(200, out)
+    } else {
+        out.push_str(&format!("{which} check failed\n"));
+        text(500, out)
+    }
 }
 
-async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
+async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<UserInfo>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let span = tracing::debug_span!("api", %method, %path);
     async move {
         let segs: Vec<String> = path
@@ -201,67 +259,43 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, authenticated: bool) -> Re
             .map(|s| s.to_string())
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        let public = matches!(segs.as_slice(), ["healthz"] | ["livez"] | ["readyz"] | ["version"]);
-        if !authenticated && !public {
+        let public = matches!(
+            segs.as_slice(),
+            ["healthz", ..] | ["livez", ..] | ["readyz", ..] | ["version"]
+                | [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"]
+        );
+        let Some(user) = user.or_else(|| public.then(UserInfo::default)) else {
             return error_response(&StatusError::new(
                 401,
                 "Unauthorized",
                 "Unauthorized: present a client certificate signed by the cluster CA (see the kubeconfig written by `skiff server`)",
             ));
-        }
+        };
+        let accept = req
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let res = match segs.as_slice() {
-            ["healthz"] | ["livez"] | ["readyz"] => {
+            ["healthz", rest @ ..] => return health(&ctx, "healthz", rest, &query),
+            ["livez", rest @ ..] => return health(&ctx, "livez", rest, &query),
+            ["readyz", rest @ ..] => return health(&ctx, "readyz", rest, &query),
+            ["metrics"] => {
+                let objects = crate::discovery::object_counts(&ctx);
                 return Response::builder()
-                    .header("content-type", "text/plain")
-                    .body(full("ok"))
-                    .expect("response")
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(full(ctx.metrics.render(&objects)))
+                    .expect("response");
             }
-            ["version"] => Ok(json_response(
-                200,
-                &json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0+skiff", "gitCommit": "", "gitTreeState": "clean",
-                        "buildDate": "2026-11-25T00:00:00Z", "goVersion": "n/a (rust)", "compiler": "rustc", "platform": "linux/amd64"}),
-            )),
-            ["api"] => Ok(json_response(
-                200,
-                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": ctx.advertise.to_string()}]}),
-            )),
-            ["apis"] => {
-                let groups: Vec<Value> = registry::groups()
-                    .into_iter()
-                    .map(|(g, v)| group_json(g, v))
-                    .collect();
-                Ok(json_response(
-                    200,
-                    &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
-                ))
+            ["version"] => Ok(json_response(200, &crate::discovery::version())),
+            ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
+                crate::discovery::serve(&ctx, &segs, &accept)
             }
-            ["apis", g] => match registry::groups().into_iter().find(|(x, _)| x == g) {
-                Some((g, v)) => {
-                    let mut body = group_json(g, v);
-                    body["kind"] = json!("APIGroup");
-                    body["apiVersion"] = json!("v1");
-                    Ok(json_response(200, &body))
-                }
-                None => Err(StatusError::new(404, "NotFound", "the server could not find the requested resource")),
-            },
-            ["api", v] => resource_list("", v)
-                .map(|b| json_response(200, &b))
-                .ok_or_else(|| StatusError::new(404, "NotFound", "the server could not find the requested resource")),
-            ["apis", g, v] => resource_list(g, v)
-                .map(|b| json_response(200, &b))
-                .ok_or_else(|| StatusError::new(404, "NotFound", "the server could not find the requested resource")),
-            ["openapi", "v3"] => Ok(json_response(200, &crate::openapi::root())),
-            ["openapi", "v3", gv @ ..] => crate::openapi::group_version(&gv.join("/"))
-                .map(|b| json_response(200, &b))
-                .ok_or_else(|| StatusError::new(404, "NotFound", "the server could not find the requested resource")),
-            ["api", v, rest @ ..] => resource(ctx, req, "", v, rest).await,
-            ["apis", g, v, rest @ ..] => resource(ctx, req, g, v, rest).await,
-            _ => Err(StatusError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )),
+            ["openapi", ..] => crate::discovery::openapi(&ctx, &segs, &accept),
+            ["api", v, rest @ ..] => resource(ctx.clone(), req, "", v, rest, user).await,
+            ["apis", g, v, rest @ ..] => resource(ctx.clone(), req, g, v, rest, user).await,
+            _ => Err(not_found()),
         };
         match res {
             Ok(r) => r,
@@ -269,7 +303,8 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, authenticated: bool) -> Re
                 if e.code >= 500 {
                     tracing::warn!(code = e.code, message = %e.message, "request failed");
                 }
-                error_response(&e)
+                let fmt = wire::negotiate(&accept).unwrap_or(wire::Format::Json);
+                wire::respond(fmt, e.code, &e.to_json(), false)
             }
         }
     }
@@ -283,21 +318,19 @@ async fn resource(
     group: &str,
     version: &str,
     rest: &[&str],
+    user: UserInfo,
 ) -> Result<Response<Body>, StatusError> {
-    let not_found = || {
-        StatusError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-    };
+    let started = std::time::Instant::now();
     let (legacy_watch, rest) = match rest {
         ["watch", r @ ..] => (true, r),
         r => (false, r),
     };
     let (namespace, rest) = match rest {
         ["namespaces", ns, plural, r @ ..]
-            if registry::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+            if ctx
+                .registry
+                .find(group, version, plural)
+                .is_some_and(|r| r.namespaced) =>
         {
             (Some(ns.to_string()), {
                 let mut v = vec![*plural];
@@ -307,7 +340,9 @@ async fn resource(
         }
         r => (None, r.to_vec()),
     };
-    let res = registry::find(group, version, rest.first().ok_or_else(not_found)?)
+    let res = ctx
+        .registry
+        .find(group, version, rest.first().ok_or_else(not_found)?)
         .ok_or_else(not_found)?;
     let query: Vec<(String, String)> = req
         .uri()
@@ -318,61 +353,143 @@ async fn resource(
                 .collect()
         })
         .unwrap_or_default();
-    let accept = req
-        .headers()
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
+    let header = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let accept = header("accept");
+    let content_type = header("content-type");
+    let gzip = header("accept-encoding").contains("gzip");
+    let format = wire::negotiate(&accept).ok_or_else(|| {
+        StatusError::new(
+            406,
+            "NotAcceptable",
+            format!("only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf (asked for {accept:?})"),
+        )
+    })?;
     let method = req.method().clone();
     let body = if matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
-        req.into_body()
+        let limited = http_body_util::Limited::new(req.into_body(), wire::MAX_BODY + 1);
+        limited
             .collect()
             .await
-            .map_err(|e| StatusError::bad_request(format!("reading request body: {e}")))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    StatusError::new(
+                        413,
+                        "RequestEntityTooLarge",
+                        "the request is too large: limit is 3MB",
+                    )
+                } else {
+                    StatusError::bad_request(format!("reading request body: {e}"))
+                }
+            })?
             .to_bytes()
     } else {
         Bytes::new()
     };
     let t = Target {
-        res,
+        res: res.clone(),
         namespace,
         name: rest.get(1).map(|s| s.to_string()),
         sub: rest.get(2).map(|s| s.to_string()),
         query,
         accept,
         content_type,
+        format,
+        gzip,
+        user,
     };
     if rest.len() > 3 {
         return Err(not_found());
     }
     if let Some(sub) = &t.sub {
-        if !res.subresources.contains(&sub.as_str()) {
+        if res.subresource(sub).is_none() {
             return Err(not_found());
         }
     }
     let watch = legacy_watch || t.param("watch").is_some_and(|w| w == "true" || w == "1");
-    match (method, t.name.is_some(), t.sub.as_deref()) {
+    let has_name = t.name.is_some();
+    let verb = match (&method, has_name) {
+        (&Method::GET, false) if watch => "WATCH",
+        (&Method::GET, false) => "LIST",
+        (&Method::GET, true) => "GET",
+        (&Method::POST, _) => "POST",
+        (&Method::PUT, _) => "PUT",
+        (&Method::PATCH, _) => "PATCH",
+        (&Method::DELETE, true) => "DELETE",
+        (&Method::DELETE, false) => "DELETE",
+        _ => "OTHER",
+    };
+    let kube_verb = match verb {
+        "WATCH" => "watch",
+        "LIST" => "list",
+        "GET" => "get",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" if has_name => "delete",
+        "DELETE" => "deletecollection",
+        _ => "",
+    };
+    let allowed = match &t.sub {
+        Some(sub) => res
+            .subresource(sub)
+            .is_some_and(|s| s.verbs.contains(&kube_verb)),
+        None => res.verbs.allows(kube_verb),
+    };
+    if !allowed {
+        return Err(StatusError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            res.plural
+        )));
+    }
+    let out = match (method, has_name, t.sub.as_deref()) {
         (Method::GET, false, _) if watch => handlers::watch(&ctx, &t).await,
         (Method::GET, false, _) => handlers::list(&ctx, &t),
-        (Method::POST, false, _) => handlers::create(&ctx, &t, &body),
-        (Method::GET, true, Some("log")) => handlers::pod_log(&ctx, &t).await,
-        (Method::POST, true, Some("binding")) => handlers::bind(&ctx, &t, &body),
+        (Method::POST, false, _) => handlers::create(&ctx, &t, &body).await,
+        (Method::GET, true, Some("log")) => crate::proxy::pod_log(&ctx, &t).await,
+        (Method::POST, true, Some(_)) => handlers::create(&ctx, &t, &body).await,
+        (Method::GET, true, Some("exec" | "attach" | "portforward" | "proxy")) => {
+            handlers::create(&ctx, &t, &body).await
+        }
         (Method::GET, true, _) => handlers::get(&ctx, &t),
-        (Method::PUT, true, _) => handlers::update(&ctx, &t, &body),
-        (Method::PATCH, true, _) => handlers::patch(&ctx, &t, &body),
-        (Method::DELETE, true, None) => handlers::delete(&ctx, &t, &body),
+        (Method::PUT, true, _) => handlers::update(&ctx, &t, &body).await,
+        (Method::PATCH, true, _) => handlers::patch(&ctx, &t, &body).await,
+        (Method::DELETE, true, None) => handlers::delete(&ctx, &t, &body).await,
+        (Method::DELETE, false, None) => handlers::delete_collection(&ctx, &t, &body).await,
         (m, _, _) => Err(StatusError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({m})"
         ))),
-    }
+    };
+    let code = match &out {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.code,
+    };
+    let scope = if t.name.is_some() {
+        "resource"
+    } else if t.namespace.is_some() {
+        "namespace"
+    } else {
+        "cluster"
+    };
+    ctx.metrics.request(
+        &crate::metrics::RequestLabels {
+            verb,
+            group: &res.group,
+            version: &res.version,
+            resource: &res.plural,
+            subresource: t.sub.as_deref().unwrap_or(""),
+            scope,
+        },
+        code,
+        started.elapsed(),
+    );
+    out
 }

@@ -73,8 +73,29 @@ impl StatusError {
         Self::new(410, "Expired", message)
     }
 
+    /// 403 for writes into a namespace that is being deleted.
+    pub fn forbidden_terminating(res: &crate::registry::Resource, name: &str, ns: &str) -> Self {
+        let resource = if res.group.is_empty() {
+            res.plural.clone()
+        } else {
+            format!("{}.{}", res.plural, res.group)
+        };
+        let why = format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        );
+        Self {
+            details: Some(json!({"name": name, "group": res.group, "kind": res.plural,
+                "causes": [{"reason": "NamespaceTerminating", "message": why, "field": "metadata.namespace"}]})),
+            ..Self::new(
+                403,
+                "Forbidden",
+                format!("{resource} \"{name}\" is forbidden: {why}"),
+            )
+        }
+    }
+
     /// 422 Invalid with one cause per field error, as `kubectl` prints them.
-    pub fn invalid(kind: &str, name: &str, errors: &[FieldError]) -> Self {
+    pub fn invalid(kind: &str, name: &str, group: &str, errors: &[FieldError]) -> Self {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         let message = if list.len() == 1 {
             format!("{kind} \"{name}\" is invalid: {}", list[0])
@@ -86,7 +107,7 @@ impl StatusError {
             .map(|e| json!({"reason": e.reason, "message": e.detail_message(), "field": e.field}))
             .collect();
         Self {
-            details: Some(json!({"name": name, "kind": kind, "causes": causes})),
+            details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
             ..Self::new(422, "Invalid", message)
         }
     }
@@ -142,10 +163,38 @@ impl FieldError {
             detail: String::new(),
         }
     }
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Self {
+            field: field.into(),
+            reason: "FieldValueNotSupported",
+            value: Some(value.to_string()),
+            detail: format!("supported values: {}", list.join(", ")),
+        }
+    }
+    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueForbidden",
+            value: None,
+            detail: detail.into(),
+        }
+    }
+    pub fn too_long(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueTooLong",
+            value: None,
+            detail: detail.into(),
+        }
+    }
     fn type_text(&self) -> &'static str {
         match self.reason {
             "FieldValueRequired" => "Required value",
             "FieldValueDuplicate" => "Duplicate value",
+            "FieldValueNotSupported" => "Unsupported value",
+            "FieldValueForbidden" => "Forbidden",
+            "FieldValueTooLong" => "Too long",
             _ => "Invalid value",
         }
     }

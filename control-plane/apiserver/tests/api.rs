@@ -41,11 +41,7 @@ async fn start() -> Api {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&db).unwrap());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = ApiServerConfig {
-        listen: addr,
-        advertise: addr,
-        pki: pki.clone(),
-    };
+    let cfg = ApiServerConfig::new(addr, addr, pki.clone());
     tokio::spawn(serve(cfg, store, async {
         let _ = rx.await;
     }));

@@ -1,0 +1,624 @@
+//! Side effects of writes that upstream spreads over registries and controllers, kept inside
+//! the API server until the controllers issue moves them out: Service IP and node port
+//! allocation, what every namespace holds (`default` ServiceAccount, `kube-root-ca.crt`),
+//! namespace finalization (contents deleted, then the namespace), and cascading deletion
+//! (Background, Foreground and Orphan propagation through ownerReferences).
+
+use crate::handlers::{self, Ctx, Target};
+use crate::registry::Resource;
+use crate::status::{FieldError, StatusError};
+use crate::wire::Format;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The service IP range and node port range.
+#[derive(Clone, Debug)]
+pub struct ServiceRanges {
+    base: u32,
+    size: u32,
+    ports: (u16, u16),
+}
+
+const IP_PREFIX: &str = "/registry/ranges/serviceips/";
+const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
+
+impl ServiceRanges {
+    pub fn parse(cidr: &str, ports: (u16, u16)) -> Result<Self, String> {
+        let (ip, len) = cidr.split_once('/').ok_or_else(|| {
+            format!("--service-cidr {cidr:?}: expected an IPv4 CIDR like 10.43.0.0/16")
+        })?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|e| format!("--service-cidr {cidr:?}: {e}"))?;
+        let len: u32 = len
+            .parse()
+            .ok()
+            .filter(|l| (8..=30).contains(l))
+            .ok_or_else(|| format!("--service-cidr {cidr:?}: prefix length must be 8..30"))?;
+        let size = 1u32 << (32 - len);
+        let base = u32::from(ip) & !(size - 1);
+        Ok(Self { base, size, ports })
+    }
+
+    /// The first address: the `kubernetes` Service's.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
+    /// The tenth address: cluster DNS by convention.
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        let v = u32::from(ip);
+        v > self.base && v < self.base + self.size - 1
+    }
+}
+
+fn reserve(ctx: &Ctx, key: String, owner: &str) -> bool {
+    ctx.store.create(&key, owner.as_bytes().to_vec()).is_ok()
+}
+
+fn release(ctx: &Ctx, key: &str) {
+    let _ = ctx.store.delete(key, None);
+}
+
+fn svc_owner(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or(""),
+        obj["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+fn invalid_svc(obj: &Value, e: FieldError) -> StatusError {
+    StatusError::invalid(
+        "Service",
+        obj["metadata"]["name"].as_str().unwrap_or(""),
+        "",
+        &[e],
+    )
+}
+
+/// Allocates what a new object needs before it is stored.
+pub fn before_create(
+    ctx: &Ctx,
+    res: &Resource,
+    obj: &mut Value,
+    dry_run: bool,
+) -> Result<(), StatusError> {
+    if !(res.group.is_empty() && res.kind == "Service") {
+        return Ok(());
+    }
+    let owner = svc_owner(obj);
+    let spec = &mut obj["spec"];
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if ty == "ExternalName" {
+        return Ok(());
+    }
+    let r = &ctx.services;
+    let mut reserved: Vec<String> = vec![];
+    let fail = |ctx: &Ctx, reserved: &[String], e: StatusError| {
+        for k in reserved {
+            release(ctx, k);
+        }
+        Err(e)
+    };
+    match spec["clusterIP"].as_str() {
+        Some("None") => {}
+        Some(ip) if !ip.is_empty() => {
+            let parsed: Option<Ipv4Addr> = ip.parse().ok();
+            match parsed {
+                Some(a) if r.contains(a) => {
+                    if !dry_run && !reserve(ctx, format!("{IP_PREFIX}{a}"), &owner) {
+                        let e = invalid_svc(&Value::Null, FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: provided IP is already allocated")));
+                        return Err(e);
+                    }
+                    reserved.push(format!("{IP_PREFIX}{a}"));
+                }
+                _ => {
+                    return Err(invalid_svc(
+                        &Value::Null,
+                        FieldError::invalid(
+                            "spec.clusterIPs",
+                            ip,
+                            format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}", Ipv4Addr::from(r.base), 32 - r.size.trailing_zeros()),
+                        ),
+                    ))
+                }
+            }
+            spec["clusterIPs"] = json!([ip]);
+        }
+        _ => {
+            if dry_run {
+                return Ok(());
+            }
+            // Random start, then linear: like upstream's bitmap allocator's random scan.
+            let span = r.size.saturating_sub(2).max(1);
+            let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
+            let mut got = None;
+            for i in 0..span {
+                let off = 1 + (start + i) % span;
+                let a = Ipv4Addr::from(r.base + off);
+                if off < 11 && i < span - 10 {
+                    // The low addresses stay for well-known services (10.43.0.1, .10).
+                    continue;
+                }
+                if reserve(ctx, format!("{IP_PREFIX}{a}"), &owner) {
+                    got = Some(a);
+                    break;
+                }
+            }
+            let Some(a) = got else {
+                return Err(StatusError::internal(
+                    "failed to allocate a serviceIP: range is full",
+                ));
+            };
+            reserved.push(format!("{IP_PREFIX}{a}"));
+            spec["clusterIP"] = json!(a.to_string());
+            spec["clusterIPs"] = json!([a.to_string()]);
+        }
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        let alloc_lb = spec["allocateLoadBalancerNodePorts"] != false;
+        if let Some(ports) = spec["ports"].as_array_mut() {
+            for (i, p) in ports.iter_mut().enumerate() {
+                if ty == "LoadBalancer" && !alloc_lb && p["nodePort"].is_null() {
+                    continue;
+                }
+                match p["nodePort"].as_u64() {
+                    Some(n) => {
+                        let n = n as u16;
+                        if n < r.ports.0 || n > r.ports.1 {
+                            return fail(ctx, &reserved, invalid_svc(&Value::Null, FieldError::invalid(format!("spec.ports[{i}].nodePort"), &n.to_string(), format!("provided port is not in the valid range. The range of valid ports is {}-{}", r.ports.0, r.ports.1))));
+                        }
+                        let key = format!("{PORT_PREFIX}{n}");
+                        if !dry_run {
+                            if !reserve(ctx, key.clone(), &owner) {
+                                return fail(
+                                    ctx,
+                                    &reserved,
+                                    invalid_svc(
+                                        &Value::Null,
+                                        FieldError::invalid(
+                                            format!("spec.ports[{i}].nodePort"),
+                                            &n.to_string(),
+                                            "provided port is already allocated",
+                                        ),
+                                    ),
+                                );
+                            }
+                            reserved.push(key);
+                        }
+                    }
+                    None if !dry_run => {
+                        let span = (r.ports.1 - r.ports.0 + 1) as u32;
+                        let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
+                        let got = (0..span)
+                            .map(|k| r.ports.0 as u32 + (start + k) % span)
+                            .find(|n| reserve(ctx, format!("{PORT_PREFIX}{n}"), &owner));
+                        let Some(n) = got else {
+                            return fail(
+                                ctx,
+                                &reserved,
+                                StatusError::internal(
+                                    "failed to allocate a nodePort: range is full",
+                                ),
+                            );
+                        };
+                        reserved.push(format!("{PORT_PREFIX}{n}"));
+                        p["nodePort"] = json!(n);
+                    }
+                    None => {}
+                }
+            }
+        }
+        if ty == "LoadBalancer"
+            && spec["externalTrafficPolicy"] == "Local"
+            && spec["healthCheckNodePort"].is_null()
+            && !dry_run
+        {
+            let span = (r.ports.1 - r.ports.0 + 1) as u32;
+            let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
+            if let Some(n) = (0..span)
+                .map(|k| r.ports.0 as u32 + (start + k) % span)
+                .find(|n| reserve(ctx, format!("{PORT_PREFIX}{n}"), &owner))
+            {
+                spec["healthCheckNodePort"] = json!(n);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn service_keys(obj: &Value) -> Vec<String> {
+    let mut keys = vec![];
+    let spec = &obj["spec"];
+    if let Some(ips) = spec["clusterIPs"].as_array() {
+        for ip in ips
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|i| *i != "None")
+        {
+            keys.push(format!("{IP_PREFIX}{ip}"));
+        }
+    }
+    for p in spec["ports"].as_array().into_iter().flatten() {
+        if let Some(n) = p["nodePort"].as_u64() {
+            keys.push(format!("{PORT_PREFIX}{n}"));
+        }
+    }
+    if let Some(n) = spec["healthCheckNodePort"].as_u64() {
+        keys.push(format!("{PORT_PREFIX}{n}"));
+    }
+    keys
+}
+
+/// Releases what `before_create` took when the create itself failed.
+pub fn undo_create(ctx: &Ctx, res: &Resource, obj: &Value) {
+    if res.group.is_empty() && res.kind == "Service" {
+        for k in service_keys(obj) {
+            release(ctx, &k);
+        }
+    }
+}
+
+/// What follows a create: a new namespace gets its `default` ServiceAccount and the
+/// `kube-root-ca.crt` ConfigMap.
+pub fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
+    after_update(ctx, res, obj);
+    if res.group.is_empty() && res.kind == "Namespace" {
+        if let Some(ns) = obj["metadata"]["name"].as_str() {
+            namespace_contents(ctx, ns);
+        }
+    }
+}
+
+/// What follows a create or update: a CRD's resources are served.
+pub fn after_update(ctx: &Ctx, res: &Resource, obj: &Value) {
+    if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
+        crate::crd::established(ctx, obj);
+    }
+}
+
+/// Creates (when missing) what every namespace holds.
+pub fn namespace_contents(ctx: &Ctx, ns: &str) {
+    let reg = &ctx.registry;
+    if let Some(sa) = reg.by_kind("", "ServiceAccount") {
+        let mut o = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
+        create_internal(ctx, &sa, &mut o);
+    }
+    if let Some(cm) = reg.by_kind("", "ConfigMap") {
+        let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kube-root-ca.crt", "namespace": ns,
+                         "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+            "data": {"ca.crt": ctx.ca_pem}});
+        create_internal(ctx, &cm, &mut o);
+    }
+}
+
+/// Stores an object the server makes itself (no admission), unless it exists.
+pub fn create_internal(ctx: &Ctx, res: &Resource, obj: &mut Value) -> bool {
+    let key = res.key(
+        obj["metadata"]["namespace"].as_str(),
+        obj["metadata"]["name"].as_str().unwrap_or(""),
+    );
+    if matches!(ctx.store.get(&key), Ok(Some(_))) {
+        return false;
+    }
+    handlers::stamp_new(obj);
+    res.strategy.prepare_create(obj);
+    res.strategy.set_defaults(obj);
+    crate::managed::record(obj, None, "kube-apiserver", "Update", &res.api_version());
+    ctx.store
+        .create(&key, handlers::encode_for(res, obj))
+        .is_ok()
+}
+
+/// Seconds of grace a deletion gets (pods on a node: their own or the request's; else none).
+pub fn grace_period(res: &Resource, obj: &Value, requested: Option<i64>) -> i64 {
+    if !(res.group.is_empty() && res.kind == "Pod") {
+        return 0;
+    }
+    let phase = obj["status"]["phase"].as_str().unwrap_or("");
+    if obj["spec"]["nodeName"].as_str().unwrap_or("").is_empty()
+        || phase == "Succeeded"
+        || phase == "Failed"
+    {
+        return 0;
+    }
+    requested
+        .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0)
+}
+
+pub fn default_propagation(_res: &Resource) -> &'static str {
+    "Background"
+}
+
+/// After an object is gone: allocations are released, dependents collected (Background).
+pub fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
+    if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
+        crate::crd::removed(ctx, gone);
+    }
+    if res.group.is_empty() && res.kind == "Service" {
+        for k in service_keys(gone) {
+            release(ctx, &k);
+        }
+    }
+    if let Some(uid) = gone["metadata"]["uid"].as_str() {
+        let ns = gone["metadata"]["namespace"].as_str().map(str::to_string);
+        let uid = uid.to_string();
+        if let Some(ctx) = ctx.self_ref() {
+            tokio::spawn(async move {
+                for (r, o) in dependents(&ctx, ns.as_deref(), &uid) {
+                    let _ = delete_object(&ctx, &r, &o, None);
+                }
+            });
+        }
+    }
+}
+
+/// After a deletion started (deletionTimestamp set): namespaces are emptied, foreground and
+/// orphan finalizers worked off.
+pub fn after_delete_started(ctx: &Ctx, res: &Resource, obj: &Value) {
+    let Some(ctx) = ctx.self_ref() else { return };
+    if res.group.is_empty() && res.kind == "Namespace" {
+        if let Some(ns) = obj["metadata"]["name"].as_str() {
+            spawn_namespace_finalizer(ctx, ns.to_string());
+        }
+        return;
+    }
+    let finalizers: Vec<String> = obj["metadata"]["finalizers"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let wants = |f: &str| finalizers.iter().any(|x| x == f);
+    if !(wants("orphan") || wants("foregroundDeletion")) {
+        return;
+    }
+    let res = Arc::new(res.clone());
+    let obj = obj.clone();
+    tokio::spawn(async move { finish_propagation(&ctx, &res, &obj).await });
+}
+
+async fn finish_propagation(ctx: &Arc<Ctx>, res: &Arc<Resource>, obj: &Value) {
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+    let finalizers: Vec<String> = obj["metadata"]["finalizers"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let done: &str = if finalizers.iter().any(|f| f == "orphan") {
+        for (r, mut o) in dependents(ctx, ns.as_deref(), &uid) {
+            if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|x| x["uid"] != uid.as_str());
+            }
+            let key = r.key(
+                o["metadata"]["namespace"].as_str(),
+                o["metadata"]["name"].as_str().unwrap_or(""),
+            );
+            let rv = o["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse().ok());
+            let _ = ctx.store.update(&key, handlers::encode_for(&r, &o), rv);
+        }
+        "orphan"
+    } else {
+        // Foreground: dependents go first (each with foreground propagation), then the owner.
+        for _ in 0..600 {
+            let deps = dependents(ctx, ns.as_deref(), &uid);
+            if deps.is_empty() {
+                break;
+            }
+            for (r, o) in deps {
+                if o["metadata"]["deletionTimestamp"].is_null() {
+                    let _ = delete_object(ctx, &r, &o, Some("Foreground"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        "foregroundDeletion"
+    };
+    remove_finalizer(ctx, res, obj, done);
+}
+
+fn remove_finalizer(ctx: &Ctx, res: &Resource, obj: &Value, finalizer: &str) {
+    let key = res.key(
+        obj["metadata"]["namespace"].as_str(),
+        obj["metadata"]["name"].as_str().unwrap_or(""),
+    );
+    for _ in 0..10 {
+        let Ok(Some(kv)) = ctx.store.get(&key) else {
+            return;
+        };
+        let Ok(mut cur) = handlers::decode_as(res, &kv) else {
+            return;
+        };
+        if let Some(f) = cur["metadata"]["finalizers"].as_array_mut() {
+            f.retain(|x| x != finalizer);
+        }
+        let t = internal_target(ctx, res, &cur);
+        match handlers::commit_update(ctx, &t, &cur, kv.mod_revision) {
+            Err(e) if e.code == 409 => continue,
+            _ => return,
+        }
+    }
+}
+
+fn internal_target(_ctx: &Ctx, res: &Resource, obj: &Value) -> Target {
+    Target {
+        res: Arc::new(res.clone()),
+        namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
+        name: obj["metadata"]["name"].as_str().map(str::to_string),
+        sub: None,
+        query: vec![],
+        accept: String::new(),
+        content_type: "application/json".into(),
+        format: Format::Json,
+        gzip: false,
+        user: Default::default(),
+    }
+}
+
+/// Deletes one object as a client would (grace, finalizers, propagation).
+fn delete_object(
+    ctx: &Ctx,
+    res: &Arc<Resource>,
+    obj: &Value,
+    propagation: Option<&str>,
+) -> Result<Value, StatusError> {
+    let mut t = internal_target(ctx, res, obj);
+    t.res = res.clone();
+    if let Some(p) = propagation {
+        t.query.push(("propagationPolicy".into(), p.into()));
+    }
+    handlers::delete_sync(ctx, &t)
+}
+
+/// Every stored resource once (versions sharing storage counted once).
+fn stored_resources(ctx: &Ctx) -> Vec<Arc<Resource>> {
+    let mut seen = std::collections::HashSet::new();
+    ctx.registry
+        .all()
+        .into_iter()
+        .filter(|r| r.stored() && r.preferred)
+        .filter(|r| seen.insert(r.prefix()))
+        .collect()
+}
+
+/// Objects whose ownerReferences name `uid`.
+fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
+    let mut out = vec![];
+    for r in stored_resources(ctx) {
+        let prefix = match ns {
+            Some(ns) if r.namespaced => format!("{}{ns}/", r.prefix()),
+            Some(_) => continue,
+            None => r.prefix(),
+        };
+        let Ok((kvs, _)) = ctx.store.list(&prefix) else {
+            continue;
+        };
+        for kv in kvs {
+            // Cheap check before decoding.
+            if !kv.value.windows(uid.len()).any(|w| w == uid.as_bytes()) {
+                continue;
+            }
+            if let Ok(o) = handlers::decode_as(&r, &kv) {
+                let owned = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|x| x["uid"] == uid));
+                if owned {
+                    out.push((r.clone(), o));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Starts emptying a terminating namespace: every object in it is deleted (pods gracefully),
+/// then the `kubernetes` finalizer is removed and the namespace goes.
+pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
+    tokio::spawn(async move {
+        let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let mut remaining = 0usize;
+            let mut kinds: Vec<String> = vec![];
+            for r in stored_resources(&ctx).into_iter().filter(|r| r.namespaced) {
+                let Ok((kvs, _)) = ctx.store.list(&format!("{}{ns}/", r.prefix())) else {
+                    continue;
+                };
+                if kvs.is_empty() {
+                    continue;
+                }
+                remaining += kvs.len();
+                kinds.push(format!("{}.{} has {}", r.plural, r.group, kvs.len()));
+                for kv in kvs {
+                    if let Ok(o) = handlers::decode_as(&r, &kv) {
+                        if o["metadata"]["deletionTimestamp"].is_null() {
+                            let _ = delete_object(&ctx, &r, &o, None);
+                        }
+                    }
+                }
+            }
+            let key = nsres.key(None, &ns);
+            let Ok(Some(kv)) = ctx.store.get(&key) else {
+                return;
+            };
+            let Ok(mut obj) = handlers::decode_as(&nsres, &kv) else {
+                return;
+            };
+            if remaining == 0 {
+                if let Some(f) = obj["spec"]["finalizers"].as_array_mut() {
+                    f.retain(|x| x != "kubernetes");
+                }
+                let t = internal_target(&ctx, &nsres, &obj);
+                let finalizers_left = obj["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty());
+                let result = if finalizers_left
+                    || obj["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| !f.is_empty())
+                {
+                    handlers::commit_update(&ctx, &t, &obj, kv.mod_revision).map(drop)
+                } else {
+                    ctx.store
+                        .delete(&key, Some(kv.mod_revision))
+                        .map(drop)
+                        .map_err(|e| StatusError::internal(e.to_string()))
+                };
+                match result {
+                    Ok(()) if !finalizers_left => return,
+                    _ => {}
+                }
+            } else {
+                let conds = json!([
+                    {"type": "NamespaceDeletionDiscoveryFailure", "status": "False", "reason": "ResourcesDiscovered", "message": "All resources successfully discovered", "lastTransitionTime": handlers::now_rfc3339()},
+                    {"type": "NamespaceDeletionGroupVersionParsingFailure", "status": "False", "reason": "ParsedGroupVersions", "message": "All legacy kube types successfully parsed", "lastTransitionTime": handlers::now_rfc3339()},
+                    {"type": "NamespaceDeletionContentFailure", "status": "False", "reason": "ContentDeleted", "message": "All content successfully deleted, may be waiting on finalization", "lastTransitionTime": handlers::now_rfc3339()},
+                    {"type": "NamespaceContentRemaining", "status": "True", "reason": "SomeResourcesRemain", "message": format!("Some resources are remaining: {}", kinds.join(", ")), "lastTransitionTime": handlers::now_rfc3339()},
+                    {"type": "NamespaceFinalizersRemaining", "status": "False", "reason": "ContentHasNoFinalizers", "message": "All content-preserving finalizers finished", "lastTransitionTime": handlers::now_rfc3339()}
+                ]);
+                if obj["status"]["conditions"].as_array().map(|c| c.len()) != Some(5)
+                    || obj["status"]["conditions"][3]["message"] != conds[3]["message"]
+                {
+                    obj["status"]["conditions"] = conds;
+                    let _ = ctx.store.update(
+                        &key,
+                        handlers::encode_for(&nsres, &obj),
+                        Some(kv.mod_revision),
+                    );
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    });
+}
+
+/// At start: namespaces left terminating by a previous run are finished.
+pub fn resume(ctx: &Arc<Ctx>) {
+    let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
+    if let Ok((kvs, _)) = ctx.store.list(&nsres.prefix()) {
+        for kv in kvs {
+            if let Ok(o) = handlers::decode_as(&nsres, &kv) {
+                if !o["metadata"]["deletionTimestamp"].is_null() {
+                    if let Some(n) = o["metadata"]["name"].as_str() {
+                        spawn_namespace_finalizer(ctx.clone(), n.to_string());
+                    }
+                }
+            }
+        }
+    }
+}
