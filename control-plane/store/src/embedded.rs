@@ -30,12 +30,12 @@ const MAX_BATCH: usize = 4096;
 
 /// Tuning of [`EmbeddedStore`].
 #[derive(Clone, Debug)]
-pub struct Options {
+pub struct EmbeddedOptions {
     /// The log is rewritten as a snapshot when it is larger than twice the live data plus this.
     pub rewrite_slack: u64,
 }
 
-impl Default for Options {
+impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             rewrite_slack: 8 << 20,
@@ -93,10 +93,10 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in directory `dir`, importing `dir/state.redb` (the previous
     /// backend) the first time.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, Options::default())
+        Self::open_with(dir, EmbeddedOptions::default())
     }
 
-    pub fn open_with(dir: &Path, opts: Options) -> Result<Self> {
+    pub fn open_with(dir: &Path, opts: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
         let lock = File::options()
             .create(true)
@@ -238,11 +238,16 @@ fn snapshot_len(index: &Index) -> u64 {
             .sum::<u64>()
 }
 
-fn needs_rewrite(log_len: u64, live: u64, opts: &Options) -> bool {
+fn needs_rewrite(log_len: u64, live: u64, opts: &EmbeddedOptions) -> bool {
     log_len > live.saturating_mul(2).saturating_add(opts.rewrite_slack)
 }
 
-fn commit_loop(shared: Arc<Shared>, mut file: LogFile, rx: mpsc::Receiver<Request>, opts: Options) {
+fn commit_loop(
+    shared: Arc<Shared>,
+    mut file: LogFile,
+    rx: mpsc::Receiver<Request>,
+    opts: EmbeddedOptions,
+) {
     let mut buf = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -666,7 +671,7 @@ mod tests {
     #[tokio::test]
     async fn log_is_rewritten_when_it_outgrows_live_data() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
+        let opts = EmbeddedOptions {
             rewrite_slack: 64 << 10,
         };
         let s = EmbeddedStore::open_with(dir.path(), opts.clone()).unwrap();

@@ -24,7 +24,7 @@ mod log;
 mod redb_store;
 mod txn;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use redb_store::RedbStore;
 
 use std::fmt;
