@@ -93,7 +93,7 @@ pub(crate) struct Replayed {
     pub revision: i64,
     /// Length of the valid prefix of the file.
     pub good_len: u64,
-    /// Bytes after it (a torn tail that must be cut off).
+    /// Bytes after it that are not preallocated zeros (a torn tail that must be cut off).
     pub torn: u64,
 }
 
@@ -126,7 +126,8 @@ fn record_at(data: &[u8], pos: usize) -> Option<&[u8]> {
     let mut r = Reader { buf: data, pos };
     let len = r.u32()? as usize;
     let crc = r.u32()?;
-    if len > MAX_RECORD {
+    // The smallest payload is a revision and an op count.
+    if !(12..=MAX_RECORD).contains(&len) {
         return None;
     }
     let payload = r.take(len)?;
@@ -183,6 +184,10 @@ pub(crate) fn replay(data: &[u8], path: &Path) -> Result<Replayed, String> {
     let mut revision = 1;
     let mut pos = HEADER;
     while pos < data.len() {
+        if data[pos..].iter().all(|&b| b == 0) {
+            // Preallocated space: the end of the records.
+            break;
+        }
         let Some(payload) = record_at(data, pos) else {
             // Torn tail, or corruption if a good record follows the bad one.
             let len = Reader { buf: data, pos }.u32().unwrap_or(0) as usize;
@@ -203,11 +208,16 @@ pub(crate) fn replay(data: &[u8], path: &Path) -> Result<Replayed, String> {
         }
         pos += 8 + payload.len();
     }
+    let torn = if data[pos..].iter().all(|&b| b == 0) {
+        0
+    } else {
+        (data.len() - pos) as u64
+    };
     Ok(Replayed {
         index,
         revision,
         good_len: pos as u64,
-        torn: (data.len() - pos) as u64,
+        torn,
     })
 }
 
@@ -258,48 +268,74 @@ pub(crate) fn write_snapshot<'a>(
     Ok(len)
 }
 
+/// The log grows in steps of this much preallocated space, so that an append's fdatasync does
+/// not also have to commit a new file size each time.
+const PREALLOC: u64 = 1 << 20;
+
 /// The open log, appended to by the committer thread only.
 pub(crate) struct LogFile {
     pub dir: PathBuf,
     file: File,
+    /// End of the records.
     pub len: u64,
+    /// End of the file (preallocated space reads as zeros).
+    alloc: u64,
 }
 
 impl LogFile {
-    /// Opens `dir/store.log` for appending, cutting it to `len` (drops a torn tail).
-    pub(crate) fn open(dir: &Path, len: u64) -> io::Result<Self> {
+    /// Opens `dir/store.log` for appending after the records that end at `len`. A torn tail is
+    /// cut off; preallocated zeros after `len` are kept.
+    pub(crate) fn open(dir: &Path, len: u64, torn: bool) -> io::Result<Self> {
         let file = OpenOptions::new().write(true).open(dir.join(LOG))?;
-        if file.metadata()?.len() != len {
+        let mut alloc = file.metadata()?.len();
+        if torn {
             file.set_len(len)?;
             file.sync_all()?;
+            alloc = len;
         }
-        let mut f = Self {
+        Ok(Self {
             dir: dir.to_path_buf(),
             file,
             len,
-        };
-        f.seek_end()?;
-        Ok(f)
+            alloc,
+        })
     }
 
-    fn seek_end(&mut self) -> io::Result<()> {
-        use std::io::Seek;
-        self.file.seek(io::SeekFrom::Start(self.len))?;
-        Ok(())
-    }
-
-    /// Appends `buf` and makes it durable (fdatasync: the data and the file size).
+    /// Appends `buf` and makes it durable (one fdatasync).
     pub(crate) fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
+        use std::os::unix::fs::FileExt;
+        let end = self.len + buf.len() as u64;
+        if end > self.alloc {
+            let new = end.next_multiple_of(PREALLOC);
+            preallocate(&self.file, self.alloc, new - self.alloc)?;
+            self.alloc = new;
+        }
+        self.file.write_all_at(buf, self.len)?;
         self.file.sync_data()?;
-        self.len += buf.len() as u64;
+        self.len = end;
         Ok(())
     }
 
     /// Replaces the log by a snapshot of `index` and continues appending to it.
     pub(crate) fn rewrite(&mut self, revision: i64, index: &Index) -> io::Result<()> {
         let len = write_snapshot(&self.dir, revision, index.iter())?;
-        *self = Self::open(&self.dir, len)?;
+        *self = Self::open(&self.dir, len, false)?;
         Ok(())
     }
+}
+
+/// Allocates `[offset, offset + len)` (fallocate: reads as zeros, no data written).
+fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor we own; no memory is passed.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        // Filesystems without fallocate: grow the file and let appends fill it.
+        return file.set_len(offset + len);
+    }
+    Err(e)
 }
