@@ -109,6 +109,12 @@ impl EmbeddedStore {
         let log_path = dir.join(LOG);
         if !log_path.exists() {
             Self::create_log(dir)?;
+        } else if dir.join(REDB_FILE).exists() {
+            // A crash between writing the imported log and renaming the old file.
+            tracing::warn!(
+                path = %dir.join(REDB_FILE).display(),
+                "ignoring an old redb store: the log store in the same directory is newer"
+            );
         }
         let data = std::fs::read(&log_path).map_err(|e| open_err(dir, e))?;
         let rep = log::replay(&data, &log_path).map_err(|e| open_err(dir, e))?;

@@ -110,7 +110,8 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Result<Event>>) -> Self {
+    /// A watch fed by `rx` (for backends outside this crate, e.g. one on etcd).
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Event>>) -> Self {
         Self { rx }
     }
     /// The next event; `None` when the store is gone or the watcher fell too far behind (it
