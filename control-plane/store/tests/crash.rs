@@ -21,7 +21,7 @@ const TASKS: usize = 8;
 /// A small rewrite threshold, so that kills also land during log rewrites.
 fn open(dir: &std::path::Path) -> EmbeddedStore {
     let opts = EmbeddedOptions {
-        rewrite_slack: 128 << 10,
+        rewrite_slack: 16 << 10,
     };
     EmbeddedStore::open_with(dir, opts).unwrap()
 }
@@ -58,24 +58,34 @@ fn crash_child() {
             let (store, out) = (store.clone(), out.clone());
             tasks.push(tokio::spawn(async move {
                 let counter = format!("/counter/{t}");
-                // The parent kills us long before this ends.
-                for i in 0..1_000_000u64 {
+                // The parent kills us long before this ends; stop anyway if it went away.
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                for i in 0..u64::MAX {
+                    if std::time::Instant::now() > deadline {
+                        break;
+                    }
                     let key = format!("/obj/{round}/{t}/{i}");
                     let kv = store.create(&key, key.clone().into_bytes()).await.unwrap();
                     ack(&out, format!("create {key} {}", kv.mod_revision));
-                    let n = match store.get(&counter).await.unwrap() {
-                        Some(c) => String::from_utf8(c.value).unwrap().parse::<u64>().unwrap() + 1,
-                        None => 0,
-                    };
-                    let kv = if n == 0 {
-                        store.create(&counter, b"0".to_vec()).await.unwrap()
-                    } else {
-                        store
-                            .update(&counter, n.to_string().into_bytes(), None)
-                            .await
-                            .unwrap()
-                    };
-                    ack(&out, format!("counter {counter} {n} {}", kv.mod_revision));
+                    // Updates outnumber creates, so the log outgrows the live data and is
+                    // rewritten now and then (kills land in rewrites too).
+                    for _ in 0..4 {
+                        let n = match store.get(&counter).await.unwrap() {
+                            Some(c) => {
+                                String::from_utf8(c.value).unwrap().parse::<u64>().unwrap() + 1
+                            }
+                            None => 0,
+                        };
+                        let kv = if n == 0 {
+                            store.create(&counter, b"0".to_vec()).await.unwrap()
+                        } else {
+                            store
+                                .update(&counter, n.to_string().into_bytes(), None)
+                                .await
+                                .unwrap()
+                        };
+                        ack(&out, format!("counter {counter} {n} {}", kv.mod_revision));
+                    }
                     if i % 4 == 3 {
                         let old = format!("/obj/{round}/{t}/{}", i - 2);
                         let kv = store.delete(&old, None).await.unwrap();
@@ -88,6 +98,16 @@ fn crash_child() {
             t.await.unwrap();
         }
     });
+}
+
+/// Our child process, killed (by its PID) if the test fails before it does.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[derive(Default)]
@@ -151,15 +171,17 @@ fn kill_9_keeps_every_acknowledged_write() {
     let mut all = Acked::default();
     let mut last_revision = 0;
     for round in 0..5 {
-        let mut child = Command::new(&exe)
-            .args(["--ignored", "--exact", "crash_child", "--nocapture"])
-            .env(DIR_ENV, dir.path())
-            .env(ROUND_ENV, round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut child = Child(
+            Command::new(&exe)
+                .args(["--ignored", "--exact", "crash_child", "--nocapture"])
+                .env(DIR_ENV, dir.path())
+                .env(ROUND_ENV, round.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -178,8 +200,8 @@ fn kill_9_keeps_every_acknowledged_write() {
             round_acks.add(&line);
         }
         std::thread::sleep(Duration::from_millis(random_below(400)));
-        child.kill().unwrap(); // SIGKILL, to our own child by its pid
-        child.wait().unwrap();
+        child.0.kill().unwrap(); // SIGKILL, to our own child by its pid
+        child.0.wait().unwrap();
         reader.join().unwrap();
         for line in rx.try_iter() {
             round_acks.add(&line);
@@ -232,8 +254,12 @@ fn kill_9_keeps_every_acknowledged_write() {
                 assert!(revs.insert(kv.mod_revision), "duplicate revision");
             }
         });
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(dir.path().join("store.log"))
+            .unwrap()
+            .ino();
         eprintln!(
-            "round {round}: {} acknowledged writes checked, revision {}",
+            "round {round}: {} acknowledged writes checked, revision {}, log inode {inode}",
             all.lines, all.max_revision
         );
     }
