@@ -494,7 +494,19 @@ mod tests {
     #[tokio::test]
     async fn txn_range_pages_past_revisions_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let s: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        txn_range_suite(s.as_ref()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_store_passes_the_same_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db.redb")).unwrap());
+        txn_range_suite(s.as_ref()).await;
+    }
+
+    /// Transactions, pages, past revisions and compaction, on any backend.
+    async fn txn_range_suite(s: &dyn Store) {
         for i in 0..10 {
             s.create(&format!("/p/{i}"), vec![i]).await.unwrap();
         }
