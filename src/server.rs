@@ -118,8 +118,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let pki = Pki::ensure(&args.data_dir.join("tls"), &node_name, &sans, &kubelet_sans)
         .context("setting up the cluster PKI")?;
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&args.data_dir.join("db/state.redb"))
-            .context("opening the embedded store")?,
+        EmbeddedStore::open(&args.data_dir.join("db")).context("opening the embedded store")?,
     );
     let server_url = format!("https://127.0.0.1:{}", args.https_listen_port);
     pki.write_kubeconfig(&args.write_kubeconfig, &server_url, &pki.admin)

@@ -9,20 +9,20 @@ use crate::lifecycle::{create_internal, namespace_contents};
 use crate::ApiError;
 use serde_json::{json, Value};
 
-pub fn run(ctx: &Ctx) -> Result<(), ApiError> {
+pub async fn run(ctx: &Ctx) -> Result<(), ApiError> {
     let reg = &ctx.registry;
     let ns = reg.by_kind("", "Namespace").expect("namespaces");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let mut o = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        create_internal(ctx, &ns, &mut o);
+        create_internal(ctx, &ns, &mut o).await;
     }
     // Every namespace (also those made before this version) has its default contents.
-    if let Ok((kvs, _)) = ctx.store.list(&ns.prefix()) {
+    if let Ok((kvs, _)) = ctx.store.list(&ns.prefix()).await {
         for kv in kvs {
             if let Ok(o) = handlers::decode_as(&ns, &kv) {
                 if o["metadata"]["deletionTimestamp"].is_null() {
                     if let Some(n) = o["metadata"]["name"].as_str() {
-                        namespace_contents(ctx, n);
+                        namespace_contents(ctx, n).await;
                     }
                 }
             }
@@ -36,11 +36,14 @@ pub fn run(ctx: &Ctx) -> Result<(), ApiError> {
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "sessionAffinity": "None",
                  "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
-    if create_internal(ctx, &svc, &mut kubernetes) {
-        let _ = ctx.store.create(
-            &format!("/registry/ranges/serviceips/{ip}"),
-            b"default/kubernetes".to_vec(),
-        );
+    if create_internal(ctx, &svc, &mut kubernetes).await {
+        let _ = ctx
+            .store
+            .create(
+                &format!("/registry/ranges/serviceips/{ip}"),
+                b"default/kubernetes".to_vec(),
+            )
+            .await;
     }
     let addr = ctx.advertise.ip().to_string();
     let eps = reg.by_kind("", "Endpoints").expect("endpoints");
@@ -52,7 +55,7 @@ pub fn run(ctx: &Ctx) -> Result<(), ApiError> {
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": want_eps}),
         "subsets",
-    );
+    ).await;
     let slices = reg
         .by_kind("discovery.k8s.io", "EndpointSlice")
         .expect("slices");
@@ -65,7 +68,7 @@ pub fn run(ctx: &Ctx) -> Result<(), ApiError> {
         "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
         "endpoints",
-    );
+    ).await;
     let pc = reg
         .by_kind("scheduling.k8s.io", "PriorityClass")
         .expect("priorityclasses");
@@ -76,37 +79,36 @@ pub fn run(ctx: &Ctx) -> Result<(), ApiError> {
         let mut o = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
             "metadata": {"name": name}, "value": value, "globalDefault": false, "description": desc,
             "preemptionPolicy": "PreemptLowerPriority"});
-        create_internal(ctx, &pc, &mut o);
+        create_internal(ctx, &pc, &mut o).await;
     }
     let cm = reg.by_kind("", "ConfigMap").expect("configmaps");
     let mut auth = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
         "data": {"client-ca-file": ctx.ca_pem}});
-    create_internal(ctx, &cm, &mut auth);
+    create_internal(ctx, &cm, &mut auth).await;
     Ok(())
 }
 
 /// Creates `obj`, or rewrites `field` of the stored one when it differs.
-fn upsert(ctx: &Ctx, res: &crate::registry::Resource, mut obj: Value, field: &str) {
+async fn upsert(ctx: &Ctx, res: &crate::registry::Resource, mut obj: Value, field: &str) {
     let key = res.key(
         obj["metadata"]["namespace"].as_str(),
         obj["metadata"]["name"].as_str().unwrap_or(""),
     );
-    match ctx.store.get(&key) {
+    match ctx.store.get(&key).await {
         Ok(Some(kv)) => {
             if let Ok(mut cur) = handlers::decode_as(res, &kv) {
                 if cur[field] != obj[field] {
                     cur[field] = obj[field].take();
-                    let _ = ctx.store.update(
-                        &key,
-                        handlers::encode_for(res, &cur),
-                        Some(kv.mod_revision),
-                    );
+                    let _ = ctx
+                        .store
+                        .update(&key, handlers::encode_for(res, &cur), Some(kv.mod_revision))
+                        .await;
                 }
             }
         }
         _ => {
-            create_internal(ctx, res, &mut obj);
+            create_internal(ctx, res, &mut obj).await;
         }
     }
 }

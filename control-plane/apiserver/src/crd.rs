@@ -403,7 +403,7 @@ pub fn entries(crd: &Value) -> Vec<Resource> {
 }
 
 /// Serves a CRD's versions now and marks it Established, as upstream's controllers do.
-pub fn established(ctx: &Ctx, crd: &Value) {
+pub async fn established(ctx: &Ctx, crd: &Value) {
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or_default();
     let plural = spec["names"]["plural"].as_str().unwrap_or_default();
@@ -419,7 +419,7 @@ pub fn established(ctx: &Ctx, crd: &Value) {
     };
     let name = crd["metadata"]["name"].as_str().unwrap_or_default();
     let key = res.key(None, name);
-    let Ok(Some(kv)) = ctx.store.get(&key) else {
+    let Ok(Some(kv)) = ctx.store.get(&key).await else {
         return;
     };
     let Ok(mut cur) = handlers::decode_as(&res, &kv) else {
@@ -454,41 +454,44 @@ pub fn established(ctx: &Ctx, crd: &Value) {
         || cur["status"]["storedVersions"] != status["storedVersions"]
     {
         cur["status"] = status;
-        let _ = ctx.store.update(
-            &key,
-            handlers::encode_for(&res, &cur),
-            Some(kv.mod_revision),
-        );
+        let _ = ctx
+            .store
+            .update(
+                &key,
+                handlers::encode_for(&res, &cur),
+                Some(kv.mod_revision),
+            )
+            .await;
     }
 }
 
 /// A CRD is gone: its resources stop being served and their objects are removed.
-pub fn removed(ctx: &Ctx, crd: &Value) {
+pub async fn removed(ctx: &Ctx, crd: &Value) {
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or_default();
     let plural = spec["names"]["plural"].as_str().unwrap_or_default();
     ctx.registry.replace_group_resource(group, plural, vec![]);
     let prefix = format!("/registry/{group}/{plural}/");
-    if let Ok((kvs, _)) = ctx.store.list(&prefix) {
+    if let Ok((kvs, _)) = ctx.store.list(&prefix).await {
         for kv in kvs {
-            let _ = ctx.store.delete(&kv.key, None);
+            let _ = ctx.store.delete(&kv.key, None).await;
         }
     }
 }
 
 /// At start: every stored CRD is served.
-pub fn load_all(ctx: &Ctx) {
+pub async fn load_all(ctx: &Ctx) {
     let Some(res) = ctx
         .registry
         .by_kind("apiextensions.k8s.io", "CustomResourceDefinition")
     else {
         return;
     };
-    if let Ok((kvs, _)) = ctx.store.list(&res.prefix()) {
+    if let Ok((kvs, _)) = ctx.store.list(&res.prefix()).await {
         for kv in kvs {
             if let Ok(crd) = handlers::decode_as(&res, &kv) {
                 if crd["metadata"]["deletionTimestamp"].is_null() {
-                    established(ctx, &crd);
+                    established(ctx, &crd).await;
                 }
             }
         }

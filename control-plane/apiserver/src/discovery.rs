@@ -211,14 +211,14 @@ pub fn openapi(ctx: &Ctx, segs: &[&str], _accept: &str) -> Result<Response<Body>
 }
 
 /// Stored objects per resource, for `apiserver_storage_objects`.
-pub fn object_counts(ctx: &Ctx) -> Vec<(String, usize)> {
+pub async fn object_counts(ctx: &Ctx) -> Vec<(String, usize)> {
     let mut seen = std::collections::HashSet::new();
     let mut out = vec![];
     for r in ctx.registry.all() {
         if !r.stored() || !seen.insert(r.prefix()) {
             continue;
         }
-        if let Ok((kvs, _)) = ctx.store.list(&r.prefix()) {
+        if let Ok((kvs, _)) = ctx.store.list(&r.prefix()).await {
             let name = if r.group.is_empty() {
                 r.plural.clone()
             } else {

@@ -217,8 +217,8 @@ pub fn encode_for(res: &Resource, obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&o).expect("json")
 }
 
-fn load(ctx: &Ctx, t: &Target) -> Result<(Value, i64), StatusError> {
-    match ctx.store.get(&t.key()).map_err(|e| terr(t, e))? {
+async fn load(ctx: &Ctx, t: &Target) -> Result<(Value, i64), StatusError> {
+    match ctx.store.get(&t.key()).await.map_err(|e| terr(t, e))? {
         Some(kv) => Ok((decode_as(&t.res, &kv)?, kv.mod_revision)),
         None => Err(StatusError::not_found(
             &t.res.group,
@@ -287,9 +287,12 @@ fn parse_continue(c: &str) -> Result<(i64, String), StatusError> {
 }
 
 /// Matching objects of a list request, with the revision and the continue token.
-fn list_items(ctx: &Ctx, t: &Target) -> Result<(Vec<Value>, i64, Option<String>), StatusError> {
+async fn list_items(
+    ctx: &Ctx,
+    t: &Target,
+) -> Result<(Vec<Value>, i64, Option<String>), StatusError> {
     let (ls, fs) = selectors(t)?;
-    let (kvs, rev) = ctx.store.list(&t.prefix()).map_err(|e| terr(t, e))?;
+    let (kvs, rev) = ctx.store.list(&t.prefix()).await.map_err(|e| terr(t, e))?;
     let (list_rv, start_after) = match t.param("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let (rv, start) = parse_continue(c)?;
@@ -326,8 +329,8 @@ fn list_items(ctx: &Ctx, t: &Target) -> Result<(Vec<Value>, i64, Option<String>)
     Ok((items, list_rv, cont))
 }
 
-pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
-    let (items, rv, cont) = list_items(ctx, t)?;
+pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+    let (items, rv, cont) = list_items(ctx, t).await?;
     let mut md = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         md["continue"] = json!(c);
@@ -349,8 +352,8 @@ pub fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     ))
 }
 
-pub fn get(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
-    let (obj, _) = load(ctx, t)?;
+pub async fn get(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+    let (obj, _) = load(ctx, t).await?;
     if t.sub.as_deref() == Some("scale") {
         return Ok(t.respond(200, &to_scale(&t.res, &obj)));
     }
@@ -367,13 +370,13 @@ pub fn get(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     Ok(t.respond(200, &obj))
 }
 
-fn ensure_namespace(ctx: &Ctx, t: &Target, creating: bool) -> Result<(), StatusError> {
+async fn ensure_namespace(ctx: &Ctx, t: &Target, creating: bool) -> Result<(), StatusError> {
     if !t.res.namespaced {
         return Ok(());
     }
     let ns = t.namespace.as_deref().unwrap_or("default");
     let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
-    match ctx.store.get(&nsres.key(None, ns)) {
+    match ctx.store.get(&nsres.key(None, ns)).await {
         Ok(Some(kv)) => {
             if creating {
                 let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
@@ -452,7 +455,7 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         return crate::subresources::create(ctx, t, sub, obj).await;
     }
     if res.kind == "Binding" {
-        return crate::subresources::bind_resource(ctx, t, &obj);
+        return crate::subresources::bind_resource(ctx, t, &obj).await;
     }
     if !res.stored() {
         return crate::reviews::create(ctx, t, obj);
@@ -513,7 +516,7 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         gzip: false,
         user: t.user.clone(),
     };
-    ensure_namespace(ctx, &t2, true)?;
+    ensure_namespace(ctx, &t2, true).await?;
     crate::managed::record(
         &mut obj,
         None,
@@ -522,12 +525,13 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         &res.api_version(),
     );
     if t.dry_run() {
-        lifecycle::before_create(ctx, &res, &mut obj, true)?;
+        lifecycle::before_create(ctx, &res, &mut obj, true).await?;
         return Ok(with_warnings(t.respond(201, &obj), &warnings));
     }
     if ctx
         .store
         .get(&t2.key())
+        .await
         .map_err(|e| terr(&t2, e))?
         .is_some()
     {
@@ -537,16 +541,16 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
             t2.name(),
         ));
     }
-    lifecycle::before_create(ctx, &res, &mut obj, false)?;
-    let kv = match ctx.store.create(&t2.key(), encode_for(&res, &obj)) {
+    lifecycle::before_create(ctx, &res, &mut obj, false).await?;
+    let kv = match ctx.store.create(&t2.key(), encode_for(&res, &obj)).await {
         Ok(kv) => kv,
         Err(e) => {
-            lifecycle::undo_create(ctx, &res, &obj);
+            lifecycle::undo_create(ctx, &res, &obj).await;
             return Err(terr(&t2, e));
         }
     };
     let out = decode_as(&res, &kv)?;
-    lifecycle::after_create(ctx, &res, &out);
+    lifecycle::after_create(ctx, &res, &out).await;
     Ok(with_warnings(t.respond(201, &out), &warnings))
 }
 
@@ -655,7 +659,12 @@ pub fn merge_update(
 
 /// Stores `obj` over revision `rev`, or deletes it when its deletion is complete
 /// (deletionTimestamp set, no finalizers left).
-pub fn commit_update(ctx: &Ctx, t: &Target, obj: &Value, rev: i64) -> Result<Value, StatusError> {
+pub async fn commit_update(
+    ctx: &Ctx,
+    t: &Target,
+    obj: &Value,
+    rev: i64,
+) -> Result<Value, StatusError> {
     let md = &obj["metadata"];
     let finalizers_empty = md["finalizers"].as_array().is_none_or(Vec::is_empty);
     if !md["deletionTimestamp"].is_null()
@@ -668,9 +677,10 @@ pub fn commit_update(ctx: &Ctx, t: &Target, obj: &Value, rev: i64) -> Result<Val
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
+            .await
             .map_err(|e| terr(t, e))?;
         let gone = decode_as(&t.res, &kv)?;
-        lifecycle::after_delete(ctx, &t.res, &gone);
+        lifecycle::after_delete(ctx, &t.res, &gone).await;
         return Ok(gone);
     }
     if t.dry_run() {
@@ -679,9 +689,10 @@ pub fn commit_update(ctx: &Ctx, t: &Target, obj: &Value, rev: i64) -> Result<Val
     let kv = ctx
         .store
         .update(&t.key(), encode_for(&t.res, obj), Some(rev))
+        .await
         .map_err(|e| terr(t, e))?;
     let out = decode_as(&t.res, &kv)?;
-    lifecycle::after_update(ctx, &t.res, &out);
+    lifecycle::after_update(ctx, &t.res, &out).await;
     Ok(out)
 }
 
@@ -707,10 +718,10 @@ fn check_update_target(t: &Target, new: &Value) -> Result<(), StatusError> {
 pub async fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
     let new = wire::decode_body(&t.content_type, body)?;
     if t.sub.as_deref() == Some("scale") {
-        return scale_write(ctx, t, |_| Ok(new.clone()));
+        return scale_write(ctx, t, |_| Ok(new.clone())).await;
     }
     check_update_target(t, &new)?;
-    let (old, rev) = match load(ctx, t) {
+    let (old, rev) = match load(ctx, t).await {
         Ok(x) => x,
         // PUT creates when the object does not exist (upstream allows create-on-update for a
         // few kinds; kubectl replace --force deletes first).
@@ -755,7 +766,7 @@ pub async fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         "Update",
         &t.res.api_version(),
     );
-    let out = commit_update(ctx, t, &obj, rev)?;
+    let out = commit_update(ctx, t, &obj, rev).await?;
     Ok(with_warnings(t.respond(200, &out), &warnings))
 }
 
@@ -780,11 +791,12 @@ pub async fn patch(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>,
             let mut s = scale.clone();
             crate::patch::apply(&ct, &mut s, body)?;
             Ok(s)
-        });
+        })
+        .await;
     }
     let apply = ct == "application/apply-patch+yaml";
     for _ in 0..8 {
-        let (old, rev) = match load(ctx, t) {
+        let (old, rev) = match load(ctx, t).await {
             Ok(x) => x,
             Err(e) if e.code == 404 && apply && t.sub.is_none() => {
                 return crate::managed::apply_create(ctx, t, body).await;
@@ -847,7 +859,7 @@ pub async fn patch(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>,
                 &t.res.api_version(),
             );
         }
-        match commit_update(ctx, t, &obj, rev) {
+        match commit_update(ctx, t, &obj, rev).await {
             Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
             r => return r.map(|o| with_warnings(t.respond(200, &o), &warnings)),
         }
@@ -879,13 +891,13 @@ fn to_scale(res: &Resource, obj: &Value) -> Value {
            "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector}})
 }
 
-fn scale_write(
+async fn scale_write(
     ctx: &Ctx,
     t: &Target,
     f: impl Fn(&Value) -> Result<Value, StatusError>,
 ) -> Result<Response<Body>, StatusError> {
     for _ in 0..8 {
-        let (old, rev) = load(ctx, t)?;
+        let (old, rev) = load(ctx, t).await?;
         let scale = f(&to_scale(&t.res, &old))?;
         if let Some(rv) = scale["metadata"]["resourceVersion"]
             .as_str()
@@ -935,7 +947,7 @@ fn scale_write(
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             obj["metadata"]["generation"] = json!(g + 1);
         }
-        match commit_update(ctx, t, &obj, rev) {
+        match commit_update(ctx, t, &obj, rev).await {
             Err(e) if e.code == 409 => continue,
             Err(e) => return Err(e),
             Ok(o) => return Ok(t.respond(200, &to_scale(&t.res, &o))),
@@ -1004,7 +1016,7 @@ fn delete_opts(t: &Target, body: &[u8]) -> Result<DeleteOpts, StatusError> {
 
 pub async fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>, StatusError> {
     let opts = delete_opts(t, body)?;
-    let out = delete_one(ctx, t, &opts)?;
+    let out = delete_one(ctx, t, &opts).await?;
     let code = if out["metadata"]["deletionTimestamp"].is_null() || t.dry_run() {
         200
     } else {
@@ -1016,13 +1028,13 @@ pub async fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
 }
 
 /// Deletes with the options in the target's query (internal callers: cascades, namespaces).
-pub fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
+pub async fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
     let opts = delete_opts(t, &[])?;
-    delete_one(ctx, t, &opts)
+    delete_one(ctx, t, &opts).await
 }
 
-fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
-    let (mut obj, rev) = load(ctx, t)?;
+async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
+    let (mut obj, rev) = load(ctx, t).await?;
     if let Some(uid) = &opts.uid {
         if obj["metadata"]["uid"] != uid.as_str() {
             return Err(StatusError::conflict(
@@ -1069,9 +1081,10 @@ fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusE
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
+            .await
             .map_err(|e| terr(t, e))?;
         let gone = decode_as(&t.res, &kv)?;
-        lifecycle::after_delete(ctx, &t.res, &gone);
+        lifecycle::after_delete(ctx, &t.res, &gone).await;
         return Ok(gone);
     }
     let current = md["deletionGracePeriodSeconds"].as_i64();
@@ -1093,6 +1106,7 @@ fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusE
     let kv = ctx
         .store
         .update(&t.key(), encode_for(&t.res, &obj), Some(rev))
+        .await
         .map_err(|e| terr(t, e))?;
     let out = decode_as(&t.res, &kv)?;
     lifecycle::after_delete_started(ctx, &t.res, &out);
@@ -1111,7 +1125,7 @@ pub async fn delete_collection(
         )));
     }
     let opts = delete_opts(t, body)?;
-    let (items, rv, _) = list_items(ctx, t)?;
+    let (items, rv, _) = list_items(ctx, t).await?;
     let mut out = vec![];
     for o in items {
         let one = Target {
@@ -1126,7 +1140,7 @@ pub async fn delete_collection(
             gzip: false,
             user: t.user.clone(),
         };
-        match delete_one(ctx, &one, &opts) {
+        match delete_one(ctx, &one, &opts).await {
             Ok(v) => out.push(v),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
@@ -1180,7 +1194,7 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
     };
     let mut initial = Vec::new();
     let start = if rv.is_empty() || rv == "0" || send_initial {
-        let (kvs, rev) = ctx.store.list(&prefix).map_err(|e| terr(t, e))?;
+        let (kvs, rev) = ctx.store.list(&prefix).await.map_err(|e| terr(t, e))?;
         for kv in kvs {
             let o = decode_as(&res, &kv)?;
             if ls.matches(&o) && fs.matches(&o) {
@@ -1195,7 +1209,7 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
         rv.parse::<i64>()
             .map_err(|_| StatusError::bad_request(format!("invalid resourceVersion {rv:?}")))?
     };
-    let watch = match ctx.store.watch(&prefix, start) {
+    let watch = match ctx.store.watch(&prefix, start).await {
         Ok(w) => Some(w),
         Err(e @ StoreError::Compacted { .. }) => {
             let st = StatusError::gone(format!("too old resource version: {start} ({e})"));

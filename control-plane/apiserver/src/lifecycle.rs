@@ -54,12 +54,15 @@ impl ServiceRanges {
     }
 }
 
-fn reserve(ctx: &Ctx, key: String, owner: &str) -> bool {
-    ctx.store.create(&key, owner.as_bytes().to_vec()).is_ok()
+async fn reserve(ctx: &Ctx, key: String, owner: &str) -> bool {
+    ctx.store
+        .create(&key, owner.as_bytes().to_vec())
+        .await
+        .is_ok()
 }
 
-fn release(ctx: &Ctx, key: &str) {
-    let _ = ctx.store.delete(key, None);
+async fn release(ctx: &Ctx, key: &str) {
+    let _ = ctx.store.delete(key, None).await;
 }
 
 fn svc_owner(obj: &Value) -> String {
@@ -80,7 +83,7 @@ fn invalid_svc(obj: &Value, e: FieldError) -> StatusError {
 }
 
 /// Allocates what a new object needs before it is stored.
-pub fn before_create(
+pub async fn before_create(
     ctx: &Ctx,
     res: &Resource,
     obj: &mut Value,
@@ -97,19 +100,13 @@ pub fn before_create(
     }
     let r = &ctx.services;
     let mut reserved: Vec<String> = vec![];
-    let fail = |ctx: &Ctx, reserved: &[String], e: StatusError| {
-        for k in reserved {
-            release(ctx, k);
-        }
-        Err(e)
-    };
     match spec["clusterIP"].as_str() {
         Some("None") => {}
         Some(ip) if !ip.is_empty() => {
             let parsed: Option<Ipv4Addr> = ip.parse().ok();
             match parsed {
                 Some(a) if r.contains(a) => {
-                    if !dry_run && !reserve(ctx, format!("{IP_PREFIX}{a}"), &owner) {
+                    if !dry_run && !reserve(ctx, format!("{IP_PREFIX}{a}"), &owner).await {
                         let e = invalid_svc(&Value::Null, FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: provided IP is already allocated")));
                         return Err(e);
                     }
@@ -143,7 +140,7 @@ pub fn before_create(
                     // The low addresses stay for well-known services (10.43.0.1, .10).
                     continue;
                 }
-                if reserve(ctx, format!("{IP_PREFIX}{a}"), &owner) {
+                if reserve(ctx, format!("{IP_PREFIX}{a}"), &owner).await {
                     got = Some(a);
                     break;
                 }
@@ -169,12 +166,12 @@ pub fn before_create(
                     Some(n) => {
                         let n = n as u16;
                         if n < r.ports.0 || n > r.ports.1 {
-                            return fail(ctx, &reserved, invalid_svc(&Value::Null, FieldError::invalid(format!("spec.ports[{i}].nodePort"), &n.to_string(), format!("provided port is not in the valid range. The range of valid ports is {}-{}", r.ports.0, r.ports.1))));
+                            return release_then_err(ctx, &reserved, invalid_svc(&Value::Null, FieldError::invalid(format!("spec.ports[{i}].nodePort"), &n.to_string(), format!("provided port is not in the valid range. The range of valid ports is {}-{}", r.ports.0, r.ports.1)))).await;
                         }
                         let key = format!("{PORT_PREFIX}{n}");
                         if !dry_run {
-                            if !reserve(ctx, key.clone(), &owner) {
-                                return fail(
+                            if !reserve(ctx, key.clone(), &owner).await {
+                                return release_then_err(
                                     ctx,
                                     &reserved,
                                     invalid_svc(
@@ -185,25 +182,19 @@ pub fn before_create(
                                             "provided port is already allocated",
                                         ),
                                     ),
-                                );
+                                )
+                                .await;
                             }
                             reserved.push(key);
                         }
                     }
                     None if !dry_run => {
-                        let span = (r.ports.1 - r.ports.0 + 1) as u32;
-                        let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
-                        let got = (0..span)
-                            .map(|k| r.ports.0 as u32 + (start + k) % span)
-                            .find(|n| reserve(ctx, format!("{PORT_PREFIX}{n}"), &owner));
+                        let got = free_port(ctx, r, &owner).await;
                         let Some(n) = got else {
-                            return fail(
-                                ctx,
-                                &reserved,
-                                StatusError::internal(
-                                    "failed to allocate a nodePort: range is full",
-                                ),
-                            );
+                            release_all(ctx, &reserved).await;
+                            return Err(StatusError::internal(
+                                "failed to allocate a nodePort: range is full",
+                            ));
                         };
                         reserved.push(format!("{PORT_PREFIX}{n}"));
                         p["nodePort"] = json!(n);
@@ -217,17 +208,36 @@ pub fn before_create(
             && spec["healthCheckNodePort"].is_null()
             && !dry_run
         {
-            let span = (r.ports.1 - r.ports.0 + 1) as u32;
-            let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
-            if let Some(n) = (0..span)
-                .map(|k| r.ports.0 as u32 + (start + k) % span)
-                .find(|n| reserve(ctx, format!("{PORT_PREFIX}{n}"), &owner))
-            {
+            if let Some(n) = free_port(ctx, r, &owner).await {
                 spec["healthCheckNodePort"] = json!(n);
             }
         }
     }
     Ok(())
+}
+
+async fn release_all(ctx: &Ctx, keys: &[String]) {
+    for k in keys {
+        release(ctx, k).await;
+    }
+}
+
+async fn release_then_err(ctx: &Ctx, keys: &[String], e: StatusError) -> Result<(), StatusError> {
+    release_all(ctx, keys).await;
+    Err(e)
+}
+
+/// Reserves a free node port, scanning from a random start.
+async fn free_port(ctx: &Ctx, r: &ServiceRanges, owner: &str) -> Option<u32> {
+    let span = (r.ports.1 - r.ports.0 + 1) as u32;
+    let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
+    for k in 0..span {
+        let n = r.ports.0 as u32 + (start + k) % span;
+        if reserve(ctx, format!("{PORT_PREFIX}{n}"), owner).await {
+            return Some(n);
+        }
+    }
+    None
 }
 
 fn service_keys(obj: &Value) -> Vec<String> {
@@ -254,55 +264,55 @@ fn service_keys(obj: &Value) -> Vec<String> {
 }
 
 /// Releases what `before_create` took when the create itself failed.
-pub fn undo_create(ctx: &Ctx, res: &Resource, obj: &Value) {
+pub async fn undo_create(ctx: &Ctx, res: &Resource, obj: &Value) {
     if res.group.is_empty() && res.kind == "Service" {
         for k in service_keys(obj) {
-            release(ctx, &k);
+            release(ctx, &k).await;
         }
     }
 }
 
 /// What follows a create: a new namespace gets its `default` ServiceAccount and the
 /// `kube-root-ca.crt` ConfigMap.
-pub fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
-    after_update(ctx, res, obj);
+pub async fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
+    after_update(ctx, res, obj).await;
     if res.group.is_empty() && res.kind == "Namespace" {
         if let Some(ns) = obj["metadata"]["name"].as_str() {
-            namespace_contents(ctx, ns);
+            namespace_contents(ctx, ns).await;
         }
     }
 }
 
 /// What follows a create or update: a CRD's resources are served.
-pub fn after_update(ctx: &Ctx, res: &Resource, obj: &Value) {
+pub async fn after_update(ctx: &Ctx, res: &Resource, obj: &Value) {
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
-        crate::crd::established(ctx, obj);
+        crate::crd::established(ctx, obj).await;
     }
 }
 
 /// Creates (when missing) what every namespace holds.
-pub fn namespace_contents(ctx: &Ctx, ns: &str) {
+pub async fn namespace_contents(ctx: &Ctx, ns: &str) {
     let reg = &ctx.registry;
     if let Some(sa) = reg.by_kind("", "ServiceAccount") {
         let mut o = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
-        create_internal(ctx, &sa, &mut o);
+        create_internal(ctx, &sa, &mut o).await;
     }
     if let Some(cm) = reg.by_kind("", "ConfigMap") {
         let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "kube-root-ca.crt", "namespace": ns,
                          "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
             "data": {"ca.crt": ctx.ca_pem}});
-        create_internal(ctx, &cm, &mut o);
+        create_internal(ctx, &cm, &mut o).await;
     }
 }
 
 /// Stores an object the server makes itself (no admission), unless it exists.
-pub fn create_internal(ctx: &Ctx, res: &Resource, obj: &mut Value) -> bool {
+pub async fn create_internal(ctx: &Ctx, res: &Resource, obj: &mut Value) -> bool {
     let key = res.key(
         obj["metadata"]["namespace"].as_str(),
         obj["metadata"]["name"].as_str().unwrap_or(""),
     );
-    if matches!(ctx.store.get(&key), Ok(Some(_))) {
+    if matches!(ctx.store.get(&key).await, Ok(Some(_))) {
         return false;
     }
     handlers::stamp_new(obj);
@@ -311,6 +321,7 @@ pub fn create_internal(ctx: &Ctx, res: &Resource, obj: &mut Value) -> bool {
     crate::managed::record(obj, None, "kube-apiserver", "Update", &res.api_version());
     ctx.store
         .create(&key, handlers::encode_for(res, obj))
+        .await
         .is_ok()
 }
 
@@ -337,13 +348,13 @@ pub fn default_propagation(_res: &Resource) -> &'static str {
 }
 
 /// After an object is gone: allocations are released, dependents collected (Background).
-pub fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
+pub async fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
-        crate::crd::removed(ctx, gone);
+        crate::crd::removed(ctx, gone).await;
     }
     if res.group.is_empty() && res.kind == "Service" {
         for k in service_keys(gone) {
-            release(ctx, &k);
+            release(ctx, &k).await;
         }
     }
     if let Some(uid) = gone["metadata"]["uid"].as_str() {
@@ -351,8 +362,8 @@ pub fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
         let uid = uid.to_string();
         if let Some(ctx) = ctx.self_ref() {
             tokio::spawn(async move {
-                for (r, o) in dependents(&ctx, ns.as_deref(), &uid) {
-                    let _ = delete_object(&ctx, &r, &o, None);
+                for (r, o) in dependents(&ctx, ns.as_deref(), &uid).await {
+                    let _ = delete_object(&ctx, &r, &o, None).await;
                 }
             });
         }
@@ -398,7 +409,7 @@ async fn finish_propagation(ctx: &Arc<Ctx>, res: &Arc<Resource>, obj: &Value) {
         })
         .unwrap_or_default();
     let done: &str = if finalizers.iter().any(|f| f == "orphan") {
-        for (r, mut o) in dependents(ctx, ns.as_deref(), &uid) {
+        for (r, mut o) in dependents(ctx, ns.as_deref(), &uid).await {
             if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|x| x["uid"] != uid.as_str());
             }
@@ -409,35 +420,38 @@ async fn finish_propagation(ctx: &Arc<Ctx>, res: &Arc<Resource>, obj: &Value) {
             let rv = o["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|r| r.parse().ok());
-            let _ = ctx.store.update(&key, handlers::encode_for(&r, &o), rv);
+            let _ = ctx
+                .store
+                .update(&key, handlers::encode_for(&r, &o), rv)
+                .await;
         }
         "orphan"
     } else {
         // Foreground: dependents go first (each with foreground propagation), then the owner.
         for _ in 0..600 {
-            let deps = dependents(ctx, ns.as_deref(), &uid);
+            let deps = dependents(ctx, ns.as_deref(), &uid).await;
             if deps.is_empty() {
                 break;
             }
             for (r, o) in deps {
                 if o["metadata"]["deletionTimestamp"].is_null() {
-                    let _ = delete_object(ctx, &r, &o, Some("Foreground"));
+                    let _ = delete_object(ctx, &r, &o, Some("Foreground")).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         "foregroundDeletion"
     };
-    remove_finalizer(ctx, res, obj, done);
+    remove_finalizer(ctx, res, obj, done).await;
 }
 
-fn remove_finalizer(ctx: &Ctx, res: &Resource, obj: &Value, finalizer: &str) {
+async fn remove_finalizer(ctx: &Ctx, res: &Resource, obj: &Value, finalizer: &str) {
     let key = res.key(
         obj["metadata"]["namespace"].as_str(),
         obj["metadata"]["name"].as_str().unwrap_or(""),
     );
     for _ in 0..10 {
-        let Ok(Some(kv)) = ctx.store.get(&key) else {
+        let Ok(Some(kv)) = ctx.store.get(&key).await else {
             return;
         };
         let Ok(mut cur) = handlers::decode_as(res, &kv) else {
@@ -447,7 +461,7 @@ fn remove_finalizer(ctx: &Ctx, res: &Resource, obj: &Value, finalizer: &str) {
             f.retain(|x| x != finalizer);
         }
         let t = internal_target(ctx, res, &cur);
-        match handlers::commit_update(ctx, &t, &cur, kv.mod_revision) {
+        match handlers::commit_update(ctx, &t, &cur, kv.mod_revision).await {
             Err(e) if e.code == 409 => continue,
             _ => return,
         }
@@ -470,18 +484,21 @@ fn internal_target(_ctx: &Ctx, res: &Resource, obj: &Value) -> Target {
 }
 
 /// Deletes one object as a client would (grace, finalizers, propagation).
-fn delete_object(
-    ctx: &Ctx,
-    res: &Arc<Resource>,
-    obj: &Value,
-    propagation: Option<&str>,
-) -> Result<Value, StatusError> {
-    let mut t = internal_target(ctx, res, obj);
-    t.res = res.clone();
-    if let Some(p) = propagation {
-        t.query.push(("propagationPolicy".into(), p.into()));
-    }
-    handlers::delete_sync(ctx, &t)
+fn delete_object<'a>(
+    ctx: &'a Ctx,
+    res: &'a Arc<Resource>,
+    obj: &'a Value,
+    propagation: Option<&'a str>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, StatusError>> + Send + 'a>> {
+    // Boxed: deletion recurses through cascades (delete -> dependents -> delete).
+    Box::pin(async move {
+        let mut t = internal_target(ctx, res, obj);
+        t.res = res.clone();
+        if let Some(p) = propagation {
+            t.query.push(("propagationPolicy".into(), p.into()));
+        }
+        handlers::delete_sync(ctx, &t).await
+    })
 }
 
 /// Every stored resource once (versions sharing storage counted once).
@@ -496,7 +513,7 @@ fn stored_resources(ctx: &Ctx) -> Vec<Arc<Resource>> {
 }
 
 /// Objects whose ownerReferences name `uid`.
-fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
+async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
     let mut out = vec![];
     for r in stored_resources(ctx) {
         let prefix = match ns {
@@ -504,7 +521,7 @@ fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Val
             Some(_) => continue,
             None => r.prefix(),
         };
-        let Ok((kvs, _)) = ctx.store.list(&prefix) else {
+        let Ok((kvs, _)) = ctx.store.list(&prefix).await else {
             continue;
         };
         for kv in kvs {
@@ -535,7 +552,7 @@ pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
             let mut remaining = 0usize;
             let mut kinds: Vec<String> = vec![];
             for r in stored_resources(&ctx).into_iter().filter(|r| r.namespaced) {
-                let Ok((kvs, _)) = ctx.store.list(&format!("{}{ns}/", r.prefix())) else {
+                let Ok((kvs, _)) = ctx.store.list(&format!("{}{ns}/", r.prefix())).await else {
                     continue;
                 };
                 if kvs.is_empty() {
@@ -546,13 +563,13 @@ pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
                 for kv in kvs {
                     if let Ok(o) = handlers::decode_as(&r, &kv) {
                         if o["metadata"]["deletionTimestamp"].is_null() {
-                            let _ = delete_object(&ctx, &r, &o, None);
+                            let _ = delete_object(&ctx, &r, &o, None).await;
                         }
                     }
                 }
             }
             let key = nsres.key(None, &ns);
-            let Ok(Some(kv)) = ctx.store.get(&key) else {
+            let Ok(Some(kv)) = ctx.store.get(&key).await else {
                 return;
             };
             let Ok(mut obj) = handlers::decode_as(&nsres, &kv) else {
@@ -571,10 +588,13 @@ pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
                         .as_array()
                         .is_some_and(|f| !f.is_empty())
                 {
-                    handlers::commit_update(&ctx, &t, &obj, kv.mod_revision).map(drop)
+                    handlers::commit_update(&ctx, &t, &obj, kv.mod_revision)
+                        .await
+                        .map(drop)
                 } else {
                     ctx.store
                         .delete(&key, Some(kv.mod_revision))
+                        .await
                         .map(drop)
                         .map_err(|e| StatusError::internal(e.to_string()))
                 };
@@ -594,11 +614,14 @@ pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
                     || obj["status"]["conditions"][3]["message"] != conds[3]["message"]
                 {
                     obj["status"]["conditions"] = conds;
-                    let _ = ctx.store.update(
-                        &key,
-                        handlers::encode_for(&nsres, &obj),
-                        Some(kv.mod_revision),
-                    );
+                    let _ = ctx
+                        .store
+                        .update(
+                            &key,
+                            handlers::encode_for(&nsres, &obj),
+                            Some(kv.mod_revision),
+                        )
+                        .await;
                 }
             }
             tokio::time::sleep(delay).await;
@@ -608,9 +631,9 @@ pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
 }
 
 /// At start: namespaces left terminating by a previous run are finished.
-pub fn resume(ctx: &Arc<Ctx>) {
+pub async fn resume(ctx: &Arc<Ctx>) {
     let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
-    if let Ok((kvs, _)) = ctx.store.list(&nsres.prefix()) {
+    if let Ok((kvs, _)) = ctx.store.list(&nsres.prefix()).await {
         for kv in kvs {
             if let Ok(o) = handlers::decode_as(&nsres, &kv) {
                 if !o["metadata"]["deletionTimestamp"].is_null() {

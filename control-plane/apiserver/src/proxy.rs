@@ -12,7 +12,7 @@ use hyper::Response;
 /// `pods/log`: proxies to the kubelet of the pod's node, like upstream.
 pub async fn pod_log(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     let pods = &t.res;
-    let pod = match ctx.store.get(&t.key()) {
+    let pod = match ctx.store.get(&t.key()).await {
         Ok(Some(kv)) => decode_as(pods, &kv)?,
         Ok(None) => return Err(StatusError::not_found("", "pods", t.name())),
         Err(e) => return Err(StatusError::internal(e.to_string())),
@@ -44,7 +44,7 @@ pub async fn pod_log(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusErro
         )));
     }
     let nodes = ctx.registry.by_kind("", "Node").expect("nodes registered");
-    let node = match ctx.store.get(&nodes.key(None, node_name)) {
+    let node = match ctx.store.get(&nodes.key(None, node_name)).await {
         Ok(Some(kv)) => decode_as(&nodes, &kv)?,
         _ => return Err(StatusError::not_found("", "nodes", node_name)),
     };

@@ -86,9 +86,9 @@ pub async fn serve(
 ) -> Result<(), ApiError> {
     let registry = Arc::new(Registry::builtin());
     let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
-    crate::bootstrap::run(&ctx)?;
-    crate::crd::load_all(&ctx);
-    crate::lifecycle::resume(&ctx);
+    crate::bootstrap::run(&ctx).await?;
+    crate::crd::load_all(&ctx).await;
+    crate::lifecycle::resume(&ctx).await;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cfg.pki)?));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -197,8 +197,8 @@ fn not_found() -> StatusError {
 }
 
 /// Health checks, as upstream names them under /livez and /readyz.
-fn health(ctx: &Ctx, which: &str, rest: &[&str], query: &str) -> Response<Body> {
-    let store_ok = ctx.store.get("/registry/health").is_ok();
+async fn health(ctx: &Ctx, which: &str, rest: &[&str], query: &str) -> Response<Body> {
+    let store_ok = ctx.store.get("/registry/health").await.is_ok();
     let mut checks: Vec<(&str, bool)> = vec![
         ("ping", true),
         ("log", true),
@@ -278,11 +278,11 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<UserInfo>) ->
             .unwrap_or("")
             .to_string();
         let res = match segs.as_slice() {
-            ["healthz", rest @ ..] => return health(&ctx, "healthz", rest, &query),
-            ["livez", rest @ ..] => return health(&ctx, "livez", rest, &query),
-            ["readyz", rest @ ..] => return health(&ctx, "readyz", rest, &query),
+            ["healthz", rest @ ..] => return health(&ctx, "healthz", rest, &query).await,
+            ["livez", rest @ ..] => return health(&ctx, "livez", rest, &query).await,
+            ["readyz", rest @ ..] => return health(&ctx, "readyz", rest, &query).await,
             ["metrics"] => {
-                let objects = crate::discovery::object_counts(&ctx);
+                let objects = crate::discovery::object_counts(&ctx).await;
                 return Response::builder()
                     .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                     .body(full(ctx.metrics.render(&objects)))
@@ -452,14 +452,14 @@ async fn resource(
     }
     let out = match (method, has_name, t.sub.as_deref()) {
         (Method::GET, false, _) if watch => handlers::watch(&ctx, &t).await,
-        (Method::GET, false, _) => handlers::list(&ctx, &t),
+        (Method::GET, false, _) => handlers::list(&ctx, &t).await,
         (Method::POST, false, _) => handlers::create(&ctx, &t, &body).await,
         (Method::GET, true, Some("log")) => crate::proxy::pod_log(&ctx, &t).await,
         (Method::POST, true, Some(_)) => handlers::create(&ctx, &t, &body).await,
         (Method::GET, true, Some("exec" | "attach" | "portforward" | "proxy")) => {
             handlers::create(&ctx, &t, &body).await
         }
-        (Method::GET, true, _) => handlers::get(&ctx, &t),
+        (Method::GET, true, _) => handlers::get(&ctx, &t).await,
         (Method::PUT, true, _) => handlers::update(&ctx, &t, &body).await,
         (Method::PATCH, true, _) => handlers::patch(&ctx, &t, &body).await,
         (Method::DELETE, true, None) => handlers::delete(&ctx, &t, &body).await,

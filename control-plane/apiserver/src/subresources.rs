@@ -22,7 +22,7 @@ pub async fn create(
     body: Value,
 ) -> Result<Response<Body>, StatusError> {
     match sub {
-        "binding" => bind(ctx, t, t.name(), &body),
+        "binding" => bind(ctx, t, t.name(), &body).await,
         "eviction" => {
             let mut del = Target {
                 res: t.res.clone(),
@@ -39,7 +39,7 @@ pub async fn create(
             if let Some(g) = body["deleteOptions"]["gracePeriodSeconds"].as_i64() {
                 del.query.push(("gracePeriodSeconds".into(), g.to_string()));
             }
-            handlers::delete_sync(ctx, &del)?;
+            handlers::delete_sync(ctx, &del).await?;
             Ok(success(t, 201))
         }
         "token" => Err(StatusError::new(
@@ -55,12 +55,16 @@ pub async fn create(
 }
 
 /// The `bindings` resource: the pod named in the body.
-pub fn bind_resource(ctx: &Ctx, t: &Target, body: &Value) -> Result<Response<Body>, StatusError> {
+pub async fn bind_resource(
+    ctx: &Ctx,
+    t: &Target,
+    body: &Value,
+) -> Result<Response<Body>, StatusError> {
     let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
-    bind(ctx, t, &name, body)
+    bind(ctx, t, &name, body).await
 }
 
-fn bind(
+async fn bind(
     ctx: &Ctx,
     t: &Target,
     pod_name: &str,
@@ -77,7 +81,7 @@ fn bind(
     }
     let pods = ctx.registry.by_kind("", "Pod").expect("pods");
     let key = pods.key(t.namespace.as_deref(), pod_name);
-    let kv = match ctx.store.get(&key) {
+    let kv = match ctx.store.get(&key).await {
         Ok(Some(kv)) => kv,
         Ok(None) => return Err(StatusError::not_found("", "pods", pod_name)),
         Err(e) => return Err(StatusError::internal(e.to_string())),
@@ -129,6 +133,7 @@ fn bind(
             handlers::encode_for(&pods, &pod),
             Some(kv.mod_revision),
         )
+        .await
         .map_err(|e| handlers::store_err(&pods, pod_name, e))?;
     Ok(success(t, 201))
 }

@@ -30,12 +30,14 @@ async fn start() -> Api {
     let dir = tempfile::Builder::new().prefix("sk-api").tempdir().unwrap();
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     let pki = Pki::ensure(&dir.path().join("tls"), "sk-node", &sans, &sans).unwrap();
-    let db = dir.path().join("db/state.redb");
+    let db = dir.path().join("db");
     {
         // Some history before a restart: revisions before the reopen are no longer watchable.
         let s = EmbeddedStore::open(&db).unwrap();
         for i in 0..3 {
-            s.create(&format!("/sk-test/{i}"), b"x".to_vec()).unwrap();
+            s.create(&format!("/sk-test/{i}"), b"x".to_vec())
+                .await
+                .unwrap();
         }
     }
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&db).unwrap());

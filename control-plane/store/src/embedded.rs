@@ -1,251 +1,468 @@
-//! The embedded store: one `redb` file, every write one durable (fsync'd) transaction.
+//! The default store: an append-only log (`log.rs`) and an in-memory index of the live keys.
+//!
+//! Reads are answered from memory under a read lock. Writes go to one committer thread: it takes
+//! every transaction waiting in its queue (group commit: writers that arrive while an fsync runs
+//! share the next one), evaluates them in order against the index, appends one record per
+//! transaction, fdatasyncs once, then publishes the batch (index, revision, watch events) and
+//! answers the callers. A write is visible to readers only once it is durable. When the log has
+//! grown past `2 x live data + rewrite_slack`, the committer rewrites it as a snapshot.
 
-use crate::history::History;
-use crate::{Event, EventKind, KeyValue, Result, Store, StoreError, Watch};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::Path;
-use std::sync::Mutex;
+use crate::history::{range_start, History};
+use crate::log::{self, Entry, Index, LogFile, LOG};
+use crate::txn::{self, Evaluated};
+use crate::{
+    BoxFuture, KeyValue, RangeRequest, RangeResponse, Result, Store, StoreError, Txn, TxnResponse,
+    Watch,
+};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
 
-const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
-const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
-const REVISION: &str = "revision";
+/// The previous backend's file in the same directory, imported once.
+pub const REDB_FILE: &str = "state.redb";
+const LOCK: &str = "LOCK";
+/// Most transactions one fsync covers.
+const MAX_BATCH: usize = 4096;
 
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// Tuning of [`EmbeddedStore`].
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// The log is rewritten as a snapshot when it is larger than twice the live data plus this.
+    pub rewrite_slack: u64,
 }
 
-fn encode(create: i64, modr: i64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + value.len());
-    out.extend_from_slice(&create.to_le_bytes());
-    out.extend_from_slice(&modr.to_le_bytes());
-    out.extend_from_slice(value);
-    out
-}
-
-fn decode(key: &str, raw: &[u8]) -> Result<KeyValue> {
-    if raw.len() < 16 {
-        return Err(StoreError::Backend(format!("corrupt record for {key}")));
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            rewrite_slack: 8 << 20,
+        }
     }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&raw[..8]);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&raw[8..16]);
-    Ok(KeyValue {
-        key: key.to_string(),
-        value: raw[16..].to_vec(),
-        create_revision: i64::from_le_bytes(a),
-        mod_revision: i64::from_le_bytes(b),
-    })
 }
 
-/// The default store of `skiff server`.
+/// The default store of `skiff server`: `<dir>/store.log`.
 pub struct EmbeddedStore {
-    db: Database,
-    /// Serialises writers with the history so that watchers see events in revision order.
-    state: Mutex<State>,
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Request>>,
+    committer: Option<JoinHandle<()>>,
+    dir: PathBuf,
+    /// Held (flock) while open: one process per directory.
+    _lock: File,
+}
+
+struct Shared {
+    /// Lock order: `state`, then `history`.
+    state: RwLock<State>,
+    history: Mutex<History>,
 }
 
 struct State {
+    index: Index,
     revision: i64,
-    history: History,
+    /// Size of a snapshot of `index`.
+    live: u64,
+    /// Set after an I/O error: what is on disk is unknown, so no more writes are accepted.
+    failed: Option<String>,
+}
+
+type Request = (Txn, oneshot::Sender<Result<TxnResponse>>);
+
+fn open_err(dir: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl Shared {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+    /// Opens (or creates) the store in directory `dir`, importing `dir/state.redb` (the previous
+    /// backend) the first time.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, EmbeddedOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, opts: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))
+            .map_err(|e| open_err(dir, e))?;
+        lock.try_lock()
+            .map_err(|e| open_err(dir, format!("in use by another process ({e})")))?;
+        let log_path = dir.join(LOG);
+        if !log_path.exists() {
+            Self::create_log(dir)?;
+        } else if dir.join(REDB_FILE).exists() {
+            // A crash between writing the imported log and renaming the old file.
+            tracing::warn!(
+                path = %dir.join(REDB_FILE).display(),
+                "ignoring an old redb store: the log store in the same directory is newer"
+            );
         }
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let txn = db.begin_write().map_err(backend)?;
-        let revision = {
-            let meta = txn.open_table(META).map_err(backend)?;
-            let r = meta.get(REVISION).map_err(backend)?.map(|g| g.value());
-            let _ = txn.open_table(KV).map_err(backend)?;
-            r.unwrap_or(1)
-        };
-        txn.commit().map_err(backend)?;
-        tracing::info!(path = %path.display(), revision, "embedded store open");
-        Ok(Self {
-            db,
-            state: Mutex::new(State {
-                revision,
-                history: History::new(revision),
+        let data = std::fs::read(&log_path).map_err(|e| open_err(dir, e))?;
+        let rep = log::replay(&data, &log_path).map_err(|e| open_err(dir, e))?;
+        drop(data);
+        if rep.torn > 0 {
+            tracing::warn!(
+                path = %log_path.display(),
+                offset = rep.good_len,
+                bytes = rep.torn,
+                "store log ends with a torn (unacknowledged) write; cutting it off"
+            );
+        }
+        let mut file =
+            LogFile::open(dir, rep.good_len, rep.torn > 0).map_err(|e| open_err(dir, e))?;
+        let live = snapshot_len(&rep.index);
+        if needs_rewrite(file.len, live, &opts) {
+            file.rewrite(rep.revision, &rep.index)
+                .map_err(|e| open_err(dir, e))?;
+        }
+        tracing::info!(
+            path = %log_path.display(),
+            revision = rep.revision,
+            keys = rep.index.len(),
+            log_bytes = file.len,
+            "embedded store open"
+        );
+        let shared = Arc::new(Shared {
+            history: Mutex::new(History::new(rep.revision)),
+            state: RwLock::new(State {
+                index: rep.index,
+                revision: rep.revision,
+                live,
+                failed: None,
             }),
+        });
+        let (tx, rx) = mpsc::channel();
+        let sh = shared.clone();
+        let committer = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || commit_loop(sh, file, rx, opts))
+            .map_err(|e| open_err(dir, e))?;
+        Ok(Self {
+            shared,
+            tx: Some(tx),
+            committer: Some(committer),
+            dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
-    /// Runs one write: `f` gets the current record (if any) and the new revision and says what to
-    /// store (`Some`) or delete (`None`).
-    fn write<F>(&self, key: &str, f: F) -> Result<Event>
-    where
-        F: FnOnce(Option<&KeyValue>, i64) -> Result<Option<Vec<u8>>>,
-    {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let rev = st.revision + 1;
-        let txn = self.db.begin_write().map_err(backend)?;
-        let ev = {
-            let mut kv = txn.open_table(KV).map_err(backend)?;
-            let prev = match kv.get(key).map_err(backend)? {
-                Some(g) => Some(decode(key, g.value())?),
-                None => None,
-            };
-            let ev = match f(prev.as_ref(), rev)? {
-                Some(value) => {
-                    let create = prev.as_ref().map(|p| p.create_revision).unwrap_or(rev);
-                    kv.insert(key, encode(create, rev, &value).as_slice())
-                        .map_err(backend)?;
-                    Event {
-                        kind: EventKind::Put,
-                        kv: KeyValue {
-                            key: key.to_string(),
-                            value,
-                            create_revision: create,
-                            mod_revision: rev,
-                        },
-                        prev,
-                    }
-                }
-                None => {
-                    let Some(p) = prev else {
-                        return Err(StoreError::NotFound(key.to_string()));
-                    };
-                    kv.remove(key).map_err(backend)?;
-                    let mut gone = p.clone();
-                    gone.mod_revision = rev;
-                    Event {
-                        kind: EventKind::Delete,
-                        kv: gone,
-                        prev: Some(p),
-                    }
-                }
-            };
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            meta.insert(REVISION, rev).map_err(backend)?;
-            ev
-        };
-        txn.commit().map_err(backend)?;
-        st.revision = rev;
-        st.history.push(ev.clone());
-        Ok(ev)
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the log: empty at revision 1, or with the keys of an old `state.redb`, which is
+    /// then renamed `state.redb.imported`.
+    fn create_log(dir: &Path) -> Result<()> {
+        let redb = dir.join(REDB_FILE);
+        if !redb.exists() {
+            return log::write_snapshot(dir, 1, std::iter::empty())
+                .map(drop)
+                .map_err(|e| open_err(dir, e));
+        }
+        let (kvs, revision) = crate::redb_store::read_all(&redb)?;
+        let index: Index = kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    kv.key,
+                    Entry {
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                        value: kv.value,
+                    },
+                )
+            })
+            .collect();
+        log::write_snapshot(dir, revision, index.iter()).map_err(|e| open_err(dir, e))?;
+        let done = dir.join(format!("{REDB_FILE}.imported"));
+        std::fs::rename(&redb, &done).map_err(|e| open_err(dir, e))?;
+        log::sync_dir(dir).map_err(|e| open_err(dir, e))?;
+        tracing::info!(
+            from = %redb.display(),
+            keys = index.len(),
+            revision,
+            "imported the redb store into the log store; the old file is kept as {}",
+            done.display()
+        );
+        Ok(())
+    }
+
+    fn read_range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let st = self.shared.state();
+        let history = self.shared.history();
+        let iter = st
+            .index
+            .range::<str, _>((
+                std::ops::Bound::Included(range_start(req)),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(Ok);
+        history.range(
+            req,
+            st.revision,
+            iter,
+            |(k, _)| k.as_str(),
+            |(k, e)| Ok(e.to_kv(k)),
+        )
     }
 }
 
-fn check(key: &str, prev: Option<&KeyValue>, expected: Option<i64>) -> Result<()> {
-    let Some(p) = prev else {
-        return Err(StoreError::NotFound(key.to_string()));
-    };
-    if let Some(exp) = expected {
-        if exp != p.mod_revision {
-            return Err(StoreError::Conflict {
-                key: key.to_string(),
-                expected: exp,
-                actual: p.mod_revision,
-            });
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // The committer finishes the queued writes and stops when the queue closes.
+        drop(self.tx.take());
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
         }
     }
-    Ok(())
+}
+
+fn snapshot_len(index: &Index) -> u64 {
+    8 + 16
+        + index
+            .iter()
+            .map(|(k, e)| Entry::encoded_len(k, e.value.len()))
+            .sum::<u64>()
+}
+
+fn needs_rewrite(log_len: u64, live: u64, opts: &EmbeddedOptions) -> bool {
+    log_len > live.saturating_mul(2).saturating_add(opts.rewrite_slack)
+}
+
+fn commit_loop(
+    shared: Arc<Shared>,
+    mut file: LogFile,
+    rx: mpsc::Receiver<Request>,
+    opts: EmbeddedOptions,
+) {
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        let mut done: Vec<(oneshot::Sender<Result<TxnResponse>>, Result<Evaluated>)> =
+            Vec::with_capacity(batch.len());
+        {
+            let st = shared.state();
+            if let Some(f) = &st.failed {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Backend(f.clone())));
+                }
+                continue;
+            }
+            // Values written earlier in this batch, not yet in the index.
+            let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
+            let mut rev = st.revision;
+            for (t, reply) in batch {
+                let r = txn::evaluate(t, rev, |k| {
+                    Ok(match overlay.get(k) {
+                        Some(v) => v.clone(),
+                        None => st.index.get(k).map(|e| e.to_kv(k)),
+                    })
+                });
+                if let Ok(ev) = &r {
+                    if !ev.writes.is_empty() {
+                        rev = ev.response.revision;
+                        log::encode_record(
+                            &mut buf,
+                            rev,
+                            ev.writes.iter().map(|(k, v)| {
+                                (
+                                    k.as_str(),
+                                    v.as_ref().map(|kv| {
+                                        (kv.create_revision, kv.mod_revision, kv.value.as_slice())
+                                    }),
+                                )
+                            }),
+                        );
+                        for (k, v) in &ev.writes {
+                            overlay.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                done.push((reply, r));
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = file.append(&buf) {
+                let msg = format!("writing the store log failed, restart to recover: {e}");
+                tracing::error!(error = %e, "store log write failed; refusing further writes");
+                shared.state_mut().failed = Some(msg.clone());
+                for (reply, _) in done {
+                    let _ = reply.send(Err(StoreError::Backend(msg.clone())));
+                }
+                continue;
+            }
+        }
+        // Durable: publish, then answer.
+        let rewrite = {
+            let mut st = shared.state_mut();
+            let mut history = shared.history();
+            for (_, r) in &mut done {
+                let Ok(ev) = r else { continue };
+                if ev.writes.is_empty() {
+                    continue;
+                }
+                for (k, v) in ev.writes.drain(..) {
+                    let key_len = Entry::encoded_len(&k, 0);
+                    let old = match v {
+                        Some(kv) => {
+                            st.live += key_len + kv.value.len() as u64;
+                            st.index.insert(
+                                k,
+                                Entry {
+                                    create_revision: kv.create_revision,
+                                    mod_revision: kv.mod_revision,
+                                    value: kv.value,
+                                },
+                            )
+                        }
+                        None => st.index.remove(&k),
+                    };
+                    if let Some(o) = old {
+                        st.live -= key_len + o.value.len() as u64;
+                    }
+                }
+                st.revision = ev.response.revision;
+                for e in ev.events.drain(..) {
+                    history.push(e);
+                }
+            }
+            needs_rewrite(file.len, st.live, &opts)
+        };
+        for (reply, r) in done {
+            let _ = reply.send(r.map(|ev| ev.response));
+        }
+        if rewrite {
+            let st = shared.state();
+            let before = file.len;
+            match file.rewrite(st.revision, &st.index) {
+                Ok(()) => tracing::info!(before, after = file.len, "store log rewritten"),
+                Err(e) => {
+                    drop(st);
+                    tracing::error!(error = %e, "store log rewrite failed; refusing further writes");
+                    shared.state_mut().failed =
+                        Some(format!("rewriting the store log failed, restart: {e}"));
+                }
+            }
+        }
+    }
 }
 
 impl Store for EmbeddedStore {
-    fn current_revision(&self) -> i64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .revision
+    fn current_revision(&self) -> BoxFuture<'_, Result<i64>> {
+        let rev = self.shared.state().revision;
+        Box::pin(std::future::ready(Ok(rev)))
     }
 
-    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let kv = txn.open_table(KV).map_err(backend)?;
-        match kv.get(key).map_err(backend)? {
-            Some(g) => Ok(Some(decode(key, g.value())?)),
-            None => Ok(None),
-        }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        let kv = self.shared.state().index.get(key).map(|e| e.to_kv(key));
+        Box::pin(std::future::ready(Ok(kv)))
     }
 
-    fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        // Read the revision under the writer lock so it matches the snapshot.
-        let (txn, rev) = {
-            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (self.db.begin_read().map_err(backend)?, st.revision)
-        };
-        let kv = txn.open_table(KV).map_err(backend)?;
-        let mut out = Vec::new();
-        for item in kv.range(prefix..).map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let key = k.value();
-            if !key.starts_with(prefix) {
-                break;
+    fn range(&self, req: RangeRequest) -> BoxFuture<'_, Result<RangeResponse>> {
+        Box::pin(std::future::ready(self.read_range(&req)))
+    }
+
+    fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResponse>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send((txn, reply)).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Backend("the store is closed".into()));
             }
-            out.push(decode(key, v.value())?);
-        }
-        Ok((out, rev))
-    }
-
-    fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
-        self.write(key, |prev, _| match prev {
-            Some(_) => Err(StoreError::AlreadyExists(key.to_string())),
-            None => Ok(Some(value)),
+            rx.await
+                .map_err(|_| StoreError::Backend("the store committer stopped".into()))?
         })
-        .map(|e| e.kv)
     }
 
-    fn update(&self, key: &str, value: Vec<u8>, expected: Option<i64>) -> Result<KeyValue> {
-        self.write(key, |prev, _| {
-            check(key, prev, expected)?;
-            Ok(Some(value))
-        })
-        .map(|e| e.kv)
+    fn watch<'a>(&'a self, prefix: &'a str, after: i64) -> BoxFuture<'a, Result<Watch>> {
+        let w = self.shared.history().watch(prefix, after);
+        Box::pin(std::future::ready(w))
     }
 
-    fn delete(&self, key: &str, expected: Option<i64>) -> Result<KeyValue> {
-        self.write(key, |prev, _| {
-            check(key, prev, expected)?;
-            Ok(None)
-        })
-        .map(|e| e.kv)
-    }
-
-    fn watch(&self, prefix: &str, after: i64) -> Result<Watch> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.history.watch(prefix, after)
+    fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>> {
+        let r = {
+            let st = self.shared.state();
+            let r = self.shared.history().compact(revision, st.revision);
+            r
+        };
+        Box::pin(std::future::ready(r))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Compare, CompareOp, EventKind, OpResult, RedbStore, TxnOp};
+
+    fn put(key: &str, value: &[u8]) -> TxnOp {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        }
+    }
 
     #[tokio::test]
     async fn revisions_cas_and_watch() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.redb");
-        let s = EmbeddedStore::open(&path).unwrap();
-        let r0 = s.current_revision();
-        let a = s.create("/r/pods/a", b"1".to_vec()).unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let r0 = s.current_revision().await.unwrap();
+        let a = s.create("/r/pods/a", b"1".to_vec()).await.unwrap();
         assert_eq!(a.mod_revision, r0 + 1);
         assert!(matches!(
-            s.create("/r/pods/a", b"x".to_vec()),
+            s.create("/r/pods/a", b"x".to_vec()).await,
             Err(StoreError::AlreadyExists(_))
         ));
-        let mut w = s.watch("/r/pods/", r0).unwrap();
+        let mut w = s.watch("/r/pods/", r0).await.unwrap();
         let b = s
             .update("/r/pods/a", b"2".to_vec(), Some(a.mod_revision))
+            .await
             .unwrap();
         assert_eq!(b.create_revision, a.create_revision);
         assert!(matches!(
-            s.update("/r/pods/a", b"3".to_vec(), Some(a.mod_revision)),
+            s.update("/r/pods/a", b"3".to_vec(), Some(a.mod_revision))
+                .await,
             Err(StoreError::Conflict { .. })
         ));
-        s.create("/r/nodes/n", b"n".to_vec()).unwrap();
-        let d = s.delete("/r/pods/a", None).unwrap();
+        assert!(matches!(
+            s.update("/r/pods/zz", b"3".to_vec(), None).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.delete("/r/pods/zz", Some(4)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        s.create("/r/nodes/n", b"n".to_vec()).await.unwrap();
+        let d = s.delete("/r/pods/a", None).await.unwrap();
         assert_eq!(d.value, b"2");
         let e1 = w.next().await.unwrap().unwrap();
         assert_eq!(
@@ -256,17 +473,361 @@ mod tests {
         assert_eq!(e2.kv.mod_revision, b.mod_revision);
         let e3 = w.next().await.unwrap().unwrap();
         assert_eq!(e3.kind, EventKind::Delete);
-        let (items, rev) = s.list("/r/").unwrap();
+        assert_eq!(e3.kv.mod_revision, d.mod_revision);
+        let (items, rev) = s.list("/r/").await.unwrap();
         assert_eq!(items.len(), 1);
-        assert_eq!(rev, s.current_revision());
+        assert_eq!(rev, s.current_revision().await.unwrap());
         drop(s);
-        // Crash-safe: everything committed is there after reopening.
-        let s = EmbeddedStore::open(&path).unwrap();
-        assert_eq!(s.current_revision(), rev);
-        assert_eq!(s.get("/r/nodes/n").unwrap().unwrap().value, b"n");
+        // Everything committed is there after reopening, and revisions go on from there.
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), rev);
+        assert_eq!(s.get("/r/nodes/n").await.unwrap().unwrap().value, b"n");
+        assert!(s.get("/r/pods/a").await.unwrap().is_none());
         assert!(matches!(
-            s.watch("/r/", r0),
+            s.watch("/r/", r0).await,
             Err(StoreError::Compacted { .. })
         ));
+        let c = s.create("/r/pods/c", b"c".to_vec()).await.unwrap();
+        assert_eq!(c.mod_revision, rev + 1);
+    }
+
+    #[tokio::test]
+    async fn txn_range_pages_past_revisions_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        txn_range_suite(s.as_ref()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_store_passes_the_same_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db.redb")).unwrap());
+        txn_range_suite(s.as_ref()).await;
+    }
+
+    /// Transactions, pages, past revisions and compaction, on any backend.
+    async fn txn_range_suite(s: &dyn Store) {
+        for i in 0..10 {
+            s.create(&format!("/p/{i}"), vec![i]).await.unwrap();
+        }
+        s.create("/q/x", b"x".to_vec()).await.unwrap();
+        let before = s.current_revision().await.unwrap();
+        let p3 = s.get("/p/3").await.unwrap().unwrap();
+
+        // A transaction: every compare holds, so both ops apply at one revision.
+        let r = s
+            .txn(Txn {
+                compare: vec![
+                    Compare::new("/p/3", CompareOp::Equal, p3.mod_revision),
+                    Compare::new("/p/new", CompareOp::Equal, 0),
+                ],
+                ops: vec![
+                    put("/p/new", b"n"),
+                    TxnOp::Delete { key: "/p/3".into() },
+                    TxnOp::Delete {
+                        key: "/p/missing".into(),
+                    },
+                ],
+            })
+            .await
+            .unwrap();
+        assert!(r.succeeded);
+        assert_eq!(r.revision, before + 1);
+        assert!(matches!(&r.results[0], OpResult::Put(kv) if kv.mod_revision == before + 1));
+        assert!(matches!(&r.results[1], OpResult::Delete(Some(kv)) if kv.value == [3]));
+        assert!(matches!(&r.results[2], OpResult::Delete(None)));
+        // The same compares fail now; nothing changes and the current values come back.
+        let f = s
+            .txn(Txn {
+                compare: vec![Compare::new("/p/3", CompareOp::Equal, p3.mod_revision)],
+                ops: vec![put("/p/3", b"again")],
+            })
+            .await
+            .unwrap();
+        assert!(!f.succeeded);
+        assert_eq!(f.revision, before + 1);
+        assert!(f.current[0].is_none());
+        assert!(matches!(
+            s.txn(Txn {
+                compare: vec![],
+                ops: vec![put("/d", b"1"), put("/d", b"2")],
+            })
+            .await,
+            Err(StoreError::InvalidTxn(_))
+        ));
+
+        // Pages of 4 at the current revision.
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let page = s
+                .range(RangeRequest {
+                    prefix: "/p/".into(),
+                    start: start.take(),
+                    limit: 4,
+                    revision: 0,
+                })
+                .await
+                .unwrap();
+            keys.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+            if !page.more {
+                break;
+            }
+            start = Some(format!("{}\0", page.kvs.last().unwrap().key));
+        }
+        assert_eq!(keys.len(), 10);
+        assert!(keys.contains(&"/p/new".to_string()) && !keys.contains(&"/p/3".to_string()));
+
+        // The past: /p/3 is back, /p/new not there yet; pages at that revision too.
+        let old = s
+            .range(RangeRequest {
+                prefix: "/p/".into(),
+                start: Some("/p/2".into()),
+                limit: 2,
+                revision: before,
+            })
+            .await
+            .unwrap();
+        assert_eq!(old.revision, before);
+        assert_eq!(old.count, 8);
+        assert!(old.more);
+        let got: Vec<_> = old.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(got, ["/p/2", "/p/3"]);
+        assert!(matches!(
+            s.range(RangeRequest {
+                prefix: "/p/".into(),
+                revision: before + 5,
+                ..Default::default()
+            })
+            .await,
+            Err(StoreError::FutureRevision { .. })
+        ));
+
+        // Compaction: the past revision is gone for reads and watches.
+        s.compact(before + 1).await.unwrap();
+        assert!(matches!(
+            s.range(RangeRequest {
+                prefix: "/p/".into(),
+                revision: before,
+                ..Default::default()
+            })
+            .await,
+            Err(StoreError::Compacted { .. })
+        ));
+        assert!(matches!(
+            s.watch("/p/", before).await,
+            Err(StoreError::Compacted { .. })
+        ));
+        assert!(s.watch("/p/", before + 1).await.is_ok());
+        assert!(s.compact(before + 10).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let r0 = s.current_revision().await.unwrap();
+        let mut w = s.watch("/c/", r0).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut revs = Vec::new();
+                for i in 0..50 {
+                    let kv = s
+                        .create(&format!("/c/{t}/{i}"), vec![t as u8; 100])
+                        .await
+                        .unwrap();
+                    revs.push(kv.mod_revision);
+                }
+                // Contended CAS on one shared key: retried until it applies.
+                loop {
+                    let cur = s.get("/c/shared").await.unwrap();
+                    let r = match cur {
+                        None => s.create("/c/shared", vec![1]).await.map(drop),
+                        Some(kv) => {
+                            let mut v = kv.value.clone();
+                            v.push(1);
+                            s.update("/c/shared", v, Some(kv.mod_revision))
+                                .await
+                                .map(drop)
+                        }
+                    };
+                    match r {
+                        Ok(()) => break,
+                        Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                revs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 16 * 50, "every write has its own revision");
+        assert_eq!(s.get("/c/shared").await.unwrap().unwrap().value.len(), 16);
+        let end = s.current_revision().await.unwrap();
+        assert_eq!(end, r0 + 16 * 50 + 16);
+        // Watchers see every event in revision order.
+        let mut last = r0;
+        for _ in 0..(16 * 50 + 16) {
+            let e = w.next().await.unwrap().unwrap();
+            assert!(e.revision() > last);
+            last = e.revision();
+        }
+        drop(w);
+        let s = Arc::into_inner(s).unwrap();
+        drop(s);
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), end);
+        assert_eq!(s.list("/c/").await.unwrap().0.len(), 16 * 50 + 1);
+    }
+
+    #[tokio::test]
+    async fn log_is_rewritten_when_it_outgrows_live_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EmbeddedOptions {
+            rewrite_slack: 64 << 10,
+        };
+        let s = EmbeddedStore::open_with(dir.path(), opts.clone()).unwrap();
+        s.create("/keep", b"k".to_vec()).await.unwrap();
+        let mut rev = 0;
+        for i in 0..2000 {
+            let value = format!("lease renewal {i:06}").repeat(10).into_bytes();
+            rev = match s.get("/lease").await.unwrap() {
+                None => s.create("/lease", value).await.unwrap().mod_revision,
+                Some(kv) => {
+                    s.update("/lease", value, Some(kv.mod_revision))
+                        .await
+                        .unwrap()
+                        .mod_revision
+                }
+            };
+        }
+        let mut log = std::fs::read(dir.path().join(LOG)).unwrap();
+        while log.last() == Some(&0) {
+            log.pop();
+        }
+        let len = log.len();
+        // 2000 x ~200 bytes were appended; the rewrites keep the file near the slack.
+        assert!(len < (64 << 10) + 4096, "log is {len} bytes");
+        drop(s);
+        let s = EmbeddedStore::open_with(dir.path(), opts).unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), rev);
+        let l = s.get("/lease").await.unwrap().unwrap();
+        assert_eq!(l.mod_revision, rev);
+        assert!(l.value.starts_with(b"lease renewal 001999"));
+        assert_eq!(s.get("/keep").await.unwrap().unwrap().value, b"k");
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_and_corruption_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        s.create("/a", b"a".to_vec()).await.unwrap();
+        let b = s.create("/b", b"b".to_vec()).await.unwrap();
+        drop(s);
+        let path = dir.path().join(LOG);
+        // The records, without the preallocated zeros after them.
+        let mut good = std::fs::read(&path).unwrap();
+        while good.last() == Some(&0) {
+            good.pop();
+        }
+        // Half a record at the end, then preallocated zeros: a write that was never
+        // acknowledged.
+        let mut torn = good.clone();
+        let mut rec = Vec::new();
+        log::encode_record(
+            &mut rec,
+            b.mod_revision + 1,
+            [("/c", Some((9, 9, &b"c"[..])))].into_iter(),
+        );
+        torn.extend_from_slice(&rec[..rec.len() - 3]);
+        torn.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &torn).unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), b.mod_revision);
+        assert!(s.get("/c").await.unwrap().is_none());
+        let c = s.create("/c", b"c2".to_vec()).await.unwrap();
+        assert_eq!(c.mod_revision, b.mod_revision + 1);
+        drop(s);
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.get("/c").await.unwrap().unwrap().value, b"c2");
+        drop(s);
+        // A flipped byte in a record that has good records after it: refuse to open.
+        let mut bad = std::fs::read(&path).unwrap();
+        let at = good.len() - 3;
+        bad[at] ^= 0xff;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            EmbeddedStore::open(dir.path()),
+            Err(StoreError::Open { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn imports_an_old_redb_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rev, created) = {
+            let old = RedbStore::open(&dir.path().join(REDB_FILE)).unwrap();
+            let a = old.create("/r/a", b"a".to_vec()).await.unwrap();
+            old.update("/r/a", b"a2".to_vec(), None).await.unwrap();
+            old.create("/r/b", b"b".to_vec()).await.unwrap();
+            old.delete("/r/b", None).await.unwrap();
+            (old.current_revision().await.unwrap(), a.create_revision)
+        };
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), rev);
+        let a = s.get("/r/a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.value.as_slice(), a.create_revision, a.mod_revision),
+            (&b"a2"[..], created, created + 1)
+        );
+        assert!(s.get("/r/b").await.unwrap().is_none());
+        assert!(!dir.path().join(REDB_FILE).exists());
+        assert!(dir.path().join("state.redb.imported").exists());
+        let n = s.create("/r/n", b"n".to_vec()).await.unwrap();
+        assert_eq!(n.mod_revision, rev + 1);
+        drop(s);
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), rev + 1);
+        assert!(s.get("/r/n").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn one_process_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(EmbeddedStore::open(dir.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn redb_store_keeps_its_behaviour() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("db.redb")).unwrap();
+        let r0 = s.current_revision().await.unwrap();
+        let a = s.create("/x/a", b"1".to_vec()).await.unwrap();
+        assert_eq!(a.mod_revision, r0 + 1);
+        assert!(matches!(
+            s.update("/x/a", b"2".to_vec(), Some(r0)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        s.update("/x/a", b"2".to_vec(), Some(a.mod_revision))
+            .await
+            .unwrap();
+        let old = s
+            .range(RangeRequest {
+                prefix: "/x/".into(),
+                revision: a.mod_revision,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(old.kvs[0].value, b"1");
+        assert_eq!(s.list("/x/").await.unwrap().0[0].value, b"2");
     }
 }

@@ -1,8 +1,8 @@
 //! Recent events kept in memory so that watches can start from a past revision, plus the fan-out
 //! to live watchers.
 
-use crate::{Event, Result, StoreError, Watch};
-use std::collections::VecDeque;
+use crate::{Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result, StoreError, Watch};
+use std::collections::{BTreeMap, VecDeque};
 
 /// How many events are kept for watches that start in the past (etcd keeps history until
 /// compaction; the API server's watch cache keeps a window like this one).
@@ -53,6 +53,110 @@ impl History {
         }
     }
 
+    /// Drops the events up to `revision` (no-op when history already starts later).
+    pub(crate) fn compact(&mut self, revision: i64, current: i64) -> Result<()> {
+        if revision > current {
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current,
+            });
+        }
+        if revision <= self.base {
+            return Ok(());
+        }
+        while self
+            .events
+            .front()
+            .is_some_and(|e| e.revision() <= revision)
+        {
+            self.events.pop_front();
+        }
+        self.base = revision;
+        Ok(())
+    }
+
+    /// Answers `req` from the current keys (`iter`, in key order, starting at
+    /// [`range_start`]) and, for a past revision, by undoing the events after it. `key` reads an
+    /// item's key, `to_kv` turns it into a [`KeyValue`] (only for the items returned).
+    pub(crate) fn range<T>(
+        &self,
+        req: &RangeRequest,
+        current: i64,
+        iter: impl Iterator<Item = Result<T>>,
+        key: impl Fn(&T) -> &str,
+        to_kv: impl Fn(T) -> Result<KeyValue>,
+    ) -> Result<RangeResponse> {
+        let start = range_start(req);
+        let in_range = |k: &str| k.starts_with(&req.prefix) && k >= start;
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit
+        };
+        if req.revision == 0 || req.revision == current {
+            let mut kvs = Vec::new();
+            let mut count = 0;
+            for item in iter {
+                let item = item?;
+                if !key(&item).starts_with(&req.prefix) {
+                    break;
+                }
+                count += 1;
+                if kvs.len() < limit {
+                    kvs.push(to_kv(item)?);
+                }
+            }
+            return Ok(RangeResponse {
+                more: count > kvs.len(),
+                kvs,
+                count,
+                revision: current,
+            });
+        }
+        if req.revision > current {
+            return Err(StoreError::FutureRevision {
+                requested: req.revision,
+                current,
+            });
+        }
+        if req.revision < self.base {
+            return Err(StoreError::Compacted {
+                requested: req.revision,
+                oldest: self.base,
+            });
+        }
+        let mut all = BTreeMap::new();
+        for item in iter {
+            let item = item?;
+            if !key(&item).starts_with(&req.prefix) {
+                break;
+            }
+            let kv = to_kv(item)?;
+            all.insert(kv.key.clone(), kv);
+        }
+        for e in self.events.iter().rev() {
+            if e.revision() <= req.revision {
+                break;
+            }
+            if !in_range(&e.kv.key) {
+                continue;
+            }
+            match (&e.kind, &e.prev) {
+                (_, Some(p)) => all.insert(p.key.clone(), p.clone()),
+                (EventKind::Put, None) => all.remove(&e.kv.key),
+                (EventKind::Delete, None) => None,
+            };
+        }
+        let count = all.len();
+        let kvs: Vec<KeyValue> = all.into_values().take(limit).collect();
+        Ok(RangeResponse {
+            more: count > kvs.len(),
+            kvs,
+            count,
+            revision: req.revision,
+        })
+    }
+
     pub(crate) fn watch(&mut self, prefix: &str, after: i64) -> Result<Watch> {
         if after < self.base {
             return Err(StoreError::Compacted {
@@ -76,5 +180,13 @@ impl History {
             tx,
         });
         Ok(Watch::new(rx))
+    }
+}
+
+/// The first key a range read looks at.
+pub(crate) fn range_start(req: &RangeRequest) -> &str {
+    match req.start.as_deref() {
+        Some(s) if s > req.prefix.as_str() => s,
+        _ => &req.prefix,
     }
 }

@@ -1,0 +1,424 @@
+//! The on-disk format of [`crate::EmbeddedStore`]: one append-only file, `store.log`.
+//!
+//! ```text
+//! file   := MAGIC record*
+//! record := len:u32le crc32(payload):u32le payload          (len = payload length)
+//! payload:= revision:i64le nops:u32le op*
+//! op     := 1 key put | 2 key | 3 key zput                  (put | delete | deflated put)
+//! key    := klen:u32le bytes
+//! put    := create_revision:i64le mod_revision:i64le vlen:u32le bytes
+//! zput   := create_revision:i64le mod_revision:i64le vlen:u32le zlen:u32le deflate(bytes)
+//! ```
+//!
+//! Values of [`COMPRESS_MIN`] bytes or more are stored deflated when that saves at least an
+//! eighth: a node status heartbeat then dirties one page instead of two.
+//!
+//! A record is one transaction (all its ops at `revision`) or one chunk of a snapshot (the live
+//! keys with their own revisions; every chunk carries the snapshot's revision). Replaying the
+//! records in order rebuilds the index; revisions never decrease. A record that is cut short or
+//! fails its CRC at the end of the file is a torn write (the process died before its fsync
+//! returned, so nobody was told it was durable): it is cut off. A bad record followed by a good
+//! one is corruption, and opening fails rather than dropping acknowledged data.
+
+use crate::KeyValue;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub(crate) const MAGIC: &[u8; 8] = b"SKFLOG01";
+pub(crate) const LOG: &str = "store.log";
+const TMP: &str = "store.log.tmp";
+const HEADER: usize = 8;
+/// A sanity bound on one record: larger lengths are garbage, not data.
+const MAX_RECORD: usize = 1 << 30;
+/// Values at least this long are deflated in the log.
+pub(crate) const COMPRESS_MIN: usize = 512;
+/// Snapshot chunk size.
+const CHUNK: usize = 1 << 20;
+
+/// A stored value without its key (the index's key is the key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub value: Vec<u8>,
+}
+
+impl Entry {
+    pub(crate) fn to_kv(&self, key: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        }
+    }
+    /// Bytes this entry takes in a snapshot.
+    pub(crate) fn encoded_len(key: &str, value_len: usize) -> u64 {
+        (1 + 4 + key.len() + 8 + 8 + 4 + value_len) as u64
+    }
+}
+
+pub(crate) type Index = BTreeMap<String, Entry>;
+
+/// One op to encode: the key and, for a put, (create revision, mod revision, value).
+pub(crate) type LogOp<'a> = (&'a str, Option<(i64, i64, &'a [u8])>);
+
+/// Appends one record holding `writes` at `revision` to `buf`.
+pub(crate) fn encode_record<'a>(
+    buf: &mut Vec<u8>,
+    revision: i64,
+    writes: impl ExactSizeIterator<Item = LogOp<'a>>,
+) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; 8]);
+    buf.extend_from_slice(&revision.to_le_bytes());
+    buf.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+    for (key, put) in writes {
+        let tag_at = buf.len();
+        buf.push(if put.is_some() { 1 } else { 2 });
+        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(key.as_bytes());
+        if let Some((create, modr, value)) = put {
+            buf.extend_from_slice(&create.to_le_bytes());
+            buf.extend_from_slice(&modr.to_le_bytes());
+            buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            if value.len() >= COMPRESS_MIN && deflate_into(buf, value) {
+                buf[tag_at] = 3;
+            } else {
+                buf.extend_from_slice(value);
+            }
+        }
+    }
+    let payload = &buf[start + 8..];
+    let len = (payload.len() as u32).to_le_bytes();
+    let crc = crc32fast::hash(payload).to_le_bytes();
+    buf[start..start + 4].copy_from_slice(&len);
+    buf[start + 4..start + 8].copy_from_slice(&crc);
+}
+
+/// Appends `zlen deflate(value)` to `buf` when that is at least an eighth smaller than `value`;
+/// otherwise leaves `buf` as it was and returns false.
+fn deflate_into(buf: &mut Vec<u8>, value: &[u8]) -> bool {
+    use flate2::write::DeflateEncoder;
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let mut enc = DeflateEncoder::new(&mut *buf, flate2::Compression::fast());
+    let ok = enc
+        .write_all(value)
+        .and_then(|_| enc.finish().map(drop))
+        .is_ok();
+    let zlen = buf.len() - at - 4;
+    if !ok || zlen > value.len() - value.len() / 8 {
+        buf.truncate(at);
+        return false;
+    }
+    buf[at..at + 4].copy_from_slice(&(zlen as u32).to_le_bytes());
+    true
+}
+
+fn inflate(z: &[u8], len: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(len);
+    flate2::read::DeflateDecoder::new(z)
+        .take(len as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() == len).then_some(out)
+}
+
+/// What replaying a log found.
+pub(crate) struct Replayed {
+    pub index: Index,
+    pub revision: i64,
+    /// Length of the valid prefix of the file.
+    pub good_len: u64,
+    /// Bytes after it that are not preallocated zeros (a torn tail that must be cut off).
+    pub torn: u64,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn key(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+/// Checks the record at `pos`: its payload when whole and its CRC matches.
+fn record_at(data: &[u8], pos: usize) -> Option<&[u8]> {
+    let mut r = Reader { buf: data, pos };
+    let len = r.u32()? as usize;
+    let crc = r.u32()?;
+    // The smallest payload is a revision and an op count.
+    if !(12..=MAX_RECORD).contains(&len) {
+        return None;
+    }
+    let payload = r.take(len)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// Applies one record's payload; `None` when it does not parse (a CRC'd payload that does not
+/// parse is a bug or corruption).
+fn apply(payload: &[u8], index: &mut Index, revision: &mut i64) -> Option<()> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let rev = r.i64()?;
+    if rev < *revision {
+        return None;
+    }
+    let n = r.u32()?;
+    for _ in 0..n {
+        let tag = r.take(1)?[0];
+        let key = r.key()?;
+        match tag {
+            1 | 3 => {
+                let create_revision = r.i64()?;
+                let mod_revision = r.i64()?;
+                let vlen = r.u32()? as usize;
+                let value = if tag == 1 {
+                    r.take(vlen)?.to_vec()
+                } else {
+                    let zlen = r.u32()? as usize;
+                    inflate(r.take(zlen)?, vlen)?
+                };
+                index.insert(
+                    key,
+                    Entry {
+                        create_revision,
+                        mod_revision,
+                        value,
+                    },
+                );
+            }
+            2 => {
+                index.remove(&key);
+            }
+            _ => return None,
+        }
+    }
+    (r.pos == payload.len()).then_some(())?;
+    *revision = rev;
+    Some(())
+}
+
+/// Replays the log in `data` (the whole file).
+pub(crate) fn replay(data: &[u8], path: &Path) -> Result<Replayed, String> {
+    if data.len() < HEADER || &data[..HEADER] != MAGIC {
+        return Err(format!("{} is not a skiff store log", path.display()));
+    }
+    let mut index = Index::new();
+    let mut revision = 1;
+    let mut pos = HEADER;
+    while pos < data.len() {
+        if data[pos..].iter().all(|&b| b == 0) {
+            // Preallocated space: the end of the records.
+            break;
+        }
+        let Some(payload) = record_at(data, pos) else {
+            // Torn tail, or corruption if a good record follows the bad one.
+            let len = Reader { buf: data, pos }.u32().unwrap_or(0) as usize;
+            let next = pos + 8 + len;
+            if len <= MAX_RECORD && next < data.len() && record_at(data, next).is_some() {
+                return Err(format!(
+                    "{}: corrupt record at offset {pos} followed by valid records",
+                    path.display()
+                ));
+            }
+            break;
+        };
+        if apply(payload, &mut index, &mut revision).is_none() {
+            return Err(format!(
+                "{}: record at offset {pos} does not parse",
+                path.display()
+            ));
+        }
+        pos += 8 + payload.len();
+    }
+    let torn = if data[pos..].iter().all(|&b| b == 0) {
+        0
+    } else {
+        (data.len() - pos) as u64
+    };
+    Ok(Replayed {
+        index,
+        revision,
+        good_len: pos as u64,
+        torn,
+    })
+}
+
+/// Fsyncs a directory so that a rename or create in it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes a snapshot of `index` at `revision` as the new `store.log` of `dir` (through a
+/// temporary file, fsync and rename, so a crash leaves the old or the new log). Returns its
+/// length.
+pub(crate) fn write_snapshot<'a>(
+    dir: &Path,
+    revision: i64,
+    entries: impl Iterator<Item = (&'a String, &'a Entry)>,
+) -> io::Result<u64> {
+    let tmp = dir.join(TMP);
+    let mut out = BufWriter::with_capacity(CHUNK, File::create(&tmp)?);
+    out.write_all(MAGIC)?;
+    let mut len = HEADER as u64;
+    let mut chunk: Vec<LogOp> = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut buf = Vec::new();
+    let mut flush = |chunk: &mut Vec<LogOp>, out: &mut BufWriter<File>| -> io::Result<u64> {
+        buf.clear();
+        encode_record(&mut buf, revision, chunk.drain(..));
+        out.write_all(&buf)?;
+        Ok(buf.len() as u64)
+    };
+    for (k, e) in entries {
+        chunk_bytes += Entry::encoded_len(k, e.value.len()) as usize;
+        chunk.push((
+            k.as_str(),
+            Some((e.create_revision, e.mod_revision, e.value.as_slice())),
+        ));
+        if chunk_bytes >= CHUNK {
+            len += flush(&mut chunk, &mut out)?;
+            chunk_bytes = 0;
+        }
+    }
+    // Always one record, even empty: it carries the revision.
+    len += flush(&mut chunk, &mut out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(LOG))?;
+    sync_dir(dir)?;
+    Ok(len)
+}
+
+/// The log grows in steps of this much preallocated space, so that an append's fdatasync does
+/// not also have to commit a new file size each time.
+const PREALLOC: u64 = 1 << 20;
+
+/// The open log, appended to by the committer thread only.
+pub(crate) struct LogFile {
+    pub dir: PathBuf,
+    file: File,
+    /// End of the records.
+    pub len: u64,
+    /// End of the file (preallocated space reads as zeros).
+    alloc: u64,
+}
+
+impl LogFile {
+    /// Opens `dir/store.log` for appending after the records that end at `len`. A torn tail is
+    /// cut off; preallocated zeros after `len` are kept.
+    pub(crate) fn open(dir: &Path, len: u64, torn: bool) -> io::Result<Self> {
+        let file = OpenOptions::new().write(true).open(dir.join(LOG))?;
+        let mut alloc = file.metadata()?.len();
+        if torn {
+            file.set_len(len)?;
+            file.sync_all()?;
+            alloc = len;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+            len,
+            alloc,
+        })
+    }
+
+    /// Appends `buf` and makes it durable (one fdatasync).
+    pub(crate) fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = self.len + buf.len() as u64;
+        if end > self.alloc {
+            let new = end.next_multiple_of(PREALLOC);
+            preallocate(&self.file, self.alloc, new - self.alloc)?;
+            self.alloc = new;
+        }
+        self.file.write_all_at(buf, self.len)?;
+        self.file.sync_data()?;
+        self.len = end;
+        Ok(())
+    }
+
+    /// Replaces the log by a snapshot of `index` and continues appending to it.
+    pub(crate) fn rewrite(&mut self, revision: i64, index: &Index) -> io::Result<()> {
+        let len = write_snapshot(&self.dir, revision, index.iter())?;
+        *self = Self::open(&self.dir, len, false)?;
+        Ok(())
+    }
+}
+
+/// Allocates `[offset, offset + len)` (fallocate: reads as zeros, no data written).
+fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor we own; no memory is passed.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        // Filesystems without fallocate: grow the file and let appends fill it.
+        return file.set_len(offset + len);
+    }
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_values_are_deflated_and_read_back() {
+        let text: Vec<u8> =
+            br#"{"type":"Ready","status":"True","lastHeartbeatTime":"2026-01-01T00:00:00Z"},"#
+                .repeat(20);
+        let noise: Vec<u8> = (0..2000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut buf = MAGIC.to_vec();
+        encode_record(
+            &mut buf,
+            7,
+            [
+                ("/text", Some((5, 7, text.as_slice()))),
+                ("/noise", Some((6, 7, noise.as_slice()))),
+                ("/small", Some((7, 7, &b"s"[..]))),
+            ]
+            .into_iter(),
+        );
+        assert!(
+            buf.len() < text.len() / 2 + noise.len() + 200,
+            "{}",
+            buf.len()
+        );
+        let rep = replay(&buf, Path::new("test")).unwrap();
+        assert_eq!(rep.revision, 7);
+        assert_eq!(rep.index["/text"].value, text);
+        assert_eq!(rep.index["/noise"].value, noise);
+        assert_eq!(rep.index["/small"].value, b"s");
+        assert_eq!(rep.index["/text"].create_revision, 5);
+    }
+}
