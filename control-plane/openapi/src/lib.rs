@@ -326,6 +326,7 @@ pub fn v3_group_version(group: &str, version: &str, resources: &[Resource]) -> O
     }
     let (mut defs, mut paths) = build(&rs, &crds, true);
     defs.values_mut().for_each(model::to_v3);
+    model::v3_scalars(&mut defs);
     paths.values_mut().for_each(docs::path_to_v3);
     Some(json!({
         "openapi": "3.0.0",

@@ -364,6 +364,30 @@ pub(crate) fn subschemas(m: &mut Map<String, Value>, f: fn(&mut Value)) {
     }
 }
 
+/// The v3 forms of the two union scalars: kube-apiserver's v3 documents give them `oneOf` types
+/// (and no `type`), which is also what makes kubectl name them `IntOrString` / `Quantity`.
+pub(crate) fn v3_scalars(defs: &mut Map<String, Value>) {
+    for (name, types) in [
+        (
+            "io.k8s.apimachinery.pkg.util.intstr.IntOrString",
+            ["integer", "string"],
+        ),
+        (
+            "io.k8s.apimachinery.pkg.api.resource.Quantity",
+            ["string", "number"],
+        ),
+    ] {
+        if let Some(Value::Object(s)) = defs.get_mut(name) {
+            s.remove("type");
+            s.insert(
+                "oneOf".into(),
+                json!([{"type": types[0]}, {"type": types[1]}]),
+            );
+            s.insert("x-kubernetes-int-or-string".into(), true.into());
+        }
+    }
+}
+
 /// OpenAPI 3.0 (as a CRD's `openAPIV3Schema`) back to swagger 2.0: `allOf` of a single `$ref`
 /// becomes the `$ref`, and the keywords swagger 2.0 lacks are dropped (`nullable`,
 /// `anyOf`/`oneOf`/`not`), as kube-apiserver does for its v2 document.

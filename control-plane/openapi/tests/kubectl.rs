@@ -1,0 +1,409 @@
+//! Serves the documents from a tiny plain-HTTP server on 127.0.0.1 (with the discovery endpoints
+//! kubectl needs) and runs the installed kubectl binaries against it. These tests FAIL when
+//! kubectl is missing.
+
+use serde_json::{json, Value};
+use skiff_openapi::Resource;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+fn resources() -> Vec<Resource> {
+    let mut pods = Resource::new("", "v1", "Pod", "pods", true);
+    pods.subresources = vec!["status".into()];
+    let mut deployments = Resource::new("apps", "v1", "Deployment", "deployments", true);
+    deployments.subresources = vec!["status".into(), "scale".into()];
+    vec![
+        pods,
+        Resource::new("", "v1", "ConfigMap", "configmaps", true),
+        Resource::new("", "v1", "Namespace", "namespaces", false),
+        deployments,
+    ]
+}
+
+fn crontab_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "crontabs.stable.example.com"},
+        "spec": {
+            "group": "stable.example.com",
+            "scope": "Namespaced",
+            "names": {"kind": "CronTab", "plural": "crontabs", "singular": "crontab", "listKind": "CronTabList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A crontab runs a command on schedule.",
+                    "properties": {"spec": {
+                        "type": "object",
+                        "description": "The wanted schedule.",
+                        "properties": {
+                            "cronSpec": {"type": "string", "description": "Schedule in cron format."},
+                            "replicas": {"type": "integer", "description": "How many at once."}
+                        }
+                    }}
+                }}
+            }]
+        }
+    })
+}
+
+fn api_resource(r: &Resource) -> Value {
+    json!({"name": r.plural, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced, "kind": r.kind, "verbs": r.verbs})
+}
+
+/// Minimal legacy discovery for `resources` and the CronTab CRD.
+fn discovery(path: &str, rs: &[Resource]) -> Option<Value> {
+    let crd = skiff_openapi::crd_schemas(&crontab_crd()).ok()?;
+    let crd_r = &crd[0].resource;
+    let mut groups: Vec<(String, String)> = rs
+        .iter()
+        .filter(|r| !r.group.is_empty())
+        .map(|r| (r.group.clone(), r.version.clone()))
+        .collect();
+    groups.push((crd_r.group.clone(), crd_r.version.clone()));
+    groups.dedup();
+    let list = |g: &str, v: &str| {
+        let mut out: Vec<Value> = rs
+            .iter()
+            .filter(|r| r.group == g && r.version == v)
+            .map(api_resource)
+            .collect();
+        if crd_r.group == g && crd_r.version == v {
+            out.push(api_resource(crd_r));
+        }
+        let gv = if g.is_empty() {
+            v.to_string()
+        } else {
+            format!("{g}/{v}")
+        };
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out})
+    };
+    match path {
+        "/api" => Some(
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:0"}]}),
+        ),
+        "/api/v1" => Some(list("", "v1")),
+        "/apis" => Some(
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        }).collect::<Vec<_>>()}),
+        ),
+        "/version" => Some(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0+skiff"})),
+        _ => {
+            let rest = path.strip_prefix("/apis/")?;
+            let (g, v) = rest.split_once('/')?;
+            groups
+                .iter()
+                .any(|(gg, vv)| gg == g && vv == v)
+                .then(|| list(g, v))
+        }
+    }
+}
+
+fn respond(mut s: TcpStream, rs: &[Resource], log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut accept = String::new();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(a) = lower.strip_prefix("accept:") {
+            accept = a.trim().to_string();
+        }
+        if let Some(l) = lower.strip_prefix("content-length:") {
+            len = l.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    log.lock().unwrap().push(format!(
+        "{} {target} [{accept}]",
+        line.split_whitespace().next().unwrap_or("")
+    ));
+    let path = target.split('?').next().unwrap_or("/");
+    let (status, ctype, out): (&str, &str, Vec<u8>) = if path == "/openapi/v3" {
+        (
+            "200 OK",
+            "application/json",
+            skiff_openapi::v3_index(rs).to_string().into_bytes(),
+        )
+    } else if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        let (g, v) = match gv.strip_prefix("api/") {
+            Some(v) => ("", v),
+            None => gv
+                .strip_prefix("apis/")
+                .and_then(|x| x.split_once('/'))
+                .unwrap_or(("?", "?")),
+        };
+        match skiff_openapi::cached_v3_group_version(g, v, rs) {
+            Some(d) => ("200 OK", "application/json", d.json()),
+            None => ("404 Not Found", "application/json", b"{}".to_vec()),
+        }
+    } else if path == "/openapi/v2" {
+        let d = skiff_openapi::cached_v2(rs);
+        if accept.contains("protobuf") {
+            (
+                "200 OK",
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                d.protobuf().unwrap_or_default(),
+            )
+        } else {
+            ("200 OK", "application/json", d.json())
+        }
+    } else if let Some(v) = discovery(path, rs) {
+        ("200 OK", "application/json", v.to_string().into_bytes())
+    } else {
+        ("404 Not Found", "application/json", json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).to_string().into_bytes())
+    };
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", out.len());
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(&out);
+}
+
+struct Server {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        skiff_openapi::register_crd(&crontab_crd()).expect("register CRD");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, log2) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            let rs = resources();
+            for s in l.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    respond(s, &rs, &log2);
+                }
+            }
+        });
+        Server {
+            port,
+            stop,
+            thread: Some(thread),
+            log,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The kubectl on PATH, resolved; panics (failing the test) when there is none.
+fn kubectl() -> PathBuf {
+    static K: OnceLock<Option<PathBuf>> = OnceLock::new();
+    K.get_or_init(|| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| Path::new(d).join("kubectl"))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+    })
+    .clone()
+    .expect("kubectl is not installed (not on PATH): these tests need it")
+}
+
+/// An older kubectl shipped beside the main one (`kubectl.1.27`).
+fn kubectl_version(v: &str) -> PathBuf {
+    let p = kubectl()
+        .parent()
+        .expect("dir")
+        .join(format!("kubectl.{v}"));
+    assert!(
+        p.is_file(),
+        "{} is not installed: this test needs it",
+        p.display()
+    );
+    p
+}
+
+fn run(bin: &Path, server: &Server, args: &[&str], env: &[(&str, &str)]) -> String {
+    let home = std::env::temp_dir().join(format!(
+        "skiff-openapi-kubectl-{}-{}",
+        std::process::id(),
+        server.port
+    ));
+    std::fs::create_dir_all(&home).expect("home");
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--server=http://127.0.0.1:{}", server.port))
+        .arg(format!("--cache-dir={}", home.join("cache").display()))
+        .args(args)
+        .env("HOME", &home)
+        .env("KUBECONFIG", home.join("none"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run kubectl");
+    let _ = std::fs::remove_dir_all(&home);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}\nstdout: {stdout}\nrequests: {:#?}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr),
+        server.log.lock().unwrap()
+    );
+    stdout
+}
+
+fn assert_has(out: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(out.contains(n), "missing {n:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn kubectl_explain_pod_containers() {
+    let s = Server::start();
+    let out = run(&kubectl(), &s, &["explain", "pods.spec.containers"], &[]);
+    assert_has(
+        &out,
+        &[
+            "KIND:       Pod",
+            "VERSION:    v1",
+            "FIELD: containers <[]Container>",
+            "List of containers belonging to the pod.",
+            "image\t<string>",
+            "name\t<string> -required-",
+            "resources\t<ResourceRequirements>",
+            "ports\t<[]ContainerPort>",
+        ],
+    );
+}
+
+#[test]
+fn kubectl_explain_deployment_strategy_recursive() {
+    let s = Server::start();
+    let out = run(
+        &kubectl(),
+        &s,
+        &["explain", "deployment.spec.strategy", "--recursive"],
+        &[],
+    );
+    assert_has(
+        &out,
+        &[
+            "KIND:       Deployment",
+            "GROUP:      apps",
+            "FIELD: strategy <DeploymentStrategy>",
+            "rollingUpdate\t<RollingUpdateDeployment>",
+            "maxSurge\t<IntOrString>",
+            "maxUnavailable\t<IntOrString>",
+            "type\t<string>",
+        ],
+    );
+}
+
+#[test]
+fn kubectl_explain_crd() {
+    let s = Server::start();
+    let out = run(&kubectl(), &s, &["explain", "crontabs.spec"], &[]);
+    assert_has(
+        &out,
+        &[
+            "KIND:       CronTab",
+            "GROUP:      stable.example.com",
+            "The wanted schedule.",
+            "cronSpec\t<string>",
+            "replicas\t<integer>",
+        ],
+    );
+}
+
+#[test]
+fn kubectl_explain_quantity_map_and_metadata() {
+    let s = Server::start();
+    let out = run(
+        &kubectl(),
+        &s,
+        &["explain", "pod.spec.containers.resources.limits"],
+        &[],
+    );
+    assert_has(&out, &["FIELD: limits <map[string]Quantity>"]);
+    let out = run(
+        &kubectl(),
+        &s,
+        &["explain", "configmap.metadata.labels"],
+        &[],
+    );
+    assert_has(&out, &["FIELD: labels <map[string]string>"]);
+}
+
+/// kubectl 1.27 with explain on /openapi/v2 (the protobuf document).
+#[test]
+fn kubectl_1_27_explain_from_v2() {
+    let s = Server::start();
+    let bin = kubectl_version("1.27");
+    let v2 = "--output=plaintext-openapiv2";
+    let out = run(&bin, &s, &["explain", v2, "pods.spec.containers"], &[]);
+    assert_has(
+        &out,
+        &[
+            "KIND:     Pod",
+            "RESOURCE: containers <[]Object>",
+            "List of containers belonging to the pod.",
+            "image\t<string>",
+        ],
+    );
+    assert!(
+        s.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("GET /openapi/v2") && l.contains("protobuf")),
+        "kubectl 1.27 did not read /openapi/v2: {:#?}",
+        s.log.lock().unwrap()
+    );
+    let out = run(
+        &bin,
+        &s,
+        &["explain", v2, "deployment.spec.strategy", "--recursive"],
+        &[],
+    );
+    assert_has(&out, &["rollingUpdate\t<Object>", "maxSurge\t<string>"]);
+}
+
+/// kubectl 1.27's default explain (v3).
+#[test]
+fn kubectl_1_27_explain_default() {
+    let s = Server::start();
+    let out = run(
+        &kubectl_version("1.27"),
+        &s,
+        &["explain", "deployment.spec.strategy"],
+        &[],
+    );
+    assert_has(&out, &["rollingUpdate", "type"]);
+}
