@@ -290,7 +290,7 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
         i: 0,
         out: Vec::new(),
     };
-    let _ = s.value("", 0);
+    let _ = s.scan();
     s.out
 }
 
@@ -302,6 +302,11 @@ struct Scanner<'a> {
 
 const MAX_DEPTH: usize = 10_000;
 
+enum Frame {
+    Object { path: String, seen: Vec<String> },
+    Array { path: String, n: usize },
+}
+
 impl Scanner<'_> {
     fn ws(&mut self) {
         while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\n' | b'\r' | b'\t') {
@@ -312,82 +317,110 @@ impl Scanner<'_> {
         self.ws();
         self.b.get(self.i).copied()
     }
-    fn value(&mut self, path: &str, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'{' => {
-                self.i += 1;
-                let mut seen: Vec<String> = Vec::new();
-                if self.peek()? == b'}' {
+    /// Scans one value, iteratively (no recursion: nesting depth costs heap, not stack).
+    fn scan(&mut self) -> Option<()> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut path = String::new();
+        loop {
+            if stack.len() > MAX_DEPTH {
+                return None;
+            }
+            match self.peek()? {
+                b'{' => {
                     self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    if self.peek()? != b'"' {
-                        return None;
-                    }
-                    let key = self.string()?;
-                    if self.peek()? != b':' {
-                        return None;
-                    }
-                    self.i += 1;
-                    let p = join(path, &key);
-                    if seen.contains(&key) {
-                        let msg = format!("duplicate field \"{p}\"");
-                        if !self.out.contains(&msg) {
-                            self.out.push(msg);
-                        }
+                    if self.peek()? == b'}' {
+                        self.i += 1;
                     } else {
-                        seen.push(key);
+                        let mut f = Frame::Object {
+                            path,
+                            seen: Vec::new(),
+                        };
+                        path = self.key(&mut f)?;
+                        stack.push(f);
+                        continue;
                     }
-                    self.value(&p, depth + 1)?;
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b'}' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                }
+                b'[' => {
+                    self.i += 1;
+                    if self.peek()? == b']' {
+                        self.i += 1;
+                    } else {
+                        let p = format!("{path}[0]");
+                        stack.push(Frame::Array { path, n: 0 });
+                        path = p;
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                _ => {
+                    let start = self.i;
+                    while self.i < self.b.len()
+                        && !matches!(
+                            self.b[self.i],
+                            b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'
+                        )
+                    {
+                        self.i += 1;
+                    }
+                    if self.i == start {
+                        return None;
                     }
                 }
             }
-            b'[' => {
-                self.i += 1;
-                if self.peek()? == b']' {
-                    self.i += 1;
+            // After a value: the next member or element, or close containers.
+            loop {
+                let Some(top) = stack.last_mut() else {
                     return Some(());
-                }
-                let mut n = 0;
-                loop {
-                    self.value(&format!("{path}[{n}]"), depth + 1)?;
-                    n += 1;
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                };
+                match (self.peek()?, &mut *top) {
+                    (b',', Frame::Array { path: p, n }) => {
+                        self.i += 1;
+                        *n += 1;
+                        path = format!("{p}[{n}]");
+                        break;
                     }
+                    (b',', f @ Frame::Object { .. }) => {
+                        self.i += 1;
+                        path = self.key(f)?;
+                        break;
+                    }
+                    (b'}', Frame::Object { .. }) | (b']', Frame::Array { .. }) => {
+                        self.i += 1;
+                        stack.pop();
+                    }
+                    _ => return None,
                 }
-            }
-            b'"' => self.string().map(|_| ()),
-            _ => {
-                let start = self.i;
-                while self.i < self.b.len()
-                    && !matches!(
-                        self.b[self.i],
-                        b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'
-                    )
-                {
-                    self.i += 1;
-                }
-                (self.i > start).then_some(())
             }
         }
     }
+
+    /// A member's key and colon; records duplicates; returns the member's path.
+    fn key(&mut self, f: &mut Frame) -> Option<String> {
+        let Frame::Object { path, seen } = f else {
+            return None;
+        };
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let key = self.string()?;
+        if self.peek()? != b':' {
+            return None;
+        }
+        self.i += 1;
+        let p = join(path, &key);
+        if seen.contains(&key) {
+            let msg = format!("duplicate field \"{p}\"");
+            if !self.out.contains(&msg) {
+                self.out.push(msg);
+            }
+        } else {
+            seen.push(key);
+        }
+        Some(p)
+    }
+
     /// A string at `self.i` (on its opening quote), unescaped.
     fn string(&mut self) -> Option<String> {
         self.i += 1;
