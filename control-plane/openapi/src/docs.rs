@@ -40,16 +40,32 @@ fn query(name: &str, ty: &str, description: &str) -> Value {
 }
 
 fn p_dry_run() -> Value {
-    query("dryRun", "string", "When present, indicates that modifications should not be persisted. An invalid or unrecognized dryRun directive will result in an error response and no further processing of the request. Valid values are: - All: all dry run stages will be processed")
+    query(
+        "dryRun",
+        "string",
+        "When present, modifications are not persisted (All: all dry run stages).",
+    )
 }
 fn p_field_manager() -> Value {
-    query("fieldManager", "string", "fieldManager is a name associated with the actor or entity that is making these changes. The value must be less than or 128 characters long, and only contain printable characters, as defined by https://golang.org/pkg/unicode/#IsPrint.")
+    query(
+        "fieldManager",
+        "string",
+        "Name of the actor or entity making these changes.",
+    )
 }
 fn p_field_validation() -> Value {
-    query("fieldValidation", "string", "fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: - Ignore: This will ignore any unknown fields that are silently dropped from the object, and will ignore all but the last duplicate field that the decoder encounters. - Warn: This will send a warning via the standard warning response header for each unknown field that is dropped from the object, and for each duplicate field that is encountered. - Strict: This will fail the request with a BadRequest error if any unknown fields would be dropped from the object, or if any duplicate fields are present. The error returned from the server will contain all unknown and duplicate fields encountered.")
+    query(
+        "fieldValidation",
+        "string",
+        "How to handle unknown or duplicate fields in the object: Ignore, Warn or Strict.",
+    )
 }
 fn p_force() -> Value {
-    query("force", "boolean", "Force is going to \"force\" Apply requests. It means user will re-acquire conflicting fields owned by other people. Force flag must be unset for non-apply patch requests.")
+    query(
+        "force",
+        "boolean",
+        "Re-acquire fields owned by other managers (apply requests only).",
+    )
 }
 fn p_pretty() -> Value {
     query(
@@ -60,24 +76,56 @@ fn p_pretty() -> Value {
 }
 fn list_params() -> Vec<Value> {
     vec![
-        query("allowWatchBookmarks", "boolean", "allowWatchBookmarks requests watch events with type \"BOOKMARK\"."),
-        query("continue", "string", "The continue option should be set when retrieving more results from the server."),
-        query("fieldSelector", "string", "A selector to restrict the list of returned objects by their fields. Defaults to everything."),
-        query("labelSelector", "string", "A selector to restrict the list of returned objects by their labels. Defaults to everything."),
-        query("limit", "integer", "limit is a maximum number of responses to return for a list call."),
-        query("resourceVersion", "string", "resourceVersion sets a constraint on what resource versions a request may be served from."),
-        query("resourceVersionMatch", "string", "resourceVersionMatch determines how resourceVersion is applied to list calls."),
-        query("sendInitialEvents", "boolean", "sendInitialEvents=true may be set together with watch=true to begin the watch with synthetic ADDED events."),
-        query("timeoutSeconds", "integer", "Timeout for the list/watch call."),
-        query("watch", "boolean", "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications."),
+        query(
+            "allowWatchBookmarks",
+            "boolean",
+            "Request BOOKMARK watch events.",
+        ),
+        query("continue", "string", "Token to retrieve the next page."),
+        query("fieldSelector", "string", "Restricts the list by fields."),
+        query("labelSelector", "string", "Restricts the list by labels."),
+        query("limit", "integer", "Maximum number of objects to return."),
+        query(
+            "resourceVersion",
+            "string",
+            "Resource version to serve the request from.",
+        ),
+        query(
+            "resourceVersionMatch",
+            "string",
+            "How resourceVersion applies to list calls.",
+        ),
+        query(
+            "sendInitialEvents",
+            "boolean",
+            "With watch, begin with synthetic ADDED events.",
+        ),
+        query(
+            "timeoutSeconds",
+            "integer",
+            "Timeout for the list/watch call.",
+        ),
+        query("watch", "boolean", "Watch for changes instead of listing."),
     ]
 }
 fn delete_params() -> Vec<Value> {
     vec![
         p_dry_run(),
-        query("gracePeriodSeconds", "integer", "The duration in seconds before the object should be deleted."),
-        query("ignoreStoreReadErrorWithClusterBreakingPotential", "boolean", "if set to true, it will trigger an unsafe deletion of the resource in case the normal deletion flow fails with a corrupt object error."),
-        query("propagationPolicy", "string", "Whether and how garbage collection will be performed. Acceptable values are: 'Orphan', 'Background', 'Foreground'."),
+        query(
+            "gracePeriodSeconds",
+            "integer",
+            "The duration in seconds before the object should be deleted.",
+        ),
+        query(
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+            "boolean",
+            "Unsafe deletion of an object that cannot be decoded.",
+        ),
+        query(
+            "propagationPolicy",
+            "string",
+            "Orphan, Background or Foreground garbage collection.",
+        ),
     ]
 }
 fn path_param(name: &str, description: &str) -> Value {

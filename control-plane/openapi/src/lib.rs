@@ -32,6 +32,7 @@ mod crd;
 mod docs;
 mod model;
 mod proto;
+mod stream;
 mod validate;
 
 pub use crd::{crd_schemas, CrdSchema};
@@ -160,7 +161,7 @@ fn crd_versions(gv: Option<(&str, &str)>) -> Vec<CrdSchema> {
 }
 
 /// Definition name of a kind among the built-ins and `crds`.
-fn definition_of(
+pub(crate) fn definition_of(
     kinds: &[model::KindInfo],
     crds: &[CrdSchema],
     group: &str,
@@ -182,14 +183,32 @@ fn definition_of(
         })
 }
 
-/// Definitions plus paths for `resources` (swagger 2.0 form); `only_referenced` keeps the
-/// definitions the paths reach (per group-version documents) instead of all.
+/// The kinds whose definitions a group-version document carries: those of its resources, and
+/// `Scale` when a resource has that subresource.
+fn pick<'a>(resources: &'a [&'a Resource]) -> impl Fn(&model::KindInfo) -> bool + 'a {
+    move |k| {
+        resources.iter().any(|r| {
+            (r.group == k.group && r.version == k.version && r.kind == k.kind)
+                || (k.group == "autoscaling"
+                    && k.version == "v1"
+                    && k.kind == "Scale"
+                    && r.subresources.iter().any(|s| s == "scale"))
+        })
+    }
+}
+
+/// Definitions plus paths for `resources` (swagger 2.0 form); `only_referenced`: the
+/// definitions of the kinds served (per group-version documents) instead of all.
 fn build(
     resources: &[&Resource],
     crds: &[CrdSchema],
     only_referenced: bool,
 ) -> (Map<String, Value>, Map<String, Value>) {
-    let (mut defs, kinds) = model::definitions();
+    let (mut defs, kinds) = if only_referenced {
+        model::definitions_for(pick(resources))
+    } else {
+        model::definitions()
+    };
     for c in crds {
         let mut s = c.schema.clone();
         // v3 documents keep the CRD's own form (nullable, anyOf...); see `to_v2`.
@@ -204,39 +223,10 @@ fn build(
     for r in resources {
         docs::resource_paths(r, &def_of, &mut paths);
     }
-    if only_referenced {
-        let mut roots: Vec<String> = Vec::new();
-        model_refs(&Value::Object(paths.clone()), &mut roots);
-        for r in resources {
-            if let Some(d) = def_of(&r.group, &r.version, &r.kind) {
-                roots.push(format!("{d}List"));
-                roots.push(d);
-            }
-        }
-        let keep = model::closure(&defs, &roots);
-        defs.retain(|k, _| keep.binary_search(k).is_ok());
-    }
     (defs, paths)
 }
 
-fn model_refs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                match (k.as_str(), v) {
-                    ("$ref", Value::String(r)) => {
-                        out.push(r.rsplit('/').next().unwrap_or(r).to_string())
-                    }
-                    _ => model_refs(v, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|v| model_refs(v, out)),
-        _ => {}
-    }
-}
-
-const INFO_VERSION: &str = concat!("v1.33.0+skiff-", env!("CARGO_PKG_VERSION"));
+pub(crate) const INFO_VERSION: &str = concat!("v1.33.0+skiff-", env!("CARGO_PKG_VERSION"));
 
 /// `GET /openapi/v3`: one entry per group-version of `resources` (and of the registered CRDs),
 /// each with a `serverRelativeURL` carrying a hash of the document's inputs, as upstream.
@@ -341,16 +331,7 @@ pub fn v3_group_version(group: &str, version: &str, resources: &[Resource]) -> O
 /// CRDs) and the paths of `resources`.
 pub fn v2(resources: &[Resource]) -> Value {
     let crds = crd_versions(None);
-    let mut rs: Vec<&Resource> = resources.iter().collect();
-    for c in &crds {
-        if !rs.iter().any(|r| {
-            r.group == c.resource.group
-                && r.version == c.resource.version
-                && r.kind == c.resource.kind
-        }) {
-            rs.push(&c.resource);
-        }
-    }
+    let rs = v2_resources(resources, &crds);
     let (defs, paths) = build(&rs, &crds, false);
     json!({
         "swagger": "2.0",
@@ -360,6 +341,20 @@ pub fn v2(resources: &[Resource]) -> Value {
         "securityDefinitions": {"BearerToken": {"type": "apiKey", "description": "Bearer Token authentication", "name": "authorization", "in": "header"}},
         "security": [{"BearerToken": []}]
     })
+}
+
+fn v2_resources<'a>(resources: &'a [Resource], crds: &'a [CrdSchema]) -> Vec<&'a Resource> {
+    let mut rs: Vec<&Resource> = resources.iter().collect();
+    for c in crds {
+        if !rs.iter().any(|r| {
+            r.group == c.resource.group
+                && r.version == c.resource.version
+                && r.kind == c.resource.kind
+        }) {
+            rs.push(&c.resource);
+        }
+    }
+    rs
 }
 
 /// A serialized document, kept gzip-compressed.
@@ -374,12 +369,16 @@ pub struct Document {
 
 impl Document {
     fn new(hash: u64, v: &Value, protobuf: bool) -> Document {
-        let json = serde_json::to_vec(v).unwrap_or_default();
+        // Serialized straight into the compressor: the JSON text is never whole in memory.
+        let mut w = stream::Counting(0, GzEncoder::new(Vec::new(), Compression::new(6)));
+        let _ = serde_json::to_writer(&mut w, v);
+        let mut gzip = w.1.finish().unwrap_or_default();
+        gzip.shrink_to_fit();
         Document {
             hash,
-            gzip: gzip(&json),
-            json_len: json.len(),
-            protobuf_gzip: protobuf.then(|| gzip(&proto::encode_document(v))),
+            gzip,
+            json_len: w.0,
+            protobuf_gzip: protobuf.then(|| self::gzip(&proto::encode_document(v))),
         }
     }
     /// The JSON, gzip-compressed (serve as is with `Content-Encoding: gzip`).
@@ -451,8 +450,14 @@ pub fn cached_v3_group_version(
 ) -> Option<Arc<Document>> {
     let hash = gv_hash(group, version, resources);
     cached(format!("v3/{group}/{version}"), hash, || {
-        v3_group_version(group, version, resources)
-            .map(|v| Arc::new(Document::new(hash, &v, false)))
+        let crds = crd_versions(Some((group, version)));
+        let rs = served(group, version, resources, &crds);
+        if rs.is_empty() {
+            return None;
+        }
+        let only = pick(&rs);
+        let doc = stream::document(hash, true, &rs, &crds, &only);
+        Some(Arc::new(doc))
     })
 }
 
@@ -466,7 +471,11 @@ pub fn cached_v2(resources: &[Resource]) -> Arc<Document> {
     }
     let hash = h.0;
     cached("v2".into(), hash, || {
-        Some(Arc::new(Document::new(hash, &v2(resources), true)))
+        let crds = crd_versions(None);
+        let rs = v2_resources(resources, &crds);
+        Some(Arc::new(stream::document(hash, false, &rs, &crds, &|_| {
+            true
+        })))
     })
     .unwrap_or_else(|| Arc::new(Document::new(hash, &Value::Null, false)))
 }

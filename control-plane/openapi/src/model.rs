@@ -33,6 +33,12 @@ pub(crate) struct KindInfo {
     pub definition: String,
     /// `(kind, definition)` of the list kind, when the kind is listable.
     pub list: Option<(&'static str, String)>,
+    /// Adds the kind's schema (and those it refers to) to a generator.
+    pub generate: fn(&mut SchemaGenerator),
+}
+
+fn generate<T: JsonSchema>(gen: &mut SchemaGenerator) {
+    gen.subschema_for::<T>();
 }
 
 fn info<T: Resource + JsonSchema>(list_kind: Option<&'static str>) -> KindInfo
@@ -55,6 +61,7 @@ where
         scope,
         list: list_kind.map(|k| (k, format!("{definition}List"))),
         definition,
+        generate: generate::<T>,
     }
 }
 
@@ -73,11 +80,8 @@ macro_rules! list_kind_of {
 
 macro_rules! collect_kinds {
     ($($p:path => $l:tt,)*) => {
-        fn collect(gen: &mut SchemaGenerator, out: &mut Vec<KindInfo>) {
-            $(
-                gen.subschema_for::<$p>();
-                out.push(info::<$p>(list_kind_of!($p, $l)));
-            )*
+        fn collect_infos() -> Vec<KindInfo> {
+            vec![$(info::<$p>(list_kind_of!($p, $l)),)*]
         }
     };
 }
@@ -86,26 +90,32 @@ for_each_kind!(collect_kinds);
 
 /// The built-in kinds, without their schemas (cheap: no schema generation).
 pub(crate) fn kinds() -> Vec<KindInfo> {
-    build(false).1
+    collect_infos()
 }
 
 /// All definitions (swagger 2.0 form) and the kinds.
 pub(crate) fn definitions() -> (Map<String, Value>, Vec<KindInfo>) {
-    build(true)
+    definitions_for(|_| true)
 }
 
-fn build(with_schemas: bool) -> (Map<String, Value>, Vec<KindInfo>) {
+/// The definitions of the kinds `pick` selects (their list kinds included), of what they refer
+/// to, and of the options, status and events every group-version uses (swagger 2.0 form), with
+/// all the kinds. Generating only what a document needs keeps the peak memory down.
+pub(crate) fn definitions_for(
+    pick: impl Fn(&KindInfo) -> bool,
+) -> (Map<String, Value>, Vec<KindInfo>) {
     let settings = SchemaSettings::draft07().with(|s| {
         s.definitions_path = "/definitions".into();
         s.meta_schema = None;
         s.transforms = Vec::new();
     });
     let mut gen = settings.into_generator();
-    let mut kinds = Vec::new();
-    collect(&mut gen, &mut kinds);
-    if !with_schemas {
-        return (Map::new(), kinds);
+    let kinds = collect_infos();
+    for k in kinds.iter().filter(|k| pick(k)) {
+        (k.generate)(&mut gen);
     }
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::WatchEvent<()>>();
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Patch>();
@@ -124,7 +134,7 @@ fn build(with_schemas: bool) -> (Map<String, Value>, Vec<KindInfo>) {
         json!({"description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.", "type": "object"}),
     );
     fixups(&mut defs);
-    for k in &kinds {
+    for k in kinds.iter().filter(|k| pick(k)) {
         if let Some((list_kind, list_def)) = &k.list {
             defs.insert(list_def.clone(), list_schema(k, list_kind));
         }
@@ -295,38 +305,6 @@ fn group_version_kinds(defs: &mut Map<String, Value>, kinds: &[KindInfo]) {
     for (g, v) in gvs {
         add(&format!("{META}DeleteOptions"), gvk(g, v, "DeleteOptions"));
         add(&format!("{META}WatchEvent"), gvk(g, v, "WatchEvent"));
-    }
-}
-
-/// Names of the definitions `root` refers to, transitively (sorted).
-pub(crate) fn closure(defs: &Map<String, Value>, roots: &[String]) -> Vec<String> {
-    let mut seen: std::collections::BTreeSet<String> = Default::default();
-    let mut todo: Vec<String> = roots.to_vec();
-    while let Some(n) = todo.pop() {
-        if !defs.contains_key(&n) || !seen.insert(n.clone()) {
-            continue;
-        }
-        refs(&defs[&n], &mut |r| todo.push(r.to_string()));
-    }
-    seen.into_iter().collect()
-}
-
-fn refs(v: &Value, f: &mut dyn FnMut(&str)) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                if k == "$ref" {
-                    if let Some(r) = v.as_str() {
-                        let name = r.rsplit('/').next().unwrap_or(r);
-                        f(name);
-                    }
-                } else {
-                    refs(v, f);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|v| refs(v, f)),
-        _ => {}
     }
 }
 

@@ -320,3 +320,30 @@ fn builtin_resources_cover_the_kinds() {
     );
     assert!(rs.len() > 80);
 }
+
+#[test]
+fn cached_documents_match_the_values() {
+    let _g = CRD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut deploy = Resource::new("apps", "v1", "Deployment", "deployments", true);
+    deploy.subresources = vec!["status".into(), "scale".into()];
+    let rs = vec![
+        pod_resource(),
+        Resource::new("", "v1", "Node", "nodes", false),
+        deploy,
+    ];
+    for (g, v) in [("", "v1"), ("apps", "v1")] {
+        let cached = skiff_openapi::cached_v3_group_version(g, v, &rs).expect("doc");
+        let streamed: Value = serde_json::from_slice(&cached.json()).expect("json");
+        assert_eq!(
+            streamed,
+            v3_group_version(g, v, &rs).expect("doc"),
+            "{g}/{v}"
+        );
+        assert_eq!(cached.json_len(), cached.json().len());
+    }
+    let apps = v3_group_version("apps", "v1", &rs).expect("doc");
+    assert!(apps["components"]["schemas"]["io.k8s.api.autoscaling.v1.Scale"].is_object());
+    let cached = skiff_openapi::cached_v2(&rs);
+    let streamed: Value = serde_json::from_slice(&cached.json()).expect("json");
+    assert_eq!(streamed, v2(&rs));
+}
