@@ -137,6 +137,16 @@ fn respond(mut s: TcpStream, rs: &[Resource], log: &Mutex<Vec<String>>) {
     ));
     let path = target.split('?').next().unwrap_or("/");
     let method = line.split_whitespace().next().unwrap_or("");
+    if method == "PATCH" {
+        log.lock()
+            .unwrap()
+            .push(format!("PATCH-BODY {}", String::from_utf8_lossy(&body)));
+    }
+    if path == WEB_POD_PATH && (method == "GET" || method == "PATCH") {
+        let out = web_pod().to_string();
+        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}", out.len()).as_bytes());
+        return;
+    }
     if method == "POST" {
         let (head, out) = create(&target, &body);
         let _ = s.write_all(format!("{head}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", out.len()).as_bytes());
@@ -226,6 +236,23 @@ fn create(target: &str, body: &[u8]) -> (String, Vec<u8>) {
             (head, body.to_vec())
         }
     }
+}
+
+const WEB_POD_PATH: &str = "/api/v1/namespaces/default/pods/web";
+
+fn web_pod_config(containers: &[(&str, &str)]) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"containers": containers.iter().map(|(n, i)| json!({"name": n, "image": i})).collect::<Vec<_>>()}})
+}
+
+/// The stored pod: last applied with containers a and b.
+fn web_pod() -> Value {
+    let mut p = web_pod_config(&[("a", "nginx:1"), ("b", "redis:1")]);
+    let last = web_pod_config(&[("a", "nginx:1"), ("b", "redis:1")]).to_string();
+    p["metadata"]["annotations"] =
+        json!({"kubectl.kubernetes.io/last-applied-configuration": last});
+    p["metadata"]["resourceVersion"] = "7".into();
+    p
 }
 
 struct Server {
@@ -515,4 +542,49 @@ fn kubectl_create_validate_strict_and_warn() {
     assert!(ok, "warn create failed: {err}");
     assert_has(&out, &["pod/p created"]);
     assert_has(&err, &["Warning: unknown field \"spec.containers[0].foo\""]);
+}
+
+/// Client-side `kubectl apply` computes a strategic merge patch from the v3 schema: with
+/// `x-kubernetes-patch-strategy: merge` and the merge key on `spec.containers` the patch keys the
+/// containers by name (`$setElementOrder`, `$patch: delete`); without those extensions kubectl
+/// sends the whole list (checked by removing them: this test then fails).
+#[test]
+fn kubectl_apply_uses_the_patch_merge_keys() {
+    let s = Server::start();
+    let dir = std::env::temp_dir().join(format!("skiff-openapi-apply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("web.json");
+    std::fs::write(
+        &file,
+        web_pod_config(&[("a", "nginx:2"), ("c", "busybox")]).to_string(),
+    )
+    .expect("write");
+    let res = run_status(
+        &kubectl(),
+        &s,
+        &["apply", "-f", file.to_str().expect("path")],
+        &[],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = s.log.lock().unwrap().clone();
+    assert!(res.0, "apply failed: {}\n{log:#?}", res.2);
+    let patch = log
+        .iter()
+        .find_map(|l| l.strip_prefix("PATCH-BODY "))
+        .unwrap_or_else(|| panic!("no PATCH sent: {log:#?}"));
+    let patch: Value = serde_json::from_str(patch).expect("patch json");
+    assert_eq!(
+        patch["spec"]["$setElementOrder/containers"],
+        json!([{"name": "a"}, {"name": "c"}]),
+        "{patch}"
+    );
+    let containers = patch["spec"]["containers"].as_array().expect("containers");
+    assert!(
+        containers.contains(&json!({"$patch": "delete", "name": "b"})),
+        "{patch}"
+    );
+    assert!(
+        containers.contains(&json!({"image": "nginx:2", "name": "a"})),
+        "{patch}"
+    );
 }
