@@ -67,7 +67,35 @@ fn discovery(path: &str, rs: &[Resource]) -> Option<Value> {
         .map(|r| (r.group.clone(), r.version.clone()))
         .collect();
     groups.push((crd_r.group.clone(), crd_r.version.clone()));
+    groups.sort();
     groups.dedup();
+    // Group name -> versions, preferred first (GA before beta before alpha, newest first).
+    let rank = |v: &str| {
+        let stability = if v.contains("alpha") {
+            0
+        } else if v.contains("beta") {
+            1
+        } else {
+            2
+        };
+        let n: u32 = v
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        (stability, n)
+    };
+    let mut by_group: Vec<(String, Vec<String>)> = Vec::new();
+    for (g, v) in &groups {
+        match by_group.iter_mut().find(|(n, _)| n == g) {
+            Some((_, vs)) => vs.push(v.clone()),
+            None => by_group.push((g.clone(), vec![v.clone()])),
+        }
+    }
+    for (_, vs) in &mut by_group {
+        vs.sort_by_key(|v| std::cmp::Reverse(rank(v)));
+    }
     let list = |g: &str, v: &str| {
         let mut out: Vec<Value> = rs
             .iter()
@@ -90,9 +118,9 @@ fn discovery(path: &str, rs: &[Resource]) -> Option<Value> {
         ),
         "/api/v1" => Some(list("", "v1")),
         "/apis" => Some(
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": by_group.iter().map(|(g, vs)| {
+            let gvs: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]})
         }).collect::<Vec<_>>()}),
         ),
         "/version" => Some(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0+skiff"})),
@@ -264,6 +292,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::serving(resources())
+    }
+
+    fn serving(rs: Vec<Resource>) -> Server {
         skiff_openapi::register_crd(&crontab_crd()).expect("register CRD");
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
@@ -271,7 +303,6 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (stop2, log2) = (stop.clone(), log.clone());
         let thread = std::thread::spawn(move || {
-            let rs = resources();
             for s in l.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     break;
@@ -586,5 +617,66 @@ fn kubectl_apply_uses_the_patch_merge_keys() {
     assert!(
         containers.contains(&json!({"image": "nginx:2", "name": "a"})),
         "{patch}"
+    );
+}
+
+/// Every built-in kind served: kubectl explains a spread of them (recursive ones included).
+#[test]
+fn kubectl_explain_many_builtin_kinds() {
+    let s = Server::serving(skiff_openapi::builtin_resources());
+    for (what, expect) in [
+        ("services.spec.ports", "FIELD: ports <[]ServicePort>"),
+        (
+            "ingresses.networking.k8s.io.spec.rules",
+            "KIND:       Ingress",
+        ),
+        (
+            "cronjobs.batch.spec.jobTemplate.spec.template.spec.containers.image",
+            "FIELD: image <string>",
+        ),
+        (
+            "horizontalpodautoscalers.autoscaling.spec.metrics",
+            "VERSION:    v2",
+        ),
+        (
+            "clusterroles.rbac.authorization.k8s.io.rules",
+            "FIELD: rules <[]PolicyRule>",
+        ),
+        (
+            "customresourcedefinitions.spec.versions.schema.openAPIV3Schema.properties",
+            "<map[string]JSONSchemaProps>",
+        ),
+        (
+            "statefulsets.apps.spec.volumeClaimTemplates.spec.resources.requests",
+            "<map[string]Quantity>",
+        ),
+        (
+            "leases.coordination.k8s.io.spec.renewTime",
+            "FIELD: renewTime <string>",
+        ),
+        (
+            "nodes.status.capacity",
+            "FIELD: capacity <map[string]Quantity>",
+        ),
+        (
+            "validatingadmissionpolicies.spec.validations",
+            "KIND:       ValidatingAdmissionPolicy",
+        ),
+    ] {
+        let out = run(&kubectl(), &s, &["explain", what], &[]);
+        assert_has(&out, &[expect, "DESCRIPTION:"]);
+    }
+    let out = run(
+        &kubectl(),
+        &s,
+        &["explain", "customresourcedefinitions.spec", "--recursive"],
+        &[],
+    );
+    assert_has(
+        &out,
+        &[
+            "openAPIV3Schema\t<JSONSchemaProps>",
+            "x-kubernetes-preserve-unknown-fields\t<boolean>",
+        ],
     );
 }
