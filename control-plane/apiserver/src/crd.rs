@@ -392,6 +392,7 @@ pub fn entries(crd: &Value) -> Vec<Resource> {
                 storage_group: group.clone(),
                 storage_plural: plural.clone(),
                 preferred: i == 0,
+                builtin: false,
                 strategy: Arc::new(Custom {
                     schema: v["schema"]["openAPIV3Schema"].clone(),
                     columns,
@@ -471,6 +472,7 @@ pub async fn removed(ctx: &Ctx, crd: &Value) {
     let group = spec["group"].as_str().unwrap_or_default();
     let plural = spec["names"]["plural"].as_str().unwrap_or_default();
     ctx.registry.replace_group_resource(group, plural, vec![]);
+    skiff_openapi::unregister_crd(crd["metadata"]["name"].as_str().unwrap_or_default());
     let prefix = format!("/registry/{group}/{plural}/");
     if let Ok((kvs, _)) = ctx.store.list(&prefix).await {
         for kv in kvs {

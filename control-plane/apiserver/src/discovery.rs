@@ -200,12 +200,78 @@ fn typed(ct: &str, v: &Value) -> Response<Body> {
         .expect("response")
 }
 
-pub fn openapi(ctx: &Ctx, segs: &[&str], _accept: &str) -> Result<Response<Body>, StatusError> {
+/// The built-in resources as the OpenAPI documents describe them (CRDs are registered with
+/// the documents separately).
+fn openapi_resources(ctx: &Ctx) -> Vec<skiff_openapi::Resource> {
+    ctx.registry
+        .all()
+        .iter()
+        .filter(|r| r.builtin)
+        .map(|r| skiff_openapi::Resource {
+            group: r.group.clone(),
+            version: r.version.clone(),
+            kind: r.kind.clone(),
+            plural: r.plural.clone(),
+            namespaced: r.namespaced,
+            verbs: r.verbs().iter().map(|v| v.to_string()).collect(),
+            subresources: r.subresources.iter().map(|s| s.name.clone()).collect(),
+        })
+        .collect()
+}
+
+fn document(doc: &skiff_openapi::Document, ct: &str, gzip_ok: bool) -> Response<Body> {
+    let b = Response::builder()
+        .status(200)
+        .header("content-type", ct)
+        .header("etag", format!("\"{:016X}\"", doc.hash))
+        .header("vary", "Accept, Accept-Encoding");
+    let r = if gzip_ok {
+        b.header("content-encoding", "gzip")
+            .body(full(doc.gzip().to_vec()))
+    } else {
+        b.body(full(doc.json()))
+    };
+    // Building a document allocates a burst; give the freed heap back.
+    skiff_memtrim::trim_heap();
+    r.expect("response")
+}
+
+pub fn openapi(
+    ctx: &Ctx,
+    segs: &[&str],
+    accept: &str,
+    gzip_ok: bool,
+) -> Result<Response<Body>, StatusError> {
+    let resources = openapi_resources(ctx);
     match segs {
-        ["openapi", "v3"] => Ok(json_response(200, &crate::openapi::root(&ctx.registry))),
-        ["openapi", "v3", gv @ ..] => crate::openapi::group_version(&ctx.registry, &gv.join("/"))
-            .map(|b| json_response(200, &b))
-            .ok_or_else(not_found),
+        ["openapi", "v2"] => {
+            let doc = skiff_openapi::cached_v2(&resources);
+            if accept.contains("protobuf") {
+                let pb = doc.protobuf().ok_or_else(not_found)?;
+                skiff_memtrim::trim_heap();
+                return Ok(Response::builder()
+                    .status(200)
+                    .header(
+                        "content-type",
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    )
+                    .header("etag", format!("\"{:016X}\"", doc.hash))
+                    .body(full(pb))
+                    .expect("response"));
+            }
+            Ok(document(&doc, "application/json", gzip_ok))
+        }
+        ["openapi", "v3"] => Ok(json_response(200, &skiff_openapi::v3_index(&resources))),
+        ["openapi", "v3", gv @ ..] => {
+            let (g, v) = match gv {
+                ["api", v] => ("", *v),
+                ["apis", g, v] => (*g, *v),
+                _ => return Err(not_found()),
+            };
+            let doc =
+                skiff_openapi::cached_v3_group_version(g, v, &resources).ok_or_else(not_found)?;
+            Ok(document(&doc, "application/json", gzip_ok))
+        }
         _ => Err(not_found()),
     }
 }

@@ -406,10 +406,11 @@ fn admit(
     t: &Target,
     obj: &mut Value,
     old: Option<&Value>,
+    raw: Option<&[u8]>,
 ) -> Result<Vec<String>, StatusError> {
     let res = &t.res;
     let strategy = &res.strategy;
-    let warnings = crate::validation::field_validation(ctx, t, obj)?;
+    let warnings = crate::validation::field_validation(ctx, t, obj, raw)?;
     strategy.set_defaults(obj);
     strip_nulls(obj);
     let mut errs: Vec<FieldError> = vec![];
@@ -441,7 +442,8 @@ pub fn strip_nulls(v: &mut Value) {
 
 fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
     for w in warnings {
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - \"{w}\"")) {
+        let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
             r.headers_mut().append("warning", v);
         }
     }
@@ -502,7 +504,7 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     stamp_new(&mut obj);
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
-    let warnings = admit(ctx, t, &mut obj, None)?;
+    let warnings = admit(ctx, t, &mut obj, None, Some(body))?;
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let t2 = Target {
         name: Some(name),
@@ -581,6 +583,7 @@ pub fn merge_update(
     t: &Target,
     old: &Value,
     mut new: Value,
+    raw: Option<&[u8]>,
 ) -> Result<(Value, Vec<String>), StatusError> {
     let res = &t.res;
     res.strategy
@@ -647,7 +650,7 @@ pub fn merge_update(
         new = out;
     }
     res.strategy.prepare_update(&mut new, old);
-    let warnings = admit(ctx, t, &mut new, Some(old))?;
+    let warnings = admit(ctx, t, &mut new, Some(old), raw)?;
     // generation follows spec changes (the whole body for kinds without a status split).
     let ignore: &[&str] = &["metadata", "status", "apiVersion", "kind"];
     if without(&new, ignore) != without(old, ignore) {
@@ -758,7 +761,7 @@ pub async fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
             ));
         }
     }
-    let (mut obj, warnings) = merge_update(ctx, t, &old, new)?;
+    let (mut obj, warnings) = merge_update(ctx, t, &old, new, Some(body))?;
     crate::managed::record(
         &mut obj,
         Some(&old),
@@ -849,7 +852,7 @@ pub async fn patch(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>,
                 ));
             }
         }
-        let (mut obj, warnings) = merge_update(ctx, t, &old, patched)?;
+        let (mut obj, warnings) = merge_update(ctx, t, &old, patched, None)?;
         if !apply {
             crate::managed::record(
                 &mut obj,

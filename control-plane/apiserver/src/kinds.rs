@@ -40,6 +40,7 @@ where
         storage_group: T::GROUP.into(),
         storage_plural: T::URL_PATH_SEGMENT.into(),
         preferred: true,
+        builtin: true,
         strategy: Arc::new(s::Typed::<T, _>::new(strategy)),
     })
 }

@@ -22,7 +22,6 @@ mod handlers;
 mod lifecycle;
 mod managed;
 mod metrics;
-mod openapi;
 mod patch;
 mod proxy;
 mod reviews;

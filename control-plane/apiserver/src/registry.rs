@@ -79,6 +79,8 @@ pub struct Resource {
     pub storage_plural: String,
     /// Whether this version is the group's preferred one.
     pub preferred: bool,
+    /// Built in (false for CRD-defined resources).
+    pub builtin: bool,
     pub strategy: Arc<dyn Strategy>,
 }
 

@@ -292,7 +292,14 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<UserInfo>) ->
             ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
                 crate::discovery::serve(&ctx, &segs, &accept)
             }
-            ["openapi", ..] => crate::discovery::openapi(&ctx, &segs, &accept),
+            ["openapi", ..] => {
+                let gzip_ok = req
+                    .headers()
+                    .get("accept-encoding")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("gzip"));
+                crate::discovery::openapi(&ctx, &segs, &accept, gzip_ok)
+            }
             ["api", v, rest @ ..] => resource(ctx.clone(), req, "", v, rest, user).await,
             ["apis", g, v, rest @ ..] => resource(ctx.clone(), req, g, v, rest, user).await,
             _ => Err(not_found()),

@@ -6,12 +6,20 @@ use crate::status::StatusError;
 use serde_json::Value;
 
 /// Checks `obj` against its kind's schema; returns the warnings to send.
-pub fn field_validation(_ctx: &Ctx, t: &Target, obj: &Value) -> Result<Vec<String>, StatusError> {
+pub fn field_validation(
+    _ctx: &Ctx,
+    t: &Target,
+    obj: &Value,
+    raw: Option<&[u8]>,
+) -> Result<Vec<String>, StatusError> {
     let mode = t.param("fieldValidation").unwrap_or("Warn");
     if mode == "Ignore" {
         return Ok(vec![]);
     }
-    let unknown = unknown_fields(&t.res.group, &t.res.version, &t.res.kind, obj);
+    let mut unknown = skiff_openapi::unknown_fields(&t.res.group, &t.res.version, &t.res.kind, obj);
+    if let Some(raw) = raw.filter(|r| r.first() == Some(&b'{')) {
+        unknown.extend(skiff_openapi::duplicate_fields(raw));
+    }
     if unknown.is_empty() {
         return Ok(vec![]);
     }
@@ -23,9 +31,4 @@ pub fn field_validation(_ctx: &Ctx, t: &Target, obj: &Value) -> Result<Vec<Strin
         )));
     }
     Ok(unknown)
-}
-
-/// Unknown fields of an object, as `unknown field "spec.foo"` messages.
-fn unknown_fields(_group: &str, _version: &str, _kind: &str, _obj: &Value) -> Vec<String> {
-    vec![]
 }
