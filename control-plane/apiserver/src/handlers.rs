@@ -292,41 +292,77 @@ async fn list_items(
     t: &Target,
 ) -> Result<(Vec<Value>, i64, Option<String>), StatusError> {
     let (ls, fs) = selectors(t)?;
-    let (kvs, rev) = ctx.store.list(&t.prefix()).await.map_err(|e| terr(t, e))?;
-    let (list_rv, start_after) = match t.param("continue").filter(|c| !c.is_empty()) {
-        Some(c) => {
-            let (rv, start) = parse_continue(c)?;
-            (rv, Some(start))
-        }
-        None => (rev, None),
-    };
     let limit: usize = t
         .param("limit")
         .and_then(|l| l.parse().ok())
         .filter(|l| *l > 0)
-        .unwrap_or(usize::MAX);
+        .unwrap_or(0);
+    // The revision to read at: the continue token's (one consistent list across pages), an
+    // exact one asked for, or the current one.
+    let (mut revision, mut start) = match t.param("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let (rv, key) = parse_continue(c)?;
+            (rv, Some(format!("{key}\u{0}")))
+        }
+        None => (0, None),
+    };
+    if revision == 0 && t.param("resourceVersionMatch") == Some("Exact") {
+        revision = t
+            .param("resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| {
+                StatusError::bad_request("resourceVersionMatch=Exact needs a resourceVersion")
+            })?;
+    }
     let mut items = Vec::new();
-    let mut cont = None;
+    let mut list_rv;
     let mut last_key = String::new();
-    for kv in kvs {
-        if start_after
-            .as_ref()
-            .is_some_and(|s| kv.key.as_str() <= s.as_str())
-        {
-            continue;
+    loop {
+        let page = if limit == 0 { 0 } else { (limit + 1).max(64) };
+        let req = skiff_store::RangeRequest {
+            prefix: t.prefix(),
+            start: start.clone(),
+            limit: page,
+            revision,
+        };
+        let resp = match ctx.store.range(req).await {
+            Ok(r) => r,
+            Err(StoreError::Compacted { .. }) if t.param("continue").is_some() => {
+                // The token's revision is gone: 410 with a token that continues at the
+                // current revision, as upstream does.
+                let fresh = ctx.store.current_revision().await.unwrap_or(0);
+                let key = t
+                    .param("continue")
+                    .and_then(|c| parse_continue(c).ok())
+                    .map(|(_, k)| k)
+                    .unwrap_or_default();
+                let mut e = StatusError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.");
+                e.list_continue = Some(continue_token(fresh, &key));
+                return Err(e);
+            }
+            Err(e) => return Err(terr(t, e)),
+        };
+        list_rv = resp.revision;
+        revision = resp.revision;
+        let n = resp.kvs.len();
+        for kv in resp.kvs {
+            let key = kv.key.clone();
+            start = Some(format!("{key}\u{0}"));
+            let o = decode_as(&t.res, &kv)?;
+            if !(ls.matches(&o) && fs.matches(&o)) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                return Ok((items, list_rv, Some(continue_token(list_rv, &last_key))));
+            }
+            last_key = key;
+            items.push(o);
         }
-        let o = decode_as(&t.res, &kv)?;
-        if !(ls.matches(&o) && fs.matches(&o)) {
-            continue;
-        }
-        if items.len() == limit {
-            cont = Some(continue_token(list_rv, &last_key));
+        if !resp.more || n == 0 {
             break;
         }
-        last_key = kv.key.clone();
-        items.push(o);
     }
-    Ok((items, list_rv, cont))
+    Ok((items, list_rv, None))
 }
 
 pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {

@@ -9,6 +9,8 @@ pub struct StatusError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// For 410 on an expired continue token: the token to go on with.
+    pub list_continue: Option<String>,
 }
 
 impl StatusError {
@@ -18,6 +20,7 @@ impl StatusError {
             reason,
             message: message.into(),
             details: None,
+            list_continue: None,
         }
     }
 
@@ -124,6 +127,9 @@ impl StatusError {
         });
         if let Some(d) = &self.details {
             v["details"] = d.clone();
+        }
+        if let Some(c) = &self.list_continue {
+            v["metadata"]["continue"] = json!(c);
         }
         v
     }
