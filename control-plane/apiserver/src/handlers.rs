@@ -29,6 +29,7 @@ pub struct Ctx {
     pub ca_pem: String,
     pub kubelet: reqwest::Client,
     pub metrics: crate::metrics::Metrics,
+    pub watch_cache: crate::watchcache::WatchCache,
     me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
 
@@ -67,6 +68,7 @@ impl Ctx {
             ca_pem,
             kubelet,
             metrics: Default::default(),
+            watch_cache: Default::default(),
             me: Default::default(),
         })
     }
@@ -1192,6 +1194,33 @@ pub async fn delete_collection(
     ))
 }
 
+/// Where a watch's events come from: the watch cache, or the store's history for revisions
+/// older than the cache's window.
+enum Source {
+    Cache(crate::watchcache::Subscription),
+    Store(skiff_store::Watch),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Result<Arc<crate::watchcache::CachedEvent>, String>> {
+        match self {
+            Source::Cache(sub) => match sub.next().await {
+                crate::watchcache::Next::Event(e) => Some(Ok(e)),
+                crate::watchcache::Next::TooSlow => Some(Err(
+                    "the watcher fell too far behind; list again".to_string(),
+                )),
+                crate::watchcache::Next::Closed => None,
+            },
+            Source::Store(w) => match w.next().await? {
+                Ok(ev) => Some(Ok(Arc::new(crate::watchcache::CachedEvent::from_store(
+                    &ev,
+                )?))),
+                Err(e) => Some(Err(e.to_string())),
+            },
+        }
+    }
+}
+
 /// Watch: every change after the requested revision, as upstream's watch stream (JSON lines,
 /// or length-prefixed protobuf frames), with bookmarks and the initial-events end marker.
 pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
@@ -1248,16 +1277,24 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
         rv.parse::<i64>()
             .map_err(|_| StatusError::bad_request(format!("invalid resourceVersion {rv:?}")))?
     };
-    let watch = match ctx.store.watch(&prefix, start).await {
-        Ok(w) => Some(w),
-        Err(e @ StoreError::Compacted { .. }) => {
-            let st = StatusError::gone(format!("too old resource version: {start} ({e})"));
-            initial.push(frame("ERROR", &st.to_json()));
-            None
-        }
-        Err(e) => return Err(terr(t, e)),
+    let store_prefix = res.prefix();
+    let mut source = match ctx
+        .watch_cache
+        .subscribe(&ctx.store, &store_prefix, start)
+        .await
+    {
+        Some(sub) => Some(Source::Cache(sub)),
+        None => match ctx.store.watch(&prefix, start).await {
+            Ok(w) => Some(Source::Store(w)),
+            Err(e @ StoreError::Compacted { .. }) => {
+                let st = StatusError::gone(format!("too old resource version: {start} ({e})"));
+                initial.push(frame("ERROR", &st.to_json()));
+                None
+            }
+            Err(e) => return Err(terr(t, e)),
+        },
     };
-    ctx.metrics.watchers_inc(&res);
+    let fmt_id = format as u8;
     let metrics = ctx.metrics.clone();
     tokio::spawn(async move {
         let _guard = metrics.watcher_guard(&res);
@@ -1266,12 +1303,15 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
                 return;
             }
         }
-        let Some(mut watch) = watch else { return };
+        let Some(source) = source.as_mut() else {
+            return;
+        };
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
         let mut last_rev = start;
+        let api_version = res.api_version();
         loop {
             let ev = tokio::select! {
                 _ = &mut deadline => return,
@@ -1282,28 +1322,44 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
                     }
                     continue;
                 }
-                ev = watch.next() => ev,
+                ev = source.next() => ev,
             };
             let ev = match ev {
                 Some(Ok(ev)) => ev,
                 Some(Err(e)) => {
-                    let st = StatusError::gone(e.to_string());
+                    let st = StatusError::gone(e);
                     let _ = tx.send(frame("ERROR", &st.to_json())).await;
                     return;
                 }
                 None => return,
             };
-            last_rev = ev.revision();
-            let Ok(obj) = decode_as(&res, &ev.kv) else {
+            last_rev = ev.rev;
+            if !ev.key.starts_with(&prefix) {
                 continue;
+            }
+            // Objects stored in another version than the one watched are converted per
+            // watcher; the rest share one decoded object and one encoded frame.
+            let same =
+                ev.obj["apiVersion"] == api_version.as_str() && ev.obj["kind"] == res.kind.as_str();
+            let convert = |v: &Value| {
+                let mut o = v.clone();
+                res.strategy.storage_to_version(&mut o);
+                o["apiVersion"] = json!(api_version);
+                o["kind"] = json!(res.kind);
+                o
             };
-            let now_match = ls.matches(&obj) && fs.matches(&obj);
-            let prev_match = ev
-                .prev
-                .as_ref()
-                .and_then(|p| decode_as(&res, p).ok())
-                .is_some_and(|p| ls.matches(&p) && fs.matches(&p));
-            let kind = match (ev.kind, prev_match, now_match) {
+            let converted = (!same).then(|| convert(&ev.obj));
+            let obj: &Value = converted.as_ref().unwrap_or(&ev.obj);
+            let now_match = ls.matches(obj) && fs.matches(obj);
+            let prev_match = ev.prev.as_ref().is_some_and(|p| {
+                if same {
+                    ls.matches(p) && fs.matches(p)
+                } else {
+                    let p = convert(p);
+                    ls.matches(&p) && fs.matches(&p)
+                }
+            });
+            let kind = match (ev.kind.clone(), prev_match, now_match) {
                 (EventKind::Delete, true, _) => "DELETED",
                 (EventKind::Delete, false, _) => continue,
                 (EventKind::Put, false, true) => "ADDED",
@@ -1311,7 +1367,12 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
                 (EventKind::Put, true, false) => "DELETED",
                 (EventKind::Put, false, false) => continue,
             };
-            if tx.send(frame(kind, &obj)).await.is_err() {
+            let bytes = if same {
+                ev.frame(kind, fmt_id, || frame(kind, obj))
+            } else {
+                frame(kind, obj)
+            };
+            if tx.send(bytes).await.is_err() {
                 return;
             }
         }

@@ -28,6 +28,7 @@ mod reviews;
 mod server;
 mod subresources;
 mod validation;
+mod watchcache;
 
 pub use server::{serve, ApiServerConfig};
 

@@ -100,8 +100,6 @@ impl Metrics {
         )
     }
 
-    pub fn watchers_inc(&self, _res: &Resource) {}
-
     /// Counts a watcher for as long as the guard lives.
     pub fn watcher_guard(&self, res: &Resource) -> WatcherGuard {
         let key = Self::watch_key(res);
