@@ -311,3 +311,29 @@ pub fn decode_watch_event(buf: &[u8]) -> Result<Option<(String, Value, usize)>, 
     let object = ev.get("object").cloned().unwrap_or(Value::Null);
     Ok(Some((type_, object, 4 + len)))
 }
+
+/// Every known `(apiVersion, kind)` pair, sorted (for discovery and diagnostics).
+pub fn kinds() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Schema::get()
+        .kinds()
+        .map(|(a, k, _)| (a.to_string(), k.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One line per message field: `message json_name inline`; for tests and debugging.
+#[doc(hidden)]
+pub fn dump_schema() -> String {
+    let s = Schema::get();
+    let mut out = String::new();
+    for m in &s.msgs {
+        for f in &m.fields {
+            out.push_str(&format!(
+                "{} {} {} {:?}\n",
+                m.full_name, f.json, f.inline, f.card
+            ));
+        }
+    }
+    out
+}

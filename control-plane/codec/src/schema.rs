@@ -3,7 +3,7 @@
 //! Every message of every loaded file gets an index; fields point at other messages by index, so
 //! the converters never look anything up by name on the hot path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use prost::Message as _;
@@ -14,9 +14,64 @@ use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto, Fi
 /// `descriptors/extract.py`.
 static DESCRIPTORS: &[u8] = include_bytes!("../descriptors/k8s-v1_33.fds");
 
-/// Per message, the fields that are non-pointer `omitempty` in Go (generated from the Go struct
-/// tags by `descriptors/omitempty.py`).
-static OMITEMPTY: &str = include_str!("../descriptors/omitempty.txt");
+/// JSON facts the descriptors lack, generated from the Go struct tags by `descriptors/fields.py`:
+/// `omitempty MSG FIELD...`, `inline MSG FIELD`, `rename MSG FIELD JSON`.
+static FIELDS: &str = include_str!("../descriptors/fields.txt");
+
+/// The parsed `fields.txt`.
+#[derive(Default)]
+struct Facts<'a> {
+    omitempty: HashSet<(&'a str, &'a str)>,
+    inline: HashSet<(&'a str, &'a str)>,
+    rename: HashMap<(&'a str, &'a str), &'a str>,
+    /// Messages with an `omitempty` line, by package without version + name, for API versions
+    /// the Go sources no longer carry (`api.resource.v1alpha3.X` uses `api.resource.*.X`).
+    unversioned: HashMap<String, &'a str>,
+    /// Messages that have an `omitempty` line.
+    listed: HashSet<&'a str>,
+}
+
+/// `api.resource.v1beta1.Device` -> `api.resource.Device`.
+fn unversioned(full: &str) -> String {
+    let mut parts: Vec<&str> = full.split('.').collect();
+    if parts.len() >= 2 {
+        parts.remove(parts.len() - 2);
+    }
+    parts.join(".")
+}
+
+impl<'a> Facts<'a> {
+    fn parse(text: &'a str) -> Self {
+        let mut f = Facts::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["omitempty", msg, fields @ ..] => {
+                    f.unversioned.entry(unversioned(msg)).or_insert(msg);
+                    f.listed.insert(msg);
+                    f.omitempty.extend(fields.iter().map(|x| (*msg, *x)));
+                }
+                ["inline", msg, field] => {
+                    f.inline.insert((msg, field));
+                }
+                ["rename", msg, field, json] => {
+                    f.rename.insert((msg, field), json);
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    fn omit_zero(&self, msg: &str, field: &str) -> bool {
+        if self.listed.contains(msg) {
+            return self.omitempty.contains(&(msg, field));
+        }
+        self.unversioned
+            .get(&unversioned(msg))
+            .is_some_and(|other| self.omitempty.contains(&(*other, field)))
+    }
+}
 
 /// Wire-level scalar type of a field (message fields carry the message index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,9 +198,8 @@ const APIEXT: [&str; 2] = [
     "apiextensions_apiserver.pkg.apis.apiextensions.v1beta1",
 ];
 
-/// Go structs embedded with `json:",inline"` that keep a protobuf field of their own:
-/// (message short name, protobuf field name). Checked against the k8s-openapi JSON names in the
-/// tests.
+/// Go structs embedded inline that keep a protobuf field of their own, by message short name:
+/// a fallback for API versions the Go sources of `fields.txt` no longer carry.
 const INLINE: &[(&str, &str)] = &[
     ("Volume", "volumeSource"),
     ("PersistentVolumeSpec", "persistentVolumeSource"),
@@ -156,12 +210,6 @@ const INLINE: &[(&str, &str)] = &[
     ("DeviceClaimConfiguration", "deviceConfiguration"),
     ("DeviceClassConfiguration", "deviceConfiguration"),
     ("DeviceAllocationConfiguration", "deviceConfiguration"),
-];
-
-/// Protobuf names that are not the JSON names: (message short name, proto name, JSON name).
-const RENAMES: &[(&str, &str, &str)] = &[
-    ("JSONSchemaProps", "ref", "$ref"),
-    ("JSONSchemaProps", "schema", "$schema"),
 ];
 
 fn special_of(pkg: &str, name: &str, d: &DescriptorProto) -> Special {
@@ -194,9 +242,9 @@ fn special_of(pkg: &str, name: &str, d: &DescriptorProto) -> Special {
     }
 }
 
-/// JSON name of a protobuf field.
-fn json_name(msg: &str, field: &str) -> String {
-    if let Some((_, _, j)) = RENAMES.iter().find(|(m, f, _)| *m == msg && *f == field) {
+/// JSON name of a protobuf field (`msg` is the full message name).
+fn json_name(facts: &Facts, msg: &str, field: &str) -> String {
+    if let Some(j) = facts.rename.get(&(msg, field)) {
         return (*j).to_string();
     }
     // apiextensions: `xKubernetesPreserveUnknownFields` <-> `x-kubernetes-preserve-unknown-fields`.
@@ -314,15 +362,7 @@ impl Schema {
             }
         };
 
-        let omitempty: std::collections::HashSet<(&str, &str)> = OMITEMPTY
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .flat_map(|l| {
-                let mut it = l.split_whitespace();
-                let msg = it.next().unwrap_or("");
-                it.map(move |f| (msg, f))
-            })
-            .collect();
+        let facts = Facts::parse(FIELDS);
 
         // Pass 2: fields.
         let mut msgs = Vec::with_capacity(all.len());
@@ -354,11 +394,12 @@ impl Schema {
                 fields.push(Field {
                     number: f.number() as u32,
                     proto_name: name.to_string(),
-                    json: json_name(short, name),
+                    json: json_name(&facts, full, name),
                     ty,
                     card,
-                    inline: INLINE.iter().any(|(m, n)| *m == short && *n == name),
-                    omit_zero: omitempty.contains(&(full.as_str(), name)),
+                    inline: facts.inline.contains(&(full.as_str(), name))
+                        || INLINE.iter().any(|(m, n)| *m == short && *n == name),
+                    omit_zero: facts.omit_zero(full, name),
                 });
             }
             fields.sort_by_key(|f| f.number);
@@ -438,8 +479,7 @@ impl Schema {
         None
     }
 
-    /// All (apiVersion, kind) pairs known, for diagnostics and tests.
-    #[cfg(test)]
+    /// All (apiVersion, kind) pairs known.
     pub(crate) fn kinds(&self) -> impl Iterator<Item = (&str, &str, usize)> {
         self.kinds
             .iter()
