@@ -249,7 +249,18 @@ fn encode_raw_into(obj: &Value, strict: bool, out: &mut Vec<u8>) -> Result<(), C
             out,
         );
     }
-    encode::Encoder { s, strict }.message(mi, obj, out, &Path::Root)
+    let msg = &s.msgs[mi];
+    let enc = encode::Encoder { s, strict };
+    if msg.by_json.contains_key("apiVersion") || msg.by_json.contains_key("kind") {
+        // The root's apiVersion/kind are its type, not fields of the message.
+        let mut o = obj.clone();
+        if let Value::Object(m) = &mut o {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        return enc.message(mi, &o, out, &Path::Root);
+    }
+    enc.message(mi, obj, out, &Path::Root)
 }
 
 const WATCH_EVENT: &str = "apimachinery.pkg.apis.meta.v1.WatchEvent";

@@ -117,8 +117,6 @@ pub(crate) enum Card {
 #[derive(Debug)]
 pub(crate) struct Field {
     pub number: u32,
-    /// Protobuf field name.
-    pub proto_name: String,
     /// JSON property name (usually the protobuf name).
     pub json: String,
     pub ty: Ty,
@@ -175,11 +173,6 @@ impl Msg {
             .binary_search_by_key(&n, |f| f.number)
             .ok()
             .map(|i| &self.fields[i])
-    }
-
-    /// The short message name (`Pod` for `api.core.v1.Pod`).
-    pub(crate) fn name(&self) -> &str {
-        self.full_name.rsplit('.').next().unwrap_or(&self.full_name)
     }
 }
 
@@ -393,7 +386,6 @@ impl Schema {
                 let name = f.name();
                 fields.push(Field {
                     number: f.number() as u32,
-                    proto_name: name.to_string(),
                     json: json_name(&facts, full, name),
                     ty,
                     card,
@@ -476,13 +468,23 @@ impl Schema {
         ) {
             return self.meta_kinds.get(kind).copied();
         }
+        // Discovery documents are served as `v1` (`/api`, `/apis`, `/api/v1`).
+        if api_version == "v1"
+            && matches!(
+                kind,
+                "APIVersions" | "APIGroupList" | "APIGroup" | "APIResourceList"
+            )
+        {
+            return self.meta_kinds.get(kind).copied();
+        }
         None
     }
 
-    /// All (apiVersion, kind) pairs known.
+    /// All (apiVersion, kind) pairs known whose JSON form is an object.
     pub(crate) fn kinds(&self) -> impl Iterator<Item = (&str, &str, usize)> {
         self.kinds
             .iter()
+            .filter(|(_, i)| self.msgs[**i].special == Special::None)
             .map(|((a, k), i)| (a.as_str(), k.as_str(), *i))
     }
 }

@@ -142,7 +142,7 @@ fn live_kubectl_create() {
     for (name, args) in cases {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = format!("http://{}", listener.local_addr().unwrap());
-        let mut child = Command::new("kubectl")
+        let child = Command::new("kubectl")
             .arg("--server")
             .arg(&server)
             .args(*args)
