@@ -29,8 +29,7 @@ pub(crate) fn message(s: &Schema, mi: usize, buf: &[u8], path: &Path) -> Result<
                     raw = b;
                 }
             }
-            embedded(raw, msg.special == Special::RawExtension)
-                .map_err(|e| err(path, msg, format!("embedded object: {e}")))
+            embedded(raw, msg.special == Special::RawExtension, path, msg)
         }
         special => {
             let o = object(s, mi, buf, path)?;
@@ -40,14 +39,15 @@ pub(crate) fn message(s: &Schema, mi: usize, buf: &[u8], path: &Path) -> Result<
 }
 
 /// The JSON of a RawExtension / FieldsV1 / apiextensions JSON payload.
-fn embedded(raw: &[u8], allow_proto: bool) -> Result<Value, CodecError> {
+fn embedded(raw: &[u8], allow_proto: bool, path: &Path, msg: &Msg) -> Result<Value, CodecError> {
     if raw.is_empty() {
         return Ok(Value::Null);
     }
     if allow_proto && raw.starts_with(&crate::MAGIC) {
         return crate::decode(raw);
     }
-    serde_json::from_slice(raw).map_err(|e| CodecError::Frame(format!("raw JSON: {e}")))
+    serde_json::from_slice(raw)
+        .map_err(|e| err(path, msg, format!("embedded bytes are not JSON: {e}")))
 }
 
 /// Turns the generic object form of a special message into its JSON form.

@@ -23,21 +23,25 @@
 //! | `ExtraValue`, `Verbs` (named string slices) | array of strings |
 //! | `bytes` fields (`Secret.data`, `ConfigMap.binaryData`, `caBundle`) | standard base64 |
 //!
-//! Inline Go structs that keep a protobuf field (`Volume.volumeSource`,
-//! `PersistentVolumeSpec.persistentVolumeSource`, `IngressRule.ingressRuleValue`, …) are flattened
-//! into their parent object, and the apiextensions names that are not valid protobuf names
-//! (`$ref`, `$schema`, `x-kubernetes-*`) are mapped.
+//! # JSON facts from the Go types
 //!
-//! # Zero values
+//! What the descriptors do not carry comes from `descriptors/fields.txt`, generated from the Go
+//! struct tags of the API types by `descriptors/fields.py`:
+//! - structs embedded inline that keep a protobuf field (`Volume.volumeSource`,
+//!   `PersistentVolumeSpec.persistentVolumeSource`, `*.localObjectReference`, `Probe.handler`,
+//!   `IngressRule.ingressRuleValue`, …) are flattened into their parent object;
+//! - protobuf names that are not the JSON names are mapped (`uID` -> `uid`, `ref` -> `$ref`,
+//!   `xKubernetesListType` -> `x-kubernetes-list-type`, …);
+//! - zero values: Go's protobuf marshaller writes every non-pointer field, set or not, while its
+//!   JSON marshaller omits the zero of `omitempty` fields and keeps pointer zeros. Decoding drops
+//!   the zero scalars (`""`, `0`, `false`) of the non-pointer `omitempty` fields listed there and
+//!   keeps every other field that is on the wire (`replicas: 0`, `runAsUser: 0`, `ready: false`);
+//!   present messages are kept even when empty (`spec: {}`, `resources: {}`), as Go's JSON does;
+//!   empty lists and maps are absent. Encoding writes exactly what the JSON holds; absent
+//!   properties are absent on the wire, which Go reads as zero values.
 //!
-//! Go's protobuf marshaller writes every non-pointer field, set or not; its JSON marshaller omits
-//! zero `omitempty` fields. The descriptors do not say which fields are pointers, so decoding
-//! follows these rules: an empty singular string is omitted (except `storageClassName`, where
-//! `""` means "no class"); `metadata.generation: 0` is omitted; other numbers and booleans that
-//! are on the wire are kept even when zero (`replicas: 0`, `runAsUser: 0` must survive); present
-//! messages are kept even when empty (`spec: {}`, `resources: {}`), as Go's JSON does;
-//! empty lists and maps are absent. Encoding writes exactly what the JSON holds; absent JSON
-//! properties are absent on the wire, which Go reads as zero values.
+//! For kubectl's protobuf bodies the result is exactly what `kubectl create … --dry-run=client
+//! -o json` prints for the same command (see `tests/golden.rs`).
 //!
 //! # Watch streams
 //!
