@@ -31,11 +31,51 @@ pub(crate) fn message(s: &Schema, mi: usize, buf: &[u8], path: &Path) -> Result<
             }
             embedded(raw, msg.special == Special::RawExtension, path, msg)
         }
+        Special::Time
+        | Special::MicroTime
+        | Special::Duration
+        | Special::IntOrString
+        | Special::Quantity => scalar_special(msg, buf, path),
         special => {
             let o = object(s, mi, buf, path)?;
             Ok(reshape(special, o))
         }
     }
+}
+
+/// The specials whose fields are all scalars, read straight off the wire (the hot ones: every
+/// timestamp and quantity of an object).
+fn scalar_special(msg: &Msg, buf: &[u8], path: &Path) -> Result<Value, CodecError> {
+    let mut ints = [0i64; 3];
+    let mut text: &[u8] = &[];
+    let mut r = Reader::new(buf);
+    while let Some((n, v)) = r.next().map_err(|e| err(path, msg, e))? {
+        match (n, v) {
+            (1..=3, Raw::Varint(x)) => ints[n as usize - 1] = x as i64,
+            (1 | 3, Raw::Len(b)) => text = b,
+            _ => {}
+        }
+    }
+    let string = || {
+        std::str::from_utf8(text)
+            .map(str::to_string)
+            .map_err(|_| err(path, msg, "string is not UTF-8"))
+    };
+    Ok(match msg.special {
+        // An empty Time is Go's zero time (upstream writes nothing for it): JSON null.
+        Special::Time | Special::MicroTime if buf.is_empty() => Value::Null,
+        Special::Time | Special::MicroTime => {
+            time::format(ints[0], ints[1] as i32, msg.special == Special::MicroTime)
+                .map(Value::String)
+                .unwrap_or(Value::Null)
+        }
+        Special::Duration => Value::String(time::format_duration(ints[0])),
+        // type (1): 0 = int (intVal, 2), 1 = string (strVal, 3).
+        Special::IntOrString if ints[0] == 1 => Value::String(string()?),
+        Special::IntOrString => Value::from(ints[1] as i32),
+        Special::Quantity if text.is_empty() => Value::String("0".into()),
+        _ => Value::String(string()?),
+    })
 }
 
 /// The JSON of a RawExtension / FieldsV1 / apiextensions JSON payload.
@@ -52,29 +92,7 @@ fn embedded(raw: &[u8], allow_proto: bool, path: &Path, msg: &Msg) -> Result<Val
 
 /// Turns the generic object form of a special message into its JSON form.
 fn reshape(special: Special, mut o: Map<String, Value>) -> Value {
-    let int = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_i64).unwrap_or(0);
     match special {
-        // An empty Time is Go's zero time (upstream writes nothing for it): JSON null.
-        Special::Time | Special::MicroTime if o.is_empty() => Value::Null,
-        Special::Time | Special::MicroTime => {
-            let secs = int(&o, "seconds");
-            let nanos = int(&o, "nanos") as i32;
-            time::format(secs, nanos, special == Special::MicroTime)
-                .map(Value::String)
-                .unwrap_or(Value::Null)
-        }
-        Special::Duration => Value::String(time::format_duration(int(&o, "duration"))),
-        Special::IntOrString => {
-            if int(&o, "type") == 1 {
-                o.remove("strVal")
-                    .unwrap_or_else(|| Value::String(String::new()))
-            } else {
-                Value::from(int(&o, "intVal"))
-            }
-        }
-        Special::Quantity => o
-            .remove("string")
-            .unwrap_or_else(|| Value::String("0".into())),
         Special::PropsOrArray => match o.remove("jSONSchemas") {
             Some(Value::Array(a)) if !a.is_empty() => Value::Array(a),
             _ => o.remove("schema").unwrap_or(Value::Null),
@@ -90,7 +108,7 @@ fn reshape(special: Special, mut o: Map<String, Value>) -> Value {
         Special::StringList => o
             .remove("items")
             .unwrap_or_else(|| Value::Array(Vec::new())),
-        Special::None | Special::RawExtension | Special::RawJson => Value::Object(o),
+        _ => Value::Object(o),
     }
 }
 
