@@ -4,7 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -66,10 +67,34 @@ fn namespace_encoding_matches_kubectl() {
     );
 }
 
-/// Serves one request on `listener`: records the body, answers 201 with `reply`.
-fn serve_once(listener: &TcpListener, reply: impl Fn(&[u8]) -> Vec<u8>) -> (String, Vec<u8>) {
+/// Serves `kubectl` on `listener` until its POST: records the body, answers 201 with `reply`.
+/// Gives up (killing kubectl) if kubectl exits without posting or after 60 seconds.
+fn serve_once(
+    listener: &TcpListener,
+    kubectl: &mut Child,
+    reply: impl Fn(&[u8]) -> Vec<u8>,
+) -> (String, Vec<u8>) {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (mut conn, _) = listener.accept().unwrap();
+        let mut conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = kubectl.try_wait().unwrap() {
+                    panic!("kubectl exited ({status}) without sending its object");
+                }
+                if Instant::now() > deadline {
+                    let _ = kubectl.kill();
+                    panic!("kubectl sent nothing within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => panic!("accept: {e}"),
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut reader = BufReader::new(conn.try_clone().unwrap());
         let mut request_line = String::new();
         reader.read_line(&mut request_line).unwrap();
@@ -142,7 +167,7 @@ fn live_kubectl_create() {
     for (name, args) in cases {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = format!("http://{}", listener.local_addr().unwrap());
-        let child = Command::new("kubectl")
+        let mut child = Command::new("kubectl")
             .arg("--server")
             .arg(&server)
             .args(*args)
@@ -152,7 +177,7 @@ fn live_kubectl_create() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let (content_type, body) = serve_once(&listener, |body| {
+        let (content_type, body) = serve_once(&listener, &mut child, |body| {
             // Answer as a server would: the created object, with server-set fields.
             let mut obj = skiff_codec::decode(body).unwrap();
             obj["metadata"]["uid"] = "6f1c1b7e-0000-4000-8000-000000000001".into();
