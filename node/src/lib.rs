@@ -276,6 +276,10 @@ pub async fn run_with_runtime<R: CriRuntime>(
             version: rt_version,
             problem: None,
         };
+        // Unchanged statuses are reported at most this often (upstream's
+        // nodeStatusReportFrequency); changes go out at once.
+        let report_every = Duration::from_secs(300);
+        let mut last_report = std::time::Instant::now();
         loop {
             match hb_cri.version().await {
                 Ok(v) => {
@@ -284,8 +288,15 @@ pub async fn run_with_runtime<R: CriRuntime>(
                 }
                 Err(e) => health.problem = Some(e.to_string()),
             }
-            match node::update_status(&hb_client, &hb_facts, &health, old_status.as_ref()).await {
-                Ok(n) => old_status = n.status,
+            let force = last_report.elapsed() >= report_every;
+            match node::update_status(&hb_client, &hb_facts, &health, old_status.as_ref(), force)
+                .await
+            {
+                Ok(Some(n)) => {
+                    old_status = n.status;
+                    last_report = std::time::Instant::now();
+                }
+                Ok(None) => {}
                 Err(e) => warn!(error = %e, "cannot update node status; retrying"),
             }
             if let Err(e) =

@@ -290,16 +290,34 @@ pub async fn update_status(
     f: &NodeFacts,
     rt: &RuntimeHealth,
     old: Option<&NodeStatus>,
-) -> Result<Node, NodeError> {
+    force: bool,
+) -> Result<Option<Node>, NodeError> {
     let api: Api<Node> = Api::all(client.clone());
     let st = node_status(f, rt, old, &now_time());
+    if !force && old.is_some_and(|o| same_status(o, &st)) {
+        // Like upstream's kubelet with node leases: an unchanged status is only reported every
+        // nodeStatusReportFrequency; the Lease says the node is alive in between.
+        return Ok(None);
+    }
     let patch = serde_json::json!({ "status": st });
     let n = api
         .patch_status(&f.node_name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| NodeError::api(format!("update status of node {}", f.node_name), e))?;
     debug!("node status updated");
-    Ok(n)
+    Ok(Some(n))
+}
+
+/// Whether two statuses differ only in their heartbeat times.
+pub fn same_status(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
 }
 
 fn micro_now() -> MicroTime {

@@ -377,6 +377,17 @@ async fn resource(
             format!("only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf (asked for {accept:?})"),
         )
     })?;
+    // Custom resources have no protobuf form: they are answered in JSON, as upstream does.
+    let format = if format == wire::Format::Protobuf
+        && !skiff_codec::supports(&res.api_version(), &res.kind)
+        && accept
+            .split(',')
+            .any(|p| wire::media_type(p) == "application/json" || wire::media_type(p) == "*/*")
+    {
+        wire::Format::Json
+    } else {
+        format
+    };
     let method = req.method().clone();
     let body = if matches!(
         method,

@@ -6,17 +6,6 @@ use crate::status::StatusError;
 use hyper::Response;
 use serde_json::Value;
 
-/// Protobuf (`k8s\0` envelope) until the codec crate is wired in.
-mod skiff_codec {
-    use serde_json::Value;
-    pub fn decode(_b: &[u8]) -> Result<Value, String> {
-        Err("protobuf bodies are not supported by this server yet; send JSON".into())
-    }
-    pub fn encode(_v: &Value) -> Result<Vec<u8>, String> {
-        Err("protobuf responses are not supported yet".into())
-    }
-}
-
 pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -102,11 +91,7 @@ pub fn negotiate(accept: &str) -> Option<Format> {
 
 /// One frame of a protobuf watch stream (length-prefixed `WatchEvent`).
 pub fn watch_frame(kind: &str, obj: &Value) -> Option<Vec<u8>> {
-    let ev = serde_json::json!({"kind": "WatchEvent", "apiVersion": "meta.k8s.io/v1", "type": kind, "object": obj});
-    let body = skiff_codec::encode(&ev).ok()?;
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    Some(out)
+    skiff_codec::encode_watch_event(kind, obj).ok()
 }
 
 /// Encodes a response object.
