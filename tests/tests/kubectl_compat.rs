@@ -210,8 +210,36 @@ fn typed_create_generators() {
         err.contains("metadata.name: Invalid value: \"Bad_Name\""),
         "{err}"
     );
-    // Token requests answer (not found would be a missing route).
-    let _ = cp.kubectl(&["create", "token", "sk-sa", n]);
+    // Service-account tokens: issued, reviewed, and dead once their service account is gone.
+    let token = cp.ok(&[
+        "create",
+        "token",
+        "sk-sa",
+        n,
+        "--duration=1h",
+        "--audience=sk-aud",
+    ]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+    let review = |tok: &str| {
+        let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": tok, "audiences": ["sk-aud"]}});
+        json(
+            &cp.with_stdin(&["create", "-f", "-", "-o", "json"], &body.to_string())
+                .stdout,
+        )
+    };
+    let r = review(token);
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(
+        r["status"]["user"]["username"],
+        "system:serviceaccount:sk-gen:sk-sa"
+    );
+    let jwks = json(&cp.ok(&["get", "--raw", "/openid/v1/jwks"]));
+    assert_eq!(jwks["keys"][0]["alg"], "ES256", "{jwks}");
+    cp.ok(&["delete", "sa", "sk-sa", n]);
+    let r = review(token);
+    assert_eq!(r["status"]["authenticated"], false, "{r}");
 }
 
 const DEPLOY: &str = r#"

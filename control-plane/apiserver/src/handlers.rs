@@ -30,6 +30,7 @@ pub struct Ctx {
     pub kubelet: reqwest::Client,
     pub metrics: crate::metrics::Metrics,
     pub watch_cache: crate::watchcache::WatchCache,
+    pub signer: Option<crate::tokens::Signer>,
     me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
 
@@ -69,6 +70,15 @@ impl Ctx {
             kubelet,
             metrics: Default::default(),
             watch_cache: Default::default(),
+            signer: match crate::tokens::Signer::load_or_create(
+                &pki.dir.join("service-account.key"),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "service-account tokens disabled");
+                    None
+                }
+            },
             me: Default::default(),
         })
     }
@@ -498,7 +508,7 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         return crate::subresources::bind_resource(ctx, t, &obj).await;
     }
     if !res.stored() {
-        return crate::reviews::create(ctx, t, obj);
+        return crate::reviews::create(ctx, t, obj).await;
     }
     res.strategy
         .check_types(&obj)

@@ -27,6 +27,7 @@ mod proxy;
 mod reviews;
 mod server;
 mod subresources;
+mod tokens;
 mod validation;
 mod watchcache;
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 const NO_AUTHZ: &str = "no authorizer is configured: every authenticated user may do everything";
 
-pub fn create(_ctx: &Ctx, t: &Target, mut obj: Value) -> Result<Response<Body>, StatusError> {
+pub async fn create(ctx: &Ctx, t: &Target, mut obj: Value) -> Result<Response<Body>, StatusError> {
     let res = &t.res;
     obj["apiVersion"] = json!(res.api_version());
     obj["kind"] = json!(res.kind);
@@ -31,7 +31,19 @@ pub fn create(_ctx: &Ctx, t: &Target, mut obj: Value) -> Result<Response<Body>, 
                     &[crate::status::FieldError::required("spec.token", "")],
                 ));
             }
-            obj["status"] = json!({"authenticated": false, "error": "token authentication is not enabled on this server yet; clients authenticate with certificates", "user": {}});
+            let token = obj["spec"]["token"].as_str().unwrap_or("").to_string();
+            let auds: Vec<String> = obj["spec"]["audiences"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            obj["status"] = match crate::tokens::review(ctx, &token, &auds).await {
+                Ok(st) => st,
+                Err(e) => json!({"authenticated": false, "error": e, "user": {}}),
+            };
         }
         "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
             let attrs = &obj["spec"];

@@ -289,6 +289,17 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<UserInfo>) ->
                     .expect("response");
             }
             ["version"] => Ok(json_response(200, &crate::discovery::version())),
+            [".well-known", "openid-configuration"] => Ok(json_response(
+                200,
+                &crate::tokens::openid_configuration(&ctx.advertise),
+            )),
+            ["openid", "v1", "jwks"] => match &ctx.signer {
+                Some(s) => Ok(Response::builder()
+                    .header("content-type", "application/jwk-set+json")
+                    .body(full(s.jwks().to_string()))
+                    .expect("response")),
+                None => Err(not_found()),
+            },
             ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
                 crate::discovery::serve(&ctx, &segs, &accept)
             }

@@ -42,11 +42,7 @@ pub async fn create(
             handlers::delete_sync(ctx, &del).await?;
             Ok(success(t, 201))
         }
-        "token" => Err(StatusError::new(
-            503,
-            "ServiceUnavailable",
-            "service account tokens are not issued by this server yet (API security issue); authenticate with the client certificate in the kubeconfig",
-        )),
+        "token" => crate::tokens::token_request(ctx, t, body).await,
         other => Err(StatusError::bad_request(format!(
             "{}/{other} is not served by this version of Skiff",
             t.res.plural

@@ -175,6 +175,16 @@ fn list_schema(k: &KindInfo, list_kind: &str) -> Value {
 
 /// Types whose k8s-openapi schema differs from what clients expect on the wire.
 fn fixups(defs: &mut Map<String, Value>) {
+    // k8s-openapi types hold a non-optional ObjectMeta; upstream's schemas never require
+    // `metadata` (reviews and generated objects are sent without it).
+    for d in defs.values_mut() {
+        if let Some(req) = d.get_mut("required").and_then(Value::as_array_mut) {
+            req.retain(|r| r != "metadata");
+            if req.is_empty() {
+                d.as_object_mut().map(|o| o.remove("required"));
+            }
+        }
+    }
     if let Some(Value::Object(s)) = defs.get_mut("io.k8s.apimachinery.pkg.util.intstr.IntOrString")
     {
         s.insert("type".into(), "string".into());
