@@ -17,6 +17,8 @@ mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod seccomp;
+mod security;
 mod spec;
 mod stats;
 mod status;
@@ -80,6 +82,7 @@ pub(crate) async fn recover(st: &State) {
         }
         tracing::warn!(container = %ct.id, "container process gone without an exit record");
         let exit = crate::store::container::ExitInfo {
+            oom_killed: false,
             exit_code: 255,
             signal: None,
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),

@@ -26,6 +26,17 @@ pub(crate) fn namespace_options(config: &cri::PodSandboxConfig) -> cri::Namespac
         .unwrap_or_default()
 }
 
+/// Whether the sandbox's pause holds a PID namespace for the pod: only when the sandbox's
+/// namespace options ask for pid mode POD (the kubelet's `shareProcessNamespace`).
+pub(crate) fn holds_pid_ns(config: &cri::PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|o| o.pid == cri::NamespaceMode::Pod as i32)
+}
+
 pub(crate) fn cni_for(st: &State) -> Cni<'_> {
     Cni {
         conf_dir: &st.cfg.cni_conf_dir,
@@ -234,8 +245,11 @@ fn write_etc_files(dir: &Path, sb: &Sandbox) -> Result<()> {
 async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Result<(i32, u64)> {
     let log = dir.join("pause.log");
     let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
+    // CRI NamespaceMode POD for pid: the pause holds a PID namespace all containers join.
+    let pid_ns = holds_pid_ns(&sb.config);
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
+        .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
@@ -255,7 +269,7 @@ async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Re
             st.cfg.monitor_bin.display()
         ))
     })?;
-    let pid = child.id().unwrap_or(0) as i32;
+    let mut pid = child.id().unwrap_or(0) as i32;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
     let read = tokio::time::timeout(
@@ -263,12 +277,27 @@ async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Re
         BufReader::new(stdout).read_line(&mut line),
     )
     .await;
-    let ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
+    let mut ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
+    if pid_ns {
+        // `ready <pid>`: the pause is the forked child (PID 1 of the pod's PID namespace); the
+        // process we started exits at once.
+        if let Some(p) = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            ready = true;
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            pid = p;
+        }
+    }
     let start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
-    st.pause_children
-        .lock()
-        .expect("pause map poisoned")
-        .insert(sb.id.clone(), child);
+    if !pid_ns || !ready {
+        st.pause_children
+            .lock()
+            .expect("pause map poisoned")
+            .insert(sb.id.clone(), child);
+    }
     if !ready {
         let err = std::fs::read_to_string(&log).unwrap_or_default();
         // Make sure teardown kills it.
