@@ -38,6 +38,34 @@ pub(crate) struct Cni<'a> {
 
 const IFNAME: &str = "eth0";
 
+/// File name of the default network [`default_bridge_conflist`] is installed as.
+pub const DEFAULT_CONFLIST_NAME: &str = "10-skiff-bridge.conflist";
+
+/// A default pod network for a standalone CRI server (what CRI-O's `10-crio-bridge.conflist`
+/// is): bridge `bridge` as the pods' gateway with IP masquerade, host-local addresses from
+/// `subnet`, a default route, and port mappings.
+pub fn default_bridge_conflist(bridge: &str, subnet: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "skiff-bridge",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
+/// Why the pod network is not ready yet, naming the folder to fill and how.
+pub(crate) fn not_configured(conf_dir: &Path) -> String {
+    format!(
+        "no CNI network config (*.conflist) in {}: install one there (`skiff cni-config` writes a default bridge network, {DEFAULT_CONFLIST_NAME})",
+        conf_dir.display()
+    )
+}
+
 impl Cni<'_> {
     /// The network's conflist, or None when the conf dir holds none yet.
     pub(crate) fn load_conflist(&self) -> Result<Option<(PathBuf, Value)>> {
@@ -72,12 +100,9 @@ impl Cni<'_> {
         netns: &Path,
         runtime_config: Value,
     ) -> Result<CniCache> {
-        let (path, conflist) = self.load_conflist()?.ok_or_else(|| {
-            CriError::Cni(format!(
-                "no *.conflist in {}: the pod network is not configured yet",
-                self.conf_dir.display()
-            ))
-        })?;
+        let (path, conflist) = self
+            .load_conflist()?
+            .ok_or_else(|| CriError::Cni(not_configured(self.conf_dir)))?;
         tracing::debug!(conflist = %path.display(), "CNI ADD");
         self.loopback("ADD", pod, netns).await?;
         let mut prev: Option<Value> = None;
