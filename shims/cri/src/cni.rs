@@ -93,6 +93,48 @@ impl Cni<'_> {
         Ok(Some((path, v)))
     }
 
+    /// CNI 1.1 GC of the current network: each plugin frees what it holds for attachments not
+    /// in `valid` (sandbox ids; interface eth0). Networks older than 1.1.0 are skipped, as
+    /// libcni does. Returns how many plugins were asked.
+    pub(crate) async fn gc(&self, valid: &[String]) -> Result<usize> {
+        let Some((_, conflist)) = self.load_conflist()? else {
+            return Ok(0);
+        };
+        let version = conflist
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("0.0.0")
+            .to_string();
+        if !version_at_least(&version, (1, 1, 0)) {
+            return Ok(0);
+        }
+        let attachments: Vec<Value> = valid
+            .iter()
+            .map(|id| json!({"containerID": id, "ifname": IFNAME}))
+            .collect();
+        let name = conflist.get("name").cloned().unwrap_or(json!("skiff"));
+        let plugins = conflist["plugins"].as_array().cloned().unwrap_or_default();
+        let pod = PodRef {
+            namespace: "",
+            name: "",
+            uid: "",
+            sandbox_id: "",
+        };
+        let mut first_err = None;
+        for plugin in &plugins {
+            let mut conf = plugin_conf(plugin, &json!(version), &name, None, &json!({}));
+            conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
+            if let Err(e) = self.exec("GC", &conf, &pod, Path::new(""), "").await {
+                tracing::warn!(error = %e, "CNI GC failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(plugins.len()),
+        }
+    }
+
     /// Sets up the pod network in `netns`; returns the cache to keep for `del`.
     pub(crate) async fn add(
         &self,
@@ -146,15 +188,15 @@ impl Cni<'_> {
             .as_array()
             .cloned()
             .unwrap_or_default();
+        // No prevResult when ADD never finished (the pending cache).
+        let prev = cache
+            .result
+            .as_object()
+            .is_some_and(|o| !o.is_empty())
+            .then_some(&cache.result);
         let mut first_err = None;
         for plugin in plugins.iter().rev() {
-            let conf = plugin_conf(
-                plugin,
-                &version,
-                &name,
-                Some(&cache.result),
-                &cache.runtime_config,
-            );
+            let conf = plugin_conf(plugin, &version, &name, prev, &cache.runtime_config);
             let ns = netns.unwrap_or(Path::new(""));
             if let Err(e) = self.exec("DEL", &conf, pod, ns, &cache.ifname).await {
                 tracing::warn!(error = %e, "CNI DEL failed");
@@ -201,7 +243,11 @@ impl Cni<'_> {
             pod.namespace, pod.name, pod.sandbox_id, pod.uid
         );
         let stdin = serde_json::to_vec(conf).expect("JSON value serialises");
-        let mut child = tokio::process::Command::new(&bin)
+        let mut plugin_cmd = tokio::process::Command::new(&bin);
+        // A plugin must not outlive a server killed mid-call: the restart's teardown DELs what
+        // it made, and one still running could allocate after that.
+        crate::sys::die_with_parent(plugin_cmd.as_std_mut());
+        let mut child = plugin_cmd
             .env_clear()
             .env(
                 "PATH",
@@ -263,6 +309,17 @@ impl Cni<'_> {
             Ok(Value::Null)
         }
     }
+}
+
+/// `v` (e.g. "1.1.0") is at least `min`.
+fn version_at_least(v: &str, min: (u32, u32, u32)) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let got = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    got >= min
 }
 
 fn plugin_conf(
@@ -339,6 +396,14 @@ mod tests {
             ]
         });
         assert_eq!(result_ips(&r), ["10.244.1.5", "fd00::5"]);
+    }
+
+    #[test]
+    fn gc_needs_cni_1_1() {
+        assert!(version_at_least("1.1.0", (1, 1, 0)));
+        assert!(version_at_least("1.2.0", (1, 1, 0)));
+        assert!(!version_at_least("1.0.0", (1, 1, 0)));
+        assert!(!version_at_least("0.4.0", (1, 1, 0)));
     }
 
     #[test]

@@ -164,6 +164,26 @@ pub(crate) fn ensure_shared(path: &Path, slave_ok: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// PIDs of `<monitor> pause ... --sandbox <id>` processes (from /proc/*/cmdline).
+pub(crate) fn pause_pids_of(monitor: &Path, sandbox_id: &str) -> Vec<i32> {
+    let want_bin = monitor.as_os_str().as_encoded_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_pause = args.first() == Some(&want_bin) && args.get(1) == Some(&&b"pause"[..]);
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"--sandbox" && w[1] == sandbox_id.as_bytes());
+            (is_pause && ours).then_some(pid)
+        })
+        .collect()
+}
+
 /// Sends `sig` to `pid`; a process that is already gone is fine.
 pub(crate) fn signal(pid: i32, sig: Signal) -> Result<()> {
     match kill(Pid::from_raw(pid), sig) {

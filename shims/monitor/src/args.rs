@@ -97,7 +97,9 @@ fn take(pairs: &[(String, String)], name: &str) -> Result<String, String> {
 
 impl PauseArgs {
     pub fn parse(argv: &[String]) -> Result<Self, String> {
-        let p = pairs(argv, &["hostname", "pid-ns"])?;
+        // `--sandbox ID` is only read by whoever scans process lists: it names the sandbox a
+        // pause belongs to, so a CRI server killed before it recorded the pid finds it again.
+        let p = pairs(argv, &["hostname", "pid-ns", "sandbox"])?;
         let pid_ns = match take(&p, "pid-ns").as_deref() {
             Err(_) | Ok("no") => false,
             Ok("yes") => true,

@@ -146,11 +146,24 @@ async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
         sandbox_id: &sb.id,
     };
     let runtime_config = runtime_config(&sb.config);
+    let _no_gc = st.cni_gc_lock.read().await;
+    // Before ADD: what DEL needs if we die before the result is written (a server killed mid
+    // ADD leaves plugin state behind; the teardown at restart DELs with this).
+    if let Ok(Some((_, conflist))) = cni_for(st).load_conflist() {
+        let pending = crate::cni::CniCache {
+            conflist,
+            runtime_config: runtime_config.clone(),
+            ifname: "eth0".into(),
+            result: json!({}),
+        };
+        crate::util::write_json_fast(&dir.join("cni-cache.json"), &pending)?;
+    }
     let cache = cni_for(st).add(&pod, &netns, runtime_config).await;
     let cache = match cache {
         Ok(c) => c,
         Err(e) => {
-            // Plugins may have allocated before failing: DEL with what we know (libcni does too).
+            // Plugins may have allocated before failing: DEL with what we know (libcni does too),
+            // once; the teardown that follows must not fail on the same broken plugin.
             if let Ok(Some((_, conflist))) = cni_for(st).load_conflist() {
                 let partial = crate::cni::CniCache {
                     conflist,
@@ -160,6 +173,7 @@ async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
                 };
                 let _ = cni_for(st).del(&pod, Some(&netns), &partial).await;
             }
+            let _ = std::fs::remove_file(dir.join("cni-cache.json"));
             return Err(e);
         }
     };
@@ -242,7 +256,12 @@ fn write_etc_files(dir: &Path, sb: &Sandbox) -> Result<()> {
 }
 
 /// Starts `skiff-monitor pause` in a new session and waits for its `ready` line.
-async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Result<(i32, u64)> {
+async fn start_pause(
+    st: &State,
+    sb: &mut Sandbox,
+    dir: &Path,
+    hostname: &str,
+) -> Result<(i32, u64)> {
     let log = dir.join("pause.log");
     let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
     // CRI NamespaceMode POD for pid: the pause holds a PID namespace all containers join.
@@ -250,6 +269,7 @@ async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Re
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
         .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
+        .args(["--sandbox", &sb.id])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
@@ -270,6 +290,15 @@ async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Re
         ))
     })?;
     let mut pid = child.id().unwrap_or(0) as i32;
+    // Recorded at once: a server killed before `ready` leaves a pause its restart must find.
+    // (With --pid-ns this is the parent, which exits after forking; a kill in that window can
+    // still leave the child.)
+    sb.pause_pid = pid;
+    sb.pause_start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
+    if let Err(e) = st.sandboxes.put(sb.clone()) {
+        let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(e);
+    }
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
     let read = tokio::time::timeout(
