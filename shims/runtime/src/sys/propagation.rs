@@ -38,6 +38,39 @@ pub fn wanted(spec: &Spec) -> Vec<(PathBuf, MsFlags)> {
     out
 }
 
+/// Drops the `private` requests that are already true in the container (`mountinfo` is
+/// `/proc/<init>/mountinfo`): a mount that, with everything mounted below it, is neither
+/// shared nor a slave. Then nothing needs a helper process in the common case (sources on
+/// private mounts).
+pub fn still_needed(mountinfo: &str, wanted: Vec<(PathBuf, MsFlags)>) -> Vec<(PathBuf, MsFlags)> {
+    // (mount point, propagates) of every mount the container sees.
+    let mounts: Vec<(PathBuf, bool)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let point = PathBuf::from(f.get(4)?);
+            let propagates = f
+                .get(6..sep)?
+                .iter()
+                .any(|o| o.starts_with("shared:") || o.starts_with("master:"));
+            Some((point, propagates))
+        })
+        .collect();
+    wanted
+        .into_iter()
+        .filter(|(dest, flags)| {
+            if !flags.contains(MsFlags::MS_PRIVATE) {
+                return true;
+            }
+            let under: Vec<&(PathBuf, bool)> =
+                mounts.iter().filter(|(p, _)| p.starts_with(dest)).collect();
+            // Not found (an unusual path): set it to be sure.
+            under.is_empty() || under.iter().any(|(_, propagates)| *propagates)
+        })
+        .collect()
+}
+
 /// Sets the propagation of `mounts` inside the mount namespace of `pid` (the container's
 /// init, waiting for `start`). Runs in a forked child: setns(CLONE_NEWNS) needs a
 /// single-threaded caller and changes the caller's root.
@@ -121,6 +154,26 @@ fn describe(flags: MsFlags) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_requests_already_true_are_dropped() {
+        let info = "90 80 0:40 / /etc/hosts rw - ext4 /dev/vda rw\n\
+                    91 80 0:41 / /mnt/h rw shared:3 - tmpfs t rw\n\
+                    92 80 0:42 / /mnt/p rw - tmpfs t rw\n\
+                    93 92 0:43 / /mnt/p/sub rw master:7 - tmpfs t rw\n";
+        let rp = MsFlags::MS_PRIVATE | MsFlags::MS_REC;
+        let wanted = vec![
+            (PathBuf::from("/etc/hosts"), rp),
+            (PathBuf::from("/mnt/h"), rp),
+            (PathBuf::from("/mnt/p"), rp),
+            (PathBuf::from("/mnt/s"), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+        ];
+        let left: Vec<PathBuf> = still_needed(info, wanted)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(left, ["/mnt/h", "/mnt/p", "/mnt/s"].map(PathBuf::from));
+    }
 
     #[test]
     fn propagation_options_are_read() {
