@@ -755,6 +755,72 @@ pub async fn mount_propagation(t: &mut Target) -> Check {
     })
 }
 
+/// Recursive read-only mounts (beyond containerd 1.6): Status advertises them for the default
+/// handler; a `recursive_read_only` mount of a host dir with a sub-mount is read-only down to
+/// the sub-mount, a plain read-only one only at the top; recursive_read_only without readonly
+/// is refused.
+pub async fn recursive_read_only(t: &mut Target) -> Check {
+    let status =
+        t.rt.status(cri::StatusRequest { verbose: false })
+            .await
+            .map_err(|e| format!("Status: {e}"))?
+            .into_inner();
+    let default = status.runtime_handlers.iter().find(|h| h.name.is_empty());
+    ensure!(
+        default.is_some_and(|h| h
+            .features
+            .as_ref()
+            .is_some_and(|f| f.recursive_read_only_mounts)),
+        "Status does not advertise recursive read-only mounts: {:?}",
+        status.runtime_handlers
+    );
+    let src = PropDir::new()?;
+    host_tmpfs(src.path())?;
+    host_tmpfs(&src.path().join("sub"))?;
+    let cfg = t.sandbox_config("skrro");
+    in_sandbox!(t, cfg, |sb, sb_cfg| {
+        let mut c = t.container("skrro", &["sleep", "1000"]);
+        let mut rro = bind_mount(
+            "/mnt/rro",
+            src.path(),
+            cri::MountPropagation::PropagationPrivate,
+        );
+        rro.readonly = true;
+        rro.recursive_read_only = true;
+        let mut ro = bind_mount(
+            "/mnt/ro",
+            src.path(),
+            cri::MountPropagation::PropagationPrivate,
+        );
+        ro.readonly = true;
+        c.mounts = vec![rro.clone(), ro];
+        let id = t.start_container(&sb, &sb_cfg, c).await?;
+        let r = t
+            .sh(&id, "touch /mnt/ro/sub/a && echo sub-writable")
+            .await?;
+        ensure!(
+            r.stdout == b"sub-writable\n",
+            "a plain read-only bind made its sub-mount read-only too: {r:?}"
+        );
+        let r = t.sh(&id, "touch /mnt/rro/sub/b").await?;
+        ensure!(
+            r.exit_code != 0,
+            "the sub-mount of a recursive read-only bind is writable"
+        );
+        let r = t.sh(&id, "touch /mnt/rro/c").await?;
+        ensure!(r.exit_code != 0, "a recursive read-only bind is writable");
+        let mut bad = t.container("skrrobad", &["sleep", "1000"]);
+        rro.readonly = false;
+        bad.mounts = vec![rro];
+        let s = t.create_err(&sb, &sb_cfg, bad).await?;
+        ensure!(
+            s.code() == tonic::Code::InvalidArgument && s.message().contains("readonly"),
+            "recursive_read_only without readonly: {s:?}"
+        );
+        Ok(())
+    })
+}
+
 /// A shell that grows past a 32 MiB memory limit (a 200 MB string in the shell itself, the
 /// container's init): the kernel OOM-kills it.
 pub const OOM_SCRIPT: &str = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
@@ -857,6 +923,10 @@ pub async fn run(t: &mut Target) -> Vec<(&'static str, Check)> {
     // containerd 1.6 kills only the exec'd process; Skiff its whole tree.
     let skiff = t.name == "skiff";
     check!("exec sync timeout", exec_timeout(t, skiff));
+    if skiff {
+        // containerd 1.6 has no recursive read-only mounts.
+        check!("recursive read-only mounts", recursive_read_only(t));
+    }
     for (name, r) in &out {
         match r {
             Ok(()) => eprintln!("[{}] PASS {name}", t.name),

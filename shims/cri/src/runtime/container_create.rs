@@ -145,6 +145,26 @@ async fn validate_security(
     tokio::task::spawn_blocking(move || super::seccomp::for_container(&sc2, caps))
         .await
         .map_err(|e| CriError::Spec(format!("checking the seccomp profile: {e}")))??;
+    for m in config.mounts.iter().filter(|m| m.recursive_read_only) {
+        if !m.readonly {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: recursive_read_only needs readonly",
+                m.container_path
+            )));
+        }
+        if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: recursive_read_only needs propagation PRIVATE",
+                m.container_path
+            )));
+        }
+        if !st.cfg.supports_recursive_ro(&sb.runtime_handler) {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: runtime handler {:?} cannot make recursive read-only mounts",
+                m.container_path, sb.runtime_handler
+            )));
+        }
+    }
     let sb_privileged = sb
         .config
         .linux

@@ -457,7 +457,14 @@ pub(crate) fn generate(
                 "rshared"
             }
         };
-        mounts.push(bind(&m.container_path, src, m.readonly, prop)?);
+        let mut mount = bind(&m.container_path, src, m.readonly, prop)?;
+        if m.recursive_read_only {
+            // Checked at CreateContainer: readonly, PRIVATE, a handler that can.
+            let mut opts = mount.options().clone().unwrap_or_default();
+            opts.push("rro".into());
+            mount.set_options(Some(opts));
+        }
+        mounts.push(mount);
     }
 
     // cgroups (cgroupfs driver): <sandbox cgroup parent>/<container id>.

@@ -49,11 +49,11 @@ pub(crate) fn status(st: &State, _req: cri::StatusRequest) -> Result<cri::Status
             .handler_names()
             .into_iter()
             .map(|name| cri::RuntimeHandler {
-                name,
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: st.cfg.supports_recursive_ro(&name),
                     ..Default::default()
                 }),
+                name,
             })
             .collect(),
         ..Default::default()
