@@ -21,11 +21,11 @@ pub struct CriArgs {
     /// skiff-monitor binary (default: next to skiff).
     #[arg(long)]
     pub monitor: Option<PathBuf>,
-    /// CNI config folder (first *.conflist in lexical order).
-    #[arg(long, default_value = "/var/lib/skiff/cni/net.d")]
+    /// CNI config folder (first *.conflist in lexical order); containerd's and CRI-O's default.
+    #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    /// CNI plugin folder.
-    #[arg(long, default_value = "/var/lib/skiff/cni/bin")]
+    /// CNI plugin folder; containerd's and CRI-O's default.
+    #[arg(long, default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
     /// Where sandbox network namespaces are mounted.
     #[arg(long, default_value = "/run/skiff/netns")]
@@ -43,6 +43,50 @@ pub struct CriArgs {
     /// exists; the default needs not exist.
     #[arg(long, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+}
+
+/// `skiff cni-config`: installs the default pod network for a standalone `skiff cri`.
+#[derive(Args, Debug, Clone)]
+pub struct CniConfigArgs {
+    /// Folder the conflist is written to.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub dir: PathBuf,
+    /// Pod subnet (host-local ranges).
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub subnet: String,
+    /// Bridge the pods attach to.
+    #[arg(long, default_value = "cni0")]
+    pub bridge: String,
+    /// Also install Skiff's plugins (bridge, host-local, loopback, portmap) into this folder.
+    #[arg(long)]
+    pub install_plugins: Option<PathBuf>,
+}
+
+/// Writes `<dir>/10-skiff-bridge.conflist` (refusing to overwrite one) and, if asked, links the
+/// plugins.
+pub fn cni_config(args: CniConfigArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let path = args.dir.join(skiff_cri::DEFAULT_CONFLIST_NAME);
+    if path.exists() {
+        anyhow::bail!(
+            "{} exists: remove it first to write the default",
+            path.display()
+        );
+    }
+    let conflist = skiff_cri::default_bridge_conflist(&args.bridge, &args.subnet);
+    std::fs::write(&path, serde_json::to_vec_pretty(&conflist)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    if let Some(bin) = args.install_plugins {
+        skiff_cni::install(&bin, &crate::server::sibling("skiff-cni")?)
+            .with_context(|| format!("installing the CNI plugins into {}", bin.display()))?;
+        println!(
+            "installed bridge, host-local, loopback, portmap into {}",
+            bin.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where the CRI config file is looked for.

@@ -28,6 +28,8 @@ enum Cmd {
     Server(server::ServerArgs),
     /// Run only the CRI server (runtime.v1 on a unix socket).
     Cri(cri::CriArgs),
+    /// Install a default bridge pod network for `skiff cri` (`/etc/cni/net.d/10-skiff-bridge.conflist`).
+    CniConfig(cri::CniConfigArgs),
     /// Internal: one image fetch for the CRI server (request on stdin, reply on stdout).
     #[command(hide = true)]
     CriFetch,
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Server(args) => rt.block_on(server::run(args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),
+        Cmd::CniConfig(args) => cri::cni_config(args),
         Cmd::CriFetch => Ok(rt.block_on(skiff_cri::serve_fetch(
             std::io::stdin().lock(),
             std::io::stdout().lock(),

@@ -47,7 +47,7 @@ pub struct Target {
     pub subnet_prefix: String,
 }
 
-type Check = Result<(), String>;
+pub type Check = Result<(), String>;
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
@@ -62,7 +62,7 @@ fn e<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
 }
 
 impl Target {
-    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+    pub fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
@@ -81,7 +81,7 @@ impl Target {
         }
     }
 
-    fn container(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    pub fn container(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: name.into(),
@@ -98,7 +98,10 @@ impl Target {
         }
     }
 
-    async fn run_sandbox(&mut self, name: &str) -> Result<(String, cri::PodSandboxConfig), String> {
+    pub async fn run_sandbox(
+        &mut self,
+        name: &str,
+    ) -> Result<(String, cri::PodSandboxConfig), String> {
         let cfg = self.sandbox_config(name);
         let id = self
             .rt
@@ -113,7 +116,24 @@ impl Target {
         Ok((id, cfg))
     }
 
-    async fn start_container(
+    /// RunPodSandbox with a config of the caller's (e.g. privileged, namespace options).
+    pub async fn run_sandbox_with(
+        &mut self,
+        cfg: &cri::PodSandboxConfig,
+    ) -> Result<String, String> {
+        Ok(self
+            .rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map_err(e("RunPodSandbox"))?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    pub async fn start_container(
         &mut self,
         sb: &str,
         sb_cfg: &cri::PodSandboxConfig,
@@ -139,7 +159,7 @@ impl Target {
         Ok(id)
     }
 
-    async fn ct_status(&mut self, id: &str) -> Result<cri::ContainerStatus, String> {
+    pub async fn ct_status(&mut self, id: &str) -> Result<cri::ContainerStatus, String> {
         self.rt
             .container_status(cri::ContainerStatusRequest {
                 container_id: id.into(),
@@ -152,7 +172,7 @@ impl Target {
             .ok_or_else(|| "ContainerStatus without status".to_string())
     }
 
-    async fn wait_ct(
+    pub async fn wait_ct(
         &mut self,
         id: &str,
         want: cri::ContainerState,
@@ -167,7 +187,7 @@ impl Target {
         Err(format!("container {id} never reached {want:?}"))
     }
 
-    async fn teardown(&mut self, sb: &str) -> Check {
+    pub async fn teardown(&mut self, sb: &str) -> Check {
         self.rt
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: sb.into(),
@@ -183,7 +203,7 @@ impl Target {
         Ok(())
     }
 
-    async fn exec_sync(
+    pub async fn exec_sync(
         &mut self,
         id: &str,
         cmd: &[&str],

@@ -31,6 +31,10 @@ pub mod containerd;
 /// critest-like checks over the plain CRI client, for any runtime.
 #[path = "cri_conformance.rs"]
 pub mod conformance;
+
+/// Security-context checks (privileged, capabilities, seccomp, namespaces) for any runtime.
+#[path = "cri_security.rs"]
+pub mod security;
 use crate::{io_err, workspace_bin, HarnessError, Result};
 
 pub type RuntimeClient = RuntimeServiceClient<Channel>;

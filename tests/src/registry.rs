@@ -49,6 +49,32 @@ pub fn answers(addr: &str) -> bool {
     head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.1 401")
 }
 
+/// Spawns `cmd` from one helper thread that never ends (so a child's PDEATHSIG means "the
+/// process died", not "the calling test finished").
+fn spawn_from_process_thread(cmd: Command) -> std::io::Result<std::process::Child> {
+    type Job = (
+        Command,
+        std::sync::mpsc::Sender<std::io::Result<std::process::Child>>,
+    );
+    static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+    let mut slot = SPAWNER.lock().expect("spawner slot poisoned");
+    let jobs = slot.get_or_insert_with(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        tx
+    });
+    let (reply, answer) = std::sync::mpsc::channel();
+    jobs.send((cmd, reply))
+        .map_err(|_| std::io::Error::other("registry spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("registry spawner thread is gone"))?
+}
+
 /// An exclusive flock(2) held until dropped (closing the file releases it).
 struct FileLock(#[allow(dead_code)] std::fs::File);
 
@@ -132,7 +158,10 @@ impl Registry {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(io_err(format!(
+        // PDEATHSIG fires when the *thread* that forked the child ends: spawned from a test's
+        // thread, the registry died with the first test of a binary while others still used
+        // it. A thread that lives as long as the process does the spawning.
+        let mut child = spawn_from_process_thread(cmd).map_err(io_err(format!(
             "starting {REGISTRY_BIN} (apt-get install docker-registry)"
         )))?;
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -38,6 +38,34 @@ pub(crate) struct Cni<'a> {
 
 const IFNAME: &str = "eth0";
 
+/// File name of the default network [`default_bridge_conflist`] is installed as.
+pub const DEFAULT_CONFLIST_NAME: &str = "10-skiff-bridge.conflist";
+
+/// A default pod network for a standalone CRI server (what CRI-O's `10-crio-bridge.conflist`
+/// is): bridge `bridge` as the pods' gateway with IP masquerade, host-local addresses from
+/// `subnet`, a default route, and port mappings.
+pub fn default_bridge_conflist(bridge: &str, subnet: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "skiff-bridge",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
+/// Why the pod network is not ready yet, naming the folder to fill and how.
+pub(crate) fn not_configured(conf_dir: &Path) -> String {
+    format!(
+        "no CNI network config (*.conflist) in {}: install one there (`skiff cni-config` writes a default bridge network, {DEFAULT_CONFLIST_NAME})",
+        conf_dir.display()
+    )
+}
+
 impl Cni<'_> {
     /// The network's conflist, or None when the conf dir holds none yet.
     pub(crate) fn load_conflist(&self) -> Result<Option<(PathBuf, Value)>> {
@@ -65,6 +93,48 @@ impl Cni<'_> {
         Ok(Some((path, v)))
     }
 
+    /// CNI 1.1 GC of the current network: each plugin frees what it holds for attachments not
+    /// in `valid` (sandbox ids; interface eth0). Networks older than 1.1.0 are skipped, as
+    /// libcni does. Returns how many plugins were asked.
+    pub(crate) async fn gc(&self, valid: &[String]) -> Result<usize> {
+        let Some((_, conflist)) = self.load_conflist()? else {
+            return Ok(0);
+        };
+        let version = conflist
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("0.0.0")
+            .to_string();
+        if !version_at_least(&version, (1, 1, 0)) {
+            return Ok(0);
+        }
+        let attachments: Vec<Value> = valid
+            .iter()
+            .map(|id| json!({"containerID": id, "ifname": IFNAME}))
+            .collect();
+        let name = conflist.get("name").cloned().unwrap_or(json!("skiff"));
+        let plugins = conflist["plugins"].as_array().cloned().unwrap_or_default();
+        let pod = PodRef {
+            namespace: "",
+            name: "",
+            uid: "",
+            sandbox_id: "",
+        };
+        let mut first_err = None;
+        for plugin in &plugins {
+            let mut conf = plugin_conf(plugin, &json!(version), &name, None, &json!({}));
+            conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
+            if let Err(e) = self.exec("GC", &conf, &pod, Path::new(""), "").await {
+                tracing::warn!(error = %e, "CNI GC failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(plugins.len()),
+        }
+    }
+
     /// Sets up the pod network in `netns`; returns the cache to keep for `del`.
     pub(crate) async fn add(
         &self,
@@ -72,12 +142,9 @@ impl Cni<'_> {
         netns: &Path,
         runtime_config: Value,
     ) -> Result<CniCache> {
-        let (path, conflist) = self.load_conflist()?.ok_or_else(|| {
-            CriError::Cni(format!(
-                "no *.conflist in {}: the pod network is not configured yet",
-                self.conf_dir.display()
-            ))
-        })?;
+        let (path, conflist) = self
+            .load_conflist()?
+            .ok_or_else(|| CriError::Cni(not_configured(self.conf_dir)))?;
         tracing::debug!(conflist = %path.display(), "CNI ADD");
         self.loopback("ADD", pod, netns).await?;
         let mut prev: Option<Value> = None;
@@ -121,15 +188,15 @@ impl Cni<'_> {
             .as_array()
             .cloned()
             .unwrap_or_default();
+        // No prevResult when ADD never finished (the pending cache).
+        let prev = cache
+            .result
+            .as_object()
+            .is_some_and(|o| !o.is_empty())
+            .then_some(&cache.result);
         let mut first_err = None;
         for plugin in plugins.iter().rev() {
-            let conf = plugin_conf(
-                plugin,
-                &version,
-                &name,
-                Some(&cache.result),
-                &cache.runtime_config,
-            );
+            let conf = plugin_conf(plugin, &version, &name, prev, &cache.runtime_config);
             let ns = netns.unwrap_or(Path::new(""));
             if let Err(e) = self.exec("DEL", &conf, pod, ns, &cache.ifname).await {
                 tracing::warn!(error = %e, "CNI DEL failed");
@@ -176,7 +243,11 @@ impl Cni<'_> {
             pod.namespace, pod.name, pod.sandbox_id, pod.uid
         );
         let stdin = serde_json::to_vec(conf).expect("JSON value serialises");
-        let mut child = tokio::process::Command::new(&bin)
+        let mut plugin_cmd = tokio::process::Command::new(&bin);
+        // A plugin must not outlive a server killed mid-call: the restart's teardown DELs what
+        // it made, and one still running could allocate after that.
+        crate::sys::die_with_parent(plugin_cmd.as_std_mut());
+        let mut child = plugin_cmd
             .env_clear()
             .env(
                 "PATH",
@@ -238,6 +309,17 @@ impl Cni<'_> {
             Ok(Value::Null)
         }
     }
+}
+
+/// `v` (e.g. "1.1.0") is at least `min`.
+fn version_at_least(v: &str, min: (u32, u32, u32)) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let got = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    got >= min
 }
 
 fn plugin_conf(
@@ -314,6 +396,14 @@ mod tests {
             ]
         });
         assert_eq!(result_ips(&r), ["10.244.1.5", "fd00::5"]);
+    }
+
+    #[test]
+    fn gc_needs_cni_1_1() {
+        assert!(version_at_least("1.1.0", (1, 1, 0)));
+        assert!(version_at_least("1.2.0", (1, 1, 0)));
+        assert!(!version_at_least("1.0.0", (1, 1, 0)));
+        assert!(!version_at_least("0.4.0", (1, 1, 0)));
     }
 
     #[test]

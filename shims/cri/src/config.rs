@@ -203,6 +203,17 @@ impl CriConfig {
         }
     }
 
+    /// Whether handler `name` makes recursive read-only mounts (`rro`, mount_setattr with
+    /// AT_RECURSIVE): skiff-runtime does; runc 1.1 does not, and others are not assumed to.
+    pub(crate) fn supports_recursive_ro(&self, name: &str) -> bool {
+        self.handler(name).is_ok_and(|h| {
+            h.binary
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("skiff-runtime"))
+        })
+    }
+
     /// Every handler name the server accepts, the default (`""`) first.
     pub(crate) fn handler_names(&self) -> Vec<String> {
         let mut v = vec![String::new(), DEFAULT_HANDLER_ALIAS.to_string()];

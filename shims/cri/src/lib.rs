@@ -22,6 +22,7 @@ mod stream;
 mod sys;
 mod util;
 
+pub use cni::{default_bridge_conflist, DEFAULT_CONFLIST_NAME};
 pub use config::{ConfigError, ConfigFile, CriConfig, RuntimeHandler};
 pub use error::CriError;
 pub use images::serve_fetch;

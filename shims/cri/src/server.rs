@@ -24,6 +24,9 @@ pub(crate) struct State {
     pub images: Store<ImageRecord>,
     /// Pause processes started by this server instance, so they can be waited for (reaped).
     pub pause_children: Mutex<HashMap<String, tokio::process::Child>>,
+    /// CNI ADDs hold it shared, CNI GC exclusively: GC must not free what an ADD under way
+    /// allocates for a sandbox it did not list.
+    pub cni_gc_lock: tokio::sync::RwLock<()>,
     /// Serialises image store updates (tags move between images).
     pub image_lock: tokio::sync::Mutex<()>,
     /// Per sandbox/container id locks so that verbs on one object do not interleave.
@@ -79,6 +82,7 @@ impl State {
             containers,
             images,
             pause_children: Mutex::new(HashMap::new()),
+            cni_gc_lock: tokio::sync::RwLock::new(()),
             image_lock: tokio::sync::Mutex::new(()),
             locks: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
@@ -128,6 +132,10 @@ pub async fn serve(
     let state = Arc::new(State::load(cfg)?);
     crate::runtime::recover(&state).await;
     let watcher = tokio::spawn(crate::runtime::watch_exits(state.clone()));
+    let gc = tokio::spawn(crate::runtime::cni_gc_loop(
+        state.clone(),
+        std::time::Duration::from_secs(600),
+    ));
     let listener = UnixListener::bind(&socket)
         .map_err(CriError::io("binding CRI socket", socket.as_path()))?;
     tracing::info!(socket = %socket.display(), "CRI server listening");
@@ -143,6 +151,7 @@ pub async fn serve(
         .await;
     stream.shutdown();
     watcher.abort();
+    gc.abort();
     let _ = std::fs::remove_file(&socket);
     result.map_err(|e| CriError::Serve(e.to_string()))
 }

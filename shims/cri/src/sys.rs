@@ -70,6 +70,120 @@ pub(crate) fn unmount(target: &Path) -> Result<()> {
     }
 }
 
+/// The mount holding `path` in our mount table (`/proc/self/mountinfo`): its mount point and
+/// whether it is shared / a slave.
+fn mount_of(path: &Path) -> Result<(std::path::PathBuf, bool, bool)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(CriError::io("reading", "/proc/self/mountinfo"))?;
+    let mut best: Option<(std::path::PathBuf, bool, bool)> = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() < 6 || sep < 6 {
+            continue;
+        }
+        // Octal escapes (\040 for a space) as the kernel writes them.
+        let point = std::path::PathBuf::from(unescape_mountinfo(fields[4]));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let optional = &fields[6..sep];
+        let shared = optional.iter().any(|f| f.starts_with("shared:"));
+        let slave = optional.iter().any(|f| f.starts_with("master:"));
+        // The longest mount point wins; among equals the last listed (the top of a stack).
+        if best
+            .as_ref()
+            .is_none_or(|(b, _, _)| point.as_os_str().len() >= b.as_os_str().len())
+        {
+            best = Some((point, shared, slave));
+        }
+    }
+    best.ok_or_else(|| {
+        CriError::FailedPrecondition(format!(
+            "no mount holds {} in /proc/self/mountinfo",
+            path.display()
+        ))
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes sure mounts made on the host under `path` reach a container's bind of it (and, for
+/// bidirectional mounts, mounts made in the container reach the host): the mount holding
+/// `path` must be shared (or, when `slave_ok`, a slave). If it is neither, `path` itself
+/// becomes a shared mount point: made shared if it already is a mount point, else bound onto
+/// itself first (as the kubelet does for its root dir). Returns whether it changed anything.
+pub(crate) fn ensure_shared(path: &Path, slave_ok: bool) -> Result<bool> {
+    let path = std::fs::canonicalize(path).map_err(CriError::io("resolving mount source", path))?;
+    let (point, shared, slave) = mount_of(&path)?;
+    if shared || (slave_ok && slave) {
+        return Ok(false);
+    }
+    if point != path {
+        mount(
+            Some(&path),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys_err(
+            "bind-mounting onto itself (to make it shared)",
+            &path,
+        ))?;
+    }
+    mount(
+        None::<&str>,
+        &path,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(sys_err("making shared (MS_SHARED)", &path))?;
+    tracing::info!(path = %path.display(), "made the mount source a shared mount");
+    Ok(true)
+}
+
+/// PIDs of `<monitor> pause ... --sandbox <id>` processes (from /proc/*/cmdline).
+pub(crate) fn pause_pids_of(monitor: &Path, sandbox_id: &str) -> Vec<i32> {
+    let want_bin = monitor.as_os_str().as_encoded_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_pause = args.first() == Some(&want_bin) && args.get(1) == Some(&&b"pause"[..]);
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"--sandbox" && w[1] == sandbox_id.as_bytes());
+            (is_pause && ours).then_some(pid)
+        })
+        .collect()
+}
+
 /// Sends `sig` to `pid`; a process that is already gone is fine.
 pub(crate) fn signal(pid: i32, sig: Signal) -> Result<()> {
     match kill(Pid::from_raw(pid), sig) {

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 pub struct PauseArgs {
     pub hostname: String,
+    /// Also hold a PID namespace for the pod (CRI NamespaceMode POD): the pause process forks
+    /// and its child, PID 1 of the new namespace, is the pause.
+    pub pid_ns: bool,
 }
 
 pub struct ContainerArgs {
@@ -94,9 +97,17 @@ fn take(pairs: &[(String, String)], name: &str) -> Result<String, String> {
 
 impl PauseArgs {
     pub fn parse(argv: &[String]) -> Result<Self, String> {
-        let p = pairs(argv, &["hostname"])?;
+        // `--sandbox ID` is only read by whoever scans process lists: it names the sandbox a
+        // pause belongs to, so a CRI server killed before it recorded the pid finds it again.
+        let p = pairs(argv, &["hostname", "pid-ns", "sandbox"])?;
+        let pid_ns = match take(&p, "pid-ns").as_deref() {
+            Err(_) | Ok("no") => false,
+            Ok("yes") => true,
+            Ok(other) => return Err(format!("--pid-ns {other:?}: expected yes or no")),
+        };
         Ok(Self {
             hostname: take(&p, "hostname")?,
+            pid_ns,
         })
     }
 }

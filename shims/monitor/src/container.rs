@@ -160,6 +160,7 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
         create_output: Vec::new(),
         create_done: false,
         init_pid: None,
+        oom: None,
         early_exits: Vec::new(),
         init_exit: None,
         trim_at: Some(Instant::now()),
@@ -190,6 +191,8 @@ struct Monitor {
     create_output: Vec<u8>,
     create_done: bool,
     init_pid: Option<Pid>,
+    /// The container's memory cgroup OOM counter file and its count when `create` returned.
+    oom: Option<(PathBuf, u64)>,
     /// Children reaped before we knew the init's pid.
     early_exits: Vec<(Pid, WaitStatus, String)>,
     /// The init's wait status, when it was reaped, and the drain deadline.
@@ -549,6 +552,10 @@ impl Monitor {
             WaitStatus::Exited(_, 0) => match read_pid(&self.pid_file) {
                 Ok(pid) => {
                     self.init_pid = Some(pid);
+                    self.oom = crate::oom::counter_file(pid.as_raw()).map(|f| {
+                        let n = crate::oom::kills(&f);
+                        (f, n)
+                    });
                     let json = format!("{{\"pid\":{pid}}}");
                     if let Err(e) =
                         atomic::write_fast(&self.state_dir.join("created"), json.as_bytes())
@@ -593,8 +600,13 @@ impl Monitor {
             _ => (255, None),
         };
         let signal = signal.map_or("null".to_owned(), |s| s.to_string());
+        // The kernel counts the kill before the process is gone, so the count is final here.
+        let oom_killed = self
+            .oom
+            .as_ref()
+            .is_some_and(|(f, before)| crate::oom::kills(f) > *before);
         let json = format!(
-            "{{\"exit_code\":{code},\"signal\":{signal},\"finished_at\":\"{finished_at}\"}}"
+            "{{\"exit_code\":{code},\"signal\":{signal},\"finished_at\":\"{finished_at}\",\"oom_killed\":{oom_killed}}}"
         );
         if let Err(e) = atomic::write(&self.state_dir.join("exit"), json.as_bytes()) {
             self.note(&format!("cannot write exit: {e}"));

@@ -3,7 +3,7 @@
 //! lives as long as the container and must stay under 1 MiB RSS.
 //!
 //! Roles (see `docs/node-contracts.md`):
-//! - `pause --hostname NAME`: `pause.rs`.
+//! - `pause --hostname NAME [--pid-ns yes|no] [--sandbox ID]`: `pause.rs`.
 //! - `exec --runtime BIN --runtime-root DIR --id ID --process FILE --console-socket SOCK
 //!   --pid-file FILE`: a tty exec for the CRI streaming server, `exec.rs`.
 //! - `container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE
@@ -17,13 +17,14 @@ mod attach;
 mod container;
 mod cri_log;
 mod exec;
+mod oom;
 mod pause;
 mod sys;
 mod timefmt;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: skiff-monitor pause --hostname NAME\n       \
+const USAGE: &str = "usage: skiff-monitor pause --hostname NAME [--pid-ns yes|no] [--sandbox ID]\n       \
 skiff-monitor container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE --state-dir DIR\n       \
 skiff-monitor exec --runtime BIN --runtime-root DIR --id ID --process FILE --console-socket SOCK --pid-file FILE";
 

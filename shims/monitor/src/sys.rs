@@ -60,11 +60,27 @@ pub fn stdio_to_dev_null(fds: &[i32]) -> Result<(), String> {
     Ok(())
 }
 
-/// New network, IPC and UTS namespaces for the pod sandbox, and its hostname.
-pub fn enter_sandbox_namespaces(hostname: &str) -> Result<(), String> {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(|e| format!("unshare(net, ipc, uts): {e} (needs CAP_SYS_ADMIN)"))?;
+/// New network, IPC and UTS namespaces for the pod sandbox (and a PID namespace for the
+/// children of the caller when `pid`), and its hostname.
+pub fn enter_sandbox_namespaces(hostname: &str, pid: bool) -> Result<(), String> {
+    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    if pid {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
+    unshare(flags).map_err(|e| format!("unshare({flags:?}): {e} (needs CAP_SYS_ADMIN)"))?;
     sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))
+}
+
+/// fork(2): `Ok(None)` in the child, `Ok(Some(pid))` in the parent. Only for a single-threaded
+/// caller (the pause process is).
+pub fn fork_process() -> Result<Option<Pid>, String> {
+    // SAFETY: the pause process is single-threaded (no async runtime, no threads started), so
+    // the child may run any code after fork.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => Ok(None),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Some(child)),
+        Err(e) => Err(format!("fork: {e}")),
+    }
 }
 
 /// Reap one exited child without blocking. `Ok(None)` when none is ready (or none exist).

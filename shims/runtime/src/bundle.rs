@@ -6,7 +6,9 @@
 //! own needs `CAP_SYS_RESOURCE`; without it the value is clamped to our own score (as
 //! containerd's `restrict_oom_score_adj` does) instead of failing the whole create; and the
 //! cgroup v1 hierarchies under a read-only `cgroup` mount are listed as `readonlyPaths`, which
-//! libcontainer 0.7 would otherwise leave writable (runc mounts them read-only).
+//! libcontainer 0.7 would otherwise leave writable (runc mounts them read-only); and
+//! `noNewPrivileges: false` becomes unset (see [`nnp_false_as_unset`]); runc's recursive
+//! `rootfsPropagation` names (`rshared`, ...) become the plain ones libcontainer knows.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -102,6 +104,28 @@ impl Bundle {
             }
             changed = true;
         }
+        if let Some(process) = spec.process().clone() {
+            if process.no_new_privileges() == Some(false) {
+                spec.set_process(Some(nnp_false_as_unset(process)));
+                changed = true;
+            }
+        }
+        if let Some(mut linux) = spec.linux().clone() {
+            // runc takes rshared/rslave/rprivate/runbindable; libcontainer 0.7 only the plain
+            // names (it makes `/` MS_REC anyway) and fails "UnknownRootfsPropagation".
+            let plain = match linux.rootfs_propagation().as_deref() {
+                Some("rshared") => Some("shared"),
+                Some("rslave") => Some("slave"),
+                Some("rprivate") => Some("private"),
+                Some("runbindable") => Some("unbindable"),
+                _ => None,
+            };
+            if let Some(p) = plain {
+                linux.set_rootfs_propagation(Some(p.to_string()));
+                spec.set_linux(Some(linux));
+                changed = true;
+            }
+        }
         let extra = ro_cgroup_paths(&spec, &host_cgroup_v1_mounts());
         if !extra.is_empty() {
             if let Some(mut linux) = spec.linux().clone() {
@@ -128,6 +152,17 @@ impl Bundle {
             .with_context(|| format!("cannot write {}/config.json", shadow_dir.display()))?;
         Ok(())
     }
+}
+
+/// `noNewPrivileges: false` as no key at all. libcontainer 0.7 tests `is_none()`, not the
+/// value: with `Some(false)` it loads the seccomp filter after dropping capabilities, without
+/// no_new_privs, and seccomp(2) fails with EACCES ("failed to load seccomp context") unless the
+/// process keeps CAP_SYS_ADMIN. runc loads it before dropping them in that case.
+pub fn nnp_false_as_unset(mut process: oci_spec::runtime::Process) -> oci_spec::runtime::Process {
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
+    }
+    process
 }
 
 /// Mount points of the host's cgroup v1 hierarchies (`/sys/fs/cgroup/<name>`), by name.

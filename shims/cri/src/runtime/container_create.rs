@@ -51,6 +51,8 @@ pub(crate) async fn create(
     let image = crate::images::resolve(st, &image_name)?
         .ok_or_else(|| CriError::ImageNotFound(image_name.clone()))?;
 
+    validate_security(st, &config, &sb, &image).await?;
+
     let id = new_id();
     tracing::Span::current().record("container", id.as_str());
     let dir = st.containers.record_dir(&id);
@@ -100,6 +102,96 @@ pub(crate) async fn create(
             Err(e)
         }
     }
+}
+
+/// A bad security context is InvalidArgument before anything is made.
+async fn validate_security(
+    st: &State,
+    config: &cri::ContainerConfig,
+    sb: &crate::store::sandbox::Sandbox,
+    image: &crate::store::image::ImageRecord,
+) -> Result<()> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let passwd = if sc.run_as_username.is_empty() {
+        None
+    } else {
+        let snap_root = crate::images::snapshots_dir(st);
+        let mut found = None;
+        // Top-most layer first.
+        for chain in image.chain_ids.iter().rev() {
+            let hex = chain.strip_prefix("sha256:").unwrap_or(chain);
+            if let Ok(text) =
+                tokio::fs::read_to_string(snap_root.join(hex).join("etc/passwd")).await
+            {
+                found = Some(text);
+                break;
+            }
+        }
+        found
+    };
+    let pod_ns = super::sandbox_run::namespace_options(&sb.config);
+    super::security::validate(&sc, &pod_ns, passwd.as_deref())?;
+    let caps = super::security::resolve_caps(
+        sc.privileged,
+        sc.capabilities.as_ref(),
+        super::security::bounding_set(),
+    )?;
+    // A Localhost profile that is missing or invalid: refused here too, before anything is made.
+    let sc2 = sc.clone();
+    tokio::task::spawn_blocking(move || super::seccomp::for_container(&sc2, caps))
+        .await
+        .map_err(|e| CriError::Spec(format!("checking the seccomp profile: {e}")))??;
+    for m in config.mounts.iter().filter(|m| m.recursive_read_only) {
+        if !m.readonly {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: recursive_read_only needs readonly",
+                m.container_path
+            )));
+        }
+        if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: recursive_read_only needs propagation PRIVATE",
+                m.container_path
+            )));
+        }
+        if !st.cfg.supports_recursive_ro(&sb.runtime_handler) {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: runtime handler {:?} cannot make recursive read-only mounts",
+                m.container_path, sb.runtime_handler
+            )));
+        }
+    }
+    let sb_privileged = sb
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if sc.privileged && !sb_privileged {
+        return Err(CriError::InvalidArgument(format!(
+            "security context: privileged container in sandbox {}, which is not privileged",
+            sb.id
+        )));
+    }
+    if let Some(ns) = &sc.namespace_options {
+        if ns.pid == cri::NamespaceMode::Pod as i32
+            && pod_ns.pid != cri::NamespaceMode::Node as i32
+            && !super::sandbox_run::holds_pid_ns(&sb.config)
+        {
+            return Err(CriError::InvalidArgument(format!(
+                "namespace options: container pid mode POD, but sandbox {} does not share a PID namespace (its pid mode is not POD)",
+                sb.id
+            )));
+        }
+        if ns.pid == cri::NamespaceMode::Target as i32 {
+            super::spec::target_pid_ns(st, sb, &ns.target_id)?;
+        }
+    }
+    Ok(())
 }
 
 async fn setup(

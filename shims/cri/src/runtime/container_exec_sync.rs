@@ -87,9 +87,10 @@ pub(crate) async fn exec_sync(
     };
     let _ = std::fs::remove_file(&file);
     if result.is_err() {
-        // Timed out: the runtime's `exec` is killed on drop, but the process it started lives
-        // in the container; kill it too, as containerd does.
-        kill_exec_process(&pid_file, &ct);
+        // Timed out: the runtime's `exec` is killed on drop, but the process it started (and
+        // what it started) lives in the container; kill them too before answering.
+        let (pf, c) = (pid_file.clone(), ct.clone());
+        let _ = tokio::task::spawn_blocking(move || kill_exec_tree(&pf, &c)).await;
     }
     let _ = std::fs::remove_file(&pid_file);
     let (stdout, stderr, status) = result
@@ -125,8 +126,10 @@ pub(crate) async fn exec_sync(
 }
 
 /// SIGKILLs the process an `exec --pid-file` recorded, if it still runs in the container (its
-/// pid namespace is the container init's).
-fn kill_exec_process(pid_file: &std::path::Path, ct: &crate::store::container::Container) {
+/// pid namespace is the container init's), and every process descending from it, then waits
+/// (5 s at most) until they are gone: a later ExecSync sees no trace of them.
+fn kill_exec_tree(pid_file: &std::path::Path, ct: &crate::store::container::Container) {
+    use nix::sys::signal::Signal;
     let Some(pid) = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -135,8 +138,69 @@ fn kill_exec_process(pid_file: &std::path::Path, ct: &crate::store::container::C
         return;
     };
     let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-    if ns(pid).is_some() && ns(pid) == ns(ct.pid) {
-        tracing::info!(container = %ct.id, pid, "killing the exec process after its timeout");
-        let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    if ns(pid).is_none() || ns(pid) != ns(ct.pid) {
+        return;
+    }
+    // Stop the tree first so that nothing forks while it is collected.
+    let mut tree = vec![pid];
+    loop {
+        for &p in &tree {
+            let _ = crate::sys::signal(p, Signal::SIGSTOP);
+        }
+        let grown = descendants(&tree);
+        if grown.len() == tree.len() {
+            break;
+        }
+        tree = grown;
+    }
+    tracing::info!(container = %ct.id, pid, processes = tree.len(), "killing the exec process tree after its timeout");
+    for &p in &tree {
+        let _ = crate::sys::signal(p, Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if tree
+            .iter()
+            .all(|&p| crate::sys::proc_stat(p).is_none_or(|(_, s)| s == 'Z' || s == 'X'))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::warn!(container = %ct.id, pid, "exec process tree still there 5 s after SIGKILL");
+}
+
+/// `roots` and every process whose parent chain reaches one of them (from /proc/*/stat).
+fn descendants(roots: &[i32]) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Field 4 (ppid) follows the ")" that ends the command name.
+            if let Some(ppid) = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = roots.to_vec();
+    loop {
+        let before = out.len();
+        for &(pid, ppid) in &parent_of {
+            if out.contains(&ppid) && !out.contains(&pid) {
+                out.push(pid);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
     }
 }

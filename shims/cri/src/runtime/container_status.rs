@@ -61,6 +61,9 @@ pub(crate) fn to_status(st: &State, ct: &Container) -> cri::ContainerStatus {
         s.finished_at = crate::util::rfc3339_nanos(&exit.finished_at);
         s.reason = if exit.exit_code == 0 {
             "Completed"
+        } else if exit.oom_killed {
+            // The monitor saw the container's memory cgroup count an OOM kill.
+            "OOMKilled"
         } else {
             "Error"
         }

@@ -121,6 +121,7 @@ pub(crate) async fn watch(st: std::sync::Arc<State>) {
                 if ct.exit_info().is_none() {
                     tracing::warn!(container = %ct.id, "container and its monitor died without an exit record");
                     let exit = crate::store::container::ExitInfo {
+                        oom_killed: false,
                         exit_code: 255,
                         signal: None,
                         finished_at: chrono::Utc::now()

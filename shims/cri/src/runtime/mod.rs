@@ -17,6 +17,8 @@ mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod seccomp;
+mod security;
 mod spec;
 mod stats;
 mod status;
@@ -52,6 +54,70 @@ impl RuntimeSvc {
 /// Settles what a crash or reboot left behind, once at start: sandboxes caught half-made are torn
 /// down and forgotten; containers whose process and monitor are gone without an exit record get
 /// one (exit code 255, like containerd's "unknown" exit).
+/// Sandboxes whose network attachment is still owned: a CNI cache (ADD done or under way) or
+/// still being made.
+fn live_attachments(st: &State) -> Vec<String> {
+    st.sandboxes
+        .list()
+        .into_iter()
+        .filter(|sb| {
+            sb.state == crate::store::sandbox::SandboxState::Creating
+                || st
+                    .sandboxes
+                    .record_dir(&sb.id)
+                    .join("cni-cache.json")
+                    .exists()
+        })
+        .map(|sb| sb.id)
+        .collect()
+}
+
+/// CNI GC (spec 1.1) with every live sandbox as a valid attachment: frees addresses and rules
+/// that plugins hold for pods nothing owns any more (a crash between ADD and its record).
+pub(crate) async fn cni_gc(st: &State) {
+    let _exclusive = st.cni_gc_lock.write().await;
+    let valid = live_attachments(st);
+    match sandbox_run::cni_for(st).gc(&valid).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(plugins = n, valid = valid.len(), "CNI GC done"),
+        Err(e) => tracing::warn!(error = %e, "CNI GC"),
+    }
+}
+
+/// Runs [`cni_gc`] every `period` (the first run is at start, from `recover`).
+pub(crate) async fn cni_gc_loop(st: std::sync::Arc<State>, period: std::time::Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        cni_gc(&st).await;
+    }
+}
+
+/// Netns files nothing owns (a crash between creating the file and recording it): unmounted
+/// and removed.
+fn remove_orphan_netns(st: &State) {
+    let owned: std::collections::HashSet<std::path::PathBuf> = st
+        .sandboxes
+        .list()
+        .into_iter()
+        .filter_map(|sb| sb.netns_path)
+        .collect();
+    let Ok(dir) = std::fs::read_dir(&st.cfg.netns_dir) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        if owned.contains(&path) {
+            continue;
+        }
+        tracing::info!(path = %path.display(), "removing a netns mount no sandbox owns");
+        if let Err(err) = crate::sys::unmount(&path) {
+            tracing::warn!(error = %err, "unmounting orphan netns");
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 pub(crate) async fn recover(st: &State) {
     for sb in st.sandboxes.list() {
         if sb.state == crate::store::sandbox::SandboxState::Creating {
@@ -59,6 +125,11 @@ pub(crate) async fn recover(st: &State) {
             if let Err(e) = sandbox_stop::teardown(st, &sb).await {
                 tracing::warn!(sandbox = %sb.id, error = %e, "teardown of half-made sandbox");
                 continue;
+            }
+            // A pause started just before the crash may not be in the record yet.
+            for pid in crate::sys::pause_pids_of(&st.cfg.monitor_bin, &sb.id) {
+                tracing::info!(sandbox = %sb.id, pid, "killing an unrecorded pause process");
+                let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = st.sandboxes.delete(&sb.id);
             let _ = crate::util::remove_dir_all_quiet(&st.sandboxes.record_dir(&sb.id));
@@ -80,12 +151,15 @@ pub(crate) async fn recover(st: &State) {
         }
         tracing::warn!(container = %ct.id, "container process gone without an exit record");
         let exit = crate::store::container::ExitInfo {
+            oom_killed: false,
             exit_code: 255,
             signal: None,
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         };
         let _ = crate::util::write_json_atomic(&ct.monitor_dir.join("exit"), &exit);
     }
+    remove_orphan_netns(st);
+    cni_gc(st).await;
 }
 
 type Res<T> = Result<Response<T>, Status>;

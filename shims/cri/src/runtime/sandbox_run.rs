@@ -26,6 +26,17 @@ pub(crate) fn namespace_options(config: &cri::PodSandboxConfig) -> cri::Namespac
         .unwrap_or_default()
 }
 
+/// Whether the sandbox's pause holds a PID namespace for the pod: only when the sandbox's
+/// namespace options ask for pid mode POD (the kubelet's `shareProcessNamespace`).
+pub(crate) fn holds_pid_ns(config: &cri::PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|o| o.pid == cri::NamespaceMode::Pod as i32)
+}
+
 pub(crate) fn cni_for(st: &State) -> Cni<'_> {
     Cni {
         conf_dir: &st.cfg.cni_conf_dir,
@@ -135,11 +146,24 @@ async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
         sandbox_id: &sb.id,
     };
     let runtime_config = runtime_config(&sb.config);
+    let _no_gc = st.cni_gc_lock.read().await;
+    // Before ADD: what DEL needs if we die before the result is written (a server killed mid
+    // ADD leaves plugin state behind; the teardown at restart DELs with this).
+    if let Ok(Some((_, conflist))) = cni_for(st).load_conflist() {
+        let pending = crate::cni::CniCache {
+            conflist,
+            runtime_config: runtime_config.clone(),
+            ifname: "eth0".into(),
+            result: json!({}),
+        };
+        crate::util::write_json_fast(&dir.join("cni-cache.json"), &pending)?;
+    }
     let cache = cni_for(st).add(&pod, &netns, runtime_config).await;
     let cache = match cache {
         Ok(c) => c,
         Err(e) => {
-            // Plugins may have allocated before failing: DEL with what we know (libcni does too).
+            // Plugins may have allocated before failing: DEL with what we know (libcni does too),
+            // once; the teardown that follows must not fail on the same broken plugin.
             if let Ok(Some((_, conflist))) = cni_for(st).load_conflist() {
                 let partial = crate::cni::CniCache {
                     conflist,
@@ -149,6 +173,7 @@ async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
                 };
                 let _ = cni_for(st).del(&pod, Some(&netns), &partial).await;
             }
+            let _ = std::fs::remove_file(dir.join("cni-cache.json"));
             return Err(e);
         }
     };
@@ -231,11 +256,20 @@ fn write_etc_files(dir: &Path, sb: &Sandbox) -> Result<()> {
 }
 
 /// Starts `skiff-monitor pause` in a new session and waits for its `ready` line.
-async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Result<(i32, u64)> {
+async fn start_pause(
+    st: &State,
+    sb: &mut Sandbox,
+    dir: &Path,
+    hostname: &str,
+) -> Result<(i32, u64)> {
     let log = dir.join("pause.log");
     let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
+    // CRI NamespaceMode POD for pid: the pause holds a PID namespace all containers join.
+    let pid_ns = holds_pid_ns(&sb.config);
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
+        .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
+        .args(["--sandbox", &sb.id])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
@@ -255,7 +289,16 @@ async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Re
             st.cfg.monitor_bin.display()
         ))
     })?;
-    let pid = child.id().unwrap_or(0) as i32;
+    let mut pid = child.id().unwrap_or(0) as i32;
+    // Recorded at once: a server killed before `ready` leaves a pause its restart must find.
+    // (With --pid-ns this is the parent, which exits after forking; a kill in that window can
+    // still leave the child.)
+    sb.pause_pid = pid;
+    sb.pause_start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
+    if let Err(e) = st.sandboxes.put(sb.clone()) {
+        let _ = crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(e);
+    }
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
     let read = tokio::time::timeout(
@@ -263,12 +306,27 @@ async fn start_pause(st: &State, sb: &Sandbox, dir: &Path, hostname: &str) -> Re
         BufReader::new(stdout).read_line(&mut line),
     )
     .await;
-    let ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
+    let mut ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
+    if pid_ns {
+        // `ready <pid>`: the pause is the forked child (PID 1 of the pod's PID namespace); the
+        // process we started exits at once.
+        if let Some(p) = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            ready = true;
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            pid = p;
+        }
+    }
     let start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
-    st.pause_children
-        .lock()
-        .expect("pause map poisoned")
-        .insert(sb.id.clone(), child);
+    if !pid_ns || !ready {
+        st.pause_children
+            .lock()
+            .expect("pause map poisoned")
+            .insert(sb.id.clone(), child);
+    }
     if !ready {
         let err = std::fs::read_to_string(&log).unwrap_or_default();
         // Make sure teardown kills it.

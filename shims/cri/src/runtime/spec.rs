@@ -18,24 +18,6 @@ use crate::store::sandbox::Sandbox;
 
 use super::sandbox_run::NS_NODE;
 
-/// containerd's default capability set for Kubernetes containers.
-const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
 fn spec_err(e: impl std::fmt::Display) -> CriError {
     CriError::Spec(e.to_string())
 }
@@ -84,17 +66,6 @@ pub(crate) fn merge_env(image_env: &[String], envs: &[cri::KeyValue]) -> Vec<Str
         }
     }
     out
-}
-
-fn parse_caps(names: &[String]) -> Vec<Capability> {
-    names
-        .iter()
-        .filter_map(|n| {
-            let n = n.trim().to_uppercase();
-            let n = n.strip_prefix("CAP_").unwrap_or(&n);
-            n.parse::<Capability>().ok()
-        })
-        .collect()
 }
 
 /// Resolves `user` ("uid[:gid]" or names) against the rootfs's /etc/passwd and /etc/group.
@@ -191,6 +162,28 @@ fn clamp_oom_score_adj(v: i64) -> i32 {
     v.clamp(own, 1000) as i32
 }
 
+/// `/proc/<init>/ns/pid` of container `target` (CRI NamespaceMode TARGET): it must be a
+/// running container of the same sandbox.
+pub(crate) fn target_pid_ns(st: &State, sb: &Sandbox, target: &str) -> Result<PathBuf> {
+    let t = st.containers.get(target).map_err(|_| {
+        CriError::InvalidArgument(format!(
+            "namespace options: pid TARGET container {target:?} does not exist"
+        ))
+    })?;
+    if t.sandbox_id != sb.id {
+        return Err(CriError::InvalidArgument(format!(
+            "namespace options: pid TARGET container {target} is in sandbox {}, not {}",
+            t.sandbox_id, sb.id
+        )));
+    }
+    if t.pid <= 0 || !crate::sys::alive(t.pid, t.pid_start_time) {
+        return Err(CriError::FailedPrecondition(format!(
+            "namespace options: pid TARGET container {target} is not running"
+        )));
+    }
+    Ok(PathBuf::from(format!("/proc/{}/ns/pid", t.pid)))
+}
+
 /// The container's cgroupfs path: `<sandbox cgroup parent>/<container id>`, absolute.
 pub(crate) fn cgroups_path(sb: &Sandbox, id: &str) -> String {
     format!("/{}/{}", sb.cgroup_parent.trim_matches('/'), id).replace("//", "/")
@@ -231,7 +224,10 @@ pub(crate) fn generate(
             None => uid.value.to_string(),
         }
     } else if !sc.run_as_username.is_empty() {
-        sc.run_as_username.clone()
+        match &sc.run_as_group {
+            Some(g) => format!("{}:{}", sc.run_as_username, g.value),
+            None => sc.run_as_username.clone(),
+        }
     } else {
         image.config.user.clone()
     };
@@ -253,38 +249,15 @@ pub(crate) fn generate(
         .build()
         .map_err(spec_err)?;
 
-    let caps: HashSet<Capability> = if privileged {
-        all_caps()
-    } else {
-        let mut set: HashSet<Capability> = parse_caps(
-            &DEFAULT_CAPS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
+    let cap_mask = super::security::resolve_caps(
+        privileged,
+        sc.capabilities.as_ref(),
+        super::security::bounding_set(),
+    )?;
+    let caps: HashSet<Capability> = super::security::mask_names(cap_mask)
         .into_iter()
+        .filter_map(|n| n.parse().ok())
         .collect();
-        if let Some(c) = &sc.capabilities {
-            if c.add_capabilities
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case("ALL"))
-            {
-                set = all_caps();
-            }
-            set.extend(parse_caps(&c.add_capabilities));
-            if c.drop_capabilities
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case("ALL"))
-            {
-                set.clear();
-                set.extend(parse_caps(&c.add_capabilities));
-            }
-            for d in parse_caps(&c.drop_capabilities) {
-                set.remove(&d);
-            }
-        }
-        set
-    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -302,9 +275,12 @@ pub(crate) fn generate(
         .cwd(cwd)
         .user(user)
         .capabilities(capabilities)
-        .no_new_privileges(sc.no_new_privs)
         .build()
         .map_err(spec_err)?;
+    // `true` only when asked, else no key (oci-spec's default is `true`): runtimes read a
+    // present `false` differently (libcontainer 0.7 then loads seccomp after dropping
+    // capabilities, which fails without CAP_SYS_ADMIN).
+    process.set_no_new_privileges(sc.no_new_privs.then_some(true));
     if resources.oom_score_adj != 0 {
         process.set_oom_score_adj(Some(clamp_oom_score_adj(resources.oom_score_adj)));
     }
@@ -316,7 +292,44 @@ pub(crate) fn generate(
         .typ(LinuxNamespaceType::Mount)
         .build()
         .map_err(spec_err)?];
-    if ct_ns.pid != NS_NODE && pod_ns.pid != NS_NODE {
+    // PID: the pod's (POD: the pause holds it), a new one (CONTAINER, also when the container
+    // gives no options), the host's (NODE), or another container's (TARGET).
+    let ct_pid = sc
+        .namespace_options
+        .as_ref()
+        .map(|o| o.pid)
+        .unwrap_or(cri::NamespaceMode::Container as i32);
+    if ct_pid == NS_NODE || pod_ns.pid == NS_NODE {
+        // The host's: no namespace entry.
+    } else if ct_pid == cri::NamespaceMode::Pod as i32 {
+        if !super::sandbox_run::holds_pid_ns(&sb.config) {
+            return Err(CriError::InvalidArgument(format!(
+                "namespace options: container pid mode POD, but sandbox {} does not share a PID namespace (its pid mode is not POD)",
+                sb.id
+            )));
+        }
+        let path = sb.ns_path("pid").ok_or_else(|| {
+            CriError::FailedPrecondition(format!(
+                "the pause process of sandbox {} is gone: stop and recreate the sandbox",
+                sb.id
+            ))
+        })?;
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .path(path)
+                .build()
+                .map_err(spec_err)?,
+        );
+    } else if ct_pid == cri::NamespaceMode::Target as i32 {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .path(target_pid_ns(st, sb, &ct_ns.target_id)?)
+                .build()
+                .map_err(spec_err)?,
+        );
+    } else {
         namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)
@@ -388,7 +401,13 @@ pub(crate) fn generate(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "relatime",
+                if privileged { "rw" } else { "ro" },
+            ],
         )?,
     ];
     // /dev/shm: the pod's tmpfs, or the host's for host-IPC pods.
@@ -417,23 +436,35 @@ pub(crate) fn generate(
             )?);
         }
     }
+    let mut rootfs_shared = false;
     for m in &cfg.mounts {
         if m.host_path.is_empty() || m.container_path.is_empty() {
             continue;
         }
+        let src = Path::new(&m.host_path);
         let prop = match cri::MountPropagation::try_from(m.propagation)
             .unwrap_or(cri::MountPropagation::PropagationPrivate)
         {
             cri::MountPropagation::PropagationPrivate => "rprivate",
-            cri::MountPropagation::PropagationHostToContainer => "rslave",
-            cri::MountPropagation::PropagationBidirectional => "rshared",
+            cri::MountPropagation::PropagationHostToContainer => {
+                crate::sys::ensure_shared(src, true)?;
+                "rslave"
+            }
+            cri::MountPropagation::PropagationBidirectional => {
+                crate::sys::ensure_shared(src, false)?;
+                // The container's mounts must stay peers of the host's for mounts to go back.
+                rootfs_shared = true;
+                "rshared"
+            }
         };
-        mounts.push(bind(
-            &m.container_path,
-            Path::new(&m.host_path),
-            m.readonly,
-            prop,
-        )?);
+        let mut mount = bind(&m.container_path, src, m.readonly, prop)?;
+        if m.recursive_read_only {
+            // Checked at CreateContainer: readonly, PRIVATE, a handler that can.
+            let mut opts = mount.options().clone().unwrap_or_default();
+            opts.push("rro".into());
+            mount.set_options(Some(opts));
+        }
+        mounts.push(mount);
     }
 
     // cgroups (cgroupfs driver): <sandbox cgroup parent>/<container id>.
@@ -489,7 +520,17 @@ pub(crate) fn generate(
         .cgroups_path(cgroups_path)
         .resources(rb.build().map_err(spec_err)?)
         .sysctl(sysctls);
-    if !privileged {
+    if privileged {
+        // No masked or read-only paths (oci-spec's builder would fill in its defaults), every
+        // host device, no seccomp whatever profile was asked.
+        linux = linux
+            .masked_paths(Vec::<String>::new())
+            .readonly_paths(Vec::<String>::new())
+            .devices(super::security::host_devices());
+    } else {
+        if let Some(seccomp) = super::seccomp::for_container(&sc, cap_mask)? {
+            linux = linux.seccomp(seccomp);
+        }
         let masked = if sc.masked_paths.is_empty() {
             oci_spec::runtime::get_default_maskedpaths()
         } else {
@@ -501,6 +542,9 @@ pub(crate) fn generate(
             sc.readonly_paths.clone()
         };
         linux = linux.masked_paths(masked).readonly_paths(ro);
+    }
+    if rootfs_shared {
+        linux = linux.rootfs_propagation("rshared");
     }
     let linux = linux.build().map_err(spec_err)?;
 
@@ -518,7 +562,6 @@ pub(crate) fn generate(
         "io.kubernetes.cri.image-name".into(),
         image.repo_tags.first().cloned().unwrap_or_default(),
     );
-    let _ = st;
 
     let mut spec = SpecBuilder::default()
         .version("1.0.2")
@@ -538,55 +581,6 @@ pub(crate) fn generate(
     // Host-network pods share the host's UTS namespace: no hostname of their own.
     spec.set_hostname((!sb.host_network).then(|| super::sandbox_run::hostname_of(sb)));
     Ok(spec)
-}
-
-fn all_caps() -> HashSet<Capability> {
-    [
-        "AUDIT_CONTROL",
-        "AUDIT_READ",
-        "AUDIT_WRITE",
-        "BLOCK_SUSPEND",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "KILL",
-        "LEASE",
-        "LINUX_IMMUTABLE",
-        "MAC_ADMIN",
-        "MAC_OVERRIDE",
-        "MKNOD",
-        "NET_ADMIN",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_RAW",
-        "PERFMON",
-        "SETGID",
-        "SETFCAP",
-        "SETPCAP",
-        "SETUID",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_CHROOT",
-        "SYS_MODULE",
-        "SYS_NICE",
-        "SYS_PACCT",
-        "SYS_PTRACE",
-        "SYS_RAWIO",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "SYSLOG",
-        "WAKE_ALARM",
-    ]
-    .iter()
-    .filter_map(|n| n.parse().ok())
-    .collect()
 }
 
 #[cfg(test)]
@@ -636,11 +630,5 @@ mod tests {
             ],
         );
         assert_eq!(env, ["PATH=/bin", "A=2", "B=3"]);
-    }
-
-    #[test]
-    fn caps_parse() {
-        assert_eq!(parse_caps(&["CAP_CHOWN".into(), "kill".into()]).len(), 2);
-        assert_eq!(all_caps().len(), 41);
     }
 }

@@ -24,10 +24,7 @@ pub(crate) fn status(st: &State, _req: cri::StatusRequest) -> Result<cri::Status
             r#type: "NetworkReady".into(),
             status: false,
             reason: "NetworkPluginNotReady".into(),
-            message: format!(
-                "Network plugin returns error: no CNI conflist in {}",
-                st.cfg.cni_conf_dir.display()
-            ),
+            message: crate::cni::not_configured(&st.cfg.cni_conf_dir),
         },
         Err(e) => cri::RuntimeCondition {
             r#type: "NetworkReady".into(),
@@ -52,11 +49,11 @@ pub(crate) fn status(st: &State, _req: cri::StatusRequest) -> Result<cri::Status
             .handler_names()
             .into_iter()
             .map(|name| cri::RuntimeHandler {
-                name,
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: st.cfg.supports_recursive_ro(&name),
                     ..Default::default()
                 }),
+                name,
             })
             .collect(),
         ..Default::default()

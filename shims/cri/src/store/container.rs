@@ -44,6 +44,10 @@ pub(crate) struct ExitInfo {
     pub signal: Option<i32>,
     #[serde(default)]
     pub finished_at: String,
+    /// The kernel OOM-killed a process of the container (its memory cgroup's `oom_kill` count
+    /// rose while it ran).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// The monitor's `created` file.

@@ -123,6 +123,22 @@ pub(super) fn build(
             return Err(err).with_context(|| format!("cannot create container {id}"));
         }
     };
+    // libcontainer ignores per-mount propagation options: set them now, before `start`.
+    let mut propagation = crate::sys::propagation::wanted(&bundle.spec);
+    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    if !propagation.is_empty() {
+        if let Ok(info) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+            propagation = crate::sys::propagation::still_needed(&info, propagation);
+        }
+    }
+    if !propagation.is_empty() {
+        if let Err(err) = crate::sys::propagation::apply(pid, &propagation) {
+            if let Err(clean) = container.delete(true) {
+                tracing::error!(%clean, "cannot delete the half-made container");
+            }
+            return Err(err).with_context(|| format!("cannot create container {id}"));
+        }
+    }
     if spec_dir != bundle.dir {
         // Report the caller's bundle, not the shadow copy we fed libcontainer.
         container.state.bundle = bundle.dir.clone();

@@ -1,9 +1,12 @@
 //! `events`: cgroup statistics of a running container as runc's event JSON,
-//! `{"type":"stats","id":ID,"data":{...}}`, once with `--stats`, else every `--interval`.
+//! `{"type":"stats","id":ID,"data":{...}}`, once with `--stats`, else every `--interval`, and
+//! `{"type":"oom","id":ID}` when the kernel OOM-kills a process of the container (the
+//! `oom_kill` counter of its memory cgroup, checked every 100 ms, rises).
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libcgroups::common::CgroupManager;
@@ -27,26 +30,82 @@ pub struct Args {
 
 pub fn events(args: Args, globals: &Globals) -> Result<()> {
     let interval = parse_interval(&args.interval)?;
+    let tick = OOM_TICK.min(interval);
+    let mut oom: Option<(PathBuf, u64)> = None;
+    let mut next_stats = Instant::now();
     loop {
         let container = load_container(globals, &args.id)?;
+        if oom.is_none() && !args.stats {
+            if let Some(file) = container.pid().and_then(|p| oom_counter_file(p.as_raw())) {
+                let n = oom_kills(&file);
+                oom = Some((file, n));
+            }
+        }
+        // Before the status check: an OOM kill of the init stops the container.
+        if let Some((file, seen)) = &mut oom {
+            let now = oom_kills(file);
+            if now > *seen {
+                *seen = now;
+                emit(&json!({"type": "oom", "id": args.id}))?;
+            }
+        }
         if !matches!(
             container.status(),
             ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Created
         ) {
             bail!("container {} is not running", args.id);
         }
-        let stats = cgroup_manager(&container)?
-            .stats()
-            .with_context(|| format!("cannot read the cgroup stats of container {}", args.id))?;
-        let event = json!({"type": "stats", "id": args.id, "data": runc_stats(&stats)});
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{event}")?;
-        out.flush()?;
-        if args.stats {
-            return Ok(());
+        if Instant::now() >= next_stats {
+            let stats = cgroup_manager(&container)?.stats().with_context(|| {
+                format!("cannot read the cgroup stats of container {}", args.id)
+            })?;
+            emit(&json!({"type": "stats", "id": args.id, "data": runc_stats(&stats)}))?;
+            if args.stats {
+                return Ok(());
+            }
+            next_stats = Instant::now() + interval;
         }
-        std::thread::sleep(interval);
+        std::thread::sleep(tick);
     }
+}
+
+const OOM_TICK: Duration = Duration::from_millis(100);
+
+fn emit(event: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{event}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The `oom_kill` counter file of `pid`'s memory cgroup: v1 `memory.oom_control`, or v2
+/// `memory.events` on a unified host.
+fn oom_counter_file(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let root = Path::new("/sys/fs/cgroup");
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let rel = path.trim_start_matches('/');
+        if ctrls.split(',').any(|c| c == "memory") {
+            return Some(root.join("memory").join(rel).join("memory.oom_control"));
+        }
+        if id == "0" && ctrls.is_empty() {
+            v2 = Some(root.join(rel).join("memory.events"));
+        }
+    }
+    v2.filter(|p| p.exists())
+}
+
+fn oom_kills(file: &Path) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Go-style durations as runc takes them: `5s`, `500ms`, `1m`, or plain seconds.

@@ -91,6 +91,7 @@ pub fn exec(args: Args, globals: &Globals) -> Result<i32> {
         }
         None => inline_process(&args, &container)?,
     };
+    let process = crate::bundle::nnp_false_as_unset(process);
     let terminal = process.terminal().unwrap_or(false);
     check_console(args.detach, terminal, args.console_socket.is_some())?;
 
