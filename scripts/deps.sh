@@ -3,7 +3,7 @@
 # build: what `skiff server` needs to build and run; test: that plus the peers and tools the tests use.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
-want=(build-essential pkg-config libseccomp-dev protobuf-compiler iproute2 ca-certificates curl musl-tools)
+want=(build-essential pkg-config libseccomp-dev protobuf-compiler libprotobuf-dev iproute2 ca-certificates curl musl-tools)
 if [ "${1:-build}" = test ]; then
   want+=(busybox-static docker-registry containerd runc crun containernetworking-plugins etcd-server jq nftables)
 fi

@@ -13,11 +13,10 @@
 //! the redb figure of that estimate, ~450 KiB/min, matches the 436 KiB/min measured on
 //! `skiff server`).
 
+use skiff_bench::{percentile, write_bytes, Etcd, Gateway};
 use skiff_store::{EmbeddedStore, RedbStore, Store};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const SEQ: usize = 2000;
 const CONC_TASKS: usize = 16;
@@ -35,21 +34,6 @@ struct Figures {
     conc_per_s: f64,
     bytes_per_1k_small: f64,
     bytes_per_1k_status: f64,
-}
-
-fn write_bytes(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn value(len: usize, seed: usize) -> Vec<u8> {
@@ -179,160 +163,9 @@ async fn bench_store(store: Arc<dyn Store>) -> Figures {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection to etcd's JSON gateway.
-struct Http {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    host: String,
-}
-
-impl Http {
-    fn connect(addr: &str) -> std::io::Result<Self> {
-        let s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
-        Ok(Self {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-            host: addr.to_string(),
-        })
-    }
-
-    fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        write!(
-            self.w,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        )?;
-        let mut line = String::new();
-        self.r.read_line(&mut line)?;
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let (mut len, mut chunked) = (0usize, false);
-        loop {
-            line.clear();
-            self.r.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let lower = l.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-        }
-        let mut out = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                self.r.read_line(&mut line)?;
-                let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0; n + 2];
-                self.r.read_exact(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&chunk[..n]);
-            }
-        } else {
-            out.resize(len, 0);
-            self.r.read_exact(&mut out)?;
-        }
-        Ok((code, out))
-    }
-
-    fn put(&mut self, key: &str, value: &[u8]) {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body = format!(
-            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
-            b64.encode(key),
-            b64.encode(value)
-        );
-        let (code, resp) = self.post("/v3/kv/put", &body).expect("etcd put");
-        assert_eq!(code, 200, "etcd put: {}", String::from_utf8_lossy(&resp));
-    }
-}
-
-/// etcd started for the run; killed (by its PID) and its data removed on drop.
-struct Etcd {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_etcd() -> Option<Etcd> {
-    let bin = "/usr/bin/etcd";
-    if !std::path::Path::new(bin).exists() {
-        return None;
-    }
-    let dir = tempfile::tempdir().ok()?;
-    let (client, peer) = (free_port(), free_port());
-    let addr = format!("127.0.0.1:{client}");
-    let child = std::process::Command::new(bin)
-        .args([
-            "--name",
-            "bench",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &format!("http://{addr}"),
-            "--advertise-client-urls",
-            &format!("http://{addr}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-cluster",
-            &format!("bench=http://127.0.0.1:{peer}"),
-            "--log-level",
-            "error",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let etcd = Etcd {
-        child,
-        addr,
-        _dir: dir,
-    };
-    for _ in 0..100 {
-        if let Ok(mut c) = Http::connect(&etcd.addr) {
-            if matches!(c.post("/v3/kv/range", "{\"key\":\"AA==\"}"), Ok((200, _))) {
-                return Some(etcd);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("etcd did not come up; skipping it");
-    None
-}
-
 fn bench_etcd(etcd: &Etcd) -> Figures {
-    let pid = etcd.child.id();
-    let mut c = Http::connect(&etcd.addr).unwrap();
+    let pid = etcd.pid();
+    let mut c = Gateway::connect(&etcd.addr).unwrap();
     let mut lat = Vec::with_capacity(SEQ);
     let t0 = Instant::now();
     for i in 0..SEQ {
@@ -347,7 +180,7 @@ fn bench_etcd(etcd: &Etcd) -> Figures {
         .map(|t| {
             let addr = etcd.addr.clone();
             std::thread::spawn(move || {
-                let mut c = Http::connect(&addr).unwrap();
+                let mut c = Gateway::connect(&addr).unwrap();
                 for i in 0..CONC_EACH {
                     c.put(&format!("/registry/conc/{t}/{i:06}"), &value(SMALL, i));
                 }
@@ -429,7 +262,7 @@ fn main() {
         bench_store(s).await
     });
     print(&log, "redb", &redb);
-    match start_etcd() {
+    match Etcd::start(dir.path()) {
         Some(etcd) => {
             let e = bench_etcd(&etcd);
             drop(etcd);
