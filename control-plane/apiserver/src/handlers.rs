@@ -379,6 +379,11 @@ async fn list_items(
 
 pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     let (items, rv, cont) = list_items(ctx, t).await?;
+    if items.len() >= 1000 {
+        // A large list leaves a burst of freed heap behind: give it back once the answer is
+        // built (off the async workers; glibc would otherwise keep it for the process's life).
+        tokio::task::spawn_blocking(skiff_memtrim::trim_heap);
+    }
     let mut md = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         md["continue"] = json!(c);
@@ -426,7 +431,8 @@ async fn ensure_namespace(ctx: &Ctx, t: &Target, creating: bool) -> Result<(), S
     let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
     match ctx.store.get(&nsres.key(None, ns)).await {
         Ok(Some(kv)) => {
-            if creating {
+            // Cheap test first: only a terminating namespace holds a deletionTimestamp.
+            if creating && kv.value.windows(19).any(|w| w == b"\"deletionTimestamp\"") {
                 let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
                 if !v["metadata"]["deletionTimestamp"].is_null() {
                     return Err(StatusError::forbidden_terminating(&t.res, t.name(), ns));
@@ -578,12 +584,16 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         lifecycle::before_create(ctx, &res, &mut obj, true).await?;
         return Ok(with_warnings(t.respond(201, &obj), &warnings));
     }
-    if ctx
-        .store
-        .get(&t2.key())
-        .await
-        .map_err(|e| terr(&t2, e))?
-        .is_some()
+    // Only Services allocate before they are stored: spare the lookup for the rest (the store's
+    // create answers AlreadyExists itself).
+    let allocates = res.group.is_empty() && res.kind == "Service";
+    if allocates
+        && ctx
+            .store
+            .get(&t2.key())
+            .await
+            .map_err(|e| terr(&t2, e))?
+            .is_some()
     {
         return Err(StatusError::already_exists(
             &res.group,
@@ -599,7 +609,9 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
             return Err(terr(&t2, e));
         }
     };
-    let out = decode_as(&res, &kv)?;
+    // What was stored is `obj` in the served version: no need to decode it again.
+    let mut out = obj;
+    out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     lifecycle::after_create(ctx, &res, &out).await;
     Ok(with_warnings(t.respond(201, &out), &warnings))
 }
@@ -742,7 +754,8 @@ pub async fn commit_update(
         .update(&t.key(), encode_for(&t.res, obj), Some(rev))
         .await
         .map_err(|e| terr(t, e))?;
-    let out = decode_as(&t.res, &kv)?;
+    let mut out = obj.clone();
+    out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     lifecycle::after_update(ctx, &t.res, &out).await;
     Ok(out)
 }
