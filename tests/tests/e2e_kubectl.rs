@@ -145,19 +145,7 @@ impl Drop for Server {
             let _ = self.kubectl(&["delete", "pods", "--all", "--timeout=60s"]);
         }
         // Stop only what we started, by PID.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        skiff_tests::stop_child(&mut self.child, Duration::from_secs(20));
         if self.created_bridge {
             netns::delete_link("cni0");
         }

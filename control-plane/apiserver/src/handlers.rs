@@ -760,6 +760,21 @@ pub async fn commit_update(
     Ok(out)
 }
 
+/// A uid precondition: 409 when the stored object is another incarnation.
+fn check_uid(t: &Target, current: &Value, uid: &str) -> Result<(), StatusError> {
+    if current["metadata"]["uid"] == uid {
+        return Ok(());
+    }
+    Err(StatusError::conflict(
+        &qualified(&t.res),
+        t.name(),
+        &format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+            current["metadata"]["uid"].as_str().unwrap_or("")
+        ),
+    ))
+}
+
 fn check_update_target(t: &Target, new: &Value) -> Result<(), StatusError> {
     if let Some(n) = new["metadata"]["name"].as_str() {
         if !n.is_empty() && n != t.name() {
@@ -811,16 +826,7 @@ pub async fn update(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         ));
     }
     if let Some(uid) = new["metadata"]["uid"].as_str().filter(|u| !u.is_empty()) {
-        if old["metadata"]["uid"] != uid {
-            return Err(StatusError::conflict(
-                &qualified(&t.res),
-                t.name(),
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    old["metadata"]["uid"].as_str().unwrap_or("")
-                ),
-            ));
-        }
+        check_uid(t, &old, uid)?;
     }
     let (mut obj, warnings) = merge_update(ctx, t, &old, new, Some(body))?;
     crate::managed::record(
@@ -1100,16 +1106,7 @@ pub async fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
 async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
     let (mut obj, rev) = load(ctx, t).await?;
     if let Some(uid) = &opts.uid {
-        if obj["metadata"]["uid"] != uid.as_str() {
-            return Err(StatusError::conflict(
-                &qualified(&t.res),
-                t.name(),
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    obj["metadata"]["uid"].as_str().unwrap_or("")
-                ),
-            ));
-        }
+        check_uid(t, &obj, uid)?;
     }
     if let Some(prv) = &opts.rv {
         if *prv != rev.to_string() {

@@ -380,14 +380,7 @@ pub fn after_delete_started(ctx: &Ctx, res: &Resource, obj: &Value) {
         }
         return;
     }
-    let finalizers: Vec<String> = obj["metadata"]["finalizers"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let finalizers = finalizer_names(obj);
     let wants = |f: &str| finalizers.iter().any(|x| x == f);
     if !(wants("orphan") || wants("foregroundDeletion")) {
         return;
@@ -397,17 +390,22 @@ pub fn after_delete_started(ctx: &Ctx, res: &Resource, obj: &Value) {
     tokio::spawn(async move { finish_propagation(&ctx, &res, &obj).await });
 }
 
-async fn finish_propagation(ctx: &Arc<Ctx>, res: &Arc<Resource>, obj: &Value) {
-    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
-    let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
-    let finalizers: Vec<String> = obj["metadata"]["finalizers"]
+/// The names in `metadata.finalizers`.
+fn finalizer_names(obj: &Value) -> Vec<String> {
+    obj["metadata"]["finalizers"]
         .as_array()
         .map(|f| {
             f.iter()
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+async fn finish_propagation(ctx: &Arc<Ctx>, res: &Arc<Resource>, obj: &Value) {
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+    let finalizers = finalizer_names(obj);
     let done: &str = if finalizers.iter().any(|f| f == "orphan") {
         for (r, mut o) in dependents(ctx, ns.as_deref(), &uid).await {
             if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {

@@ -650,6 +650,17 @@ impl Strategy for Service {
     }
 }
 
+/// events.k8s.io/v1 field names and their core/v1 twins.
+const EVENT_RENAMES: [(&str, &str); 7] = [
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("reportingController", "reportingComponent"),
+];
+
 /// Events: stored as core/v1, also served as events.k8s.io/v1 (field names converted).
 pub enum Event {
     Core,
@@ -691,15 +702,7 @@ impl Strategy for Event {
         }
         // events.k8s.io/v1 -> v1: the same object under the core names.
         let m = obj.as_object_mut().expect("object");
-        for (from, to) in [
-            ("regarding", "involvedObject"),
-            ("note", "message"),
-            ("deprecatedSource", "source"),
-            ("deprecatedFirstTimestamp", "firstTimestamp"),
-            ("deprecatedLastTimestamp", "lastTimestamp"),
-            ("deprecatedCount", "count"),
-            ("reportingController", "reportingComponent"),
-        ] {
+        for (from, to) in EVENT_RENAMES {
             if let Some(v) = m.remove(from) {
                 m.insert(to.into(), v);
             }
@@ -711,15 +714,7 @@ impl Strategy for Event {
             return;
         }
         let m = obj.as_object_mut().expect("object");
-        for (to, from) in [
-            ("regarding", "involvedObject"),
-            ("note", "message"),
-            ("deprecatedSource", "source"),
-            ("deprecatedFirstTimestamp", "firstTimestamp"),
-            ("deprecatedLastTimestamp", "lastTimestamp"),
-            ("deprecatedCount", "count"),
-            ("reportingController", "reportingComponent"),
-        ] {
+        for (to, from) in EVENT_RENAMES {
             if let Some(v) = m.remove(from) {
                 m.insert(to.into(), v);
             }
