@@ -178,6 +178,10 @@ fn http_err(what: &str, e: impl std::fmt::Display) -> HarnessError {
 /// HTTP: each blob with a POST + monolithic PUT (skipped when the registry has it), then the
 /// manifest. Returns the manifest digest.
 pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<String> {
+    // One push at a time per test process: docker-registry fails one of two concurrent uploads
+    // of the same blob (DIGEST_INVALID / MANIFEST_BLOB_UNKNOWN), and tests run two at a time.
+    static PUSH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = PUSH.lock().await;
     let (name, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
     let base = format!("http://{registry}/v2/{name}");
     // reqwest is built without a bundled TLS provider: use ring, as every Skiff binary does.

@@ -101,6 +101,7 @@ fn bad_input_gets_status_errors() {
         case("kind mismatch", "POST", cms, br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"sk-x"}}"#, 400, "BadRequest"),
         case("unknown kind", "POST", "/api/v1/namespaces/default/skwidgets", b"{}", 404, "NotFound"),
         case("bad label selector", "GET", format!("{cms}?labelSelector=a%20in%20(b"), Vec::new(), 400, "BadRequest"),
+        case("unsupported field label", "GET", format!("{cms}?fieldSelector=data.a%3Db"), Vec::new(), 400, "BadRequest"),
         case("bad field selector", "GET", format!("{cms}?fieldSelector=nonsense"), Vec::new(), 400, "BadRequest"),
         case("bad continue token", "GET", format!("{cms}?limit=1&continue=%%%"), Vec::new(), 400, "BadRequest"),
         case("unsupported media type", "POST", cms, b"a=b", 415, "UnsupportedMediaType"),

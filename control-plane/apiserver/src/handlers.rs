@@ -268,9 +268,11 @@ fn table(t: &Target, items: &[Value], md: Value) -> Value {
 }
 
 fn selectors(t: &Target) -> Result<(LabelSelector, FieldSelector), StatusError> {
+    let fs = FieldSelector::parse(t.param("fieldSelector").unwrap_or(""))?;
+    fs.check(&t.res.group, &t.res.kind)?;
     Ok((
         LabelSelector::parse(t.param("labelSelector").unwrap_or(""))?,
-        FieldSelector::parse(t.param("fieldSelector").unwrap_or(""))?,
+        fs,
     ))
 }
 

@@ -103,7 +103,58 @@ impl LabelSelector {
 #[derive(Debug, Clone, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
+/// Field labels a kind can be selected by, beyond `metadata.name` and `metadata.namespace`
+/// (upstream's per-kind field label conversions).
+pub fn field_labels(group: &str, kind: &str) -> &'static [&'static str] {
+    match (group, kind) {
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "Node") => &["spec.unschedulable"],
+        ("", "Namespace") => &["status.phase"],
+        ("", "Secret") => &["type"],
+        ("", "Service") => &["spec.clusterIP", "spec.type"],
+        ("", "ReplicationController") | ("apps", "ReplicaSet") => &["status.replicas"],
+        ("batch", "Job") => &["status.successful"],
+        ("certificates.k8s.io", "CertificateSigningRequest") => &["spec.signerName"],
+        ("", "Event") | ("events.k8s.io", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        _ => &[],
+    }
+}
+
 impl FieldSelector {
+    /// Rejects fields the kind cannot be selected by, as upstream does (400).
+    pub fn check(&self, group: &str, kind: &str) -> Result<(), StatusError> {
+        let extra = field_labels(group, kind);
+        for (k, _, _) in &self.0 {
+            if k != "metadata.name" && k != "metadata.namespace" && !extra.contains(&k.as_str()) {
+                return Err(StatusError::bad_request(format!(
+                    "field label not supported: {k}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn parse(s: &str) -> Result<Self, StatusError> {
         let mut out = Vec::new();
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
