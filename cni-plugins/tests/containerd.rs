@@ -198,12 +198,10 @@ fn allocations(dir: &Path) -> Vec<String> {
 fn containerd_runs_a_sandbox_on_our_plugins() {
     require_root!();
     let (Some(containerd), Some(ctr)) = (tool("containerd"), tool("ctr")) else {
-        eprintln!("skipping: containerd/ctr not installed (apt-get install containerd)");
-        return;
+        panic!("missing prerequisite: containerd/ctr not installed (apt-get install containerd)");
     };
     if tool("containerd-shim-runc-v2").is_none() || tool("runc").is_none() {
-        eprintln!("skipping: containerd-shim-runc-v2 or runc missing");
-        return;
+        panic!("missing prerequisite: containerd-shim-runc-v2 or runc missing");
     }
     let host = Ns::new(NETNS);
     let (ok, out) = sh(&["ip", "-n", NETNS, "link", "set", "lo", "up"]);

@@ -21,8 +21,7 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !common::is_root() {
-            eprintln!("skipping: needs root (netns, netlink)");
-            return;
+            panic!("missing prerequisite: needs root (netns, netlink)");
         }
     };
 }

@@ -193,8 +193,7 @@ fn parse_cri_line(line: &str) -> (String, String, String, String) {
 #[test]
 fn container_logs_and_exit_code() {
     if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
+        panic!("missing prerequisite: needs root");
     }
     for runtime in runtimes() {
         let s = Scratch::new("ctr");
@@ -231,8 +230,7 @@ fn container_logs_and_exit_code() {
 #[test]
 fn container_killed_by_signal() {
     if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
+        panic!("missing prerequisite: needs root");
     }
     let Some(runtime) = runtimes().into_iter().next() else {
         return;
@@ -246,8 +244,7 @@ fn container_killed_by_signal() {
 #[test]
 fn create_error_is_reported() {
     if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
+        panic!("missing prerequisite: needs root");
     }
     let Some(runtime) = runtimes().into_iter().next() else {
         return;
@@ -296,8 +293,7 @@ fn bad_flags_fail_before_detaching() {
 #[test]
 fn pause_holds_namespaces_until_sigterm() {
     if !is_root() {
-        eprintln!("skipping: needs root");
-        return;
+        panic!("missing prerequisite: needs root");
     }
     let mut child = Command::new(MONITOR)
         .args(["pause", "--hostname", "skpause"])

@@ -149,8 +149,7 @@ pub fn keys(v: &Value) -> Vec<String> {
 
 pub fn skip() -> bool {
     if !is_root() || !have("runc") {
-        eprintln!("skipping: needs root and Debian's runc");
-        return true;
+        panic!("missing prerequisite: needs root and Debian's runc");
     }
     false
 }
