@@ -47,6 +47,68 @@ pub struct Target {
     pub subnet_prefix: String,
 }
 
+impl Target {
+    /// The CRI server of `env` (Skiff), subnet `<prefix>0/24`.
+    pub async fn skiff(env: &super::CriEnv, image: &str, scratch: &str, prefix: &str) -> Target {
+        let (rt, img) = env.clients().await.expect("CRI clients");
+        Target {
+            name: "skiff",
+            rt,
+            img,
+            image: image.into(),
+            scratch_image: scratch.into(),
+            log_root: env.dir().join("logs"),
+            cgroup_parent: env.cgroup_parent.clone(),
+            subnet_prefix: prefix.into(),
+        }
+    }
+
+    /// Debian's containerd of `ctd`, subnet `<prefix>0/24`.
+    pub async fn containerd(
+        ctd: &super::containerd::ContainerdEnv,
+        image: &str,
+        scratch: &str,
+        prefix: &str,
+    ) -> Target {
+        let (rt, img) = ctd.clients().await.expect("containerd clients");
+        Target {
+            name: "containerd",
+            rt,
+            img,
+            image: image.into(),
+            scratch_image: scratch.into(),
+            log_root: ctd.dir().join("logs"),
+            cgroup_parent: ctd.cgroup_parent.clone(),
+            subnet_prefix: prefix.into(),
+        }
+    }
+}
+
+/// Adds `<target>: <check>: <error>` for each failed check.
+pub fn record_failures(failures: &mut Vec<String>, target: &str, results: Vec<(&str, Check)>) {
+    for (name, r) in results {
+        if let Err(e) = r {
+            failures.push(format!("{target}: {name}: {e}"));
+        }
+    }
+}
+
+/// Prints the last error and warning lines of containerd's log when its half failed.
+pub fn print_containerd_errors(ctd: &super::containerd::ContainerdEnv, failures: &[String]) {
+    if !failures.iter().any(|f| f.starts_with("containerd")) {
+        return;
+    }
+    let log = std::fs::read_to_string(ctd.dir().join("containerd.log")).unwrap_or_default();
+    let tail: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+        .collect();
+    eprintln!(
+        "containerd log (errors):\n{}",
+        tail[tail.len().saturating_sub(15)..].join("\n")
+    );
+}
+
 pub type Check = Result<(), String>;
 
 macro_rules! ensure {

@@ -3,8 +3,9 @@
 //! runc and Skiff's CNI plugins (bridge `skbr11`, 10.244.11.0/24): both must pass every check.
 //! Run as root; containerd's half is skipped with a note when it is not installed.
 
-use skiff_tests::cri_env::conformance::{run, Target};
+use skiff_tests::cri_env::conformance::{print_containerd_errors, record_failures, run, Target};
 use skiff_tests::cri_env::containerd::ContainerdEnv;
+use skiff_tests::cri_env::pull_image;
 use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,77 +33,20 @@ async fn cri_conformance_skiff_and_containerd() {
         let env = CriEnv::start("skbr10", "10.244.10.0/24", registry.addr())
             .await
             .unwrap();
-        let (rt, img) = env.clients().await.unwrap();
-        let mut t = Target {
-            name: "skiff",
-            rt,
-            img,
-            image: image_name.clone(),
-            scratch_image: scratch.clone(),
-            log_root: env.dir().join("logs"),
-            cgroup_parent: env.cgroup_parent.clone(),
-            subnet_prefix: "10.244.10.".into(),
-        };
+        let mut t = Target::skiff(&env, &image_name, &scratch, "10.244.10.").await;
         // The image checks remove the scratch image; the lifecycle checks need the main one.
-        let _ = t
-            .img
-            .pull_image(skiff_proto::cri::PullImageRequest {
-                image: Some(skiff_proto::cri::ImageSpec {
-                    image: image_name.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        for (name, r) in run(&mut t).await {
-            if let Err(e) = r {
-                failures.push(format!("skiff: {name}: {e}"));
-            }
-        }
+        pull_image(&mut t.img, &image_name).await;
+        record_failures(&mut failures, "skiff", run(&mut t).await);
     }
 
     if ContainerdEnv::available() {
         let ctd = ContainerdEnv::start("skbr11", "10.244.11.0/24", registry.addr(), &image)
             .await
             .unwrap();
-        let (rt, img) = ctd.clients().await.unwrap();
-        let mut t = Target {
-            name: "containerd",
-            rt,
-            img,
-            image: image_name.clone(),
-            scratch_image: scratch.clone(),
-            log_root: ctd.dir().join("logs"),
-            cgroup_parent: ctd.cgroup_parent.clone(),
-            subnet_prefix: "10.244.11.".into(),
-        };
-        t.img
-            .pull_image(skiff_proto::cri::PullImageRequest {
-                image: Some(skiff_proto::cri::ImageSpec {
-                    image: image_name.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        for (name, r) in run(&mut t).await {
-            if let Err(e) = r {
-                failures.push(format!("containerd: {name}: {e}"));
-            }
-        }
-        if failures.iter().any(|f| f.starts_with("containerd")) {
-            let log = std::fs::read_to_string(ctd.dir().join("containerd.log")).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("level=error") || l.contains("level=warn"))
-                .collect();
-            eprintln!(
-                "containerd log (errors):\n{}",
-                tail[tail.len().saturating_sub(15)..].join("\n")
-            );
-        }
+        let mut t = Target::containerd(&ctd, &image_name, &scratch, "10.244.11.").await;
+        pull_image(&mut t.img, &image_name).await;
+        record_failures(&mut failures, "containerd", run(&mut t).await);
+        print_containerd_errors(&ctd, &failures);
     } else {
         failures.push(
             "containerd: containerd and containerd-shim-runc-v2 must be installed (Debian's containerd package) for the side-by-side half of this test".into(),

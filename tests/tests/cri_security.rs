@@ -5,7 +5,7 @@
 //! the checks whose names contain one of those words.
 
 use skiff_proto::cri;
-use skiff_tests::cri_env::conformance::Target;
+use skiff_tests::cri_env::conformance::{print_containerd_errors, record_failures, Target};
 use skiff_tests::cri_env::containerd::ContainerdEnv;
 use skiff_tests::cri_env::security::run;
 use skiff_tests::{build_busybox_image, push, CriEnv, Registry};
@@ -47,54 +47,19 @@ async fn cri_security_skiff_and_containerd() {
         let env = CriEnv::start("skbr20", "10.244.20.0/24", registry.addr())
             .await
             .unwrap();
-        let (rt, img) = env.clients().await.unwrap();
-        let mut t = Target {
-            name: "skiff",
-            rt,
-            img,
-            image: image_name.clone(),
-            scratch_image: image_name.clone(),
-            log_root: env.dir().join("logs"),
-            cgroup_parent: env.cgroup_parent.clone(),
-            subnet_prefix: "10.244.20.".into(),
-        };
+        let mut t = Target::skiff(&env, &image_name, &image_name, "10.244.20.").await;
         pull(&mut t).await;
-        for (name, r) in run(&mut t).await {
-            if let Err(e) = r {
-                failures.push(format!("skiff: {name}: {e}"));
-            }
-        }
+        record_failures(&mut failures, "skiff", run(&mut t).await);
     }
 
     {
         let ctd = ContainerdEnv::start("skbr21", "10.244.21.0/24", registry.addr(), &image)
             .await
             .unwrap();
-        let (rt, img) = ctd.clients().await.unwrap();
-        let mut t = Target {
-            name: "containerd",
-            rt,
-            img,
-            image: image_name.clone(),
-            scratch_image: image_name.clone(),
-            log_root: ctd.dir().join("logs"),
-            cgroup_parent: ctd.cgroup_parent.clone(),
-            subnet_prefix: "10.244.21.".into(),
-        };
+        let mut t = Target::containerd(&ctd, &image_name, &image_name, "10.244.21.").await;
         pull(&mut t).await;
-        for (name, r) in run(&mut t).await {
-            if let Err(e) = r {
-                failures.push(format!("containerd: {name}: {e}"));
-            }
-        }
-        if failures.iter().any(|f| f.starts_with("containerd")) {
-            let log = std::fs::read_to_string(ctd.dir().join("containerd.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().filter(|l| l.contains("level=error")).collect();
-            eprintln!(
-                "containerd log (errors):\n{}",
-                tail[tail.len().saturating_sub(15)..].join("\n")
-            );
-        }
+        record_failures(&mut failures, "containerd", run(&mut t).await);
+        print_containerd_errors(&ctd, &failures);
     }
     assert!(
         failures.is_empty(),

@@ -552,8 +552,8 @@ impl Monitor {
             WaitStatus::Exited(_, 0) => match read_pid(&self.pid_file) {
                 Ok(pid) => {
                     self.init_pid = Some(pid);
-                    self.oom = crate::oom::counter_file(pid.as_raw()).map(|f| {
-                        let n = crate::oom::kills(&f);
+                    self.oom = skiff_oom::counter_file(pid.as_raw()).map(|f| {
+                        let n = skiff_oom::kills(&f);
                         (f, n)
                     });
                     let json = format!("{{\"pid\":{pid}}}");
@@ -604,7 +604,7 @@ impl Monitor {
         let oom_killed = self
             .oom
             .as_ref()
-            .is_some_and(|(f, before)| crate::oom::kills(f) > *before);
+            .is_some_and(|(f, before)| skiff_oom::kills(f) > *before);
         let json = format!(
             "{{\"exit_code\":{code},\"signal\":{signal},\"finished_at\":\"{finished_at}\",\"oom_killed\":{oom_killed}}}"
         );

@@ -17,7 +17,6 @@ mod attach;
 mod container;
 mod cri_log;
 mod exec;
-mod oom;
 mod pause;
 mod sys;
 mod timefmt;

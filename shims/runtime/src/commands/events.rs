@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -36,14 +36,17 @@ pub fn events(args: Args, globals: &Globals) -> Result<()> {
     loop {
         let container = load_container(globals, &args.id)?;
         if oom.is_none() && !args.stats {
-            if let Some(file) = container.pid().and_then(|p| oom_counter_file(p.as_raw())) {
-                let n = oom_kills(&file);
+            if let Some(file) = container
+                .pid()
+                .and_then(|p| skiff_oom::counter_file(p.as_raw()))
+            {
+                let n = skiff_oom::kills(&file);
                 oom = Some((file, n));
             }
         }
         // Before the status check: an OOM kill of the init stops the container.
         if let Some((file, seen)) = &mut oom {
-            let now = oom_kills(file);
+            let now = skiff_oom::kills(file);
             if now > *seen {
                 *seen = now;
                 emit(&json!({"type": "oom", "id": args.id}))?;
@@ -76,36 +79,6 @@ fn emit(event: &Value) -> Result<()> {
     writeln!(out, "{event}")?;
     out.flush()?;
     Ok(())
-}
-
-/// The `oom_kill` counter file of `pid`'s memory cgroup: v1 `memory.oom_control`, or v2
-/// `memory.events` on a unified host.
-fn oom_counter_file(pid: i32) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let root = Path::new("/sys/fs/cgroup");
-    let mut v2 = None;
-    for line in text.lines() {
-        let mut f = line.splitn(3, ':');
-        let (id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-        let rel = path.trim_start_matches('/');
-        if ctrls.split(',').any(|c| c == "memory") {
-            return Some(root.join("memory").join(rel).join("memory.oom_control"));
-        }
-        if id == "0" && ctrls.is_empty() {
-            v2 = Some(root.join(rel).join("memory.events"));
-        }
-    }
-    v2.filter(|p| p.exists())
-}
-
-fn oom_kills(file: &Path) -> u64 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Go-style durations as runc takes them: `5s`, `500ms`, `1m`, or plain seconds.

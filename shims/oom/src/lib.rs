@@ -1,4 +1,4 @@
-//! OOM kills of a container: the kernel's `oom_kill` counter of its memory cgroup (cgroup v1
+//! OOM kills of a container (used by skiff-monitor for exit reasons and by `skiff-runtime events`): the kernel's `oom_kill` counter of its memory cgroup (cgroup v1
 //! `memory.oom_control`, v2 `memory.events`), read when `create` returned and again when the
 //! init exited. The cgroup is the init's, from `/proc/<pid>/cgroup`.
 
