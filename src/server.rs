@@ -149,7 +149,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     );
 
     let admin_client = kube_client(&args.write_kubeconfig).await?;
-    let sched = tokio::spawn(skiff_scheduler::run(admin_client, stopped()));
+    let sched = tokio::spawn(skiff_scheduler::run(admin_client.clone(), stopped()));
+    let controllers = tokio::spawn(skiff_controllers::run(admin_client, stopped()));
 
     let agent = if args.disable_agent {
         None
@@ -182,6 +183,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tokio::select! {
         r = api => { r?.context("API server")?; }
         r = sched => { r?.context("scheduler")?; }
+        r = controllers => { r?.context("controllers")?; }
         r = cri => { r?.context("CRI server")?; }
         r = kubelet => { r?.context("kubelet")?; }
         _ = shutdown_signal() => { tracing::info!("shutting down"); }
