@@ -62,6 +62,12 @@ pub struct ServerArgs {
     /// Port of the kubelet's HTTPS server.
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// Linux bridge the pod network uses (several Skiff nodes on one host need one each).
+    #[arg(long, default_value = "cni0")]
+    pub cni_bridge: String,
+    /// Root cgroup of pods (kubelet's flag): pods go under `<cgroup-root>/kubepods`.
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
     /// Registries (host:port) pulled over plain HTTP. Loopback registries are always allowed.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -216,18 +222,29 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Writes the node's CNI network (bridge cni0 + host-local) and installs the plugins.
-fn setup_cni(agent_dir: &std::path::Path, pod_cidr: &str) -> Result<(PathBuf, PathBuf)> {
+/// Writes the node's CNI network (a bridge, `cni0` by default, + host-local) and installs the
+/// plugins. The network is `skiff` on `cni0`, else `skiff-<bridge>` (host-local keeps its
+/// reservations per network name).
+fn setup_cni(
+    agent_dir: &std::path::Path,
+    pod_cidr: &str,
+    bridge: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let conf_dir = agent_dir.join("etc/cni/net.d");
     let bin_dir = agent_dir.join("cni/bin");
     std::fs::create_dir_all(&conf_dir)?;
     skiff_cni::install(&bin_dir, &sibling("skiff-cni")?)
         .with_context(|| format!("installing CNI plugins into {}", bin_dir.display()))?;
+    let network = if bridge == "cni0" {
+        "skiff".to_string()
+    } else {
+        format!("skiff-{bridge}")
+    };
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
-        "name": "skiff",
+        "name": network,
         "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": true}}
         ]
@@ -261,7 +278,7 @@ where
     let (cri_task, endpoint) = match &args.container_runtime_endpoint {
         Some(ep) => (None, ep.clone()),
         None => {
-            let (cni_conf_dir, cni_bin_dir) = setup_cni(&agent_dir, &pod_cidr)?;
+            let (cni_conf_dir, cni_bin_dir) = setup_cni(&agent_dir, &pod_cidr, &args.cni_bridge)?;
             let mut insecure = vec!["127.0.0.1:5000".to_string(), "localhost:5000".to_string()];
             insecure.extend(args.insecure_registries.iter().cloned());
             let cfg = skiff_cri::CriConfig {
@@ -296,6 +313,7 @@ where
     kcfg.client_ca = Some(pki.ca.cert.clone());
     kcfg.cluster_dns = vec![args.cluster_dns];
     kcfg.roles = vec!["control-plane".into(), "master".into()];
+    kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));
     let kubelet = tokio::spawn(skiff_node::run(kcfg, stopped()));
     Ok((cri_task, kubelet))
 }

@@ -1,6 +1,12 @@
 //! A `skiff server --disable-agent` of the test's own (temp data dir, free port), stopped by PID
 //! when dropped, and the clients that talk to it the way users do: the installed `kubectl`
 //! (any version from the Google Cloud SDK's bin folder) and `curl`-like raw HTTPS.
+//!
+//! [`ControlPlane::start_cluster`] starts the whole single-node cluster instead (kubelet, CRI
+//! server, CNI) so pods really run. Each such cluster takes a slot (a lock file under
+//! `/run/lock`) that gives it its own bridge `sk<slot>br`, pod range `10.244.<slot>.0/24`,
+//! service range `10.43.<slot>.0/24` and cgroup root `/sk<slot>`, so several can run on one host
+//! at once (tests in parallel, or several developers); all of it is removed when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +17,82 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     pub port: u16,
     pub kubeconfig: PathBuf,
+    /// Set for a whole cluster (kubelet + CRI): what it holds on the host.
+    pub agent: Option<Agent>,
+}
+
+/// The host resources of a cluster started by [`ControlPlane::start_cluster`].
+pub struct Agent {
+    /// Slot number (100-199): picks the names and ranges below.
+    pub slot: u16,
+    /// The node's name, `sk-node-<slot>`.
+    pub node: String,
+    /// The pod network's bridge.
+    pub bridge: String,
+    /// Pod range of the node.
+    pub pod_cidr: String,
+    /// Service range (the `kubernetes` Service has its first address; DNS is `.10`).
+    pub service_cidr: String,
+    /// Cgroup root of the pods (`/sys/fs/cgroup/<controller><cgroup_root>/kubepods/...`).
+    pub cgroup_root: String,
+    /// `<registry>/sk-busybox:latest`, built from Debian's busybox-static and pushed.
+    pub busybox: String,
+    created_nft_table: bool,
+    _registry: std::sync::Arc<crate::Registry>,
+    _lock: std::fs::File,
+}
+
+/// Takes the first free cluster slot: an exclusive `flock` on `/run/lock/sk-cluster-<n>.lock`,
+/// held while the returned file is open (the kernel drops it if the test dies).
+fn take_slot() -> (u16, std::fs::File) {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all("/run/lock").expect("create /run/lock");
+    for n in 100..200u16 {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("/run/lock/sk-cluster-{n}.lock"))
+            .expect("open a cluster slot lock file");
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (n, f);
+        }
+    }
+    panic!("all 100 test cluster slots (/run/lock/sk-cluster-100..199.lock) are taken");
+}
+
+/// Whether another test cluster on this host holds its slot now.
+fn other_slots_held(mine: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    (100..200u16).filter(|n| *n != mine).any(|n| {
+        let Ok(f) = std::fs::File::open(format!("/run/lock/sk-cluster-{n}.lock")) else {
+            return false;
+        };
+        // SAFETY: as in take_slot; a shared, non-blocking probe released when `f` closes.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    })
+}
+
+fn nft_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", "skiff-cni"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Removes a cgroup folder and the (empty) folders under it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Output of one kubectl run.
@@ -61,6 +143,62 @@ pub fn kubectl_bin(version: Option<&str>) -> PathBuf {
 impl ControlPlane {
     /// Starts the control plane and waits until it answers.
     pub fn start() -> ControlPlane {
+        Self::launch(None)
+    }
+
+    /// Starts a whole single-node cluster (API server, scheduler, controllers, kubelet, CRI
+    /// server, CNI) in its own slot, pushes the busybox test image to the local registry, and
+    /// waits until the node is Ready. Needs root, Debian's docker-registry and busybox-static.
+    pub fn start_cluster() -> ControlPlane {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "a whole test cluster needs root (namespaces, cgroups, bridges)"
+        );
+        let registry = crate::Registry::shared().expect("start the local docker-registry");
+        let image = crate::build_busybox_image().expect("build the busybox test image");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(crate::push(registry.addr(), "sk-busybox:latest", &image))
+            .expect("push busybox to the local registry");
+        let busybox = format!("{}/sk-busybox:latest", registry.addr());
+        let (slot, lock) = take_slot();
+        let agent = Agent {
+            slot,
+            node: format!("sk-node-{slot}"),
+            bridge: format!("sk{slot}br"),
+            pod_cidr: format!("10.244.{slot}.0/24"),
+            service_cidr: format!("10.43.{slot}.0/24"),
+            cgroup_root: format!("/sk{slot}"),
+            busybox,
+            created_nft_table: !nft_table_exists(),
+            _registry: registry,
+            _lock: lock,
+        };
+        // Leftovers of a test that died in this slot.
+        crate::netns::delete_link(&agent.bridge);
+        let cp = Self::launch(Some(agent));
+        let node = cp
+            .agent
+            .as_ref()
+            .map(|a| a.node.clone())
+            .unwrap_or_default();
+        cp.wait_for("the node to turn Ready", Duration::from_secs(90), || {
+            cp.kubectl(&[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .stdout
+                == "True"
+        });
+        cp
+    }
+
+    fn launch(agent: Option<Agent>) -> ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("sk-cp")
             .tempdir()
@@ -74,8 +212,30 @@ impl ControlPlane {
             "{} is missing: build it first (cargo build --bin skiff)",
             bin.display()
         );
-        let child = Command::new(bin)
-            .args(["server", "--disable-agent", "--node-name", "sk-node"])
+        let mut cmd = Command::new(bin);
+        cmd.arg("server");
+        match &agent {
+            None => {
+                cmd.args(["--disable-agent", "--node-name", "sk-node"]);
+            }
+            Some(a) => {
+                let svc_base = a.service_cidr.trim_end_matches(".0/24");
+                cmd.args(["--node-name", &a.node, "--cni-bridge", &a.bridge])
+                    .args(["--cluster-cidr", &a.pod_cidr])
+                    .args(["--service-cidr", &a.service_cidr])
+                    .args(["--cluster-dns", &format!("{svc_base}.10")])
+                    .args(["--cgroup-root", &a.cgroup_root])
+                    .arg("--kubelet-port")
+                    .arg(free_port().to_string())
+                    .arg("--pod-log-dir")
+                    .arg(dir.path().join("pods"))
+                    .env(
+                        "SKIFF_LOG",
+                        std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+                    );
+            }
+        }
+        let child = cmd
             .args(["--bind-address", "127.0.0.1", "--node-ip", "127.0.0.1"])
             .arg("--https-listen-port")
             .arg(port.to_string())
@@ -94,6 +254,7 @@ impl ControlPlane {
             dir,
             port,
             kubeconfig,
+            agent,
         };
         let start = Instant::now();
         loop {
@@ -228,6 +389,31 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        crate::stop_child(&mut self.child, Duration::from_secs(10));
+        let Some(agent) = &self.agent else {
+            crate::stop_child(&mut self.child, Duration::from_secs(10));
+            return;
+        };
+        // Let the kubelet tear the pods down first (containers, IPs, cgroups), then stop.
+        let _ = self.kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=1",
+            "--timeout=60s",
+        ]);
+        crate::stop_child(&mut self.child, Duration::from_secs(20));
+        crate::netns::delete_link(&agent.bridge);
+        let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/skiff-{}", agent.bridge));
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                remove_cgroup_tree(&c.path().join(agent.cgroup_root.trim_start_matches('/')));
+            }
+        }
+        if agent.created_nft_table && !other_slots_held(agent.slot) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", "skiff-cni"])
+                .status();
+        }
     }
 }
