@@ -40,6 +40,10 @@ pub struct ServerArgs {
     /// Cluster DNS address handed to pods.
     #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,
+    /// A KubeSchedulerConfiguration file (kubescheduler.config.k8s.io/v1): scheduler profiles,
+    /// plugin weights, back-off.
+    #[arg(long)]
+    pub scheduler_config: Option<PathBuf>,
     /// Run only the control plane (no kubelet, no CRI server on this host).
     #[arg(long)]
     pub disable_agent: bool,
@@ -155,7 +159,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     );
 
     let admin_client = kube_client(&args.write_kubeconfig).await?;
-    let sched = tokio::spawn(skiff_scheduler::run(admin_client.clone(), stopped()));
+    let sched_cfg = match &args.scheduler_config {
+        Some(p) => skiff_scheduler::config::SchedulerConfig::from_file(p)?,
+        None => Default::default(),
+    };
+    let sched = tokio::spawn(skiff_scheduler::run_with(
+        admin_client.clone(),
+        sched_cfg,
+        stopped(),
+    ));
     let controllers = tokio::spawn(skiff_controllers::run(admin_client, stopped()));
 
     let agent = if args.disable_agent {

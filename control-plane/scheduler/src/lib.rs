@@ -1,56 +1,556 @@
-//! Skiff's scheduler. A client of the API server like any other (it could run apart): it watches
-//! pods with no node, picks a Ready, schedulable node with the fewest pods, and POSTs a Binding.
-//!
-//! Start with [`run`]. Filtering is by node readiness and `spec.unschedulable`; scoring is
-//! least-pods. Resource fit, taints/tolerations and affinity come with the scheduler issue.
+//! Skiff's scheduler. A client of the API server like any other (it could run apart), driven by
+//! watch events, never by polling: a cache of nodes and the pods on them kept from watches, a
+//! priority queue of pending pods with back-off and an unschedulable set moved on cluster events,
+//! and one scheduling cycle at a time running upstream's default filters and scores
+//! ([`framework`]), preemption ([`preempt`]) when nothing fits, and bindings posted to
+//! `pods/binding` concurrently. Profiles and weights come from a `KubeSchedulerConfiguration`
+//! ([`config`]).
 
+pub mod cache;
+pub mod config;
+pub mod framework;
+pub mod labels;
+mod preempt;
+pub mod quantity;
+pub mod queue;
+
+use cache::{Cache, PodInfo};
+use config::SchedulerConfig;
+use framework::{fit_error, Cycle, Unfit};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Event, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{ListParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use std::collections::HashMap;
-use std::time::Duration;
+use queue::Queue;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub const SCHEDULER_NAME: &str = "default-scheduler";
+pub use config::DEFAULT_SCHEDULER as SCHEDULER_NAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
+    #[error("watching {what}: {source}")]
+    Watch {
+        what: &'static str,
+        #[source]
+        source: watcher::Error,
+    },
 }
 
-fn node_ready(n: &Node) -> bool {
-    let schedulable = !n
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    let ready = n
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    schedulable && ready
+struct Shared {
+    client: Client,
+    cfg: SchedulerConfig,
+    cache: Mutex<Cache>,
+    queue: Queue,
+    /// Bounds the bindings in flight.
+    bindings: Arc<tokio::sync::Semaphore>,
+    /// Last FailedScheduling message per pod uid and when it was recorded.
+    reported: Mutex<HashMap<String, (String, Instant)>>,
+    ties: AtomicUsize,
 }
 
-/// Picks the feasible node with the fewest pods (ties by name, for stable tests).
-pub fn pick_node<'a>(nodes: &'a [Node], pods: &[Pod]) -> Option<&'a str> {
-    let mut load: HashMap<&str, usize> = HashMap::new();
-    for p in pods {
-        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-            *load.entry(n).or_default() += 1;
+impl Shared {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the scheduler with the default profile until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SchedulerError> {
+    run_with(client, SchedulerConfig::default(), shutdown).await
+}
+
+/// Runs the scheduler with `cfg` until `shutdown` completes.
+pub async fn run_with(
+    client: Client,
+    cfg: SchedulerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SchedulerError> {
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        queue: Queue::new(cfg.initial_backoff, cfg.max_backoff),
+        bindings: Arc::new(tokio::sync::Semaphore::new(cfg.parallel_bindings)),
+        cfg,
+        cache: Mutex::new(Cache::default()),
+        reported: Mutex::new(HashMap::new()),
+        ties: AtomicUsize::new(0),
+    });
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(0u8);
+    let ready_tx = Arc::new(ready_tx);
+    let watches = [
+        tokio::spawn(watch_nodes(shared.clone(), ready_tx.clone())),
+        tokio::spawn(watch_namespaces(shared.clone(), ready_tx.clone())),
+        tokio::spawn(watch_pods(shared.clone(), ready_tx.clone())),
+    ];
+    tokio::pin!(shutdown);
+    // Schedule nothing before the first full lists of nodes, namespaces and pods are in.
+    tokio::select! {
+        _ = &mut shutdown => { abort(&watches); return Ok(()); }
+        _ = ready_rx.wait_for(|n| *n >= 3) => {}
+    }
+    tracing::info!("scheduler running");
+    loop {
+        let pod = tokio::select! {
+            _ = &mut shutdown => break,
+            p = shared.queue.pop() => p,
+        };
+        schedule_one(&shared, pod).await;
+    }
+    abort(&watches);
+    Ok(())
+}
+
+fn abort(tasks: &[tokio::task::JoinHandle<()>]) {
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn node_of(p: &Pod) -> Option<&str> {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn finished(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// Feeds a watch stream to `apply`/`delete`, telling `ready` once the first list is in; after
+/// a re-list, objects not seen again are deleted.
+async fn follow<K, A, D>(
+    what: &'static str,
+    api: Api<K>,
+    ready: Arc<tokio::sync::watch::Sender<u8>>,
+    mut apply: A,
+    mut delete: D,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    A: FnMut(K),
+    D: FnMut(Option<&K>, &HashSet<String>),
+{
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut seen: Option<HashSet<String>> = None;
+    let mut told = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => seen = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(o)) => {
+                if let (Some(s), Some(uid)) = (seen.as_mut(), o.meta().uid.clone()) {
+                    s.insert(uid);
+                }
+                apply(o);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(s) = seen.take() {
+                    delete(None, &s);
+                }
+                if !told {
+                    told = true;
+                    ready.send_modify(|n| *n += 1);
+                }
+            }
+            Ok(watcher::Event::Apply(o)) => apply(o),
+            Ok(watcher::Event::Delete(o)) => delete(Some(&o), &HashSet::new()),
+            Err(e) => {
+                tracing::warn!(error = %SchedulerError::Watch { what, source: e }, "watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
-    nodes
-        .iter()
-        .filter(|n| node_ready(n))
-        .filter_map(|n| n.metadata.name.as_deref())
-        .min_by_key(|n| (load.get(n).copied().unwrap_or(0), n.to_string()))
 }
 
-async fn event(client: &Client, pod: &Pod, type_: &str, reason: &str, message: String) {
+async fn watch_nodes(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>) {
+    let (s1, s2) = (s.clone(), s.clone());
+    follow(
+        "nodes",
+        Api::<Node>::all(s.client.clone()),
+        ready,
+        move |n: Node| {
+            s1.cache().set_node(n);
+            s1.queue.move_all();
+        },
+        move |gone: Option<&Node>, keep: &HashSet<String>| {
+            let mut c = s2.cache();
+            let names: Vec<String> = match gone {
+                Some(n) => n.metadata.name.clone().into_iter().collect(),
+                None => c
+                    .nodes
+                    .values()
+                    .filter(|n| !keep.contains(n.node.metadata.uid.as_deref().unwrap_or("")))
+                    .map(|n| n.name.clone())
+                    .collect(),
+            };
+            for n in names {
+                c.remove_node(&n);
+            }
+        },
+    )
+    .await
+}
+
+async fn watch_namespaces(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>) {
+    let (s1, s2) = (s.clone(), s.clone());
+    follow(
+        "namespaces",
+        Api::<Namespace>::all(s.client.clone()),
+        ready,
+        move |n: Namespace| {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            s1.cache()
+                .namespaces
+                .insert(name, n.metadata.labels.unwrap_or_default());
+        },
+        move |gone: Option<&Namespace>, _keep: &HashSet<String>| {
+            if let Some(n) = gone.and_then(|n| n.metadata.name.as_deref()) {
+                s2.cache().namespaces.remove(n);
+            }
+        },
+    )
+    .await
+}
+
+async fn watch_pods(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>) {
+    let (s1, s2) = (s.clone(), s.clone());
+    follow(
+        "pods",
+        Api::<Pod>::all(s.client.clone()),
+        ready,
+        move |p: Pod| on_pod(&s1, p),
+        move |gone: Option<&Pod>, keep: &HashSet<String>| {
+            let uids: Vec<String> = match gone {
+                Some(p) => p.metadata.uid.clone().into_iter().collect(),
+                None => {
+                    let c = s2.cache();
+                    c.nodes
+                        .values()
+                        .flat_map(|n| n.pods.keys())
+                        .filter(|u| !keep.contains(*u))
+                        .cloned()
+                        .collect()
+                }
+            };
+            if uids.is_empty() {
+                return;
+            }
+            for uid in &uids {
+                s2.cache().forget_pod(uid);
+                s2.queue.remove(uid);
+                s2.reported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(uid);
+            }
+            s2.queue.move_all();
+        },
+    )
+    .await
+}
+
+fn on_pod(s: &Shared, p: Pod) {
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    if let Some(node) = node_of(&p).map(str::to_string) {
+        s.queue.remove(&uid);
+        s.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        if finished(&p) {
+            s.cache().forget_pod(&uid);
+            s.queue.move_all();
+        } else {
+            s.cache()
+                .set_pod_placement(Arc::new(PodInfo::new(Arc::new(p))), Some(&node));
+        }
+        return;
+    }
+    let name = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(SCHEDULER_NAME);
+    let gated = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty());
+    if p.metadata.deletion_timestamp.is_some()
+        || finished(&p)
+        || gated
+        || s.cfg.profile(name).is_none()
+    {
+        s.queue.remove(&uid);
+        return;
+    }
+    let nominated = p
+        .status
+        .as_ref()
+        .and_then(|st| st.nominated_node_name.clone())
+        .filter(|n| !n.is_empty());
+    let p = Arc::new(p);
+    {
+        let mut c = s.cache();
+        match nominated {
+            Some(n) => {
+                c.nominated
+                    .insert(uid.clone(), (n, Arc::new(PodInfo::new(p.clone()))));
+            }
+            None => {
+                c.nominated.remove(&uid);
+            }
+        }
+    }
+    s.queue.upsert(p);
+}
+
+/// One scheduling cycle for one pod.
+async fn schedule_one(s: &Arc<Shared>, pod: Arc<Pod>) {
+    let info = Arc::new(PodInfo::new(pod.clone()));
+    let span = tracing::info_span!("schedule", pod = %info.key(), uid = %info.uid);
+    let _g = span.enter();
+    let profile_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(SCHEDULER_NAME);
+    let Some(profile) = s.cfg.profile(profile_name) else {
+        s.queue.done(&info.uid);
+        return;
+    };
+    enum Outcome {
+        Bind(String),
+        Unschedulable(String, Option<preempt::Decision>),
+    }
+    let outcome = {
+        let mut cache = s.cache();
+        if cache.is_placed(&info.uid) {
+            s.queue.done(&info.uid);
+            return;
+        }
+        let cycle = Cycle::new(&info, &cache);
+        let mut feasible = Vec::new();
+        let mut unfit: Vec<(&cache::NodeInfo, Unfit)> = Vec::new();
+        for n in cache.nodes.values() {
+            match cycle.filter(n, profile) {
+                Ok(()) => feasible.push(n),
+                Err(u) => unfit.push((n, u)),
+            }
+        }
+        if feasible.is_empty() {
+            let reasons: Vec<Unfit> = unfit.iter().map(|(_, u)| u.clone()).collect();
+            let mut msg = fit_error(cache.nodes.len(), &reasons);
+            let decision = if profile.preemption && !unfit.is_empty() {
+                match preempt::preempt(&cycle, &unfit) {
+                    Ok(d) => Some(d),
+                    Err(why) => {
+                        msg = format!("{msg} {why}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            drop(cycle);
+            if let Some(d) = &decision {
+                cache
+                    .nominated
+                    .insert(info.uid.clone(), (d.node.clone(), info.clone()));
+            }
+            Outcome::Unschedulable(msg, decision)
+        } else {
+            let scores = cycle.score(&feasible, profile);
+            let best = scores.iter().copied().max().unwrap_or(0);
+            let ties: Vec<usize> = (0..feasible.len()).filter(|i| scores[*i] == best).collect();
+            let pick = ties[s.ties.fetch_add(1, Ordering::Relaxed) % ties.len()];
+            let node = feasible[pick].name.clone();
+            drop(cycle);
+            cache.assume(info.clone(), &node);
+            Outcome::Bind(node)
+        }
+    };
+    match outcome {
+        Outcome::Bind(node) => {
+            s.queue.done(&info.uid);
+            let permit = s.bindings.clone().acquire_owned().await;
+            let s = s.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                bind(&s, &info, &node).await;
+            });
+        }
+        Outcome::Unschedulable(msg, decision) => {
+            s.queue.unschedulable(&info.uid);
+            if let Some(d) = decision {
+                tracing::info!(node = %d.node, victims = d.victims.len(), "preempting");
+                let s2 = s.clone();
+                let info2 = info.clone();
+                tokio::spawn(async move { evict(&s2, &info2, d).await });
+            }
+            report_unschedulable(s, &info, msg).await;
+        }
+    }
+}
+
+async fn bind(s: &Arc<Shared>, info: &PodInfo, node: &str) {
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(info.name.clone()),
+            namespace: Some(info.namespace.clone()),
+            uid: Some(info.uid.clone()),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            kind: Some("Node".into()),
+            api_version: Some("v1".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        },
+    };
+    let api: Api<Pod> = Api::namespaced(s.client.clone(), &info.namespace);
+    let res = api
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            &info.name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await;
+    match res {
+        Ok(_) => {
+            tracing::info!(%node, "bound");
+            event(
+                &s.client,
+                &info.pod,
+                "Normal",
+                "Scheduled",
+                "Binding",
+                format!(
+                    "Successfully assigned {}/{} to {node}",
+                    info.namespace, info.name
+                ),
+            )
+            .await;
+        }
+        Err(e) => {
+            s.cache().forget_assumed(&info.uid);
+            let gone = matches!(&e, kube::Error::Api(ae) if ae.code == 404 || ae.code == 409);
+            if gone {
+                tracing::info!(error = %e, "not bound: the pod is gone or already bound");
+            } else {
+                tracing::warn!(error = %e, "binding failed; retrying after back-off");
+                s.queue.retry(info.pod.clone());
+            }
+        }
+    }
+}
+
+/// Records FailedScheduling (once per distinct message, at most once a minute otherwise) and
+/// the pod's PodScheduled=False condition.
+async fn report_unschedulable(s: &Arc<Shared>, info: &PodInfo, msg: String) {
+    let fresh = {
+        let mut r = s.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = r
+            .get(&info.uid)
+            .is_none_or(|(m, t)| *m != msg || t.elapsed() > Duration::from_secs(60));
+        if changed {
+            r.insert(info.uid.clone(), (msg.clone(), Instant::now()));
+        }
+        changed
+    };
+    if !fresh {
+        return;
+    }
+    tracing::info!("{msg}");
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": msg, "lastTransitionTime": now, "lastProbeTime": null
+    }]}});
+    let api: Api<Pod> = Api::namespaced(s.client.clone(), &info.namespace);
+    if let Err(e) = api
+        .patch_status(
+            &info.name,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "could not set PodScheduled=False");
+    }
+    event(
+        &s.client,
+        &info.pod,
+        "Warning",
+        "FailedScheduling",
+        "Scheduling",
+        msg,
+    )
+    .await;
+}
+
+/// Evicts the victims preemption chose and nominates the node for the preemptor.
+async fn evict(s: &Arc<Shared>, preemptor: &PodInfo, d: preempt::Decision) {
+    let patch = serde_json::json!({"status": {"nominatedNodeName": d.node}});
+    let api: Api<Pod> = Api::namespaced(s.client.clone(), &preemptor.namespace);
+    if let Err(e) = api
+        .patch_status(
+            &preemptor.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not set nominatedNodeName");
+    }
+    for v in d.victims {
+        let api: Api<Pod> = Api::namespaced(s.client.clone(), &v.namespace);
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let cond = serde_json::json!({"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+            "message": format!("{SCHEDULER_NAME}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": now
+        }]}});
+        let _ = api
+            .patch_status(&v.name, &PatchParams::default(), &Patch::Strategic(&cond))
+            .await;
+        match api.delete(&v.name, &DeleteParams::default()).await {
+            Ok(_) => {
+                event(
+                    &s.client,
+                    &v.pod,
+                    "Normal",
+                    "Preempted",
+                    "Preempting",
+                    format!("Preempted by pod {} on node {}", preemptor.uid, d.node),
+                )
+                .await
+            }
+            Err(e) => tracing::warn!(victim = %v.key(), error = %e, "could not evict"),
+        }
+    }
+}
+
+async fn event(
+    client: &Client,
+    pod: &Pod,
+    type_: &str,
+    reason: &str,
+    action: &str,
+    message: String,
+) {
     let ns = pod
         .metadata
         .namespace
@@ -74,6 +574,7 @@ async fn event(client: &Client, pod: &Pod, type_: &str, reason: &str, message: S
             name: pod.metadata.name.clone(),
             namespace: Some(ns.clone()),
             uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
             ..Default::default()
         },
         reason: Some(reason.into()),
@@ -84,7 +585,7 @@ async fn event(client: &Client, pod: &Pod, type_: &str, reason: &str, message: S
         event_time: Some(MicroTime(now)),
         reporting_component: Some(SCHEDULER_NAME.into()),
         reporting_instance: Some(SCHEDULER_NAME.into()),
-        action: Some("Binding".into()),
+        action: Some(action.into()),
         count: Some(1),
         source: Some(k8s_openapi::api::core::v1::EventSource {
             component: Some(SCHEDULER_NAME.into()),
@@ -97,126 +598,5 @@ async fn event(client: &Client, pod: &Pod, type_: &str, reason: &str, message: S
         .await
     {
         tracing::debug!(error = %e, "could not record event");
-    }
-}
-
-/// One pass: binds every pending pod it can.
-/// Pods already told they do not fit (by uid), so the retry loop records one event per pod, not
-/// one per pass.
-type Warned = std::collections::HashSet<String>;
-
-async fn schedule_pending(client: &Client, warned: &mut Warned) -> Result<(), SchedulerError> {
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let pending = pods_api
-        .list(&ListParams::default().fields("spec.nodeName="))
-        .await?;
-    let pending: Vec<Pod> = pending
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.spec
-                .as_ref()
-                .and_then(|s| s.scheduler_name.as_deref())
-                .unwrap_or(SCHEDULER_NAME)
-                == SCHEDULER_NAME
-        })
-        .collect();
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let mut all = pods_api.list(&ListParams::default()).await?.items;
-    for pod in pending {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let span = tracing::info_span!("schedule", pod = %format!("{ns}/{name}"), uid = pod.metadata.uid.as_deref().unwrap_or(""));
-        let _g = span.enter();
-        let Some(node) = pick_node(&nodes, &all).map(str::to_string) else {
-            let msg = format!(
-                "0/{} nodes are available: no Ready, schedulable node.",
-                nodes.len()
-            );
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if warned.insert(uid) {
-                tracing::info!("{msg}");
-                event(client, &pod, "Warning", "FailedScheduling", msg).await;
-            }
-            continue;
-        };
-        let binding = Binding {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            target: ObjectReference {
-                kind: Some("Node".into()),
-                api_version: Some("v1".into()),
-                name: Some(node.clone()),
-                ..Default::default()
-            },
-        };
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        match api
-            .create_subresource::<_, serde_json::Value>(
-                "binding",
-                &name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(%node, "bound");
-                event(
-                    client,
-                    &pod,
-                    "Normal",
-                    "Scheduled",
-                    format!("Successfully assigned {ns}/{name} to {node}"),
-                )
-                .await;
-                let mut p = pod.clone();
-                if let Some(s) = p.spec.as_mut() {
-                    s.node_name = Some(node);
-                }
-                all.push(p);
-            }
-            Err(e) => tracing::warn!(error = %e, "binding failed"),
-        }
-    }
-    Ok(())
-}
-
-/// Runs the scheduler until `shutdown` completes.
-pub async fn run(
-    client: Client,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), SchedulerError> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let mut changes = watcher(pods, watcher::Config::default().fields("spec.nodeName=")).boxed();
-    tokio::pin!(shutdown);
-    tracing::info!("scheduler running");
-    let mut warned = Warned::new();
-    loop {
-        if warned.len() > 10_000 {
-            warned.clear();
-        }
-        if let Err(e) = schedule_pending(&client, &mut warned).await {
-            tracing::warn!(error = %e, "scheduling pass failed; retrying");
-        }
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = changes.next() => {}
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
-        }
     }
 }
