@@ -285,6 +285,9 @@ pub async fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
 
 /// What follows a create or update: a CRD's resources are served.
 pub async fn after_update(ctx: &Ctx, res: &Resource, obj: &Value) {
+    if res.group == crate::rbac::GROUP {
+        ctx.rbac.invalidate();
+    }
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
         crate::crd::established(ctx, obj).await;
     }
@@ -349,6 +352,9 @@ pub fn default_propagation(_res: &Resource) -> &'static str {
 
 /// After an object is gone: allocations are released, dependents collected (Background).
 pub async fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
+    if res.group == crate::rbac::GROUP {
+        ctx.rbac.invalidate();
+    }
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
         crate::crd::removed(ctx, gone).await;
     }

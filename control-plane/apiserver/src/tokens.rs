@@ -3,8 +3,10 @@
 //! TokenReview verifies them (signature, time, audience, and that the service account and bound
 //! object still exist with the same uid); `/.well-known/openid-configuration` and
 //! `/openid/v1/jwks` publish the verification key. The signing key is generated once into
-//! `<data-dir>/tls/service-account.key` (PKCS#8, 0600). Accepting these tokens as credentials on
-//! API requests comes with RBAC (the API security issue).
+//! `<data-dir>/tls/service-account.key` (PKCS#8, 0600). [`review`] is also how bearer tokens on
+//! API requests are authenticated ([`crate::authn`]); legacy tokens (issuer
+//! `kubernetes/serviceaccount`, stored in `kubernetes.io/service-account-token` Secrets) are
+//! valid while their Secret holds them and their service account exists.
 
 use crate::handlers::{Ctx, Target};
 use crate::server::Body;
@@ -234,6 +236,56 @@ pub async fn token_request(
     Ok(t.respond(201, &body))
 }
 
+/// The issuer of legacy (Secret-based) service-account tokens.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
+/// A legacy token for the Secret `secret` of service account `ns/sa` (no expiry).
+pub fn legacy_token(ctx: &Ctx, ns: &str, sa: &str, uid: &str, secret: &str) -> Option<String> {
+    let claims = json!({"iss": LEGACY_ISSUER,
+        "kubernetes.io/serviceaccount/namespace": ns,
+        "kubernetes.io/serviceaccount/secret.name": secret,
+        "kubernetes.io/serviceaccount/service-account.name": sa,
+        "kubernetes.io/serviceaccount/service-account.uid": uid,
+        "sub": format!("system:serviceaccount:{ns}:{sa}")});
+    ctx.signer.as_ref()?.sign(&claims).ok()
+}
+
+async fn review_legacy(ctx: &Ctx, token: &str, c: &Value) -> Result<Value, String> {
+    let field = |k: &str| {
+        c[format!("kubernetes.io/serviceaccount/{k}")]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ns, sa_name, secret, uid) = (
+        field("namespace"),
+        field("service-account.name"),
+        field("secret.name"),
+        field("service-account.uid"),
+    );
+    let s = get_obj(ctx, "", "Secret", &ns, &secret)
+        .await
+        .ok_or("invalid bearer token: secret has been deleted")?;
+    use base64::Engine;
+    let stored = s["data"]["token"]
+        .as_str()
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .unwrap_or_default();
+    if stored != token.as_bytes() {
+        return Err("invalid bearer token: token does not match the secret".into());
+    }
+    let sa = get_obj(ctx, "", "ServiceAccount", &ns, &sa_name)
+        .await
+        .ok_or("invalid bearer token: service account has been deleted")?;
+    if sa["metadata"]["uid"] != uid.as_str() {
+        return Err("invalid bearer token: service account UID does not match".into());
+    }
+    Ok(json!({"authenticated": true, "audiences": [ISSUER],
+        "user": {"username": format!("system:serviceaccount:{ns}:{sa_name}"), "uid": uid,
+                 "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                 "extra": {"authentication.kubernetes.io/credential-id": [format!("secret/{secret}")]}}}))
+}
+
 /// The user a token names, when it is valid and its bindings still hold.
 pub async fn review(ctx: &Ctx, token: &str, audiences: &[String]) -> Result<Value, String> {
     let signer = ctx
@@ -243,6 +295,9 @@ pub async fn review(ctx: &Ctx, token: &str, audiences: &[String]) -> Result<Valu
     let c = signer
         .verify(token)
         .ok_or("invalid bearer token: not a token this server signed")?;
+    if c["iss"] == LEGACY_ISSUER {
+        return review_legacy(ctx, token, &c).await;
+    }
     let t = now();
     if c["exp"].as_i64().is_none_or(|e| e <= t) {
         return Err("invalid bearer token: token has expired".into());
