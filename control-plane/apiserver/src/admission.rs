@@ -32,16 +32,64 @@ pub async fn mutate_create(ctx: &Ctx, t: &Target, obj: &mut Value) -> Result<(),
     Ok(())
 }
 
-/// Validating admission of a create, update (incl. patch) or delete.
-pub async fn validate(ctx: &Ctx, t: &Target, verb: &str, obj: &Value) -> Result<(), StatusError> {
+/// Validating admission of a create, update (incl. patch) or delete; returns the warnings
+/// for the client.
+pub async fn validate(
+    ctx: &Ctx,
+    t: &Target,
+    verb: &str,
+    obj: &Value,
+) -> Result<Vec<String>, StatusError> {
     if internal(&t.user) {
-        return Ok(());
+        return Ok(vec![]);
     }
     crate::nodeauthz::admit(&t.user, &t.res, t.sub.as_deref(), verb, obj).await?;
     if t.res.group == GROUP && verb != "delete" && t.sub.is_none() {
         escalation(ctx, &t.user, &t.res, obj).await?;
     }
-    Ok(())
+    if verb == "create" && t.sub.is_none() {
+        return pod_security(ctx, t, obj).await;
+    }
+    Ok(vec![])
+}
+
+/// PodSecurity for a new Pod (enforce refuses, warn warns) or pod template (both warn).
+async fn pod_security(ctx: &Ctx, t: &Target, obj: &Value) -> Result<Vec<String>, StatusError> {
+    use crate::podsecurity::{check, level_of, message, pod_parts};
+    let Some((meta, spec)) = pod_parts(&t.res.kind, obj) else {
+        return Ok(vec![]);
+    };
+    let ns_name = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+    let Some(ns) = get(ctx, "", "Namespace", None, ns_name).await else {
+        return Ok(vec![]);
+    };
+    let is_pod = t.res.group.is_empty() && t.res.kind == "Pod";
+    let mut warnings = vec![];
+    if let Some(level) = level_of(&ns, "enforce") {
+        let v = check(level, meta, spec);
+        if !v.is_empty() {
+            if is_pod {
+                let name = obj["metadata"]["name"].as_str().unwrap_or("");
+                return Err(StatusError::forbidden(
+                    "",
+                    "pods",
+                    name,
+                    &message("violates", level, &v),
+                ));
+            }
+            warnings.push(message("would violate", level, &v));
+        }
+    }
+    if let Some(level) = level_of(&ns, "warn") {
+        let v = check(level, meta, spec);
+        if !v.is_empty() {
+            let w = message("would violate", level, &v);
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 fn random5() -> String {

@@ -8,6 +8,7 @@
 
 use crate::handlers::{Ctx, UserInfo};
 use crate::rbac::{self, Attrs};
+use crate::server::CertUser;
 use crate::status::StatusError;
 use hyper::header::HeaderMap;
 use serde_json::Value;
@@ -38,12 +39,19 @@ fn redacted(token: &str) -> String {
     format!("token of {} bytes", token.len())
 }
 
-pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap, cert: Option<UserInfo>) -> Authn {
-    if let Some(u) = cert {
-        return Authn::User(u);
-    }
+pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap, cert: CertUser) -> Authn {
+    let bad_cert = match cert {
+        CertUser::Valid(u) => return Authn::User(u),
+        CertUser::Invalid => true,
+        CertUser::None => false,
+    };
+    let none = if bad_cert {
+        Authn::Failed
+    } else {
+        Authn::Anonymous
+    };
     let Some(auth) = headers.get(hyper::header::AUTHORIZATION) else {
-        return Authn::Anonymous;
+        return none;
     };
     let Ok(auth) = auth.to_str() else {
         tracing::debug!("unauthorized: Authorization header is not ASCII");
@@ -63,7 +71,7 @@ pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap, cert: Option<UserInfo>
         .filter(|t| !t.is_empty())
     else {
         // Basic auth and other schemes are not served: no authenticator takes them.
-        return Authn::Anonymous;
+        return none;
     };
     match token_user(ctx, token).await {
         Ok(u) => Authn::User(u),

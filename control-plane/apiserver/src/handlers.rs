@@ -566,8 +566,8 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
     crate::admission::mutate_create(ctx, t, &mut obj).await?;
-    let warnings = admit(ctx, t, &mut obj, None, Some(body))?;
-    crate::admission::validate(ctx, t, "create", &obj).await?;
+    let mut warnings = admit(ctx, t, &mut obj, None, Some(body))?;
+    warnings.extend(crate::admission::validate(ctx, t, "create", &obj).await?);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let t2 = Target {
         name: Some(name),

@@ -26,6 +26,7 @@ mod managed;
 mod metrics;
 mod nodeauthz;
 mod patch;
+mod podsecurity;
 mod policy;
 mod proxy;
 pub mod rbac;
