@@ -1142,3 +1142,164 @@ fn admission_service_account_and_pod_security() {
     );
     cp.ok(&["delete", "namespace", "sk-adm", "sk-warn", "--wait=false"]);
 }
+
+#[test]
+fn admission_quota_limits_and_default_storage_class() {
+    let cp = ControlPlane::start();
+    cp.ok(&["create", "namespace", "sk-quota"]);
+    cp.ok(&[
+        "create",
+        "quota",
+        "sk-q",
+        "--hard=pods=2,count/deployments.apps=1",
+        "-n",
+        "sk-quota",
+    ]);
+    let pod = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: sk-quota}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n")
+    };
+    for p in ["sk-p1", "sk-p2"] {
+        let out = cp.with_stdin(&["apply", "-f", "-"], &pod(p));
+        assert!(out.ok, "{}", out.stderr);
+    }
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod("sk-p3"));
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("pods \"sk-p3\" is forbidden: exceeded quota: sk-q, requested: pods=1, used: pods=2, limited: pods=2"),
+        "{}",
+        out.stderr
+    );
+    cp.ok(&[
+        "create",
+        "deployment",
+        "sk-d1",
+        "--image=busybox",
+        "-n",
+        "sk-quota",
+    ]);
+    let err = cp.fails(&[
+        "create",
+        "deployment",
+        "sk-d2",
+        "--image=busybox",
+        "-n",
+        "sk-quota",
+    ]);
+    assert!(
+        err.contains("deployments.apps \"sk-d2\" is forbidden: exceeded quota: sk-q, requested: count/deployments.apps=1, used: count/deployments.apps=1, limited: count/deployments.apps=1"),
+        "{err}"
+    );
+    cp.wait_for(
+        "the quota's status.used",
+        std::time::Duration::from_secs(10),
+        || {
+            cp.kubectl(&[
+                "get",
+                "quota",
+                "sk-q",
+                "-n",
+                "sk-quota",
+                "-o",
+                "jsonpath={.status.used.pods}",
+            ])
+            .stdout
+                == "2"
+        },
+    );
+    // Deleting a pod frees its share.
+    cp.ok(&["delete", "pod", "sk-p1", "-n", "sk-quota"]);
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod("sk-p3"));
+    assert!(out.ok, "{}", out.stderr);
+
+    // Compute quota: pods must name what it tracks; LimitRange defaults and limits.
+    cp.ok(&["create", "namespace", "sk-limits"]);
+    cp.ok(&[
+        "create",
+        "quota",
+        "sk-cpu",
+        "--hard=requests.cpu=1",
+        "-n",
+        "sk-limits",
+    ]);
+    let pod2 = |name: &str, res: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: sk-limits}}\nspec:\n  containers: [{{name: c, image: busybox{res}}}]\n")
+    };
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod2("sk-bare", ""));
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "pods \"sk-bare\" is forbidden: failed quota: sk-cpu: must specify requests.cpu for: c"
+        ),
+        "{}",
+        out.stderr
+    );
+    let lr = r#"{"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "sk-lr", "namespace": "sk-limits"},
+        "spec": {"limits": [{"type": "Container", "defaultRequest": {"cpu": "400m"}, "max": {"memory": "1Gi"}}]}}"#;
+    let out = cp.with_stdin(&["create", "-f", "-"], lr);
+    assert!(out.ok, "{}", out.stderr);
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod2("sk-defaulted", ""));
+    assert!(out.ok, "{}", out.stderr);
+    let p = json(&cp.ok(&[
+        "get",
+        "pod",
+        "sk-defaulted",
+        "-n",
+        "sk-limits",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        p["spec"]["containers"][0]["resources"]["requests"]["cpu"], "400m",
+        "{p}"
+    );
+    assert_eq!(
+        p["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
+        "LimitRanger plugin set: cpu, memory request for container c; memory limit for container c"
+    );
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod2("sk-second", ""));
+    assert!(out.ok, "{}", out.stderr);
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod2("sk-third", ""));
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("pods \"sk-third\" is forbidden: exceeded quota: sk-cpu, requested: requests.cpu=400m, used: requests.cpu=800m, limited: requests.cpu=1"),
+        "{}",
+        out.stderr
+    );
+    let big = ", resources: {limits: {memory: 2Gi}, requests: {cpu: 100m}}";
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod2("sk-big", big));
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("pods \"sk-big\" is forbidden: maximum memory usage per Container is 1Gi, but limit is 2Gi"),
+        "{}",
+        out.stderr
+    );
+
+    // DefaultStorageClass.
+    let sc = r#"{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "sk-default", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "sk.example/none"}"#;
+    let out = cp.with_stdin(&["create", "-f", "-"], sc);
+    assert!(out.ok, "{}", out.stderr);
+    let pvc = r#"{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "sk-claim", "namespace": "sk-limits"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}"#;
+    let out = cp.with_stdin(&["create", "-f", "-"], pvc);
+    assert!(out.ok, "{}", out.stderr);
+    let class = cp.ok(&[
+        "get",
+        "pvc",
+        "sk-claim",
+        "-n",
+        "sk-limits",
+        "-o",
+        "jsonpath={.spec.storageClassName}",
+    ]);
+    assert_eq!(class, "sk-default");
+    cp.ok(&[
+        "delete",
+        "namespace",
+        "sk-quota",
+        "sk-limits",
+        "--wait=false",
+    ]);
+    cp.ok(&["delete", "storageclass", "sk-default"]);
+}

@@ -1,9 +1,10 @@
 //! Admission: what runs on a write after authorization and before the store, in upstream's
 //! order. Mutating: ServiceAccount (default service account, the projected
-//! `kube-api-access-*` token volume), Priority (priorityClassName resolved), the token
-//! controller's filling of legacy service-account token Secrets. Validating: NodeRestriction
-//! ([`crate::nodeauthz::admit`]) and RBAC's escalation prevention. NamespaceLifecycle is
-//! `handlers::ensure_namespace`.
+//! `kube-api-access-*` token volume), Priority (priorityClassName resolved), LimitRanger and
+//! DefaultStorageClass ([`crate::quota`]), the token controller's filling of legacy
+//! service-account token Secrets. Validating: NodeRestriction ([`crate::nodeauthz::admit`]),
+//! RBAC's escalation prevention, PodSecurity ([`crate::podsecurity`]) and ResourceQuota.
+//! NamespaceLifecycle is `handlers::ensure_namespace`.
 
 use crate::handlers::{Ctx, Target, UserInfo};
 use crate::rbac::{self, Attrs, Rule, GROUP};
@@ -23,10 +24,12 @@ pub async fn mutate_create(ctx: &Ctx, t: &Target, obj: &mut Value) -> Result<(),
     let res = &t.res;
     match (res.group.as_str(), res.kind.as_str()) {
         ("", "Pod") => {
+            crate::quota::limit_ranger(ctx, obj).await?;
             service_account(ctx, obj).await?;
             priority(ctx, obj).await?;
         }
         ("", "Secret") => fill_legacy_token(ctx, obj).await,
+        ("", "PersistentVolumeClaim") => crate::quota::default_storage_class(ctx, obj).await,
         _ => {}
     }
     Ok(())
@@ -48,7 +51,9 @@ pub async fn validate(
         escalation(ctx, &t.user, &t.res, obj).await?;
     }
     if verb == "create" && t.sub.is_none() {
-        return pod_security(ctx, t, obj).await;
+        let warnings = pod_security(ctx, t, obj).await?;
+        crate::quota::check_quota(ctx, &t.res, obj).await?;
+        return Ok(warnings);
     }
     Ok(vec![])
 }

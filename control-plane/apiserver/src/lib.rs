@@ -29,6 +29,7 @@ mod patch;
 mod podsecurity;
 mod policy;
 mod proxy;
+mod quota;
 pub mod rbac;
 mod reviews;
 mod server;

@@ -26,7 +26,16 @@ pub struct Signer {
     key: EcdsaKeyPair,
     kid: String,
     rng: SystemRandom,
+    /// Tokens whose signature checked out (by SHA-256 of the token), with their claims, for
+    /// at most [`VERIFIED_TTL`] secs: a request then skips the ECDSA verification, never the
+    /// time, audience and binding checks, so revocation stays immediate.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Value, i64)>>,
 }
+
+/// How long a verified signature is remembered (upstream caches whole token authentications
+/// for 10 s; we cache only the signature).
+const VERIFIED_TTL: i64 = 10;
+const VERIFIED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenKeyError {
@@ -57,7 +66,12 @@ impl Signer {
             .map_err(|e| err(format!("not a PKCS#8 P-256 key: {e}")))?;
         use sha2::Digest;
         let kid = B64.encode(&sha2::Sha256::digest(key.public_key().as_ref())[..16]);
-        Ok(Signer { key, kid, rng })
+        Ok(Signer {
+            key,
+            kid,
+            rng,
+            verified: Default::default(),
+        })
     }
 
     fn sign(&self, claims: &Value) -> Result<String, StatusError> {
@@ -92,6 +106,29 @@ impl Signer {
         );
         public.verify(format!("{h}.{c}").as_bytes(), &sig).ok()?;
         serde_json::from_slice(&B64.decode(c).ok()?).ok()
+    }
+
+    /// [`Signer::verify`] with the recent results remembered.
+    fn verify_cached(&self, token: &str) -> Option<Value> {
+        use sha2::Digest;
+        let h: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let t = now();
+        if let Some((c, until)) = self.verified.lock().ok()?.get(&h) {
+            if *until > t {
+                return Some(c.clone());
+            }
+        }
+        let c = self.verify(token)?;
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= VERIFIED_MAX {
+                m.retain(|_, (_, until)| *until > t);
+                if m.len() >= VERIFIED_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(h, (c.clone(), t + VERIFIED_TTL));
+        }
+        Some(c)
     }
 
     /// The JWK set with the verification key.
@@ -293,7 +330,7 @@ pub async fn review(ctx: &Ctx, token: &str, audiences: &[String]) -> Result<Valu
         .as_ref()
         .ok_or("no service-account signing key")?;
     let c = signer
-        .verify(token)
+        .verify_cached(token)
         .ok_or("invalid bearer token: not a token this server signed")?;
     if c["iss"] == LEGACY_ISSUER {
         return review_legacy(ctx, token, &c).await;
