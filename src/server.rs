@@ -158,17 +158,22 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         args.write_kubeconfig.display()
     );
 
-    let admin_client = kube_client(&args.write_kubeconfig).await?;
+    // Each component has its own identity (upstream's user names), never the admin's.
+    let identity = |name: &str, pair: &skiff_apiserver::pki::CertPair| -> Result<PathBuf> {
+        let path = args.data_dir.join(format!("server/{name}.kubeconfig"));
+        pki.write_kubeconfig(&path, &server_url, pair)
+            .with_context(|| format!("writing the {name} kubeconfig"))?;
+        Ok(path)
+    };
+    let sched_client = kube_client(&identity("scheduler", &pki.scheduler)?).await?;
+    let ctl_client = kube_client(&identity("controller", &pki.controller_manager)?).await?;
+    identity("kube-proxy", &pki.kube_proxy)?;
     let sched_cfg = match &args.scheduler_config {
         Some(p) => skiff_scheduler::config::SchedulerConfig::from_file(p)?,
         None => Default::default(),
     };
-    let sched = tokio::spawn(skiff_scheduler::run_with(
-        admin_client.clone(),
-        sched_cfg,
-        stopped(),
-    ));
-    let controllers = tokio::spawn(skiff_controllers::run(admin_client, stopped()));
+    let sched = tokio::spawn(skiff_scheduler::run_with(sched_client, sched_cfg, stopped()));
+    let controllers = tokio::spawn(skiff_controllers::run(ctl_client, stopped()));
 
     let agent = if args.disable_agent {
         None

@@ -16,7 +16,13 @@
 //! * watch fan-out: 1,000 watch streams on the ConfigMaps of one namespace (HTTP/2, 125
 //!   streams per connection), then 50 creates 100 ms apart; for every event and watcher the time
 //!   from the create's response to the watcher receiving the event;
-//! * API server RSS after all that.
+//! * API server RSS after all that;
+//! * authorization overhead (issue 12): with 200 extra RBAC bindings in place, sequential GETs
+//!   of one pod over one keep-alive connection as the admin (`system:masters`: no
+//!   authorization decision, the baseline), as the scheduler's certificate (RBAC through a
+//!   ClusterRoleBinding) and with a service-account token (token authentication + RBAC through
+//!   a RoleBinding), interleaved in rounds; p50 of each and the difference to the baseline.
+//!   `SK_BENCH_ONLY=authz` runs only this part (no etcd, no idle window).
 //!
 //! When upstream Kubernetes runs beside it (../shared/upstream: `admin.kubeconfig` present and
 //! https://127.0.0.1:7443 answering), the same API workload runs against it as a third column
@@ -69,6 +75,8 @@ struct Api {
     addr: SocketAddr,
     h1: Arc<rustls::ClientConfig>,
     h2: Arc<rustls::ClientConfig>,
+    /// Sent as `Authorization: Bearer` (a client without a certificate).
+    bearer: Option<String>,
 }
 
 fn pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
@@ -101,6 +109,30 @@ impl Api {
             addr,
             h1: Arc::new(h1),
             h2: Arc::new(h2),
+            bearer: None,
+        })
+    }
+
+    /// A client with no certificate that sends `token`.
+    fn with_token(addr: SocketAddr, ca: &Path, token: &str) -> Result<Api> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(ca)? {
+            roots.add(c)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut h1 = cfg.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut h2 = cfg;
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Api {
+            addr,
+            h1: Arc::new(h1),
+            h2: Arc::new(h2),
+            bearer: Some(token.to_string()),
         })
     }
 
@@ -125,6 +157,7 @@ impl Api {
         Ok(Conn {
             tx,
             host: self.addr.to_string(),
+            bearer: self.bearer.clone(),
         })
     }
 
@@ -140,6 +173,7 @@ impl Api {
 struct Conn {
     tx: http1::SendRequest<Full<Bytes>>,
     host: String,
+    bearer: Option<String>,
 }
 
 fn request(
@@ -164,10 +198,14 @@ impl Conn {
     /// One request; the status and the whole body.
     async fn req(&mut self, method: &str, path: &str, body: Option<Bytes>) -> Result<(u16, Bytes)> {
         self.tx.ready().await?;
-        let resp = self
-            .tx
-            .send_request(request(&self.host, method, path, body))
-            .await?;
+        let mut r = request(&self.host, method, path, body);
+        if let Some(t) = &self.bearer {
+            r.headers_mut().insert(
+                hyper::header::AUTHORIZATION,
+                hyper::header::HeaderValue::from_str(&format!("Bearer {t}"))?,
+            );
+        }
+        let resp = self.tx.send_request(r).await?;
         let code = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((code, body))
@@ -753,6 +791,189 @@ async fn run_etcd(addr: &str) -> Result<(Phase, Phase)> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Authorization overhead
+
+/// Extra RBAC bindings in place while the authorization figures are measured.
+const AUTHZ_BINDINGS: usize = 200;
+/// Sequential GETs per identity and round; rounds interleave the identities.
+const AUTHZ_GETS: usize = 500;
+const AUTHZ_ROUNDS: usize = 6;
+
+struct AuthzFigures {
+    baseline: Phase,
+    cert: Phase,
+    token: Phase,
+}
+
+async fn post(c: &mut Conn, path: &str, body: serde_json::Value) -> Result<Bytes> {
+    let (code, resp) = c
+        .req("POST", path, Some(Bytes::from(body.to_string())))
+        .await?;
+    if code != 201 && code != 200 && code != 409 {
+        bail!("POST {path}: {code} {}", String::from_utf8_lossy(&resp));
+    }
+    Ok(resp)
+}
+
+async fn authz_overhead(skiff: &Skiff) -> Result<AuthzFigures> {
+    let ns = "sk-authz";
+    let rbac = "rbac.authorization.k8s.io";
+    let mut admin = skiff.api.conn().await?;
+    ensure_namespace(&mut admin, ns).await?;
+    // 200 bindings: three quarters RoleBindings in the namespace, the rest cluster-wide, to
+    // users and groups the measured identities are not.
+    for i in 0..AUTHZ_BINDINGS {
+        let subject = if i % 2 == 0 {
+            serde_json::json!({"apiGroup": rbac, "kind": "User", "name": format!("sk-user-{i}")})
+        } else {
+            serde_json::json!({"apiGroup": rbac, "kind": "Group", "name": format!("sk-group-{i}")})
+        };
+        if i < AUTHZ_BINDINGS * 3 / 4 {
+            post(
+                &mut admin,
+                &format!("/apis/{rbac}/v1/namespaces/{ns}/rolebindings"),
+                serde_json::json!({"apiVersion": format!("{rbac}/v1"), "kind": "RoleBinding",
+                    "metadata": {"name": format!("sk-rb-{i}")},
+                    "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "view"},
+                    "subjects": [subject]}),
+            )
+            .await?;
+        } else {
+            post(
+                &mut admin,
+                &format!("/apis/{rbac}/v1/clusterrolebindings"),
+                serde_json::json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRoleBinding",
+                    "metadata": {"name": format!("sk-crb-{i}")},
+                    "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "view"},
+                    "subjects": [subject]}),
+            )
+            .await?;
+        }
+    }
+    post(
+        &mut admin,
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sk-authz-pod"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await?;
+    post(
+        &mut admin,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sk-bench"}}),
+    )
+    .await?;
+    post(
+        &mut admin,
+        &format!("/apis/{rbac}/v1/namespaces/{ns}/roles"),
+        serde_json::json!({
+        "apiVersion": format!("{rbac}/v1"), "kind": "Role", "metadata": {"name": "sk-pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+    )
+    .await?;
+    post(&mut admin, &format!("/apis/{rbac}/v1/namespaces/{ns}/rolebindings"), serde_json::json!({
+        "apiVersion": format!("{rbac}/v1"), "kind": "RoleBinding", "metadata": {"name": "sk-pod-reader"},
+        "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "sk-pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "sk-bench", "namespace": ns}]})).await?;
+    let tr = post(
+        &mut admin,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/sk-bench/token"),
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600}}),
+    )
+    .await?;
+    let tr: serde_json::Value = serde_json::from_slice(&tr)?;
+    let token = tr["status"]["token"]
+        .as_str()
+        .context("TokenRequest without a token")?;
+    let sched = Api::new(
+        skiff.api.addr,
+        &skiff.tls.join("ca.crt"),
+        &skiff.tls.join("client-scheduler.crt"),
+        &skiff.tls.join("client-scheduler.key"),
+    )?;
+    let tok = Api::with_token(skiff.api.addr, &skiff.tls.join("ca.crt"), token)?;
+    let mut conns = [admin, sched.conn().await?, tok.conn().await?];
+    let path = format!("/api/v1/namespaces/{ns}/pods/sk-authz-pod");
+    // Warm-up (connections, caches), then interleaved rounds.
+    for c in conns.iter_mut() {
+        for _ in 0..50 {
+            let (code, body) = c.req("GET", &path, None).await?;
+            if code != 200 {
+                bail!("GET {path}: {code} {}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+    let mut phases = [Phase::default(), Phase::default(), Phase::default()];
+    for _ in 0..AUTHZ_ROUNDS {
+        for (c, ph) in conns.iter_mut().zip(phases.iter_mut()) {
+            let t0 = Instant::now();
+            for _ in 0..AUTHZ_GETS {
+                let t = Instant::now();
+                let r = c.req("GET", &path, None).await;
+                ph.record(r, 200, t, "GET pod");
+            }
+            ph.secs += t0.elapsed().as_secs_f64();
+        }
+    }
+    let [baseline, cert, token] = phases;
+    Ok(AuthzFigures {
+        baseline,
+        cert,
+        token,
+    })
+}
+
+fn print_authz(a: &mut AuthzFigures, fails: &mut Failures) {
+    fails.note("skiff", "authz baseline gets", &a.baseline);
+    fails.note("skiff", "authz cert gets", &a.cert);
+    fails.note("skiff", "authz token gets", &a.token);
+    let base = a.baseline.p(0.5) * 1e3;
+    let cert = a.cert.p(0.5) * 1e3;
+    let token = a.token.p(0.5) * 1e3;
+    println!(
+        "# authorization: {AUTHZ_BINDINGS} extra RBAC bindings; {AUTHZ_ROUNDS} interleaved rounds of {AUTHZ_GETS} sequential GETs of one pod per identity, one keep-alive HTTP/1.1 connection each; baseline = admin (system:masters, no authorization decision)"
+    );
+    println!(
+        "authz_cert_get_p50_us skiff={cert:.1} baseline={base:.1} ratio={:.2}",
+        cert / base
+    );
+    println!(
+        "authz_token_get_p50_us skiff={token:.1} baseline={base:.1} ratio={:.2}",
+        token / base
+    );
+    println!(
+        "authz_cert_get_p99_us skiff={:.1} baseline={:.1} ratio={:.2}",
+        a.cert.p(0.99) * 1e3,
+        a.baseline.p(0.99) * 1e3,
+        a.cert.p(0.99) / a.baseline.p(0.99)
+    );
+    println!(
+        "authz_token_get_p99_us skiff={:.1} baseline={:.1} ratio={:.2}",
+        a.token.p(0.99) * 1e3,
+        a.baseline.p(0.99) * 1e3,
+        a.token.p(0.99) / a.baseline.p(0.99)
+    );
+    println!(
+        "authz_overhead_p50_us cert={:.1} token={:.1}",
+        cert - base,
+        token - base
+    );
+    target(
+        "authorization overhead p50 with 200 bindings < 50 us (cert)",
+        cert - base,
+        cert - base < 50.0,
+    );
+    target(
+        "authentication+authorization overhead p50 with 200 bindings < 50 us (token)",
+        token - base,
+        token - base < 50.0,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // skiff server
 
 /// `skiff server --disable-agent` of the bench's own; killed by PID and its temp dir removed on
@@ -761,6 +982,8 @@ struct Skiff {
     child: Child,
     _dir: tempfile::TempDir,
     api: Api,
+    /// The server's PKI folder (CA, client certificates).
+    tls: PathBuf,
 }
 
 impl Skiff {
@@ -818,6 +1041,7 @@ impl Skiff {
                         child,
                         _dir: dir,
                         api,
+                        tls,
                     })
                 }
                 Ok((code, body)) => last = format!("{code} {}", String::from_utf8_lossy(&body)),
@@ -926,6 +1150,17 @@ async fn run() -> Result<()> {
         );
     }
 
+    if std::env::var("SK_BENCH_ONLY").is_ok_and(|v| v == "authz") {
+        let skiff = Skiff::start(&bin, &parent).await?;
+        println!("# skiff {} (pid {})", bin.display(), skiff.pid());
+        let mut fails = Failures::default();
+        let mut a = authz_overhead(&skiff).await?;
+        print_authz(&mut a, &mut fails);
+        for f in &fails.0 {
+            println!("# failures: {f}");
+        }
+        return Ok(());
+    }
     let etcd = Etcd::start(&parent).context("etcd (Debian's etcd-server) is needed as the peer")?;
     let skiff = Skiff::start(&bin, &parent).await?;
     println!(
@@ -1203,6 +1438,8 @@ async fn run() -> Result<()> {
         skiff_idle_kib_min,
         skiff_idle_kib_min <= 64.0,
     );
+    let mut authz = authz_overhead(&skiff).await?;
+    print_authz(&mut authz, &mut fails);
     if fails.0.is_empty() {
         println!("# failures: none");
     }

@@ -86,6 +86,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), ApiError> {
         "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
         "data": {"client-ca-file": ctx.ca_pem}});
     create_internal(ctx, &cm, &mut auth).await;
+    crate::policy::reconcile(ctx).await;
     Ok(())
 }
 

@@ -31,6 +31,7 @@ pub struct Ctx {
     pub metrics: crate::metrics::Metrics,
     pub watch_cache: crate::watchcache::WatchCache,
     pub signer: Option<crate::tokens::Signer>,
+    pub rbac: crate::rbac::Rbac,
     me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
 
@@ -79,6 +80,7 @@ impl Ctx {
                     None
                 }
             },
+            rbac: Default::default(),
             me: Default::default(),
         })
     }
@@ -96,11 +98,14 @@ impl Ctx {
     }
 }
 
-/// Who is asking (from the client certificate: CN = user, O = groups).
+/// Who is asking, as [`crate::authn`] found it. An empty name is the API server itself
+/// (internal writes skip admission).
 #[derive(Clone, Debug, Default)]
 pub struct UserInfo {
     pub name: String,
     pub groups: Vec<String>,
+    pub uid: String,
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One request's target: resource, namespace, name, subresource and the query.
@@ -560,7 +565,9 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     stamp_new(&mut obj);
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
-    let warnings = admit(ctx, t, &mut obj, None, Some(body))?;
+    crate::admission::mutate_create(ctx, t, &mut obj).await?;
+    let mut warnings = admit(ctx, t, &mut obj, None, Some(body))?;
+    warnings.extend(crate::admission::validate(ctx, t, "create", &obj).await?);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let t2 = Target {
         name: Some(name),
@@ -730,6 +737,7 @@ pub async fn commit_update(
     obj: &Value,
     rev: i64,
 ) -> Result<Value, StatusError> {
+    crate::admission::validate(ctx, t, "update", obj).await?;
     let md = &obj["metadata"];
     let finalizers_empty = md["finalizers"].as_array().is_none_or(Vec::is_empty);
     if !md["deletionTimestamp"].is_null()
@@ -1110,6 +1118,7 @@ async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, S
     if let Some(uid) = &opts.uid {
         check_uid(t, &obj, uid)?;
     }
+    crate::admission::validate(ctx, t, "delete", &obj).await?;
     if let Some(prv) = &opts.rv {
         if *prv != rev.to_string() {
             return Err(StatusError::conflict(

@@ -274,8 +274,22 @@ pub async fn undo_create(ctx: &Ctx, res: &Resource, obj: &Value) {
 
 /// What follows a create: a new namespace gets its `default` ServiceAccount and the
 /// `kube-root-ca.crt` ConfigMap.
+/// Quota status follows writes of the kinds quotas count (in namespaces that have quotas).
+fn refresh_quota(ctx: &Ctx, res: &Resource, obj: &Value) {
+    if !res.namespaced {
+        return;
+    }
+    let Some(ns) = obj["metadata"]["namespace"].as_str() else {
+        return;
+    };
+    let Some(ctx) = ctx.self_ref() else { return };
+    let ns = ns.to_string();
+    tokio::spawn(async move { crate::quota::refresh_status(&ctx, &ns).await });
+}
+
 pub async fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
     after_update(ctx, res, obj).await;
+    refresh_quota(ctx, res, obj);
     if res.group.is_empty() && res.kind == "Namespace" {
         if let Some(ns) = obj["metadata"]["name"].as_str() {
             namespace_contents(ctx, ns).await;
@@ -285,6 +299,9 @@ pub async fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
 
 /// What follows a create or update: a CRD's resources are served.
 pub async fn after_update(ctx: &Ctx, res: &Resource, obj: &Value) {
+    if res.group == crate::rbac::GROUP {
+        ctx.rbac.invalidate();
+    }
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
         crate::crd::established(ctx, obj).await;
     }
@@ -349,6 +366,10 @@ pub fn default_propagation(_res: &Resource) -> &'static str {
 
 /// After an object is gone: allocations are released, dependents collected (Background).
 pub async fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
+    refresh_quota(ctx, res, gone);
+    if res.group == crate::rbac::GROUP {
+        ctx.rbac.invalidate();
+    }
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
         crate::crd::removed(ctx, gone).await;
     }

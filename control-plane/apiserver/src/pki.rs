@@ -8,6 +8,9 @@
 //! | `client-admin.crt/.key` | `system:admin` in group `system:masters` (the admin kubeconfig) |
 //! | `client-kubelet.crt/.key` | the node's kubelet talking to the API (`system:node:<name>`) |
 //! | `client-kube-apiserver.crt/.key` | the API server talking to kubelets (logs, exec) |
+//! | `client-scheduler.crt/.key` | the scheduler (`system:kube-scheduler`) |
+//! | `client-controller.crt/.key` | the controllers (`system:kube-controller-manager`) |
+//! | `client-kube-proxy.crt/.key` | the service proxy (`system:kube-proxy`) |
 //! | `serving-kubelet.crt/.key` | the kubelet's :10250 |
 
 use crate::ApiError;
@@ -61,6 +64,9 @@ pub struct Pki {
     pub kubelet_client: CertPair,
     pub apiserver_kubelet_client: CertPair,
     pub kubelet_serving: CertPair,
+    pub scheduler: CertPair,
+    pub controller_manager: CertPair,
+    pub kube_proxy: CertPair,
 }
 
 fn read(p: &Path) -> Result<String, ApiError> {
@@ -130,6 +136,9 @@ impl Pki {
             kubelet_client: CertPair::new(dir, "client-kubelet"),
             apiserver_kubelet_client: CertPair::new(dir, "client-kube-apiserver"),
             kubelet_serving: CertPair::new(dir, "serving-kubelet"),
+            scheduler: CertPair::new(dir, "client-scheduler"),
+            controller_manager: CertPair::new(dir, "client-controller"),
+            kube_proxy: CertPair::new(dir, "client-kube-proxy"),
         };
         if !pki.ca.exists() {
             let key = KeyPair::generate().map_err(pki_err)?;
@@ -153,7 +162,7 @@ impl Pki {
         let ca_key = KeyPair::from_pem(&pki.ca.key_pem()?).map_err(pki_err)?;
         let issuer = Issuer::from_ca_cert_pem(&pki.ca.cert_pem()?, ca_key).map_err(pki_err)?;
         let node_cn = format!("system:node:{node_name}");
-        let leaves: [Leaf<'_>; 5] = [
+        let leaves: [Leaf<'_>; 8] = [
             (
                 &pki.apiserver,
                 "kube-apiserver",
@@ -179,6 +188,27 @@ impl Pki {
                 &pki.apiserver_kubelet_client,
                 "system:kube-apiserver",
                 Some("system:masters"),
+                &[],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            (
+                &pki.scheduler,
+                "system:kube-scheduler",
+                None,
+                &[],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            (
+                &pki.controller_manager,
+                "system:kube-controller-manager",
+                None,
+                &[],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            (
+                &pki.kube_proxy,
+                "system:kube-proxy",
+                None,
                 &[],
                 ExtendedKeyUsagePurpose::ClientAuth,
             ),

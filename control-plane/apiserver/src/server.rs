@@ -11,6 +11,8 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use serde_json::Value;
 use skiff_store::Store;
 use std::convert::Infallible;
@@ -48,7 +50,7 @@ impl ApiServerConfig {
     }
 }
 
-fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ApiError> {
+fn tls_config(pki: &Pki) -> Result<(rustls::ServerConfig, Arc<RequestClientCert>), ApiError> {
     let tls = |e: &dyn std::fmt::Display| ApiError::Tls(e.to_string());
     let certs: Vec<_> = rustls_pemfile::certs(&mut pki.apiserver.cert_pem()?.as_bytes())
         .collect::<Result<_, _>>()
@@ -61,21 +63,92 @@ fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ApiError> {
         roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| tls(&e))?;
+    let verifier = Arc::new(RequestClientCert {
+        inner: rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?,
+    });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| tls(&e))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok((cfg, verifier))
+}
+
+/// Asks for a client certificate without refusing the handshake over it (Go's
+/// `tls.RequestClientCert`, as kube-apiserver does): the chain is checked against the cluster
+/// CA after the handshake ([`RequestClientCert::check`]), so a certificate from another CA gets
+/// a 401 Status rather than a TLS alert. The handshake's proof of key possession is still
+/// checked here.
+#[derive(Debug)]
+struct RequestClientCert {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl RequestClientCert {
+    fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (end, rest) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.inner
+            .verify_client_cert(end, rest, UnixTime::now())
+            .map(|_| ())
+    }
+}
+
+impl ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// What the client certificate of a connection says.
+#[derive(Clone, Debug)]
+pub enum CertUser {
+    None,
+    Valid(UserInfo),
+    /// Presented but not signed by the cluster CA (or expired): 401 unless a token succeeds.
+    Invalid,
 }
 
 /// Serves the API until `shutdown` completes.
@@ -89,7 +162,8 @@ pub async fn serve(
     crate::bootstrap::run(&ctx).await?;
     crate::crd::load_all(&ctx).await;
     crate::lifecycle::resume(&ctx).await;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cfg.pki)?));
+    let (tls_cfg, client_check) = tls_config(&cfg.pki)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_cfg));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ApiError::Listen {
@@ -111,6 +185,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let client_check = client_check.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -120,18 +195,25 @@ pub async fn serve(
                     return;
                 }
             };
-            let user = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| user_of(c.as_ref()));
+            let user = match tls.get_ref().1.peer_certificates() {
+                None | Some([]) => CertUser::None,
+                Some(chain) => match client_check.check(chain) {
+                    Ok(()) => CertUser::Valid(user_of(chain[0].as_ref())),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "client certificate rejected");
+                        CertUser::Invalid
+                    }
+                },
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let user = user.clone();
                 async move { Ok::<_, Infallible>(route(ctx, req, user).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Go's http.Server allows 1 MiB of headers (HTTP/1 and HTTP/2 alike); hyper's
+            // HTTP/2 default of 16 KiB would answer 431 before authentication can say 401.
+            builder.http2().max_header_list_size(1 << 20);
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
@@ -158,7 +240,11 @@ fn user_of(der: &[u8]) -> UserInfo {
         .filter_map(|a| a.as_str().ok().map(str::to_string))
         .collect();
     groups.push("system:authenticated".into());
-    UserInfo { name, groups }
+    UserInfo {
+        name,
+        groups,
+        ..Default::default()
+    }
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -247,7 +333,7 @@ async fn health(ctx: &Ctx, which: &str, rest: &[&str], query: &str) -> Response<
     }
 }
 
-async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<UserInfo>) -> Response<Body> {
+async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: CertUser) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -261,16 +347,47 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<UserInfo>) ->
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let public = matches!(
             segs.as_slice(),
-            ["healthz", ..] | ["livez", ..] | ["readyz", ..] | ["version"]
-                | [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"]
+            ["healthz", ..]
+                | ["livez", ..]
+                | ["readyz", ..]
+                | ["version"]
+                | [".well-known", "openid-configuration"]
+                | ["openid", "v1", "jwks"]
         );
-        let Some(user) = user.or_else(|| public.then(UserInfo::default)) else {
-            return error_response(&StatusError::new(
-                401,
-                "Unauthorized",
-                "Unauthorized: present a client certificate signed by the cluster CA (see the kubeconfig written by `skiff server`)",
-            ));
+        let user = match crate::authn::authenticate(&ctx, req.headers(), user).await {
+            crate::authn::Authn::User(u) => u,
+            crate::authn::Authn::Anonymous if public => UserInfo {
+                name: "system:anonymous".into(),
+                groups: vec!["system:unauthenticated".into()],
+                ..Default::default()
+            },
+            _ => return error_response(&StatusError::unauthorized()),
         };
+        let user = match crate::authn::impersonate(&ctx, &user, req.headers()).await {
+            Ok(Some(as_user)) => {
+                tracing::debug!(user = %user.name, as_user = %as_user.name, "impersonating");
+                as_user
+            }
+            Ok(None) => user,
+            Err(e) => return error_response(&e),
+        };
+        let resource_request = matches!(segs.as_slice(), ["api", _, _, ..] | ["apis", _, _, _, ..]);
+        if !public && !resource_request {
+            let verb = match *req.method() {
+                Method::GET | Method::HEAD => "get",
+                Method::POST => "post",
+                Method::PUT => "put",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                _ => "",
+            };
+            let a = crate::rbac::Attrs::non_resource(verb, &path);
+            let d = crate::rbac::authorize(&ctx, &user, &a).await;
+            if !d.allowed {
+                tracing::debug!(user = %user.name, verb, %path, "forbidden");
+                return error_response(&crate::rbac::forbidden(&user, &a, &d.reason));
+            }
+        }
         let accept = req
             .headers()
             .get("accept")
@@ -478,6 +595,24 @@ async fn resource(
             "the server does not allow this method on the requested resource ({method} {})",
             res.plural
         )));
+    }
+    let authz_verb = match t.sub.as_deref() {
+        // Streaming upgrades over GET are creates, as upstream authorizes them.
+        Some("exec" | "attach" | "portforward") => "create",
+        _ => kube_verb,
+    };
+    let attrs = crate::rbac::Attrs::resource(
+        authz_verb,
+        t.namespace.as_deref().unwrap_or(""),
+        &res.group,
+        &res.plural,
+        t.sub.as_deref().unwrap_or(""),
+        t.name(),
+    );
+    let d = crate::rbac::authorize(&ctx, &t.user, &attrs).await;
+    if !d.allowed {
+        tracing::debug!(user = %t.user.name, verb = authz_verb, resource = %res.plural, "forbidden");
+        return Err(crate::rbac::forbidden(&t.user, &attrs, &d.reason));
     }
     let out = match (method, has_name, t.sub.as_deref()) {
         (Method::GET, false, _) if watch => handlers::watch(&ctx, &t).await,

@@ -76,6 +76,44 @@ impl StatusError {
         Self::new(410, "Expired", message)
     }
 
+    /// 403 Forbidden as upstream's NewForbidden words it: `<resource>[.<group>] ["<name>"] is
+    /// forbidden: <why>`, or `forbidden: <why>` without a resource.
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        let message = if plural.is_empty() {
+            format!("forbidden: {why}")
+        } else {
+            let resource = if group.is_empty() {
+                plural.to_string()
+            } else {
+                format!("{plural}.{group}")
+            };
+            if name.is_empty() {
+                format!("{resource} is forbidden: {why}")
+            } else {
+                format!("{resource} \"{name}\" is forbidden: {why}")
+            }
+        };
+        let mut details = json!({});
+        if !plural.is_empty() {
+            details["kind"] = json!(plural);
+        }
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        Self {
+            details: Some(details),
+            ..Self::new(403, "Forbidden", message)
+        }
+    }
+
+    /// 401 Unauthorized, as upstream answers any request it cannot authenticate.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     /// 403 for writes into a namespace that is being deleted.
     pub fn forbidden_terminating(res: &crate::registry::Resource, name: &str, ns: &str) -> Self {
         let resource = if res.group.is_empty() {

@@ -3,8 +3,10 @@
 //! TokenReview verifies them (signature, time, audience, and that the service account and bound
 //! object still exist with the same uid); `/.well-known/openid-configuration` and
 //! `/openid/v1/jwks` publish the verification key. The signing key is generated once into
-//! `<data-dir>/tls/service-account.key` (PKCS#8, 0600). Accepting these tokens as credentials on
-//! API requests comes with RBAC (the API security issue).
+//! `<data-dir>/tls/service-account.key` (PKCS#8, 0600). [`review`] is also how bearer tokens on
+//! API requests are authenticated ([`crate::authn`]); legacy tokens (issuer
+//! `kubernetes/serviceaccount`, stored in `kubernetes.io/service-account-token` Secrets) are
+//! valid while their Secret holds them and their service account exists.
 
 use crate::handlers::{Ctx, Target};
 use crate::server::Body;
@@ -24,7 +26,16 @@ pub struct Signer {
     key: EcdsaKeyPair,
     kid: String,
     rng: SystemRandom,
+    /// Tokens whose signature checked out (by SHA-256 of the token), with their claims, for
+    /// at most [`VERIFIED_TTL`] secs: a request then skips the ECDSA verification, never the
+    /// time, audience and binding checks, so revocation stays immediate.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Value, i64)>>,
 }
+
+/// How long a verified signature is remembered (upstream caches whole token authentications
+/// for 10 s; we cache only the signature).
+const VERIFIED_TTL: i64 = 10;
+const VERIFIED_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenKeyError {
@@ -55,7 +66,12 @@ impl Signer {
             .map_err(|e| err(format!("not a PKCS#8 P-256 key: {e}")))?;
         use sha2::Digest;
         let kid = B64.encode(&sha2::Sha256::digest(key.public_key().as_ref())[..16]);
-        Ok(Signer { key, kid, rng })
+        Ok(Signer {
+            key,
+            kid,
+            rng,
+            verified: Default::default(),
+        })
     }
 
     fn sign(&self, claims: &Value) -> Result<String, StatusError> {
@@ -90,6 +106,29 @@ impl Signer {
         );
         public.verify(format!("{h}.{c}").as_bytes(), &sig).ok()?;
         serde_json::from_slice(&B64.decode(c).ok()?).ok()
+    }
+
+    /// [`Signer::verify`] with the recent results remembered.
+    fn verify_cached(&self, token: &str) -> Option<Value> {
+        use sha2::Digest;
+        let h: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let t = now();
+        if let Some((c, until)) = self.verified.lock().ok()?.get(&h) {
+            if *until > t {
+                return Some(c.clone());
+            }
+        }
+        let c = self.verify(token)?;
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= VERIFIED_MAX {
+                m.retain(|_, (_, until)| *until > t);
+                if m.len() >= VERIFIED_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(h, (c.clone(), t + VERIFIED_TTL));
+        }
+        Some(c)
     }
 
     /// The JWK set with the verification key.
@@ -234,6 +273,56 @@ pub async fn token_request(
     Ok(t.respond(201, &body))
 }
 
+/// The issuer of legacy (Secret-based) service-account tokens.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
+/// A legacy token for the Secret `secret` of service account `ns/sa` (no expiry).
+pub fn legacy_token(ctx: &Ctx, ns: &str, sa: &str, uid: &str, secret: &str) -> Option<String> {
+    let claims = json!({"iss": LEGACY_ISSUER,
+        "kubernetes.io/serviceaccount/namespace": ns,
+        "kubernetes.io/serviceaccount/secret.name": secret,
+        "kubernetes.io/serviceaccount/service-account.name": sa,
+        "kubernetes.io/serviceaccount/service-account.uid": uid,
+        "sub": format!("system:serviceaccount:{ns}:{sa}")});
+    ctx.signer.as_ref()?.sign(&claims).ok()
+}
+
+async fn review_legacy(ctx: &Ctx, token: &str, c: &Value) -> Result<Value, String> {
+    let field = |k: &str| {
+        c[format!("kubernetes.io/serviceaccount/{k}")]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ns, sa_name, secret, uid) = (
+        field("namespace"),
+        field("service-account.name"),
+        field("secret.name"),
+        field("service-account.uid"),
+    );
+    let s = get_obj(ctx, "", "Secret", &ns, &secret)
+        .await
+        .ok_or("invalid bearer token: secret has been deleted")?;
+    use base64::Engine;
+    let stored = s["data"]["token"]
+        .as_str()
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .unwrap_or_default();
+    if stored != token.as_bytes() {
+        return Err("invalid bearer token: token does not match the secret".into());
+    }
+    let sa = get_obj(ctx, "", "ServiceAccount", &ns, &sa_name)
+        .await
+        .ok_or("invalid bearer token: service account has been deleted")?;
+    if sa["metadata"]["uid"] != uid.as_str() {
+        return Err("invalid bearer token: service account UID does not match".into());
+    }
+    Ok(json!({"authenticated": true, "audiences": [ISSUER],
+        "user": {"username": format!("system:serviceaccount:{ns}:{sa_name}"), "uid": uid,
+                 "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                 "extra": {"authentication.kubernetes.io/credential-id": [format!("secret/{secret}")]}}}))
+}
+
 /// The user a token names, when it is valid and its bindings still hold.
 pub async fn review(ctx: &Ctx, token: &str, audiences: &[String]) -> Result<Value, String> {
     let signer = ctx
@@ -241,8 +330,11 @@ pub async fn review(ctx: &Ctx, token: &str, audiences: &[String]) -> Result<Valu
         .as_ref()
         .ok_or("no service-account signing key")?;
     let c = signer
-        .verify(token)
+        .verify_cached(token)
         .ok_or("invalid bearer token: not a token this server signed")?;
+    if c["iss"] == LEGACY_ISSUER {
+        return review_legacy(ctx, token, &c).await;
+    }
     let t = now();
     if c["exp"].as_i64().is_none_or(|e| e <= t) {
         return Err("invalid bearer token: token has expired".into());
