@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 pub struct ControlPlane {
     child: Child,
+    /// The `skiff server` command line, for [`ControlPlane::kill_and_restart`].
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(String, String)>,
     dir: tempfile::TempDir,
     pub port: u16,
     pub kubeconfig: PathBuf,
@@ -212,8 +215,9 @@ impl ControlPlane {
             "{} is missing: build it first (cargo build --bin skiff)",
             bin.display()
         );
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         cmd.arg("server");
+        let mut envs = Vec::new();
         match &agent {
             None => {
                 cmd.args(["--disable-agent", "--node-name", "sk-node"]);
@@ -228,15 +232,14 @@ impl ControlPlane {
                     .arg("--kubelet-port")
                     .arg(free_port().to_string())
                     .arg("--pod-log-dir")
-                    .arg(dir.path().join("pods"))
-                    .env(
-                        "SKIFF_LOG",
-                        std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
-                    );
+                    .arg(dir.path().join("pods"));
+                envs.push((
+                    "SKIFF_LOG".to_string(),
+                    std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+                ));
             }
         }
-        let child = cmd
-            .args(["--bind-address", "127.0.0.1", "--node-ip", "127.0.0.1"])
+        cmd.args(["--bind-address", "127.0.0.1", "--node-ip", "127.0.0.1"])
             .arg("--https-listen-port")
             .arg(port.to_string())
             .arg("--data-dir")
@@ -244,18 +247,52 @@ impl ControlPlane {
             .arg("--run-dir")
             .arg(dir.path().join("run"))
             .arg("--write-kubeconfig")
-            .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start skiff server");
+            .arg(&kubeconfig);
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let child = Self::spawn_server(&args, &envs, log);
         let cp = ControlPlane {
             child,
+            args,
+            envs,
             dir,
             port,
             kubeconfig,
             agent,
         };
+        cp.wait_ready();
+        cp
+    }
+
+    fn spawn_server(
+        args: &[std::ffi::OsString],
+        envs: &[(String, String)],
+        log: std::fs::File,
+    ) -> Child {
+        Command::new(crate::workspace_bin("skiff"))
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff server")
+    }
+
+    /// Kills `skiff server` with SIGKILL (no cleanup of any kind), then starts it again with the
+    /// same flags on the same data dir, and waits until the API answers (appending to the same
+    /// log). The pods' containers outlive the kill, as they would a crash.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("server log");
+        self.child = Self::spawn_server(&self.args, &self.envs, log);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let cp = self;
         let start = Instant::now();
         loop {
             if cp.kubeconfig.exists() && cp.kubectl(&["get", "--raw", "/readyz"]).ok {
@@ -268,7 +305,6 @@ impl ControlPlane {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        cp
     }
 
     pub fn dir(&self) -> &Path {

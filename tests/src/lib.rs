@@ -39,12 +39,14 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) 
     move |source| HarnessError::Io { context, source }
 }
 
-/// Path of a binary built in this workspace's target dir (`target/debug/<name>`).
+/// Path of a binary built in this workspace's target dir (`target/debug/<name>`, or the
+/// profile named by `SK_PROFILE`, e.g. `release` for benchmarks).
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug").join(name)
+    let profile = std::env::var("SK_PROFILE").unwrap_or_else(|_| "debug".into());
+    target.join(profile).join(name)
 }
 
 /// Stops a child this test started: SIGTERM, up to `grace` to exit, then SIGKILL (by PID only).

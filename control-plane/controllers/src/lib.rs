@@ -5,8 +5,22 @@
 
 use std::future::Future;
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use kube::Client;
+
+pub mod deployment;
+pub mod events;
+pub mod expectations;
+pub mod gc;
+pub mod informer;
+pub mod leader;
+pub mod nodelifecycle;
+pub mod podgc;
+pub mod queue;
+pub mod replicaset;
+pub mod util;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -16,10 +30,11 @@ pub enum ControllerError {
     Stopped { name: &'static str, reason: String },
 }
 
-/// What every controller gets: an API client (its identity) and where to report.
+/// What every controller gets: an API client (its identity) and the shared informers.
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
+    pub informers: Arc<informer::Informers>,
 }
 
 /// A controller: a name (for logs and its identity) and a future that runs it until `stop`.
@@ -28,17 +43,67 @@ type Runner =
 
 /// Every controller `skiff server` runs, in start order.
 fn controllers() -> Vec<(&'static str, Runner)> {
-    vec![]
+    vec![
+        ("replicaset", replicaset::run_replicasets),
+        (
+            "replicationcontroller",
+            replicaset::run_replication_controllers,
+        ),
+        ("deployment", deployment::run),
+        ("garbagecollector", gc::run),
+        ("nodelifecycle", nodelifecycle::run),
+        ("podgc", podgc::run),
+    ]
 }
 
-/// Runs every controller until `stop` completes. A controller that fails is logged and restarted
-/// after a pause; the others go on.
+/// Runs the controllers until `stop` completes, while this process holds the controller lease
+/// (see [`leader`]); when it loses the lease it stops them and campaigns again.
 pub async fn run(
     client: Client,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
+    let elector = leader::Elector::new(client.clone(), leader::host_identity().await);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = elector.acquire() => {}
+        }
+        let (term_tx, term_rx) = tokio::sync::watch::channel(false);
+        let term = run_all(client.clone(), async move {
+            let mut r = term_rx;
+            let _ = r.wait_for(|s| *s).await;
+        });
+        tokio::pin!(term);
+        let mut finished = false;
+        let stopping = tokio::select! {
+            _ = &mut stop => true,
+            _ = elector.hold() => false,
+            r = &mut term => { finished = true; r?; false }
+        };
+        let _ = term_tx.send(true);
+        if !finished {
+            let _ = term.await;
+        }
+        if stopping {
+            elector.release().await;
+            return Ok(());
+        }
+        tracing::warn!("leader election lost; controllers stopped");
+    }
+}
+
+/// Runs every controller until `stop` completes. A controller that fails is logged and restarted
+/// after a pause; the others go on.
+async fn run_all(
+    client: Client,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let ctx = Context { client };
+    let ctx = Context {
+        informers: Arc::new(informer::Informers::new(client.clone(), rx.clone())),
+        client,
+    };
     let mut tasks = Vec::new();
     for (name, runner) in controllers() {
         let ctx = ctx.clone();

@@ -1,0 +1,228 @@
+//! Shared informers: one watch per kind for every controller (client-go's shared informer
+//! factory). Each keeps a `kube` reflector [`Store`] and tells its subscribers what changed —
+//! additions, updates with the previous object, deletions (also those found by a re-list) — after
+//! the store holds the change, so a handler that reads the store sees at least that state.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::{Arc, OnceLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+/// What an informer saw.
+pub enum Change<K> {
+    Added(Arc<K>),
+    Updated {
+        old: Arc<K>,
+        new: Arc<K>,
+    },
+    Deleted(Arc<K>),
+    /// A (re-)list finished: handlers may re-check everything.
+    Resynced,
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Change::Added(o) => Change::Added(o.clone()),
+            Change::Updated { old, new } => Change::Updated {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Change::Deleted(o) => Change::Deleted(o.clone()),
+            Change::Resynced => Change::Resynced,
+        }
+    }
+}
+
+/// Capacity of each informer's change channel; a subscriber further behind than this gets
+/// `Lagged` and resyncs from the store.
+const CHANGES: usize = 8192;
+
+pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    tx: broadcast::Sender<Change<K>>,
+    /// Set after the first complete list. (The store's own `wait_until_ready` wakes only one of
+    /// several waiting tasks.)
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K: Watched> Informer<K> {
+    fn start(api: Api<K>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
+        let (store, writer) = reflector::store();
+        let (tx, _) = broadcast::channel(CHANGES);
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let inf = Arc::new(Informer {
+            store: store.clone(),
+            tx: tx.clone(),
+            ready,
+        });
+        tokio::spawn(async move {
+            let mut stop = stop;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = feed(api, store, writer, tx, ready_tx) => {}
+            }
+        });
+        inf
+    }
+
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change<K>> {
+        self.tx.subscribe()
+    }
+
+    /// Waits for the first complete list.
+    pub async fn ready(&self) {
+        let mut r = self.ready.clone();
+        let _ = r.wait_for(|x| *x).await;
+    }
+}
+
+async fn feed<K: Watched>(
+    api: Api<K>,
+    reader: Store<K>,
+    mut writer: reflector::store::Writer<K>,
+    tx: broadcast::Sender<Change<K>>,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let kind = K::kind(&());
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
+    let mut pending: Vec<Change<K>> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(%kind, error = %e, "watch failed; retrying");
+                continue;
+            }
+        };
+        match &ev {
+            watcher::Event::Apply(o) => {
+                let r = ObjectRef::from_obj(o);
+                let old = reader.get(&r);
+                writer.apply_watcher_event(&ev);
+                let new = reader.get(&r).unwrap_or_else(|| Arc::new(o.clone()));
+                let _ = tx.send(match old {
+                    Some(old) => Change::Updated { old, new },
+                    None => Change::Added(new),
+                });
+            }
+            watcher::Event::Delete(o) => {
+                writer.apply_watcher_event(&ev);
+                let _ = tx.send(Change::Deleted(Arc::new(o.clone())));
+            }
+            watcher::Event::Init => {
+                listed.clear();
+                pending.clear();
+                writer.apply_watcher_event(&ev);
+            }
+            watcher::Event::InitApply(o) => {
+                let r = ObjectRef::from_obj(o);
+                let new = Arc::new(o.clone());
+                match reader.get(&r) {
+                    None => pending.push(Change::Added(new)),
+                    Some(old) if old.meta().resource_version != o.meta().resource_version => {
+                        pending.push(Change::Updated { old, new })
+                    }
+                    Some(_) => {}
+                }
+                listed.insert(r);
+                writer.apply_watcher_event(&ev);
+            }
+            watcher::Event::InitDone => {
+                let before = reader.state();
+                writer.apply_watcher_event(&ev);
+                for o in before {
+                    if !listed.contains(&ObjectRef::from_obj(o.as_ref())) {
+                        pending.push(Change::Deleted(o));
+                    }
+                }
+                for c in pending.drain(..) {
+                    let _ = tx.send(c);
+                }
+                listed.clear();
+                let _ = ready.send(true);
+                let _ = tx.send(Change::Resynced);
+            }
+        }
+    }
+}
+
+/// The informers every controller shares, each started on first use.
+pub struct Informers {
+    client: Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+    pods: OnceLock<Arc<Informer<Pod>>>,
+    replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
+    rcs: OnceLock<Arc<Informer<ReplicationController>>>,
+    deployments: OnceLock<Arc<Informer<Deployment>>>,
+    nodes: OnceLock<Arc<Informer<Node>>>,
+    node_leases: OnceLock<Arc<Informer<Lease>>>,
+}
+
+impl Informers {
+    pub fn new(client: Client, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        Informers {
+            client,
+            stop,
+            pods: OnceLock::new(),
+            replicasets: OnceLock::new(),
+            rcs: OnceLock::new(),
+            deployments: OnceLock::new(),
+            nodes: OnceLock::new(),
+            node_leases: OnceLock::new(),
+        }
+    }
+
+    fn get<K: Watched>(&self, cell: &OnceLock<Arc<Informer<K>>>, api: Api<K>) -> Arc<Informer<K>> {
+        cell.get_or_init(|| Informer::start(api, self.stop.clone()))
+            .clone()
+    }
+
+    pub fn pods(&self) -> Arc<Informer<Pod>> {
+        self.get(&self.pods, Api::all(self.client.clone()))
+    }
+    pub fn replicasets(&self) -> Arc<Informer<ReplicaSet>> {
+        self.get(&self.replicasets, Api::all(self.client.clone()))
+    }
+    pub fn replication_controllers(&self) -> Arc<Informer<ReplicationController>> {
+        self.get(&self.rcs, Api::all(self.client.clone()))
+    }
+    pub fn deployments(&self) -> Arc<Informer<Deployment>> {
+        self.get(&self.deployments, Api::all(self.client.clone()))
+    }
+    pub fn nodes(&self) -> Arc<Informer<Node>> {
+        self.get(&self.nodes, Api::all(self.client.clone()))
+    }
+    /// Node heartbeats: the Leases in `kube-node-lease`.
+    pub fn node_leases(&self) -> Arc<Informer<Lease>> {
+        self.get(
+            &self.node_leases,
+            Api::namespaced(self.client.clone(), "kube-node-lease"),
+        )
+    }
+}
