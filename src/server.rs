@@ -156,6 +156,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 
     let admin_client = kube_client(&args.write_kubeconfig).await?;
     let sched = tokio::spawn(skiff_scheduler::run(admin_client.clone(), stopped()));
+    skiff_controllers::storage::set_data_dir(args.data_dir.clone());
     let controllers = tokio::spawn(skiff_controllers::run(admin_client, stopped()));
 
     let agent = if args.disable_agent {

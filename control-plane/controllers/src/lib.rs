@@ -16,6 +16,15 @@ pub enum ControllerError {
     Stopped { name: &'static str, reason: String },
 }
 
+pub mod cronjob;
+pub mod daemonset;
+pub mod job;
+mod revision;
+pub mod statefulset;
+pub mod storage;
+pub mod ttl_after_finished;
+mod workload;
+
 /// What every controller gets: an API client (its identity) and where to report.
 #[derive(Clone)]
 pub struct Context {
@@ -28,7 +37,14 @@ type Runner =
 
 /// Every controller `skiff server` runs, in start order.
 fn controllers() -> Vec<(&'static str, Runner)> {
-    vec![]
+    vec![
+        ("job", job::run),
+        ("ttl-after-finished", ttl_after_finished::run),
+        ("cronjob", cronjob::run),
+        ("daemonset", daemonset::run),
+        ("statefulset", statefulset::run),
+        ("persistentvolume-binder", storage::run),
+    ]
 }
 
 /// Runs every controller until `stop` completes. A controller that fails is logged and restarted
