@@ -144,6 +144,11 @@ fn jobs_run_to_completion_fail_and_index() {
         &c,
         &job_manifest("sk-susp", &img, "  suspend: true", "true"),
     );
+    apply(
+        &c,
+        &job_manifest("sk-onfail", &img, "  backoffLimit: 1", "exit 1")
+            .replace("restartPolicy: Never", "restartPolicy: OnFailure"),
+    );
 
     // Complete: SuccessCriteriaMet then Complete, upstream's reason, counts, times, no finalizers.
     let j = wait_condition(&c, "sk-once", "complete");
@@ -251,6 +256,15 @@ fn jobs_run_to_completion_fail_and_index() {
     let j = wait_condition(&c, "sk-susp", "complete");
     assert_eq!(condition(&j, "Suspended")["status"], "False");
     assert_eq!(condition(&j, "Suspended")["reason"], "JobResumed");
+
+    // restartPolicy OnFailure: container restarts in place count against backoffLimit.
+    let j = wait_condition(&c, "sk-onfail", "failed");
+    assert_eq!(condition(&j, "Failed")["reason"], "BackoffLimitExceeded");
+    // Its pod was deleted when the job failed, and counted as failed as upstream does.
+    assert_eq!(j["status"]["failed"], 1);
+    assert!(j["status"]["uncountedTerminatedPods"]["failed"]
+        .as_array()
+        .is_none_or(|a| a.is_empty()));
 
     // Deleting a job deletes its pods.
     c.ok(&["delete", "job", "sk-par"]);

@@ -367,3 +367,88 @@ spec:
             .is_empty()
     });
 }
+
+/// The PV binder on API objects alone (control plane without a node): static hostPath volumes,
+/// the smallest that fits wins, a deleted claim releases its volume (reclaim Retain).
+#[test]
+fn static_volumes_bind_and_release() {
+    let c = ControlPlane::start();
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: sk-pv-small
+spec:
+  storageClassName: sk-manual
+  capacity:
+    storage: 5Mi
+  accessModes: ["ReadWriteOnce"]
+  hostPath:
+    path: /tmp/sk-pv-small
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: sk-pv-big
+spec:
+  storageClassName: sk-manual
+  capacity:
+    storage: 1Gi
+  accessModes: ["ReadWriteOnce"]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath:
+    path: /tmp/sk-pv-big
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: sk-pv-mid
+spec:
+  storageClassName: sk-manual
+  capacity:
+    storage: 100Mi
+  accessModes: ["ReadOnlyMany"]
+  hostPath:
+    path: /tmp/sk-pv-mid
+"#,
+    );
+    c.wait_for("the volumes Available", WAIT, || {
+        ["sk-pv-small", "sk-pv-big", "sk-pv-mid"]
+            .iter()
+            .all(|pv| c.ok(&["get", "pv", pv, "-o", "jsonpath={.status.phase}"]) == "Available")
+    });
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: sk-claim
+spec:
+  storageClassName: sk-manual
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: 10Mi
+"#,
+    );
+    c.wait_for("sk-claim Bound", WAIT, || {
+        c.ok(&["get", "pvc", "sk-claim", "-o", "jsonpath={.status.phase}"]) == "Bound"
+    });
+    let claim = get_json(&c, &["pvc", "sk-claim"]);
+    // Too small and wrong access mode lose; the 1Gi volume is the smallest that fits.
+    assert_eq!(claim["spec"]["volumeName"], "sk-pv-big");
+    assert_eq!(claim["status"]["capacity"]["storage"], "1Gi");
+    assert_eq!(
+        claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"],
+        "yes"
+    );
+    let pv = get_json(&c, &["pv", "sk-pv-big"]);
+    assert_eq!(pv["status"]["phase"], "Bound");
+    assert_eq!(pv["spec"]["claimRef"]["uid"], claim["metadata"]["uid"]);
+    c.ok(&["delete", "pvc", "sk-claim"]);
+    c.wait_for("sk-pv-big Released", WAIT, || {
+        c.ok(&["get", "pv", "sk-pv-big", "-o", "jsonpath={.status.phase}"]) == "Released"
+    });
+    c.ok(&["delete", "pv", "sk-pv-small", "sk-pv-big", "sk-pv-mid"]);
+}

@@ -42,7 +42,7 @@ struct State {
     pods: Store<Pod>,
     exp: Expectations,
     rec: Recorder,
-    /// Pods this controller deleted (suspend, scale down, finishing): not counted as failures.
+    /// Pods this controller deleted; those deleted to suspend the job are not counted as failures.
     deleted: Mutex<HashSet<String>>,
     /// When each job's last pod failure was seen, for the back-off before a replacement.
     last_failure: Mutex<HashMap<String, Instant>>,
@@ -243,6 +243,36 @@ fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
     FailureAction::Count
 }
 
+/// With `restartPolicy: OnFailure` the kubelet restarts failed containers in place; upstream
+/// counts those restarts of the active pods against `backoffLimit`.
+fn past_backoff_limit_on_failure(job: &Job, active: &[&Arc<Pod>], limit: i32) -> bool {
+    let on_failure = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.restart_policy.as_deref())
+        == Some("OnFailure");
+    if !on_failure {
+        return false;
+    }
+    let restarts: i32 = active
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    if limit == 0 {
+        restarts > 0
+    } else {
+        restarts >= limit
+    }
+}
+
 /// Upstream's `getFinishedTime`-based back-off: 10 s, doubling per failure, capped at 6 min.
 fn backoff(failures: i32) -> Duration {
     if failures <= 0 {
@@ -424,7 +454,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(&puid);
-            if ours && ph != "Failed" {
+            // Upstream counts a pod deleted before it succeeded as failed (`isPodFailed`);
+            // pods this controller deleted to suspend the job are not held against it.
+            if ours && spec.suspend.unwrap_or(false) {
                 finalize_only.push(p.clone());
                 continue;
             }
@@ -481,8 +513,16 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
         }
     }
     for p in &finalize_only {
-        if let Err(e) = remove_finalizer(&pod_api, p).await {
-            warn!(pod = %p.name_any(), error = %e, "cannot remove the job-tracking finalizer");
+        match remove_finalizer(&pod_api, p).await {
+            Ok(()) => {
+                st.deleted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&p.uid().unwrap_or_default());
+            }
+            Err(e) => {
+                warn!(pod = %p.name_any(), error = %e, "cannot remove the job-tracking finalizer")
+            }
         }
     }
     let mut status = job_now.status.clone().unwrap_or_default();
@@ -524,7 +564,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
         };
         let failure = if let Some(msg) = fail_job.take() {
             Some(("PodFailurePolicy", msg))
-        } else if failed > backoff_limit {
+        } else if failed > backoff_limit
+            || past_backoff_limit_on_failure(&job, &active, backoff_limit)
+        {
             Some((
                 "BackoffLimitExceeded",
                 "Job has reached the specified backoff limit".to_string(),
