@@ -173,6 +173,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         None => Default::default(),
     };
     let sched = tokio::spawn(skiff_scheduler::run_with(sched_client, sched_cfg, stopped()));
+    skiff_controllers::storage::set_data_dir(args.data_dir.clone());
     let controllers = tokio::spawn(skiff_controllers::run(ctl_client, stopped()));
 
     let agent = if args.disable_agent {

@@ -127,6 +127,18 @@ pub fn pull_policy(c: &Container) -> &str {
     }
 }
 
+/// `metadata.annotations['key']` -> (`metadata.annotations`, `key`), the downward API's map
+/// field paths.
+fn downward_map_key(path: &str) -> Option<(&str, &str)> {
+    let (field, rest) = path.split_once('[')?;
+    let key = rest.strip_suffix(']')?;
+    let key = key
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .or_else(|| key.strip_prefix('"').and_then(|k| k.strip_suffix('"')))?;
+    Some((field, key))
+}
+
 /// Expands `$(VAR)` references in `s` from `env` (upstream's rules: `$$` escapes, unknown
 /// references stay as written).
 pub fn expand_vars(s: &str, env: &HashMap<String, String>) -> String {
@@ -329,10 +341,18 @@ impl<R: CriRuntime> PodSync<R> {
                         .and_then(|s| s.service_account_name.clone()),
                     "status.hostIP" => Some(self.ctx.node_ip.clone()),
                     "status.podIP" => self.pod_ips.first().cloned(),
-                    other => {
-                        debug!(field = other, env = %e.name, "unsupported fieldRef; skipped");
-                        None
-                    }
+                    other => match downward_map_key(other) {
+                        Some(("metadata.annotations", k)) => {
+                            md.annotations.as_ref().and_then(|a| a.get(k).cloned())
+                        }
+                        Some(("metadata.labels", k)) => {
+                            md.labels.as_ref().and_then(|l| l.get(k).cloned())
+                        }
+                        _ => {
+                            debug!(field = other, env = %e.name, "unsupported fieldRef; skipped");
+                            None
+                        }
+                    },
                 }
             } else {
                 debug!(env = %e.name, "env valueFrom is not supported yet; skipped");

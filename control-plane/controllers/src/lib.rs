@@ -30,6 +30,15 @@ pub enum ControllerError {
     Stopped { name: &'static str, reason: String },
 }
 
+pub mod cronjob;
+pub mod daemonset;
+pub mod job;
+mod revision;
+pub mod statefulset;
+pub mod storage;
+pub mod ttl_after_finished;
+mod workload;
+
 /// What every controller gets: an API client (its identity) and the shared informers.
 #[derive(Clone)]
 pub struct Context {
@@ -53,6 +62,12 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         ("garbagecollector", gc::run),
         ("nodelifecycle", nodelifecycle::run),
         ("podgc", podgc::run),
+        ("job", job::run),
+        ("ttl-after-finished", ttl_after_finished::run),
+        ("cronjob", cronjob::run),
+        ("daemonset", daemonset::run),
+        ("statefulset", statefulset::run),
+        ("persistentvolume-binder", storage::run),
     ]
 }
 
