@@ -391,4 +391,28 @@ impl CriRuntime for FakeCri {
         s.images.insert(image.into());
         Ok(format!("sha256:{image}"))
     }
+
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
+        let mut s = self.lock();
+        Self::record(&mut s, format!("Exec {} {:?}", req.container_id, req.cmd));
+        Ok(format!("http://127.0.0.1:1/exec/{}", req.container_id))
+    }
+
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String, CriError> {
+        let mut s = self.lock();
+        Self::record(&mut s, format!("Attach {}", req.container_id));
+        Ok(format!("http://127.0.0.1:1/attach/{}", req.container_id))
+    }
+
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String, CriError> {
+        let mut s = self.lock();
+        Self::record(
+            &mut s,
+            format!("PortForward {} {:?}", req.pod_sandbox_id, req.port),
+        );
+        Ok(format!(
+            "http://127.0.0.1:1/portforward/{}",
+            req.pod_sandbox_id
+        ))
+    }
 }

@@ -25,6 +25,7 @@ pub mod pods;
 pub mod reconcile;
 pub mod server;
 pub mod status;
+pub mod stream;
 pub mod tls;
 
 use std::collections::BTreeMap;

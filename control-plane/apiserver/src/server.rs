@@ -132,7 +132,10 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(route(ctx, req, user).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
@@ -400,12 +403,16 @@ async fn resource(
         format
     };
     let method = req.method().clone();
-    let body = if matches!(
+    // Streaming subresources keep the request: the proxy needs its upgrade.
+    let streaming = crate::proxy::is_stream(&res.kind, rest.get(2).copied());
+    let (body, req) = if streaming {
+        (Bytes::new(), Some(req))
+    } else if matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
         let limited = http_body_util::Limited::new(req.into_body(), wire::MAX_BODY + 1);
-        limited
+        let body = limited
             .collect()
             .await
             .map_err(|e| {
@@ -419,9 +426,10 @@ async fn resource(
                     StatusError::bad_request(format!("reading request body: {e}"))
                 }
             })?
-            .to_bytes()
+            .to_bytes();
+        (body, None)
     } else {
-        Bytes::new()
+        (Bytes::new(), None)
     };
     let t = Target {
         res: res.clone(),
@@ -435,7 +443,7 @@ async fn resource(
         gzip,
         user,
     };
-    if rest.len() > 3 {
+    if rest.len() > 3 && !streaming {
         return Err(not_found());
     }
     if let Some(sub) = &t.sub {
@@ -480,6 +488,9 @@ async fn resource(
         )));
     }
     let out = match (method, has_name, t.sub.as_deref()) {
+        (_, true, Some(_)) if req.is_some() => {
+            crate::proxy::stream(&ctx, &t, req.expect("kept")).await
+        }
         (Method::GET, false, _) if watch => handlers::watch(&ctx, &t).await,
         (Method::GET, false, _) => handlers::list(&ctx, &t).await,
         (Method::POST, false, _) => handlers::create(&ctx, &t, &body).await,
