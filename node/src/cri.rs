@@ -73,6 +73,13 @@ pub trait CriRuntime: Send + Sync + 'static {
         image: &str,
         sandbox_config: cri::PodSandboxConfig,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// Runs `cmd` in the container and waits up to `timeout_secs`: (exit code, stdout+stderr).
+    fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> impl Future<Output = Result<(i32, Vec<u8>), CriError>> + Send;
     /// A streaming-server URL for an exec session.
     fn exec(&self, req: cri::ExecRequest) -> impl Future<Output = Result<String, CriError>> + Send;
     /// A streaming-server URL for an attach session.
@@ -337,6 +344,28 @@ impl CriRuntime for GrpcCri {
             .await
             .map_err(|s| self.err("PullImage", s))?;
         Ok(r.into_inner().image_ref)
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> Result<(i32, Vec<u8>), CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd,
+                timeout: timeout_secs,
+            })
+            .await
+            .map_err(|s| self.err("ExecSync", s))?
+            .into_inner();
+        let mut out = r.stdout;
+        out.extend_from_slice(&r.stderr);
+        Ok((r.exit_code, out))
     }
 
     async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {

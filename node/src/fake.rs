@@ -392,6 +392,22 @@ impl CriRuntime for FakeCri {
         Ok(format!("sha256:{image}"))
     }
 
+    /// Exits 1 with "failed" for a command starting with `false`, else 0 with "ok".
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        _timeout_secs: i64,
+    ) -> Result<(i32, Vec<u8>), CriError> {
+        let mut s = self.lock();
+        Self::record(&mut s, format!("ExecSync {id} {cmd:?}"));
+        if cmd.first().map(String::as_str) == Some("false") {
+            Ok((1, b"failed".to_vec()))
+        } else {
+            Ok((0, b"ok".to_vec()))
+        }
+    }
+
     async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
         let mut s = self.lock();
         Self::record(&mut s, format!("Exec {} {:?}", req.container_id, req.cmd));

@@ -228,6 +228,7 @@ async fn pod_worker<R: CriRuntime>(
     let mut last_written: Option<PodStatus> = None;
     let mut last_pod: Option<Pod> = None;
     let mut retry = Duration::from_secs(1);
+    let wake = sync.wake();
     loop {
         let current = rx.borrow_and_update().clone();
         let mut wait = RESYNC;
@@ -334,6 +335,7 @@ async fn pod_worker<R: CriRuntime>(
         tokio::select! {
             _ = shutdown.changed() => return,
             r = rx.changed() => if r.is_err() { return },
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

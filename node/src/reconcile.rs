@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::cri::{labels, CriRuntime};
 use crate::error::CriError;
 use crate::events::PodEvent;
+use crate::probe::{self, ContainerProbes, ProbeKind};
 use crate::status::{self, StatusInput, Waiting};
 
 /// Initial crash / image pull back-off.
@@ -84,6 +85,10 @@ pub struct PodSync<R: CriRuntime> {
     events: Vec<PodEvent>,
     /// One-shot events already recorded.
     reported: std::collections::HashSet<String>,
+    /// Probe workers of the running containers, by container name.
+    probes: HashMap<String, ContainerProbes>,
+    /// Notified when a probe result changes, so the pod worker syncs at once.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn next_delay(d: Duration) -> Duration {
@@ -172,7 +177,110 @@ impl<R: CriRuntime> PodSync<R> {
             terminal_done: false,
             events: Vec::new(),
             reported: std::collections::HashSet::new(),
+            probes: HashMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified when something the status depends on changed outside a sync (a probe result).
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Kills the containers whose liveness or startup probe failed (they restart per the
+    /// restart policy, with back-off), like upstream.
+    async fn kill_unhealthy(&mut self, pod: &Pod) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let failed: Vec<(String, String, ProbeKind)> = self
+            .probes
+            .iter()
+            .filter_map(|(name, p)| {
+                p.failed()
+                    .map(|k| (name.clone(), p.container_id.clone(), k))
+            })
+            .collect();
+        for (name, id, kind) in failed {
+            let probe = spec
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| match kind {
+                    ProbeKind::Liveness => c.liveness_probe.clone(),
+                    _ => c.startup_probe.clone(),
+                });
+            let grace = probe
+                .and_then(|p| p.termination_grace_period_seconds)
+                .or(spec.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0);
+            if let Some(p) = self.probes.remove(&name) {
+                self.events.extend(p.take_events());
+            }
+            info!(container = %name, probe = kind.name(), "probe failed; restarting the container");
+            self.events.push(PodEvent::normal(
+                "Killing",
+                &name,
+                format!(
+                    "Container {name} failed {} probe, will be restarted",
+                    kind.name().to_lowercase()
+                ),
+            ));
+            if let Err(e) = self.cri.stop_container(&id, grace).await {
+                warn!(container = %name, error = %e, "StopContainer failed");
+            }
+        }
+    }
+
+    /// Starts probe workers for newly running containers, stops those of containers that no
+    /// longer run, and returns (started, ready) of each probed container.
+    fn update_probes(
+        &mut self,
+        pod: &Pod,
+        observed: &HashMap<String, Vec<cri::ContainerStatus>>,
+    ) -> HashMap<String, (bool, bool)> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let mut out = HashMap::new();
+        for c in &spec.containers {
+            let has = c.liveness_probe.is_some()
+                || c.readiness_probe.is_some()
+                || c.startup_probe.is_some();
+            let latest = observed
+                .get(&c.name)
+                .and_then(|h| h.first())
+                .filter(|l| l.state == running);
+            let Some(l) = latest.filter(|_| has) else {
+                if let Some(p) = self.probes.remove(&c.name) {
+                    self.events.extend(p.take_events());
+                }
+                continue;
+            };
+            if self.probes.get(&c.name).map(|p| p.container_id.as_str()) != Some(l.id.as_str()) {
+                let target = probe::Target {
+                    pod_ip: self
+                        .pod_ips
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "127.0.0.1".into()),
+                    container_id: l.id.clone(),
+                    container: c.clone(),
+                };
+                let p = ContainerProbes::start(
+                    self.cri.clone(),
+                    target,
+                    l.started_at,
+                    self.wake.clone(),
+                );
+                if let Some(old) = self.probes.insert(c.name.clone(), p) {
+                    self.events.extend(old.take_events());
+                }
+            }
+            if let Some(p) = self.probes.get(&c.name) {
+                self.events.extend(p.take_events());
+                out.insert(c.name.clone(), (p.started(), p.ready()));
+            }
+        }
+        out
     }
 
     /// The node this kubelet runs as.
@@ -656,6 +764,9 @@ impl<R: CriRuntime> PodSync<R> {
 
         let mut sandbox_ready = false;
         if !terminal {
+            self.kill_unhealthy(pod).await;
+        }
+        if !terminal {
             match self.ensure_sandbox(pod).await {
                 Ok((sandbox_id, sandbox_config)) => {
                     sandbox_ready = true;
@@ -705,7 +816,14 @@ impl<R: CriRuntime> PodSync<R> {
                 HashMap::new()
             }
         };
+        let probes = if terminal {
+            self.probes.clear();
+            HashMap::new()
+        } else {
+            self.update_probes(pod, &observed)
+        };
         let input = StatusInput {
+            probes,
             host_ip: self.ctx.node_ip.clone(),
             pod_ips: self.pod_ips.clone(),
             sandbox_ready: sandbox_ready && !self.terminal_done,
