@@ -21,6 +21,7 @@ pub mod events;
 pub mod fake;
 pub mod logs;
 pub mod node;
+pub mod objects;
 pub mod pods;
 pub mod probe;
 pub mod reconcile;
@@ -28,6 +29,7 @@ pub mod server;
 pub mod status;
 pub mod stream;
 pub mod tls;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::future::Future;

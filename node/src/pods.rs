@@ -131,7 +131,8 @@ fn dispatch<R: CriRuntime>(
     }
     let key = key_of(&pod);
     let (tx, rx) = watch::channel(Some(pod));
-    let sync = PodSync::new(cri.clone(), ctx.clone());
+    let sync = PodSync::new(cri.clone(), ctx.clone())
+        .with_objects(Arc::new(crate::objects::KubeObjects(client.clone())));
     let span = tracing::info_span!("pod", pod = %key, uid = %uid);
     tokio::spawn(
         pod_worker(
