@@ -73,6 +73,25 @@ pub trait CriRuntime: Send + Sync + 'static {
         image: &str,
         sandbox_config: cri::PodSandboxConfig,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// Runs `cmd` in the container and waits up to `timeout_secs`: (exit code, stdout+stderr).
+    fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> impl Future<Output = Result<(i32, Vec<u8>), CriError>> + Send;
+    /// A streaming-server URL for an exec session.
+    fn exec(&self, req: cri::ExecRequest) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// A streaming-server URL for an attach session.
+    fn attach(
+        &self,
+        req: cri::AttachRequest,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// A streaming-server URL for a port-forward session.
+    fn port_forward(
+        &self,
+        req: cri::PortForwardRequest,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
 }
 
 /// CRI over gRPC on a unix socket. Cheap to clone; the channel reconnects by itself.
@@ -325,6 +344,58 @@ impl CriRuntime for GrpcCri {
             .await
             .map_err(|s| self.err("PullImage", s))?;
         Ok(r.into_inner().image_ref)
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> Result<(i32, Vec<u8>), CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd,
+                timeout: timeout_secs,
+            })
+            .await
+            .map_err(|s| self.err("ExecSync", s))?
+            .into_inner();
+        let mut out = r.stdout;
+        out.extend_from_slice(&r.stderr);
+        Ok((r.exit_code, out))
+    }
+
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .exec(req)
+            .await
+            .map_err(|s| self.err("Exec", s))?;
+        Ok(r.into_inner().url)
+    }
+
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .attach(req)
+            .await
+            .map_err(|s| self.err("Attach", s))?;
+        Ok(r.into_inner().url)
+    }
+
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .port_forward(req)
+            .await
+            .map_err(|s| self.err("PortForward", s))?;
+        Ok(r.into_inner().url)
     }
 }
 

@@ -391,4 +391,44 @@ impl CriRuntime for FakeCri {
         s.images.insert(image.into());
         Ok(format!("sha256:{image}"))
     }
+
+    /// Exits 1 with "failed" for a command starting with `false`, else 0 with "ok".
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        _timeout_secs: i64,
+    ) -> Result<(i32, Vec<u8>), CriError> {
+        let mut s = self.lock();
+        Self::record(&mut s, format!("ExecSync {id} {cmd:?}"));
+        if cmd.first().map(String::as_str) == Some("false") {
+            Ok((1, b"failed".to_vec()))
+        } else {
+            Ok((0, b"ok".to_vec()))
+        }
+    }
+
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
+        let mut s = self.lock();
+        Self::record(&mut s, format!("Exec {} {:?}", req.container_id, req.cmd));
+        Ok(format!("http://127.0.0.1:1/exec/{}", req.container_id))
+    }
+
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String, CriError> {
+        let mut s = self.lock();
+        Self::record(&mut s, format!("Attach {}", req.container_id));
+        Ok(format!("http://127.0.0.1:1/attach/{}", req.container_id))
+    }
+
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String, CriError> {
+        let mut s = self.lock();
+        Self::record(
+            &mut s,
+            format!("PortForward {} {:?}", req.pod_sandbox_id, req.port),
+        );
+        Ok(format!(
+            "http://127.0.0.1:1/portforward/{}",
+            req.pod_sandbox_id
+        ))
+    }
 }

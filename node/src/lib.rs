@@ -21,11 +21,15 @@ pub mod events;
 pub mod fake;
 pub mod logs;
 pub mod node;
+pub mod objects;
 pub mod pods;
+pub mod probe;
 pub mod reconcile;
 pub mod server;
 pub mod status;
+pub mod stream;
 pub mod tls;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -131,7 +131,8 @@ fn dispatch<R: CriRuntime>(
     }
     let key = key_of(&pod);
     let (tx, rx) = watch::channel(Some(pod));
-    let sync = PodSync::new(cri.clone(), ctx.clone());
+    let sync = PodSync::new(cri.clone(), ctx.clone())
+        .with_objects(Arc::new(crate::objects::KubeObjects(client.clone())));
     let span = tracing::info_span!("pod", pod = %key, uid = %uid);
     tokio::spawn(
         pod_worker(
@@ -228,6 +229,7 @@ async fn pod_worker<R: CriRuntime>(
     let mut last_written: Option<PodStatus> = None;
     let mut last_pod: Option<Pod> = None;
     let mut retry = Duration::from_secs(1);
+    let wake = sync.wake();
     loop {
         let current = rx.borrow_and_update().clone();
         let mut wait = RESYNC;
@@ -334,6 +336,7 @@ async fn pod_worker<R: CriRuntime>(
         tokio::select! {
             _ = shutdown.changed() => return,
             r = rx.changed() => if r.is_err() { return },
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -14,7 +14,10 @@ use tracing::{debug, info, warn};
 use crate::cri::{labels, CriRuntime};
 use crate::error::CriError;
 use crate::events::PodEvent;
+use crate::objects::{NoObjects, ObjectSource};
+use crate::probe::{self, ContainerProbes, ProbeKind};
 use crate::status::{self, StatusInput, Waiting};
+use crate::volumes;
 
 /// Initial crash / image pull back-off.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -84,6 +87,49 @@ pub struct PodSync<R: CriRuntime> {
     events: Vec<PodEvent>,
     /// One-shot events already recorded.
     reported: std::collections::HashSet<String>,
+    /// Probe workers of the running containers, by container name.
+    probes: HashMap<String, ContainerProbes>,
+    /// Notified when a probe result changes, so the pod worker syncs at once.
+    wake: Arc<tokio::sync::Notify>,
+    /// ConfigMaps, Secrets and tokens for volumes and env.
+    objects: Arc<dyn ObjectSource>,
+    tokens: volumes::TokenCache,
+    /// Set once every API-data volume was written; refreshed every [`VOLUME_REFRESH`].
+    volumes_ready: bool,
+    volumes_refreshed: Option<Instant>,
+}
+
+/// How often ConfigMap/Secret/downwardAPI/projected volume contents are refreshed.
+pub const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+
+/// Env values the kubelet looked up in the API for one container.
+#[derive(Debug, Default, Clone)]
+pub struct ResolvedEnv {
+    /// From `envFrom`, in order (prefix applied).
+    pub from: Vec<(String, String)>,
+    /// `env[].valueFrom` values that need the API or the resources, by env name.
+    pub refs: HashMap<String, String>,
+}
+
+/// Node capacity (cpu cores, memory bytes) for resourceFieldRef without limits.
+fn node_capacity() -> (f64, f64) {
+    static CAP: std::sync::OnceLock<(f64, f64)> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| kb * 1024.0)
+            .unwrap_or(0.0);
+        (cpus, mem)
+    })
 }
 
 fn next_delay(d: Duration) -> Duration {
@@ -184,7 +230,266 @@ impl<R: CriRuntime> PodSync<R> {
             terminal_done: false,
             events: Vec::new(),
             reported: std::collections::HashSet::new(),
+            probes: HashMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            objects: Arc::new(NoObjects),
+            tokens: Default::default(),
+            volumes_ready: false,
+            volumes_refreshed: None,
         }
+    }
+
+    /// Reads ConfigMaps, Secrets and tokens through `objects`.
+    pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// Writes (or refreshes) the pod's API-data volumes. `false`: they are not usable yet.
+    async fn sync_volumes(&mut self, pod: &Pod, now: Instant) -> bool {
+        let due = self
+            .volumes_refreshed
+            .is_none_or(|t| now.duration_since(t) >= VOLUME_REFRESH);
+        if !due {
+            return self.volumes_ready;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let env = volumes::Env {
+            objects: &*self.objects,
+            pod_dir: pod_dir(&self.ctx.root_dir, &uid),
+            node_name: &self.ctx.node_name,
+            node_ip: &self.ctx.node_ip,
+            pod_ip: self.pod_ips.first().map(String::as_str),
+            node_capacity: node_capacity(),
+        };
+        match volumes::prepare(&env, pod, &mut self.tokens).await {
+            Ok(changed) => {
+                if changed > 0 {
+                    debug!(changed, "volume contents written");
+                }
+                self.volumes_ready = true;
+                self.volumes_refreshed = Some(now);
+            }
+            Err(e) => {
+                warn!(volume = %e.volume, error = %e.message, "volume setup failed");
+                let msg = e.event_message();
+                if self.reported.insert(format!("mount/{msg}")) {
+                    self.events.push(PodEvent {
+                        warning: true,
+                        reason: "FailedMount",
+                        message: msg,
+                        field_path: None,
+                    });
+                }
+            }
+        }
+        self.volumes_ready
+    }
+
+    /// Looks up the env values of `c` that come from ConfigMaps, Secrets or resources.
+    /// The error is upstream's CreateContainerConfigError message.
+    pub async fn resolve_env(&self, pod: &Pod, c: &Container) -> Result<ResolvedEnv, String> {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let mut out = ResolvedEnv::default();
+        let mut cms: HashMap<String, Option<crate::objects::Data>> = HashMap::new();
+        let mut secrets: HashMap<String, Option<crate::objects::Data>> = HashMap::new();
+        for ef in c.env_from.iter().flatten() {
+            let prefix = ef.prefix.clone().unwrap_or_default();
+            let (data, optional, kind, name) = if let Some(r) = &ef.config_map_ref {
+                let d = self.objects.config_map(ns.clone(), r.name.clone()).await?;
+                cms.insert(r.name.clone(), d.clone());
+                (d, r.optional.unwrap_or(false), "configmap", r.name.clone())
+            } else if let Some(r) = &ef.secret_ref {
+                let d = self.objects.secret(ns.clone(), r.name.clone()).await?;
+                secrets.insert(r.name.clone(), d.clone());
+                (d, r.optional.unwrap_or(false), "secret", r.name.clone())
+            } else {
+                continue;
+            };
+            match data {
+                Some(d) => {
+                    for (k, v) in d {
+                        out.from.push((
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        ));
+                    }
+                }
+                None if optional => {}
+                None => return Err(format!("{kind} \"{name}\" not found")),
+            }
+        }
+        for e in c.env.iter().flatten() {
+            let Some(vf) = &e.value_from else { continue };
+            if let Some(r) = &vf.config_map_key_ref {
+                if !cms.contains_key(&r.name) {
+                    let d = self.objects.config_map(ns.clone(), r.name.clone()).await?;
+                    cms.insert(r.name.clone(), d);
+                }
+                let optional = r.optional.unwrap_or(false);
+                match cms.get(&r.name).cloned().flatten() {
+                    None if optional => {}
+                    None => return Err(format!("configmap \"{}\" not found", r.name)),
+                    Some(d) => match d.get(&r.key) {
+                        Some(v) => {
+                            out.refs
+                                .insert(e.name.clone(), String::from_utf8_lossy(v).into_owned());
+                        }
+                        None if optional => {}
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                r.key, r.name
+                            ))
+                        }
+                    },
+                }
+            } else if let Some(r) = &vf.secret_key_ref {
+                if !secrets.contains_key(&r.name) {
+                    let d = self.objects.secret(ns.clone(), r.name.clone()).await?;
+                    secrets.insert(r.name.clone(), d);
+                }
+                let optional = r.optional.unwrap_or(false);
+                match secrets.get(&r.name).cloned().flatten() {
+                    None if optional => {}
+                    None => return Err(format!("secret \"{}\" not found", r.name)),
+                    Some(d) => match d.get(&r.key) {
+                        Some(v) => {
+                            out.refs
+                                .insert(e.name.clone(), String::from_utf8_lossy(v).into_owned());
+                        }
+                        None if optional => {}
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                r.key, r.name
+                            ))
+                        }
+                    },
+                }
+            } else if let Some(r) = &vf.resource_field_ref {
+                let spec = pod.spec.clone().unwrap_or_default();
+                let target = r
+                    .container_name
+                    .as_ref()
+                    .filter(|n| !n.is_empty())
+                    .and_then(|n| spec.containers.iter().find(|x| &x.name == n))
+                    .unwrap_or(c);
+                let v = volumes::container_resource(
+                    target,
+                    &r.resource,
+                    r.divisor.as_ref(),
+                    node_capacity(),
+                )?;
+                out.refs.insert(e.name.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Notified when something the status depends on changed outside a sync (a probe result).
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Kills the containers whose liveness or startup probe failed (they restart per the
+    /// restart policy, with back-off), like upstream.
+    async fn kill_unhealthy(&mut self, pod: &Pod) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let failed: Vec<(String, String, ProbeKind)> = self
+            .probes
+            .iter()
+            .filter_map(|(name, p)| {
+                p.failed()
+                    .map(|k| (name.clone(), p.container_id.clone(), k))
+            })
+            .collect();
+        for (name, id, kind) in failed {
+            let probe = spec
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| match kind {
+                    ProbeKind::Liveness => c.liveness_probe.clone(),
+                    _ => c.startup_probe.clone(),
+                });
+            let grace = probe
+                .and_then(|p| p.termination_grace_period_seconds)
+                .or(spec.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0);
+            if let Some(p) = self.probes.remove(&name) {
+                self.events.extend(p.take_events());
+            }
+            info!(container = %name, probe = kind.name(), "probe failed; restarting the container");
+            self.events.push(PodEvent::normal(
+                "Killing",
+                &name,
+                format!(
+                    "Container {name} failed {} probe, will be restarted",
+                    kind.name().to_lowercase()
+                ),
+            ));
+            if let Err(e) = self.cri.stop_container(&id, grace).await {
+                warn!(container = %name, error = %e, "StopContainer failed");
+            }
+        }
+    }
+
+    /// Starts probe workers for newly running containers, stops those of containers that no
+    /// longer run, and returns (started, ready) of each probed container.
+    fn update_probes(
+        &mut self,
+        pod: &Pod,
+        observed: &HashMap<String, Vec<cri::ContainerStatus>>,
+    ) -> HashMap<String, (bool, bool)> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let mut out = HashMap::new();
+        for c in &spec.containers {
+            let has = c.liveness_probe.is_some()
+                || c.readiness_probe.is_some()
+                || c.startup_probe.is_some();
+            let latest = observed
+                .get(&c.name)
+                .and_then(|h| h.first())
+                .filter(|l| l.state == running);
+            let Some(l) = latest.filter(|_| has) else {
+                if let Some(p) = self.probes.remove(&c.name) {
+                    self.events.extend(p.take_events());
+                }
+                continue;
+            };
+            if self.probes.get(&c.name).map(|p| p.container_id.as_str()) != Some(l.id.as_str()) {
+                let target = probe::Target {
+                    pod_ip: self
+                        .pod_ips
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "127.0.0.1".into()),
+                    container_id: l.id.clone(),
+                    container: c.clone(),
+                };
+                let p = ContainerProbes::start(
+                    self.cri.clone(),
+                    target,
+                    l.started_at,
+                    self.wake.clone(),
+                );
+                if let Some(old) = self.probes.insert(c.name.clone(), p) {
+                    self.events.extend(old.take_events());
+                }
+            }
+            if let Some(p) = self.probes.get(&c.name) {
+                self.events.extend(p.take_events());
+                out.insert(c.name.clone(), (p.started(), p.ready()));
+            }
+        }
+        out
     }
 
     /// The node this kubelet runs as.
@@ -323,11 +628,32 @@ impl<R: CriRuntime> PodSync<R> {
 
     /// The container config for container `c` of `pod`, restart attempt `attempt`.
     pub fn container_config(&self, pod: &Pod, c: &Container, attempt: u32) -> cri::ContainerConfig {
+        self.container_config_with(pod, c, attempt, &ResolvedEnv::default())
+    }
+
+    /// [`PodSync::container_config`] with the env values looked up by [`PodSync::resolve_env`].
+    pub fn container_config_with(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+        resolved: &ResolvedEnv,
+    ) -> cri::ContainerConfig {
         let md = &pod.metadata;
         let mut env_map: HashMap<String, String> = HashMap::new();
-        let mut envs = Vec::new();
+        let mut envs: Vec<cri::KeyValue> = Vec::new();
+        for (k, v) in &resolved.from {
+            env_map.insert(k.clone(), v.clone());
+            envs.retain(|e| &e.key != k);
+            envs.push(cri::KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
         for e in c.env.clone().unwrap_or_default() {
-            let value = if let Some(v) = e.value {
+            let value = if let Some(v) = resolved.refs.get(&e.name) {
+                Some(v.clone())
+            } else if let Some(v) = e.value {
                 Some(expand_vars(&v, &env_map))
             } else if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
                 match f.field_path.as_str() {
@@ -360,6 +686,7 @@ impl<R: CriRuntime> PodSync<R> {
             };
             if let Some(v) = value {
                 env_map.insert(e.name.clone(), v.clone());
+                envs.retain(|x| x.key != e.name);
                 envs.push(cri::KeyValue {
                     key: e.name,
                     value: v,
@@ -440,6 +767,7 @@ impl<R: CriRuntime> PodSync<R> {
                 warn!(volume = %vm.name, "volumeMount names no volume of the pod; skipped");
                 continue;
             };
+            let mut api_data = false;
             let base = if let Some(hp) = &v.host_path {
                 let p = PathBuf::from(&hp.path);
                 if matches!(hp.type_.as_deref(), Some("DirectoryOrCreate")) {
@@ -447,6 +775,9 @@ impl<R: CriRuntime> PodSync<R> {
                         warn!(path = %p.display(), error = %e, "cannot create hostPath directory");
                     }
                 }
+                p
+            } else if let Some(p) = volumes::volume_dir(&pod_dir(&self.ctx.root_dir, &uid), v) {
+                api_data = true;
                 p
             } else if v.empty_dir.is_some() {
                 let p = pod_dir(&self.ctx.root_dir, &uid)
@@ -463,8 +794,16 @@ impl<R: CriRuntime> PodSync<R> {
             let host_path = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 Some(sub) if !sub.split('/').any(|p| p == "..") => {
                     let p = base.join(sub);
-                    let _ = std::fs::create_dir_all(&p);
-                    p
+                    if api_data {
+                        // A file of the volume: bind the current content (no updates, as
+                        // upstream's subPath mounts).
+                        std::fs::canonicalize(&p).unwrap_or(p)
+                    } else {
+                        if std::fs::symlink_metadata(&p).is_err() {
+                            let _ = std::fs::create_dir_all(&p);
+                        }
+                        p
+                    }
                 }
                 Some(sub) => {
                     warn!(sub_path = %sub, "subPath with '..' refused; skipped");
@@ -475,7 +814,7 @@ impl<R: CriRuntime> PodSync<R> {
             out.push(cri::Mount {
                 container_path: vm.mount_path.clone(),
                 host_path: host_path.to_string_lossy().into_owned(),
-                readonly: vm.read_only.unwrap_or(false),
+                readonly: vm.read_only.unwrap_or(false) || api_data,
                 ..Default::default()
             });
         }
@@ -676,6 +1015,9 @@ impl<R: CriRuntime> PodSync<R> {
 
         let mut sandbox_ready = false;
         if !terminal {
+            self.kill_unhealthy(pod).await;
+        }
+        if !terminal {
             match self.ensure_sandbox(pod).await {
                 Ok((sandbox_id, sandbox_config)) => {
                     sandbox_ready = true;
@@ -694,7 +1036,14 @@ impl<R: CriRuntime> PodSync<R> {
                         }
                         Err(e) => warn!(error = %e, "PodSandboxStatus failed"),
                     }
-                    if let Err(e) = self
+                    if !self.sync_volumes(pod, now).await {
+                        for c in &spec.containers {
+                            waiting.insert(c.name.clone(), Waiting::new("ContainerCreating", ""));
+                        }
+                        for c in spec.init_containers.iter().flatten() {
+                            waiting.insert(c.name.clone(), Waiting::new("ContainerCreating", ""));
+                        }
+                    } else if let Err(e) = self
                         .converge_containers(
                             pod,
                             &uid,
@@ -725,7 +1074,14 @@ impl<R: CriRuntime> PodSync<R> {
                 HashMap::new()
             }
         };
+        let probes = if terminal {
+            self.probes.clear();
+            HashMap::new()
+        } else {
+            self.update_probes(pod, &observed)
+        };
         let input = StatusInput {
+            probes,
             host_ip: self.ctx.node_ip.clone(),
             pod_ips: self.pod_ips.clone(),
             sandbox_ready: sandbox_ready && !self.terminal_done,
@@ -894,7 +1250,24 @@ impl<R: CriRuntime> PodSync<R> {
             waiting.insert(c.name.clone(), w);
             return;
         }
-        let config = self.container_config(pod, c, attempt);
+        let resolved = match self.resolve_env(pod, c).await {
+            Ok(r) => r,
+            Err(msg) => {
+                if self.reported.insert(format!("config/{}/{msg}", c.name)) {
+                    self.events.push(PodEvent::warning(
+                        "Failed",
+                        &c.name,
+                        format!("Error: {msg}"),
+                    ));
+                }
+                waiting.insert(
+                    c.name.clone(),
+                    Waiting::new("CreateContainerConfigError", msg),
+                );
+                return;
+            }
+        };
+        let config = self.container_config_with(pod, c, attempt, &resolved);
         let id = match self
             .cri
             .create_container(sandbox_id, config, sandbox_config.clone())

@@ -456,7 +456,9 @@ async fn empty_dir_and_host_path_mounts() {
     let mut c = (*ctx()).clone();
     c.root_dir = dir.path().to_path_buf();
     let cri = Arc::new(FakeCri::new());
-    let mut sync = PodSync::new(cri.clone(), Arc::new(c));
+    let objects = Arc::new(crate::objects::StaticObjects::default());
+    objects.put_config_map("default", "x", &[("k", "v")]);
+    let mut sync = PodSync::new(cri.clone(), Arc::new(c)).with_objects(objects);
     let host = dir.path().join("sk-host");
     let mut p = pod("Always", "busybox:1.36");
     let spec = p.spec.as_mut().unwrap();
@@ -479,7 +481,13 @@ async fn empty_dir_and_host_path_mounts() {
     sync.sync(&p, Instant::now()).await;
     let created = cri.containers().into_values().next().unwrap();
     let m = &created.config.mounts;
-    assert_eq!(m.len(), 2);
+    assert_eq!(m.len(), 3);
+    let cm = dir
+        .path()
+        .join("pods/sk-uid-1/volumes/kubernetes.io~configmap/cm");
+    assert_eq!(m[2].host_path, cm.to_str().unwrap());
+    assert!(m[2].readonly, "API data volumes are read-only");
+    assert_eq!(std::fs::read_to_string(cm.join("k")).unwrap(), "v");
     let empty = dir
         .path()
         .join("pods/sk-uid-1/volumes/kubernetes.io~empty-dir/scratch");
@@ -492,4 +500,80 @@ async fn empty_dir_and_host_path_mounts() {
 
     sync.terminate("sk-uid-1", 0).await.unwrap();
     assert!(!dir.path().join("pods/sk-uid-1").exists());
+}
+
+#[tokio::test]
+async fn missing_config_is_failed_mount_and_create_container_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = (*ctx()).clone();
+    c.root_dir = dir.path().to_path_buf();
+    let cri = Arc::new(FakeCri::new());
+    let objects = Arc::new(crate::objects::StaticObjects::default());
+    let mut sync = PodSync::new(cri.clone(), Arc::new(c)).with_objects(objects.clone());
+    let mut p = pod("Always", "busybox:1.36");
+    let spec = p.spec.as_mut().unwrap();
+    spec.volumes = Some(
+        serde_json::from_value(
+            serde_json::json!([{"name": "cm", "configMap": {"name": "sk-missing"}}]),
+        )
+        .unwrap(),
+    );
+    let st = sync.sync(&p, Instant::now()).await;
+    let events = sync.take_events();
+    assert!(events.iter().any(|e| e.reason == "FailedMount"
+        && e.message == "MountVolume.SetUp failed for volume \"cm\" : configmap \"sk-missing\" not found"), "{events:?}");
+    let cs = &st.container_statuses.unwrap()[0];
+    assert_eq!(
+        cs.state
+            .as_ref()
+            .unwrap()
+            .waiting
+            .as_ref()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("ContainerCreating")
+    );
+    assert!(cri.containers().is_empty());
+
+    // env from a ConfigMap key that does not exist.
+    let mut p = pod("Always", "busybox:1.36");
+    p.spec.as_mut().unwrap().containers[0].env = Some(
+        serde_json::from_value(serde_json::json!([
+            {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "sk-cm", "key": "nope"}}}
+        ]))
+        .unwrap(),
+    );
+    objects.put_config_map("default", "sk-cm", &[("k", "v")]);
+    let mut sync = PodSync::new(cri.clone(), ctx()).with_objects(objects.clone());
+    let st = sync.sync(&p, Instant::now()).await;
+    let w = st.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert_eq!(w.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert_eq!(
+        w.message.as_deref(),
+        Some("couldn't find key nope in ConfigMap default/sk-cm")
+    );
+    // Once the key exists the container is created with it (envFrom with a prefix too).
+    objects.put_config_map("default", "sk-cm", &[("k", "v"), ("nope", "yes")]);
+    p.spec.as_mut().unwrap().containers[0].env_from = Some(
+        serde_json::from_value(
+            serde_json::json!([{"configMapRef": {"name": "sk-cm"}, "prefix": "P_"}]),
+        )
+        .unwrap(),
+    );
+    sync.sync(&p, Instant::now()).await;
+    let created = cri.containers().into_values().next().unwrap();
+    let env: Vec<(String, String)> = created
+        .config
+        .envs
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    assert!(env.contains(&("A".into(), "yes".into())), "{env:?}");
+    assert!(env.contains(&("P_k".into(), "v".into())), "{env:?}");
 }

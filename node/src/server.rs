@@ -25,8 +25,9 @@ use crate::cri::{labels, CriRuntime};
 use crate::error::NodeError;
 use crate::logs::{render, LogOptions, Renderer};
 use crate::reconcile::pod_log_directory;
+use crate::stream::Kind;
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 /// What the handlers need.
 pub struct ServerState<R: CriRuntime> {
@@ -35,7 +36,7 @@ pub struct ServerState<R: CriRuntime> {
     pub pod_log_dir: PathBuf,
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut body = msg.into();
     if !body.ends_with('\n') {
         body.push('\n');
@@ -306,10 +307,34 @@ async fn handle<R: CriRuntime>(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
+    let parts: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    // Streaming endpoints take GET (WebSocket) and POST (SPDY), like upstream.
+    let streaming = match parts.as_slice() {
+        ["exec", ns, pod, c] => Some((Kind::Exec, *ns, *pod, None, Some(*c))),
+        ["exec", ns, pod, uid, c] => Some((Kind::Exec, *ns, *pod, Some(*uid), Some(*c))),
+        ["attach", ns, pod, c] => Some((Kind::Attach, *ns, *pod, None, Some(*c))),
+        ["attach", ns, pod, uid, c] => Some((Kind::Attach, *ns, *pod, Some(*uid), Some(*c))),
+        ["portForward", ns, pod] => Some((Kind::PortForward, *ns, *pod, None, None)),
+        ["portForward", ns, pod, uid] => Some((Kind::PortForward, *ns, *pod, Some(*uid), None)),
+        _ => None,
+    };
+    if let Some((kind, ns, pod, uid, c)) = streaming {
+        if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
+            return Ok(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and POST are served",
+            ));
+        }
+        return Ok(crate::stream::handle(&st, kind, req, ns, pod, uid, c).await);
+    }
     if req.method() != hyper::Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served"));
     }
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = match parts.as_slice() {
         ["healthz"] | ["healthz", "ping"] => text(StatusCode::OK, "ok"),
         ["pods"] => {
@@ -381,7 +406,10 @@ pub async fn serve_listener<R: CriRuntime>(
             };
             let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await
+            {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -46,6 +46,8 @@ pub struct StatusInput {
     pub waiting: HashMap<String, Waiting>,
     /// "Now", for condition transition times.
     pub now: Time,
+    /// (started, ready) of containers with probes, from the probe manager.
+    pub probes: HashMap<String, (bool, bool)>,
 }
 
 impl Default for StatusInput {
@@ -58,6 +60,7 @@ impl Default for StatusInput {
             containers: HashMap::new(),
             waiting: HashMap::new(),
             now: now_time(),
+            probes: HashMap::new(),
         }
     }
 }
@@ -319,7 +322,19 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
             let w = input.waiting.get(&c.name).cloned().or_else(|| {
                 (!initialized && history.is_empty()).then(|| Waiting::new("PodInitializing", ""))
             });
-            container_status(c, history, w.as_ref())
+            let mut st = container_status(c, history, w.as_ref());
+            let running = st.state.as_ref().is_some_and(|s| s.running.is_some());
+            if running {
+                if let Some((started, ready)) = input.probes.get(&c.name) {
+                    st.started = Some(*started);
+                    st.ready = *ready;
+                } else if c.readiness_probe.is_some() || c.startup_probe.is_some() {
+                    // Probes not running yet: not ready until the first success.
+                    st.ready = false;
+                    st.started = Some(c.startup_probe.is_none());
+                }
+            }
+            st
         })
         .collect();
 
@@ -518,6 +533,7 @@ mod tests {
                 .collect(),
             waiting: HashMap::new(),
             now: t(now),
+            probes: HashMap::new(),
         }
     }
 

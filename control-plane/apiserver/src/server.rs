@@ -214,7 +214,10 @@ pub async fn serve(
             // Go's http.Server allows 1 MiB of headers (HTTP/1 and HTTP/2 alike); hyper's
             // HTTP/2 default of 16 KiB would answer 431 before authentication can say 401.
             builder.http2().max_header_list_size(1 << 20);
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
@@ -517,12 +520,16 @@ async fn resource(
         format
     };
     let method = req.method().clone();
-    let body = if matches!(
+    // Streaming subresources keep the request: the proxy needs its upgrade.
+    let streaming = crate::proxy::is_stream(&res.kind, rest.get(2).copied());
+    let (body, req) = if streaming {
+        (Bytes::new(), Some(req))
+    } else if matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
         let limited = http_body_util::Limited::new(req.into_body(), wire::MAX_BODY + 1);
-        limited
+        let body = limited
             .collect()
             .await
             .map_err(|e| {
@@ -536,9 +543,10 @@ async fn resource(
                     StatusError::bad_request(format!("reading request body: {e}"))
                 }
             })?
-            .to_bytes()
+            .to_bytes();
+        (body, None)
     } else {
-        Bytes::new()
+        (Bytes::new(), None)
     };
     let t = Target {
         res: res.clone(),
@@ -552,7 +560,7 @@ async fn resource(
         gzip,
         user,
     };
-    if rest.len() > 3 {
+    if rest.len() > 3 && !streaming {
         return Err(not_found());
     }
     if let Some(sub) = &t.sub {
@@ -615,6 +623,9 @@ async fn resource(
         return Err(crate::rbac::forbidden(&t.user, &attrs, &d.reason));
     }
     let out = match (method, has_name, t.sub.as_deref()) {
+        (_, true, Some(_)) if req.is_some() => {
+            crate::proxy::stream(&ctx, &t, req.expect("kept")).await
+        }
         (Method::GET, false, _) if watch => handlers::watch(&ctx, &t).await,
         (Method::GET, false, _) => handlers::list(&ctx, &t).await,
         (Method::POST, false, _) => handlers::create(&ctx, &t, &body).await,

@@ -1,6 +1,6 @@
 //! POST subresources: pods/binding (and the `bindings` resource), pods/eviction,
-//! serviceaccounts/token; the streaming ones (exec, attach, portforward) answer until the
-//! kubelet serves them.
+//! serviceaccounts/token. The streaming ones (exec, attach, portforward) are proxied to the
+//! kubelet by `proxy.rs`.
 
 use crate::handlers::{self, now_rfc3339, Ctx, Target};
 use crate::server::Body;

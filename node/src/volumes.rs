@@ -1,0 +1,636 @@
+//! The volume manager's API-data volumes: configMap, secret, downwardAPI and projected
+//! (configMap, secret, downwardAPI, serviceAccountToken) written under
+//! `<root>/pods/<uid>/volumes/kubernetes.io~<plugin>/<volume>` with upstream's atomic writer: the
+//! files live in a timestamped `..<time>` folder, `..data` links to it, and each top-level name
+//! links into `..data`; an update writes a new folder and renames a fresh `..data` link over the
+//! old one, so a reader sees the old or the new content, never a mix. Service-account tokens come
+//! from TokenRequest and are renewed after 80% of their life (or 24 h), like upstream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    Container, DownwardAPIVolumeFile, KeyToPath, Pod, ResourceFieldSelector, Volume,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::objects::{ObjectSource, Token};
+
+/// The files of one volume: relative path -> (content, mode).
+pub type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// Why a volume cannot be set up (the text of upstream's FailedMount event after the prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeError {
+    pub volume: String,
+    pub message: String,
+}
+
+impl VolumeError {
+    /// `MountVolume.SetUp failed for volume "v" : <message>`, upstream's FailedMount text.
+    pub fn event_message(&self) -> String {
+        format!(
+            "MountVolume.SetUp failed for volume \"{}\" : {}",
+            self.volume, self.message
+        )
+    }
+}
+
+/// The plugin folder of an API-data volume, `None` for other volume types.
+pub fn plugin_dir(v: &Volume) -> Option<&'static str> {
+    if v.config_map.is_some() {
+        Some("kubernetes.io~configmap")
+    } else if v.secret.is_some() {
+        Some("kubernetes.io~secret")
+    } else if v.downward_api.is_some() {
+        Some("kubernetes.io~downward-api")
+    } else if v.projected.is_some() {
+        Some("kubernetes.io~projected")
+    } else {
+        None
+    }
+}
+
+/// Where volume `v` of the pod in `pod_dir` lives, for API-data volumes.
+pub fn volume_dir(pod_dir: &Path, v: &Volume) -> Option<PathBuf> {
+    plugin_dir(v).map(|p| pod_dir.join("volumes").join(p).join(&v.name))
+}
+
+/// Cached service-account tokens of a pod: (volume, path) -> token and when it was fetched.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    tokens: HashMap<(String, String), (Token, i64)>,
+}
+
+impl TokenCache {
+    /// Whether a token fetched at `issued` expiring at `expires` should be renewed at `now`
+    /// (after 80% of its life, or when older than 24 h).
+    pub fn needs_renewal(issued: i64, expires: i64, now: i64) -> bool {
+        let life = (expires - issued).max(0);
+        now >= issued + life * 8 / 10 || now - issued > 24 * 3600
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything `prepare` needs besides the pod.
+pub struct Env<'a> {
+    pub objects: &'a dyn ObjectSource,
+    pub pod_dir: PathBuf,
+    pub node_name: &'a str,
+    pub node_ip: &'a str,
+    pub pod_ip: Option<&'a str>,
+    /// Node capacity for resourceFieldRef without a limit: (cpu cores, memory bytes).
+    pub node_capacity: (f64, f64),
+}
+
+/// Writes every API-data volume of `pod`. Returns the first volume that failed, or the number
+/// of volumes whose content changed.
+pub async fn prepare(
+    env: &Env<'_>,
+    pod: &Pod,
+    tokens: &mut TokenCache,
+) -> Result<usize, VolumeError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut changed = 0;
+    for v in spec.volumes.iter().flatten() {
+        let Some(dir) = volume_dir(&env.pod_dir, v) else {
+            continue;
+        };
+        let err = |message: String| VolumeError {
+            volume: v.name.clone(),
+            message,
+        };
+        let mut files = Files::new();
+        if let Some(cm) = &v.config_map {
+            let mode = cm.default_mode.unwrap_or(0o644) as u32;
+            let name = cm.name.clone();
+            let data = env
+                .objects
+                .config_map(ns.clone(), name.clone())
+                .await
+                .map_err(&err)?;
+            add_keyed(
+                &mut files,
+                data,
+                cm.items.as_deref(),
+                mode,
+                cm.optional.unwrap_or(false),
+                ("configmap", &name),
+            )
+            .map_err(&err)?;
+        } else if let Some(s) = &v.secret {
+            let mode = s.default_mode.unwrap_or(0o644) as u32;
+            let name = s.secret_name.clone().unwrap_or_default();
+            let data = env
+                .objects
+                .secret(ns.clone(), name.clone())
+                .await
+                .map_err(&err)?;
+            add_keyed(
+                &mut files,
+                data,
+                s.items.as_deref(),
+                mode,
+                s.optional.unwrap_or(false),
+                ("secret", &name),
+            )
+            .map_err(&err)?;
+        } else if let Some(d) = &v.downward_api {
+            let mode = d.default_mode.unwrap_or(0o644) as u32;
+            add_downward(
+                &mut files,
+                env,
+                pod,
+                d.items.as_deref().unwrap_or_default(),
+                mode,
+            )
+            .map_err(&err)?;
+        } else if let Some(p) = &v.projected {
+            let mode = p.default_mode.unwrap_or(0o644) as u32;
+            for src in p.sources.iter().flatten() {
+                if let Some(cm) = &src.config_map {
+                    let data = env
+                        .objects
+                        .config_map(ns.clone(), cm.name.clone())
+                        .await
+                        .map_err(&err)?;
+                    add_keyed(
+                        &mut files,
+                        data,
+                        cm.items.as_deref(),
+                        mode,
+                        cm.optional.unwrap_or(false),
+                        ("configmap", &cm.name),
+                    )
+                    .map_err(&err)?;
+                }
+                if let Some(s) = &src.secret {
+                    let data = env
+                        .objects
+                        .secret(ns.clone(), s.name.clone())
+                        .await
+                        .map_err(&err)?;
+                    add_keyed(
+                        &mut files,
+                        data,
+                        s.items.as_deref(),
+                        mode,
+                        s.optional.unwrap_or(false),
+                        ("secret", &s.name),
+                    )
+                    .map_err(&err)?;
+                }
+                if let Some(d) = &src.downward_api {
+                    add_downward(
+                        &mut files,
+                        env,
+                        pod,
+                        d.items.as_deref().unwrap_or_default(),
+                        mode,
+                    )
+                    .map_err(&err)?;
+                }
+                if let Some(t) = &src.service_account_token {
+                    let key = (v.name.clone(), t.path.clone());
+                    let now = now_unix();
+                    let fresh = tokens.tokens.get(&key).filter(|(tok, issued)| {
+                        !TokenCache::needs_renewal(*issued, tok.expires_unix, now)
+                    });
+                    let token = match fresh {
+                        Some((tok, _)) => tok.clone(),
+                        None => {
+                            let sa = spec
+                                .service_account_name
+                                .clone()
+                                .filter(|s| !s.is_empty())
+                                .unwrap_or_else(|| "default".into());
+                            let tok = env
+                                .objects
+                                .token(
+                                    ns.clone(),
+                                    sa.clone(),
+                                    t.audience
+                                        .clone()
+                                        .into_iter()
+                                        .filter(|a| !a.is_empty())
+                                        .collect(),
+                                    t.expiration_seconds.unwrap_or(3600),
+                                    (
+                                        pod.metadata.name.clone().unwrap_or_default(),
+                                        pod.metadata.uid.clone().unwrap_or_default(),
+                                    ),
+                                )
+                                .await
+                                .map_err(|e| err(format!("failed to fetch token: {e}")))?;
+                            tokens.tokens.insert(key, (tok.clone(), now));
+                            tok
+                        }
+                    };
+                    files.insert(t.path.clone(), (token.token.into_bytes(), mode));
+                }
+                if let Some(ctb) = &src.cluster_trust_bundle {
+                    if !ctb.optional.unwrap_or(false) {
+                        return Err(err(
+                            "clusterTrustBundle projections are not supported by this kubelet"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let d = dir.clone();
+        let wrote = tokio::task::spawn_blocking(move || write_atomic(&d, &files))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
+        if wrote {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Adds the keys of a ConfigMap or Secret (`items` or all), checking `optional`.
+fn add_keyed(
+    files: &mut Files,
+    data: Option<crate::objects::Data>,
+    items: Option<&[KeyToPath]>,
+    mode: u32,
+    optional: bool,
+    (kind, name): (&str, &str),
+) -> Result<(), String> {
+    let Some(data) = data else {
+        if optional {
+            return Ok(());
+        }
+        return Err(format!("{kind} \"{name}\" not found"));
+    };
+    match items {
+        None | Some([]) => {
+            for (k, v) in data {
+                files.insert(k, (v, mode));
+            }
+        }
+        Some(items) => {
+            for it in items {
+                match data.get(&it.key) {
+                    Some(v) => {
+                        files.insert(
+                            it.path.clone(),
+                            (v.clone(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+                        );
+                    }
+                    None if optional => {}
+                    None if kind == "configmap" => {
+                        return Err(format!(
+                            "configmap references non-existent config key: {}",
+                            it.key
+                        ))
+                    }
+                    None => return Err(format!("references non-existent secret key: {}", it.key)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_downward(
+    files: &mut Files,
+    env: &Env<'_>,
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    mode: u32,
+) -> Result<(), String> {
+    for it in items {
+        let value = if let Some(f) = &it.field_ref {
+            field_value(pod, &f.field_path, env)?
+        } else if let Some(r) = &it.resource_field_ref {
+            resource_value(pod, r, env.node_capacity)?
+        } else {
+            continue;
+        };
+        files.insert(
+            it.path.clone(),
+            (
+                value.into_bytes(),
+                it.mode.map(|m| m as u32).unwrap_or(mode),
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn format_map(m: Option<&BTreeMap<String, String>>) -> String {
+    m.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of a downward-API `fieldRef`.
+pub fn field_value(pod: &Pod, path: &str, env: &Env<'_>) -> Result<String, String> {
+    let md = &pod.metadata;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sub = |p: &str, prefix: &str| -> Option<String> {
+        p.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_string)
+    };
+    Ok(match path {
+        "metadata.name" => md.name.clone().unwrap_or_default(),
+        "metadata.namespace" => md.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => md.uid.clone().unwrap_or_default(),
+        "metadata.labels" => format_map(md.labels.as_ref()),
+        "metadata.annotations" => format_map(md.annotations.as_ref()),
+        "spec.nodeName" => env.node_name.to_string(),
+        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => env.node_ip.to_string(),
+        "status.podIP" | "status.podIPs" => env.pod_ip.unwrap_or_default().to_string(),
+        p => {
+            if let Some(k) = sub(p, "metadata.labels['") {
+                md.labels
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
+            } else if let Some(k) = sub(p, "metadata.annotations['") {
+                md.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                return Err(format!("unsupported fieldPath: {p}"));
+            }
+        }
+    })
+}
+
+/// A quantity in base units (cores, bytes).
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with('e') || s.starts_with('E') => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+/// The value of a `resourceFieldRef` of `container` (the pod's only container if unnamed):
+/// the limit (node capacity when unset) or request, divided by `divisor`, rounded up.
+pub fn container_resource(
+    c: &Container,
+    resource: &str,
+    divisor: Option<&Quantity>,
+    node_capacity: (f64, f64),
+) -> Result<String, String> {
+    let res = c.resources.clone().unwrap_or_default();
+    let (map, key) = match resource.split_once('.') {
+        Some(("limits", k)) => (res.limits.clone(), k),
+        Some(("requests", k)) => (res.requests.clone(), k),
+        _ => return Err(format!("unsupported container resource : {resource:?}")),
+    };
+    let value = map
+        .as_ref()
+        .and_then(|m| m.get(key))
+        .and_then(|q| parse_quantity(&q.0));
+    let value = match (value, resource) {
+        (Some(v), _) => v,
+        (None, "limits.cpu") => node_capacity.0,
+        (None, "limits.memory") => node_capacity.1,
+        (None, "requests.cpu") => res
+            .limits
+            .as_ref()
+            .and_then(|m| m.get("cpu"))
+            .and_then(|q| parse_quantity(&q.0))
+            .unwrap_or(0.0),
+        (None, "requests.memory") => res
+            .limits
+            .as_ref()
+            .and_then(|m| m.get("memory"))
+            .and_then(|q| parse_quantity(&q.0))
+            .unwrap_or(0.0),
+        (None, _) => 0.0,
+    };
+    let div = divisor
+        .and_then(|d| parse_quantity(&d.0))
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    Ok(format!("{}", (value / div).ceil() as i64))
+}
+
+fn resource_value(
+    pod: &Pod,
+    r: &ResourceFieldSelector,
+    node_capacity: (f64, f64),
+) -> Result<String, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let name = r.container_name.clone().unwrap_or_default();
+    let c = spec
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .or_else(|| (spec.containers.len() == 1).then(|| &spec.containers[0]))
+        .ok_or_else(|| format!("container {name} not found"))?;
+    container_resource(c, &r.resource, r.divisor.as_ref(), node_capacity)
+}
+
+fn read_tree(root: &Path, rel: &Path, out: &mut Files) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(root.join(rel))? {
+        let e = e?;
+        let r = rel.join(e.file_name());
+        let md = e.metadata()?;
+        if md.is_dir() {
+            read_tree(root, &r, out)?;
+        } else {
+            out.insert(
+                r.to_string_lossy().into_owned(),
+                (std::fs::read(e.path())?, md.permissions().mode() & 0o7777),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `files` into `dir` the way upstream's AtomicWriter does. Returns whether anything
+/// changed (identical content is left alone).
+pub fn write_atomic(dir: &Path, files: &Files) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let data_link = dir.join("..data");
+    let old = std::fs::read_link(&data_link).ok();
+    if let Some(old) = &old {
+        let mut current = Files::new();
+        if read_tree(&dir.join(old), Path::new(""), &mut current).is_ok() && &current == files {
+            return Ok(false);
+        }
+    }
+    for p in files.keys() {
+        if p.is_empty()
+            || p.starts_with('/')
+            || p.split('/').any(|c| c == ".." || c.starts_with(".."))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid path {p:?}"),
+            ));
+        }
+    }
+    let stamp = chrono::Utc::now()
+        .format("..%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
+    let ts_dir = dir.join(&stamp);
+    std::fs::create_dir(&ts_dir)?;
+    std::fs::set_permissions(&ts_dir, std::fs::Permissions::from_mode(0o755))?;
+    for (p, (content, mode)) in files {
+        let f = ts_dir.join(p);
+        if let Some(parent) = f.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&f, content)?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode))?;
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp)?;
+    std::fs::rename(&tmp, &data_link)?;
+    // Top-level names point into ..data; stale ones go.
+    let tops: std::collections::BTreeSet<String> = files
+        .keys()
+        .filter_map(|p| p.split('/').next().map(str::to_string))
+        .collect();
+    for t in &tops {
+        let l = dir.join(t);
+        if std::fs::symlink_metadata(&l).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(t), &l)?;
+        }
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("..") {
+            continue;
+        }
+        if !tops.contains(&n) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if let Some(old) = old {
+        if old != Path::new(&stamp) {
+            let _ = std::fs::remove_dir_all(dir.join(old));
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(pairs: &[(&str, &str)]) -> Files {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), (v.as_bytes().to_vec(), 0o644)))
+            .collect()
+    }
+
+    #[test]
+    fn atomic_writer_swaps_data_and_links() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vol");
+        assert!(write_atomic(&dir, &files(&[("a", "1"), ("sub/b", "2")])).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(dir.join("sub/b")).unwrap(), "2");
+        assert_eq!(
+            std::fs::read_link(dir.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
+        let first = std::fs::read_link(dir.join("..data")).unwrap();
+        // Same content: nothing written.
+        assert!(!write_atomic(&dir, &files(&[("a", "1"), ("sub/b", "2")])).unwrap());
+        // New content: a new folder, the old one gone, stale names removed.
+        assert!(write_atomic(&dir, &files(&[("a", "3"), ("c", "4")])).unwrap());
+        let second = std::fs::read_link(dir.join("..data")).unwrap();
+        assert_ne!(first, second);
+        assert!(!dir.join(&first).exists());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "4");
+        assert!(std::fs::symlink_metadata(dir.join("sub")).is_err());
+        assert!(write_atomic(&dir, &files(&[("../x", "1")])).is_err());
+    }
+
+    #[test]
+    fn quantities_and_resources() {
+        assert_eq!(parse_quantity("250m"), Some(0.25));
+        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}
+        }))
+        .unwrap();
+        let cap = (2.0, 4e9);
+        assert_eq!(
+            container_resource(&c, "limits.cpu", None, cap).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            container_resource(&c, "limits.cpu", Some(&Quantity("1m".into())), cap).unwrap(),
+            "250"
+        );
+        assert_eq!(
+            container_resource(&c, "limits.memory", Some(&Quantity("1Mi".into())), cap).unwrap(),
+            "64"
+        );
+        assert_eq!(
+            container_resource(&c, "requests.cpu", Some(&Quantity("1m".into())), cap).unwrap(),
+            "250"
+        );
+        let none = Container::default();
+        assert_eq!(
+            container_resource(&none, "limits.cpu", None, cap).unwrap(),
+            "2"
+        );
+    }
+
+    #[test]
+    fn token_renewal_at_80_percent() {
+        assert!(!TokenCache::needs_renewal(1000, 2000, 1700));
+        assert!(TokenCache::needs_renewal(1000, 2000, 1800));
+        assert!(TokenCache::needs_renewal(0, 10 * 24 * 3600, 24 * 3600 + 1));
+    }
+}
