@@ -172,7 +172,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         Some(p) => skiff_scheduler::config::SchedulerConfig::from_file(p)?,
         None => Default::default(),
     };
-    let sched = tokio::spawn(skiff_scheduler::run_with(sched_client, sched_cfg, stopped()));
+    let sched = tokio::spawn(skiff_scheduler::run_with(
+        sched_client,
+        sched_cfg,
+        stopped(),
+    ));
     skiff_controllers::storage::set_data_dir(args.data_dir.clone());
     let controllers = tokio::spawn(skiff_controllers::run(ctl_client, stopped()));
 
