@@ -44,6 +44,9 @@ pub struct ServerArgs {
     /// plugin weights, back-off.
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
+    /// Do not run the scheduler (run `skiff scheduler` or another one instead).
+    #[arg(long)]
+    pub disable_scheduler: bool,
     /// Run only the control plane (no kubelet, no CRI server on this host).
     #[arg(long)]
     pub disable_agent: bool,
@@ -105,6 +108,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         // Refuse a bad CRI config file before anything starts (the CRI starts last).
         crate::cri::finish_config(skiff_cri::CriConfig::default(), &args.cri_config)?;
     }
+    let sched_cfg = match &args.scheduler_config {
+        Some(p) => skiff_scheduler::config::SchedulerConfig::from_file(p)?,
+        None => Default::default(),
+    };
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
     let node_ip = args.node_ip.unwrap_or_else(default_ip);
     let advertise = SocketAddr::new(node_ip, args.https_listen_port);
@@ -168,15 +175,17 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let sched_client = kube_client(&identity("scheduler", &pki.scheduler)?).await?;
     let ctl_client = kube_client(&identity("controller", &pki.controller_manager)?).await?;
     identity("kube-proxy", &pki.kube_proxy)?;
-    let sched_cfg = match &args.scheduler_config {
-        Some(p) => skiff_scheduler::config::SchedulerConfig::from_file(p)?,
-        None => Default::default(),
+    let sched = if args.disable_scheduler {
+        tokio::spawn(async {
+            std::future::pending::<Result<(), skiff_scheduler::SchedulerError>>().await
+        })
+    } else {
+        tokio::spawn(skiff_scheduler::run_with(
+            sched_client,
+            sched_cfg,
+            stopped(),
+        ))
     };
-    let sched = tokio::spawn(skiff_scheduler::run_with(
-        sched_client,
-        sched_cfg,
-        stopped(),
-    ));
     skiff_controllers::storage::set_data_dir(args.data_dir.clone());
     let controllers = tokio::spawn(skiff_controllers::run(ctl_client, stopped()));
 

@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 pub use config::DEFAULT_SCHEDULER as SCHEDULER_NAME;
 
@@ -316,11 +317,14 @@ fn on_pod(s: &Shared, p: Pod) {
     s.queue.upsert(p);
 }
 
-/// One scheduling cycle for one pod.
+/// One scheduling cycle for one pod, in a span naming it.
 async fn schedule_one(s: &Arc<Shared>, pod: Arc<Pod>) {
     let info = Arc::new(PodInfo::new(pod.clone()));
     let span = tracing::info_span!("schedule", pod = %info.key(), uid = %info.uid);
-    let _g = span.enter();
+    schedule_cycle(s, pod, info).instrument(span).await
+}
+
+async fn schedule_cycle(s: &Arc<Shared>, pod: Arc<Pod>, info: Arc<PodInfo>) {
     let profile_name = pod
         .spec
         .as_ref()
@@ -386,10 +390,13 @@ async fn schedule_one(s: &Arc<Shared>, pod: Arc<Pod>) {
             s.queue.done(&info.uid);
             let permit = s.bindings.clone().acquire_owned().await;
             let s = s.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                bind(&s, &info, &node).await;
-            });
+            tokio::spawn(
+                async move {
+                    let _permit = permit;
+                    bind(&s, &info, &node).await;
+                }
+                .in_current_span(),
+            );
         }
         Outcome::Unschedulable(msg, decision) => {
             s.queue.unschedulable(&info.uid);
@@ -397,7 +404,7 @@ async fn schedule_one(s: &Arc<Shared>, pod: Arc<Pod>) {
                 tracing::info!(node = %d.node, victims = d.victims.len(), "preempting");
                 let s2 = s.clone();
                 let info2 = info.clone();
-                tokio::spawn(async move { evict(&s2, &info2, d).await });
+                tokio::spawn(async move { evict(&s2, &info2, d).await }.in_current_span());
             }
             report_unschedulable(s, &info, msg).await;
         }
