@@ -371,3 +371,89 @@ spec:
         r#"{"spec":{"suspend":true}}"#,
     ]);
 }
+
+/// Figures, not assertions (run on purpose:
+/// `cargo test -p skiff-tests --test jobs -- --ignored --nocapture measure`): an Indexed Job of
+/// 20 completions, 10 at a time, from create to Complete; a StatefulSet of 5 replicas with a
+/// claim each, OrderedReady, from create to 5 Ready with every claim Bound.
+#[test]
+#[ignore]
+fn measure_batch_figures() {
+    let c = ControlPlane::start_cluster();
+    let img = c.agent.as_ref().unwrap().busybox.clone();
+    let t = std::time::Instant::now();
+    apply(
+        &c,
+        &job_manifest(
+            "sk-m-idx",
+            &img,
+            "  completions: 20\n  parallelism: 10\n  completionMode: Indexed",
+            "true",
+        ),
+    );
+    wait_condition(&c, "sk-m-idx", "complete");
+    println!(
+        "job_indexed_20x10_complete_s skiff={:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    apply(
+        &c,
+        &format!(
+            r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: sk-m-sts
+spec:
+  serviceName: sk-m-sts
+  replicas: 5
+  selector:
+    matchLabels:
+      app: sk-m-sts
+  template:
+    metadata:
+      labels:
+        app: sk-m-sts
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {img}
+        command: ["sleep", "3600"]
+  volumeClaimTemplates:
+  - metadata:
+      name: data
+    spec:
+      accessModes: ["ReadWriteOnce"]
+      resources:
+        requests:
+          storage: 1Mi
+"#
+        ),
+    );
+    c.wait_for(
+        "5 Ready with bound claims",
+        Duration::from_secs(300),
+        || {
+            c.ok(&[
+                "get",
+                "sts",
+                "sk-m-sts",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]) == "5"
+                && c.ok(&[
+                    "get",
+                    "pvc",
+                    "-l",
+                    "app=sk-m-sts",
+                    "-o",
+                    "jsonpath={.items[*].status.phase}",
+                ]) == "Bound Bound Bound Bound Bound"
+        },
+    );
+    println!(
+        "sts_5_ordered_ready_bound_s skiff={:.1}",
+        t.elapsed().as_secs_f64()
+    );
+}
