@@ -676,10 +676,13 @@ async fn sync_volume(pv: Arc<PersistentVolume>, st: Arc<State>) -> Result<Action
         .get_opt(cref.name.as_deref().unwrap_or_default())
         .await?
         .filter(|c| c.uid().as_deref() == Some(cuid.as_str()));
-    if claim.is_some() {
-        if phase.is_empty() || phase == "Pending" {
-            // Provisioned for this claim and not bound yet: the claim side binds it.
-            set_phase("Available").await?;
+    if let Some(claim) = claim {
+        // Bound once the claim names this volume; until then (provisioned for the claim, or in
+        // the middle of binding) Available, and the claim side completes the binding.
+        let bound = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(&name);
+        let want = if bound { "Bound" } else { "Available" };
+        if (bound || phase != "Bound") && phase != want {
+            set_phase(want).await?;
         }
         return Ok(Action::await_change());
     }
