@@ -239,6 +239,19 @@ spec:
     // Scale down removes the highest ordinals; claims are retained (whenScaled: Retain).
     c.ok(&["scale", "sts/sk-web", "--replicas=1"]);
     c.wait_for("sk-web to scale down to 1", WAIT, || {
+        let live = |n: &str| {
+            let o = c.kubectl(&[
+                "get",
+                "pod",
+                n,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ]);
+            o.ok && o.stdout.trim().is_empty()
+        };
+        let (one, two) = (live("sk-web-1"), live("sk-web-2"));
+        // Highest ordinal first: sk-web-1 is never deleted while sk-web-2 is still running.
+        assert!(one || !two, "sk-web-1 deleted before sk-web-2");
         !c.kubectl(&["get", "pod", "sk-web-1"]).ok && !c.kubectl(&["get", "pod", "sk-web-2"]).ok
     });
     assert!(c.kubectl(&["get", "pod", "sk-web-0"]).ok);
@@ -353,6 +366,41 @@ spec:
         ]),
         rev1
     );
+    // OnDelete: a new template replaces only the pods the user deletes.
+    c.ok(&[
+        "patch",
+        "sts/sk-par",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"OnDelete","rollingUpdate":null}}}"#,
+    ]);
+    c.ok(&["set", "env", "sts/sk-par", "SK_V=3"]);
+    c.wait_for("the set to observe the OnDelete template", WAIT, || {
+        let s = get_json(&c, &["sts", "sk-par"]);
+        s["status"]["observedGeneration"] == s["metadata"]["generation"]
+    });
+    let rev3 = c.ok(&[
+        "get",
+        "sts",
+        "sk-par",
+        "-o",
+        "jsonpath={.status.updateRevision}",
+    ]);
+    assert_ne!(rev3, rev2);
+    assert_eq!(hash("sk-par-7"), rev2);
+    c.ok(&["delete", "pod", "sk-par-5", "--wait=false"]);
+    c.wait_for("sk-par-5 recreated at the new revision", WAIT, || {
+        let o = c.kubectl(&[
+            "get",
+            "pod",
+            "sk-par-5",
+            "-o",
+            "jsonpath={.metadata.labels.controller-revision-hash}",
+        ]);
+        o.ok && o.stdout == rev3
+    });
+    assert_eq!(hash("sk-par-6"), rev2);
+
     // whenScaled: Delete: the claim of a scaled-away ordinal goes with its pod.
     c.ok(&["scale", "sts/sk-par", "--replicas=2"]);
     c.wait_for("www-sk-par-7 deleted with its pod", WAIT, || {
