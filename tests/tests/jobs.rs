@@ -353,6 +353,11 @@ spec:
         chrono::DateTime::parse_from_rfc3339(cj["status"]["lastScheduleTime"].as_str().unwrap())
             .unwrap();
     assert!(last.timestamp() >= minutes * 60);
+    // successfulJobsHistoryLimit 1: of the two finished jobs the older one (the manual run)
+    // goes.
+    c.wait_for("sk-manual deleted by the history limit", WAIT, || {
+        !c.kubectl(&["get", "job", "sk-manual"]).ok
+    });
     let events = c.ok(&[
         "get",
         "events",
@@ -361,7 +366,7 @@ spec:
     ]);
     assert!(events.contains("SuccessfulCreate"), "{events}");
     assert!(events.contains("SawCompletedJob"), "{events}");
-    // Suspended: no more jobs are created, and none is running now.
+    // Suspended, so that no more jobs start while the cluster is torn down.
     c.ok(&[
         "patch",
         "cronjob",
