@@ -146,6 +146,15 @@ fn jobs_run_to_completion_fail_and_index() {
     );
     apply(
         &c,
+        &job_manifest(
+            "sk-leader",
+            &img,
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  successPolicy:\n    rules:\n    - succeededIndexes: \"0\"",
+            "[ \"$JOB_COMPLETION_INDEX\" = 0 ] && exit 0; sleep 600",
+        ),
+    );
+    apply(
+        &c,
         &job_manifest("sk-onfail", &img, "  backoffLimit: 1", "exit 1")
             .replace("restartPolicy: Never", "restartPolicy: OnFailure"),
     );
@@ -256,6 +265,16 @@ fn jobs_run_to_completion_fail_and_index() {
     let j = wait_condition(&c, "sk-susp", "complete");
     assert_eq!(condition(&j, "Suspended")["status"], "False");
     assert_eq!(condition(&j, "Suspended")["reason"], "JobResumed");
+
+    // successPolicy: index 0 alone completes the job; the other indexes' pods are deleted.
+    let j = wait_condition(&c, "sk-leader", "complete");
+    assert_eq!(condition(&j, "Complete")["reason"], "SuccessPolicy");
+    assert_eq!(
+        condition(&j, "Complete")["message"],
+        "Matched rules at index 0"
+    );
+    assert_eq!(j["status"]["completedIndexes"], "0");
+    assert_eq!(j["status"]["active"], 0);
 
     // restartPolicy OnFailure: container restarts in place count against backoffLimit.
     let j = wait_condition(&c, "sk-onfail", "failed");

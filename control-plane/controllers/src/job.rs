@@ -243,6 +243,28 @@ fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
     FailureAction::Count
 }
 
+/// The index of the first `successPolicy` rule the completed indexes meet (upstream's
+/// `matchSuccessPolicy`): all of `succeededIndexes`, or `succeededCount` of them (of all indexes
+/// when no set is given).
+fn success_policy_met(
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+    completed: &BTreeSet<i32>,
+) -> Option<usize> {
+    let policy = spec.success_policy.as_ref()?;
+    policy.rules.iter().position(|r| {
+        let set = r.succeeded_indexes.as_deref().map(parse_indexes);
+        let done = match &set {
+            Some(s) => completed.intersection(s).count() as i32,
+            None => completed.len() as i32,
+        };
+        match (set, r.succeeded_count) {
+            (Some(s), None) => !s.is_empty() && done == s.len() as i32,
+            (_, Some(n)) => done >= n,
+            (None, None) => false,
+        }
+    })
+}
+
 /// With `restartPolicy: OnFailure` the kubelet restarts failed containers in place; upstream
 /// counts those restarts of the active pods against `backoffLimit`.
 fn past_backoff_limit_on_failure(job: &Job, active: &[&Arc<Pod>], limit: i32) -> bool {
@@ -425,6 +447,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     let mut unc_fail: Vec<String> = uncounted.failed.clone().unwrap_or_default();
     let mut fail_job: Option<String> = None;
     let mut finalize_only: Vec<Arc<Pod>> = Vec::new();
+    // `podReplacementPolicy: Failed`: a terminating pod is neither failed nor replaced until it
+    // reaches the Failed phase.
+    let only_replace_failed = spec.pod_replacement_policy.as_deref() == Some("Failed");
 
     // 1. Record newly finished pods as uncounted.
     let mut changed = false;
@@ -448,7 +473,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
             }
             unc_succ.push(puid);
             changed = true;
-        } else if ph == "Failed" || workload::is_terminating(p) {
+        } else if ph == "Failed" || (workload::is_terminating(p) && !only_replace_failed) {
             let ours = st
                 .deleted
                 .lock()
@@ -584,6 +609,15 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
         if let Some((reason, msg)) = failure {
             set_condition(&mut status, "FailureTarget", "True", reason, &msg);
             target_fail = cond_true(&status, "FailureTarget");
+        } else if let Some(i) = success_policy_met(&spec, &completed).filter(|_| indexed) {
+            set_condition(
+                &mut status,
+                "SuccessCriteriaMet",
+                "True",
+                "SuccessPolicy",
+                &format!("Matched rules at index {i}"),
+            );
+            target_succ = cond_true(&status, "SuccessCriteriaMet");
         } else if reached {
             set_condition(
                 &mut status,
@@ -729,6 +763,12 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
                 to_create.extend((0..(wanted - n)).map(|_| None));
             }
         }
+        let terminating_left = pods.iter().any(|p| {
+            workload::is_terminating(p) && !matches!(workload::phase(p), "Succeeded" | "Failed")
+        });
+        if only_replace_failed && terminating_left {
+            to_create.clear();
+        }
         if !to_create.is_empty() && failed > 0 {
             let since = st
                 .last_failure
@@ -847,6 +887,22 @@ mod tests {
         assert_eq!(format_indexes(&s), "0,2-4,7");
         assert_eq!(format_indexes(&BTreeSet::new()), "");
         assert_eq!(format_indexes(&[1, 2].into_iter().collect()), "1-2");
+    }
+
+    #[test]
+    fn success_policies() {
+        let spec: k8s_openapi::api::batch::v1::JobSpec =
+            serde_json::from_value(serde_json::json!({
+                "template": {},
+                "successPolicy": {"rules": [
+                    {"succeededIndexes": "0,2-3"},
+                    {"succeededCount": 3}
+                ]}
+            }))
+            .unwrap();
+        assert_eq!(success_policy_met(&spec, &parse_indexes("0,2")), None);
+        assert_eq!(success_policy_met(&spec, &parse_indexes("0,2-3")), Some(0));
+        assert_eq!(success_policy_met(&spec, &parse_indexes("1,4,5")), Some(1));
     }
 
     #[test]
