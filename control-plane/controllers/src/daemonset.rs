@@ -54,7 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let (nodes, node_events) = workload::reflect(Api::<Node>::all(client.clone()));
         let st = Arc::new(State {
             client: client.clone(),
@@ -67,7 +67,7 @@ pub fn run(
             Api::<DaemonSet>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .reconcile_all_on(workload::ticks(node_events))
         .run(reconcile, error_policy, st)
         .for_each(|_| async {});

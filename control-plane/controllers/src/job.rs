@@ -54,7 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -64,7 +64,7 @@ pub fn run(
             last_failure: Mutex::default(),
         });
         let ctl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-            .owns_stream(pod_events);
+            .owns_shared_stream(pod_events);
         let jobs = ctl.store();
         let orphans = tokio::spawn(release_orphans(st.clone(), jobs));
         workload::until(

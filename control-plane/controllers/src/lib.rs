@@ -29,6 +29,8 @@ mod workload;
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
+    /// The process's one pod cache (a shared informer) for the controllers that read pods.
+    pub pods: workload::SharedPods,
 }
 
 /// A controller: a name (for logs and its identity) and a future that runs it until `stop`.
@@ -54,7 +56,10 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let ctx = Context { client };
+    let ctx = Context {
+        pods: workload::SharedPods::new(client.clone()),
+        client,
+    };
     let mut tasks = Vec::new();
     for (name, runner) in controllers() {
         let ctx = ctx.clone();

@@ -54,7 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -65,7 +65,7 @@ pub fn run(
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .run(reconcile, error_policy, st)
         .for_each(|_| async {});
         workload::until(stop, ctl).await;

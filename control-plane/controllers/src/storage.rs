@@ -79,7 +79,7 @@ pub fn run(
         let client = ctx.client.clone();
         ensure_default_class(&client).await?;
         let (pvs, pv_events) = workload::reflect(Api::<PersistentVolume>::all(client.clone()));
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let (classes, class_events) = workload::reflect(Api::<StorageClass>::all(client.clone()));
         let class_feed = tokio::spawn(class_events.for_each(|_| async {}));
         let st = Arc::new(State {
@@ -93,7 +93,7 @@ pub fn run(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default(),
         )
-        .watches_stream(pod_events, |pod: Pod| {
+        .watches_shared_stream(pod_events, |pod: Arc<Pod>| {
             let ns = pod.namespace().unwrap_or_default();
             pod.spec
                 .iter()
