@@ -155,6 +155,15 @@ fn jobs_run_to_completion_fail_and_index() {
     );
     apply(
         &c,
+        &job_manifest(
+            "sk-perindex",
+            &img,
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  backoffLimitPerIndex: 1",
+            "[ \"$JOB_COMPLETION_INDEX\" = 1 ] && exit 1; exit 0",
+        ),
+    );
+    apply(
+        &c,
         &job_manifest("sk-onfail", &img, "  backoffLimit: 1", "exit 1")
             .replace("restartPolicy: Never", "restartPolicy: OnFailure"),
     );
@@ -275,6 +284,27 @@ fn jobs_run_to_completion_fail_and_index() {
     );
     assert_eq!(j["status"]["completedIndexes"], "0");
     assert_eq!(j["status"]["active"], 0);
+
+    // backoffLimitPerIndex 1: index 1 runs twice, then is a failed index; the others complete.
+    let j = wait_condition(&c, "sk-perindex", "failed");
+    assert_eq!(condition(&j, "Failed")["reason"], "FailedIndexes");
+    assert_eq!(condition(&j, "Failed")["message"], "Job has failed indexes");
+    assert_eq!(j["status"]["failedIndexes"], "1");
+    assert_eq!(j["status"]["completedIndexes"], "0,2");
+    assert_eq!(j["status"]["failed"], 2);
+    let counts: Vec<String> = job_pods(&c, "sk-perindex")
+        .iter()
+        .filter(|p| p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
+        .map(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let mut counts = counts;
+    counts.sort();
+    assert_eq!(counts, vec!["0".to_string(), "1".to_string()]);
 
     // restartPolicy OnFailure: container restarts in place count against backoffLimit.
     let j = wait_condition(&c, "sk-onfail", "failed");
