@@ -204,7 +204,7 @@ kind: DaemonSet
 metadata:
   name: sk-surge
 spec:
-  minReadySeconds: 3
+  minReadySeconds: 10
   updateStrategy:
     type: RollingUpdate
     rollingUpdate:
