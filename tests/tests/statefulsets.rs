@@ -407,13 +407,36 @@ spec:
         !c.kubectl(&["get", "pvc", "www-sk-par-7"]).ok && !c.kubectl(&["get", "pod", "sk-par-7"]).ok
     });
     assert!(c.kubectl(&["get", "pvc", "www-sk-par-6"]).ok);
-    // whenDeleted: Delete: the claims go with the set.
+    // whenDeleted: Delete: the claims go with the set, and their volumes (reclaim policy
+    // Delete) with them, directories included.
+    c.wait_for("www-sk-par-6 bound", WAIT, || {
+        c.ok(&[
+            "get",
+            "pvc",
+            "www-sk-par-6",
+            "-o",
+            "jsonpath={.status.phase}",
+        ]) == "Bound"
+    });
+    let pv = c.ok(&[
+        "get",
+        "pvc",
+        "www-sk-par-6",
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ]);
+    let path = c.ok(&["get", "pv", &pv, "-o", "jsonpath={.spec.hostPath.path}"]);
+    assert!(std::path::Path::new(&path).is_dir(), "{path}");
     c.ok(&["delete", "sts", "sk-par"]);
     c.wait_for("the set's claims deleted", WAIT, || {
         c.ok(&["get", "pvc", "-l", "app=sk-par", "-o", "name"])
             .trim()
             .is_empty()
     });
+    c.wait_for("the released volume deleted", WAIT, || {
+        !c.kubectl(&["get", "pv", &pv]).ok
+    });
+    assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
 }
 
 /// The PV binder on API objects alone (control plane without a node): static hostPath volumes,
