@@ -522,4 +522,89 @@ spec:
         c.ok(&["get", "pv", "sk-pv-big", "-o", "jsonpath={.status.phase}"]) == "Released"
     });
     c.ok(&["delete", "pv", "sk-pv-small", "sk-pv-big", "sk-pv-mid"]);
+
+    // No class: the default class is filled in, and the claim waits for its first consumer.
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: sk-wait
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: 1Mi
+"#,
+    );
+    c.wait_for("the default class on sk-wait", WAIT, || {
+        c.ok(&[
+            "get",
+            "pvc",
+            "sk-wait",
+            "-o",
+            "jsonpath={.spec.storageClassName}",
+        ]) == "local-path"
+    });
+    c.wait_for("the WaitForFirstConsumer event", WAIT, || {
+        c.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sk-wait",
+        ])
+        .contains("waiting for first consumer to be created before binding")
+    });
+    assert!(c
+        .ok(&["get", "pvc", "sk-wait", "-o", "jsonpath={.spec.volumeName}"])
+        .is_empty());
+    // A consumer bound to a node (there is no kubelet here: the pod only has to be on a node).
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: sk-consumer
+spec:
+  nodeName: sk-node
+  containers:
+  - name: main
+    image: sk-none
+    volumeMounts:
+    - name: data
+      mountPath: /data
+  volumes:
+  - name: data
+    persistentVolumeClaim:
+      claimName: sk-wait
+"#,
+    );
+    c.wait_for("sk-wait Bound", WAIT, || {
+        c.ok(&["get", "pvc", "sk-wait", "-o", "jsonpath={.status.phase}"]) == "Bound"
+    });
+    let claim = get_json(&c, &["pvc", "sk-wait"]);
+    assert_eq!(
+        claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        "sk-node"
+    );
+    assert_eq!(
+        claim["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"],
+        "skiff.io/local-path"
+    );
+    let pv = get_json(&c, &["pv", claim["spec"]["volumeName"].as_str().unwrap()]);
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+        "skiff.io/local-path"
+    );
+    c.ok(&[
+        "delete",
+        "pod",
+        "sk-consumer",
+        "--grace-period=0",
+        "--force",
+    ]);
+    c.ok(&["delete", "pvc", "sk-wait"]);
+    c.wait_for("the provisioned volume deleted", WAIT, || {
+        c.ok(&["get", "pv", "-o", "name"]).trim().is_empty()
+    });
 }
