@@ -211,6 +211,9 @@ spec:
     }
     let hist = c.ok(&["rollout", "history", "sts/sk-web"]);
     assert!(hist.contains('1') && hist.contains('2'), "{hist}");
+    // The revision's data is the template kubectl shows.
+    let r2 = c.ok(&["rollout", "history", "sts/sk-web", "--revision=2"]);
+    assert!(r2.contains("SK_V:") && r2.contains('2'), "{r2}");
     c.ok(&["rollout", "undo", "sts/sk-web"]);
     rollout_status(&c, "sts/sk-web");
     let s = get_json(&c, &["sts", "sk-web"]);
