@@ -429,6 +429,14 @@ impl Drop for ControlPlane {
             crate::stop_child(&mut self.child, Duration::from_secs(10));
             return;
         };
+        // Workloads first, so that no controller recreates a pod while they are torn down.
+        let _ = self.kubectl(&[
+            "delete",
+            "daemonsets,statefulsets,deployments,replicasets,replicationcontrollers,jobs,cronjobs",
+            "--all",
+            "--all-namespaces",
+            "--wait=false",
+        ]);
         // Let the kubelet tear the pods down first (containers, IPs, cgroups), then stop.
         let _ = self.kubectl(&[
             "delete",

@@ -181,3 +181,97 @@ spec:
     assert_eq!(ds["status"]["desiredNumberScheduled"], 0);
     c.ok(&["delete", "node", "sk-fake-tainted"]);
 }
+
+fn live_pods(c: &ControlPlane, app: &str) -> Vec<Value> {
+    get_json(c, &["pods", "-l", &format!("app={app}")])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+#[test]
+fn daemonset_surge_then_on_delete() {
+    let c = ControlPlane::start_cluster();
+    let img = c.agent.as_ref().unwrap().busybox.clone();
+    apply(
+        &c,
+        &format!(
+            r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: sk-surge
+spec:
+  minReadySeconds: 10
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  selector:
+    matchLabels:
+      app: sk-surge
+  template:
+    metadata:
+      labels:
+        app: sk-surge
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {img}
+        command: ["sleep", "3600"]
+"#
+        ),
+    );
+    let o = c.kubectl(&["rollout", "status", "ds/sk-surge", "--timeout=150s"]);
+    assert!(o.ok, "{}", o.stderr);
+    let old = live_pods(&c, "sk-surge");
+    assert_eq!(old.len(), 1);
+    let old_name = old[0]["metadata"]["name"].as_str().unwrap().to_string();
+    // maxSurge 1, maxUnavailable 0: the new pod runs beside the old one until it has been
+    // available for minReadySeconds; only then does the old one go.
+    c.ok(&["set", "env", "ds/sk-surge", "SK_V=2"]);
+    c.wait_for("the surge pod beside the old one", WAIT, || {
+        let ps = live_pods(&c, "sk-surge");
+        ps.len() == 2
+            && ps
+                .iter()
+                .any(|p| p["metadata"]["name"] == old_name.as_str())
+    });
+    let o = c.kubectl(&["rollout", "status", "ds/sk-surge", "--timeout=150s"]);
+    assert!(o.ok, "{}", o.stderr);
+    c.wait_for("the old pod gone", WAIT, || {
+        let ps = live_pods(&c, "sk-surge");
+        ps.len() == 1 && ps[0]["metadata"]["name"] != old_name.as_str()
+    });
+
+    // OnDelete: a new template does not touch the running pod; deleting it brings the new one.
+    c.ok(&[
+        "patch",
+        "ds/sk-surge",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"OnDelete","rollingUpdate":null}}}"#,
+    ]);
+    c.ok(&["set", "env", "ds/sk-surge", "SK_V=3"]);
+    c.wait_for("the DaemonSet to observe the new template", WAIT, || {
+        let ds = get_json(&c, &["ds", "sk-surge"]);
+        ds["status"]["observedGeneration"] == ds["metadata"]["generation"]
+    });
+    let ds = get_json(&c, &["ds", "sk-surge"]);
+    assert_eq!(ds["status"]["updatedNumberScheduled"], 0);
+    let ps = live_pods(&c, "sk-surge");
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["spec"]["containers"][0]["env"][0]["value"], "2");
+    let name = ps[0]["metadata"]["name"].as_str().unwrap().to_string();
+    c.ok(&["delete", "pod", &name, "--wait=false"]);
+    c.wait_for("the replacement at the new revision", WAIT, || {
+        let ps = live_pods(&c, "sk-surge");
+        ps.len() == 1
+            && ps[0]["metadata"]["name"] != name.as_str()
+            && ps[0]["spec"]["containers"][0]["env"][0]["value"] == "3"
+    });
+}

@@ -146,6 +146,24 @@ fn jobs_run_to_completion_fail_and_index() {
     );
     apply(
         &c,
+        &job_manifest(
+            "sk-leader",
+            &img,
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  successPolicy:\n    rules:\n    - succeededIndexes: \"0\"",
+            "[ \"$JOB_COMPLETION_INDEX\" = 0 ] && exit 0; sleep 600",
+        ),
+    );
+    apply(
+        &c,
+        &job_manifest(
+            "sk-perindex",
+            &img,
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  backoffLimitPerIndex: 1",
+            "[ \"$JOB_COMPLETION_INDEX\" = 1 ] && exit 1; exit 0",
+        ),
+    );
+    apply(
+        &c,
         &job_manifest("sk-onfail", &img, "  backoffLimit: 1", "exit 1")
             .replace("restartPolicy: Never", "restartPolicy: OnFailure"),
     );
@@ -257,6 +275,37 @@ fn jobs_run_to_completion_fail_and_index() {
     assert_eq!(condition(&j, "Suspended")["status"], "False");
     assert_eq!(condition(&j, "Suspended")["reason"], "JobResumed");
 
+    // successPolicy: index 0 alone completes the job; the other indexes' pods are deleted.
+    let j = wait_condition(&c, "sk-leader", "complete");
+    assert_eq!(condition(&j, "Complete")["reason"], "SuccessPolicy");
+    assert_eq!(
+        condition(&j, "Complete")["message"],
+        "Matched rules at index 0"
+    );
+    assert_eq!(j["status"]["completedIndexes"], "0");
+    assert_eq!(j["status"]["active"], 0);
+
+    // backoffLimitPerIndex 1: index 1 runs twice, then is a failed index; the others complete.
+    let j = wait_condition(&c, "sk-perindex", "failed");
+    assert_eq!(condition(&j, "Failed")["reason"], "FailedIndexes");
+    assert_eq!(condition(&j, "Failed")["message"], "Job has failed indexes");
+    assert_eq!(j["status"]["failedIndexes"], "1");
+    assert_eq!(j["status"]["completedIndexes"], "0,2");
+    assert_eq!(j["status"]["failed"], 2);
+    let counts: Vec<String> = job_pods(&c, "sk-perindex")
+        .iter()
+        .filter(|p| p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
+        .map(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let mut counts = counts;
+    counts.sort();
+    assert_eq!(counts, vec!["0".to_string(), "1".to_string()]);
+
     // restartPolicy OnFailure: container restarts in place count against backoffLimit.
     let j = wait_condition(&c, "sk-onfail", "failed");
     assert_eq!(condition(&j, "Failed")["reason"], "BackoffLimitExceeded");
@@ -353,6 +402,11 @@ spec:
         chrono::DateTime::parse_from_rfc3339(cj["status"]["lastScheduleTime"].as_str().unwrap())
             .unwrap();
     assert!(last.timestamp() >= minutes * 60);
+    // successfulJobsHistoryLimit 1: of the two finished jobs the older one (the manual run)
+    // goes.
+    c.wait_for("sk-manual deleted by the history limit", WAIT, || {
+        !c.kubectl(&["get", "job", "sk-manual"]).ok
+    });
     let events = c.ok(&[
         "get",
         "events",
@@ -361,7 +415,7 @@ spec:
     ]);
     assert!(events.contains("SuccessfulCreate"), "{events}");
     assert!(events.contains("SawCompletedJob"), "{events}");
-    // Suspended: no more jobs are created, and none is running now.
+    // Suspended, so that no more jobs start while the cluster is torn down.
     c.ok(&[
         "patch",
         "cronjob",
@@ -370,4 +424,90 @@ spec:
         "-p",
         r#"{"spec":{"suspend":true}}"#,
     ]);
+}
+
+/// Figures, not assertions (run on purpose:
+/// `cargo test -p skiff-tests --test jobs -- --ignored --nocapture measure`): an Indexed Job of
+/// 20 completions, 10 at a time, from create to Complete; a StatefulSet of 5 replicas with a
+/// claim each, OrderedReady, from create to 5 Ready with every claim Bound.
+#[test]
+#[ignore]
+fn measure_batch_figures() {
+    let c = ControlPlane::start_cluster();
+    let img = c.agent.as_ref().unwrap().busybox.clone();
+    let t = std::time::Instant::now();
+    apply(
+        &c,
+        &job_manifest(
+            "sk-m-idx",
+            &img,
+            "  completions: 20\n  parallelism: 10\n  completionMode: Indexed",
+            "true",
+        ),
+    );
+    wait_condition(&c, "sk-m-idx", "complete");
+    println!(
+        "job_indexed_20x10_complete_s skiff={:.1}",
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    apply(
+        &c,
+        &format!(
+            r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: sk-m-sts
+spec:
+  serviceName: sk-m-sts
+  replicas: 5
+  selector:
+    matchLabels:
+      app: sk-m-sts
+  template:
+    metadata:
+      labels:
+        app: sk-m-sts
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {img}
+        command: ["sleep", "3600"]
+  volumeClaimTemplates:
+  - metadata:
+      name: data
+    spec:
+      accessModes: ["ReadWriteOnce"]
+      resources:
+        requests:
+          storage: 1Mi
+"#
+        ),
+    );
+    c.wait_for(
+        "5 Ready with bound claims",
+        Duration::from_secs(300),
+        || {
+            c.ok(&[
+                "get",
+                "sts",
+                "sk-m-sts",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]) == "5"
+                && c.ok(&[
+                    "get",
+                    "pvc",
+                    "-l",
+                    "app=sk-m-sts",
+                    "-o",
+                    "jsonpath={.items[*].status.phase}",
+                ]) == "Bound Bound Bound Bound Bound"
+        },
+    );
+    println!(
+        "sts_5_ordered_ready_bound_s skiff={:.1}",
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -211,6 +211,9 @@ spec:
     }
     let hist = c.ok(&["rollout", "history", "sts/sk-web"]);
     assert!(hist.contains('1') && hist.contains('2'), "{hist}");
+    // The revision's data is the template kubectl shows.
+    let r2 = c.ok(&["rollout", "history", "sts/sk-web", "--revision=2"]);
+    assert!(r2.contains("SK_V:") && r2.contains('2'), "{r2}");
     c.ok(&["rollout", "undo", "sts/sk-web"]);
     rollout_status(&c, "sts/sk-web");
     let s = get_json(&c, &["sts", "sk-web"]);
@@ -239,6 +242,19 @@ spec:
     // Scale down removes the highest ordinals; claims are retained (whenScaled: Retain).
     c.ok(&["scale", "sts/sk-web", "--replicas=1"]);
     c.wait_for("sk-web to scale down to 1", WAIT, || {
+        let live = |n: &str| {
+            let o = c.kubectl(&[
+                "get",
+                "pod",
+                n,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ]);
+            o.ok && o.stdout.trim().is_empty()
+        };
+        let (one, two) = (live("sk-web-1"), live("sk-web-2"));
+        // Highest ordinal first: sk-web-1 is never deleted while sk-web-2 is still running.
+        assert!(one || !two, "sk-web-1 deleted before sk-web-2");
         !c.kubectl(&["get", "pod", "sk-web-1"]).ok && !c.kubectl(&["get", "pod", "sk-web-2"]).ok
     });
     assert!(c.kubectl(&["get", "pod", "sk-web-0"]).ok);
@@ -353,19 +369,77 @@ spec:
         ]),
         rev1
     );
+    // OnDelete: a new template replaces only the pods the user deletes.
+    c.ok(&[
+        "patch",
+        "sts/sk-par",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"OnDelete","rollingUpdate":null}}}"#,
+    ]);
+    c.ok(&["set", "env", "sts/sk-par", "SK_V=3"]);
+    c.wait_for("the set to observe the OnDelete template", WAIT, || {
+        let s = get_json(&c, &["sts", "sk-par"]);
+        s["status"]["observedGeneration"] == s["metadata"]["generation"]
+    });
+    let rev3 = c.ok(&[
+        "get",
+        "sts",
+        "sk-par",
+        "-o",
+        "jsonpath={.status.updateRevision}",
+    ]);
+    assert_ne!(rev3, rev2);
+    assert_eq!(hash("sk-par-7"), rev2);
+    c.ok(&["delete", "pod", "sk-par-5", "--wait=false"]);
+    c.wait_for("sk-par-5 recreated at the new revision", WAIT, || {
+        let o = c.kubectl(&[
+            "get",
+            "pod",
+            "sk-par-5",
+            "-o",
+            "jsonpath={.metadata.labels.controller-revision-hash}",
+        ]);
+        o.ok && o.stdout == rev3
+    });
+    assert_eq!(hash("sk-par-6"), rev2);
+
     // whenScaled: Delete: the claim of a scaled-away ordinal goes with its pod.
     c.ok(&["scale", "sts/sk-par", "--replicas=2"]);
     c.wait_for("www-sk-par-7 deleted with its pod", WAIT, || {
         !c.kubectl(&["get", "pvc", "www-sk-par-7"]).ok && !c.kubectl(&["get", "pod", "sk-par-7"]).ok
     });
     assert!(c.kubectl(&["get", "pvc", "www-sk-par-6"]).ok);
-    // whenDeleted: Delete: the claims go with the set.
+    // whenDeleted: Delete: the claims go with the set, and their volumes (reclaim policy
+    // Delete) with them, directories included.
+    c.wait_for("www-sk-par-6 bound", WAIT, || {
+        c.ok(&[
+            "get",
+            "pvc",
+            "www-sk-par-6",
+            "-o",
+            "jsonpath={.status.phase}",
+        ]) == "Bound"
+    });
+    let pv = c.ok(&[
+        "get",
+        "pvc",
+        "www-sk-par-6",
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ]);
+    let path = c.ok(&["get", "pv", &pv, "-o", "jsonpath={.spec.hostPath.path}"]);
+    assert!(std::path::Path::new(&path).is_dir(), "{path}");
     c.ok(&["delete", "sts", "sk-par"]);
     c.wait_for("the set's claims deleted", WAIT, || {
         c.ok(&["get", "pvc", "-l", "app=sk-par", "-o", "name"])
             .trim()
             .is_empty()
     });
+    c.wait_for("the released volume deleted", WAIT, || {
+        !c.kubectl(&["get", "pv", &pv]).ok
+    });
+    assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
 }
 
 /// The PV binder on API objects alone (control plane without a node): static hostPath volumes,
@@ -451,4 +525,89 @@ spec:
         c.ok(&["get", "pv", "sk-pv-big", "-o", "jsonpath={.status.phase}"]) == "Released"
     });
     c.ok(&["delete", "pv", "sk-pv-small", "sk-pv-big", "sk-pv-mid"]);
+
+    // No class: the default class is filled in, and the claim waits for its first consumer.
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: sk-wait
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: 1Mi
+"#,
+    );
+    c.wait_for("the default class on sk-wait", WAIT, || {
+        c.ok(&[
+            "get",
+            "pvc",
+            "sk-wait",
+            "-o",
+            "jsonpath={.spec.storageClassName}",
+        ]) == "local-path"
+    });
+    c.wait_for("the WaitForFirstConsumer event", WAIT, || {
+        c.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sk-wait",
+        ])
+        .contains("waiting for first consumer to be created before binding")
+    });
+    assert!(c
+        .ok(&["get", "pvc", "sk-wait", "-o", "jsonpath={.spec.volumeName}"])
+        .is_empty());
+    // A consumer bound to a node (there is no kubelet here: the pod only has to be on a node).
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: sk-consumer
+spec:
+  nodeName: sk-node
+  containers:
+  - name: main
+    image: sk-none
+    volumeMounts:
+    - name: data
+      mountPath: /data
+  volumes:
+  - name: data
+    persistentVolumeClaim:
+      claimName: sk-wait
+"#,
+    );
+    c.wait_for("sk-wait Bound", WAIT, || {
+        c.ok(&["get", "pvc", "sk-wait", "-o", "jsonpath={.status.phase}"]) == "Bound"
+    });
+    let claim = get_json(&c, &["pvc", "sk-wait"]);
+    assert_eq!(
+        claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        "sk-node"
+    );
+    assert_eq!(
+        claim["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"],
+        "skiff.io/local-path"
+    );
+    let pv = get_json(&c, &["pv", claim["spec"]["volumeName"].as_str().unwrap()]);
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+        "skiff.io/local-path"
+    );
+    c.ok(&[
+        "delete",
+        "pod",
+        "sk-consumer",
+        "--grace-period=0",
+        "--force",
+    ]);
+    c.ok(&["delete", "pvc", "sk-wait"]);
+    c.wait_for("the provisioned volume deleted", WAIT, || {
+        c.ok(&["get", "pv", "-o", "name"]).trim().is_empty()
+    });
 }

@@ -197,6 +197,75 @@ pub fn most_recent(
     }
 }
 
+/// What to do at `now` (upstream's `syncCronJob` decisions, without the API calls).
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Nothing is due (or the due run was already started).
+    Wait,
+    /// The due run is past `startingDeadlineSeconds`.
+    Missed(DateTime<Utc>),
+    /// The due run waits: a job is active and the policy is Forbid.
+    Forbidden,
+    /// Start the run of `at`; `replace`: delete the active jobs first (Replace).
+    Start { at: DateTime<Utc>, replace: bool },
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Plan {
+    pub step: Step,
+    pub too_many_missed: bool,
+    /// When to look again: just after the next scheduled time.
+    pub wait: Option<Duration>,
+}
+
+pub fn plan(
+    sched: &Schedule,
+    spec: &k8s_openapi::api::batch::v1::CronJobSpec,
+    status: &k8s_openapi::api::batch::v1::CronJobStatus,
+    active: &[ObjectReference],
+    created: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Plan {
+    let last = status.last_schedule_time.as_ref().map(to_chrono);
+    let mut earliest = last.unwrap_or(created);
+    if let Some(d) = spec.starting_deadline_seconds {
+        let floor = now - chrono::Duration::seconds(d);
+        if floor > earliest {
+            earliest = floor;
+        }
+    }
+    let (recent, missed, next) = most_recent(sched, earliest, now);
+    let wait = next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(100));
+    let too_many_missed = missed > MAX_MISSED;
+    let step = match recent {
+        None => Step::Wait,
+        Some(t) if last.is_some_and(|l| l >= t) => Step::Wait,
+        Some(t)
+            if spec
+                .starting_deadline_seconds
+                .is_some_and(|d| t + chrono::Duration::seconds(d) < now) =>
+        {
+            Step::Missed(t)
+        }
+        Some(t) => match spec.concurrency_policy.as_deref() {
+            Some("Forbid") if !active.is_empty() => Step::Forbidden,
+            Some("Replace") => Step::Start {
+                at: t,
+                replace: !active.is_empty(),
+            },
+            _ => Step::Start {
+                at: t,
+                replace: false,
+            },
+        },
+    };
+    Plan {
+        step,
+        too_many_missed,
+        wait,
+    }
+}
+
 fn to_chrono(t: &Time) -> DateTime<Utc> {
     DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default()
 }
@@ -425,23 +494,8 @@ async fn schedule(
         .as_ref()
         .map(to_chrono)
         .unwrap_or(now);
-    let mut earliest = status
-        .last_schedule_time
-        .as_ref()
-        .map(to_chrono)
-        .unwrap_or(created);
-    if let Some(d) = spec.starting_deadline_seconds {
-        let floor = now - chrono::Duration::seconds(d);
-        if floor > earliest {
-            earliest = floor;
-        }
-    }
-    let (recent, missed, next) = most_recent(&sched, earliest, now);
-    let wait = next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(100));
-    let Some(scheduled) = recent else {
-        return Ok(wait);
-    };
-    if missed > MAX_MISSED {
+    let p = plan(&sched, spec, status, active, created, now);
+    if p.too_many_missed {
         workload::record(
             &st.rec,
             cj,
@@ -452,34 +506,21 @@ async fn schedule(
         )
         .await;
     }
-    if let Some(d) = spec.starting_deadline_seconds {
-        if scheduled + chrono::Duration::seconds(d) < now {
+    let scheduled = match p.step {
+        Step::Wait => return Ok(p.wait),
+        Step::Missed(t) => {
             workload::record(
                 &st.rec,
                 cj,
                 true,
                 "MissSchedule",
                 "Schedule",
-                format!(
-                    "Missed scheduled time to start a job: {}",
-                    sched.format(scheduled)
-                ),
+                format!("Missed scheduled time to start a job: {}", sched.format(t)),
             )
             .await;
-            return Ok(wait);
+            return Ok(p.wait);
         }
-    }
-    let jname = job_name(&cj.name_any(), scheduled);
-    if active.iter().any(|r| r.name.as_deref() == Some(&jname))
-        || status
-            .last_schedule_time
-            .as_ref()
-            .is_some_and(|l| to_chrono(l) >= scheduled)
-    {
-        return Ok(wait);
-    }
-    match spec.concurrency_policy.as_deref() {
-        Some("Forbid") if !active.is_empty() => {
+        Step::Forbidden => {
             workload::record(
                 &st.rec,
                 cj,
@@ -489,18 +530,22 @@ async fn schedule(
                 "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
             )
             .await;
-            return Ok(wait);
+            return Ok(p.wait);
         }
-        Some("Replace") => {
-            for r in std::mem::take(active) {
-                let Some(name) = r.name.clone() else { continue };
-                if let Some(j) = job_api.get_opt(&name).await? {
-                    delete_job(st, cj, job_api, &j).await?;
+        Step::Start { at, replace } => {
+            if replace {
+                for r in std::mem::take(active) {
+                    let Some(name) = r.name.clone() else { continue };
+                    if let Some(j) = job_api.get_opt(&name).await? {
+                        delete_job(st, cj, job_api, &j).await?;
+                    }
                 }
             }
+            at
         }
-        _ => {}
-    }
+    };
+    let wait = p.wait;
+    let jname = job_name(&cj.name_any(), scheduled);
     let tmpl = spec.job_template.clone();
     let tmeta = tmpl.metadata.unwrap_or_default();
     let mut annotations = tmeta.annotations.unwrap_or_default();
@@ -610,6 +655,103 @@ mod tests {
         assert_eq!(
             Schedule::parse("* * * * *", Some("Mars/Base")).err(),
             Some(ScheduleError::UnknownTimeZone("Mars/Base".into()))
+        );
+    }
+
+    #[test]
+    fn concurrency_policies_and_deadlines() {
+        use k8s_openapi::api::batch::v1::{CronJobSpec, CronJobStatus};
+        let s = Schedule::parse("*/5 * * * *", Some("UTC")).unwrap();
+        let created = at("2026-01-01T09:58:00Z");
+        let now = at("2026-01-01T10:00:20Z");
+        let spec = |policy: &str| CronJobSpec {
+            concurrency_policy: Some(policy.into()),
+            ..Default::default()
+        };
+        let none = CronJobStatus::default();
+        let one = vec![ObjectReference {
+            name: Some("sk-1".into()),
+            ..Default::default()
+        }];
+        let due = at("2026-01-01T10:00:00Z");
+        let p = plan(&s, &spec("Allow"), &none, &one, created, now);
+        assert_eq!(
+            p.step,
+            Step::Start {
+                at: due,
+                replace: false
+            }
+        );
+        assert_eq!(p.wait, Some(Duration::from_millis(280_100)));
+        assert!(!p.too_many_missed);
+        assert_eq!(
+            plan(&s, &spec("Forbid"), &none, &one, created, now).step,
+            Step::Forbidden
+        );
+        assert_eq!(
+            plan(&s, &spec("Forbid"), &none, &[], created, now).step,
+            Step::Start {
+                at: due,
+                replace: false
+            }
+        );
+        assert_eq!(
+            plan(&s, &spec("Replace"), &none, &one, created, now).step,
+            Step::Start {
+                at: due,
+                replace: true
+            }
+        );
+        // Already started for that time.
+        let started = CronJobStatus {
+            last_schedule_time: Some(to_time(due)),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&s, &spec("Allow"), &started, &[], created, now).step,
+            Step::Wait
+        );
+        // Not due yet.
+        assert_eq!(
+            plan(
+                &s,
+                &spec("Allow"),
+                &none,
+                &[],
+                created,
+                at("2026-01-01T09:59:00Z")
+            )
+            .step,
+            Step::Wait
+        );
+        // startingDeadlineSeconds: a run further back than the deadline is not started.
+        let mut late = spec("Allow");
+        late.starting_deadline_seconds = Some(10);
+        assert_eq!(plan(&s, &late, &none, &[], created, now).step, Step::Wait);
+        late.starting_deadline_seconds = Some(30);
+        assert_eq!(
+            plan(&s, &late, &none, &[], created, now).step,
+            Step::Start {
+                at: due,
+                replace: false
+            }
+        );
+        // Created long ago and never run: too many missed times, the most recent one starts.
+        let p = plan(
+            &s,
+            &spec("Allow"),
+            &none,
+            &[],
+            at("2025-12-01T00:00:00Z"),
+            now,
+        );
+        assert!(p.too_many_missed);
+        assert_eq!(
+            p.step,
+            Step::Start {
+                at: due,
+                replace: false
+            }
         );
     }
 

@@ -54,7 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let (nodes, node_events) = workload::reflect(Api::<Node>::all(client.clone()));
         let st = Arc::new(State {
             client: client.clone(),
@@ -67,7 +67,7 @@ pub fn run(
             Api::<DaemonSet>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .reconcile_all_on(workload::ticks(node_events))
         .run(reconcile, error_policy, st)
         .for_each(|_| async {});
@@ -183,12 +183,14 @@ fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
             .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
 }
 
-/// Upstream's `NodeShouldRunDaemonPod` (predicates part): selector, affinity, taints.
-pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
+/// Upstream's `NodeShouldRunDaemonPod` (predicates part): whether a daemon pod should run on
+/// `node` (selector, required affinity, NoSchedule and NoExecute taints tolerated) and whether
+/// one already there may go on running (NoExecute taints only).
+pub fn placement(spec: &PodSpec, node: &Node) -> (bool, bool) {
     let labels = node.labels();
     for (k, v) in spec.node_selector.iter().flatten() {
         if labels.get(k) != Some(v) {
-            return false;
+            return (false, false);
         }
     }
     if let Some(req) = spec
@@ -205,19 +207,31 @@ pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
             .iter()
             .any(|t| term_matches(t, node))
         {
-            return false;
+            return (false, false);
         }
     }
     let mut spec = spec.clone();
     add_daemon_tolerations(&mut spec);
     let tols = spec.tolerations.unwrap_or_default();
-    node.spec
+    let taints: Vec<&Taint> = node
+        .spec
         .as_ref()
         .and_then(|s| s.taints.as_ref())
         .into_iter()
         .flatten()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|taint| tols.iter().any(|t| tolerates(t, taint)))
+        .collect();
+    let tolerated = |effect: &str| {
+        taints
+            .iter()
+            .filter(|t| t.effect == effect)
+            .all(|taint| tols.iter().any(|t| tolerates(t, taint)))
+    };
+    let cont = tolerated("NoExecute");
+    (cont && tolerated("NoSchedule"), cont)
+}
+
+pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
+    placement(spec, node).0
 }
 
 /// Which node a daemon pod is for: `spec.nodeName`, else its `metadata.name` affinity.
@@ -372,10 +386,14 @@ async fn sync(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, DaemonSetErr
             deletes.push(p.clone());
         }
         on_node.retain(|p| workload::is_active(p));
-        if !should_run(&tspec, node) {
+        let (run, cont) = placement(&tspec, node);
+        if !run {
             if !on_node.is_empty() {
                 mis += 1;
-                deletes.extend(on_node);
+                // A NoSchedule taint added later does not evict a running daemon pod.
+                if !cont {
+                    deletes.extend(on_node);
+                }
             }
             continue;
         }
@@ -617,6 +635,18 @@ mod tests {
             &tolerant,
             &node(serde_json::json!({"disk": "ssd"}), t)
         ));
+        // A NoSchedule taint keeps new daemon pods off but lets a running one stay; NoExecute
+        // does neither.
+        let t = serde_json::json!([{"key": "x", "effect": "NoSchedule"}]);
+        assert_eq!(
+            placement(&spec, &node(serde_json::json!({"disk": "ssd"}), t)),
+            (false, true)
+        );
+        let t = serde_json::json!([{"key": "x", "effect": "NoExecute"}]);
+        assert_eq!(
+            placement(&spec, &node(serde_json::json!({"disk": "ssd"}), t)),
+            (false, false)
+        );
         // PreferNoSchedule does not keep daemon pods off.
         let t = serde_json::json!([{"key": "x", "effect": "PreferNoSchedule"}]);
         assert!(should_run(

@@ -33,6 +33,8 @@ use crate::{Context, ControllerError};
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+/// How many times the pod's index failed before it (`backoffLimitPerIndex`).
+pub const INDEX_FAILURES_KEY: &str = "batch.kubernetes.io/job-index-failure-count";
 const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
@@ -54,7 +56,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -64,7 +66,7 @@ pub fn run(
             last_failure: Mutex::default(),
         });
         let ctl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-            .owns_stream(pod_events);
+            .owns_shared_stream(pod_events);
         let jobs = ctl.store();
         let orphans = tokio::spawn(release_orphans(st.clone(), jobs));
         workload::until(
@@ -90,6 +92,13 @@ fn error_policy(_job: Arc<Job>, err: &JobError, _st: Arc<State>) -> Action {
 
 fn has_finalizer(p: &Pod) -> bool {
     p.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
+}
+
+fn index_failures(p: &Pod) -> i32 {
+    p.annotations()
+        .get(INDEX_FAILURES_KEY)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn pod_index(p: &Pod) -> Option<i32> {
@@ -179,6 +188,7 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
 #[derive(Debug, PartialEq)]
 enum FailureAction {
     FailJob(String),
+    FailIndex,
     Ignore,
     Count,
 }
@@ -234,13 +244,36 @@ fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
         }
         if let Some(msg) = matched {
             return match rule.action.as_str() {
-                "FailJob" | "FailIndex" => FailureAction::FailJob(msg),
+                "FailJob" => FailureAction::FailJob(msg),
+                "FailIndex" => FailureAction::FailIndex,
                 "Ignore" => FailureAction::Ignore,
                 _ => FailureAction::Count,
             };
         }
     }
     FailureAction::Count
+}
+
+/// The index of the first `successPolicy` rule the completed indexes meet (upstream's
+/// `matchSuccessPolicy`): all of `succeededIndexes`, or `succeededCount` of them (of all indexes
+/// when no set is given).
+fn success_policy_met(
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+    completed: &BTreeSet<i32>,
+) -> Option<usize> {
+    let policy = spec.success_policy.as_ref()?;
+    policy.rules.iter().position(|r| {
+        let set = r.succeeded_indexes.as_deref().map(parse_indexes);
+        let done = match &set {
+            Some(s) => completed.intersection(s).count() as i32,
+            None => completed.len() as i32,
+        };
+        match (set, r.succeeded_count) {
+            (Some(s), None) => !s.is_empty() && done == s.len() as i32,
+            (_, Some(n)) => done >= n,
+            (None, None) => false,
+        }
+    })
 }
 
 /// With `restartPolicy: OnFailure` the kubelet restarts failed containers in place; upstream
@@ -425,6 +458,14 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     let mut unc_fail: Vec<String> = uncounted.failed.clone().unwrap_or_default();
     let mut fail_job: Option<String> = None;
     let mut finalize_only: Vec<Arc<Pod>> = Vec::new();
+    // `podReplacementPolicy: Failed`: a terminating pod is neither failed nor replaced until it
+    // reaches the Failed phase.
+    let only_replace_failed = spec.pod_replacement_policy.as_deref() == Some("Failed");
+    // `backoffLimitPerIndex` (Indexed only): failures are counted per index; an index past its
+    // limit is failed and not retried.
+    let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
+    let mut failed_ixs: BTreeSet<i32> =
+        parse_indexes(status.failed_indexes.as_deref().unwrap_or(""));
 
     // 1. Record newly finished pods as uncounted.
     let mut changed = false;
@@ -448,7 +489,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
             }
             unc_succ.push(puid);
             changed = true;
-        } else if ph == "Failed" || workload::is_terminating(p) {
+        } else if ph == "Failed" || (workload::is_terminating(p) && !only_replace_failed) {
             let ours = st
                 .deleted
                 .lock()
@@ -466,7 +507,18 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
                     continue;
                 }
                 FailureAction::FailJob(msg) => fail_job = Some(msg),
-                FailureAction::Count => {}
+                FailureAction::FailIndex if per_index.is_some() => {
+                    if let Some(i) = pod_index(p) {
+                        failed_ixs.insert(i);
+                    }
+                }
+                // Without backoffLimitPerIndex upstream's validation refuses FailIndex; count it.
+                FailureAction::FailIndex | FailureAction::Count => {}
+            }
+            if let (Some(limit), Some(i)) = (per_index, pod_index(p)) {
+                if index_failures(p) + 1 > limit {
+                    failed_ixs.insert(i);
+                }
             }
             st.last_failure
                 .lock()
@@ -482,6 +534,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
         status.uncounted_terminated_pods = Some(uncounted.clone());
         if indexed {
             status.completed_indexes = Some(format_indexes(&completed));
+        }
+        if per_index.is_some() {
+            status.failed_indexes = Some(format_indexes(&failed_ixs));
         }
         job_now.status = Some(status.clone());
         job_now = job_api
@@ -562,9 +617,19 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
             (false, Some(c)) => succeeded >= c,
             (_, None) => succeeded > 0 && active.is_empty(),
         };
+        let max_failed = spec.max_failed_indexes.filter(|_| per_index.is_some());
+        let all_indexes_done =
+            completions.is_some_and(|c| (completed.len() + failed_ixs.len()) as i32 >= c);
         let failure = if let Some(msg) = fail_job.take() {
             Some(("PodFailurePolicy", msg))
-        } else if failed > backoff_limit
+        } else if max_failed.is_some_and(|m| failed_ixs.len() as i32 > m) {
+            Some((
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes".to_string(),
+            ))
+        } else if per_index.is_some() && !failed_ixs.is_empty() && all_indexes_done {
+            Some(("FailedIndexes", "Job has failed indexes".to_string()))
+        } else if (per_index.is_none() && failed > backoff_limit)
             || past_backoff_limit_on_failure(&job, &active, backoff_limit)
         {
             Some((
@@ -584,6 +649,15 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
         if let Some((reason, msg)) = failure {
             set_condition(&mut status, "FailureTarget", "True", reason, &msg);
             target_fail = cond_true(&status, "FailureTarget");
+        } else if let Some(i) = success_policy_met(&spec, &completed).filter(|_| indexed) {
+            set_condition(
+                &mut status,
+                "SuccessCriteriaMet",
+                "True",
+                "SuccessPolicy",
+                &format!("Matched rules at index {i}"),
+            );
+            target_succ = cond_true(&status, "SuccessCriteriaMet");
         } else if reached {
             set_condition(
                 &mut status,
@@ -683,7 +757,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
             let mut by_index: BTreeMap<i32, Vec<&Arc<Pod>>> = BTreeMap::new();
             for p in &active {
                 match pod_index(p) {
-                    Some(i) if i < c && !completed.contains(&i) => {
+                    Some(i) if i < c && !completed.contains(&i) && !failed_ixs.contains(&i) => {
                         by_index.entry(i).or_default().push(p)
                     }
                     _ => to_delete.push(p),
@@ -704,8 +778,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
                     to_delete.push(ps[0]);
                 }
             } else {
-                let pending =
-                    (0..c).filter(|i| !completed.contains(i) && !by_index.contains_key(i));
+                let pending = (0..c).filter(|i| {
+                    !completed.contains(i) && !failed_ixs.contains(i) && !by_index.contains_key(i)
+                });
                 to_create.extend(pending.take((parallelism - running) as usize).map(Some));
             }
         } else {
@@ -729,6 +804,12 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
                 to_create.extend((0..(wanted - n)).map(|_| None));
             }
         }
+        let terminating_left = pods.iter().any(|p| {
+            workload::is_terminating(p) && !matches!(workload::phase(p), "Succeeded" | "Failed")
+        });
+        if only_replace_failed && terminating_left {
+            to_create.clear();
+        }
         if !to_create.is_empty() && failed > 0 {
             let since = st
                 .last_failure
@@ -751,7 +832,19 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     }
     let mut created = 0;
     for idx in to_create {
-        let pod = new_pod(&job, idx);
+        let mut pod = new_pod(&job, idx);
+        if let (Some(_), Some(i)) = (per_index, idx) {
+            let prior = pods
+                .iter()
+                .filter(|p| pod_index(p) == Some(i) && workload::phase(p) == "Failed")
+                .map(|p| index_failures(p) + 1)
+                .max()
+                .unwrap_or(0);
+            pod.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(INDEX_FAILURES_KEY.into(), prior.to_string());
+        }
         match pod_api.create(&PostParams::default(), &pod).await {
             Ok(p) => {
                 st.exp.expect_add(&key, &p.name_any());
@@ -798,6 +891,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     );
     if indexed {
         status.completed_indexes = Some(format_indexes(&completed));
+    }
+    if per_index.is_some() {
+        status.failed_indexes = Some(format_indexes(&failed_ixs));
     }
     if job_now.status.as_ref() != Some(&status) {
         job_now.status = Some(status);
@@ -847,6 +943,22 @@ mod tests {
         assert_eq!(format_indexes(&s), "0,2-4,7");
         assert_eq!(format_indexes(&BTreeSet::new()), "");
         assert_eq!(format_indexes(&[1, 2].into_iter().collect()), "1-2");
+    }
+
+    #[test]
+    fn success_policies() {
+        let spec: k8s_openapi::api::batch::v1::JobSpec =
+            serde_json::from_value(serde_json::json!({
+                "template": {},
+                "successPolicy": {"rules": [
+                    {"succeededIndexes": "0,2-3"},
+                    {"succeededCount": 3}
+                ]}
+            }))
+            .unwrap();
+        assert_eq!(success_policy_met(&spec, &parse_indexes("0,2")), None);
+        assert_eq!(success_policy_met(&spec, &parse_indexes("0,2-3")), Some(0));
+        assert_eq!(success_policy_met(&spec, &parse_indexes("1,4,5")), Some(1));
     }
 
     #[test]

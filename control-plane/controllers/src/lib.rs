@@ -44,6 +44,8 @@ mod workload;
 pub struct Context {
     pub client: Client,
     pub informers: Arc<informer::Informers>,
+    /// The process's one pod cache (a shared informer) for the controllers that read pods.
+    pub pods: workload::SharedPods,
 }
 
 /// A controller: a name (for logs and its identity) and a future that runs it until `stop`.
@@ -117,6 +119,7 @@ async fn run_all(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let ctx = Context {
         informers: Arc::new(informer::Informers::new(client.clone(), rx.clone())),
+        pods: workload::SharedPods::new(client.clone()),
         client,
     };
     let mut tasks = Vec::new();

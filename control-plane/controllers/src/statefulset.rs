@@ -54,7 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -65,7 +65,7 @@ pub fn run(
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .run(reconcile, error_policy, st)
         .for_each(|_| async {});
         workload::until(stop, ctl).await;
@@ -336,13 +336,18 @@ async fn sync(set: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, StatefulS
         collision_count: set.status.as_ref().and_then(|s| s.collision_count),
         ..Default::default()
     };
-    for p in by_ord.values().filter(|p| !workload::is_terminating(p)) {
+    // Upstream's counting: every created pod is a replica; ready and available need Running;
+    // current and updated count pods that are not terminating.
+    for p in by_ord.values() {
         status.replicas += 1;
-        if workload::is_ready(p) {
+        if running_and_ready(p) {
             status.ready_replicas = Some(status.ready_replicas.unwrap_or(0) + 1);
+            if workload::is_available(p, min_ready, now) {
+                status.available_replicas = Some(status.available_replicas.unwrap_or(0) + 1);
+            }
         }
-        if workload::is_available(p, min_ready, now) {
-            status.available_replicas = Some(status.available_replicas.unwrap_or(0) + 1);
+        if workload::is_terminating(p) {
+            continue;
         }
         if rev_of(p) == current_name {
             status.current_replicas = Some(status.current_replicas.unwrap_or(0) + 1);

@@ -79,7 +79,7 @@ pub fn run(
         let client = ctx.client.clone();
         ensure_default_class(&client).await?;
         let (pvs, pv_events) = workload::reflect(Api::<PersistentVolume>::all(client.clone()));
-        let (pods, pod_events) = workload::reflect(Api::<Pod>::all(client.clone()));
+        let (pods, pod_events) = ctx.pods.subscribe();
         let (classes, class_events) = workload::reflect(Api::<StorageClass>::all(client.clone()));
         let class_feed = tokio::spawn(class_events.for_each(|_| async {}));
         let st = Arc::new(State {
@@ -93,7 +93,7 @@ pub fn run(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default(),
         )
-        .watches_stream(pod_events, |pod: Pod| {
+        .watches_shared_stream(pod_events, |pod: Arc<Pod>| {
             let ns = pod.namespace().unwrap_or_default();
             pod.spec
                 .iter()
@@ -676,10 +676,13 @@ async fn sync_volume(pv: Arc<PersistentVolume>, st: Arc<State>) -> Result<Action
         .get_opt(cref.name.as_deref().unwrap_or_default())
         .await?
         .filter(|c| c.uid().as_deref() == Some(cuid.as_str()));
-    if claim.is_some() {
-        if phase.is_empty() || phase == "Pending" {
-            // Provisioned for this claim and not bound yet: the claim side binds it.
-            set_phase("Available").await?;
+    if let Some(claim) = claim {
+        // Bound once the claim names this volume; until then (provisioned for the claim, or in
+        // the middle of binding) Available, and the claim side completes the binding.
+        let bound = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(&name);
+        let want = if bound { "Bound" } else { "Available" };
+        if (bound || phase != "Bound") && phase != want {
+            set_phase(want).await?;
         }
         return Ok(Action::await_change());
     }
