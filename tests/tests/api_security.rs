@@ -567,6 +567,16 @@ fn auth_can_i_whoami_and_impersonation() {
         "{}",
         out.stderr
     );
+    // A namespace's own URL is in that namespace: edit there may read the Namespace object.
+    let out = kubectl_as(&cp, &kc, &["get", "namespace", "sk-can"]);
+    assert!(out.ok, "{}", out.stderr);
+    let out = kubectl_as(&cp, &kc, &["get", "namespace", "default"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("namespaces \"default\" is forbidden: User \"system:serviceaccount:sk-can:sk-sa\" cannot get resource \"namespaces\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        out.stderr
+    );
     // edit grants impersonating service accounts of the namespace.
     cp.ok(&["create", "serviceaccount", "sk-other", "-n", "sk-can"]);
     let out = kubectl_as(
