@@ -567,6 +567,16 @@ fn auth_can_i_whoami_and_impersonation() {
         "{}",
         out.stderr
     );
+    // A namespace's own URL is in that namespace: edit there may read the Namespace object.
+    let out = kubectl_as(&cp, &kc, &["get", "namespace", "sk-can"]);
+    assert!(out.ok, "{}", out.stderr);
+    let out = kubectl_as(&cp, &kc, &["get", "namespace", "default"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("namespaces \"default\" is forbidden: User \"system:serviceaccount:sk-can:sk-sa\" cannot get resource \"namespaces\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        out.stderr
+    );
     // edit grants impersonating service accounts of the namespace.
     cp.ok(&["create", "serviceaccount", "sk-other", "-n", "sk-can"]);
     let out = kubectl_as(
@@ -1302,4 +1312,252 @@ fn admission_quota_limits_and_default_storage_class() {
         "--wait=false",
     ]);
     cp.ok(&["delete", "storageclass", "sk-default"]);
+}
+
+/// The test's webhook server (tests/python/webhook_server.py), stopped by PID on drop.
+struct WebhookServer {
+    child: std::process::Child,
+    port: u16,
+    ca_b64: String,
+}
+
+impl WebhookServer {
+    fn start(dir: &std::path::Path) -> WebhookServer {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl on PATH");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sk-webhook-ca",
+            "-keyout",
+            "sk-wh-ca.key",
+            "-out",
+            "sk-wh-ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "sk-wh.key",
+            "-out",
+            "sk-wh.csr",
+        ]);
+        std::fs::write(dir.join("sk-wh.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "sk-wh.csr",
+            "-CA",
+            "sk-wh-ca.crt",
+            "-CAkey",
+            "sk-wh-ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "sk-wh.ext",
+            "-out",
+            "sk-wh.crt",
+        ]);
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/webhook_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(dir.join("sk-wh.crt"))
+            .arg(dir.join("sk-wh.key"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 on PATH");
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("webhook port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("webhook server printed {line:?}"));
+        let ca = std::fs::read(dir.join("sk-wh-ca.crt")).unwrap();
+        WebhookServer {
+            child,
+            port,
+            ca_b64: base64::engine::general_purpose::STANDARD.encode(ca),
+        }
+    }
+}
+
+impl Drop for WebhookServer {
+    fn drop(&mut self) {
+        // Only the process this test started, by its PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn admission_webhooks() {
+    let cp = ControlPlane::start();
+    let wh = WebhookServer::start(cp.dir());
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", wh.port);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let hook = |name: &str, url: String, extra: Value| {
+        let mut h = json!({"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "clientConfig": {"url": url, "caBundle": wh.ca_b64},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"sk-webhook": "on"}}});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        h
+    };
+    let mutating = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "sk-mutate"}, "webhooks": [hook("sk-mutate.sk.example", url("/mutate"), json!({}))]});
+    let validating = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+    "metadata": {"name": "sk-validate"}, "webhooks": [
+        hook("sk-validate.sk.example", url("/validate"), json!({})),
+        hook("sk-broken.sk.example", format!("https://127.0.0.1:{closed}/validate"),
+            json!({"failurePolicy": "Fail", "objectSelector": {"matchLabels": {"sk-broken": "yes"}}})),
+        hook("sk-ignored.sk.example", format!("https://127.0.0.1:{closed}/validate"),
+            json!({"failurePolicy": "Ignore", "objectSelector": {"matchLabels": {"sk-ignore": "yes"}}})),
+        hook("sk-slow.sk.example", url("/slow"),
+            json!({"timeoutSeconds": 1, "objectSelector": {"matchLabels": {"sk-slow": "yes"}}})),
+    ]});
+    for cfg in [&mutating, &validating] {
+        let out = cp.with_stdin(&["create", "-f", "-"], &cfg.to_string());
+        assert!(out.ok, "{}", out.stderr);
+    }
+    cp.ok(&["create", "namespace", "sk-hooks"]);
+    cp.ok(&["label", "namespace", "sk-hooks", "sk-webhook=on"]);
+    cp.ok(&["create", "namespace", "sk-nohooks"]);
+    let pod = |ns: &str, name: &str, labels: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n")
+    };
+    // Mutated and warned.
+    let out = cp.with_stdin(&["apply", "-f", "-"], &pod("sk-hooks", "sk-ok", "app: sk"));
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Warning: sk-webhook saw sk-ok as system:admin"),
+        "{}",
+        out.stderr
+    );
+    let labels = cp.ok(&[
+        "get",
+        "pod",
+        "sk-ok",
+        "-n",
+        "sk-hooks",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]);
+    assert!(
+        labels.contains("\"sk-mutated\":\"yes\"") && labels.contains("\"app\":\"sk\""),
+        "{labels}"
+    );
+    // Denied with upstream's message and the webhook's code.
+    let out = cp.with_stdin(
+        &["apply", "-f", "-"],
+        &pod("sk-hooks", "sk-denied", "sk-deny: \"true\""),
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "admission webhook \"sk-validate.sk.example\" denied the request: sk-webhook says no"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("(Forbidden)"), "{}", out.stderr);
+    // Outside the selected namespace: neither webhook is called.
+    let out = cp.with_stdin(
+        &["apply", "-f", "-"],
+        &pod("sk-nohooks", "sk-free", "sk-deny: \"true\""),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let labels = cp.ok(&[
+        "get",
+        "pod",
+        "sk-free",
+        "-n",
+        "sk-nohooks",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]);
+    assert!(!labels.contains("sk-mutated"), "{labels}");
+    // failurePolicy Fail on an unreachable webhook refuses; Ignore lets the pod through.
+    let out = cp.with_stdin(
+        &["apply", "-f", "-"],
+        &pod("sk-hooks", "sk-b", "sk-broken: \"yes\""),
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("Internal error occurred: failed calling webhook \"sk-broken.sk.example\": failed to call webhook: Post \"https://127.0.0.1:"),
+        "{}",
+        out.stderr
+    );
+    let out = cp.with_stdin(
+        &["apply", "-f", "-"],
+        &pod("sk-hooks", "sk-i", "sk-ignore: \"yes\""),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    // timeoutSeconds: 1 against a webhook that answers after 3 s.
+    let started = std::time::Instant::now();
+    let out = cp.with_stdin(
+        &["apply", "-f", "-"],
+        &pod("sk-hooks", "sk-s", "sk-slow: \"yes\""),
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("context deadline exceeded"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2900),
+        "the timeout was not applied"
+    );
+    cp.ok(&["delete", "mutatingwebhookconfiguration", "sk-mutate"]);
+    cp.ok(&["delete", "validatingwebhookconfiguration", "sk-validate"]);
+    // Gone with their configurations.
+    let out = cp.with_stdin(
+        &["apply", "-f", "-"],
+        &pod("sk-hooks", "sk-after", "sk-deny: \"true\""),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    cp.ok(&[
+        "delete",
+        "namespace",
+        "sk-hooks",
+        "sk-nohooks",
+        "--wait=false",
+    ]);
 }

@@ -19,8 +19,21 @@ fn internal(user: &UserInfo) -> bool {
     user.name.is_empty()
 }
 
-/// Mutating admission of a create.
-pub async fn mutate_create(ctx: &Ctx, t: &Target, obj: &mut Value) -> Result<(), StatusError> {
+/// Mutating admission of a create (built-in plugins, then webhooks); returns the webhooks'
+/// warnings.
+pub async fn mutate_create(
+    ctx: &Ctx,
+    t: &Target,
+    obj: &mut Value,
+) -> Result<Vec<String>, StatusError> {
+    builtin_mutations(ctx, t, obj).await?;
+    if internal(&t.user) {
+        return Ok(vec![]);
+    }
+    crate::webhook::mutate(ctx, t, obj).await
+}
+
+async fn builtin_mutations(ctx: &Ctx, t: &Target, obj: &mut Value) -> Result<(), StatusError> {
     let res = &t.res;
     match (res.group.as_str(), res.kind.as_str()) {
         ("", "Pod") => {
@@ -50,12 +63,15 @@ pub async fn validate(
     if t.res.group == GROUP && verb != "delete" && t.sub.is_none() {
         escalation(ctx, &t.user, &t.res, obj).await?;
     }
+    let mut warnings = vec![];
     if verb == "create" && t.sub.is_none() {
-        let warnings = pod_security(ctx, t, obj).await?;
-        crate::quota::check_quota(ctx, &t.res, obj).await?;
-        return Ok(warnings);
+        warnings = pod_security(ctx, t, obj).await?;
     }
-    Ok(vec![])
+    warnings.extend(crate::webhook::validate(ctx, t, verb, obj).await?);
+    if verb == "create" && t.sub.is_none() {
+        crate::quota::check_quota(ctx, &t.res, obj).await?;
+    }
+    Ok(warnings)
 }
 
 /// PodSecurity for a new Pod (enforce refuses, warn warns) or pod template (both warn).

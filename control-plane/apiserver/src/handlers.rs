@@ -32,6 +32,7 @@ pub struct Ctx {
     pub watch_cache: crate::watchcache::WatchCache,
     pub signer: Option<crate::tokens::Signer>,
     pub rbac: crate::rbac::Rbac,
+    pub webhooks: crate::webhook::Webhooks,
     me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
 
@@ -81,6 +82,7 @@ impl Ctx {
                 }
             },
             rbac: Default::default(),
+            webhooks: Default::default(),
             me: Default::default(),
         })
     }
@@ -565,8 +567,9 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     stamp_new(&mut obj);
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
-    crate::admission::mutate_create(ctx, t, &mut obj).await?;
+    let hook_warnings = crate::admission::mutate_create(ctx, t, &mut obj).await?;
     let mut warnings = admit(ctx, t, &mut obj, None, Some(body))?;
+    warnings.extend(hook_warnings);
     warnings.extend(crate::admission::validate(ctx, t, "create", &obj).await?);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let t2 = Target {

@@ -37,6 +37,7 @@ mod subresources;
 mod tokens;
 mod validation;
 mod watchcache;
+mod webhook;
 
 pub use server::{serve, ApiServerConfig};
 

@@ -302,6 +302,9 @@ pub async fn after_update(ctx: &Ctx, res: &Resource, obj: &Value) {
     if res.group == crate::rbac::GROUP {
         ctx.rbac.invalidate();
     }
+    if res.group == "admissionregistration.k8s.io" {
+        ctx.webhooks.invalidate();
+    }
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
         crate::crd::established(ctx, obj).await;
     }
@@ -369,6 +372,9 @@ pub async fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
     refresh_quota(ctx, res, gone);
     if res.group == crate::rbac::GROUP {
         ctx.rbac.invalidate();
+    }
+    if res.group == "admissionregistration.k8s.io" {
+        ctx.webhooks.invalidate();
     }
     if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
         crate::crd::removed(ctx, gone).await;

@@ -26,6 +26,12 @@ pub fn node_of(user: &UserInfo) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// Upstream's node rules, built once.
+fn node_rules() -> &'static [crate::rbac::Rule] {
+    static RULES: std::sync::OnceLock<Vec<crate::rbac::Rule>> = std::sync::OnceLock::new();
+    RULES.get_or_init(crate::policy::node_rules)
+}
+
 fn no_relation(node: &str) -> String {
     format!("no relationship found between node '{node}' and this object")
 }
@@ -130,7 +136,7 @@ fn refers(pod: &Value, what: &str, name: &str) -> bool {
 /// The node authorizer's decision: Ok to allow, Err(reason) for no opinion (RBAC goes on).
 pub async fn authorize(ctx: &Ctx, node: &str, a: &Attrs) -> Result<(), String> {
     let Some(r) = &a.resource else {
-        return if crate::policy::node_rules().iter().any(|x| x.allows(a)) {
+        return if node_rules().iter().any(|x| x.allows(a)) {
             Ok(())
         } else {
             Err(String::new())
@@ -149,7 +155,7 @@ pub async fn authorize(ctx: &Ctx, node: &str, a: &Attrs) -> Result<(), String> {
         _ => None,
     };
     let Some(kind) = graph_kind else {
-        return if crate::policy::node_rules().iter().any(|x| x.allows(a)) {
+        return if node_rules().iter().any(|x| x.allows(a)) {
             Ok(())
         } else {
             Err(String::new())

@@ -609,9 +609,15 @@ async fn resource(
         Some("exec" | "attach" | "portforward") => "create",
         _ => kube_verb,
     };
+    // As upstream's RequestInfo: a namespace's own URL is in that namespace, so a RoleBinding
+    // there can grant reading (or updating) the Namespace object itself.
+    let authz_ns = match (&t.namespace, t.name.as_deref()) {
+        (None, Some(n)) if res.group.is_empty() && res.plural == "namespaces" => n,
+        (ns, _) => ns.as_deref().unwrap_or(""),
+    };
     let attrs = crate::rbac::Attrs::resource(
         authz_verb,
-        t.namespace.as_deref().unwrap_or(""),
+        authz_ns,
         &res.group,
         &res.plural,
         t.sub.as_deref().unwrap_or(""),
