@@ -780,3 +780,137 @@ spec:
     );
     assert!(!holder.is_empty());
 }
+
+#[test]
+fn replication_controller_and_replicaset_adopt_release_and_replace() {
+    // Control plane alone: pods are created and counted, never started.
+    let c = ControlPlane::start();
+    let bare = r#"apiVersion: v1
+kind: Pod
+metadata: {name: sk-bare, labels: {app: sk-rc}}
+spec: {containers: [{name: c, image: busybox}]}
+"#;
+    let out = c.with_stdin(&["apply", "-f", "-"], bare);
+    assert!(out.ok, "{}", out.stderr);
+    let rc = r#"apiVersion: v1
+kind: ReplicationController
+metadata: {name: sk-rc}
+spec:
+  replicas: 3
+  selector: {app: sk-rc}
+  template:
+    metadata: {labels: {app: sk-rc}}
+    spec: {containers: [{name: c, image: busybox}]}
+"#;
+    let out = c.with_stdin(&["apply", "-f", "-"], rc);
+    assert!(out.ok, "{}", out.stderr);
+    // The matching bare pod is adopted: two more are created, not three.
+    c.wait_for("3 pods of sk-rc", LONG, || {
+        live_pods(&c, "app=sk-rc").len() == 3
+            && jp(&c, &["rc", "sk-rc"], "{.status.replicas}") == "3"
+    });
+    assert_eq!(
+        jp(&c, &["pod", "sk-bare"], "{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller}"),
+        "ReplicationController/sk-rc/true"
+    );
+    assert_eq!(
+        jp(
+            &c,
+            &["rc", "sk-rc"],
+            "{.status.observedGeneration}/{.status.fullyLabeledReplicas}"
+        ),
+        "1/3"
+    );
+    // A pod relabelled out of the selector is released and replaced.
+    c.ok(&["label", "pod", "sk-bare", "app=sk-other", "--overwrite"]);
+    c.wait_for("sk-bare to be released and replaced", LONG, || {
+        jp(
+            &c,
+            &["pod", "sk-bare"],
+            "{.metadata.ownerReferences[*].name}",
+        )
+        .is_empty()
+            && live_pods(&c, "app=sk-rc").len() == 3
+    });
+    c.ok(&["scale", "rc", "sk-rc", "--replicas=1"]);
+    c.wait_for("sk-rc at 1", LONG, || live_pods(&c, "app=sk-rc").len() == 1);
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=sk-rc",
+        "-o",
+        "jsonpath={range .items[*]}{.reason} {.source.component}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("SuccessfulCreate replication-controller"),
+        "{events}"
+    );
+    assert!(
+        events.contains("SuccessfulDelete replication-controller"),
+        "{events}"
+    );
+
+    // pod-deletion-cost: on scale-down the cheapest pod goes first.
+    let rs = r#"apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: sk-rs}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: sk-rs}}
+  template:
+    metadata: {labels: {app: sk-rs}}
+    spec: {containers: [{name: c, image: busybox}]}
+"#;
+    let out = c.with_stdin(&["apply", "-f", "-"], rs);
+    assert!(out.ok, "{}", out.stderr);
+    c.wait_for("3 pods of sk-rs", LONG, || {
+        live_pods(&c, "app=sk-rs").len() == 3
+    });
+    let pods = live_pods(&c, "app=sk-rs");
+    for (p, cost) in pods.iter().zip(["10", "-5", "20"]) {
+        c.ok(&[
+            "annotate",
+            "pod",
+            p,
+            &format!("controller.kubernetes.io/pod-deletion-cost={cost}"),
+        ]);
+    }
+    c.ok(&["scale", "rs", "sk-rs", "--replicas=2"]);
+    c.wait_for("sk-rs at 2", LONG, || live_pods(&c, "app=sk-rs").len() == 2);
+    let left = live_pods(&c, "app=sk-rs");
+    assert!(
+        !left.contains(&pods[1]),
+        "the pod with the lowest deletion cost should have gone: {left:?}"
+    );
+
+    // progressDeadlineSeconds: pods that never start (no node here) time the rollout out.
+    let d = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sk-stuck}
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 3
+  selector: {matchLabels: {app: sk-stuck}}
+  template:
+    metadata: {labels: {app: sk-stuck}}
+    spec: {containers: [{name: c, image: busybox}]}
+"#;
+    let out = c.with_stdin(&["apply", "-f", "-"], d);
+    assert!(out.ok, "{}", out.stderr);
+    c.wait_for("ProgressDeadlineExceeded", LONG, || {
+        jp(
+            &c,
+            &["deploy/sk-stuck"],
+            "{.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ) == "ProgressDeadlineExceeded"
+    });
+    assert!(jp(
+        &c,
+        &["deploy/sk-stuck"],
+        "{.status.conditions[?(@.type==\"Progressing\")].message}"
+    )
+    .ends_with("has timed out progressing."),);
+    let err = c.fails(&["rollout", "status", "deploy/sk-stuck", "--timeout=20s"]);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+}

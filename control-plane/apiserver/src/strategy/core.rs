@@ -227,7 +227,14 @@ impl Strategy for Pod {
                 "node.kubernetes.io/not-ready",
                 "node.kubernetes.io/unreachable",
             ] {
-                if !tol.iter().any(|t| t["key"] == key) {
+                // Upstream's DefaultTolerationSeconds: added unless a toleration already
+                // covers the taint (its key or an empty key, NoExecute or any effect).
+                let covered = tol.iter().any(|t| {
+                    let k = t["key"].as_str().unwrap_or("");
+                    let e = t["effect"].as_str().unwrap_or("");
+                    (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
+                });
+                if !covered {
                     tol.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
                 }
             }
