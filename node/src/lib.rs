@@ -22,6 +22,7 @@ pub mod fake;
 pub mod logs;
 pub mod node;
 pub mod objects;
+pub mod pleg;
 pub mod pods;
 pub mod probe;
 pub mod reconcile;

@@ -227,6 +227,64 @@ impl<R: CriRuntime> PodSync<R> {
         }
     }
 
+    /// How long the worker may sleep after a sync that produced `status`, unless woken by a
+    /// container event, a probe result or a pod change: the next back-off or volume refresh
+    /// deadline for a settled pod ([`crate::pods::RESYNC_SETTLED`] at most), one second while the
+    /// pod is still in transition.
+    pub fn next_wake(&self, pod: &Pod, status: &PodStatus, now: Instant) -> Duration {
+        let mut wait = crate::pods::RESYNC_SETTLED;
+        let phase = status.phase.as_deref().unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return wait;
+        }
+        let statuses = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(status.init_container_statuses.iter().flatten());
+        for cs in statuses {
+            let waiting = cs
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref());
+            match waiting {
+                None | Some("CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull") => {}
+                // CreateContainerConfigError, ContainerCreating, PodInitializing...: retry soon.
+                Some(_) => return crate::pods::RESYNC,
+            }
+        }
+        let sandbox_ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "PodReadyToStartContainers" && c.status == "True");
+        if phase == "Pending" && !sandbox_ready {
+            return crate::pods::RESYNC;
+        }
+        for b in self.crash.values() {
+            if let Some((_, until)) = &b.pending {
+                wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
+            }
+        }
+        for b in self.pull.values() {
+            wait = wait.min(b.until.saturating_duration_since(now) + Duration::from_millis(50));
+        }
+        let has_api_volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| vs.iter().any(|v| volumes::plugin_dir(v).is_some()));
+        if has_api_volumes {
+            let due = self
+                .volumes_refreshed
+                .map(|t| (t + VOLUME_REFRESH).saturating_duration_since(now))
+                .unwrap_or(crate::pods::RESYNC);
+            wait = wait.min(due);
+        }
+        wait.max(Duration::from_millis(100))
+    }
+
     /// Reads ConfigMaps, Secrets and tokens through `objects`.
     pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
         self.objects = objects;
