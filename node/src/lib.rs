@@ -19,6 +19,7 @@ pub mod cri;
 pub mod error;
 pub mod events;
 pub mod fake;
+pub mod hooks;
 pub mod logs;
 pub mod node;
 pub mod objects;

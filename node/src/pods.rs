@@ -302,7 +302,10 @@ async fn pod_worker<R: CriRuntime>(
                         .collect();
                     crate::events::post(&client, sync.node_name(), &pod, running).await;
                 }
-                let res = match sync.terminate(&uid, grace).await {
+                let terminated = sync.terminate_pod_of(Some(&pod), &uid, grace).await;
+                let hook_events = sync.take_events();
+                crate::events::post(&client, sync.node_name(), &pod, hook_events).await;
+                let res = match terminated {
                     Ok(()) => finish_delete(&client, &pod)
                         .await
                         .map_err(|e| format!("deleting the pod object: {e}")),

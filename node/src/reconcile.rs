@@ -1344,6 +1344,36 @@ impl<R: CriRuntime> PodSync<R> {
                     &c.name,
                     format!("Started container {}", c.name),
                 ));
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let ip = self.pod_ips.first().cloned().unwrap_or_default();
+                    let grace = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(0);
+                    // Upstream runs postStart without its own deadline; bound it generously.
+                    let limit = Duration::from_secs(300);
+                    if let Err(msg) =
+                        crate::hooks::run(&*self.cri, h, pod, c, &id, &ip, limit).await
+                    {
+                        warn!(container = %c.name, error = %msg, "postStart hook failed");
+                        self.events.push(PodEvent::warning(
+                            "FailedPostStartHook",
+                            &c.name,
+                            msg.clone(),
+                        ));
+                        self.events.push(PodEvent::normal(
+                            "Killing",
+                            &c.name,
+                            "FailedPostStartHook".to_string(),
+                        ));
+                        if let Err(e) = self.cri.stop_container(&id, grace).await {
+                            warn!(container = %c.name, error = %e, "StopContainer failed");
+                        }
+                        waiting.insert(c.name.clone(), Waiting::new("PostStartHookError", msg));
+                    }
+                }
             }
             Err(e) => {
                 warn!(container = %c.name, error = %e, "StartContainer failed");
@@ -1364,6 +1394,69 @@ impl<R: CriRuntime> PodSync<R> {
     /// Stops and removes everything the pod has in the CRI (every sandbox with its uid label).
     /// `grace_secs` is the time containers get between SIGTERM and SIGKILL.
     pub async fn terminate(&mut self, uid: &str, grace_secs: i64) -> Result<(), CriError> {
+        self.terminate_pod_of(None, uid, grace_secs).await
+    }
+
+    /// [`PodSync::terminate`] that first runs the preStop hooks of `pod`'s running containers
+    /// (in parallel, within the grace period; the containers then get what is left of it, at
+    /// least 2 s, as upstream).
+    pub async fn terminate_pod_of(
+        &mut self,
+        pod: Option<&Pod>,
+        uid: &str,
+        grace_secs: i64,
+    ) -> Result<(), CriError> {
+        let mut grace_secs = grace_secs;
+        if let Some(pod) = pod.filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()))
+            })
+        }) {
+            let started = Instant::now();
+            let mut sel = HashMap::new();
+            sel.insert(labels::POD_UID.to_string(), uid.to_string());
+            let running = cri::ContainerState::ContainerRunning as i32;
+            let list = self.cri.list_containers("", sel).await?;
+            let spec = pod.spec.clone().unwrap_or_default();
+            let ip = self
+                .pod_ips
+                .first()
+                .cloned()
+                .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                .unwrap_or_default();
+            let limit = Duration::from_secs(grace_secs.max(0) as u64);
+            let mut hooks = Vec::new();
+            for ct in list.iter().filter(|c| c.state == running) {
+                let name = ct
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+                    continue;
+                };
+                let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) else {
+                    continue;
+                };
+                let cri = self.cri.clone();
+                let (pod, c, id, ip) = (pod.clone(), c.clone(), ct.id.clone(), ip.clone());
+                hooks.push(async move {
+                    let r = crate::hooks::run(&*cri, &h, &pod, &c, &id, &ip, limit).await;
+                    (c.name, r)
+                });
+            }
+            for (name, r) in futures::future::join_all(hooks).await {
+                if let Err(msg) = r {
+                    warn!(container = %name, error = %msg, "preStop hook failed");
+                    self.events
+                        .push(PodEvent::warning("FailedPreStopHook", &name, msg));
+                }
+            }
+            let used = started.elapsed().as_secs() as i64;
+            grace_secs = (grace_secs - used).max(2);
+        }
         terminate_pod(&*self.cri, uid, grace_secs).await?;
         self.sandbox_id = None;
         let dir = pod_dir(&self.ctx.root_dir, uid);
