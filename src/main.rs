@@ -2,6 +2,8 @@
 //! call the libraries, map errors once.
 
 mod cri;
+mod kubelet;
+mod notify;
 mod server;
 
 use anyhow::Result;
@@ -26,6 +28,8 @@ enum Cmd {
     /// Run a single-node cluster: API server on the embedded store, scheduler, and the node
     /// (kubelet + CRI server + CNI).
     Server(server::ServerArgs),
+    /// Run only the kubelet (upstream's flag names; `--config` reads a KubeletConfiguration).
+    Kubelet(kubelet::KubeletArgs),
     /// Run only the CRI server (runtime.v1 on a unix socket).
     Cri(cri::CriArgs),
     /// Install a default bridge pod network for `skiff cri` (`/etc/cni/net.d/10-skiff-bridge.conflist`).
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Server(args) => rt.block_on(server::run(args)),
+        Cmd::Kubelet(args) => rt.block_on(kubelet::run(args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),
         Cmd::CniConfig(args) => cri::cni_config(args),
         Cmd::CriFetch => Ok(rt.block_on(skiff_cri::serve_fetch(

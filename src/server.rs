@@ -153,6 +153,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         "skiff server is up. Point kubectl at it with:\n  export KUBECONFIG={}",
         args.write_kubeconfig.display()
     );
+    crate::notify::ready();
 
     let admin_client = kube_client(&args.write_kubeconfig).await?;
     let sched = tokio::spawn(skiff_scheduler::run(admin_client.clone(), stopped()));

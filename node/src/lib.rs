@@ -105,6 +105,10 @@ pub struct KubeletConfig {
     pub cgroup_root: String,
     /// Node status and Lease renewal period (10 s).
     pub status_interval: Duration,
+    /// Capacity `pods` (110).
+    pub max_pods: u32,
+    /// Taints the Node is registered with.
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 impl KubeletConfig {
@@ -129,6 +133,8 @@ impl KubeletConfig {
             node_labels: BTreeMap::new(),
             cgroup_root: "/kubepods".into(),
             status_interval: Duration::from_secs(10),
+            max_pods: 110,
+            register_with_taints: Vec::new(),
         }
     }
 }
@@ -236,6 +242,8 @@ pub async fn run_with_runtime<R: CriRuntime>(
         roles: cfg.roles.clone(),
         extra_labels: cfg.node_labels.clone(),
         host: node::HostInfo::read(),
+        max_pods: cfg.max_pods,
+        taints: cfg.register_with_taints.clone(),
     };
     let Some(node_obj) = retry(
         "cannot register the node with the API server",
