@@ -42,6 +42,11 @@ pub struct SyncContext {
     pub root_dir: PathBuf,
 }
 
+/// Whether `c` is a sidecar: an init container with `restartPolicy: Always`.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
 /// A pod's state directory under the kubelet root.
 pub fn pod_dir(root: &std::path::Path, uid: &str) -> PathBuf {
     root.join("pods").join(uid)
@@ -496,7 +501,12 @@ impl<R: CriRuntime> PodSync<R> {
         let spec = pod.spec.clone().unwrap_or_default();
         let running = cri::ContainerState::ContainerRunning as i32;
         let mut out = HashMap::new();
-        for c in &spec.containers {
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c));
+        for c in spec.containers.iter().chain(sidecars) {
             let has = c.liveness_probe.is_some()
                 || c.readiness_probe.is_some()
                 || c.startup_probe.is_some();
@@ -1166,8 +1176,44 @@ impl<R: CriRuntime> PodSync<R> {
         let exited = cri::ContainerState::ContainerExited as i32;
         let empty = Vec::new();
         // Init containers run one at a time, in order, each to success, before the others.
+        // Sidecars (restartPolicy Always) only need to have started before the next one, keep
+        // running beside the app containers, and restart whenever they exit.
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let app_started = spec
+            .containers
+            .iter()
+            .any(|c| observed.get(&c.name).is_some_and(|h| !h.is_empty()));
         for c in spec.init_containers.iter().flatten() {
             let history = observed.get(&c.name).unwrap_or(&empty);
+            if is_sidecar(c) {
+                let started = history.first().is_some_and(|l| l.state == running)
+                    && (c.startup_probe.is_none()
+                        || self.probes.get(&c.name).is_some_and(|p| p.started()));
+                if started {
+                    continue;
+                }
+                let always = |_: &cri::ContainerStatus| true;
+                let step = ContainerStep {
+                    pod,
+                    c,
+                    history,
+                    sandbox_id,
+                    sandbox_config,
+                    now,
+                };
+                self.converge_one(step, &always, waiting).await;
+                if app_started {
+                    continue;
+                }
+                return Ok(());
+            }
+            if app_started
+                && history
+                    .first()
+                    .is_some_and(|l| l.state == exited && l.exit_code == 0)
+            {
+                continue;
+            }
             match history.first() {
                 Some(l) if l.state == exited && l.exit_code == 0 => continue,
                 Some(l) if l.state == exited && policy == "Never" => return Ok(()),
@@ -1397,6 +1443,56 @@ impl<R: CriRuntime> PodSync<R> {
         self.terminate_pod_of(None, uid, grace_secs).await
     }
 
+    /// For a pod with sidecars: stops the app containers first, then the sidecars in reverse
+    /// order, as upstream, within `grace_secs` in total.
+    async fn stop_app_then_sidecars(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        grace_secs: i64,
+    ) -> Result<(), CriError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let sidecars: Vec<String> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .map(|c| c.name.clone())
+            .collect();
+        if sidecars.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut sel = HashMap::new();
+        sel.insert(labels::POD_UID.to_string(), uid.to_string());
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let list = self.cri.list_containers("", sel).await?;
+        let name = |c: &cri::Container| {
+            c.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        };
+        let apps = list
+            .iter()
+            .filter(|c| c.state == running && !sidecars.contains(&name(c)))
+            .map(|c| self.cri.stop_container(&c.id, grace_secs));
+        for r in futures::future::join_all(apps).await {
+            if let Err(e) = r {
+                warn!(error = %e, "StopContainer failed");
+            }
+        }
+        for sc in sidecars.iter().rev() {
+            let left = (grace_secs - started.elapsed().as_secs() as i64).max(2);
+            for c in list.iter().filter(|c| c.state == running && &name(c) == sc) {
+                if let Err(e) = self.cri.stop_container(&c.id, left).await {
+                    warn!(error = %e, "StopContainer failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// [`PodSync::terminate`] that first runs the preStop hooks of `pod`'s running containers
     /// (in parallel, within the grace period; the containers then get what is left of it, at
     /// least 2 s, as upstream).
@@ -1456,6 +1552,9 @@ impl<R: CriRuntime> PodSync<R> {
             }
             let used = started.elapsed().as_secs() as i64;
             grace_secs = (grace_secs - used).max(2);
+        }
+        if let Some(pod) = pod {
+            self.stop_app_then_sidecars(pod, uid, grace_secs).await?;
         }
         terminate_pod(&*self.cri, uid, grace_secs).await?;
         self.sandbox_id = None;

@@ -66,6 +66,33 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
+  name: sk-side
+spec:
+  terminationGracePeriodSeconds: 20
+  initContainers:
+  - name: side
+    image: {image}
+    restartPolicy: Always
+    command: ["sh", "-c", "echo side-up > /work/side; trap 'echo side-term >> /host/order; exit 0' TERM; while true; do sleep 1; done"]
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: host, mountPath: /host}}
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "trap 'sleep 1; echo main-term >> /host/order; exit 0' TERM; while true; do sleep 1; done"]
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: host, mountPath: /host}}
+  volumes:
+  - name: work
+    emptyDir: {{}}
+  - name: host
+    hostPath: {{path: {host}, type: Directory}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
   name: sk-badhook
 spec:
   terminationGracePeriodSeconds: 1
@@ -112,6 +139,38 @@ spec:
             "{.status.conditions[?(@.type==\"Initialized\")].status}"
         ),
         "True"
+    );
+
+    // A sidecar: started before the app, running beside it, stopped after it.
+    cp.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/sk-side",
+        "--timeout=90s",
+    ]);
+    assert_eq!(
+        cp.ok(&["exec", "sk-side", "-c", "main", "--", "cat", "/work/side"]),
+        "side-up\n"
+    );
+    assert_eq!(
+        get(
+            &cp,
+            "sk-side",
+            "{.status.initContainerStatuses[0].started} {.status.initContainerStatuses[0].ready}"
+        ),
+        "true true"
+    );
+    assert!(!get(
+        &cp,
+        "sk-side",
+        "{.status.initContainerStatuses[0].state.running.startedAt}"
+    )
+    .is_empty());
+    cp.ok(&["delete", "pod", "sk-side", "--wait=true"]);
+    assert_eq!(
+        std::fs::read_to_string(format!("{host}/order")).unwrap_or_default(),
+        "main-term\nside-term\n",
+        "the app stops before its sidecar"
     );
 
     // A failing postStart hook: upstream's event, and the container is killed and restarted.
