@@ -21,6 +21,7 @@ pub mod events;
 pub mod fake;
 pub mod hooks;
 pub mod logs;
+pub mod mounts;
 pub mod node;
 pub mod objects;
 pub mod pleg;

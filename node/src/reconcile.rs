@@ -827,11 +827,21 @@ impl<R: CriRuntime> PodSync<R> {
             } else if let Some(p) = volumes::volume_dir(&pod_dir(&self.ctx.root_dir, &uid), v) {
                 api_data = true;
                 p
-            } else if v.empty_dir.is_some() {
+            } else if let Some(ed) = &v.empty_dir {
                 let p = pod_dir(&self.ctx.root_dir, &uid)
                     .join("volumes/kubernetes.io~empty-dir")
                     .join(&v.name);
-                if let Err(e) = std::fs::create_dir_all(&p) {
+                if ed.medium.as_deref() == Some("Memory") {
+                    // A tmpfs, capped by sizeLimit (upstream: the node's memory otherwise).
+                    let size = ed
+                        .size_limit
+                        .as_ref()
+                        .and_then(|q| volumes::parse_quantity(&q.0))
+                        .map(|b| b as u64);
+                    if let Err(e) = crate::mounts::ensure_tmpfs(&p, size) {
+                        warn!(path = %p.display(), error = %e, "cannot mount the memory emptyDir");
+                    }
+                } else if let Err(e) = std::fs::create_dir_all(&p) {
                     warn!(path = %p.display(), error = %e, "cannot create emptyDir");
                 }
                 p
@@ -1560,6 +1570,15 @@ impl<R: CriRuntime> PodSync<R> {
         self.sandbox_id = None;
         let dir = pod_dir(&self.ctx.root_dir, uid);
         if !uid.is_empty() && dir.exists() {
+            // tmpfs volumes (secrets, memory emptyDirs) go first.
+            let d = dir.clone();
+            match tokio::task::spawn_blocking(move || crate::mounts::unmount_all_under(&d)).await {
+                Ok(Err(e)) => {
+                    warn!(path = %dir.display(), error = %e, "cannot unmount the pod's volumes")
+                }
+                Err(e) => warn!(error = %e, "unmount task failed"),
+                Ok(Ok(())) => {}
+            }
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(path = %dir.display(), error = %e, "cannot remove the pod's directory");
             }

@@ -251,10 +251,23 @@ pub async fn prepare(
             }
         }
         let d = dir.clone();
-        let wrote = tokio::task::spawn_blocking(move || write_atomic(&d, &files))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
+        // Secret contents never touch the disk: their volume is a tmpfs, as upstream.
+        let tmpfs = v.secret.is_some()
+            || v.projected.as_ref().is_some_and(|p| {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .any(|s| s.secret.is_some() || s.service_account_token.is_some())
+            });
+        let wrote = tokio::task::spawn_blocking(move || {
+            if tmpfs {
+                crate::mounts::ensure_tmpfs(&d, None)?;
+            }
+            write_atomic(&d, &files)
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
         if wrote {
             changed += 1;
         }

@@ -93,7 +93,10 @@ spec:
     - {{name: dapi, mountPath: /dapi}}
     - {{name: proj, mountPath: /proj}}
     - {{name: cm, mountPath: /etc/a.conf, subPath: a}}
+    - {{name: mem, mountPath: /mem}}
   volumes:
+  - name: mem
+    emptyDir: {{medium: Memory, sizeLimit: 8Mi}}
   - name: cm
     configMap: {{name: sk-cm}}
   - name: items
@@ -141,6 +144,16 @@ spec:
         "600\n400\n"
     );
     assert_eq!(sh(&cp, "sk-vol", "cat /sec/pw"), "s3cret");
+    // Secrets and memory emptyDirs are tmpfs; the memory one is capped by its sizeLimit.
+    assert!(
+        sh(&cp, "sk-vol", "grep ' /sec ' /proc/mounts").starts_with("tmpfs /sec tmpfs ro"),
+        "the secret volume is not a read-only tmpfs"
+    );
+    let mem = sh(&cp, "sk-vol", "grep ' /mem ' /proc/mounts");
+    assert!(
+        mem.starts_with("tmpfs /mem tmpfs rw") && mem.contains("size=8192k"),
+        "{mem}"
+    );
     assert_eq!(sh(&cp, "sk-vol", "cat /dapi/labels"), "app=\"sk-vol\"");
     assert_eq!(sh(&cp, "sk-vol", "cat /dapi/name /dapi/mem"), "sk-vol64");
     assert_eq!(
