@@ -236,6 +236,22 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
+  name: sk-badhost
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "sleep 3600"]
+    volumeMounts:
+    - {{name: h, mountPath: /h}}
+  volumes:
+  - name: h
+    hostPath: {{path: /nonexistent/sk-hostpath, type: Directory}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
   name: sk-nokey
 spec:
   terminationGracePeriodSeconds: 1
@@ -270,6 +286,18 @@ spec:
         ),
         "ContainerCreating"
     );
+    cp.wait_for("the hostPath type check event", WAIT, || {
+        cp.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sk-badhost,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .stdout
+            == "MountVolume.SetUp failed for volume \"h\" : hostPath type check failed: /nonexistent/sk-hostpath is not a directory"
+    });
     cp.wait_for("CreateContainerConfigError", WAIT, || {
         get(
             &cp,
@@ -312,5 +340,12 @@ data:
         "--timeout=90s",
     ]);
     assert_eq!(sh(&cp, "sk-nokey", "echo $X"), "found\n");
-    cp.ok(&["delete", "pod", "sk-nocm", "sk-nokey", "--wait=true"]);
+    cp.ok(&[
+        "delete",
+        "pod",
+        "sk-nocm",
+        "sk-nokey",
+        "sk-badhost",
+        "--wait=true",
+    ]);
 }
