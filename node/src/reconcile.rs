@@ -267,6 +267,9 @@ impl<R: CriRuntime> PodSync<R> {
         if phase == "Pending" && !sandbox_ready {
             return crate::pods::RESYNC;
         }
+        if let Some(left) = self.active_deadline_left(pod) {
+            wait = wait.min(left + Duration::from_millis(100));
+        }
         for b in self.crash.values() {
             if let Some((_, until)) = &b.pending {
                 wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
@@ -288,6 +291,20 @@ impl<R: CriRuntime> PodSync<R> {
             wait = wait.min(due);
         }
         wait.max(Duration::from_millis(100))
+    }
+
+    /// Time left before `activeDeadlineSeconds` (counted from the pod's startTime) runs out;
+    /// `None` without a deadline.
+    pub fn active_deadline_left(&self, pod: &Pod) -> Option<Duration> {
+        let ads = pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.clone())
+            .or_else(|| self.start_time.clone())?;
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let left = start.0.as_second() + ads - now;
+        Some(Duration::from_secs(left.max(0) as u64))
     }
 
     /// Reads ConfigMaps, Secrets and tokens through `objects`.
@@ -1075,6 +1092,33 @@ impl<R: CriRuntime> PodSync<R> {
         if !terminal {
             self.kill_unhealthy(pod).await;
         }
+        let deadline_exceeded = !terminal && self.active_deadline_left(pod) == Some(Duration::ZERO);
+        if deadline_exceeded {
+            let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+            info!("activeDeadlineSeconds exceeded; stopping the pod's containers");
+            self.events.push(PodEvent {
+                warning: true,
+                reason: "DeadlineExceeded",
+                message: "Pod was active on the node longer than the specified deadline".into(),
+                field_path: None,
+            });
+            self.probes.clear();
+            let mut sel = HashMap::new();
+            sel.insert(labels::POD_UID.to_string(), uid.clone());
+            let running = cri::ContainerState::ContainerRunning as i32;
+            if let Ok(list) = self.cri.list_containers("", sel).await {
+                let stops = list
+                    .iter()
+                    .filter(|c| c.state == running)
+                    .map(|c| self.cri.stop_container(&c.id, grace));
+                for r in futures::future::join_all(stops).await {
+                    if let Err(e) = r {
+                        warn!(error = %e, "StopContainer failed");
+                    }
+                }
+            }
+        }
+        let terminal = terminal || deadline_exceeded;
         if !terminal {
             match self.ensure_sandbox(pod).await {
                 Ok((sandbox_id, sandbox_config)) => {
@@ -1149,6 +1193,12 @@ impl<R: CriRuntime> PodSync<R> {
             now: status::now_time(),
         };
         let mut st = status::compute_pod_status(pod, &input);
+        if deadline_exceeded {
+            st.phase = Some("Failed".into());
+            st.reason = Some("DeadlineExceeded".into());
+            st.message =
+                Some("Pod was active on the node longer than the specified deadline".into());
+        }
         let phase = st.phase.clone().unwrap_or_default();
         if (phase == "Succeeded" || phase == "Failed") && !self.terminal_done {
             // Like upstream: a finished pod's sandbox is stopped (its containers stay for logs).
@@ -1159,6 +1209,7 @@ impl<R: CriRuntime> PodSync<R> {
                 }
             }
             self.terminal_done = true;
+            let (reason, message) = (st.reason.clone(), st.message.clone());
             st = status::compute_pod_status(
                 pod,
                 &StatusInput {
@@ -1166,6 +1217,11 @@ impl<R: CriRuntime> PodSync<R> {
                     ..input
                 },
             );
+            if deadline_exceeded {
+                st.phase = Some("Failed".into());
+                st.reason = reason;
+                st.message = message;
+            }
         }
         st
     }

@@ -628,3 +628,41 @@ async fn sidecars_start_before_the_next_init_and_restart_beside_the_app() {
     let st = sync.sync(&with_status(&p, &st), t0).await;
     assert_eq!(st.phase.as_deref(), Some("Succeeded"));
 }
+
+#[tokio::test]
+async fn active_deadline_fails_the_pod() {
+    let cri = Arc::new(FakeCri::new());
+    let mut sync = PodSync::new(cri.clone(), ctx());
+    let mut p = pod("Always", "busybox:1.36");
+    p.spec.as_mut().unwrap().active_deadline_seconds = Some(5);
+    let t0 = Instant::now();
+    let st = sync.sync(&p, t0).await;
+    assert!(sync.active_deadline_left(&with_status(&p, &st)).unwrap() > Duration::ZERO);
+    let mut running = with_status(&p, &st);
+    let long_ago = k8s_openapi::jiff::Timestamp::now().as_second() - 60;
+    running.status.as_mut().unwrap().start_time =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(long_ago).unwrap(),
+        ));
+    let st = sync.sync(&running, t0).await;
+    assert_eq!(st.phase.as_deref(), Some("Failed"));
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(
+        st.message.as_deref(),
+        Some("Pod was active on the node longer than the specified deadline")
+    );
+    assert!(sync
+        .take_events()
+        .iter()
+        .any(|e| e.reason == "DeadlineExceeded"));
+    let c = cri.containers_named("c");
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        cri.containers()[&c[0]].state,
+        skiff_proto::cri::ContainerState::ContainerExited
+    );
+    // Sticky: the next sync keeps Failed and the reason.
+    let st = sync.sync(&with_status(&running, &st), t0).await;
+    assert_eq!(st.phase.as_deref(), Some("Failed"));
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+}

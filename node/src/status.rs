@@ -479,6 +479,9 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
         pod_ip: ips.first().cloned(),
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         start_time: old.start_time.clone().or_else(|| input.start_time.clone()),
+        // Set by the kubelet when it ends a pod itself (DeadlineExceeded, Evicted): kept.
+        reason: old.reason.clone(),
+        message: old.message.clone(),
         container_statuses: Some(statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: Some(

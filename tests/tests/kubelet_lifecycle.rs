@@ -93,6 +93,18 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
+  name: sk-deadline
+spec:
+  terminationGracePeriodSeconds: 1
+  activeDeadlineSeconds: 3
+  containers:
+  - name: main
+    image: {image}
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
   name: sk-badhook
 spec:
   terminationGracePeriodSeconds: 1
@@ -200,6 +212,16 @@ spec:
         .unwrap_or(0)
             >= 1
     });
+
+    // activeDeadlineSeconds: the pod fails with upstream's reason and message.
+    cp.wait_for("sk-deadline to fail", WAIT, || {
+        get(&cp, "sk-deadline", "{.status.phase}") == "Failed"
+    });
+    assert_eq!(
+        get(&cp, "sk-deadline", "{.status.reason}: {.status.message}"),
+        "DeadlineExceeded: Pod was active on the node longer than the specified deadline"
+    );
+    cp.ok(&["delete", "pod", "sk-deadline", "--wait=true"]);
 
     // Deletion: preStop runs first, then SIGTERM reaches the container, which exits cleanly
     // long before the 20 s grace period.
