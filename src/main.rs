@@ -2,6 +2,8 @@
 //! call the libraries, map errors once.
 
 mod cri;
+mod kubelet;
+mod notify;
 mod scheduler;
 mod server;
 
@@ -29,6 +31,8 @@ enum Cmd {
     Server(server::ServerArgs),
     /// Run only the scheduler against an API server (kube-scheduler's job).
     Scheduler(scheduler::SchedulerArgs),
+    /// Run only the kubelet (upstream's flag names; `--config` reads a KubeletConfiguration).
+    Kubelet(kubelet::KubeletArgs),
     /// Run only the CRI server (runtime.v1 on a unix socket).
     Cri(cri::CriArgs),
     /// Install a default bridge pod network for `skiff cri` (`/etc/cni/net.d/10-skiff-bridge.conflist`).
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Server(args) => rt.block_on(server::run(args)),
         Cmd::Scheduler(args) => rt.block_on(scheduler::run(args)),
+        Cmd::Kubelet(args) => rt.block_on(kubelet::run(args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),
         Cmd::CniConfig(args) => cri::cni_config(args),
         Cmd::CriFetch => Ok(rt.block_on(skiff_cri::serve_fetch(

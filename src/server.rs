@@ -164,6 +164,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         "skiff server is up. Point kubectl at it with:\n  export KUBECONFIG={}",
         args.write_kubeconfig.display()
     );
+    crate::notify::ready();
 
     // Each component has its own identity (upstream's user names), never the admin's.
     let identity = |name: &str, pair: &skiff_apiserver::pki::CertPair| -> Result<PathBuf> {

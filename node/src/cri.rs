@@ -80,6 +80,8 @@ pub trait CriRuntime: Send + Sync + 'static {
         cmd: Vec<String>,
         timeout_secs: i64,
     ) -> impl Future<Output = Result<(i32, Vec<u8>), CriError>> + Send;
+    /// The runtime's container event stream (GetContainerEvents).
+    fn container_events(&self) -> impl Future<Output = Result<EventStream, CriError>> + Send;
     /// A streaming-server URL for an exec session.
     fn exec(&self, req: cri::ExecRequest) -> impl Future<Output = Result<String, CriError>> + Send;
     /// A streaming-server URL for an attach session.
@@ -93,6 +95,10 @@ pub trait CriRuntime: Send + Sync + 'static {
         req: cri::PortForwardRequest,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
 }
+
+/// A stream of CRI container events.
+pub type EventStream =
+    futures::stream::BoxStream<'static, Result<cri::ContainerEventResponse, CriError>>;
 
 /// CRI over gRPC on a unix socket. Cheap to clone; the channel reconnects by itself.
 #[derive(Clone, Debug)]
@@ -366,6 +372,20 @@ impl CriRuntime for GrpcCri {
         let mut out = r.stdout;
         out.extend_from_slice(&r.stderr);
         Ok((r.exit_code, out))
+    }
+
+    async fn container_events(&self) -> Result<EventStream, CriError> {
+        use futures::StreamExt;
+        let r = self
+            .runtime
+            .clone()
+            .get_container_events(cri::GetEventsRequest {})
+            .await
+            .map_err(|s| self.err("GetContainerEvents", s))?;
+        let stream = r
+            .into_inner()
+            .map(|item| item.map_err(|s| CriError::call("GetContainerEvents", s)));
+        Ok(stream.boxed())
     }
 
     async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {

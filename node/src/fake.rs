@@ -408,6 +408,15 @@ impl CriRuntime for FakeCri {
         }
     }
 
+    /// No event stream: the PLEG falls back to relisting.
+    async fn container_events(&self) -> Result<crate::cri::EventStream, CriError> {
+        Err(CriError::Call {
+            op: "GetContainerEvents",
+            code: tonic::Code::Unimplemented,
+            message: "the fake runtime has no event stream".into(),
+        })
+    }
+
     async fn exec(&self, req: cri::ExecRequest) -> Result<String, CriError> {
         let mut s = self.lock();
         Self::record(&mut s, format!("Exec {} {:?}", req.container_id, req.cmd));

@@ -19,9 +19,12 @@ pub mod cri;
 pub mod error;
 pub mod events;
 pub mod fake;
+pub mod hooks;
 pub mod logs;
+pub mod mounts;
 pub mod node;
 pub mod objects;
+pub mod pleg;
 pub mod pods;
 pub mod probe;
 pub mod reconcile;
@@ -103,6 +106,10 @@ pub struct KubeletConfig {
     pub cgroup_root: String,
     /// Node status and Lease renewal period (10 s).
     pub status_interval: Duration,
+    /// Capacity `pods` (110).
+    pub max_pods: u32,
+    /// Taints the Node is registered with.
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 impl KubeletConfig {
@@ -127,6 +134,8 @@ impl KubeletConfig {
             node_labels: BTreeMap::new(),
             cgroup_root: "/kubepods".into(),
             status_interval: Duration::from_secs(10),
+            max_pods: 110,
+            register_with_taints: Vec::new(),
         }
     }
 }
@@ -234,6 +243,8 @@ pub async fn run_with_runtime<R: CriRuntime>(
         roles: cfg.roles.clone(),
         extra_labels: cfg.node_labels.clone(),
         host: node::HostInfo::read(),
+        max_pods: cfg.max_pods,
+        taints: cfg.register_with_taints.clone(),
     };
     let Some(node_obj) = retry(
         "cannot register the node with the API server",

@@ -11,6 +11,8 @@ pub struct LogOptions {
     pub timestamps: bool,
     pub previous: bool,
     pub limit_bytes: Option<usize>,
+    /// Only records at or after this time (`sinceSeconds`, `sinceTime`).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One parsed CRI log line.
@@ -115,6 +117,13 @@ pub fn render(content: &str, opts: &LogOptions) -> Vec<u8> {
     let mut r = Renderer::new(opts.timestamps);
     let mut out = Vec::with_capacity(content.len());
     for rec in &records[start..] {
+        if let Some(since) = opts.since {
+            let at = parse_cri_line(rec)
+                .and_then(|l| chrono::DateTime::parse_from_rfc3339(l.timestamp).ok());
+            if at.is_some_and(|t| t < since) {
+                continue;
+            }
+        }
         r.push(rec, &mut out);
     }
     if let Some(limit) = opts.limit_bytes {
@@ -195,5 +204,14 @@ mod tests {
             },
         );
         assert_eq!(limited, b"hel");
+
+        let since = render(
+            content,
+            &LogOptions {
+                since: Some("2024-05-01T10:00:01Z".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(String::from_utf8(since).unwrap(), "world\nbye\n");
     }
 }

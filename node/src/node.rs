@@ -100,6 +100,10 @@ pub struct NodeFacts {
     pub roles: Vec<String>,
     pub extra_labels: BTreeMap<String, String>,
     pub host: HostInfo,
+    /// Capacity `pods` (`--max-pods`, 110).
+    pub max_pods: u32,
+    /// Taints set when the Node is created (`--register-with-taints`).
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 /// The Node's labels.
@@ -131,6 +135,7 @@ pub fn node_object(f: &NodeFacts) -> Node {
         spec: Some(NodeSpec {
             pod_cidr: Some(f.pod_cidr.clone()),
             pod_cidrs: Some(vec![f.pod_cidr.clone()]),
+            taints: (!f.taints.is_empty()).then(|| f.taints.clone()),
             ..Default::default()
         }),
         status: None,
@@ -159,7 +164,7 @@ pub fn node_status(
         "memory".to_string(),
         Quantity(format!("{}Ki", f.host.memory_kib)),
     );
-    cap.insert("pods".to_string(), Quantity("110".into()));
+    cap.insert("pods".to_string(), Quantity(f.max_pods.to_string()));
     let old_conds = old.and_then(|s| s.conditions.clone()).unwrap_or_default();
     let cond = |type_: &str, ok: bool, reason: &str, message: &str| {
         let status = if ok { "True" } else { "False" };
@@ -395,6 +400,8 @@ mod tests {
             port: 10250,
             roles: vec!["control-plane".into()],
             extra_labels: BTreeMap::new(),
+            max_pods: 110,
+            taints: Vec::new(),
             host: HostInfo {
                 hostname: "h".into(),
                 cpus: 2,

@@ -18,8 +18,10 @@ use crate::cri::{labels, CriRuntime};
 use crate::events::PodEvent;
 use crate::reconcile::{terminate_pod, PodSync, SyncContext};
 
-/// How often a live pod is re-synced against the CRI (the relist period).
+/// How often a pod in transition (pending, waiting, not yet reported) is re-synced.
 pub const RESYNC: Duration = Duration::from_secs(1);
+/// How often a settled pod is re-synced when nothing wakes it (upstream's syncFrequency).
+pub const RESYNC_SETTLED: Duration = Duration::from_secs(60);
 /// How often sandboxes of vanished pods are swept.
 pub const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
 /// Grace period for pods that vanished from the API without the kubelet stopping them.
@@ -27,6 +29,8 @@ const VANISHED_GRACE_SECS: i64 = 2;
 
 struct Worker {
     tx: watch::Sender<Option<Pod>>,
+    /// Wakes the worker (container events from the PLEG, probe results).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn uid_of(p: &Pod) -> String {
@@ -59,6 +63,8 @@ pub async fn run<R: CriRuntime>(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut init_seen: HashSet<String> = HashSet::new();
     let mut synced = false;
+    let (pleg_tx, mut pleg_rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(crate::pleg::run(cri.clone(), pleg_tx, shutdown.clone()));
     let mut sweep = tokio::time::interval(ORPHAN_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -67,6 +73,11 @@ pub async fn run<R: CriRuntime>(
             _ = shutdown.changed() => break,
             Some(uid) = done_rx.recv() => {
                 workers.remove(&uid);
+            }
+            Some(uid) = pleg_rx.recv() => {
+                if let Some(w) = workers.get(&uid) {
+                    w.wake.notify_one();
+                }
             }
             _ = sweep.tick(), if synced => {
                 sweep_orphans(&*cri, &reader, &workers).await;
@@ -133,6 +144,7 @@ fn dispatch<R: CriRuntime>(
     let (tx, rx) = watch::channel(Some(pod));
     let sync = PodSync::new(cri.clone(), ctx.clone())
         .with_objects(Arc::new(crate::objects::KubeObjects(client.clone())));
+    let wake_handle = sync.wake();
     let span = tracing::info_span!("pod", pod = %key, uid = %uid);
     tokio::spawn(
         pod_worker(
@@ -145,7 +157,13 @@ fn dispatch<R: CriRuntime>(
         )
         .instrument(span),
     );
-    workers.insert(uid, Worker { tx });
+    workers.insert(
+        uid,
+        Worker {
+            tx,
+            wake: wake_handle,
+        },
+    );
 }
 
 fn spawn_cleanup<R: CriRuntime>(cri: Arc<R>, uid: String) {
@@ -232,7 +250,7 @@ async fn pod_worker<R: CriRuntime>(
     let wake = sync.wake();
     loop {
         let current = rx.borrow_and_update().clone();
-        let mut wait = RESYNC;
+        let mut wait: Duration;
         match current {
             None => {
                 // Gone from the API: only the CRI side is left to clean.
@@ -284,7 +302,10 @@ async fn pod_worker<R: CriRuntime>(
                         .collect();
                     crate::events::post(&client, sync.node_name(), &pod, running).await;
                 }
-                let res = match sync.terminate(&uid, grace).await {
+                let terminated = sync.terminate_pod_of(Some(&pod), &uid, grace).await;
+                let hook_events = sync.take_events();
+                crate::events::post(&client, sync.node_name(), &pod, hook_events).await;
+                let res = match terminated {
                     Ok(()) => finish_delete(&client, &pod)
                         .await
                         .map_err(|e| format!("deleting the pod object: {e}")),
@@ -306,6 +327,7 @@ async fn pod_worker<R: CriRuntime>(
                 let status = sync.sync(&pod, Instant::now()).await;
                 let events = sync.take_events();
                 crate::events::post(&client, sync.node_name(), &pod, events).await;
+                wait = sync.next_wake(&pod, &status, Instant::now());
                 let unchanged =
                     last_written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status);
                 if !unchanged {
@@ -324,11 +346,6 @@ async fn pod_worker<R: CriRuntime>(
                     }
                 } else {
                     last_written = Some(status.clone());
-                }
-                let phase = status.phase.as_deref().unwrap_or_default();
-                if phase == "Succeeded" || phase == "Failed" {
-                    // Nothing more will run; wake up only for changes (deletion).
-                    wait = Duration::from_secs(60);
                 }
                 last_pod = Some(pod);
             }

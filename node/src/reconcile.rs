@@ -42,6 +42,11 @@ pub struct SyncContext {
     pub root_dir: PathBuf,
 }
 
+/// Whether `c` is a sidecar: an init container with `restartPolicy: Always`.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
 /// A pod's state directory under the kubelet root.
 pub fn pod_dir(root: &std::path::Path, uid: &str) -> PathBuf {
     root.join("pods").join(uid)
@@ -237,6 +242,81 @@ impl<R: CriRuntime> PodSync<R> {
             volumes_ready: false,
             volumes_refreshed: None,
         }
+    }
+
+    /// How long the worker may sleep after a sync that produced `status`, unless woken by a
+    /// container event, a probe result or a pod change: the next back-off or volume refresh
+    /// deadline for a settled pod ([`crate::pods::RESYNC_SETTLED`] at most), one second while the
+    /// pod is still in transition.
+    pub fn next_wake(&self, pod: &Pod, status: &PodStatus, now: Instant) -> Duration {
+        let mut wait = crate::pods::RESYNC_SETTLED;
+        let phase = status.phase.as_deref().unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return wait;
+        }
+        let statuses = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(status.init_container_statuses.iter().flatten());
+        for cs in statuses {
+            let waiting = cs
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref());
+            match waiting {
+                None | Some("CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull") => {}
+                // CreateContainerConfigError, ContainerCreating, PodInitializing...: retry soon.
+                Some(_) => return crate::pods::RESYNC,
+            }
+        }
+        let sandbox_ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "PodReadyToStartContainers" && c.status == "True");
+        if phase == "Pending" && !sandbox_ready {
+            return crate::pods::RESYNC;
+        }
+        if let Some(left) = self.active_deadline_left(pod) {
+            wait = wait.min(left + Duration::from_millis(100));
+        }
+        for b in self.crash.values() {
+            if let Some((_, until)) = &b.pending {
+                wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
+            }
+        }
+        for b in self.pull.values() {
+            wait = wait.min(b.until.saturating_duration_since(now) + Duration::from_millis(50));
+        }
+        let has_api_volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| vs.iter().any(|v| volumes::plugin_dir(v).is_some()));
+        if has_api_volumes {
+            let due = self
+                .volumes_refreshed
+                .map(|t| (t + VOLUME_REFRESH).saturating_duration_since(now))
+                .unwrap_or(crate::pods::RESYNC);
+            wait = wait.min(due);
+        }
+        wait.max(Duration::from_millis(100))
+    }
+
+    /// Time left before `activeDeadlineSeconds` (counted from the pod's startTime) runs out;
+    /// `None` without a deadline.
+    pub fn active_deadline_left(&self, pod: &Pod) -> Option<Duration> {
+        let ads = pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.clone())
+            .or_else(|| self.start_time.clone())?;
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let left = start.0.as_second() + ads - now;
+        Some(Duration::from_secs(left.max(0) as u64))
     }
 
     /// Reads ConfigMaps, Secrets and tokens through `objects`.
@@ -450,7 +530,12 @@ impl<R: CriRuntime> PodSync<R> {
         let spec = pod.spec.clone().unwrap_or_default();
         let running = cri::ContainerState::ContainerRunning as i32;
         let mut out = HashMap::new();
-        for c in &spec.containers {
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c));
+        for c in spec.containers.iter().chain(sidecars) {
             let has = c.liveness_probe.is_some()
                 || c.readiness_probe.is_some()
                 || c.startup_probe.is_some();
@@ -779,11 +864,21 @@ impl<R: CriRuntime> PodSync<R> {
             } else if let Some(p) = volumes::volume_dir(&pod_dir(&self.ctx.root_dir, &uid), v) {
                 api_data = true;
                 p
-            } else if v.empty_dir.is_some() {
+            } else if let Some(ed) = &v.empty_dir {
                 let p = pod_dir(&self.ctx.root_dir, &uid)
                     .join("volumes/kubernetes.io~empty-dir")
                     .join(&v.name);
-                if let Err(e) = std::fs::create_dir_all(&p) {
+                if ed.medium.as_deref() == Some("Memory") {
+                    // A tmpfs, capped by sizeLimit (upstream: the node's memory otherwise).
+                    let size = ed
+                        .size_limit
+                        .as_ref()
+                        .and_then(|q| volumes::parse_quantity(&q.0))
+                        .map(|b| b as u64);
+                    if let Err(e) = crate::mounts::ensure_tmpfs(&p, size) {
+                        warn!(path = %p.display(), error = %e, "cannot mount the memory emptyDir");
+                    }
+                } else if let Err(e) = std::fs::create_dir_all(&p) {
                     warn!(path = %p.display(), error = %e, "cannot create emptyDir");
                 }
                 p
@@ -1017,6 +1112,33 @@ impl<R: CriRuntime> PodSync<R> {
         if !terminal {
             self.kill_unhealthy(pod).await;
         }
+        let deadline_exceeded = !terminal && self.active_deadline_left(pod) == Some(Duration::ZERO);
+        if deadline_exceeded {
+            let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+            info!("activeDeadlineSeconds exceeded; stopping the pod's containers");
+            self.events.push(PodEvent {
+                warning: true,
+                reason: "DeadlineExceeded",
+                message: "Pod was active on the node longer than the specified deadline".into(),
+                field_path: None,
+            });
+            self.probes.clear();
+            let mut sel = HashMap::new();
+            sel.insert(labels::POD_UID.to_string(), uid.clone());
+            let running = cri::ContainerState::ContainerRunning as i32;
+            if let Ok(list) = self.cri.list_containers("", sel).await {
+                let stops = list
+                    .iter()
+                    .filter(|c| c.state == running)
+                    .map(|c| self.cri.stop_container(&c.id, grace));
+                for r in futures::future::join_all(stops).await {
+                    if let Err(e) = r {
+                        warn!(error = %e, "StopContainer failed");
+                    }
+                }
+            }
+        }
+        let terminal = terminal || deadline_exceeded;
         if !terminal {
             match self.ensure_sandbox(pod).await {
                 Ok((sandbox_id, sandbox_config)) => {
@@ -1091,6 +1213,12 @@ impl<R: CriRuntime> PodSync<R> {
             now: status::now_time(),
         };
         let mut st = status::compute_pod_status(pod, &input);
+        if deadline_exceeded {
+            st.phase = Some("Failed".into());
+            st.reason = Some("DeadlineExceeded".into());
+            st.message =
+                Some("Pod was active on the node longer than the specified deadline".into());
+        }
         let phase = st.phase.clone().unwrap_or_default();
         if (phase == "Succeeded" || phase == "Failed") && !self.terminal_done {
             // Like upstream: a finished pod's sandbox is stopped (its containers stay for logs).
@@ -1101,6 +1229,7 @@ impl<R: CriRuntime> PodSync<R> {
                 }
             }
             self.terminal_done = true;
+            let (reason, message) = (st.reason.clone(), st.message.clone());
             st = status::compute_pod_status(
                 pod,
                 &StatusInput {
@@ -1108,6 +1237,11 @@ impl<R: CriRuntime> PodSync<R> {
                     ..input
                 },
             );
+            if deadline_exceeded {
+                st.phase = Some("Failed".into());
+                st.reason = reason;
+                st.message = message;
+            }
         }
         st
     }
@@ -1128,8 +1262,44 @@ impl<R: CriRuntime> PodSync<R> {
         let exited = cri::ContainerState::ContainerExited as i32;
         let empty = Vec::new();
         // Init containers run one at a time, in order, each to success, before the others.
+        // Sidecars (restartPolicy Always) only need to have started before the next one, keep
+        // running beside the app containers, and restart whenever they exit.
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let app_started = spec
+            .containers
+            .iter()
+            .any(|c| observed.get(&c.name).is_some_and(|h| !h.is_empty()));
         for c in spec.init_containers.iter().flatten() {
             let history = observed.get(&c.name).unwrap_or(&empty);
+            if is_sidecar(c) {
+                let started = history.first().is_some_and(|l| l.state == running)
+                    && (c.startup_probe.is_none()
+                        || self.probes.get(&c.name).is_some_and(|p| p.started()));
+                if started {
+                    continue;
+                }
+                let always = |_: &cri::ContainerStatus| true;
+                let step = ContainerStep {
+                    pod,
+                    c,
+                    history,
+                    sandbox_id,
+                    sandbox_config,
+                    now,
+                };
+                self.converge_one(step, &always, waiting).await;
+                if app_started {
+                    continue;
+                }
+                return Ok(());
+            }
+            if app_started
+                && history
+                    .first()
+                    .is_some_and(|l| l.state == exited && l.exit_code == 0)
+            {
+                continue;
+            }
             match history.first() {
                 Some(l) if l.state == exited && l.exit_code == 0 => continue,
                 Some(l) if l.state == exited && policy == "Never" => return Ok(()),
@@ -1306,6 +1476,36 @@ impl<R: CriRuntime> PodSync<R> {
                     &c.name,
                     format!("Started container {}", c.name),
                 ));
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let ip = self.pod_ips.first().cloned().unwrap_or_default();
+                    let grace = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(0);
+                    // Upstream runs postStart without its own deadline; bound it generously.
+                    let limit = Duration::from_secs(300);
+                    if let Err(msg) =
+                        crate::hooks::run(&*self.cri, h, pod, c, &id, &ip, limit).await
+                    {
+                        warn!(container = %c.name, error = %msg, "postStart hook failed");
+                        self.events.push(PodEvent::warning(
+                            "FailedPostStartHook",
+                            &c.name,
+                            msg.clone(),
+                        ));
+                        self.events.push(PodEvent::normal(
+                            "Killing",
+                            &c.name,
+                            "FailedPostStartHook".to_string(),
+                        ));
+                        if let Err(e) = self.cri.stop_container(&id, grace).await {
+                            warn!(container = %c.name, error = %e, "StopContainer failed");
+                        }
+                        waiting.insert(c.name.clone(), Waiting::new("PostStartHookError", msg));
+                    }
+                }
             }
             Err(e) => {
                 warn!(container = %c.name, error = %e, "StartContainer failed");
@@ -1326,10 +1526,135 @@ impl<R: CriRuntime> PodSync<R> {
     /// Stops and removes everything the pod has in the CRI (every sandbox with its uid label).
     /// `grace_secs` is the time containers get between SIGTERM and SIGKILL.
     pub async fn terminate(&mut self, uid: &str, grace_secs: i64) -> Result<(), CriError> {
+        self.terminate_pod_of(None, uid, grace_secs).await
+    }
+
+    /// For a pod with sidecars: stops the app containers first, then the sidecars in reverse
+    /// order, as upstream, within `grace_secs` in total.
+    async fn stop_app_then_sidecars(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        grace_secs: i64,
+    ) -> Result<(), CriError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let sidecars: Vec<String> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .map(|c| c.name.clone())
+            .collect();
+        if sidecars.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut sel = HashMap::new();
+        sel.insert(labels::POD_UID.to_string(), uid.to_string());
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let list = self.cri.list_containers("", sel).await?;
+        let name = |c: &cri::Container| {
+            c.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        };
+        let apps = list
+            .iter()
+            .filter(|c| c.state == running && !sidecars.contains(&name(c)))
+            .map(|c| self.cri.stop_container(&c.id, grace_secs));
+        for r in futures::future::join_all(apps).await {
+            if let Err(e) = r {
+                warn!(error = %e, "StopContainer failed");
+            }
+        }
+        for sc in sidecars.iter().rev() {
+            let left = (grace_secs - started.elapsed().as_secs() as i64).max(2);
+            for c in list.iter().filter(|c| c.state == running && &name(c) == sc) {
+                if let Err(e) = self.cri.stop_container(&c.id, left).await {
+                    warn!(error = %e, "StopContainer failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`PodSync::terminate`] that first runs the preStop hooks of `pod`'s running containers
+    /// (in parallel, within the grace period; the containers then get what is left of it, at
+    /// least 2 s, as upstream).
+    pub async fn terminate_pod_of(
+        &mut self,
+        pod: Option<&Pod>,
+        uid: &str,
+        grace_secs: i64,
+    ) -> Result<(), CriError> {
+        let mut grace_secs = grace_secs;
+        if let Some(pod) = pod.filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()))
+            })
+        }) {
+            let started = Instant::now();
+            let mut sel = HashMap::new();
+            sel.insert(labels::POD_UID.to_string(), uid.to_string());
+            let running = cri::ContainerState::ContainerRunning as i32;
+            let list = self.cri.list_containers("", sel).await?;
+            let spec = pod.spec.clone().unwrap_or_default();
+            let ip = self
+                .pod_ips
+                .first()
+                .cloned()
+                .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                .unwrap_or_default();
+            let limit = Duration::from_secs(grace_secs.max(0) as u64);
+            let mut hooks = Vec::new();
+            for ct in list.iter().filter(|c| c.state == running) {
+                let name = ct
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+                    continue;
+                };
+                let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) else {
+                    continue;
+                };
+                let cri = self.cri.clone();
+                let (pod, c, id, ip) = (pod.clone(), c.clone(), ct.id.clone(), ip.clone());
+                hooks.push(async move {
+                    let r = crate::hooks::run(&*cri, &h, &pod, &c, &id, &ip, limit).await;
+                    (c.name, r)
+                });
+            }
+            for (name, r) in futures::future::join_all(hooks).await {
+                if let Err(msg) = r {
+                    warn!(container = %name, error = %msg, "preStop hook failed");
+                    self.events
+                        .push(PodEvent::warning("FailedPreStopHook", &name, msg));
+                }
+            }
+            let used = started.elapsed().as_secs() as i64;
+            grace_secs = (grace_secs - used).max(2);
+        }
+        if let Some(pod) = pod {
+            self.stop_app_then_sidecars(pod, uid, grace_secs).await?;
+        }
         terminate_pod(&*self.cri, uid, grace_secs).await?;
         self.sandbox_id = None;
         let dir = pod_dir(&self.ctx.root_dir, uid);
         if !uid.is_empty() && dir.exists() {
+            // tmpfs volumes (secrets, memory emptyDirs) go first.
+            let d = dir.clone();
+            match tokio::task::spawn_blocking(move || crate::mounts::unmount_all_under(&d)).await {
+                Ok(Err(e)) => {
+                    warn!(path = %dir.display(), error = %e, "cannot unmount the pod's volumes")
+                }
+                Err(e) => warn!(error = %e, "unmount task failed"),
+                Ok(Ok(())) => {}
+            }
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(path = %dir.display(), error = %e, "cannot remove the pod's directory");
             }

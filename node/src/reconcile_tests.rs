@@ -577,3 +577,92 @@ async fn missing_config_is_failed_mount_and_create_container_config_error() {
     assert!(env.contains(&("A".into(), "yes".into())), "{env:?}");
     assert!(env.contains(&("P_k".into(), "v".into())), "{env:?}");
 }
+
+#[tokio::test]
+async fn sidecars_start_before_the_next_init_and_restart_beside_the_app() {
+    let cri = Arc::new(FakeCri::new());
+    let mut sync = PodSync::new(cri.clone(), ctx());
+    let mut p = pod("Never", "busybox:1.36");
+    p.spec.as_mut().unwrap().init_containers = Some(
+        serde_json::from_value(serde_json::json!([
+            {"name": "side", "image": "busybox:1.36", "restartPolicy": "Always"},
+            {"name": "i1", "image": "busybox:1.36"}
+        ]))
+        .unwrap(),
+    );
+    let t0 = Instant::now();
+    let st = sync.sync(&p, t0).await;
+    assert_eq!(cri.containers_named("side").len(), 1);
+    assert!(cri.containers_named("i1").is_empty());
+    let st = sync.sync(&with_status(&p, &st), t0).await;
+    assert_eq!(
+        cri.containers_named("i1").len(),
+        1,
+        "the sidecar started: next init"
+    );
+    assert!(cri.containers_named("c").is_empty());
+    cri.exit_container(&cri.containers_named("i1")[0], 0);
+    let st = sync.sync(&with_status(&p, &st), t0).await;
+    assert_eq!(cri.containers_named("c").len(), 1);
+    let st = sync.sync(&with_status(&p, &st), t0).await;
+    assert_eq!(condition(&st, "Initialized"), "True");
+    let side = st
+        .init_container_statuses
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|s| s.name == "side")
+        .unwrap()
+        .clone();
+    assert!(side.ready && side.started == Some(true));
+    assert!(side.state.unwrap().running.is_some());
+    // The sidecar exits: restarted (restartPolicy Never is the pod's, not the sidecar's), the
+    // app keeps running and the pod stays initialized.
+    cri.exit_container(&cri.containers_named("side")[0], 1);
+    let st = sync.sync(&with_status(&p, &st), t0).await;
+    assert_eq!(cri.containers_named("side").len(), 2);
+    assert_eq!(condition(&st, "Initialized"), "True");
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    // The app completes: the pod succeeds although the sidecar runs.
+    cri.exit_container(&cri.containers_named("c")[0], 0);
+    let st = sync.sync(&with_status(&p, &st), t0).await;
+    assert_eq!(st.phase.as_deref(), Some("Succeeded"));
+}
+
+#[tokio::test]
+async fn active_deadline_fails_the_pod() {
+    let cri = Arc::new(FakeCri::new());
+    let mut sync = PodSync::new(cri.clone(), ctx());
+    let mut p = pod("Always", "busybox:1.36");
+    p.spec.as_mut().unwrap().active_deadline_seconds = Some(5);
+    let t0 = Instant::now();
+    let st = sync.sync(&p, t0).await;
+    assert!(sync.active_deadline_left(&with_status(&p, &st)).unwrap() > Duration::ZERO);
+    let mut running = with_status(&p, &st);
+    let long_ago = k8s_openapi::jiff::Timestamp::now().as_second() - 60;
+    running.status.as_mut().unwrap().start_time =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(long_ago).unwrap(),
+        ));
+    let st = sync.sync(&running, t0).await;
+    assert_eq!(st.phase.as_deref(), Some("Failed"));
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(
+        st.message.as_deref(),
+        Some("Pod was active on the node longer than the specified deadline")
+    );
+    assert!(sync
+        .take_events()
+        .iter()
+        .any(|e| e.reason == "DeadlineExceeded"));
+    let c = cri.containers_named("c");
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        cri.containers()[&c[0]].state,
+        skiff_proto::cri::ContainerState::ContainerExited
+    );
+    // Sticky: the next sync keeps Failed and the reason.
+    let st = sync.sync(&with_status(&running, &st), t0).await;
+    assert_eq!(st.phase.as_deref(), Some("Failed"));
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+}

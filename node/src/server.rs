@@ -68,6 +68,21 @@ pub fn parse_log_query(query: Option<&str>) -> Result<LogOptions, String> {
                     .map_err(|_| format!("tailLines: bad number {v:?}"))?;
                 o.tail_lines = Some(n.max(0) as usize);
             }
+            "sinceSeconds" => {
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| format!("sinceSeconds: bad number {v:?}"))?;
+                o.since = Some(chrono::Utc::now() - chrono::Duration::seconds(n.max(0)));
+            }
+            "sinceTime" => {
+                let t = url::form_urlencoded::parse(format!("x={v}").as_bytes())
+                    .next()
+                    .map(|(_, t)| t.into_owned())
+                    .unwrap_or_default();
+                let t = chrono::DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| format!("sinceTime: {t:?}: {e}"))?;
+                o.since = Some(t.with_timezone(&chrono::Utc));
+            }
             "limitBytes" => {
                 let n: i64 = v
                     .parse()

@@ -295,10 +295,39 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
     let mut init_statuses = Vec::new();
     let mut pending_init: Vec<String> = Vec::new();
     let mut init_failed = false;
+    let app_started = spec
+        .containers
+        .iter()
+        .any(|c| input.containers.get(&c.name).is_some_and(|h| !h.is_empty()));
+    let mut unready_sidecars: Vec<String> = Vec::new();
     for c in spec.init_containers.iter().flatten() {
         let history = input.containers.get(&c.name).unwrap_or(&empty);
         let mut st = container_status(c, history, input.waiting.get(&c.name));
-        let done = matches!(history.first(), Some(l)
+        if c.restart_policy.as_deref() == Some("Always") {
+            // A sidecar: started once running (and its startup probe passed), ready per its
+            // readiness probe; it never completes.
+            let running = st.state.as_ref().is_some_and(|s| s.running.is_some());
+            let (started, ready) = match (running, input.probes.get(&c.name)) {
+                (false, _) => (false, false),
+                (true, Some((s, r))) => (*s, *r),
+                (true, None) => (
+                    c.startup_probe.is_none(),
+                    c.startup_probe.is_none() && c.readiness_probe.is_none(),
+                ),
+            };
+            st.started = Some(started);
+            st.ready = ready;
+            if !started && !app_started {
+                pending_init.push(c.name.clone());
+            }
+            if !ready {
+                unready_sidecars.push(c.name.clone());
+            }
+            init_statuses.push(st);
+            continue;
+        }
+        let done = app_started && history.is_empty()
+            || matches!(history.first(), Some(l)
             if state_of(l) == cri::ContainerState::ContainerExited && l.exit_code == 0);
         if let Some(l) = history.first() {
             if state_of(l) == cri::ContainerState::ContainerExited && l.exit_code != 0 {
@@ -347,10 +376,15 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
     };
     let terminal = phase == "Succeeded" || phase == "Failed";
 
-    let unready: Vec<&str> = statuses
+    let unready: Vec<&str> = unready_sidecars
         .iter()
-        .filter(|s| !s.ready)
-        .map(|s| s.name.as_str())
+        .map(String::as_str)
+        .chain(
+            statuses
+                .iter()
+                .filter(|s| !s.ready)
+                .map(|s| s.name.as_str()),
+        )
         .collect();
     let all_ready = unready.is_empty() && !terminal;
     let (reason, message) = if terminal {
@@ -445,6 +479,9 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
         pod_ip: ips.first().cloned(),
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         start_time: old.start_time.clone().or_else(|| input.start_time.clone()),
+        // Set by the kubelet when it ends a pod itself (DeadlineExceeded, Evicted): kept.
+        reason: old.reason.clone(),
+        message: old.message.clone(),
         container_statuses: Some(statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: Some(

@@ -105,6 +105,20 @@ pub async fn prepare(
         .unwrap_or_else(|| "default".into());
     let mut changed = 0;
     for v in spec.volumes.iter().flatten() {
+        if let Some(hp) = &v.host_path {
+            let (path, t) = (hp.path.clone(), hp.type_.clone().unwrap_or_default());
+            let r = tokio::task::spawn_blocking(move || check_host_path(Path::new(&path), &t))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            if let Err(message) = r {
+                return Err(VolumeError {
+                    volume: v.name.clone(),
+                    message,
+                });
+            }
+            continue;
+        }
         let Some(dir) = volume_dir(&env.pod_dir, v) else {
             continue;
         };
@@ -251,15 +265,84 @@ pub async fn prepare(
             }
         }
         let d = dir.clone();
-        let wrote = tokio::task::spawn_blocking(move || write_atomic(&d, &files))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
+        // Secret contents never touch the disk: their volume is a tmpfs, as upstream.
+        let tmpfs = v.secret.is_some()
+            || v.projected.as_ref().is_some_and(|p| {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .any(|s| s.secret.is_some() || s.service_account_token.is_some())
+            });
+        let wrote = tokio::task::spawn_blocking(move || {
+            if tmpfs {
+                crate::mounts::ensure_tmpfs(&d, None)?;
+            }
+            write_atomic(&d, &files)
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
         if wrote {
             changed += 1;
         }
     }
     Ok(changed)
+}
+
+/// Checks (and for the `...OrCreate` types makes) a hostPath of type `t`, with upstream's
+/// messages.
+pub fn check_host_path(path: &Path, t: &str) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let p = path.display();
+    let md = std::fs::metadata(path);
+    let fail = |what: &str| Err(format!("hostPath type check failed: {p} is not {what}"));
+    match t {
+        "" => Ok(()),
+        "DirectoryOrCreate" => match md {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => fail("a directory"),
+            Err(_) => std::fs::create_dir_all(path)
+                .map_err(|e| format!("hostPath type check failed: {p}: {e}")),
+        },
+        "FileOrCreate" => match md {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => fail("a file"),
+            Err(_) => {
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+                    .map(|_| ())
+                    .map_err(|e| format!("hostPath type check failed: {p}: {e}"))
+            }
+        },
+        "Directory" => match md {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => fail("a directory"),
+            Err(_) => fail("a directory"),
+        },
+        "File" => match md {
+            Ok(m) if m.is_file() => Ok(()),
+            _ => fail("a file"),
+        },
+        "Socket" => match md {
+            Ok(m) if m.file_type().is_socket() => Ok(()),
+            _ => fail("a socket file"),
+        },
+        "CharDevice" => match md {
+            Ok(m) if m.file_type().is_char_device() => Ok(()),
+            _ => fail("a character device"),
+        },
+        "BlockDevice" => match md {
+            Ok(m) if m.file_type().is_block_device() => Ok(()),
+            _ => fail("a block device"),
+        },
+        other => Err(format!("invalid hostPath type {other:?}")),
+    }
 }
 
 /// Adds the keys of a ConfigMap or Secret (`items` or all), checking `optional`.
@@ -591,6 +674,32 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "4");
         assert!(std::fs::symlink_metadata(dir.join("sub")).is_err());
         assert!(write_atomic(&dir, &files(&[("../x", "1")])).is_err());
+    }
+
+    #[test]
+    fn host_path_types() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "x").unwrap();
+        assert!(check_host_path(d.path(), "Directory").is_ok());
+        assert_eq!(
+            check_host_path(&f, "Directory").unwrap_err(),
+            format!(
+                "hostPath type check failed: {} is not a directory",
+                f.display()
+            )
+        );
+        assert!(check_host_path(&f, "File").is_ok());
+        assert!(check_host_path(&f, "Socket").is_err());
+        assert!(check_host_path(Path::new("/dev/null"), "CharDevice").is_ok());
+        let made = d.path().join("a/b");
+        assert!(check_host_path(&made, "DirectoryOrCreate").is_ok());
+        assert!(made.is_dir());
+        let file = d.path().join("c/file");
+        assert!(check_host_path(&file, "FileOrCreate").is_ok());
+        assert!(file.is_file());
+        assert!(check_host_path(&d.path().join("missing"), "Directory").is_err());
+        assert!(check_host_path(&f, "").is_ok());
     }
 
     #[test]

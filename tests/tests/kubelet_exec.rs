@@ -321,4 +321,21 @@ spec:
     });
     let out = cp.ok(&["logs", "-f", "sk-follow"]);
     assert_eq!(out, "line-1\nline-2\nline-3\nline-4\nline-5\n");
+    assert_eq!(
+        cp.ok(&["logs", "--tail=2", "sk-follow"]),
+        "line-4\nline-5\n"
+    );
+    assert_eq!(
+        cp.ok(&["logs", "--since=1h", "sk-follow"]),
+        "line-1\nline-2\nline-3\nline-4\nline-5\n"
+    );
+    assert_eq!(
+        cp.ok(&["logs", "--since-time=2099-01-01T00:00:00Z", "sk-follow"]),
+        ""
+    );
+    let err = cp.fails(&["logs", "--previous", "sk-follow"]);
+    assert!(
+        err.contains("previous terminated container \"main\" in pod \"sk-follow\" not found"),
+        "{err}"
+    );
 }

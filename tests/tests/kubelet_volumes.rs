@@ -93,7 +93,10 @@ spec:
     - {{name: dapi, mountPath: /dapi}}
     - {{name: proj, mountPath: /proj}}
     - {{name: cm, mountPath: /etc/a.conf, subPath: a}}
+    - {{name: mem, mountPath: /mem}}
   volumes:
+  - name: mem
+    emptyDir: {{medium: Memory, sizeLimit: 8Mi}}
   - name: cm
     configMap: {{name: sk-cm}}
   - name: items
@@ -141,6 +144,16 @@ spec:
         "600\n400\n"
     );
     assert_eq!(sh(&cp, "sk-vol", "cat /sec/pw"), "s3cret");
+    // Secrets and memory emptyDirs are tmpfs; the memory one is capped by its sizeLimit.
+    assert!(
+        sh(&cp, "sk-vol", "grep ' /sec ' /proc/mounts").starts_with("tmpfs /sec tmpfs ro"),
+        "the secret volume is not a read-only tmpfs"
+    );
+    let mem = sh(&cp, "sk-vol", "grep ' /mem ' /proc/mounts");
+    assert!(
+        mem.starts_with("tmpfs /mem tmpfs rw") && mem.contains("size=8192k"),
+        "{mem}"
+    );
     assert_eq!(sh(&cp, "sk-vol", "cat /dapi/labels"), "app=\"sk-vol\"");
     assert_eq!(sh(&cp, "sk-vol", "cat /dapi/name /dapi/mem"), "sk-vol64");
     assert_eq!(
@@ -223,6 +236,22 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
+  name: sk-badhost
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "sleep 3600"]
+    volumeMounts:
+    - {{name: h, mountPath: /h}}
+  volumes:
+  - name: h
+    hostPath: {{path: /nonexistent/sk-hostpath, type: Directory}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
   name: sk-nokey
 spec:
   terminationGracePeriodSeconds: 1
@@ -257,6 +286,18 @@ spec:
         ),
         "ContainerCreating"
     );
+    cp.wait_for("the hostPath type check event", WAIT, || {
+        cp.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sk-badhost,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .stdout
+            == "MountVolume.SetUp failed for volume \"h\" : hostPath type check failed: /nonexistent/sk-hostpath is not a directory"
+    });
     cp.wait_for("CreateContainerConfigError", WAIT, || {
         get(
             &cp,
@@ -299,5 +340,12 @@ data:
         "--timeout=90s",
     ]);
     assert_eq!(sh(&cp, "sk-nokey", "echo $X"), "found\n");
-    cp.ok(&["delete", "pod", "sk-nocm", "sk-nokey", "--wait=true"]);
+    cp.ok(&[
+        "delete",
+        "pod",
+        "sk-nocm",
+        "sk-nokey",
+        "sk-badhost",
+        "--wait=true",
+    ]);
 }
