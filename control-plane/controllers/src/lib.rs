@@ -3,6 +3,10 @@
 //! object key at a time from a work queue with per-key retries (`kube::runtime::Controller`), and
 //! writes back through the API. One module per controller; [`run`] starts them all.
 
+pub mod endpoints;
+pub mod endpointslice;
+mod queue;
+
 use std::future::Future;
 
 use futures::future::BoxFuture;
@@ -28,7 +32,10 @@ type Runner =
 
 /// Every controller `skiff server` runs, in start order.
 fn controllers() -> Vec<(&'static str, Runner)> {
-    vec![]
+    vec![
+        (endpointslice::NAME, endpointslice::run),
+        (endpoints::NAME, endpoints::run),
+    ]
 }
 
 /// Runs every controller until `stop` completes. A controller that fails is logged and restarted
