@@ -90,6 +90,17 @@ fn nft_table_exists() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Removes the cluster DNS address (`.10` of the service range) from lo, where a kernel
+/// without dummy links has it.
+fn remove_dns_address(service_cidr: &str) {
+    let dns = format!("{}.10/32", service_cidr.trim_end_matches(".0/24"));
+    let _ = Command::new("ip")
+        .args(["addr", "del", &dns, "dev", "lo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Removes a cgroup folder and the (empty) folders under it, deepest first.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -189,6 +200,7 @@ impl ControlPlane {
         // Leftovers of a test that died in this slot.
         crate::netns::delete_link(&agent.bridge);
         crate::netns::delete_link(&agent.dns_link);
+        remove_dns_address(&agent.service_cidr);
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();
@@ -428,6 +440,8 @@ impl Drop for ControlPlane {
         crate::stop_child(&mut self.child, Duration::from_secs(20));
         crate::netns::delete_link(&agent.bridge);
         crate::netns::delete_link(&agent.dns_link);
+        // Kernels without dummy links get the DNS address on lo.
+        remove_dns_address(&agent.service_cidr);
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();
