@@ -40,7 +40,7 @@ fn run_script(c: &ControlPlane, manifest: &str, name: &str) -> String {
     assert!(o.ok, "apply {name}: {}", o.stderr);
     c.wait_for(
         &format!("pod {name} to finish"),
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         || {
             matches!(
                 c.ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"])
@@ -121,7 +121,7 @@ spec:
     );
     let o = c.with_stdin(&["apply", "-f", "-"], &objects);
     assert!(o.ok, "apply: {}\n{}", o.stderr, c.log_tail());
-    c.wait_for("the web pod's endpoint", Duration::from_secs(90), || {
+    c.wait_for("the web pod's endpoint", Duration::from_secs(180), || {
         c.kubectl(&[
             "get",
             "endpointslices",

@@ -44,7 +44,7 @@ metadata:
 fn wait_running(c: &ControlPlane, name: &str) {
     c.wait_for(
         &format!("pod {name} to be Ready"),
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         || {
             c.kubectl(&[
                 "get",
@@ -139,7 +139,7 @@ fn run_script(c: &ControlPlane, name: &str, script: &str) -> String {
     ]);
     c.wait_for(
         &format!("pod {name} to finish"),
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         || {
             matches!(
                 c.ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"])
@@ -317,7 +317,7 @@ spec:
     assert!(c.with_stdin(&["apply", "-f", "-"], &hair).ok);
     c.wait_for(
         "the hairpin pod to finish",
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         || {
             matches!(
                 c.ok(&["get", "pod", "sk-hairpin", "-o", "jsonpath={.status.phase}"])
@@ -379,4 +379,53 @@ spec:
     assert!(table_exists(&table));
     drop(c);
     assert!(!table_exists(&table), "table ip {table} left behind");
+}
+
+#[test]
+fn load_balancer_with_local_traffic_policy() {
+    let c = ControlPlane::start_cluster();
+    web_pod(&c, "sk-lb-1", "app=sk-lb");
+    wait_running(&c, "sk-lb-1");
+    let lb = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: sk-lb
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: sk-lb}
+  ports: [{port: 18081, targetPort: 8080}]
+"#;
+    let o = c.with_stdin(&["apply", "-f", "-"], lb);
+    assert!(o.ok, "apply sk-lb: {}", o.stderr);
+    wait_endpoints(&c, "sk-lb", 1);
+    // servicelb: the node's address (the harness's --node-ip) as the ingress.
+    c.wait_for(
+        "status.loadBalancer.ingress",
+        Duration::from_secs(30),
+        || {
+            c.ok(&[
+                "get",
+                "svc",
+                "sk-lb",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ]) == "127.0.0.1"
+        },
+    );
+    assert_eq!(http_get_eventually(&c, "127.0.0.1:18081"), "sk-lb-1");
+    // The health-check node port of the Local policy: this node has one endpoint.
+    let hc = c.ok(&[
+        "get",
+        "svc",
+        "sk-lb",
+        "-o",
+        "jsonpath={.spec.healthCheckNodePort}",
+    ]);
+    assert!(!hc.is_empty(), "no healthCheckNodePort allocated");
+    let body = http_get_eventually(&c, &format!("127.0.0.1:{hc}"));
+    assert!(
+        body.contains("\"localEndpoints\":1") && body.contains("\"name\":\"sk-lb\""),
+        "health check answer {body:?}"
+    );
 }

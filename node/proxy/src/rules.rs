@@ -239,13 +239,30 @@ fn mark_rules(src: Src, cluster_cidr: Option<(Ipv4Addr, u8)>) -> Vec<Vec<Expr>> 
     let mut always = find_service(src);
     always.push(kind_is(Masq::Always));
     always.extend(set_masq_mark());
+    // Local policy keeps the client's address, except for clients on this node (127.0.0.1
+    // cannot be answered from a pod), which are masqueraded as upstream does.
+    let mut local_client = find_service(src);
+    local_client.push(kind_is(Masq::Never));
+    local_client.extend([
+        Expr::Fib {
+            dreg: REG32_00,
+            result: FIB_RESULT_ADDRTYPE,
+            flags: 1, // NFTA_FIB_F_SADDR
+        },
+        Expr::Cmp {
+            sreg: REG32_00,
+            op: CmpOp::Eq,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]);
+    local_client.extend(set_masq_mark());
     let mut cluster = find_service(src);
     cluster.push(kind_is(Masq::UnlessFromPods));
     match cluster_cidr {
         Some(net) => cluster.extend(masq_unless(net)),
         None => cluster.extend(set_masq_mark()),
     }
-    vec![always, cluster]
+    vec![always, local_client, cluster]
 }
 
 /// The service lookup again, at the start of every rule of a group's chain: the kernel lets a
