@@ -214,7 +214,10 @@ fn unshare_net() {
 fn proxy_bench(rounds: usize) {
     let (svcs, slices) = objects(None);
     let changed_ip = Ipv4Addr::new(10, 244, 250, 250);
-    let (svcs2, slices2) = objects(Some(changed_ip));
+    // As the reflector does: unchanged objects keep their `Arc`; only service 0's slice is new.
+    let svcs2 = svcs.clone();
+    let mut slices2 = slices.clone();
+    slices2[0] = objects(Some(changed_ip)).1[0].clone();
     let mut full_ms = Vec::new();
     let mut inc_ms = Vec::new();
     let mut stats = None;

@@ -117,6 +117,16 @@ struct Extras {
     health: BTreeMap<u16, (String, String, usize)>,
     /// UDP endpoint addresses in the program.
     udp_endpoints: BTreeSet<Ipv4Addr>,
+    /// Group id keys in use.
+    used: BTreeSet<String>,
+}
+
+/// One Service's share of the program, with the objects it was computed from (the reflector
+/// hands out the same `Arc` while an object is unchanged).
+struct Frag {
+    sources: Vec<usize>,
+    prog: Program,
+    extras: Extras,
 }
 
 fn slice_endpoints(
@@ -340,7 +350,7 @@ fn build(
             }
         }
     }
-    ids.retain(&used);
+    x.used = used;
     (p, x)
 }
 
@@ -354,14 +364,19 @@ pub struct SyncStats {
     pub duration: Duration,
 }
 
-/// Programs the kernel from a list of Services and EndpointSlices, keeping what it wrote so
-/// that the next sync is incremental. Usable without an API server (benchmarks).
+/// Programs the kernel from a list of Services and EndpointSlices, keeping what it wrote per
+/// Service so that the next sync only recomputes and rewrites the Services whose objects
+/// changed. Usable without an API server (benchmarks).
 pub struct Syncer {
     cfg: ProxyConfig,
     cluster_cidr: Option<(Ipv4Addr, u8)>,
     nft: Nft,
     ids: Ids,
-    last: Option<Program>,
+    frags: HashMap<(String, String), Frag>,
+    shared: rules::Shared,
+    node_ips: Vec<Ipv4Addr>,
+    /// The kernel has the program of `frags` (else the next sync is a full one).
+    in_sync: bool,
     udp_endpoints: BTreeSet<Ipv4Addr>,
 }
 
@@ -373,12 +388,15 @@ impl Syncer {
             cluster_cidr,
             nft: Nft::open_large()?,
             ids: Ids::default(),
-            last: None,
+            frags: HashMap::new(),
+            shared: rules::Shared::default(),
+            node_ips: Vec::new(),
+            in_sync: false,
             udp_endpoints: BTreeSet::new(),
         })
     }
 
-    /// One sync; returns its figures and the LoadBalancer statuses and health ports to serve.
+    /// One sync; returns its figures and what the other parts of the proxy act on (merged).
     fn sync(
         &mut self,
         node_ips: &[Ipv4Addr],
@@ -386,36 +404,104 @@ impl Syncer {
         slices: &[Arc<EndpointSlice>],
     ) -> Result<(SyncStats, Extras), ProxyError> {
         let start = Instant::now();
-        let (prog, extras) = build(
-            &self.cfg,
-            self.cluster_cidr,
-            node_ips,
-            services,
-            slices,
-            &mut self.ids,
-        );
-        let (batch, full) = match &self.last {
-            Some(old) if *old == prog => {
-                return Ok((
-                    SyncStats {
-                        full: false,
-                        rules: prog.rule_count(),
-                        elements: prog.element_count(),
-                        messages: 0,
-                        duration: start.elapsed(),
-                    },
-                    extras,
-                ))
+        if node_ips != self.node_ips.as_slice() {
+            self.node_ips = node_ips.to_vec();
+            self.frags.clear();
+            self.in_sync = false;
+        }
+        let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        for s in slices {
+            if let Some(name) = s.labels().get("kubernetes.io/service-name") {
+                by_svc
+                    .entry((s.namespace().unwrap_or_default(), name.clone()))
+                    .or_default()
+                    .push(s.clone());
             }
-            Some(old) => (rules::incremental(&self.cfg.table, old, &prog), false),
-            None => (rules::full(&self.cfg.table, &prog), true),
+        }
+        let mut old = std::mem::take(&mut self.frags);
+        let mut frags = HashMap::with_capacity(services.len());
+        // (key, old program) of the Services that changed.
+        let mut changed: Vec<((String, String), Option<Frag>)> = Vec::new();
+        for svc in services {
+            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let mut sl = by_svc.remove(&key).unwrap_or_default();
+            sl.sort_by_key(|s| s.name_any());
+            let mut sources = vec![Arc::as_ptr(svc) as usize];
+            sources.extend(sl.iter().map(|s| Arc::as_ptr(s) as usize));
+            match old.remove(&key) {
+                Some(f) if f.sources == sources && self.in_sync => {
+                    frags.insert(key, f);
+                }
+                prev => {
+                    let (prog, extras) = build(
+                        &self.cfg,
+                        self.cluster_cidr,
+                        node_ips,
+                        std::slice::from_ref(svc),
+                        &sl,
+                        &mut self.ids,
+                    );
+                    frags.insert(
+                        key.clone(),
+                        Frag {
+                            sources,
+                            prog,
+                            extras,
+                        },
+                    );
+                    changed.push((key, prev));
+                }
+            }
+        }
+        // Services that are gone.
+        for (key, f) in old {
+            changed.push((key, Some(f)));
+        }
+        let full = !self.in_sync;
+        let batch = if full {
+            let mut p = Program {
+                cluster_cidr: self.cluster_cidr,
+                ..Default::default()
+            };
+            for f in frags.values() {
+                p.merge(&f.prog);
+            }
+            self.shared = rules::Shared::of(frags.values().map(|f| &f.prog));
+            rules::full(&self.cfg.table, &p)
+        } else {
+            let pairs: Vec<(Option<&Program>, Option<&Program>)> = changed
+                .iter()
+                .map(|(key, prev)| {
+                    (
+                        prev.as_ref().map(|f| &f.prog),
+                        frags.get(key).map(|f| &f.prog),
+                    )
+                })
+                .collect();
+            rules::changes(&self.cfg.table, &pairs, &mut self.shared)
         };
-        let r = self.nft.commit_bulk("sync the service proxy table", &batch);
-        if let Err(e) = r {
+        if !changed.is_empty() {
+            let used: BTreeSet<String> = frags
+                .values()
+                .flat_map(|f| f.extras.used.iter().cloned())
+                .collect();
+            self.ids.retain(&used);
+        }
+        let mut extras = Extras::default();
+        for f in frags.values() {
+            extras.lb_status.extend(f.extras.lb_status.iter().cloned());
+            extras.health.extend(f.extras.health.clone());
+            extras
+                .udp_endpoints
+                .extend(f.extras.udp_endpoints.iter().copied());
+        }
+        self.frags = frags;
+        if let Err(e) = self.nft.commit_bulk("sync the service proxy table", &batch) {
             // Next time from scratch.
-            self.last = None;
+            self.in_sync = false;
             return Err(e.into());
         }
+        self.in_sync = true;
         // Conntrack entries of UDP endpoints that are gone (a UDP "connection" would keep
         // going to the old endpoint until it times out).
         for ip in self.udp_endpoints.difference(&extras.udp_endpoints) {
@@ -430,14 +516,40 @@ impl Syncer {
             }
         }
         self.udp_endpoints = extras.udp_endpoints.clone();
+        let (rules_n, elements) = if full || !changed.is_empty() {
+            let rules_n = rules::skeleton_rule_count()
+                + self
+                    .shared
+                    .chains
+                    .keys()
+                    .filter_map(|c| {
+                        self.frags
+                            .values()
+                            .find_map(|f| f.prog.chains.get(c).map(Vec::len))
+                    })
+                    .sum::<usize>();
+            let elements = self
+                .frags
+                .values()
+                .map(|f| f.prog.element_count())
+                .sum::<usize>()
+                - self
+                    .frags
+                    .values()
+                    .map(|f| f.prog.hairpin.len())
+                    .sum::<usize>()
+                + self.shared.hairpin.len();
+            (rules_n, elements)
+        } else {
+            (0, 0)
+        };
         let stats = SyncStats {
             full,
-            rules: prog.rule_count(),
-            elements: prog.element_count(),
+            rules: rules_n,
+            elements,
             messages: batch.len(),
             duration: start.elapsed(),
         };
-        self.last = Some(prog);
         Ok((stats, extras))
     }
 

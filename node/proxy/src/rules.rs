@@ -896,3 +896,230 @@ pub fn delete(table: &str) -> Batch {
     b.del_table(table);
     b
 }
+
+impl Program {
+    /// Adds another (service's) program to this one.
+    pub fn merge(&mut self, o: &Program) {
+        self.service_ips.extend(o.service_ips.clone());
+        self.service_nodeports.extend(o.service_nodeports.clone());
+        self.group_chains.extend(o.group_chains.clone());
+        self.np_group_chains.extend(o.np_group_chains.clone());
+        self.no_ep_services.extend(o.no_ep_services.iter().cloned());
+        self.no_ep_nodeports
+            .extend(o.no_ep_nodeports.iter().cloned());
+        self.endpoints.extend(o.endpoints.clone());
+        self.endpoint_valid.extend(o.endpoint_valid.iter().cloned());
+        self.hairpin.extend(o.hairpin.iter().cloned());
+        for (k, v) in &o.chains {
+            self.chains.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// What several services share: hairpin elements and per-count chains, counted.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub hairpin: std::collections::HashMap<Vec<u8>, usize>,
+    pub chains: std::collections::HashMap<String, usize>,
+}
+
+impl Shared {
+    /// The counts of a whole set of per-service programs.
+    pub fn of<'a>(progs: impl Iterator<Item = &'a Program>) -> Shared {
+        let mut s = Shared::default();
+        for p in progs {
+            for h in &p.hairpin {
+                *s.hairpin.entry(h.clone()).or_default() += 1;
+            }
+            for c in p.chains.keys() {
+                *s.chains.entry(c.clone()).or_default() += 1;
+            }
+        }
+        s
+    }
+}
+
+type Dels = BTreeMap<&'static str, Vec<Vec<u8>>>;
+type Adds = BTreeMap<&'static str, Vec<(Vec<u8>, ElemData)>>;
+
+fn diff_values(
+    set: &'static str,
+    old: &BTreeMap<Vec<u8>, Vec<u8>>,
+    new: &BTreeMap<Vec<u8>, Vec<u8>>,
+    dels: &mut Dels,
+    adds: &mut Adds,
+) {
+    dels.entry(set).or_default().extend(stale(old, new));
+    adds.entry(set)
+        .or_default()
+        .extend(value_elems(new, Some(old)));
+}
+
+fn diff_verdicts(
+    set: &'static str,
+    old: &BTreeMap<Vec<u8>, String>,
+    new: &BTreeMap<Vec<u8>, String>,
+    dels: &mut Dels,
+    adds: &mut Adds,
+) {
+    dels.entry(set).or_default().extend(stale(old, new));
+    adds.entry(set).or_default().extend(
+        new.iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, c)| (k.clone(), ElemData::Verdict(Verdict::Goto(c.clone())))),
+    );
+}
+
+fn diff_set(
+    set: &'static str,
+    old: &BTreeSet<Vec<u8>>,
+    new: &BTreeSet<Vec<u8>>,
+    verdict: Option<&str>,
+    dels: &mut Dels,
+    adds: &mut Adds,
+) {
+    dels.entry(set).or_default().extend(gone(old, new));
+    adds.entry(set)
+        .or_default()
+        .extend(new.difference(old).map(|k| {
+            let d = match verdict {
+                Some(c) => ElemData::Verdict(Verdict::Goto(c.to_string())),
+                None => ElemData::None,
+            };
+            (k.clone(), d)
+        }));
+}
+
+/// One transaction for the services whose programs changed: `(old, new)` per service (`None`:
+/// the service is new / gone). Only their elements are touched; shared hairpin elements and
+/// per-count chains are added on first use and deleted after the last, by `shared`'s counts.
+pub fn changes(
+    table: &str,
+    pairs: &[(Option<&Program>, Option<&Program>)],
+    shared: &mut Shared,
+) -> Batch {
+    let empty = Program::default();
+    let mut dels = Dels::new();
+    let mut adds = Adds::new();
+    let mut new_chains: BTreeMap<String, Vec<Vec<Expr>>> = BTreeMap::new();
+    let mut gone_chains: BTreeSet<String> = BTreeSet::new();
+    for (o, n) in pairs {
+        let o = o.unwrap_or(&empty);
+        let n = n.unwrap_or(&empty);
+        diff_values(
+            SERVICE_IPS,
+            &o.service_ips,
+            &n.service_ips,
+            &mut dels,
+            &mut adds,
+        );
+        diff_values(
+            SERVICE_NODEPORTS,
+            &o.service_nodeports,
+            &n.service_nodeports,
+            &mut dels,
+            &mut adds,
+        );
+        diff_values(ENDPOINTS, &o.endpoints, &n.endpoints, &mut dels, &mut adds);
+        diff_verdicts(
+            GROUP_CHAINS,
+            &o.group_chains,
+            &n.group_chains,
+            &mut dels,
+            &mut adds,
+        );
+        diff_verdicts(
+            NP_GROUP_CHAINS,
+            &o.np_group_chains,
+            &n.np_group_chains,
+            &mut dels,
+            &mut adds,
+        );
+        diff_set(
+            NO_EP_SERVICES,
+            &o.no_ep_services,
+            &n.no_ep_services,
+            Some(REJECT_CHAIN),
+            &mut dels,
+            &mut adds,
+        );
+        diff_set(
+            NO_EP_NODEPORTS,
+            &o.no_ep_nodeports,
+            &n.no_ep_nodeports,
+            Some(REJECT_CHAIN),
+            &mut dels,
+            &mut adds,
+        );
+        diff_set(
+            ENDPOINT_VALID,
+            &o.endpoint_valid,
+            &n.endpoint_valid,
+            None,
+            &mut dels,
+            &mut adds,
+        );
+        for k in o.hairpin.difference(&n.hairpin) {
+            let c = shared.hairpin.entry(k.clone()).or_default();
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                shared.hairpin.remove(k);
+                dels.entry(HAIRPIN).or_default().push(k.clone());
+            }
+        }
+        for k in n.hairpin.difference(&o.hairpin) {
+            let c = shared.hairpin.entry(k.clone()).or_default();
+            *c += 1;
+            if *c == 1 {
+                adds.entry(HAIRPIN)
+                    .or_default()
+                    .push((k.clone(), ElemData::None));
+            }
+        }
+        for name in o.chains.keys().filter(|c| !n.chains.contains_key(*c)) {
+            let c = shared.chains.entry(name.clone()).or_default();
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                shared.chains.remove(name);
+                gone_chains.insert(name.clone());
+            }
+        }
+        for (name, rules) in n.chains.iter().filter(|(c, _)| !o.chains.contains_key(*c)) {
+            let c = shared.chains.entry(name.clone()).or_default();
+            *c += 1;
+            if *c == 1 {
+                new_chains.insert(name.clone(), rules.clone());
+            }
+        }
+    }
+    // A chain dropped by one service and taken up by another stays as it is.
+    let both: Vec<String> = new_chains
+        .keys()
+        .filter(|c| gone_chains.contains(*c))
+        .cloned()
+        .collect();
+    for c in both {
+        new_chains.remove(&c);
+        gone_chains.remove(&c);
+    }
+    let mut b = Batch::new(NFPROTO_IPV4);
+    for (name, rules) in &new_chains {
+        b.add_chain(table, name);
+        for r in rules {
+            b.add_rule(table, name, r, "");
+        }
+    }
+    for (set, keys) in &dels {
+        b.del_elems(table, set, keys);
+    }
+    for (set, elems) in &adds {
+        b.add_elems(table, set, elems);
+    }
+    for name in &gone_chains {
+        b.flush_chain(table, name);
+    }
+    for name in &gone_chains {
+        b.del_chain(table, name);
+    }
+    b
+}
