@@ -31,6 +31,9 @@ pub struct Server {
     index: RwLock<Arc<Index>>,
     upstream: Vec<SocketAddr>,
     cache: Mutex<HashMap<(String, u16), (Instant, Message)>>,
+    /// Encoded answers to cluster names by the query's bytes after its ID (identical questions
+    /// with identical flags and EDNS), emptied when the index changes.
+    wire: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -195,11 +198,33 @@ impl Server {
             })),
             upstream,
             cache: Mutex::new(HashMap::new()),
+            wire: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn set_index(&self, idx: Index) {
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(idx);
+        self.wire.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// A cached answer to exactly this query (its ID patched in).
+    fn wire_hit(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let key = raw.get(2..)?;
+        let w = self.wire.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = w.get(key)?.clone();
+        out[..2].copy_from_slice(&raw[..2]);
+        Some(out)
+    }
+
+    fn wire_store(&self, raw: &[u8], answer: &[u8]) {
+        if raw.len() < 12 || answer.len() < 12 {
+            return;
+        }
+        let mut w = self.wire.lock().unwrap_or_else(|e| e.into_inner());
+        if w.len() >= CACHE_ENTRIES {
+            w.clear();
+        }
+        w.insert(raw[2..].to_vec(), answer.to_vec());
     }
 
     pub fn domain(&self) -> &str {
@@ -367,6 +392,10 @@ impl Server {
                 let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                     continue;
                 };
+                if let Some(b) = s.wire_hit(&buf[..n]) {
+                    let _ = udp.send_to(&b, peer).await;
+                    continue;
+                }
                 let raw = buf[..n].to_vec();
                 // Cluster names are answered inline; forwarded ones in a task of their own.
                 let req = match Message::from_vec(&raw) {
@@ -381,6 +410,7 @@ impl Server {
                             .map(|e| e.max_payload())
                             .unwrap_or(512);
                         if let Some(b) = Self::udp_bytes(max, &m) {
+                            s.wire_store(&raw, &b);
                             let _ = udp.send_to(&b, peer).await;
                         }
                         continue;
