@@ -103,9 +103,6 @@ impl Ids {
         self.by_key.insert(key.to_string(), self.next);
         self.next
     }
-    fn retain(&mut self, used: &BTreeSet<String>) {
-        self.by_key.retain(|k, _| used.contains(k));
-    }
 }
 
 /// What one sync computed beside the nftables program.
@@ -459,15 +456,9 @@ impl Syncer {
         }
         let full = !self.in_sync;
         let batch = if full {
-            let mut p = Program {
-                cluster_cidr: self.cluster_cidr,
-                ..Default::default()
-            };
-            for f in frags.values() {
-                p.merge(&f.prog);
-            }
             self.shared = rules::Shared::of(frags.values().map(|f| &f.prog));
-            rules::full(&self.cfg.table, &p)
+            let progs: Vec<&Program> = frags.values().map(|f| &f.prog).collect();
+            rules::full_of(&self.cfg.table, &progs)
         } else {
             let pairs: Vec<(Option<&Program>, Option<&Program>)> = changed
                 .iter()
@@ -480,12 +471,16 @@ impl Syncer {
                 .collect();
             rules::changes(&self.cfg.table, &pairs, &mut self.shared)
         };
-        if !changed.is_empty() {
-            let used: BTreeSet<String> = frags
-                .values()
-                .flat_map(|f| f.extras.used.iter().cloned())
-                .collect();
-            self.ids.retain(&used);
+        // Group ids of ports and Services that are gone (keys start with the Service's
+        // namespace/name, so no other Service uses them).
+        for (key, prev) in &changed {
+            let Some(prev) = prev else { continue };
+            let now = frags.get(key).map(|f| &f.extras.used);
+            for k in &prev.extras.used {
+                if !now.is_some_and(|u| u.contains(k)) {
+                    self.ids.by_key.remove(k);
+                }
+            }
         }
         let mut extras = Extras::default();
         for f in frags.values() {

@@ -697,6 +697,11 @@ fn sets() -> Vec<SetSpec<'static>> {
 /// The whole program from scratch: the table is created empty (deleting what was there) in
 /// the same transaction.
 pub fn full(table: &str, p: &Program) -> Batch {
+    full_of(table, &[p])
+}
+
+/// [`full`] of the union of several (per-Service) programs.
+pub fn full_of(table: &str, progs: &[&Program]) -> Batch {
     let mut b = Batch::new(NFPROTO_IPV4);
     b.add_table(table);
     b.del_table(table);
@@ -712,15 +717,90 @@ pub fn full(table: &str, p: &Program) -> Batch {
             None => b.add_chain(table, name),
         }
     }
-    for name in p.chains.keys() {
+    let mut chains: BTreeMap<&String, &Vec<Vec<Expr>>> = BTreeMap::new();
+    for p in progs {
+        chains.extend(p.chains.iter());
+    }
+    for name in chains.keys() {
         b.add_chain(table, name);
     }
-    for (name, rules) in &p.chains {
-        for r in rules {
+    for (name, rules) in &chains {
+        for r in rules.iter() {
             b.add_rule(table, name, r, "");
         }
     }
-    add_elems(&mut b, table, p, None);
+    // Elements of every program, one list per set (sent in chunks).
+    let mut adds = Adds::new();
+    let mut hairpin: BTreeSet<&Vec<u8>> = BTreeSet::new();
+    let empty = Program::default();
+    for p in progs {
+        diff_values(
+            SERVICE_IPS,
+            &empty.service_ips,
+            &p.service_ips,
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_values(
+            SERVICE_NODEPORTS,
+            &empty.service_nodeports,
+            &p.service_nodeports,
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_values(
+            ENDPOINTS,
+            &empty.endpoints,
+            &p.endpoints,
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_verdicts(
+            GROUP_CHAINS,
+            &empty.group_chains,
+            &p.group_chains,
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_verdicts(
+            NP_GROUP_CHAINS,
+            &empty.np_group_chains,
+            &p.np_group_chains,
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_set(
+            NO_EP_SERVICES,
+            &empty.no_ep_services,
+            &p.no_ep_services,
+            Some(REJECT_CHAIN),
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_set(
+            NO_EP_NODEPORTS,
+            &empty.no_ep_nodeports,
+            &p.no_ep_nodeports,
+            Some(REJECT_CHAIN),
+            &mut Dels::new(),
+            &mut adds,
+        );
+        diff_set(
+            ENDPOINT_VALID,
+            &empty.endpoint_valid,
+            &p.endpoint_valid,
+            None,
+            &mut Dels::new(),
+            &mut adds,
+        );
+        hairpin.extend(p.hairpin.iter());
+    }
+    adds.entry(HAIRPIN)
+        .or_default()
+        .extend(hairpin.into_iter().map(|k| (k.clone(), ElemData::None)));
+    for (set, elems) in &adds {
+        b.add_elems(table, set, elems);
+    }
     for (name, _, rules) in &skel {
         for r in rules {
             b.add_rule(table, name, r, "");
