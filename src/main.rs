@@ -4,6 +4,7 @@
 mod cri;
 mod kubelet;
 mod notify;
+mod proxy;
 mod scheduler;
 mod server;
 
@@ -28,13 +29,15 @@ struct Cli {
 enum Cmd {
     /// Run a single-node cluster: API server on the embedded store, scheduler, and the node
     /// (kubelet + CRI server + CNI).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Run only the scheduler against an API server (kube-scheduler's job).
     Scheduler(scheduler::SchedulerArgs),
     /// Run only the kubelet (upstream's flag names; `--config` reads a KubeletConfiguration).
     Kubelet(kubelet::KubeletArgs),
     /// Run only the CRI server (runtime.v1 on a unix socket).
     Cri(cri::CriArgs),
+    /// Run only the service proxy (kube-proxy's job) or remove its rules (`--cleanup`).
+    Proxy(proxy::ProxyArgs),
     /// Install a default bridge pod network for `skiff cri` (`/etc/cni/net.d/10-skiff-bridge.conflist`).
     CniConfig(cri::CniConfigArgs),
     /// Internal: one image fetch for the CRI server (request on stdin, reply on stdout).
@@ -55,10 +58,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
-        Cmd::Server(args) => rt.block_on(server::run(args)),
         Cmd::Scheduler(args) => rt.block_on(scheduler::run(args)),
         Cmd::Kubelet(args) => rt.block_on(kubelet::run(args)),
+        Cmd::Server(args) => rt.block_on(server::run(*args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),
+        Cmd::Proxy(args) => rt.block_on(proxy::run(args)),
         Cmd::CniConfig(args) => cri::cni_config(args),
         Cmd::CriFetch => Ok(rt.block_on(skiff_cri::serve_fetch(
             std::io::stdin().lock(),

@@ -75,12 +75,31 @@ pub struct ServerArgs {
     /// Root cgroup of pods (kubelet's flag): pods go under `<cgroup-root>/kubepods`.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,
+    /// The service proxy's nftables table (family ip); several Skiff nodes on one host need
+    /// one each.
+    #[arg(long, default_value = skiff_proxy::DEFAULT_TABLE)]
+    pub nftables_table: String,
+    /// Cluster domain (kubelet's flag).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Resolver config whose nameservers get the names cluster DNS does not own (kubelet's flag).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Dummy interface that holds the cluster DNS address on this host.
+    #[arg(long, default_value = "skiff-dns")]
+    pub cluster_dns_interface: String,
+    /// Do not serve cluster DNS.
+    #[arg(long)]
+    pub disable_dns: bool,
+    /// Do not run the service proxy (k3s's flag).
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
     /// Registries (host:port) pulled over plain HTTP. Loopback registries are always allowed.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_lowercase())
         .unwrap_or_else(|_| "skiff-node".into())
@@ -347,6 +366,43 @@ where
     kcfg.roles = vec!["control-plane".into(), "master".into()];
     kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));
     let kubelet = tokio::spawn(skiff_node::run(kcfg, stopped()));
+    if !args.disable_kube_proxy {
+        let mut pcfg = skiff_proxy::ProxyConfig::new(node_name);
+        pcfg.table = args.nftables_table.clone();
+        pcfg.cluster_cidr = Some(args.cluster_cidr.clone());
+        pcfg.node_ips = vec![node_ip];
+        // The admin identity for now: it also writes LoadBalancer statuses (servicelb's job).
+        let kubeconfig = args.write_kubeconfig.clone();
+        let stop = stopped();
+        tokio::spawn(async move {
+            let run = async {
+                let client = kube_client(&kubeconfig).await?;
+                skiff_proxy::run(client, pcfg, stop).await?;
+                anyhow::Ok(())
+            };
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "service proxy stopped");
+            }
+        });
+    }
+    if !args.disable_dns {
+        let mut dcfg = skiff_dns::DnsConfig::new(args.cluster_dns, node_name);
+        dcfg.cluster_domain = args.cluster_domain.clone();
+        dcfg.resolv_conf = args.resolv_conf.clone();
+        dcfg.interface = Some(args.cluster_dns_interface.clone());
+        let kubeconfig = args.write_kubeconfig.clone();
+        let stop = stopped();
+        tokio::spawn(async move {
+            let run = async {
+                let client = kube_client(&kubeconfig).await?;
+                skiff_dns::run(client, dcfg, stop).await?;
+                anyhow::Ok(())
+            };
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "cluster DNS stopped");
+            }
+        });
+    }
     Ok((cri_task, kubelet))
 }
 

@@ -6,7 +6,6 @@
 //! argument when run as `skiff-cni <plugin>`.
 
 pub mod arena;
-pub mod conntrack;
 pub mod detach;
 pub mod error;
 pub mod invoke;
@@ -17,12 +16,13 @@ pub mod musl_link;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
-pub mod nft;
-pub mod nlsock;
 pub mod plugins;
 pub mod skel;
 pub mod sysctl;
 pub mod types;
+
+/// The netlink, nf_tables and conntrack code, shared with the service proxy.
+pub use skiff_netfilter::{conntrack, nft, nlsock};
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

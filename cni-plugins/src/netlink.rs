@@ -303,6 +303,18 @@ impl Netlink {
         )
     }
 
+    /// Creates a link of a kind without options (`dummy`), down; `EEXIST` is an error.
+    pub fn add_simple_link(&mut self, name: &str, kind: &str) -> Result<()> {
+        let mut m = link_msg(0, Some(name));
+        m.nest(IFLA_LINKINFO, |a| a.str(IFLA_INFO_KIND, kind));
+        self.ack(
+            &|| format!("create {kind} link {name}"),
+            RTM_NEWLINK,
+            &m,
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// Creates a veth pair: `host` here (up, attached to `master`), `peer` directly in the
     /// namespace `peer_ns_fd` refers to (down). Returns the new host link as the kernel echoes
     /// it (`NLM_F_ECHO`, Linux >= 6.2; its `peer_index` is the peer's index in its namespace),

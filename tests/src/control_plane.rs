@@ -40,6 +40,13 @@ pub struct Agent {
     pub cgroup_root: String,
     /// `<registry>/sk-busybox:latest`, built from Debian's busybox-static and pushed.
     pub busybox: String,
+    /// The service proxy's nftables table (`ip sk<slot>proxy`).
+    pub proxy_table: String,
+    /// The dummy interface holding the cluster DNS address (`sk<slot>dns`).
+    pub dns_link: String,
+    /// The node's resolver for names outside the cluster: `127.0.53.<slot-100>` port 53 (the
+    /// server's `--resolv-conf` names it); a test that forwards starts a server there.
+    pub dns_upstream: std::net::Ipv4Addr,
     created_nft_table: bool,
     _registry: std::sync::Arc<crate::Registry>,
     _lock: std::fs::File,
@@ -84,6 +91,17 @@ fn nft_table_exists() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Removes the cluster DNS address (`.10` of the service range) from lo, where a kernel
+/// without dummy links has it.
+fn remove_dns_address(service_cidr: &str) {
+    let dns = format!("{}.10/32", service_cidr.trim_end_matches(".0/24"));
+    let _ = Command::new("ip")
+        .args(["addr", "del", &dns, "dev", "lo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Removes a cgroup folder and the (empty) folders under it, deepest first.
@@ -175,12 +193,20 @@ impl ControlPlane {
             service_cidr: format!("10.43.{slot}.0/24"),
             cgroup_root: format!("/sk{slot}"),
             busybox,
+            proxy_table: format!("sk{slot}proxy"),
+            dns_link: format!("sk{slot}dns"),
+            dns_upstream: std::net::Ipv4Addr::new(127, 0, 53, (slot - 100) as u8),
             created_nft_table: !nft_table_exists(),
             _registry: registry,
             _lock: lock,
         };
         // Leftovers of a test that died in this slot.
         crate::netns::delete_link(&agent.bridge);
+        crate::netns::delete_link(&agent.dns_link);
+        remove_dns_address(&agent.service_cidr);
+        let _ = Command::new(crate::workspace_bin("skiff"))
+            .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
+            .status();
         let cp = Self::launch(Some(agent));
         let node = cp
             .agent
@@ -229,6 +255,15 @@ impl ControlPlane {
                     .args(["--service-cidr", &a.service_cidr])
                     .args(["--cluster-dns", &format!("{svc_base}.10")])
                     .args(["--cgroup-root", &a.cgroup_root])
+                    .args(["--nftables-table", &a.proxy_table])
+                    .args(["--cluster-dns-interface", &a.dns_link])
+                    .arg("--resolv-conf")
+                    .arg({
+                        let p = dir.path().join("resolv.conf");
+                        std::fs::write(&p, format!("nameserver {}\n", a.dns_upstream))
+                            .expect("write resolv.conf");
+                        p
+                    })
                     .arg("--kubelet-port")
                     .arg(free_port().to_string())
                     .arg("--pod-log-dir")
@@ -448,6 +483,12 @@ impl Drop for ControlPlane {
         ]);
         crate::stop_child(&mut self.child, Duration::from_secs(20));
         crate::netns::delete_link(&agent.bridge);
+        crate::netns::delete_link(&agent.dns_link);
+        // Kernels without dummy links get the DNS address on lo.
+        remove_dns_address(&agent.service_cidr);
+        let _ = Command::new(crate::workspace_bin("skiff"))
+            .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
+            .status();
         let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/skiff-{}", agent.bridge));
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {

@@ -3,6 +3,10 @@
 //! object key at a time from a work queue with per-key retries (`kube::runtime::Controller`), and
 //! writes back through the API. One module per controller; [`run`] starts them all.
 
+pub mod endpoints;
+pub mod endpointslice;
+mod keyqueue;
+
 use std::future::Future;
 
 use std::sync::Arc;
@@ -70,6 +74,8 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         ("daemonset", daemonset::run),
         ("statefulset", statefulset::run),
         ("persistentvolume-binder", storage::run),
+        (endpointslice::NAME, endpointslice::run),
+        (endpoints::NAME, endpoints::run),
     ]
 }
 

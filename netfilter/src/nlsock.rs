@@ -24,7 +24,7 @@ pub const HDR: usize = 16;
 /// A netlink attribute writer (also used for a whole message: header bytes, then attributes).
 #[derive(Default, Clone)]
 pub struct Attrs {
-    pub(crate) buf: Vec<u8>,
+    pub buf: Vec<u8>,
 }
 
 impl Attrs {
@@ -203,6 +203,27 @@ impl NlSocket {
             fd,
             buf: Vec::new(),
         })
+    }
+
+    /// Sets the send and receive buffers to `bytes`, above the system limits (SO_*BUFFORCE,
+    /// CAP_NET_ADMIN).
+    pub fn force_buffers(&self, bytes: libc::c_int) -> io::Result<()> {
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            // SAFETY: setsockopt with a c_int option value of the size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&bytes as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 
     pub fn send(&self, data: &[u8]) -> io::Result<()> {

@@ -1,8 +1,10 @@
 //! A small synchronous nf_tables client speaking netfilter netlink directly (no `nft`/`iptables`
 //! exec, no libnftnl): batched transactions of table/chain/rule messages, and rule dumps.
 //!
-//! Only what the NAT rules of `bridge` (ipMasq) and `portmap` need is encoded: the `meta`,
-//! `payload`, `cmp`, `bitwise`, `immediate`, `fib`, `masq` and `nat` expressions.
+//! Only what Skiff's rules need is encoded: tables (with a comment tag), base and regular
+//! chains, named sets and maps (verdict maps, data maps, timeouts) with their elements, and the
+//! `meta`, `payload`, `cmp`, `bitwise`, `immediate` (also jump/goto), `fib`, `masq`, `nat`,
+//! `lookup`, `numgen`, `ct`, `dynset` and `reject` expressions.
 
 use std::io;
 
@@ -48,11 +50,36 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_TIMEOUT: u16 = 11;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// `NFT_DATA_VERDICT`: the data type of a verdict map.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -116,6 +143,92 @@ pub enum NatType {
 }
 
 pub const NF_DROP: i32 = 0;
+pub const NF_ACCEPT: i32 = 1;
+pub const NFT_RETURN: i32 = -5;
+
+/// 32-bit data registers (NFT_REG32_00..15); a concatenation fills consecutive ones, each field
+/// padded to 4 bytes.
+pub const REG32_00: u32 = 8;
+
+/// Set flags (NFT_SET_*).
+pub const SET_MAP: u32 = 0x8;
+pub const SET_TIMEOUT: u32 = 0x10;
+pub const SET_EVAL: u32 = 0x20;
+pub const SET_CONCAT: u32 = 0x80;
+
+/// Data types of set keys and map data as `nft` names them (only used by `nft list` to print
+/// elements); a concatenation is `(a << 6) | b`.
+pub const TYPE_INTEGER: u32 = 4;
+pub const TYPE_IPADDR: u32 = 7;
+pub const TYPE_INET_PROTO: u32 = 12;
+pub const TYPE_INET_SERVICE: u32 = 13;
+pub const TYPE_MARK: u32 = 19;
+pub const TYPE_VERDICT: u32 = 1;
+
+/// `ct` keys.
+pub const CT_STATE: u32 = 0;
+pub const CT_STATUS: u32 = 2;
+
+/// A verdict that continues in another chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+}
+
+impl Verdict {
+    fn encode(&self, a: &mut Attrs) {
+        let (code, chain) = match self {
+            Verdict::Accept => (NF_ACCEPT, None),
+            Verdict::Drop => (NF_DROP, None),
+            Verdict::Return => (NFT_RETURN, None),
+            Verdict::Jump(c) => (-3, Some(c)),
+            Verdict::Goto(c) => (-4, Some(c)),
+        };
+        // NFTA_DATA_VERDICT { NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN }
+        a.nest(NFTA_DATA_VERDICT, |v| {
+            v.be32(NFTA_VERDICT_CODE, code as u32);
+            if let Some(c) = chain {
+                v.str(NFTA_VERDICT_CHAIN, c);
+            }
+        });
+    }
+}
+
+/// What a map maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetData {
+    /// A plain set.
+    None,
+    /// A verdict map.
+    Verdict,
+    /// A data map with values of `len` bytes of type `ty`.
+    Value { ty: u32, len: u32 },
+}
+
+/// A named set or map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec<'a> {
+    pub name: &'a str,
+    pub key_type: u32,
+    pub key_len: u32,
+    pub data: SetData,
+    /// Extra NFT_SET_* flags ([`SET_TIMEOUT`], [`SET_EVAL`], [`SET_CONCAT`]); MAP is implied by `data`.
+    pub flags: u32,
+    /// Default element timeout (needs [`SET_TIMEOUT`]).
+    pub timeout_ms: Option<u64>,
+}
+
+/// The value of a map element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElemData {
+    None,
+    Verdict(Verdict),
+    Value(Vec<u8>),
+}
 
 /// `fib daddr type` (NFT_FIB_RESULT_ADDRTYPE with NFTA_FIB_F_DADDR) and the RTN_LOCAL value.
 pub const FIB_RESULT_ADDRTYPE: u32 = 3;
@@ -168,6 +281,39 @@ pub enum Expr {
         family: u8,
         addr_reg: u32,
         proto_reg: Option<u32>,
+    },
+    /// A jump, goto, return... as the rule's verdict.
+    Jump(Verdict),
+    /// Looks `sreg` up in the named set; a miss ends the rule (or a hit, with `invert`). With
+    /// `dreg`, the map's value goes there (register 0 is the verdict register: a verdict map).
+    Lookup {
+        set: String,
+        sreg: u32,
+        dreg: Option<u32>,
+        invert: bool,
+    },
+    /// `numgen random mod modulus` into `dreg`.
+    NumgenRandom {
+        dreg: u32,
+        modulus: u32,
+    },
+    /// A conntrack key (original direction) into `dreg`.
+    Ct {
+        key: u32,
+        dreg: u32,
+    },
+    /// Adds (or refreshes) the element `sreg_key` (-> `sreg_data`) in a dynamic set.
+    Dynset {
+        set: String,
+        update: bool,
+        sreg_key: u32,
+        sreg_data: Option<u32>,
+        timeout_ms: Option<u64>,
+    },
+    /// `reject` with an ICMP type/code (IPv4: type 0 = ICMP unreachable, code 3 = port unreachable).
+    Reject {
+        kind: u32,
+        code: u8,
     },
 }
 
@@ -265,6 +411,61 @@ impl Expr {
                     d.be32(7, flags); // NFTA_NAT_FLAGS
                     "nat"
                 }
+                Expr::Jump(v) => {
+                    d.be32(1, 0); // NFT_REG_VERDICT
+                    d.nest(2, |data| v.encode(data));
+                    "immediate"
+                }
+                Expr::Lookup {
+                    set,
+                    sreg,
+                    dreg,
+                    invert,
+                } => {
+                    d.str(1, set); // NFTA_LOOKUP_SET
+                    d.be32(2, *sreg); // NFTA_LOOKUP_SREG
+                    if let Some(r) = dreg {
+                        d.be32(3, *r); // NFTA_LOOKUP_DREG
+                    }
+                    if *invert {
+                        d.be32(5, 1); // NFTA_LOOKUP_FLAGS: NFT_LOOKUP_F_INV
+                    }
+                    "lookup"
+                }
+                Expr::NumgenRandom { dreg, modulus } => {
+                    d.be32(1, *dreg); // NFTA_NG_DREG
+                    d.be32(2, *modulus); // NFTA_NG_MODULUS
+                    d.be32(3, 1); // NFTA_NG_TYPE: NFT_NG_RANDOM
+                    "numgen"
+                }
+                Expr::Ct { key, dreg } => {
+                    d.be32(1, *dreg); // NFTA_CT_DREG
+                    d.be32(2, *key); // NFTA_CT_KEY
+                    "ct"
+                }
+                Expr::Dynset {
+                    set,
+                    update,
+                    sreg_key,
+                    sreg_data,
+                    timeout_ms,
+                } => {
+                    d.str(1, set); // NFTA_DYNSET_SET_NAME
+                    d.be32(3, u32::from(*update)); // NFTA_DYNSET_OP: ADD / UPDATE
+                    d.be32(4, *sreg_key); // NFTA_DYNSET_SREG_KEY
+                    if let Some(r) = sreg_data {
+                        d.be32(5, *r); // NFTA_DYNSET_SREG_DATA
+                    }
+                    if let Some(t) = timeout_ms {
+                        d.be64(6, *t); // NFTA_DYNSET_TIMEOUT
+                    }
+                    "dynset"
+                }
+                Expr::Reject { kind, code } => {
+                    d.be32(1, *kind); // NFTA_REJECT_TYPE
+                    d.u8(2, *code); // NFTA_REJECT_ICMP_CODE
+                    "reject"
+                }
             };
             (name, d)
         };
@@ -314,6 +515,7 @@ pub struct RuleInfo {
 pub struct Batch {
     family: u8,
     msgs: Vec<(u16, u16, Vec<u8>)>,
+    next_set_id: u32,
 }
 
 impl Batch {
@@ -321,6 +523,7 @@ impl Batch {
         Batch {
             family,
             msgs: Vec::new(),
+            next_set_id: 0,
         }
     }
 
@@ -333,6 +536,134 @@ impl Batch {
         let mut a = Attrs::default();
         a.str(NFTA_TABLE_NAME, table);
         self.msgs.push((NFT_MSG_NEWTABLE, NLM_F_CREATE, a.buf));
+    }
+
+    /// Creates the table unless it exists, tagged with a comment (`nft list` shows it), so
+    /// the owner can be told from other tables.
+    pub fn add_table_tagged(&mut self, table: &str, comment: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_TABLE_NAME, table);
+        a.put(NFTA_TABLE_USERDATA, &comment_userdata(comment));
+        self.msgs.push((NFT_MSG_NEWTABLE, NLM_F_CREATE, a.buf));
+    }
+
+    /// Creates a regular chain (a jump/goto target) unless it exists.
+    pub fn add_chain(&mut self, table: &str, chain: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_CHAIN_TABLE, table);
+        a.str(NFTA_CHAIN_NAME, chain);
+        self.msgs.push((NFT_MSG_NEWCHAIN, NLM_F_CREATE, a.buf));
+    }
+
+    /// Deletes every rule of a chain.
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_RULE_TABLE, table);
+        a.str(NFTA_RULE_CHAIN, chain);
+        self.msgs.push((NFT_MSG_DELRULE, 0, a.buf));
+    }
+
+    /// Deletes an (empty, unreferenced) chain.
+    pub fn del_chain(&mut self, table: &str, chain: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_CHAIN_TABLE, table);
+        a.str(NFTA_CHAIN_NAME, chain);
+        self.msgs.push((NFT_MSG_DELCHAIN, 0, a.buf));
+    }
+
+    /// Creates a named set or map unless it exists.
+    pub fn add_set(&mut self, table: &str, set: &SetSpec<'_>) {
+        let mut a = Attrs::default();
+        a.str(NFTA_SET_TABLE, table);
+        a.str(NFTA_SET_NAME, set.name);
+        let mut flags = set.flags;
+        if set.data != SetData::None {
+            flags |= SET_MAP;
+        }
+        a.be32(NFTA_SET_FLAGS, flags);
+        a.be32(NFTA_SET_KEY_TYPE, set.key_type);
+        a.be32(NFTA_SET_KEY_LEN, set.key_len);
+        // The kernel wants a transaction-local id for every new set.
+        self.next_set_id += 1;
+        a.be32(NFTA_SET_ID, self.next_set_id);
+        match set.data {
+            SetData::None => {}
+            SetData::Verdict => a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
+            SetData::Value { ty, len } => {
+                a.be32(NFTA_SET_DATA_TYPE, ty);
+                a.be32(NFTA_SET_DATA_LEN, len);
+            }
+        }
+        if let Some(t) = set.timeout_ms {
+            a.be64(NFTA_SET_TIMEOUT, t);
+        }
+        self.msgs.push((NFT_MSG_NEWSET, NLM_F_CREATE, a.buf));
+    }
+
+    pub fn del_set(&mut self, table: &str, set: &str) {
+        let mut a = Attrs::default();
+        a.str(NFTA_SET_TABLE, table);
+        a.str(NFTA_SET_NAME, set);
+        self.msgs.push((NFT_MSG_DELSET, 0, a.buf));
+    }
+
+    fn elems(&mut self, ty: u16, table: &str, set: &str, elems: &[(Vec<u8>, ElemData)]) {
+        // Large element lists are split so that one message stays well under 64 KiB.
+        for chunk in elems.chunks(256) {
+            let mut a = Attrs::default();
+            a.str(NFTA_SET_ELEM_LIST_TABLE, table);
+            a.str(NFTA_SET_ELEM_LIST_SET, set);
+            a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                for (key, data) in chunk {
+                    l.nest(NFTA_LIST_ELEM, |e| {
+                        e.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, key));
+                        match data {
+                            ElemData::None => {}
+                            ElemData::Verdict(v) => e.nest(NFTA_SET_ELEM_DATA, |d| v.encode(d)),
+                            ElemData::Value(v) => {
+                                e.nest(NFTA_SET_ELEM_DATA, |d| d.put(NFTA_DATA_VALUE, v))
+                            }
+                        }
+                    });
+                }
+            });
+            let flags = if ty == NFT_MSG_NEWSETELEM {
+                NLM_F_CREATE
+            } else {
+                0
+            };
+            self.msgs.push((ty, flags, a.buf));
+        }
+    }
+
+    /// Adds elements (key, value) to a set or map.
+    pub fn add_elems(&mut self, table: &str, set: &str, elems: &[(Vec<u8>, ElemData)]) {
+        self.elems(NFT_MSG_NEWSETELEM, table, set, elems);
+    }
+
+    /// Deletes elements (by key) from a set or map.
+    pub fn del_elems(&mut self, table: &str, set: &str, keys: &[Vec<u8>]) {
+        let e: Vec<_> = keys.iter().map(|k| (k.clone(), ElemData::None)).collect();
+        self.elems(NFT_MSG_DELSETELEM, table, set, &e);
+    }
+
+    /// The first `n` messages as a batch of their own (to find the one the kernel refuses).
+    pub fn prefix(&self, n: usize) -> Batch {
+        Batch {
+            family: self.family,
+            msgs: self.msgs[..n.min(self.msgs.len())].to_vec(),
+            next_set_id: self.next_set_id,
+        }
+    }
+
+    /// Message `i`'s type and flags, for error reports.
+    pub fn describe(&self, i: usize) -> Option<(u16, u16)> {
+        self.msgs.get(i).map(|(t, f, _)| (*t, *f))
+    }
+
+    /// How many messages the transaction holds.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
     }
 
     pub fn del_table(&mut self, table: &str) {
@@ -398,8 +729,90 @@ pub struct Nft {
 impl Nft {
     pub fn open() -> Result<Self> {
         let sock = NlSocket::open(libc::NETLINK_NETFILTER).map_err(NftError::Socket)?;
-        let seq = crate::sysctl::random_u32() & 0x00ff_ffff;
+        let seq = crate::random_u32() & 0x00ff_ffff;
         Ok(Nft { sock, seq })
+    }
+
+    /// Like [`Nft::open`], with socket buffers large enough for transactions of thousands of
+    /// messages (a service proxy's full sync). Needs CAP_NET_ADMIN (it is root's anyway).
+    pub fn open_large() -> Result<Self> {
+        let nft = Self::open()?;
+        nft.sock.force_buffers(16 << 20).map_err(NftError::Socket)?;
+        Ok(nft)
+    }
+
+    /// Sends the batch as one transaction; only its last message asks for an ack, so the
+    /// answer is the errors (if any) and that ack: the kernel queues them all at the batch's
+    /// end, whatever the batch's size.
+    pub fn commit_bulk(&mut self, op: &str, b: &Batch) -> Result<()> {
+        if b.msgs.is_empty() {
+            return Ok(());
+        }
+        let err = |source: io::Error| NftError::Request {
+            op: op.to_string(),
+            source,
+        };
+        let mut buf = Vec::new();
+        self.seq = self.seq.wrapping_add(1);
+        let begin = self.seq;
+        nlmsg(
+            &mut buf,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            begin,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        let n = b.msgs.len();
+        for (i, (ty, flags, body)) in b.msgs.iter().enumerate() {
+            self.seq = self.seq.wrapping_add(1);
+            let ack = if i + 1 == n { NLM_F_ACK } else { 0 };
+            nlmsg(
+                &mut buf,
+                (NFNL_SUBSYS_NFTABLES << 8) | ty,
+                NLM_F_REQUEST | ack | flags,
+                self.seq,
+                b.family,
+                0,
+                body,
+            );
+        }
+        let last = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        nlmsg(
+            &mut buf,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            self.seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        self.sock.send(&buf).map_err(err)?;
+        let mut first_err: Option<i32> = None;
+        let mut done = false;
+        while !done {
+            self.sock
+                .recv_with(|m| {
+                    let in_batch = m.seq.wrapping_sub(begin) <= last.wrapping_sub(begin);
+                    if m.ty == NLMSG_ERROR && in_batch {
+                        let code = m.error_code();
+                        if code != 0 && first_err.is_none() {
+                            first_err = Some(code);
+                        }
+                        if m.seq == last || m.seq == begin {
+                            done = true;
+                        }
+                    }
+                    done.then_some(Ok(()))
+                })
+                .map_err(err)?;
+        }
+        match first_err {
+            Some(e) => Err(err(io::Error::from_raw_os_error(e))),
+            None => Ok(()),
+        }
     }
 
     /// Sends the batch as one transaction and waits for the kernel's verdict on every message.
@@ -500,7 +913,7 @@ impl Nft {
 
     /// A dump request of any nfnetlink subsystem: the payload (after the nfgenmsg header) of
     /// every answer message of type `reply_type`.
-    pub(crate) fn dump_raw(
+    pub fn dump_raw(
         &mut self,
         op: &str,
         msg_type: u16,
@@ -520,13 +933,7 @@ impl Nft {
     }
 
     /// One request of any nfnetlink subsystem, acknowledged.
-    pub(crate) fn request_ack(
-        &mut self,
-        op: &str,
-        msg_type: u16,
-        family: u8,
-        body: &[u8],
-    ) -> Result<()> {
+    pub fn request_ack(&mut self, op: &str, msg_type: u16, family: u8, body: &[u8]) -> Result<()> {
         self.exchange(
             op,
             (msg_type, NLM_F_REQUEST | NLM_F_ACK, family),

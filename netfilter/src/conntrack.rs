@@ -87,3 +87,83 @@ pub fn delete_by_dst_port(
     }
     Ok(n)
 }
+
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+
+/// The IPv4 source of a tuple and its protocol number.
+fn v4_src_proto(tuple: &[u8]) -> (Option<[u8; 4]>, Option<u8>) {
+    let mut src = None;
+    let mut proto = None;
+    for (t, v) in attrs(tuple) {
+        match t {
+            CTA_TUPLE_IP => {
+                for (t2, v2) in attrs(v) {
+                    if t2 == CTA_IP_V4_SRC && v2.len() >= 4 {
+                        src = Some([v2[0], v2[1], v2[2], v2[3]]);
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (t2, v2) in attrs(v) {
+                    if t2 == CTA_PROTO_NUM {
+                        proto = v2.first().copied();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (src, proto)
+}
+
+/// Deletes every IPv4 conntrack entry of protocol `proto` whose reply comes from `src` (the
+/// connections DNATed to an endpoint that is gone, as kube-proxy flushes them for UDP);
+/// returns how many.
+pub fn delete_by_reply_src(nl: &mut Nft, proto: u8, src: [u8; 4]) -> Result<usize, NftError> {
+    let entries = match nl.dump_raw(
+        "list conntrack entries",
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
+        libc::AF_INET as u8,
+        &[],
+    ) {
+        Ok(e) => e,
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for e in entries {
+        let mut orig = None;
+        let mut hit = false;
+        let mut zone = None;
+        for (t, v) in attrs(&e) {
+            match t {
+                CTA_TUPLE_ORIG => orig = Some(v.to_vec()),
+                CTA_TUPLE_REPLY => hit = v4_src_proto(v) == (Some(src), Some(proto)),
+                CTA_ZONE => zone = Some(v.to_vec()),
+                _ => {}
+            }
+        }
+        let (Some(tuple), true) = (orig, hit) else {
+            continue;
+        };
+        let mut body = Attrs::default();
+        body.put(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
+        if let Some(z) = zone {
+            body.put(CTA_ZONE, &z);
+        }
+        match nl.request_ack(
+            "delete a conntrack entry",
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+            libc::AF_INET as u8,
+            &body.into_bytes(),
+        ) {
+            Ok(()) => n += 1,
+            Err(e) if e.errno() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Service proxy and cluster DNS benchmark: skiff-proxy (nftables over netlink) vs upstream
+# kube-proxy's iptables-mode rules for the same 1,000 services x 10 endpoints (iptables-restore),
+# and skiff-dns vs dnsmasq serving the same 1,000 names. Runs in a network namespace of its
+# own (root). SK_BENCH_ROUNDS (default 5) rounds of the sync figures.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v dnsmasq > /dev/null || { echo "dnsmasq is missing: apt-get install dnsmasq-base" >&2; exit 1; }
+command -v iptables-restore > /dev/null || { echo "iptables-restore is missing: apt-get install iptables" >&2; exit 1; }
+cargo build --release -p skiff-bench --bin proxy-bench
+exec "${CARGO_TARGET_DIR:-target}/release/proxy-bench"

@@ -1,0 +1,213 @@
+//! Skiff's cluster DNS, served by the node agent (the job CoreDNS's `kubernetes` plugin does):
+//! names of Services and pods under the cluster domain from Services and EndpointSlices watched
+//! through the API, everything else forwarded to the node's resolvers (`resolv.conf`), with a
+//! cache (positive and negative). DNS messages are parsed and written with `hickory-proto`.
+//!
+//! Placement (see docs/services.md): the agent puts the cluster DNS address on a dummy
+//! interface of the host and listens there on UDP and TCP port 53, so pods reach it through
+//! their default route without DNAT (like NodeLocal DNSCache); the `kube-dns` Service in
+//! `kube-system` has that address as ClusterIP and as its only endpoint.
+
+pub mod index;
+pub mod link;
+mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+
+pub use server::{handle_query, Server};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cluster DNS address {0}: {1}")]
+    Link(IpAddr, String),
+    #[error("the informers stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// The cluster DNS address (the kube-dns Service's ClusterIP).
+    pub address: IpAddr,
+    pub port: u16,
+    pub cluster_domain: String,
+    /// The node's resolver config; its nameservers get every other name.
+    pub resolv_conf: PathBuf,
+    /// The dummy interface the address is put on (`None`: it is there already).
+    pub interface: Option<String>,
+    /// Node name, for the kube-dns endpoint.
+    pub node_name: String,
+    /// Create the kube-dns Service and its Endpoints.
+    pub manage_service: bool,
+}
+
+impl DnsConfig {
+    pub fn new(address: IpAddr, node_name: &str) -> Self {
+        DnsConfig {
+            address,
+            port: 53,
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: "/etc/resolv.conf".into(),
+            interface: Some("skiff-dns".into()),
+            node_name: node_name.into(),
+            manage_service: true,
+        }
+    }
+}
+
+/// Nameservers of a resolv.conf (port 53), skipping `skip` (the cluster DNS itself).
+pub fn upstreams(resolv_conf: &std::path::Path, skip: IpAddr) -> Vec<SocketAddr> {
+    std::fs::read_to_string(resolv_conf)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .filter(|ip| *ip != skip)
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Creates or updates `kube-system/kube-dns` (ClusterIP = the DNS address, no selector) and
+/// its Endpoints pointing at the address on this node, labelled as upstream so that
+/// `kubectl cluster-info` lists it.
+async fn ensure_service(client: &kube::Client, cfg: &DnsConfig) -> Result<(), DnsError> {
+    let ssa = PatchParams::apply("skiff-dns").force();
+    let svc: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let labels = serde_json::json!({
+        "k8s-app": "kube-dns",
+        "kubernetes.io/cluster-service": "true",
+        "kubernetes.io/name": "CoreDNS",
+    });
+    let ports = serde_json::json!([
+        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+    ]);
+    let s = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+        "spec": {"clusterIP": cfg.address.to_string(), "ports": ports},
+    });
+    svc.patch("kube-dns", &ssa, &Patch::Apply(&s)).await?;
+    let ep: Api<Endpoints> = Api::namespaced(client.clone(), "kube-system");
+    let e = serde_json::json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+        "subsets": [{
+            "addresses": [{"ip": cfg.address.to_string(), "nodeName": cfg.node_name}],
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ],
+        }],
+    });
+    ep.patch("kube-dns", &ssa, &Patch::Apply(&e)).await?;
+    Ok(())
+}
+
+/// Serves cluster DNS until `stop`.
+pub async fn run(
+    client: kube::Client,
+    cfg: DnsConfig,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), DnsError> {
+    if let Some(ifname) = &cfg.interface {
+        link::ensure_address(ifname, cfg.address)
+            .await
+            .map_err(|e| DnsError::Link(cfg.address, e))?;
+    }
+    let (svc_r, svc_w) = reflector::store::<Service>();
+    let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    {
+        let wake = wake.clone();
+        tokio::spawn(
+            reflector::reflector(
+                svc_w,
+                watcher(
+                    Api::<Service>::all(client.clone()),
+                    watcher::Config::default(),
+                )
+                .default_backoff(),
+            )
+            .for_each(move |_| {
+                wake.notify_one();
+                std::future::ready(())
+            }),
+        );
+    }
+    {
+        let wake = wake.clone();
+        tokio::spawn(
+            reflector::reflector(
+                sl_w,
+                watcher(
+                    Api::<EndpointSlice>::all(client.clone()),
+                    watcher::Config::default(),
+                )
+                .default_backoff(),
+            )
+            .for_each(move |_| {
+                wake.notify_one();
+                std::future::ready(())
+            }),
+        );
+    }
+    let upstream = upstreams(&cfg.resolv_conf, cfg.address);
+    let server = Arc::new(Server::new(&cfg.cluster_domain, upstream));
+    let addr = SocketAddr::new(cfg.address, cfg.port);
+    let (udp, tcp) = server.clone().listen(addr).await?;
+    tracing::info!(%addr, domain = %cfg.cluster_domain, "cluster DNS listening");
+    if cfg.manage_service {
+        let client = client.clone();
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            loop {
+                match ensure_service(&client, &cfg).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write the kube-dns Service; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        });
+    }
+    let rebuild = async {
+        let _ = svc_r.wait_until_ready().await;
+        let _ = sl_r.wait_until_ready().await;
+        loop {
+            let idx = index::Index::build(&cfg.cluster_domain, &svc_r.state(), &sl_r.state());
+            server.set_index(idx);
+            wake.notified().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = stop => {}
+        _ = rebuild => {}
+    }
+    udp.abort();
+    tcp.abort();
+    Ok(())
+}

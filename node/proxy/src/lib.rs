@@ -1,0 +1,799 @@
+//! Skiff's service proxy (the job of kube-proxy): Services and their EndpointSlices, watched
+//! through the API, programmed into one nftables table over netlink (see [`rules`] for its
+//! layout). Each sync is one nf_tables transaction: the first one writes the whole table, later
+//! ones only the elements and chains that changed. Also: the built-in service load balancer
+//! (like k3s's servicelb: a `type: LoadBalancer` Service is served on the node's addresses and
+//! gets them as `status.loadBalancer.ingress`), health-check node ports for
+//! `externalTrafficPolicy: Local`, and conntrack flushes for UDP endpoints that are gone.
+
+pub mod rules;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use skiff_netfilter::nft::{Nft, NftError};
+
+use rules::{Group, Masq, Program, Src};
+
+pub const DEFAULT_TABLE: &str = "skiff-proxy";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("nftables: {0}")]
+    Nft(#[from] NftError),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("--cluster-cidr {0:?}: expected an IPv4 CIDR such as 10.42.0.0/16")]
+    BadCidr(String),
+    #[error("the informers stopped")]
+    Stopped,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// This node's name (endpoints with this nodeName are local).
+    pub node_name: String,
+    /// The nftables table (family `ip`); several proxies on one host need one each.
+    pub table: String,
+    /// The pod network: traffic from elsewhere to a ClusterIP is masqueraded.
+    pub cluster_cidr: Option<String>,
+    /// Addresses of this node, used for `type: LoadBalancer` when the Node object has none.
+    pub node_ips: Vec<IpAddr>,
+    /// Shortest time between two syncs (changes arriving meanwhile are batched).
+    pub min_sync_period: Duration,
+    /// Also answer NodePorts on 127.0.0.1 (sets `net.ipv4.conf.all.route_localnet`).
+    pub localhost_nodeports: bool,
+}
+
+impl ProxyConfig {
+    pub fn new(node_name: &str) -> Self {
+        ProxyConfig {
+            node_name: node_name.into(),
+            table: DEFAULT_TABLE.into(),
+            cluster_cidr: None,
+            node_ips: Vec::new(),
+            min_sync_period: Duration::from_millis(20),
+            localhost_nodeports: true,
+        }
+    }
+}
+
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ProxyError> {
+    let bad = || ProxyError::BadCidr(s.to_string());
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > 32 {
+        return Err(bad());
+    }
+    Ok((ip, len))
+}
+
+/// Deletes the proxy's table (`--cleanup`); nothing when it does not exist.
+pub fn cleanup(table: &str) -> Result<(), ProxyError> {
+    let mut nft = Nft::open()?;
+    nft.commit("delete the proxy table", &rules::delete(table))?;
+    Ok(())
+}
+
+/// Stable small ids for endpoint groups (service port x cluster/external view).
+#[derive(Default)]
+struct Ids {
+    next: u32,
+    by_key: HashMap<String, u32>,
+}
+
+impl Ids {
+    fn get(&mut self, key: &str) -> u32 {
+        if let Some(id) = self.by_key.get(key) {
+            return *id;
+        }
+        self.next += 1;
+        self.by_key.insert(key.to_string(), self.next);
+        self.next
+    }
+}
+
+/// What one sync computed beside the nftables program.
+#[derive(Default)]
+struct Extras {
+    /// LoadBalancer Services whose status must list these addresses.
+    lb_status: Vec<(String, String, Vec<String>)>,
+    /// Health-check node port -> (namespace/name, local endpoints).
+    health: BTreeMap<u16, (String, String, usize)>,
+    /// UDP endpoint addresses in the program.
+    udp_endpoints: BTreeSet<Ipv4Addr>,
+    /// Group id keys in use.
+    used: BTreeSet<String>,
+}
+
+/// One Service's share of the program, with the objects it was computed from (the reflector
+/// hands out the same `Arc` while an object is unchanged).
+struct Frag {
+    sources: Vec<usize>,
+    prog: Program,
+    extras: Extras,
+}
+
+fn slice_endpoints(
+    slices: &[Arc<EndpointSlice>],
+    port_name: &str,
+    proto: &str,
+) -> Vec<(Ipv4Addr, u16, Option<String>)> {
+    let mut out = Vec::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let Some(port) = s.ports.as_ref().and_then(|ps| {
+            ps.iter().find_map(|p| {
+                (p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                    .then_some(p.port)
+                    .flatten()
+            })
+        }) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            // Only ready endpoints take new connections; terminating ones keep theirs
+            // (conntrack), as they are simply left out here.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                    out.push((ip, port as u16, e.node_name.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn build(
+    cfg: &ProxyConfig,
+    cluster_cidr: Option<(Ipv4Addr, u8)>,
+    node_ips: &[Ipv4Addr],
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    ids: &mut Ids,
+) -> (Program, Extras) {
+    let mut p = Program {
+        cluster_cidr,
+        ..Default::default()
+    };
+    let mut x = Extras::default();
+    let mut used = BTreeSet::new();
+    let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    for s in slices {
+        if let Some(name) = s.labels().get("kubernetes.io/service-name") {
+            by_svc
+                .entry((s.namespace().unwrap_or_default(), name.clone()))
+                .or_default()
+                .push(s.clone());
+        }
+    }
+    let mut services: Vec<_> = services.to_vec();
+    services.sort_by_key(|s| (s.namespace(), s.name_any()));
+    for svc in services {
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if ty == "ExternalName" {
+            continue;
+        }
+        let cluster_ip = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|c| c.parse::<Ipv4Addr>().ok());
+        // Headless Services (clusterIP None) are DNS only.
+        let Some(cluster_ip) = cluster_ip else {
+            continue;
+        };
+        let svc_slices = by_svc
+            .remove(&(ns.clone(), name.clone()))
+            .unwrap_or_default();
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800) as u32
+        });
+        let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let etp_local = spec.external_traffic_policy.as_deref() == Some("Local")
+            && (ty == "NodePort" || ty == "LoadBalancer");
+        let mut ext_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.parse().ok())
+            .collect();
+        if ty == "LoadBalancer" {
+            let want: Vec<String> = node_ips.iter().map(|i| i.to_string()).collect();
+            let have: Vec<String> = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
+                .unwrap_or_default();
+            if have != want {
+                x.lb_status.push((ns.clone(), name.clone(), want));
+            }
+            ext_ips.extend(node_ips.iter().copied());
+        }
+        let mut local_total = 0;
+        for sp in spec.ports.clone().unwrap_or_default() {
+            let proto_name = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let Some(proto) = rules::proto_num(&proto_name) else {
+                continue;
+            };
+            let port_name = sp.name.clone().unwrap_or_default();
+            let key = format!("{ns}/{name}/{port_name}/{proto_name}");
+            let all = slice_endpoints(&svc_slices, &port_name, &proto_name);
+            let local: Vec<_> = all
+                .iter()
+                .filter(|e| e.2.as_deref() == Some(cfg.node_name.as_str()))
+                .cloned()
+                .collect();
+            local_total += local.len();
+            let eps = |v: &[(Ipv4Addr, u16, Option<String>)]| -> Vec<rules::Ep> {
+                v.iter().map(|e| (e.0, e.1)).collect()
+            };
+            if proto == 17 {
+                x.udp_endpoints.extend(all.iter().map(|e| e.0));
+            }
+            let cluster_eps = if itp_local { eps(&local) } else { eps(&all) };
+            let ck = rules::key_ip_proto_port(cluster_ip, proto, sp.port as u16);
+            let cid = ids.get(&format!("{key}/cluster"));
+            used.insert(format!("{key}/cluster"));
+            let cluster_kind = if cluster_cidr.is_some() {
+                Masq::UnlessFromPods
+            } else {
+                Masq::Always
+            };
+            let mut cshape = None;
+            if cluster_eps.is_empty() {
+                p.no_ep_services.insert(ck);
+            } else {
+                let shape = p.add_group(&Group {
+                    id: cid,
+                    endpoints: cluster_eps.clone(),
+                    affinity_timeout_s: affinity,
+                });
+                p.route(cid, shape, Src::Ips);
+                p.service_ips
+                    .insert(ck, rules::group_kind(cid, cluster_kind));
+                cshape = Some(shape);
+            }
+            // External traffic: NodePort, externalIPs, LoadBalancer ingress.
+            let node_port = sp
+                .node_port
+                .filter(|_| ty == "NodePort" || ty == "LoadBalancer")
+                .map(|n| n as u16);
+            if node_port.is_none() && ext_ips.is_empty() {
+                continue;
+            }
+            let ext_eps = if etp_local { eps(&local) } else { eps(&all) };
+            if ext_eps.is_empty() {
+                if let Some(np) = node_port {
+                    p.no_ep_nodeports.insert(rules::key_proto_port(proto, np));
+                }
+                for ip in &ext_ips {
+                    p.no_ep_services
+                        .insert(rules::key_ip_proto_port(*ip, proto, sp.port as u16));
+                }
+                continue;
+            }
+            let (gid, kind, shape) = match cshape {
+                Some(shape) if ext_eps == cluster_eps && !etp_local => (cid, Masq::Always, shape),
+                _ => {
+                    let xid = ids.get(&format!("{key}/external"));
+                    used.insert(format!("{key}/external"));
+                    let shape = p.add_group(&Group {
+                        id: xid,
+                        endpoints: ext_eps,
+                        affinity_timeout_s: affinity,
+                    });
+                    (
+                        xid,
+                        if etp_local { Masq::Never } else { Masq::Always },
+                        shape,
+                    )
+                }
+            };
+            if !ext_ips.is_empty() {
+                p.route(gid, shape, Src::Ips);
+            }
+            if node_port.is_some() {
+                p.route(gid, shape, Src::NodePorts);
+            }
+            if let Some(np) = node_port {
+                p.service_nodeports.insert(
+                    rules::key_proto_port(proto, np),
+                    rules::group_kind(gid, kind),
+                );
+            }
+            for ip in &ext_ips {
+                p.service_ips.insert(
+                    rules::key_ip_proto_port(*ip, proto, sp.port as u16),
+                    rules::group_kind(gid, kind),
+                );
+            }
+        }
+        if etp_local && ty == "LoadBalancer" {
+            if let Some(hc) = spec.health_check_node_port {
+                x.health
+                    .insert(hc as u16, (ns.clone(), name.clone(), local_total));
+            }
+        }
+    }
+    x.used = used;
+    (p, x)
+}
+
+/// Figures of the last sync, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncStats {
+    pub full: bool,
+    pub rules: usize,
+    pub elements: usize,
+    pub messages: usize,
+    pub duration: Duration,
+}
+
+/// Programs the kernel from a list of Services and EndpointSlices, keeping what it wrote per
+/// Service so that the next sync only recomputes and rewrites the Services whose objects
+/// changed. Usable without an API server (benchmarks).
+pub struct Syncer {
+    cfg: ProxyConfig,
+    cluster_cidr: Option<(Ipv4Addr, u8)>,
+    nft: Nft,
+    ids: Ids,
+    frags: HashMap<(String, String), Frag>,
+    shared: rules::Shared,
+    node_ips: Vec<Ipv4Addr>,
+    /// The kernel has the program of `frags` (else the next sync is a full one).
+    in_sync: bool,
+    udp_endpoints: BTreeSet<Ipv4Addr>,
+}
+
+impl Syncer {
+    pub fn new(cfg: ProxyConfig) -> Result<Self, ProxyError> {
+        let cluster_cidr = cfg.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
+        Ok(Syncer {
+            cfg,
+            cluster_cidr,
+            nft: Nft::open_large()?,
+            ids: Ids::default(),
+            frags: HashMap::new(),
+            shared: rules::Shared::default(),
+            node_ips: Vec::new(),
+            in_sync: false,
+            udp_endpoints: BTreeSet::new(),
+        })
+    }
+
+    /// One sync; returns its figures and what the other parts of the proxy act on (merged).
+    fn sync(
+        &mut self,
+        node_ips: &[Ipv4Addr],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+    ) -> Result<(SyncStats, Extras), ProxyError> {
+        let start = Instant::now();
+        if node_ips != self.node_ips.as_slice() {
+            self.node_ips = node_ips.to_vec();
+            self.frags.clear();
+            self.in_sync = false;
+        }
+        let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        for s in slices {
+            if let Some(name) = s.labels().get("kubernetes.io/service-name") {
+                by_svc
+                    .entry((s.namespace().unwrap_or_default(), name.clone()))
+                    .or_default()
+                    .push(s.clone());
+            }
+        }
+        let mut old = std::mem::take(&mut self.frags);
+        let mut frags = HashMap::with_capacity(services.len());
+        // (key, old program) of the Services that changed.
+        let mut changed: Vec<((String, String), Option<Frag>)> = Vec::new();
+        for svc in services {
+            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let mut sl = by_svc.remove(&key).unwrap_or_default();
+            sl.sort_by_key(|s| s.name_any());
+            let mut sources = vec![Arc::as_ptr(svc) as usize];
+            sources.extend(sl.iter().map(|s| Arc::as_ptr(s) as usize));
+            match old.remove(&key) {
+                Some(f) if f.sources == sources && self.in_sync => {
+                    frags.insert(key, f);
+                }
+                prev => {
+                    let (prog, extras) = build(
+                        &self.cfg,
+                        self.cluster_cidr,
+                        node_ips,
+                        std::slice::from_ref(svc),
+                        &sl,
+                        &mut self.ids,
+                    );
+                    frags.insert(
+                        key.clone(),
+                        Frag {
+                            sources,
+                            prog,
+                            extras,
+                        },
+                    );
+                    changed.push((key, prev));
+                }
+            }
+        }
+        // Services that are gone.
+        for (key, f) in old {
+            changed.push((key, Some(f)));
+        }
+        let full = !self.in_sync;
+        let batch = if full {
+            self.shared = rules::Shared::of(frags.values().map(|f| &f.prog));
+            let progs: Vec<&Program> = frags.values().map(|f| &f.prog).collect();
+            rules::full_of(&self.cfg.table, &progs)
+        } else {
+            let pairs: Vec<(Option<&Program>, Option<&Program>)> = changed
+                .iter()
+                .map(|(key, prev)| {
+                    (
+                        prev.as_ref().map(|f| &f.prog),
+                        frags.get(key).map(|f| &f.prog),
+                    )
+                })
+                .collect();
+            rules::changes(&self.cfg.table, &pairs, &mut self.shared)
+        };
+        // Group ids of ports and Services that are gone (keys start with the Service's
+        // namespace/name, so no other Service uses them).
+        for (key, prev) in &changed {
+            let Some(prev) = prev else { continue };
+            let now = frags.get(key).map(|f| &f.extras.used);
+            for k in &prev.extras.used {
+                if !now.is_some_and(|u| u.contains(k)) {
+                    self.ids.by_key.remove(k);
+                }
+            }
+        }
+        let mut extras = Extras::default();
+        for f in frags.values() {
+            extras.lb_status.extend(f.extras.lb_status.iter().cloned());
+            extras.health.extend(f.extras.health.clone());
+            extras
+                .udp_endpoints
+                .extend(f.extras.udp_endpoints.iter().copied());
+        }
+        self.frags = frags;
+        if let Err(e) = self.nft.commit_bulk("sync the service proxy table", &batch) {
+            // Next time from scratch.
+            self.in_sync = false;
+            return Err(e.into());
+        }
+        self.in_sync = true;
+        // Conntrack entries of UDP endpoints that are gone (a UDP "connection" would keep
+        // going to the old endpoint until it times out).
+        for ip in self.udp_endpoints.difference(&extras.udp_endpoints) {
+            match skiff_netfilter::conntrack::delete_by_reply_src(&mut self.nft, 17, ip.octets()) {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(endpoint = %ip, flushed = n, "flushed UDP conntrack entries")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %ip, error = %e, "flushing UDP conntrack entries failed")
+                }
+            }
+        }
+        self.udp_endpoints = extras.udp_endpoints.clone();
+        let (rules_n, elements) = if full || !changed.is_empty() {
+            let rules_n = rules::skeleton_rule_count()
+                + self
+                    .shared
+                    .chains
+                    .keys()
+                    .filter_map(|c| {
+                        self.frags
+                            .values()
+                            .find_map(|f| f.prog.chains.get(c).map(Vec::len))
+                    })
+                    .sum::<usize>();
+            let elements = self
+                .frags
+                .values()
+                .map(|f| f.prog.element_count())
+                .sum::<usize>()
+                - self
+                    .frags
+                    .values()
+                    .map(|f| f.prog.hairpin.len())
+                    .sum::<usize>()
+                + self.shared.hairpin.len();
+            (rules_n, elements)
+        } else {
+            (0, 0)
+        };
+        let stats = SyncStats {
+            full,
+            rules: rules_n,
+            elements,
+            messages: batch.len(),
+            duration: start.elapsed(),
+        };
+        Ok((stats, extras))
+    }
+
+    /// A sync for benchmarks and tests.
+    pub fn sync_objects(
+        &mut self,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+    ) -> Result<SyncStats, ProxyError> {
+        let ips: Vec<Ipv4Addr> = self
+            .cfg
+            .node_ips
+            .iter()
+            .filter_map(|i| match i {
+                IpAddr::V4(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        Ok(self.sync(&ips, services, slices)?.0)
+    }
+}
+
+fn set_route_localnet() {
+    // Host-wide, as kube-proxy does: DNAT of 127.0.0.1 to a pod needs it.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1") {
+        tracing::warn!(error = %e, "cannot set net.ipv4.conf.all.route_localnet: NodePorts on 127.0.0.1 will not answer");
+    }
+}
+
+/// Node addresses (InternalIP, ExternalIP) from the Node object, else the configured ones.
+fn node_addresses(node: Option<&Node>, fallback: &[IpAddr]) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = node
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if v.is_empty() {
+        v = fallback
+            .iter()
+            .filter_map(|i| match i {
+                IpAddr::V4(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+    }
+    v
+}
+
+type HealthMap = Arc<Mutex<BTreeMap<u16, (String, String, usize)>>>;
+
+/// Serves the health-check node ports of `externalTrafficPolicy: Local` Services: 200 with the
+/// number of local endpoints while there are some, 503 otherwise (as kube-proxy).
+fn serve_health(port: u16, map: HealthMap) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let l = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "cannot serve the health-check node port");
+                return;
+            }
+        };
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let entry = map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&port)
+                .cloned();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                let (ns, name, n) = entry.unwrap_or_default();
+                let body = format!(
+                    "{{\"service\":{{\"namespace\":\"{ns}\",\"name\":\"{name}\"}},\"localEndpoints\":{n},\"serviceProxyHealthy\":true}}"
+                );
+                let status = if n > 0 {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    })
+}
+
+/// Runs the proxy until `stop`.
+pub async fn run(
+    client: kube::Client,
+    cfg: ProxyConfig,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    if cfg.localhost_nodeports {
+        set_route_localnet();
+    }
+    let mut syncer = Syncer::new(cfg.clone())?;
+    let (svc_r, svc_w) = reflector::store::<Service>();
+    let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
+    let (node_r, node_w) = reflector::store::<Node>();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    spawn_informer(Api::<Service>::all(client.clone()), svc_w, wake.clone());
+    spawn_informer(
+        Api::<EndpointSlice>::all(client.clone()),
+        sl_w,
+        wake.clone(),
+    );
+    let node_api = Api::<Node>::all(client.clone());
+    let node_cfg = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name));
+    {
+        let wake = wake.clone();
+        tokio::spawn(
+            reflector::reflector(node_w, watcher(node_api, node_cfg).default_backoff()).for_each(
+                move |_| {
+                    wake.notify_one();
+                    std::future::ready(())
+                },
+            ),
+        );
+    }
+    svc_r
+        .wait_until_ready()
+        .await
+        .map_err(|_| ProxyError::Stopped)?;
+    sl_r.wait_until_ready()
+        .await
+        .map_err(|_| ProxyError::Stopped)?;
+    tracing::info!(table = %cfg.table, node = %cfg.node_name, "service proxy caches synced");
+    let health: HealthMap = Arc::default();
+    let mut health_tasks: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let work = async {
+        loop {
+            let node = node_r
+                .state()
+                .into_iter()
+                .find(|n| n.name_any() == cfg.node_name);
+            let ips = node_addresses(node.as_deref(), &cfg.node_ips);
+            let services = svc_r.state();
+            let slices = sl_r.state();
+            // netlink calls block: off the async workers.
+            let r = tokio::task::block_in_place(|| syncer.sync(&ips, &services, &slices));
+            match r {
+                Ok((stats, extras)) => {
+                    if stats.messages > 0 {
+                        tracing::info!(
+                            full = stats.full,
+                            rules = stats.rules,
+                            elements = stats.elements,
+                            messages = stats.messages,
+                            ms = stats.duration.as_secs_f64() * 1000.0,
+                            "synced service rules"
+                        );
+                    }
+                    for (ns, name, ips) in extras.lb_status {
+                        let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+                        let ingress: Vec<LoadBalancerIngress> = ips
+                            .into_iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some(ip),
+                                ip_mode: Some("VIP".into()),
+                                ..Default::default()
+                            })
+                            .collect();
+                        let patch =
+                            serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+                        if let Err(e) = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                        {
+                            tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "cannot set the load balancer status");
+                        }
+                    }
+                    *health.lock().unwrap_or_else(|e| e.into_inner()) = extras.health.clone();
+                    health_tasks.retain(|port, t| {
+                        let keep = extras.health.contains_key(port);
+                        if !keep {
+                            t.abort();
+                        }
+                        keep
+                    });
+                    for port in extras.health.keys() {
+                        health_tasks
+                            .entry(*port)
+                            .or_insert_with(|| serve_health(*port, health.clone()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "syncing service rules failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            // Resync at least every 30 s (a table flushed by someone else comes back).
+            let _ = tokio::time::timeout(Duration::from_secs(30), wake.notified()).await;
+            tokio::time::sleep(cfg.min_sync_period).await;
+        }
+    };
+    tokio::select! {
+        _ = stop => {}
+        r = work => return r,
+    }
+    for (_, t) in health_tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+fn spawn_informer<K>(api: Api<K>, w: reflector::store::Writer<K>, wake: Arc<tokio::sync::Notify>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(
+        reflector::reflector(
+            w,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .for_each(move |_| {
+            wake.notify_one();
+            std::future::ready(())
+        }),
+    );
+}
+
+/// Whether the proxy's table exists (tests, `--cleanup`).
+pub fn table_exists(table: &str) -> Result<bool, ProxyError> {
+    let mut nft = Nft::open()?;
+    // A table that does not exist has no rules and answers ENOENT, which `rules` maps to an
+    // empty list; an existing table always has the skeleton's rules.
+    Ok(!nft
+        .rules(skiff_netfilter::nft::NFPROTO_IPV4, table)?
+        .is_empty())
+}
+
+/// The store type the proxy reads (re-exported for benchmarks building objects).
+pub type ServiceStore = Store<Service>;
