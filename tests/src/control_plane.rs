@@ -458,6 +458,42 @@ impl ControlPlane {
     }
 }
 
+/// What a stopped cluster may leave when its pods were not all torn down in time (a test that
+/// failed midway, a kill -9 test): processes its server started that still run in its folder
+/// (container monitors and their containers, found by the folder in their command line), then
+/// mounts under the folder (container rootfs, netns, tmpfs volumes), deepest first.
+fn reap_leftovers(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid as u32 == me {
+                continue;
+            }
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         let Some(agent) = &self.agent else {
@@ -482,6 +518,7 @@ impl Drop for ControlPlane {
             "--timeout=60s",
         ]);
         crate::stop_child(&mut self.child, Duration::from_secs(20));
+        reap_leftovers(self.dir.path());
         crate::netns::delete_link(&agent.bridge);
         crate::netns::delete_link(&agent.dns_link);
         // Kernels without dummy links get the DNS address on lo.
