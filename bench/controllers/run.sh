@@ -9,4 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --workspace --bins
-SK_PROFILE=release exec cargo test --release -p skiff-tests --test bench_controllers -- --ignored --nocapture --test-threads=1
+# The client side (kubectl driver) needs no optimizing: a debug test binary drives the release
+# server (SK_PROFILE picks the harness's binaries).
+SK_PROFILE=release exec cargo test -p skiff-tests --test bench_controllers -- --ignored --nocapture --test-threads=1
