@@ -255,7 +255,7 @@ async fn run() -> Result<()> {
         .list(&ListParams::default().labels("app=spread"))
         .await?
         .items;
-    let mut per_zone = vec![0usize; ZONES];
+    let mut per_zone = [0usize; ZONES];
     for p in &all {
         let n = p
             .spec
