@@ -247,12 +247,15 @@ async fn run() -> Result<()> {
     }
     let all_in = t0.elapsed().as_secs_f64();
     let rss_busy = rss_kib(sched.0.id()) as f64;
+    // The scheduler trims its memory after 2 s without work.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let rss_settled = rss_kib(sched.0.id()) as f64;
     // Where the pods went: spread pods per zone.
     let all = pod_api
         .list(&ListParams::default().labels("app=spread"))
         .await?
         .items;
-    let mut per_zone = vec![0usize; ZONES];
+    let mut per_zone = [0usize; ZONES];
     for p in &all {
         let n = p
             .spec
@@ -286,6 +289,14 @@ async fn run() -> Result<()> {
         line_multi(
             "scheduler_rss_after_mib",
             rss_busy / 1024.0,
+            &[("upstream_ref", UPSTREAM_SCHEDULER_RSS_KIB / 1024.0)]
+        )
+    );
+    println!(
+        "{}",
+        line_multi(
+            "scheduler_rss_settled_mib",
+            rss_settled / 1024.0,
             &[("upstream_ref", UPSTREAM_SCHEDULER_RSS_KIB / 1024.0)]
         )
     );

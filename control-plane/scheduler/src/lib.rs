@@ -99,11 +99,23 @@ pub async fn run_with(
         _ = ready_rx.wait_for(|n| *n >= 3) => {}
     }
     tracing::info!("scheduler running");
+    // After a burst of work, once idle for 2 s, hand freed heap and start-up code pages back
+    // to the kernel (the scheduler idles most of its life).
+    let mut busy = true;
     loop {
         let pod = tokio::select! {
             _ = &mut shutdown => break,
             p = shared.queue.pop() => p,
+            _ = tokio::time::sleep(Duration::from_secs(2)), if busy => {
+                busy = false;
+                tokio::task::spawn_blocking(|| {
+                    skiff_memtrim::trim_heap();
+                    skiff_memtrim::trim_code_pages();
+                });
+                continue;
+            }
         };
+        busy = true;
         schedule_one(&shared, pod).await;
     }
     abort(&watches);
@@ -143,6 +155,16 @@ async fn follow<K, A, D>(
     A: FnMut(K),
     D: FnMut(Option<&K>, &HashSet<String>),
 {
+    // The cache keeps what scheduling reads: managed fields and kubectl's last-applied copy
+    // are dropped as they arrive (they are most of a small object's size).
+    let slim = |mut o: K| {
+        let m = o.meta_mut();
+        m.managed_fields = None;
+        if let Some(a) = m.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        o
+    };
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     let mut seen: Option<HashSet<String>> = None;
     let mut told = false;
@@ -153,7 +175,7 @@ async fn follow<K, A, D>(
                 if let (Some(s), Some(uid)) = (seen.as_mut(), o.meta().uid.clone()) {
                     s.insert(uid);
                 }
-                apply(o);
+                apply(slim(o));
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(s) = seen.take() {
@@ -164,7 +186,7 @@ async fn follow<K, A, D>(
                     ready.send_modify(|n| *n += 1);
                 }
             }
-            Ok(watcher::Event::Apply(o)) => apply(o),
+            Ok(watcher::Event::Apply(o)) => apply(slim(o)),
             Ok(watcher::Event::Delete(o)) => delete(Some(&o), &HashSet::new()),
             Err(e) => {
                 tracing::warn!(error = %SchedulerError::Watch { what, source: e }, "watch failed; retrying");
