@@ -82,15 +82,17 @@ fn wait_bound(cp: &ControlPlane, pod: &str) -> String {
 fn wait_unschedulable(cp: &ControlPlane, pod: &str) -> String {
     let mut msg = String::new();
     cp.wait_for(&format!("FailedScheduling for {pod}"), WAIT, || {
-        msg = cp.ok(&[
+        // kubectl's jsonpath fails on an empty list: print every message, keep the last.
+        let o = cp.kubectl(&[
             "get",
             "events",
             "--field-selector",
             &format!("involvedObject.name={pod},reason=FailedScheduling"),
             "-o",
-            "jsonpath={.items[-1:].message}",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
         ]);
-        !msg.is_empty()
+        msg = o.stdout.lines().last().unwrap_or("").to_string();
+        o.ok && !msg.is_empty()
     });
     assert_eq!(
         node_of(cp, pod),
@@ -305,6 +307,12 @@ apiVersion: scheduling.k8s.io/v1
 kind: PriorityClass
 metadata: {name: sk-high}
 value: 1000
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: sk-high-never}
+value: 1000
+preemptionPolicy: Never
 "#;
     let o = cp.with_stdin(&["create", "-f", "-"], classes);
     assert!(o.ok, "{}", o.stderr);
@@ -318,7 +326,7 @@ value: 1000
     pod(
         &cp,
         "sk-never",
-        r#""priorityClassName": "sk-high", "priority": 1000, "preemptionPolicy": "Never","#,
+        r#""priorityClassName": "sk-high-never", "priority": 1000,"#,
         "800m",
     );
     let msg = wait_unschedulable(&cp, "sk-never");

@@ -567,10 +567,8 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     stamp_new(&mut obj);
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
-    let hook_warnings = crate::admission::mutate_create(ctx, t, &mut obj).await?;
-    let mut warnings = admit(ctx, t, &mut obj, None, Some(body))?;
-    warnings.extend(hook_warnings);
-    warnings.extend(crate::admission::validate(ctx, t, "create", &obj).await?);
+    // NamespaceLifecycle runs first, as upstream orders admission: a missing namespace is 404
+    // and a terminating one 403 before any other plugin looks at the object.
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let t2 = Target {
         name: Some(name),
@@ -585,6 +583,10 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
         user: t.user.clone(),
     };
     ensure_namespace(ctx, &t2, true).await?;
+    let hook_warnings = crate::admission::mutate_create(ctx, t, &mut obj).await?;
+    let mut warnings = admit(ctx, t, &mut obj, None, Some(body))?;
+    warnings.extend(hook_warnings);
+    warnings.extend(crate::admission::validate(ctx, t, "create", &obj).await?);
     crate::managed::record(
         &mut obj,
         None,

@@ -923,6 +923,38 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                 events(),
             ],
         ),
+        (
+            // Upstream's binder rules, plus creating Skiff's default `local-path` StorageClass
+            // (k3s ships its class as a manifest applied by the admin).
+            "persistent-volume-binder",
+            vec![
+                r(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &[CORE],
+                    &["persistentvolumes"],
+                ),
+                r(&["patch", "update"], &[CORE], &["persistentvolumes/status"]),
+                r(
+                    &["get", "list", "patch", "update", "watch"],
+                    &[CORE],
+                    &["persistentvolumeclaims"],
+                ),
+                r(
+                    &["patch", "update"],
+                    &[CORE],
+                    &["persistentvolumeclaims/status"],
+                ),
+                r(&["get", "list", "watch"], &[CORE], &["pods", "nodes"]),
+                r(
+                    &["create", "get", "list", "watch"],
+                    &["storage.k8s.io"],
+                    &["storageclasses"],
+                ),
+                events(),
+            ],
+        ),
     ]
 }
 

@@ -314,7 +314,7 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, CronJobError> 
     if cj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = st.jobs.wait_until_ready().await;
+    let _ = crate::util::ready(&st.jobs).await;
     let ns = cj.namespace().unwrap_or_default();
     let name = cj.name_any();
     let uid = cj.uid().unwrap_or_default();

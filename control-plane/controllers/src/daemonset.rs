@@ -315,8 +315,8 @@ async fn sync(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, DaemonSetErr
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = st.pods.wait_until_ready().await;
-    let _ = st.nodes.wait_until_ready().await;
+    let _ = crate::util::ready(&st.pods).await;
+    let _ = crate::util::ready(&st.nodes).await;
     let ns = ds.namespace().unwrap_or_default();
     let name = ds.name_any();
     let key = workload::key(&*ds);

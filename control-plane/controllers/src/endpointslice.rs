@@ -126,11 +126,11 @@ pub(crate) async fn wait_ready(st: &Stores) -> Result<(), ControllerError> {
         name: NAME,
         reason: "informer stopped".into(),
     };
-    st.services.wait_until_ready().await.map_err(stopped)?;
-    st.pods.wait_until_ready().await.map_err(stopped)?;
-    st.nodes.wait_until_ready().await.map_err(stopped)?;
-    st.slices.wait_until_ready().await.map_err(stopped)?;
-    st.endpoints.wait_until_ready().await.map_err(stopped)?;
+    crate::util::ready(&st.services).await.map_err(stopped)?;
+    crate::util::ready(&st.pods).await.map_err(stopped)?;
+    crate::util::ready(&st.nodes).await.map_err(stopped)?;
+    crate::util::ready(&st.slices).await.map_err(stopped)?;
+    crate::util::ready(&st.endpoints).await.map_err(stopped)?;
     Ok(())
 }
 

@@ -436,7 +436,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
     let key = format!("{ns}/{name}");
-    let _ = st.pods.wait_until_ready().await;
+    let _ = crate::util::ready(&st.pods).await;
     let pod_api: Api<Pod> = Api::namespaced(st.client.clone(), &ns);
     let job_api: Api<Job> = Api::namespaced(st.client.clone(), &ns);
     if job.metadata.deletion_timestamp.is_some() {
@@ -910,8 +910,8 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
 /// Removes the tracking finalizer from pods whose Job is gone (upstream does this from the pod
 /// informer's delete handler and its orphan sweep).
 async fn release_orphans(st: Arc<State>, jobs: Store<Job>) {
-    let _ = jobs.wait_until_ready().await;
-    let _ = st.pods.wait_until_ready().await;
+    let _ = crate::util::ready(&jobs).await;
+    let _ = crate::util::ready(&st.pods).await;
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let live: HashSet<String> = jobs.state().iter().filter_map(|j| j.uid()).collect();

@@ -257,7 +257,7 @@ async fn sync(set: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, StatefulS
     if set.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = st.pods.wait_until_ready().await;
+    let _ = crate::util::ready(&st.pods).await;
     let ns = set.namespace().unwrap_or_default();
     let sname = set.name_any();
     let key = workload::key(&*set);

@@ -323,9 +323,9 @@ async fn sync_claim(c: Arc<PersistentVolumeClaim>, st: Arc<State>) -> Result<Act
     if c.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = st.pvs.wait_until_ready().await;
-    let _ = st.pods.wait_until_ready().await;
-    let _ = st.classes.wait_until_ready().await;
+    let _ = crate::util::ready(&st.pvs).await;
+    let _ = crate::util::ready(&st.pods).await;
+    let _ = crate::util::ready(&st.classes).await;
     let ns = c.namespace().unwrap_or_default();
     let name = c.name_any();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(st.client.clone(), &ns);
