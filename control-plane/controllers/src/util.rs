@@ -133,6 +133,30 @@ pub fn scaled_value(
     (if round_up { (x + 99) / 100 } else { x / 100 }) as i32
 }
 
+/// Waits until a reflector store holds its first full list. kube-runtime's
+/// `Store::wait_until_ready` parks its waker in a one-shot channel that keeps only the last
+/// waiter's, so when several tasks wait on clones of one store all but one sleep forever; asking
+/// again every 100 ms wakes everyone soon after the list is in.
+pub async fn ready<K>(
+    store: &kube::runtime::reflector::Store<K>,
+) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: 'static + Clone + kube::runtime::reflector::Lookup,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            Ok(r) => return r,
+            Err(_) => continue,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,29 +191,5 @@ mod tests {
             scaled_value(Some(&IntOrString::Int(2)), "25%", 10, false),
             2
         );
-    }
-}
-
-/// Waits until a reflector store holds its first full list. kube-runtime's
-/// `Store::wait_until_ready` parks its waker in a one-shot channel that keeps only the last
-/// waiter's, so when several tasks wait on clones of one store all but one sleep forever; asking
-/// again every 100 ms wakes everyone soon after the list is in.
-pub async fn ready<K>(
-    store: &kube::runtime::reflector::Store<K>,
-) -> Result<(), kube::runtime::reflector::store::WriterDropped>
-where
-    K: 'static + Clone + kube::runtime::reflector::Lookup,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        match tokio::time::timeout(
-            std::time::Duration::from_millis(100),
-            store.wait_until_ready(),
-        )
-        .await
-        {
-            Ok(r) => return r,
-            Err(_) => continue,
-        }
     }
 }
