@@ -56,10 +56,18 @@ dep = apps.create_namespaced_deployment(ns, client.V1Deployment(
 check(dep.spec.strategy.type == "RollingUpdate", "deployment defaults")
 apps.patch_namespaced_deployment_scale("sk-dep", ns, {"spec": {"replicas": 3}})
 check(apps.read_namespaced_deployment_scale("sk-dep", ns).spec.replicas == 3, "scale subresource")
-st = apps.read_namespaced_deployment_status("sk-dep", ns)
-st.status = client.V1DeploymentStatus(replicas=3, ready_replicas=2)
-apps.replace_namespaced_deployment_status("sk-dep", ns, st)
-check(apps.read_namespaced_deployment("sk-dep", ns).status.ready_replicas == 2, "status subresource")
+# The Deployment controller writes status too: read-modify-write with retries on 409, as
+# clients do, and check what the replace stored.
+for attempt in range(10):
+    st = apps.read_namespaced_deployment_status("sk-dep", ns)
+    st.status = client.V1DeploymentStatus(replicas=3, ready_replicas=2)
+    try:
+        stored = apps.replace_namespaced_deployment_status("sk-dep", ns, st)
+        break
+    except client.exceptions.ApiException as e:
+        if e.status != 409 or attempt == 9:
+            raise
+check(stored.status.ready_replicas == 2, "status subresource")
 
 job = batch.create_namespaced_job(ns, client.V1Job(
     metadata=client.V1ObjectMeta(name="sk-job"),

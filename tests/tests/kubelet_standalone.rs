@@ -62,12 +62,10 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
     let cri = Proc(cri);
 
     let tls = cp.dir().join("data/tls");
-    let agent_kubeconfig = cp.dir().join("data/agent/kubelet.kubeconfig");
-    let kubeconfig = if agent_kubeconfig.exists() {
-        agent_kubeconfig
-    } else {
-        cp.kubeconfig.clone()
-    };
+    // The server's own kubelet credential is `system:node:<its node>`: the node authorizer and
+    // NodeRestriction (as upstream) let it write only that Node, so this kubelet, registering
+    // a node of another name, uses the admin kubeconfig.
+    let kubeconfig = cp.kubeconfig.clone();
     let config = dir.join("kubelet.yaml");
     std::fs::write(
         &config,
