@@ -304,20 +304,34 @@ pub async fn run_with_runtime<R: CriRuntime>(
                 Err(e) => health.problem = Some(e.to_string()),
             }
             let force = last_report.elapsed() >= report_every;
-            match node::update_status(&hb_client, &hb_facts, &health, old_status.as_ref(), force)
-                .await
+            // Each call is bounded (as upstream's heartbeat requests are): a request stuck on a
+            // dead connection must not stop the heartbeat.
+            let bound = std::time::Duration::from_secs(10);
+            match tokio::time::timeout(
+                bound,
+                node::update_status(&hb_client, &hb_facts, &health, old_status.as_ref(), force),
+            )
+            .await
             {
-                Ok(Some(n)) => {
+                Ok(Ok(Some(n))) => {
                     old_status = n.status;
                     last_report = std::time::Instant::now();
                 }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "cannot update node status; retrying"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => warn!(error = %e, detail = ?e, "cannot update node status; retrying"),
+                Err(_) => warn!("updating node status took over 10 s; retrying"),
             }
-            if let Err(e) =
-                node::renew_lease(&hb_client, &hb_facts.node_name, node_uid.as_deref()).await
+            match tokio::time::timeout(
+                bound,
+                node::renew_lease(&hb_client, &hb_facts.node_name, node_uid.as_deref()),
+            )
+            .await
             {
-                warn!(error = %e, "cannot renew the node lease; retrying");
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, detail = ?e, "cannot renew the node lease; retrying")
+                }
+                Err(_) => warn!("renewing the node lease took over 10 s; retrying"),
             }
             tokio::select! {
                 _ = hb_stop.changed() => return,

@@ -1138,7 +1138,9 @@ impl<R: CriRuntime> PodSync<R> {
                 }
             }
         }
-        let terminal = terminal || deadline_exceeded;
+        // Once this worker saw the pod finish (and stopped its sandbox), it stays finished even
+        // while the API still shows the old phase: no new sandbox for a completed pod.
+        let terminal = terminal || deadline_exceeded || self.terminal_done;
         if !terminal {
             match self.ensure_sandbox(pod).await {
                 Ok((sandbox_id, sandbox_config)) => {

@@ -434,8 +434,16 @@ impl ControlPlane {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        let from = lines.len().saturating_sub(40);
-        format!("--- server log (tail) ---\n{}", lines[from..].join("\n"))
+        let keep = std::env::var("SKIFF_TEST_LOG_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
+        let from = lines.len().saturating_sub(keep);
+        format!(
+            "{}--- server log (tail) ---\n{}",
+            warnings_summary(&lines),
+            lines[from..].join("\n")
+        )
     }
 
     /// Client certificate, key and CA of the admin kubeconfig, as PEM files in the temp dir
@@ -458,12 +466,54 @@ impl ControlPlane {
     }
 }
 
+/// The distinct WARN/ERROR messages of a server log (first time seen and count), so that a
+/// failure report shows what went wrong before the tail scrolls it away.
+fn warnings_summary(lines: &[&str]) -> String {
+    let mut seen: Vec<(String, &str, usize)> = Vec::new();
+    for l in lines {
+        let Some(pos) = l.find(" WARN ").or_else(|| l.find(" ERROR ")) else {
+            continue;
+        };
+        // The message without its fields: up to the first `key=` pair, at most 100 chars.
+        let body = &l[pos..];
+        let key: String = body
+            .split(" error=")
+            .next()
+            .unwrap_or(body)
+            .chars()
+            .take(100)
+            .collect();
+        match seen.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(e) => e.2 += 1,
+            None => seen.push((key, l, 1)),
+        }
+    }
+    if seen.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("--- server warnings (first of each, with count) ---\n");
+    for (_, first, n) in seen.iter().take(20) {
+        let line: String = first.chars().take(300).collect();
+        out.push_str(&format!("{n}x {line}\n"));
+    }
+    out
+}
+
 /// What a stopped cluster may leave when its pods were not all torn down in time (a test that
 /// failed midway, a kill -9 test): processes its server started that still run in its folder
 /// (container monitors and their containers, found by the folder in their command line), then
 /// mounts under the folder (container rootfs, netns, tmpfs volumes), deepest first.
-fn reap_leftovers(dir: &Path) {
+fn reap_leftovers(dir: &Path, cgroup_root: &str) {
     let needle = dir.to_string_lossy().into_owned();
+    // Pause and container processes name no folder of ours but live in our cgroup tree.
+    let cgroup_prefix = format!("{}/", cgroup_root.trim_end_matches('/'));
+    let in_our_cgroups = |pid: &Path| {
+        std::fs::read_to_string(pid.join("cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path.starts_with(&cgroup_prefix))
+    };
     let me = std::process::id();
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for p in procs.flatten() {
@@ -474,7 +524,7 @@ fn reap_leftovers(dir: &Path) {
                 continue;
             }
             let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&needle) {
+            if String::from_utf8_lossy(&cmd).contains(&needle) || in_our_cgroups(&p.path()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -491,6 +541,21 @@ fn reap_leftovers(dir: &Path) {
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
         let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl ControlPlane {
+    /// Copies the server log to `$SKIFF_TEST_SAVE_LOGS/<port>.log` when that variable is set
+    /// (the temp dir goes away with the cluster).
+    fn save_log(&self) {
+        if let Some(dest) = std::env::var_os("SKIFF_TEST_SAVE_LOGS") {
+            let dest = PathBuf::from(dest);
+            let _ = std::fs::create_dir_all(&dest);
+            let _ = std::fs::copy(
+                self.dir.path().join("server.log"),
+                dest.join(format!("{}.log", self.port)),
+            );
+        }
     }
 }
 
@@ -518,7 +583,8 @@ impl Drop for ControlPlane {
             "--timeout=60s",
         ]);
         crate::stop_child(&mut self.child, Duration::from_secs(20));
-        reap_leftovers(self.dir.path());
+        self.save_log();
+        reap_leftovers(self.dir.path(), &agent.cgroup_root);
         crate::netns::delete_link(&agent.bridge);
         crate::netns::delete_link(&agent.dns_link);
         // Kernels without dummy links get the DNS address on lo.

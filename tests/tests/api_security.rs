@@ -1184,6 +1184,8 @@ fn admission_quota_limits_and_default_storage_class() {
         "deployment",
         "sk-d1",
         "--image=busybox",
+        // No pods: the pods quota is full, and the controllers would take the first free slot.
+        "--replicas=0",
         "-n",
         "sk-quota",
     ]);

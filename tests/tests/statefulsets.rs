@@ -59,7 +59,13 @@ fn statefulset_ordered_start_claims_rollout_and_scale_down() {
     let img = c.agent.as_ref().unwrap().busybox.clone();
     let node = c.agent.as_ref().unwrap().node.clone();
 
-    // The default StorageClass exists, like k3s's local-path.
+    // The default StorageClass exists, like k3s's local-path (made by the PV controller once
+    // it holds the controller lease).
+    c.wait_for(
+        "the local-path StorageClass",
+        Duration::from_secs(60),
+        || c.kubectl(&["get", "storageclass", "local-path"]).ok,
+    );
     let sc = get_json(&c, &["storageclass", "local-path"]);
     assert_eq!(
         sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"],

@@ -31,6 +31,7 @@ mod policy;
 mod proxy;
 mod quota;
 pub mod rbac;
+mod rebuilt;
 mod reviews;
 mod server;
 mod subresources;

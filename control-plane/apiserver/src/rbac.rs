@@ -12,8 +12,7 @@ use crate::handlers::{self, Ctx, UserInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 pub const GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -274,21 +273,8 @@ pub struct Snapshot {
 }
 
 /// The RBAC state and its cache.
-pub struct Rbac {
-    stale: AtomicBool,
-    snap: RwLock<Arc<Snapshot>>,
-    rebuild: tokio::sync::Mutex<()>,
-}
-
-impl Default for Rbac {
-    fn default() -> Self {
-        Rbac {
-            stale: AtomicBool::new(true),
-            snap: RwLock::new(Arc::new(Snapshot::default())),
-            rebuild: tokio::sync::Mutex::new(()),
-        }
-    }
-}
+#[derive(Default)]
+pub struct Rbac(crate::rebuilt::Rebuilt<Snapshot>);
 
 /// The outcome of one authorization.
 #[derive(Clone, Debug, Default)]
@@ -359,19 +345,12 @@ pub fn selector_matches(sel: &Value, labels: &Value) -> bool {
 impl Rbac {
     /// Marks the cache stale (after any write to an RBAC kind).
     pub fn invalidate(&self) {
-        self.stale.store(true, Ordering::Release);
+        self.0.invalidate();
     }
 
     /// The current snapshot, rebuilt first when stale.
     pub async fn snapshot(&self, ctx: &Ctx) -> Arc<Snapshot> {
-        if self.stale.load(Ordering::Acquire) {
-            let _g = self.rebuild.lock().await;
-            if self.stale.swap(false, Ordering::AcqRel) {
-                let snap = Arc::new(build(ctx).await);
-                *self.snap.write().expect("rbac lock") = snap;
-            }
-        }
-        self.snap.read().expect("rbac lock").clone()
+        self.0.get(|| async { Some(build(ctx).await) }).await
     }
 }
 

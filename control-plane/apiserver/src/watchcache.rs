@@ -70,10 +70,12 @@ struct Window {
     /// Every event with a revision above this one is in `events` or still to come.
     complete_after: i64,
     broken: bool,
+    /// Dropped when the feed breaks, which ends every subscriber's stream (its client watches
+    /// again) instead of leaving it waiting for events that never come.
+    tx: Option<broadcast::Sender<Arc<CachedEvent>>>,
 }
 
 struct Feed {
-    tx: broadcast::Sender<Arc<CachedEvent>>,
     window: Mutex<Window>,
 }
 
@@ -131,11 +133,11 @@ impl WatchCache {
         let mut watch = store.watch(prefix, start).await.ok()?;
         let (tx, _) = broadcast::channel(LAG);
         let feed = Arc::new(Feed {
-            tx,
             window: Mutex::new(Window {
                 events: VecDeque::new(),
                 complete_after: start,
                 broken: false,
+                tx: Some(tx),
             }),
         });
         {
@@ -149,12 +151,20 @@ impl WatchCache {
             feeds.insert(prefix.to_string(), feed.clone());
         }
         let f = feed.clone();
+        let prefix = prefix.to_string();
         tokio::spawn(async move {
             loop {
                 let ev = match watch.next().await {
                     Some(Ok(ev)) => ev,
-                    // Compacted or the store is gone: the next watch starts a new feed.
-                    _ => break,
+                    // Compacted, too slow or the store is gone: the next watch starts a new feed.
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "the store ended the watch".into(),
+                        };
+                        tracing::warn!(%prefix, %why, "watch cache feed ended; its watchers start again");
+                        break;
+                    }
                 };
                 let Some(obj) = decode(&ev.kv) else { continue };
                 let ce = Arc::new(CachedEvent {
@@ -172,9 +182,13 @@ impl WatchCache {
                     }
                 }
                 w.events.push_back(ce.clone());
-                let _ = f.tx.send(ce);
+                if let Some(tx) = &w.tx {
+                    let _ = tx.send(ce);
+                }
             }
-            f.window.lock().unwrap_or_else(|e| e.into_inner()).broken = true;
+            let mut w = f.window.lock().unwrap_or_else(|e| e.into_inner());
+            w.broken = true;
+            w.tx = None;
         });
         Some(feed)
     }
@@ -192,7 +206,7 @@ impl WatchCache {
         if w.broken || after < w.complete_after {
             return None;
         }
-        let rx = feed.tx.subscribe();
+        let rx = w.tx.as_ref()?.subscribe();
         let backlog = w.events.iter().filter(|e| e.rev > after).cloned().collect();
         Some(Subscription {
             backlog,

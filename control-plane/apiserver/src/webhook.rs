@@ -19,11 +19,43 @@ use crate::status::StatusError;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const GROUP: &str = "admissionregistration.k8s.io";
+
+/// Every webhook of the stored configurations, in upstream's order; `None` when a list failed.
+async fn read_hooks(ctx: &Ctx) -> Option<Vec<Hook>> {
+    let mut all = vec![];
+    for (kind, mutating) in [
+        ("MutatingWebhookConfiguration", true),
+        ("ValidatingWebhookConfiguration", false),
+    ] {
+        let Some(res) = ctx.registry.by_kind(GROUP, kind) else {
+            continue;
+        };
+        let (kvs, _) = ctx.store.list(&res.prefix()).await.ok()?;
+        let mut cfgs: Vec<Value> = kvs
+            .iter()
+            .filter_map(|kv| handlers::decode_as(&res, kv).ok())
+            .collect();
+        cfgs.sort_by(|a, b| {
+            a["metadata"]["name"]
+                .as_str()
+                .cmp(&b["metadata"]["name"].as_str())
+        });
+        for c in cfgs {
+            for w in c["webhooks"].as_array().into_iter().flatten() {
+                all.push(Hook {
+                    name: w["name"].as_str().unwrap_or("").to_string(),
+                    mutating,
+                    spec: w.clone(),
+                });
+            }
+        }
+    }
+    Some(all)
+}
 
 #[derive(Clone, Debug)]
 struct Hook {
@@ -34,16 +66,14 @@ struct Hook {
 
 /// The cached webhook configurations and HTTPS clients by CA bundle.
 pub struct Webhooks {
-    stale: AtomicBool,
-    hooks: RwLock<Arc<Vec<Hook>>>,
+    hooks: crate::rebuilt::Rebuilt<Vec<Hook>>,
     clients: Mutex<HashMap<String, reqwest::Client>>,
 }
 
 impl Default for Webhooks {
     fn default() -> Self {
         Webhooks {
-            stale: AtomicBool::new(true),
-            hooks: RwLock::new(Arc::new(vec![])),
+            hooks: Default::default(),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -51,45 +81,11 @@ impl Default for Webhooks {
 
 impl Webhooks {
     pub fn invalidate(&self) {
-        self.stale.store(true, Ordering::Release);
+        self.hooks.invalidate();
     }
 
     async fn current(&self, ctx: &Ctx) -> Arc<Vec<Hook>> {
-        if self.stale.swap(false, Ordering::AcqRel) {
-            let mut all = vec![];
-            for (kind, mutating) in [
-                ("MutatingWebhookConfiguration", true),
-                ("ValidatingWebhookConfiguration", false),
-            ] {
-                let Some(res) = ctx.registry.by_kind(GROUP, kind) else {
-                    continue;
-                };
-                let Ok((kvs, _)) = ctx.store.list(&res.prefix()).await else {
-                    self.invalidate();
-                    continue;
-                };
-                let mut cfgs: Vec<Value> = kvs
-                    .iter()
-                    .filter_map(|kv| handlers::decode_as(&res, kv).ok())
-                    .collect();
-                cfgs.sort_by(|a, b| {
-                    a["metadata"]["name"]
-                        .as_str()
-                        .cmp(&b["metadata"]["name"].as_str())
-                });
-                for c in cfgs {
-                    for w in c["webhooks"].as_array().into_iter().flatten() {
-                        all.push(Hook {
-                            name: w["name"].as_str().unwrap_or("").to_string(),
-                            mutating,
-                            spec: w.clone(),
-                        });
-                    }
-                }
-            }
-            *self.hooks.write().expect("webhook lock") = Arc::new(all);
-        }
-        self.hooks.read().expect("webhook lock").clone()
+        self.hooks.get(|| read_hooks(ctx)).await
     }
 
     fn client(&self, ctx: &Ctx, ca_b64: Option<&str>) -> Result<reqwest::Client, String> {

@@ -132,13 +132,18 @@ impl Elector {
         let mut last = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RETRY_PERIOD).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last = tokio::time::Instant::now(),
-                Ok(false) => {
+            // A renewal stuck on a dead connection counts as failed (upstream bounds each
+            // attempt by the renew deadline too).
+            match tokio::time::timeout(RENEW_DEADLINE, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::warn!(identity = %self.identity, "controller lease taken by another holder");
                     return;
                 }
-                Err(e) => tracing::info!(error = %e, "could not renew the controller lease"),
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, detail = ?e, "could not renew the controller lease")
+                }
+                Err(_) => tracing::info!("renewing the controller lease timed out"),
             }
             if last.elapsed() > RENEW_DEADLINE {
                 tracing::warn!(identity = %self.identity, "failed to renew the controller lease within the deadline");
