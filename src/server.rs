@@ -421,7 +421,11 @@ async fn wait_healthy(port: u16) {
 pub async fn kube_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    // kube's default is no read timeout: a connection that died silently would hold a watch (or
+    // a request) forever. Watches get a bookmark at least every minute, so 90 s of silence
+    // means the connection is gone; the watchers then start again from their last version.
+    cfg.read_timeout = Some(std::time::Duration::from_secs(90));
     Ok(kube::Client::try_from(cfg)?)
 }
 
