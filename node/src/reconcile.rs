@@ -1411,6 +1411,16 @@ impl<R: CriRuntime> PodSync<R> {
                                     ),
                                 ),
                             );
+                            // Upstream records this at every sync the back-off holds back
+                            // (deduplicated into one event with a count).
+                            self.events.push(PodEvent::warning(
+                                "BackOff",
+                                &c.name,
+                                format!(
+                                    "Back-off restarting failed container {} in pod {pod_ref}",
+                                    c.name
+                                ),
+                            ));
                             return;
                         }
                         attempt_of(l) + 1

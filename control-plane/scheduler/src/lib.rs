@@ -622,10 +622,5 @@ async fn event(
         }),
         ..Default::default()
     };
-    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ev)
-        .await
-    {
-        tracing::debug!(error = %e, "could not record event");
-    }
+    skiff_events::record(client, ev).await;
 }
