@@ -37,6 +37,21 @@ pub struct ServerArgs {
     /// Port range reserved for NodePort Services (kube-apiserver's flag).
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// Audit policy (an audit.k8s.io/v1 Policy, YAML or JSON), as kube-apiserver's flag.
+    #[arg(long)]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Where audit events go as JSON lines (`-`: standard output); needs --audit-policy-file.
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many MiB (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs to keep (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxbackup: usize,
+    /// Days to keep rotated audit logs (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxage: u64,
     /// Cluster DNS address handed to pods.
     #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,
@@ -177,6 +192,20 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     );
     api_cfg.service_cidr = args.service_cidr.clone();
     api_cfg.node_port_range = parse_port_range(&args.service_node_port_range)?;
+    // As upstream: the log backend runs when both a policy and a log path are given.
+    if let (Some(policy), Some(log)) = (&args.audit_policy_file, &args.audit_log_path) {
+        let audit = skiff_apiserver::audit::AuditConfig {
+            policy_file: policy.clone(),
+            log_path: log.clone(),
+            max_size_mib: args.audit_log_maxsize,
+            max_backup: args.audit_log_maxbackup,
+            max_age_days: args.audit_log_maxage,
+        };
+        // Checked here so that a bad policy stops the start with its error.
+        skiff_apiserver::audit::Auditor::open(&audit)
+            .map_err(|e| anyhow::anyhow!("{e} (fix the file or drop --audit-policy-file)"))?;
+        api_cfg.audit = Some(audit);
+    }
     let api = tokio::spawn(skiff_apiserver::serve(api_cfg, store.clone(), stopped()));
     wait_healthy(args.https_listen_port).await;
     println!(
