@@ -161,7 +161,6 @@ pub async fn serve(
     let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
     crate::bootstrap::run(&ctx).await?;
     crate::crd::load_all(&ctx).await;
-    crate::lifecycle::resume(&ctx).await;
     let (tls_cfg, client_check) = tls_config(&cfg.pki)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_cfg));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
