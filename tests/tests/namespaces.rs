@@ -223,6 +223,57 @@ fn finalizers_keep_a_namespace_terminating_with_upstream_conditions_across_a_res
     wait_gone(&c, ns);
 }
 
+/// A `kubectl get -w -o json` running in the background, its output collected by a thread;
+/// `stop` kills it (by its PID) and returns everything it printed.
+struct Watch {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watch {
+    /// Starts the watch and waits until it printed the current state (so it is open).
+    fn start(c: &ControlPlane, what: &[&str]) -> Watch {
+        use std::io::Read;
+        let mut child = std::process::Command::new(skiff_tests::control_plane::kubectl_bin(None))
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("HOME", c.dir())
+            .arg("get")
+            .args(what)
+            .args(["-w", "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start kubectl get -w");
+        let mut stdout = child.stdout.take().expect("kubectl stdout");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = out.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        c.wait_for(&format!("kubectl get -w {}", what.join(" ")), WAIT, || {
+            !out.lock().unwrap().is_empty()
+        });
+        Watch { child, out, reader }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        let s = self.out.lock().unwrap().clone();
+        s
+    }
+}
+
 /// The CRI's containers of a namespace's pods on the node: (name, running).
 fn node_containers(c: &ControlPlane, ns: &str) -> Vec<(String, bool)> {
     let socket = c.dir().join("run").join("cri.sock");
@@ -284,8 +335,22 @@ fn deleting_a_namespace_stops_its_running_pod_on_the_node() {
         "the pod's container is not running on the node: {before:?}"
     );
 
+    // Watches of the namespace and the pod record every state they pass through.
+    let ns_watch = Watch::start(&c, &["namespace", ns]);
+    let pod_watch = Watch::start(&c, &["pod", "sk-sleeper", "-n", ns]);
     delete_namespace(&c, ns);
     wait_gone(&c, ns);
+    let seen_ns = ns_watch.stop();
+    let seen_pod = pod_watch.stop();
+    // The pod was deleted with its own grace period, and the controller waited for it.
+    assert!(
+        seen_pod.contains("\"deletionGracePeriodSeconds\": 2"),
+        "the pod was not deleted with its 2 s grace period:\n{seen_pod}"
+    );
+    assert!(
+        seen_ns.contains("Some resources are remaining: pods. has 1 resource instances"),
+        "the namespace never reported the terminating pod:\n{seen_ns}"
+    );
     let pods = jp(
         &c,
         &[
