@@ -462,10 +462,11 @@ impl Deleter {
                 return Err(NamespaceError::UidChanged);
             }
             uid = ns.metadata.uid.clone();
-            let mut keep: Vec<String> = finalizers(&ns)
-                .into_iter()
-                .filter(|f| f != FINALIZER)
-                .collect();
+            let current = finalizers(&ns);
+            if !current.iter().any(|f| f == FINALIZER) {
+                return Ok(());
+            }
+            let mut keep: Vec<String> = current.into_iter().filter(|f| f != FINALIZER).collect();
             keep.sort();
             keep.dedup();
             ns.spec.get_or_insert_with(Default::default).finalizers = Some(keep);
