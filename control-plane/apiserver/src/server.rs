@@ -164,7 +164,6 @@ pub async fn serve(
     let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
     crate::bootstrap::run(&ctx).await?;
     crate::crd::load_all(&ctx).await;
-    crate::lifecycle::resume(&ctx).await;
     let auditor = match &cfg.audit {
         Some(a) => Some(Arc::new(
             crate::audit::Auditor::open(a).map_err(ApiError::Config)?,
