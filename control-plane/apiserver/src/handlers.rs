@@ -759,6 +759,7 @@ pub async fn commit_update(
         if t.dry_run() {
             return Ok(obj.clone());
         }
+        tracing::debug!(key = %t.key(), "deletion complete: object removed");
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
@@ -1172,6 +1173,7 @@ async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, S
         if t.dry_run() {
             return Ok(obj);
         }
+        tracing::debug!(key = %t.key(), user = %t.user.name, "object deleted");
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
