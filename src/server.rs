@@ -223,7 +223,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let sched_client = kube_client(&identity("scheduler", &pki.scheduler)?).await?;
     let ctl_client = kube_client(&identity("controller", &pki.controller_manager)?).await?;
-    identity("kube-proxy", &pki.kube_proxy)?;
+    let proxy_kubeconfig = identity("kube-proxy", &pki.kube_proxy)?;
+    let dns_kubeconfig = identity("dns", &pki.dns)?;
     let sched = if args.disable_scheduler {
         tokio::spawn(async {
             std::future::pending::<Result<(), skiff_scheduler::SchedulerError>>().await
@@ -246,7 +247,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             &pki,
             &node_name,
             node_ip,
-            &kubelet_kubeconfig,
+            Kubeconfigs {
+                kubelet: &kubelet_kubeconfig,
+                proxy: &proxy_kubeconfig,
+                dns: &dns_kubeconfig,
+            },
             &stopped,
         )?)
     };
@@ -338,12 +343,19 @@ fn setup_cni(
 
 /// Starts the node side: the embedded CRI server (unless an external endpoint is given) and
 /// the kubelet.
+/// The node components' identities (kubeconfig files).
+struct Kubeconfigs<'a> {
+    kubelet: &'a std::path::Path,
+    proxy: &'a std::path::Path,
+    dns: &'a std::path::Path,
+}
+
 fn start_agent<F, Fut>(
     args: &ServerArgs,
     pki: &Pki,
     node_name: &str,
     node_ip: IpAddr,
-    kubeconfig: &std::path::Path,
+    kubeconfigs: Kubeconfigs<'_>,
     stopped: &F,
 ) -> Result<(
     Option<Task<skiff_cri::CriError>>,
@@ -380,7 +392,7 @@ where
     };
     let mut kcfg = skiff_node::KubeletConfig::new(
         node_name,
-        skiff_node::KubeSource::Kubeconfig(kubeconfig.to_path_buf()),
+        skiff_node::KubeSource::Kubeconfig(kubeconfigs.kubelet.to_path_buf()),
         node_ip,
     );
     kcfg.cri_endpoint = endpoint;
@@ -400,8 +412,9 @@ where
         pcfg.table = args.nftables_table.clone();
         pcfg.cluster_cidr = Some(args.cluster_cidr.clone());
         pcfg.node_ips = vec![node_ip];
-        // The admin identity for now: it also writes LoadBalancer statuses (servicelb's job).
-        let kubeconfig = args.write_kubeconfig.clone();
+        // system:kube-proxy (upstream's system:node-proxier, plus skiff:service-lb for the
+        // LoadBalancer statuses it writes).
+        let kubeconfig = kubeconfigs.proxy.to_path_buf();
         let stop = stopped();
         tokio::spawn(async move {
             let run = async {
@@ -419,7 +432,7 @@ where
         dcfg.cluster_domain = args.cluster_domain.clone();
         dcfg.resolv_conf = args.resolv_conf.clone();
         dcfg.interface = Some(args.cluster_dns_interface.clone());
-        let kubeconfig = args.write_kubeconfig.clone();
+        let kubeconfig = kubeconfigs.dns.to_path_buf();
         let stop = stopped();
         tokio::spawn(async move {
             let run = async {
