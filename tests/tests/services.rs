@@ -429,3 +429,122 @@ spec:
         "health check answer {body:?}"
     );
 }
+
+#[test]
+fn proxy_and_dns_survive_kill_9_without_dropping_connections() {
+    let mut c = ControlPlane::start_cluster();
+    let image = c.agent.as_ref().unwrap().busybox.clone();
+    let o = c.with_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: sk-echo
+  labels: {{app: sk-echo}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: {image}
+    command: ["nc", "-ll", "-p", "8080", "-e", "/bin/cat"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sk-echo}}
+spec:
+  selector: {{app: sk-echo}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+        ),
+    );
+    assert!(o.ok, "{}", o.stderr);
+    wait_running(&c, "sk-echo");
+    wait_endpoints(&c, "sk-echo", 1);
+    let ip = c.ok(&["get", "svc", "sk-echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    // An established connection from the host through the ClusterIP (DNAT to the pod).
+    let mut conn = None;
+    c.wait_for(
+        "a connection to the ClusterIP",
+        Duration::from_secs(60),
+        || {
+            let Ok(mut s) = TcpStream::connect_timeout(
+                &format!("{ip}:80").parse().unwrap(),
+                Duration::from_secs(2),
+            ) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 6];
+            let ok = s.write_all(b"ping1\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"ping1\n";
+            if ok {
+                conn = Some(s);
+            }
+            ok
+        },
+    );
+    let mut conn = conn.unwrap();
+    let lookup = |c: &ControlPlane| {
+        c.kubectl(&[
+            "exec",
+            "sk-echo",
+            "--",
+            "nslookup",
+            "sk-echo.default.svc.cluster.local",
+        ])
+    };
+    let before = lookup(&c);
+    assert!(
+        before.ok && before.stdout.contains(&ip),
+        "{}",
+        before.stdout
+    );
+
+    // kill -9 of the whole server (proxy and DNS with it), then a restart.
+    c.kill_and_restart();
+    let node = c.agent.as_ref().unwrap().node.clone();
+    c.wait_for("the node Ready again", Duration::from_secs(90), || {
+        c.ok(&[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) == "True"
+    });
+    // The established connection still carries data both ways.
+    conn.write_all(b"ping2\n").expect("write after the restart");
+    let mut buf = [0u8; 6];
+    conn.read_exact(&mut buf)
+        .expect("the established connection was dropped by the restart");
+    assert_eq!(&buf, b"ping2\n");
+    // The pod kept running (no restart), and names resolve again.
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "sk-echo",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}"
+        ]),
+        "0"
+    );
+    c.wait_for(
+        "DNS answering after the restart",
+        Duration::from_secs(60),
+        || {
+            let o = lookup(&c);
+            o.ok && o.stdout.contains(&ip)
+        },
+    );
+    // New connections work too.
+    let mut s =
+        TcpStream::connect_timeout(&format!("{ip}:80").parse().unwrap(), Duration::from_secs(5))
+            .expect("a new connection after the restart");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping3\n").unwrap();
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping3\n");
+}
