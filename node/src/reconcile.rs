@@ -101,6 +101,9 @@ pub struct PodSync<R: CriRuntime> {
     tokens: volumes::TokenCache,
     /// Host paths of the pod's persistentVolumeClaim volumes, by volume name.
     claim_paths: HashMap<String, PathBuf>,
+    /// Ephemeral containers with a `targetContainerName`: the CRI id of the container whose
+    /// PID namespace they join.
+    ephemeral_targets: HashMap<String, String>,
     /// Set once every API-data volume was written; refreshed every [`VOLUME_REFRESH`].
     volumes_ready: bool,
     volumes_refreshed: Option<Instant>,
@@ -145,6 +148,19 @@ fn next_delay(d: Duration) -> Duration {
     } else {
         (d * 2).min(BACKOFF_MAX)
     }
+}
+
+/// An ephemeral container as the container it runs as (same fields but the target).
+pub fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("targetContainerName");
+    }
+    serde_json::from_value(v).unwrap_or_else(|_| Container {
+        name: e.name.clone(),
+        image: e.image.clone(),
+        ..Default::default()
+    })
 }
 
 fn attempt_of(c: &cri::ContainerStatus) -> u32 {
@@ -242,6 +258,7 @@ impl<R: CriRuntime> PodSync<R> {
             objects: Arc::new(NoObjects),
             tokens: Default::default(),
             claim_paths: HashMap::new(),
+            ephemeral_targets: HashMap::new(),
             volumes_ready: false,
             volumes_refreshed: None,
         }
@@ -832,6 +849,15 @@ impl<R: CriRuntime> PodSync<R> {
                     run_as_user: sc.run_as_user.map(|v| cri::Int64Value { value: v }),
                     run_as_group: sc.run_as_group.map(|v| cri::Int64Value { value: v }),
                     readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
+                    // `kubectl debug --target`: the ephemeral container joins the target's
+                    // PID namespace (network and IPC stay the pod's).
+                    namespace_options: self.ephemeral_targets.get(&c.name).map(|target| {
+                        cri::NamespaceOption {
+                            pid: cri::NamespaceMode::Target as i32,
+                            target_id: target.clone(),
+                            ..Default::default()
+                        }
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1342,6 +1368,45 @@ impl<R: CriRuntime> PodSync<R> {
                 now,
             };
             self.converge_one(step, &restart, waiting).await;
+        }
+        // Ephemeral containers (`kubectl debug`): started once, never restarted.
+        let never = |_: &cri::ContainerStatus| false;
+        for e in spec.ephemeral_containers.iter().flatten() {
+            let history = observed.get(&e.name).unwrap_or(&empty);
+            if !history.is_empty() {
+                continue;
+            }
+            if let Some(target) = e.target_container_name.as_deref() {
+                match observed
+                    .get(target)
+                    .and_then(|h| h.first())
+                    .filter(|l| l.state == running)
+                {
+                    Some(l) => {
+                        self.ephemeral_targets.insert(e.name.clone(), l.id.clone());
+                    }
+                    None => {
+                        waiting.insert(
+                            e.name.clone(),
+                            Waiting::new(
+                                "ContainerCreating",
+                                format!("waiting for target container {target} to run"),
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+            let c = ephemeral_as_container(e);
+            let step = ContainerStep {
+                pod,
+                c: &c,
+                history,
+                sandbox_id,
+                sandbox_config,
+                now,
+            };
+            self.converge_one(step, &never, waiting).await;
         }
         Ok(())
     }

@@ -484,6 +484,26 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
         message: old.message.clone(),
         container_statuses: Some(statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        ephemeral_container_statuses: {
+            let eph: Vec<ContainerStatus> = spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let c = crate::reconcile::ephemeral_as_container(e);
+                    let history = input.containers.get(&c.name).unwrap_or(&empty);
+                    let w = input.waiting.get(&c.name).cloned().or_else(|| {
+                        history
+                            .is_empty()
+                            .then(|| Waiting::new("ContainerCreating", ""))
+                    });
+                    let mut st = container_status(&c, history, w.as_ref());
+                    st.started = None;
+                    st
+                })
+                .collect();
+            (!eph.is_empty()).then_some(eph)
+        },
         qos_class: Some(
             old.qos_class
                 .clone()

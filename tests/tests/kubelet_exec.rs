@@ -339,3 +339,99 @@ spec:
         "{err}"
     );
 }
+
+#[test]
+fn kubectl_debug_runs_ephemeral_containers() {
+    let cp = ControlPlane::start_cluster();
+    server_pod(&cp, "sk-debugged");
+    let image = cp.agent.as_ref().unwrap().busybox.clone();
+    // A debug container in the target's PID namespace sees the target's processes.
+    cp.ok(&[
+        "debug",
+        "sk-debugged",
+        "--image",
+        &image,
+        "--target=main",
+        "-c",
+        "sk-dbg",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    cp.wait_for("the ephemeral container to run", Duration::from_secs(90), || {
+        !cp.ok(&[
+            "get",
+            "pod",
+            "sk-debugged",
+            "-o",
+            "jsonpath={.status.ephemeralContainerStatuses[?(@.name==\"sk-dbg\")].state.running.startedAt}",
+        ])
+        .is_empty()
+    });
+    let ps = cp.ok(&[
+        "exec",
+        "sk-debugged",
+        "-c",
+        "sk-dbg",
+        "--",
+        "ps",
+        "-o",
+        "args",
+    ]);
+    assert!(
+        ps.contains("httpd -f -p 8080"),
+        "the target's process is not visible:\n{ps}"
+    );
+    // The pod itself is untouched: still Ready, main never restarted.
+    assert_eq!(
+        cp.ok(&[
+            "get",
+            "pod",
+            "sk-debugged",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.containerStatuses[0].restartCount}"
+        ]),
+        "True 0"
+    );
+    // Interactive: `kubectl debug -i` attaches to the new container's stdin and output.
+    let (code, out, err) = run(
+        &cp,
+        &kubectl_bin(None),
+        &[
+            "debug",
+            "-i",
+            "sk-debugged",
+            "--image",
+            &image,
+            "-c",
+            "sk-dbg2",
+            "--",
+            "sh",
+        ],
+        Some(b"echo hello-from-debug\nexit 0\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("hello-from-debug"), "{out}\n{err}");
+    // An exited ephemeral container is not restarted.
+    cp.wait_for("sk-dbg2 to end", Duration::from_secs(60), || {
+        cp.ok(&[
+            "get",
+            "pod",
+            "sk-debugged",
+            "-o",
+            "jsonpath={.status.ephemeralContainerStatuses[?(@.name==\"sk-dbg2\")].state.terminated.exitCode}",
+        ]) == "0"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cp.ok(&[
+            "get",
+            "pod",
+            "sk-debugged",
+            "-o",
+            "jsonpath={.status.ephemeralContainerStatuses[?(@.name==\"sk-dbg2\")].restartCount}",
+        ]),
+        "0"
+    );
+}

@@ -720,8 +720,20 @@ pub fn merge_update(
     }
     if t.sub.as_deref() == Some("ephemeralcontainers") {
         let mut out = old.clone();
-        out["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].take();
+        let added = new["spec"]["ephemeralContainers"].take();
+        check_ephemeral_update(t.name(), &old["spec"]["ephemeralContainers"], &added)?;
+        out["spec"]["ephemeralContainers"] = added;
         new = out;
+    } else if t.sub.is_none() && res.kind == "Pod" && res.group.is_empty() {
+        // Ephemeral containers change only through their subresource.
+        match old["spec"].get("ephemeralContainers") {
+            Some(e) => new["spec"]["ephemeralContainers"] = e.clone(),
+            None => {
+                if let Some(m) = new["spec"].as_object_mut() {
+                    m.remove("ephemeralContainers");
+                }
+            }
+        }
     }
     res.strategy.prepare_update(&mut new, old);
     let warnings = admit(ctx, t, &mut new, Some(old), raw)?;
@@ -732,6 +744,30 @@ pub fn merge_update(
         new["metadata"]["generation"] = json!(g + 1);
     }
     Ok((new, warnings))
+}
+
+/// Upstream's rule for the ephemeralcontainers subresource: containers may be added, never
+/// changed or removed.
+fn check_ephemeral_update(name: &str, old: &Value, new: &Value) -> Result<(), StatusError> {
+    let empty = vec![];
+    let old = old.as_array().unwrap_or(&empty);
+    let new = new.as_array().unwrap_or(&empty);
+    for (i, o) in old.iter().enumerate() {
+        let c = o["name"].as_str().unwrap_or("");
+        let err = match new.iter().find(|n| n["name"].as_str() == Some(c)) {
+            Some(n) if n == o => continue,
+            Some(_) => FieldError::forbidden(
+                format!("spec.ephemeralContainers[{i}]"),
+                "existing ephemeral containers may not be changed",
+            ),
+            None => FieldError::forbidden(
+                "spec.ephemeralContainers",
+                format!("existing ephemeral containers \"{c}\" may not be removed"),
+            ),
+        };
+        return Err(StatusError::invalid("Pod", name, "", &[err]));
+    }
+    Ok(())
 }
 
 /// Stores `obj` over revision `rev`, or deletes it when its deletion is complete

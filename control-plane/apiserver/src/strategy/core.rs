@@ -275,6 +275,8 @@ impl Strategy for Pod {
                     "terminationGracePeriodSeconds",
                     "nodeName",
                     "schedulingGates",
+                    // Only through the ephemeralcontainers subresource (checked there).
+                    "ephemeralContainers",
                 ] {
                     m.remove(k);
                 }
