@@ -28,6 +28,7 @@ pub mod pleg;
 pub mod pods;
 pub mod probe;
 pub mod reconcile;
+pub mod security;
 pub mod server;
 pub mod status;
 pub mod stream;

@@ -150,6 +150,34 @@ fn next_delay(d: Duration) -> Duration {
     }
 }
 
+/// The namespaces of a pod's sandbox and containers, as upstream's `namespacesForPod`: the
+/// node's for hostNetwork/hostPID/hostIPC, one PID namespace for the pod with
+/// shareProcessNamespace, else one per container.
+fn pod_namespaces(spec: &k8s_openapi::api::core::v1::PodSpec) -> cri::NamespaceOption {
+    let node = cri::NamespaceMode::Node as i32;
+    let pod = cri::NamespaceMode::Pod as i32;
+    cri::NamespaceOption {
+        network: if spec.host_network.unwrap_or(false) {
+            node
+        } else {
+            pod
+        },
+        pid: if spec.host_pid.unwrap_or(false) {
+            node
+        } else if spec.share_process_namespace.unwrap_or(false) {
+            pod
+        } else {
+            cri::NamespaceMode::Container as i32
+        },
+        ipc: if spec.host_ipc.unwrap_or(false) {
+            node
+        } else {
+            pod
+        },
+        ..Default::default()
+    }
+}
+
 /// An ephemeral container as the container it runs as (same fields but the target).
 pub fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
     let mut v = serde_json::to_value(e).unwrap_or_default();
@@ -681,21 +709,7 @@ impl<R: CriRuntime> PodSync<R> {
             "Burstable" => format!("{}/burstable/pod{uid}", self.ctx.cgroup_root),
             _ => format!("{}/besteffort/pod{uid}", self.ctx.cgroup_root),
         };
-        let node_ns = cri::NamespaceMode::Node as i32;
-        let ns_opts = cri::NamespaceOption {
-            network: if host_network { node_ns } else { 0 },
-            pid: if spec.host_pid.unwrap_or(false) {
-                node_ns
-            } else {
-                cri::NamespaceMode::Container as i32
-            },
-            ipc: if spec.host_ipc.unwrap_or(false) {
-                node_ns
-            } else {
-                0
-            },
-            ..Default::default()
-        };
+        let ns_opts = pod_namespaces(&spec);
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.clone(),
@@ -725,6 +739,15 @@ impl<R: CriRuntime> PodSync<R> {
                     }),
                     ..Default::default()
                 }),
+                // Pod-level sysctls (namespaced ones; the runtime refuses the others).
+                sysctls: spec
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.sysctls.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|s| (s.name.clone(), s.value.clone()))
+                    .collect(),
                 ..Default::default()
             }),
             windows: None,
@@ -811,7 +834,6 @@ impl<R: CriRuntime> PodSync<R> {
             "io.kubernetes.container.restartCount".to_string(),
             attempt.to_string(),
         );
-        let sc = c.security_context.clone().unwrap_or_default();
         let image = c.image.clone().unwrap_or_default();
         let mounts = self.mounts(pod, c);
         cri::ContainerConfig {
@@ -845,20 +867,21 @@ impl<R: CriRuntime> PodSync<R> {
             tty: c.tty.unwrap_or(false),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    privileged: sc.privileged.unwrap_or(false),
-                    run_as_user: sc.run_as_user.map(|v| cri::Int64Value { value: v }),
-                    run_as_group: sc.run_as_group.map(|v| cri::Int64Value { value: v }),
-                    readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
                     // `kubectl debug --target`: the ephemeral container joins the target's
                     // PID namespace (network and IPC stay the pod's).
-                    namespace_options: self.ephemeral_targets.get(&c.name).map(|target| {
-                        cri::NamespaceOption {
+                    namespace_options: Some(match self.ephemeral_targets.get(&c.name) {
+                        Some(target) => cri::NamespaceOption {
                             pid: cri::NamespaceMode::Target as i32,
                             target_id: target.clone(),
-                            ..Default::default()
-                        }
+                            ..pod_namespaces(&pod.spec.clone().unwrap_or_default())
+                        },
+                        None => pod_namespaces(&pod.spec.clone().unwrap_or_default()),
                     }),
-                    ..Default::default()
+                    ..crate::security::container_security(
+                        pod,
+                        c,
+                        &crate::security::seccomp_root(&self.ctx.root_dir),
+                    )
                 }),
                 ..Default::default()
             }),
@@ -1524,6 +1547,30 @@ impl<R: CriRuntime> PodSync<R> {
                 return;
             }
         };
+        // runAsNonRoot against the image's user (upstream's verifyRunAsNonRoot).
+        let image = c.image.clone().unwrap_or_default();
+        let (image_uid, image_user) = if crate::security::needs_image_user(pod, c) {
+            match self.cri.image_status(&image).await {
+                Ok(Some(i)) => (i.uid.map(|u| u.value), i.username),
+                _ => (None, String::new()),
+            }
+        } else {
+            (None, String::new())
+        };
+        if let Err(msg) = crate::security::verify_run_as_non_root(pod, c, image_uid, &image_user) {
+            if self.reported.insert(format!("config/{}/{msg}", c.name)) {
+                self.events.push(PodEvent::warning(
+                    "Failed",
+                    &c.name,
+                    format!("Error: {msg}"),
+                ));
+            }
+            waiting.insert(
+                c.name.clone(),
+                Waiting::new("CreateContainerConfigError", msg),
+            );
+            return;
+        }
         let config = self.container_config_with(pod, c, attempt, &resolved);
         let id = match self
             .cri
