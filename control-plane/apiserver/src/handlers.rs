@@ -1112,6 +1112,14 @@ pub async fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     Ok(t.respond(code, &out))
 }
 
+/// Deletes with `opts` as the DeleteOptions body (JSON) and the target's query (the eviction
+/// subresource: grace period and preconditions from the Eviction).
+pub async fn delete_with(ctx: &Ctx, t: &Target, opts: &Value) -> Result<Value, StatusError> {
+    let body = serde_json::to_vec(opts).unwrap_or_default();
+    let opts = delete_opts(t, &body)?;
+    delete_one(ctx, t, &opts).await
+}
+
 /// Deletes with the options in the target's query (internal callers: cascades, namespaces).
 pub async fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
     let opts = delete_opts(t, &[])?;

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use kube::Client;
 
 pub mod deployment;
+pub mod disruption;
 pub mod events;
 pub mod expectations;
 pub mod gc;
@@ -76,6 +77,7 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         ("persistentvolume-binder", storage::run),
         (endpointslice::NAME, endpointslice::run),
         (endpoints::NAME, endpoints::run),
+        (disruption::COMPONENT, disruption::run),
     ]
 }
 
