@@ -260,9 +260,9 @@ impl Ctl {
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| {
-                !disrupted
+                disrupted
                     .get(&p.name_any())
-                    .is_some_and(|t| t.0 + DELETION_TIMEOUT > now)
+                    .is_none_or(|t| t.0 + DELETION_TIMEOUT <= now)
             })
             .filter(|p| util::is_ready(p))
             .count() as i32;
