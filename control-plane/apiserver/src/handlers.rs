@@ -567,6 +567,26 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     stamp_new(&mut obj);
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
+    if res.group == "certificates.k8s.io" && res.kind == "CertificateSigningRequest" {
+        // Who asked, as upstream's CSR strategy records it (signers and approvers read it).
+        let u = &t.user;
+        obj["spec"]["username"] = json!(u.name);
+        obj["spec"]["groups"] = json!(u.groups);
+        if u.uid.is_empty() {
+            if let Some(m) = obj["spec"].as_object_mut() {
+                m.remove("uid");
+            }
+        } else {
+            obj["spec"]["uid"] = json!(u.uid);
+        }
+        if u.extra.is_empty() {
+            if let Some(m) = obj["spec"].as_object_mut() {
+                m.remove("extra");
+            }
+        } else {
+            obj["spec"]["extra"] = json!(u.extra);
+        }
+    }
     // NamespaceLifecycle runs first, as upstream orders admission: a missing namespace is 404
     // and a terminating one 403 before any other plugin looks at the object.
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::Client;
 
+pub mod certificates;
 pub mod deployment;
 pub mod disruption;
 pub mod events;
@@ -78,6 +79,8 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         (endpointslice::NAME, endpointslice::run),
         (endpoints::NAME, endpoints::run),
         (disruption::COMPONENT, disruption::run),
+        (certificates::APPROVER, certificates::run_approver),
+        (certificates::SIGNER, certificates::run_signer),
     ]
 }
 
