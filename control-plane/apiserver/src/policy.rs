@@ -782,6 +782,24 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
             )],
         ),
         (
+            "horizontal-pod-autoscaler",
+            vec![
+                r(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
+                r(
+                    &["update"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                ),
+                r(&["get", "update"], &["*"], &["*/scale"]),
+                r(&["list"], &[CORE], &["pods"]),
+                r(&["get"], &[CORE], &["services"]).names(&["http:heapster:", "https:heapster:"]),
+                r(&["list"], &["metrics.k8s.io"], &["pods"]),
+                r(&["get", "list"], &["custom.metrics.k8s.io"], &["*"]),
+                r(&["get", "list"], &["external.metrics.k8s.io"], &["*"]),
+                events(),
+            ],
+        ),
+        (
             "job-controller",
             vec![
                 r(

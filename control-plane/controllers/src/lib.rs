@@ -20,6 +20,7 @@ pub mod disruption;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod leader;
 pub mod nodelifecycle;
@@ -81,6 +82,7 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         (disruption::COMPONENT, disruption::run),
         (certificates::APPROVER, certificates::run_approver),
         (certificates::SIGNER, certificates::run_signer),
+        (hpa::COMPONENT, hpa::run),
     ]
 }
 
