@@ -1146,7 +1146,20 @@ pub async fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
     delete_one(ctx, t, &opts).await
 }
 
+/// Deletes one object. Without a resourceVersion precondition, a write that lands between our
+/// read and the delete is not the caller's problem: read again and retry (upstream's
+/// GuaranteedUpdate loop), so a controller's status write does not fail `kubectl delete`.
 async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
+    let mut attempts = 0;
+    loop {
+        match delete_once(ctx, t, opts).await {
+            Err(e) if e.code == 409 && opts.rv.is_none() && attempts < 10 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn delete_once(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
     let (mut obj, rev) = load(ctx, t).await?;
     if let Some(uid) = &opts.uid {
         check_uid(t, &obj, uid)?;

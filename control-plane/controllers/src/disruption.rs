@@ -162,7 +162,11 @@ fn changed_ns<K: kube::Resource>(ch: Result<Change<K>, RecvError>) -> Option<Opt
     match ch {
         Ok(Change::Added(o)) | Ok(Change::Deleted(o)) => Some(o.namespace()),
         Ok(Change::Updated { old, new }) => {
-            Some((old.meta().generation != new.meta().generation).then(|| new.namespace())?)
+            Some(if old.meta().generation != new.meta().generation {
+                new.namespace()
+            } else {
+                None
+            })
         }
         Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => Some(None),
         Err(RecvError::Closed) => None,
@@ -474,9 +478,13 @@ impl Ctl {
         pdb: &PodDisruptionBudget,
         message: &str,
     ) -> Result<(), ControllerError> {
-        let mut st = pdb.status.clone().unwrap_or_default();
+        let old = pdb.status.clone().unwrap_or_default();
+        let mut st = old.clone();
         st.disruptions_allowed = 0;
         set_condition(&mut st, "False", SYNC_FAILED, message);
+        if st == old {
+            return Ok(());
+        }
         match self.write_status(pdb, st).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
