@@ -272,6 +272,39 @@ fn csr_approve_sign_deny_and_autoapprove() {
         &["client auth"],
         None,
     );
+    // Approving needs `approve` on the signer, beyond updating `/approval` (upstream's
+    // CertificateApproval admission).
+    c.ok(&[
+        "create",
+        "clusterrole",
+        "sk-csr-updater",
+        "--verb=get,list,update",
+        "--resource=certificatesigningrequests,certificatesigningrequests/approval",
+    ]);
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "sk-csr-updater",
+        "--clusterrole=sk-csr-updater",
+        "--user=sk-alice",
+    ]);
+    let alice = c.dir().join("sk-alice.kubeconfig");
+    let o = c.kubectl_with(
+        &kubectl_bin(None),
+        &["certificate", "approve", "sk-bob"],
+        None,
+        &[("KUBECONFIG", alice.to_str().unwrap())],
+    );
+    assert!(
+        !o.ok
+            && o.stderr.contains(
+                "user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""
+            ),
+        "approving without the signer's approve verb: {}",
+        o.stderr
+    );
+    c.ok(&["delete", "clusterrolebinding", "sk-csr-updater"]);
+    c.ok(&["delete", "clusterrole", "sk-csr-updater"]);
     c.ok(&["certificate", "deny", "sk-bob"]);
     let v = csr(&c, "sk-bob");
     assert_eq!(condition(&v, "Denied").unwrap()["reason"], "KubectlDeny");
