@@ -375,6 +375,94 @@ spec:
 
     c.ok(&["delete", "pdb", "sk-bare"]);
     c.ok(&["delete", "pod", "sk-c", "--wait=false"]);
+
+    // A custom controller with a scale subresource: its `/scale` counts.
+    apply(
+        &c,
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: skflocks.sk.example.com
+spec:
+  group: sk.example.com
+  scope: Namespaced
+  names:
+    plural: skflocks
+    singular: skflock
+    kind: SkFlock
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+    subresources:
+      scale:
+        specReplicasPath: .spec.replicas
+        statusReplicasPath: .status.replicas
+"#,
+    );
+    c.wait_for("the SkFlock kind to be served", WAIT, || {
+        c.kubectl(&["get", "skflocks"]).ok
+    });
+    apply(
+        &c,
+        "apiVersion: sk.example.com/v1\nkind: SkFlock\nmetadata:\n  name: sk-flock\nspec:\n  replicas: 3\n",
+    );
+    let uid = get_json(&c, &["skflock", "sk-flock"])["metadata"]["uid"]
+        .as_str()
+        .expect("the SkFlock's uid")
+        .to_string();
+    apply(
+        &c,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: sk-flock-0
+  labels:
+    app: sk-flock
+  ownerReferences:
+  - apiVersion: sk.example.com/v1
+    kind: SkFlock
+    name: sk-flock
+    uid: {uid}
+    controller: true
+spec:
+  containers:
+  - name: main
+    image: sk-none:latest
+"#
+        ),
+    );
+    set_phase(&c, "sk-flock-0", "Running", true);
+    apply(
+        &c,
+        r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: sk-flock
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      app: sk-flock
+"#,
+    );
+    // The SkFlock wants 3: 2 must stay healthy and only 1 is.
+    wait_status(&c, "sk-flock", 1, 2, 3, 0);
+    c.ok(&["delete", "pdb", "sk-flock"]);
+    c.ok(&["delete", "skflock", "sk-flock"]);
+    c.ok(&[
+        "delete",
+        "pod",
+        "sk-flock-0",
+        "--wait=false",
+        "--ignore-not-found",
+    ]);
+    c.ok(&["delete", "crd", "skflocks.sk.example.com"]);
 }
 
 #[test]

@@ -39,6 +39,11 @@ pub const COMPONENT: &str = "disruption-controller";
 const WORKERS: usize = 2;
 /// How long an evicted pod may take to go before it counts again (upstream's `DeletionTimeout`).
 const DELETION_TIMEOUT: SignedDuration = SignedDuration::from_secs(120);
+/// How long a `DisruptionTarget` condition may stand on a pod that is not going (upstream's
+/// `stalePodDisruptionTimeout`).
+const STALE_DISRUPTION: SignedDuration = SignedDuration::from_secs(120);
+/// Work-queue keys of pods (stale disruption checks), beside the budgets' `namespace/name`.
+const POD_KEY: &str = "pod:";
 
 pub const CONDITION: &str = "DisruptionAllowed";
 pub const SUFFICIENT: &str = "SufficientPods";
@@ -195,6 +200,14 @@ impl Ctl {
     }
 
     fn on_pod(&self, pod: &Pod) {
+        if let Some(since) = stale_disruption_since(pod) {
+            let due = since + STALE_DISRUPTION;
+            let wait = (due.as_millisecond() - Timestamp::now().as_millisecond()).max(0) as u64;
+            self.queue.add_after(
+                format!("{POD_KEY}{}", key_of(pod)),
+                Duration::from_millis(wait),
+            );
+        }
         let ns = pod.namespace();
         for p in self.pdbs.store().state() {
             if p.namespace() == ns
@@ -209,6 +222,9 @@ impl Ctl {
     }
 
     async fn sync(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
+        if let Some(pod_key) = key.strip_prefix(POD_KEY) {
+            return self.sync_stale_disruption(pod_key).await;
+        }
         let (ns, name) = split_key(key);
         let Some(pdb) = self.pdbs.store().get(&ObjectRef::new(name).within(ns)) else {
             return Ok(None);
@@ -223,6 +239,48 @@ impl Ctl {
                     reason: e.to_string(),
                 })
             }
+        }
+    }
+
+    /// Upstream's stale-disruption clean-up: a pod marked `DisruptionTarget` (by an eviction or
+    /// a preemption) that is still not terminating two minutes later gets the condition set to
+    /// False, so it no longer reads as about to go.
+    async fn sync_stale_disruption(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
+        let (ns, name) = split_key(key);
+        let Some(pod) = self.pods.store().get(&ObjectRef::new(name).within(ns)) else {
+            return Ok(None);
+        };
+        let Some(since) = stale_disruption_since(&pod) else {
+            return Ok(None);
+        };
+        let now = Timestamp::now();
+        let due = since + STALE_DISRUPTION;
+        if due > now {
+            let wait = (due.as_millisecond() - now.as_millisecond()).max(0) as u64;
+            return Ok(Some(Duration::from_millis(wait)));
+        }
+        let mut p = (*pod).clone();
+        p.metadata.managed_fields = None;
+        if let Some(cs) = p.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            for c in cs.iter_mut().filter(|c| c.type_ == "DisruptionTarget") {
+                c.status = "False".into();
+                c.reason = None;
+                c.message = None;
+                c.last_transition_time = Some(crate::workload::now());
+            }
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        match api.replace_status(name, &PostParams::default(), &p).await {
+            Ok(_) => {
+                tracing::info!(
+                    controller = COMPONENT,
+                    pod = key,
+                    "reset stale DisruptionTarget condition to False"
+                );
+                Ok(None)
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -246,7 +304,7 @@ impl Ctl {
             self.rec
                 .event(pdb, NORMAL, "NoPods", "No matching pods found".into());
         }
-        let (expected, desired) = match self.expected_count(pdb, &pods) {
+        let (expected, desired) = match self.expected_count(pdb, &pods).await {
             Ok(v) => v,
             Err(e) => {
                 self.rec.event(
@@ -278,21 +336,21 @@ impl Ctl {
     }
 
     /// `(expectedPods, desiredHealthy)` (upstream's `getExpectedPodCount`).
-    fn expected_count(
+    async fn expected_count(
         &self,
         pdb: &PodDisruptionBudget,
         pods: &[Arc<Pod>],
     ) -> Result<(i32, i32), SyncError> {
         let spec = pdb.spec.clone().unwrap_or_default();
         if let Some(mu) = &spec.max_unavailable {
-            let expected = self.expected_scale(pdb, pods)?;
+            let expected = self.expected_scale(pdb, pods).await?;
             let mu = scaled(mu, expected)?;
             return Ok((expected, (expected - mu).max(0)));
         }
         match &spec.min_available {
             Some(IntOrString::Int(i)) => Ok((pods.len() as i32, *i)),
             Some(v @ IntOrString::String(_)) => {
-                let expected = self.expected_scale(pdb, pods)?;
+                let expected = self.expected_scale(pdb, pods).await?;
                 Ok((expected, scaled(v, expected)?))
             }
             None => Ok((0, 0)),
@@ -300,7 +358,7 @@ impl Ctl {
     }
 
     /// The sum of the replicas the pods' controllers want (upstream's `getExpectedScale`).
-    fn expected_scale(
+    async fn expected_scale(
         &self,
         pdb: &PodDisruptionBudget,
         pods: &[Arc<Pod>],
@@ -317,7 +375,11 @@ impl Ctl {
                 continue;
             }
             let ns = pod.namespace().unwrap_or_default();
-            match self.find_scale(r, &ns) {
+            let found = match self.find_scale(r, &ns) {
+                Some(s) => Some(s),
+                None => self.generic_scale(r, &ns).await?,
+            };
+            match found {
                 Some(s) => {
                     scales.insert(s.uid, s.replicas);
                 }
@@ -383,6 +445,36 @@ impl Ctl {
                 })
             }
             _ => None,
+        }
+    }
+
+    /// Any other controller: its `/scale` subresource, found by discovery (upstream's
+    /// `getScaleController`), when it is the pod's controller (same UID).
+    async fn generic_scale(
+        &self,
+        r: &OwnerReference,
+        ns: &str,
+    ) -> Result<Option<Scale>, SyncError> {
+        let (group, version) = match r.api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", r.api_version.as_str()),
+        };
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &r.kind);
+        let ar = match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok((ar, _)) => ar,
+            Err(kube::Error::Discovery(_)) => return Ok(None),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(e) => return Err(SyncError::Api(api_message(&e))),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
+        match api.get_scale(&r.name).await {
+            Ok(s) if s.metadata.uid.as_deref() == Some(r.uid.as_str()) => Ok(Some(Scale {
+                uid: r.uid.clone(),
+                replicas: s.spec.and_then(|s| s.replicas).unwrap_or(0),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(SyncError::Api(api_message(&e))),
         }
     }
 
@@ -508,6 +600,23 @@ impl Ctl {
     }
 }
 
+/// When a pod that is not terminating got `DisruptionTarget=True`.
+fn stale_disruption_since(pod: &Pod) -> Option<Timestamp> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let c = crate::workload::pod_condition(pod, "DisruptionTarget")?;
+    if c.status != "True" {
+        return None;
+    }
+    Some(
+        c.last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now),
+    )
+}
+
 /// Resolves an int-or-percent against `total`, rounding up, as upstream does for budgets.
 fn scaled(v: &IntOrString, total: i32) -> Result<i32, SyncError> {
     match v {
@@ -559,6 +668,30 @@ mod tests {
         assert_eq!(scaled(&IntOrString::String("0%".into()), 3).unwrap(), 0);
         assert_eq!(scaled(&IntOrString::Int(2), 3).unwrap(), 2);
         assert!(scaled(&IntOrString::String("x".into()), 3).is_err());
+    }
+
+    #[test]
+    fn stale_disruption_needs_a_true_condition_on_a_live_pod() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let cond = |status: &str| PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: status.into(),
+            last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        };
+        let mut pod = Pod {
+            status: Some(PodStatus {
+                conditions: Some(vec![cond("True")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(stale_disruption_since(&pod), Some(Timestamp::UNIX_EPOCH));
+        pod.status.as_mut().unwrap().conditions = Some(vec![cond("False")]);
+        assert_eq!(stale_disruption_since(&pod), None);
+        pod.status.as_mut().unwrap().conditions = Some(vec![cond("True")]);
+        pod.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(stale_disruption_since(&pod), None);
     }
 
     #[test]
