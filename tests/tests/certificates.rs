@@ -242,8 +242,22 @@ fn csr_approve_sign_deny_and_autoapprove() {
         "{me}"
     );
 
-    // Below the minimum: 600 s (plus the 5 minutes of backdating).
+    // Below the minimum is refused at create; the minimum itself is 600 s (plus the 5 minutes
+    // of backdating).
     let (_, req) = key_and_request(&dir, "sk-short", "/CN=sk-short", None);
+    let manifest = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "sk-short"}, "spec": {"request": b64(req.as_bytes()),
+        "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"], "expirationSeconds": 60}})
+    .to_string();
+    let o = c.with_stdin(&["create", "-f", "-"], &manifest);
+    assert!(
+        !o.ok
+            && o.stderr.contains(
+                "spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 600 seconds (10 minutes)"
+            ),
+        "{}",
+        o.stderr
+    );
     create_csr(
         &c,
         None,
@@ -251,7 +265,7 @@ fn csr_approve_sign_deny_and_autoapprove() {
         &req,
         "kubernetes.io/kube-apiserver-client",
         &["client auth", "digital signature"],
-        Some(60),
+        Some(600),
     );
     c.ok(&["certificate", "approve", "sk-short"]);
     let crt = wait_certificate(&c, "sk-short");
