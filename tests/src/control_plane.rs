@@ -167,6 +167,11 @@ impl ControlPlane {
         Self::launch(None)
     }
 
+    /// [`ControlPlane::start`] with extra `skiff server` flags.
+    pub fn start_with_args(extra: &[&str]) -> ControlPlane {
+        Self::launch_with(None, extra)
+    }
+
     /// Starts a whole single-node cluster (API server, scheduler, controllers, kubelet, CRI
     /// server, CNI) in its own slot, pushes the busybox test image to the local registry, and
     /// waits until the node is Ready. Needs root, Debian's docker-registry and busybox-static.
@@ -228,6 +233,10 @@ impl ControlPlane {
     }
 
     fn launch(agent: Option<Agent>) -> ControlPlane {
+        Self::launch_with(agent, &[])
+    }
+
+    fn launch_with(agent: Option<Agent>, extra: &[&str]) -> ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("sk-cp")
             .tempdir()
@@ -282,7 +291,8 @@ impl ControlPlane {
             .arg("--run-dir")
             .arg(dir.path().join("run"))
             .arg("--write-kubeconfig")
-            .arg(&kubeconfig);
+            .arg(&kubeconfig)
+            .args(extra);
         let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = Self::spawn_server(&args, &envs, log);
         let cp = ControlPlane {

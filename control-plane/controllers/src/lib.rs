@@ -23,6 +23,7 @@ pub mod gc;
 pub mod hpa;
 pub mod informer;
 pub mod leader;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod queue;
@@ -79,6 +80,7 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         ("persistentvolume-binder", storage::run),
         (endpointslice::NAME, endpointslice::run),
         (endpoints::NAME, endpoints::run),
+        ("namespace", namespace::run),
         (disruption::COMPONENT, disruption::run),
         (certificates::APPROVER, certificates::run_approver),
         (certificates::SIGNER, certificates::run_signer),
