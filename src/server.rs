@@ -237,6 +237,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         ))
     };
     skiff_controllers::storage::set_data_dir(args.data_dir.clone());
+    skiff_controllers::certificates::set_ca_dir(args.data_dir.join("tls"));
     let controllers = tokio::spawn(skiff_controllers::run(ctl_client, stopped()));
 
     let agent = if args.disable_agent {

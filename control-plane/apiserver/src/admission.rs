@@ -60,6 +60,9 @@ pub async fn validate(
         return Ok(vec![]);
     }
     crate::nodeauthz::admit(&t.user, &t.res, t.sub.as_deref(), verb, obj).await?;
+    if t.res.group == "certificates.k8s.io" && t.res.kind == "CertificateSigningRequest" {
+        signer_permission(ctx, t, verb, obj).await?;
+    }
     if t.res.group == GROUP && verb != "delete" && t.sub.is_none() {
         escalation(ctx, &t.user, &t.res, obj).await?;
     }
@@ -384,5 +387,46 @@ async fn escalation(
             user.name,
             list.join("\n")
         ),
+    ))
+}
+
+/// Upstream's CertificateApproval and CertificateSigning admission: writing `/approval` needs
+/// `approve`, and writing an issued certificate through `/status` needs `sign`, on the
+/// `signers` resource named by the request's signer (or its `<domain>/*`).
+async fn signer_permission(
+    ctx: &Ctx,
+    t: &Target,
+    verb: &str,
+    obj: &Value,
+) -> Result<(), StatusError> {
+    let needed = match (verb, t.sub.as_deref()) {
+        ("update", Some("approval")) => "approve",
+        ("update", Some("status"))
+            if obj["status"]["certificate"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()) =>
+        {
+            "sign"
+        }
+        _ => return Ok(()),
+    };
+    let signer = obj["spec"]["signerName"].as_str().unwrap_or_default();
+    let mut names = vec![signer.to_string()];
+    if let Some((domain, _)) = signer.split_once('/') {
+        names.push(format!("{domain}/*"));
+    }
+    for name in names {
+        let a =
+            crate::rbac::Attrs::resource(needed, "", "certificates.k8s.io", "signers", "", &name);
+        if crate::rbac::authorize(ctx, &t.user, &a).await.allowed {
+            return Ok(());
+        }
+    }
+    let csr = obj["metadata"]["name"].as_str().unwrap_or_default();
+    Err(StatusError::forbidden(
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+        csr,
+        &format!("user not permitted to {needed} requests with signerName {signer:?}"),
     ))
 }

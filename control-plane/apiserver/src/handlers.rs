@@ -567,6 +567,26 @@ pub async fn create(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     stamp_new(&mut obj);
     obj["metadata"]["generation"] = json!(1);
     res.strategy.prepare_create(&mut obj);
+    if res.group == "certificates.k8s.io" && res.kind == "CertificateSigningRequest" {
+        // Who asked, as upstream's CSR strategy records it (signers and approvers read it).
+        let u = &t.user;
+        obj["spec"]["username"] = json!(u.name);
+        obj["spec"]["groups"] = json!(u.groups);
+        if u.uid.is_empty() {
+            if let Some(m) = obj["spec"].as_object_mut() {
+                m.remove("uid");
+            }
+        } else {
+            obj["spec"]["uid"] = json!(u.uid);
+        }
+        if u.extra.is_empty() {
+            if let Some(m) = obj["spec"].as_object_mut() {
+                m.remove("extra");
+            }
+        } else {
+            obj["spec"]["extra"] = json!(u.extra);
+        }
+    }
     // NamespaceLifecycle runs first, as upstream orders admission: a missing namespace is 404
     // and a terminating one 403 before any other plugin looks at the object.
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -1160,13 +1180,34 @@ pub async fn delete(ctx: &Ctx, t: &Target, body: &[u8]) -> Result<Response<Body>
     Ok(t.respond(code, &out))
 }
 
+/// Deletes with `opts` as the DeleteOptions body (JSON) and the target's query (the eviction
+/// subresource: grace period and preconditions from the Eviction).
+pub async fn delete_with(ctx: &Ctx, t: &Target, opts: &Value) -> Result<Value, StatusError> {
+    let body = serde_json::to_vec(opts).unwrap_or_default();
+    let opts = delete_opts(t, &body)?;
+    delete_one(ctx, t, &opts).await
+}
+
 /// Deletes with the options in the target's query (internal callers: cascades, namespaces).
 pub async fn delete_sync(ctx: &Ctx, t: &Target) -> Result<Value, StatusError> {
     let opts = delete_opts(t, &[])?;
     delete_one(ctx, t, &opts).await
 }
 
+/// Deletes one object. Without a resourceVersion precondition, a write that lands between our
+/// read and the delete is not the caller's problem: read again and retry (upstream's
+/// GuaranteedUpdate loop), so a controller's status write does not fail `kubectl delete`.
 async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
+    let mut attempts = 0;
+    loop {
+        match delete_once(ctx, t, opts).await {
+            Err(e) if e.code == 409 && opts.rv.is_none() && attempts < 10 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn delete_once(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, StatusError> {
     let (mut obj, rev) = load(ctx, t).await?;
     if let Some(uid) = &opts.uid {
         check_uid(t, &obj, uid)?;

@@ -21,6 +21,7 @@ mod authn;
 mod bootstrap;
 mod crd;
 mod discovery;
+mod eviction;
 mod handlers;
 mod lifecycle;
 mod managed;

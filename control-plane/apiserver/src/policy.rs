@@ -349,6 +349,22 @@ pub fn cluster_roles() -> Vec<DefaultRole> {
         ),
         role("system:node", node_rules()),
         role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            vec![r(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            vec![r(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+        ),
+        role(
             "system:node-bootstrapper",
             vec![r(
                 &["create", "get", "list", "watch"],
@@ -615,6 +631,38 @@ pub fn node_rules() -> Vec<Rule> {
 pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
     vec![
         (
+            "certificate-controller",
+            vec![
+                r(
+                    &["delete", "get", "list", "watch"],
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
+                r(
+                    &["update"],
+                    &["certificates.k8s.io"],
+                    &[
+                        "certificatesigningrequests/approval",
+                        "certificatesigningrequests/status",
+                    ],
+                ),
+                r(&["approve"], &["certificates.k8s.io"], &["signers"])
+                    .names(&["kubernetes.io/kube-apiserver-client-kubelet"]),
+                r(&["sign"], &["certificates.k8s.io"], &["signers"]).names(&[
+                    "kubernetes.io/kube-apiserver-client",
+                    "kubernetes.io/kube-apiserver-client-kubelet",
+                    "kubernetes.io/kubelet-serving",
+                    "kubernetes.io/legacy-unknown",
+                ]),
+                r(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+                events(),
+            ],
+        ),
+        (
             "clusterrole-aggregation-controller",
             vec![r(
                 &["escalate", "get", "list", "patch", "update", "watch"],
@@ -761,6 +809,24 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                 &["*"],
                 &["*"],
             )],
+        ),
+        (
+            "horizontal-pod-autoscaler",
+            vec![
+                r(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
+                r(
+                    &["update"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                ),
+                r(&["get", "update"], &["*"], &["*/scale"]),
+                r(&["list"], &[CORE], &["pods"]),
+                r(&["get"], &[CORE], &["services"]).names(&["http:heapster:", "https:heapster:"]),
+                r(&["list"], &["metrics.k8s.io"], &["pods"]),
+                r(&["get", "list"], &["custom.metrics.k8s.io"], &["*"]),
+                r(&["get", "list"], &["external.metrics.k8s.io"], &["*"]),
+                events(),
+            ],
         ),
         (
             "job-controller",
@@ -1027,6 +1093,17 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<Value>)> {
             vec![group("system:serviceaccounts")],
         ),
         ("system:node".into(), "system:node".into(), vec![]),
+        // kubeadm's (and k3s's) bindings for the kubelet client CSR auto-approver.
+        (
+            "skiff:node-autoapprove-bootstrap".into(),
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient".into(),
+            vec![group("system:bootstrappers")],
+        ),
+        (
+            "skiff:node-autoapprove-certificate-rotation".into(),
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient".into(),
+            vec![group("system:nodes")],
+        ),
         (
             "system:node-proxier".into(),
             "system:node-proxier".into(),

@@ -23,25 +23,7 @@ pub async fn create(
 ) -> Result<Response<Body>, StatusError> {
     match sub {
         "binding" => bind(ctx, t, t.name(), &body).await,
-        "eviction" => {
-            let mut del = Target {
-                res: t.res.clone(),
-                namespace: t.namespace.clone(),
-                name: t.name.clone(),
-                sub: None,
-                query: vec![],
-                accept: String::new(),
-                content_type: "application/json".into(),
-                format: t.format,
-                gzip: false,
-                user: t.user.clone(),
-            };
-            if let Some(g) = body["deleteOptions"]["gracePeriodSeconds"].as_i64() {
-                del.query.push(("gracePeriodSeconds".into(), g.to_string()));
-            }
-            handlers::delete_sync(ctx, &del).await?;
-            Ok(success(t, 201))
-        }
+        "eviction" => crate::eviction::evict(ctx, t, body).await,
         "token" => crate::tokens::token_request(ctx, t, body).await,
         other => Err(StatusError::bad_request(format!(
             "{}/{other} is not served by this version of Skiff",

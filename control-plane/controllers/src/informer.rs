@@ -65,7 +65,7 @@ impl<K> Watched for K where
 }
 
 impl<K: Watched> Informer<K> {
-    fn start(api: Api<K>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
+    pub fn start(api: Api<K>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
         let (store, writer) = reflector::store();
         let (tx, _) = broadcast::channel(CHANGES);
         let (ready_tx, ready) = tokio::sync::watch::channel(false);

@@ -14,10 +14,13 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::Client;
 
+pub mod certificates;
 pub mod deployment;
+pub mod disruption;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod leader;
 pub mod namespace;
@@ -78,6 +81,10 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         (endpointslice::NAME, endpointslice::run),
         (endpoints::NAME, endpoints::run),
         ("namespace", namespace::run),
+        (disruption::COMPONENT, disruption::run),
+        (certificates::APPROVER, certificates::run_approver),
+        (certificates::SIGNER, certificates::run_signer),
+        (hpa::COMPONENT, hpa::run),
     ]
 }
 

@@ -301,6 +301,19 @@ impl Strategy for Csr {
         if s(&obj["spec"]["signerName"]).is_empty() {
             errs.push(FieldError::required("spec.signerName", ""));
         }
+        if let Some(exp) = obj["spec"]["expirationSeconds"]
+            .as_i64()
+            .filter(|e| *e < 600)
+        {
+            // An integer value, printed unquoted as upstream prints it.
+            errs.push(FieldError {
+                value: None,
+                detail: format!(
+                    "{exp}: may not specify a duration less than 600 seconds (10 minutes)"
+                ),
+                ..FieldError::invalid("spec.expirationSeconds", "", "")
+            });
+        }
     }
     fn columns(&self) -> Vec<Column> {
         cols(&[

@@ -575,7 +575,9 @@ impl Strategy for Hpa {
         if let Some(cpu) = cpu {
             spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}}]);
         } else if spec.is_object() && spec["metrics"].is_null() {
-            spec["metrics"] = json!([]);
+            // No target in v1 means the default policy: v2's default metric (CPU at 80%), as
+            // upstream stores it (`kubectl autoscale` without --cpu-percent shows 80%).
+            spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
         }
         let st = &mut obj["status"];
         if let Some(cur) = st

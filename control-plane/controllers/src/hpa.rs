@@ -1,0 +1,477 @@
+//! The HorizontalPodAutoscaler controller (upstream's `pkg/controller/podautoscaler`, role
+//! `horizontal-pod-autoscaler`), for autoscaling/v2, every 15 s per autoscaler (upstream's sync
+//! period) and at once when its spec changes:
+//!
+//! - reads the target's `/scale` (any kind that serves it, found by discovery): on failure
+//!   `AbleToScale=False/FailedGetScale`, else `AbleToScale=True/SucceededGetScale`;
+//! - a target scaled to 0 (with `minReplicas` > 0) is left alone: `ScalingActive=False/ScalingDisabled`;
+//! - outside `[minReplicas, maxReplicas]` it is scaled to the bound through `/scale`
+//!   (`SuccessfulRescale` "New size: N; reason: Current number of replicas below
+//!   Spec.MinReplicas", `AbleToScale=True/SucceededRescale`, `lastScaleTime`);
+//! - otherwise the metrics decide. Skiff serves no metrics API: the controller asks
+//!   `metrics.k8s.io` (or `custom.metrics.k8s.io`/`external.metrics.k8s.io`) like upstream's
+//!   clients, and reports the failure in upstream's words: `ScalingActive=False` with
+//!   `FailedGetResourceMetric` (or `FailedGet<Type>Metric`), "the HPA was unable to compute the
+//!   replica count: ...", the matching warning event and `FailedComputeMetricsReplicas`
+//!   ("invalid metrics (1 invalid out of 1), first error is: ..."). Warning events are recorded
+//!   when their message changes, not every sync (upstream's recorder folds repeats into a count).
+//!
+//! `status.currentReplicas`/`desiredReplicas` follow the scale. Scaling policies (`behavior`)
+//! only matter with metrics and are not applied.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::autoscaling::v2::{
+    HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
+    MetricSpec,
+};
+use kube::api::{DynamicObject, GroupVersionKind, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::events::{Recorder, NORMAL, WARNING};
+use crate::informer::{Change, Informer};
+use crate::queue::WorkQueue;
+use crate::replicaset::api_message;
+use crate::util::{key_of, split_key};
+use crate::{Context, ControllerError};
+
+pub const COMPONENT: &str = "horizontal-pod-autoscaler";
+const SYNC_PERIOD: Duration = Duration::from_secs(15);
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Ctl {
+    client: Client,
+    hpas: Arc<Informer<HorizontalPodAutoscaler>>,
+    queue: Arc<WorkQueue>,
+    rec: Recorder,
+    /// The last warning message recorded per (autoscaler uid, reason).
+    warned: Mutex<HashMap<(String, String), String>>,
+}
+
+pub fn run(
+    ctx: Context,
+    stop: BoxFuture<'static, ()>,
+) -> BoxFuture<'static, Result<(), ControllerError>> {
+    Box::pin(run_inner(ctx, stop))
+}
+
+async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), ControllerError> {
+    let (_own_tx, own_rx) = tokio::sync::watch::channel(false);
+    let c = Arc::new(Ctl {
+        client: ctx.client.clone(),
+        hpas: Informer::start(Api::all(ctx.client.clone()), own_rx),
+        queue: WorkQueue::new(),
+        rec: Recorder::new(ctx.client.clone(), COMPONENT),
+        warned: Mutex::default(),
+    });
+    let mut rx = c.hpas.subscribe();
+    c.hpas.ready().await;
+    tracing::info!(controller = COMPONENT, "caches synced");
+    for h in c.hpas.store().state() {
+        c.queue.add(key_of(h.as_ref()));
+    }
+    let handlers = {
+        let c = c.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(Change::Added(h)) => c.queue.add(key_of(h.as_ref())),
+                    // Our own status writes come back as updates: only spec changes count.
+                    Ok(Change::Updated { old, new }) => {
+                        if old.metadata.generation != new.metadata.generation {
+                            c.queue.add(key_of(new.as_ref()));
+                        }
+                    }
+                    Ok(Change::Deleted(h)) => {
+                        let uid = h.uid().unwrap_or_default();
+                        c.warned
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|(u, _), _| *u != uid);
+                    }
+                    Ok(Change::Resynced) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        for h in c.hpas.store().state() {
+                            c.queue.add(key_of(h.as_ref()));
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    };
+    let workers = c.queue.clone().run(2, COMPONENT, {
+        let c = c.clone();
+        move |key: String| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        }
+    });
+    tokio::select! {
+        _ = stop => Ok(()),
+        _ = handlers => Err(ControllerError::Stopped { name: COMPONENT, reason: "informer closed".into() }),
+        _ = workers => Err(ControllerError::Stopped { name: COMPONENT, reason: "workers ended".into() }),
+    }
+}
+
+/// Sets a condition (its transition time moves only when the status does).
+fn set_condition(
+    st: &mut HorizontalPodAutoscalerStatus,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) {
+    let conds = st.conditions.get_or_insert_with(Vec::new);
+    match conds.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(crate::workload::now());
+            }
+            c.status = status.into();
+            c.reason = Some(reason.into());
+            c.message = Some(message);
+        }
+        None => conds.push(HorizontalPodAutoscalerCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: Some(crate::workload::now()),
+        }),
+    }
+}
+
+/// What a metric of each type is called in upstream's reasons and errors.
+fn metric_words(m: &MetricSpec) -> (&'static str, String) {
+    match m.type_.as_str() {
+        "Resource" => {
+            let name = m
+                .resource
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            ("FailedGetResourceMetric", name)
+        }
+        "ContainerResource" => {
+            let name = m
+                .container_resource
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            ("FailedGetContainerResourceMetric", name)
+        }
+        "Pods" => (
+            "FailedGetPodsMetric",
+            m.pods
+                .as_ref()
+                .map(|p| p.metric.name.clone())
+                .unwrap_or_default(),
+        ),
+        "Object" => (
+            "FailedGetObjectMetric",
+            m.object
+                .as_ref()
+                .map(|p| p.metric.name.clone())
+                .unwrap_or_default(),
+        ),
+        "External" => (
+            "FailedGetExternalMetric",
+            m.external
+                .as_ref()
+                .map(|p| p.metric.name.clone())
+                .unwrap_or_default(),
+        ),
+        _ => ("InvalidMetricSourceType", String::new()),
+    }
+}
+
+impl Ctl {
+    /// Records a warning when its message differs from the last one of that reason.
+    fn warn_once(&self, hpa: &HorizontalPodAutoscaler, reason: &str, message: String) {
+        let key = (hpa.uid().unwrap_or_default(), reason.to_string());
+        let mut w = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if w.get(&key) == Some(&message) {
+            return;
+        }
+        w.insert(key, message.clone());
+        drop(w);
+        self.rec.event(hpa, WARNING, reason, message);
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
+        let (ns, name) = split_key(key);
+        let Some(hpa) = self.hpas.store().get(&ObjectRef::new(name).within(ns)) else {
+            return Ok(None);
+        };
+        // A request stuck on a dead connection must not hold a worker until the client's
+        // read timeout: the sync is retried instead.
+        match tokio::time::timeout(SYNC_TIMEOUT, self.reconcile(&hpa)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ControllerError::Stopped {
+                    name: COMPONENT,
+                    reason: format!("sync of {key} took longer than {SYNC_TIMEOUT:?}"),
+                })
+            }
+        }
+        Ok(Some(SYNC_PERIOD))
+    }
+
+    /// The target's scale API and its current scale.
+    async fn get_scale(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+    ) -> Result<(Api<DynamicObject>, k8s_openapi::api::autoscaling::v1::Scale), String> {
+        let spec = hpa.spec.clone().unwrap_or_default();
+        let r = &spec.scale_target_ref;
+        let (group, version) = match r.api_version.as_deref().unwrap_or("").split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), r.api_version.clone().unwrap_or_default()),
+        };
+        let gvk = GroupVersionKind::gvk(&group, &version, &r.kind);
+        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Discovery(_) => {
+                    format!("no matches for kind \"{}\" in group \"{}\"", r.kind, group)
+                }
+                other => api_message(&other),
+            })?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &hpa.namespace().unwrap_or_default(),
+            &ar,
+        );
+        let scale = api.get_scale(&r.name).await.map_err(|e| api_message(&e))?;
+        Ok((api, scale))
+    }
+
+    /// Why the metrics cannot be had: the metrics APIs' answer, in upstream's words.
+    async fn metrics_error(&self, hpa: &HorizontalPodAutoscaler, m: &MetricSpec) -> String {
+        let ns = hpa.namespace().unwrap_or_default();
+        let (_, name) = metric_words(m);
+        let (path, what, api_name) = match m.type_.as_str() {
+            "Resource" | "ContainerResource" => (
+                format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods"),
+                "pods.metrics.k8s.io".to_string(),
+                "resource metrics API",
+            ),
+            "External" => (
+                format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{name}"),
+                format!("{name}.external.metrics.k8s.io"),
+                "external metrics API",
+            ),
+            _ => (
+                format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/{name}"),
+                "pods.custom.metrics.k8s.io".to_string(),
+                "custom metrics API",
+            ),
+        };
+        let req = http::Request::get(&path)
+            .body(Vec::new())
+            .expect("a GET request");
+        let cause = match self.client.request_text(req).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                format!("the server could not find the requested resource (get {what})")
+            }
+            Err(e) => api_message(&e),
+            Ok(_) => "computing replicas from metrics is not supported by this version of Skiff"
+                .to_string(),
+        };
+        let fetch = format!("unable to fetch metrics from {api_name}: {cause}");
+        match m.type_.as_str() {
+            "Resource" => format!(
+                "failed to get {name} utilization: unable to get metrics for resource {name}: {fetch}"
+            ),
+            "ContainerResource" => format!(
+                "failed to get {name} utilization: unable to get metrics for resource {name}: {fetch}"
+            ),
+            "Pods" => format!("unable to get metric {name}: {fetch}"),
+            "Object" => format!("unable to get metric {name}: {fetch}"),
+            "External" => format!("unable to get external metric {ns}/{name}: {fetch}"),
+            other => format!("invalid metric source type {other:?}"),
+        }
+    }
+
+    async fn reconcile(&self, hpa: &HorizontalPodAutoscaler) -> Result<(), ControllerError> {
+        let old = hpa.status.clone().unwrap_or_default();
+        let mut st = old.clone();
+        st.observed_generation = hpa.metadata.generation;
+        let spec = hpa.spec.clone().unwrap_or_default();
+        let min = spec.min_replicas.unwrap_or(1);
+        let max = spec.max_replicas;
+        let (api, scale) = match self.get_scale(hpa).await {
+            Ok(v) => v,
+            Err(e) => {
+                let msg =
+                    format!("the HPA controller was unable to get the target's current scale: {e}");
+                self.warn_once(hpa, "FailedGetScale", e.clone());
+                set_condition(&mut st, "AbleToScale", "False", "FailedGetScale", msg);
+                return self.write_status(hpa, &old, st).await;
+            }
+        };
+        set_condition(
+            &mut st,
+            "AbleToScale",
+            "True",
+            "SucceededGetScale",
+            "the HPA controller was able to get the target's current scale".into(),
+        );
+        let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let mut desired = current;
+        let mut reason = None;
+        if current == 0 && min != 0 {
+            set_condition(
+                &mut st,
+                "ScalingActive",
+                "False",
+                "ScalingDisabled",
+                "scaling is disabled since the replica count of the target is zero".into(),
+            );
+        } else if current > max {
+            desired = max;
+            reason = Some("Current number of replicas above Spec.MaxReplicas");
+        } else if current < min {
+            desired = min;
+            reason = Some("Current number of replicas below Spec.MinReplicas");
+        } else {
+            let metrics = spec.metrics.clone().unwrap_or_default();
+            let mut first: Option<String> = None;
+            for m in &metrics {
+                let err = self.metrics_error(hpa, m).await;
+                let (why, _) = metric_words(m);
+                self.warn_once(hpa, why, err.clone());
+                set_condition(
+                    &mut st,
+                    "ScalingActive",
+                    "False",
+                    why,
+                    format!("the HPA was unable to compute the replica count: {err}"),
+                );
+                if first.is_none() {
+                    let prefix = match m.type_.as_str() {
+                        "Resource" => format!(
+                            "failed to get {} resource metric value: ",
+                            metric_words(m).1
+                        ),
+                        "ContainerResource" => format!(
+                            "failed to get {} container metric value: ",
+                            metric_words(m).1
+                        ),
+                        "Pods" => "failed to get pods metric value: ".to_string(),
+                        "Object" => "failed to get object metric value: ".to_string(),
+                        "External" => "failed to get external metric value: ".to_string(),
+                        _ => String::new(),
+                    };
+                    first = Some(format!("{prefix}{err}"));
+                }
+            }
+            if let Some(first) = first {
+                self.warn_once(
+                    hpa,
+                    "FailedComputeMetricsReplicas",
+                    format!(
+                        "invalid metrics ({n} invalid out of {n}), first error is: {first}",
+                        n = metrics.len()
+                    ),
+                );
+            }
+            st.current_replicas = Some(current);
+            st.desired_replicas = current;
+            return self.write_status(hpa, &old, st).await;
+        }
+        if let Some(reason) = reason {
+            let mut s = scale.clone();
+            if let Some(spec) = s.spec.as_mut() {
+                spec.replicas = Some(desired);
+            }
+            match api
+                .replace_scale(&spec.scale_target_ref.name, &PostParams::default(), &s)
+                .await
+            {
+                Ok(_) => {
+                    set_condition(
+                        &mut st,
+                        "AbleToScale",
+                        "True",
+                        "SucceededRescale",
+                        format!(
+                            "the HPA controller was able to update the target scale to {desired}"
+                        ),
+                    );
+                    self.rec.event(
+                        hpa,
+                        NORMAL,
+                        "SuccessfulRescale",
+                        format!("New size: {desired}; reason: {reason}"),
+                    );
+                    st.last_scale_time = Some(crate::workload::now());
+                }
+                Err(e) => {
+                    let e = api_message(&e);
+                    self.warn_once(
+                        hpa,
+                        "FailedRescale",
+                        format!("New size: {desired}; reason: {reason}; error: {e}"),
+                    );
+                    set_condition(
+                        &mut st,
+                        "AbleToScale",
+                        "False",
+                        "FailedUpdateScale",
+                        format!("the HPA controller was unable to update the target scale: {e}"),
+                    );
+                    st.current_replicas = Some(current);
+                    self.write_status(hpa, &old, st).await?;
+                    return Err(ControllerError::Stopped {
+                        name: COMPONENT,
+                        reason: e,
+                    });
+                }
+            }
+        }
+        st.current_replicas = Some(current);
+        st.desired_replicas = desired;
+        self.write_status(hpa, &old, st).await
+    }
+
+    async fn write_status(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        old: &HorizontalPodAutoscalerStatus,
+        st: HorizontalPodAutoscalerStatus,
+    ) -> Result<(), ControllerError> {
+        if *old == st {
+            return Ok(());
+        }
+        let api: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client.clone(), &hpa.namespace().unwrap_or_default());
+        let mut n = hpa.clone();
+        n.metadata.managed_fields = None;
+        n.status = Some(st);
+        let name = hpa.name_any();
+        let st = n.status.clone();
+        let mut r = api.replace_status(&name, &PostParams::default(), &n).await;
+        if matches!(&r, Err(kube::Error::Api(s)) if s.code == 409) {
+            // The cache lags our own last write: this sync's status goes on the current
+            // object (its spec is what the sync read, or the next sync corrects it).
+            let mut fresh = api.get(&name).await?;
+            fresh.metadata.managed_fields = None;
+            fresh.status = st;
+            r = api
+                .replace_status(&name, &PostParams::default(), &fresh)
+                .await;
+        }
+        match r {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
