@@ -15,12 +15,14 @@
 //! - [`server`] and [`tls`]: the HTTPS server on :10250; [`logs`]: CRI log-line parsing/rendering.
 //! - [`error`]: [`NodeError`] and [`CriError`].
 
+pub mod auth;
 pub mod cri;
 pub mod error;
 pub mod events;
 pub mod fake;
 pub mod hooks;
 pub mod logs;
+pub mod monitor;
 pub mod mounts;
 pub mod node;
 pub mod objects;
@@ -110,6 +112,11 @@ pub struct KubeletConfig {
     pub max_pods: u32,
     /// Taints the Node is registered with.
     pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Authentication and authorization of the :10250 server (upstream's flag defaults:
+    /// anonymous allowed, AlwaysAllow; `skiff server` uses [`auth::AuthSettings::secure`]).
+    pub auth: auth::AuthSettings,
+    /// Folder of static pod manifests (`--pod-manifest-path`, `staticPodPath`).
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 impl KubeletConfig {
@@ -136,6 +143,8 @@ impl KubeletConfig {
             status_interval: Duration::from_secs(10),
             max_pods: 110,
             register_with_taints: Vec::new(),
+            auth: auth::AuthSettings::default(),
+            pod_manifest_path: None,
         }
     }
 }
@@ -272,6 +281,12 @@ pub async fn run_with_runtime<R: CriRuntime>(
         cri: cri.clone(),
         pods: reader.clone(),
         pod_log_dir: cfg.pod_log_dir.clone(),
+        auth: Arc::new(auth::Auth::new(
+            cfg.auth.clone(),
+            cfg.node_name.clone(),
+            Some(client.clone()),
+        )),
+        monitor: Some(Arc::new(monitor::Monitor::new(&cfg))),
     });
     let mut srv_stop = stop_rx.clone();
     let server_task = tokio::spawn(async move {

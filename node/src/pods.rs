@@ -248,6 +248,9 @@ async fn pod_worker<R: CriRuntime>(
     let mut last_pod: Option<Pod> = None;
     let mut retry = Duration::from_secs(1);
     let wake = sync.wake();
+    // For kubelet_pod_start_duration_seconds: first sight to first Running status.
+    let first_seen = Instant::now();
+    let mut start_observed = false;
     loop {
         let current = rx.borrow_and_update().clone();
         let mut wait: Duration;
@@ -325,6 +328,18 @@ async fn pod_worker<R: CriRuntime>(
             }
             Some(pod) => {
                 let status = sync.sync(&pod, Instant::now()).await;
+                crate::monitor::METRICS
+                    .pod_syncs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !start_observed && status.phase.as_deref() == Some("Running") {
+                    start_observed = true;
+                    // A pod already running when first seen (kubelet restart) is not a start.
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                        crate::monitor::METRICS
+                            .pod_start
+                            .observe(first_seen.elapsed());
+                    }
+                }
                 let events = sync.take_events();
                 crate::events::post(&client, sync.node_name(), &pod, events).await;
                 wait = sync.next_wake(&pod, &status, Instant::now());

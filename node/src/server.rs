@@ -34,6 +34,10 @@ pub struct ServerState<R: CriRuntime> {
     pub cri: Arc<R>,
     pub pods: Store<Pod>,
     pub pod_log_dir: PathBuf,
+    /// Who may call what ([`crate::auth`]).
+    pub auth: Arc<crate::auth::Auth>,
+    /// The monitoring endpoints' sources (`/metrics`, `/stats/summary`, `/configz`).
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
 }
 
 pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -318,9 +322,31 @@ async fn follow_log<R: CriRuntime>(
 
 async fn handle<R: CriRuntime>(
     st: Arc<ServerState<R>>,
+    cert_user: Option<Arc<crate::auth::User>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    // Authentication, then authorization, before anything else (upstream's auth filter).
+    let user = match st
+        .auth
+        .authenticate(cert_user.as_deref(), req.headers())
+        .await
+    {
+        Ok(u) => u,
+        Err(_) => return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized")),
+    };
+    let attrs = crate::auth::attributes(req.method(), &path);
+    match st.auth.authorize(&user, &attrs).await {
+        Ok(()) => {}
+        Err(crate::auth::Denied::Forbidden(m)) => return Ok(text(StatusCode::FORBIDDEN, m)),
+        Err(crate::auth::Denied::Error(m)) => {
+            warn!(user = %user.name, "{m}");
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, m));
+        }
+        Err(crate::auth::Denied::Unauthorized) => {
+            return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized"))
+        }
+    }
     let query = req.uri().query().map(str::to_string);
     let parts: Vec<String> = path
         .trim_matches('/')
@@ -367,9 +393,133 @@ async fn handle<R: CriRuntime>(
         ["containerLogs", ns, pod, container] => {
             container_logs(st.clone(), ns, pod, container, query.as_deref()).await
         }
+        ["metrics"]
+        | ["metrics", "resource"]
+        | ["stats", "summary"]
+        | ["configz"]
+        | ["runningpods"] => monitoring(&st, parts.as_slice()).await,
         _ => text(StatusCode::NOT_FOUND, format!("{path}: not found")),
     };
     Ok(resp)
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(v.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+fn prometheus(body: String) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// Start times (unix nanoseconds) of the running containers, by container id.
+async fn start_times<R: CriRuntime>(cri: &R, list: &[cri::Container]) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for c in list
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+    {
+        if let Ok(s) = cri.container_status(&c.id).await {
+            out.insert(c.id.clone(), s.started_at);
+        }
+    }
+    out
+}
+
+/// `/metrics`, `/metrics/resource`, `/stats/summary`, `/configz`, `/runningpods/`.
+async fn monitoring<R: CriRuntime>(st: &ServerState<R>, parts: &[&str]) -> Response<Body> {
+    let Some(m) = st.monitor.clone() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "monitoring endpoints are not enabled",
+        );
+    };
+    let internal =
+        |e: crate::error::CriError| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    match parts {
+        ["configz"] => json_response(&m.configz),
+        ["runningpods"] => {
+            let sandboxes = match st.cri.list_pod_sandbox(HashMap::new()).await {
+                Ok(s) => s,
+                Err(e) => return internal(e),
+            };
+            let containers = match st.cri.list_containers("", HashMap::new()).await {
+                Ok(c) => c,
+                Err(e) => return internal(e),
+            };
+            json_response(&crate::monitor::running_pods(&sandboxes, &containers))
+        }
+        ["metrics"] => {
+            let containers = st
+                .cri
+                .list_containers("", HashMap::new())
+                .await
+                .unwrap_or_default();
+            let ready = cri::PodSandboxState::SandboxReady as i32;
+            let running = st
+                .cri
+                .list_pod_sandbox(HashMap::new())
+                .await
+                .map(|l| l.iter().filter(|s| s.state == ready).count())
+                .unwrap_or(0);
+            prometheus(crate::monitor::render_metrics(
+                running,
+                &containers,
+                &m.node_name,
+                m.started,
+            ))
+        }
+        _ => {
+            let (cs, ss) = (
+                st.cri.list_container_stats().await,
+                st.cri.list_pod_sandbox_stats().await,
+            );
+            let scrape_error = cs.is_err() || ss.is_err();
+            if let Err(e) = &cs {
+                warn!(error = %e, "ListContainerStats failed");
+            }
+            let (cs, ss) = (cs.unwrap_or_default(), ss.unwrap_or_default());
+            let containers = st
+                .cri
+                .list_containers("", HashMap::new())
+                .await
+                .unwrap_or_default();
+            let started = start_times(&*st.cri, &containers).await;
+            let m2 = m.clone();
+            let node = tokio::task::spawn_blocking(move || m2.node_usage())
+                .await
+                .unwrap_or_default();
+            if parts == ["metrics", "resource"] {
+                prometheus(crate::monitor::render_resource(
+                    &node,
+                    &cs,
+                    &ss,
+                    &started,
+                    scrape_error,
+                ))
+            } else {
+                let pods = st.pods.state();
+                json_response(&crate::monitor::summary(
+                    &m.node_name,
+                    m.started,
+                    &node,
+                    &pods,
+                    &cs,
+                    &ss,
+                    &started,
+                ))
+            }
+        }
+    }
 }
 
 /// Serves HTTPS on `addr` until `shutdown` turns true.
@@ -419,7 +569,16 @@ pub async fn serve_listener<R: CriRuntime>(
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+            // The client certificate (already verified against the client CA) names the user.
+            let cert_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::auth::user_from_cert(c.as_ref()))
+                .map(Arc::new);
+            let svc =
+                hyper::service::service_fn(move |req| handle(st.clone(), cert_user.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), svc)

@@ -164,13 +164,19 @@ pub fn kubectl_bin(version: Option<&str>) -> PathBuf {
 impl ControlPlane {
     /// Starts the control plane and waits until it answers.
     pub fn start() -> ControlPlane {
-        Self::launch(None)
+        Self::launch(None, &[])
     }
 
     /// Starts a whole single-node cluster (API server, scheduler, controllers, kubelet, CRI
     /// server, CNI) in its own slot, pushes the busybox test image to the local registry, and
     /// waits until the node is Ready. Needs root, Debian's docker-registry and busybox-static.
     pub fn start_cluster() -> ControlPlane {
+        Self::start_cluster_with(&[])
+    }
+
+    /// [`ControlPlane::start_cluster`] with extra `skiff server` flags (e.g.
+    /// `--pod-manifest-path DIR`).
+    pub fn start_cluster_with(extra: &[&std::ffi::OsStr]) -> ControlPlane {
         assert!(
             nix::unistd::geteuid().is_root(),
             "a whole test cluster needs root (namespaces, cgroups, bridges)"
@@ -207,7 +213,7 @@ impl ControlPlane {
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();
-        let cp = Self::launch(Some(agent));
+        let cp = Self::launch(Some(agent), extra);
         let node = cp
             .agent
             .as_ref()
@@ -227,7 +233,7 @@ impl ControlPlane {
         cp
     }
 
-    fn launch(agent: Option<Agent>) -> ControlPlane {
+    fn launch(agent: Option<Agent>, extra: &[&std::ffi::OsStr]) -> ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("sk-cp")
             .tempdir()
@@ -282,7 +288,8 @@ impl ControlPlane {
             .arg("--run-dir")
             .arg(dir.path().join("run"))
             .arg("--write-kubeconfig")
-            .arg(&kubeconfig);
+            .arg(&kubeconfig)
+            .args(extra);
         let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = Self::spawn_server(&args, &envs, log);
         let cp = ControlPlane {

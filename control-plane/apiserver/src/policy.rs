@@ -998,6 +998,13 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<Value>)> {
             vec![group("system:serviceaccounts")],
         ),
         ("system:node".into(), "system:node".into(), vec![]),
+        // The API server's kubelet-client identity (pods/log, exec, attach, port-forward and
+        // nodes/proxy go to kubelets with it), as kubeadm binds `kube-apiserver-kubelet-client`.
+        (
+            "system:kube-apiserver-kubelet-api-admin".into(),
+            "system:kubelet-api-admin".into(),
+            vec![user("system:kube-apiserver")],
+        ),
         (
             "system:node-proxier".into(),
             "system:node-proxier".into(),
