@@ -31,6 +31,7 @@ pub mod pods;
 pub mod probe;
 pub mod reconcile;
 pub mod server;
+pub mod static_pods;
 pub mod status;
 pub mod stream;
 pub mod tls;
@@ -277,6 +278,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         .map_err(|source| NodeError::Bind { addr, source })?;
 
     let (reader, writer) = kube::runtime::reflector::store();
+    let static_registry = static_pods::Registry::default();
     let server_state = Arc::new(server::ServerState {
         cri: cri.clone(),
         pods: reader.clone(),
@@ -287,6 +289,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
             Some(client.clone()),
         )),
         monitor: Some(Arc::new(monitor::Monitor::new(&cfg))),
+        static_pods: static_registry.clone(),
     });
     let mut srv_stop = stop_rx.clone();
     let server_task = tokio::spawn(async move {
@@ -364,7 +367,21 @@ pub async fn run_with_runtime<R: CriRuntime>(
         cgroup_root: cfg.cgroup_root.clone(),
         root_dir: cfg.root_dir.clone(),
     });
-    pods::run(client, cri, ctx, writer, reader, stop_rx.clone()).await;
+    let mut statics = pods::StaticSource {
+        rx: None,
+        registry: static_registry,
+    };
+    if let Some(dir) = cfg.pod_manifest_path.clone() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        statics.rx = Some(rx);
+        tokio::spawn(static_pods::watch_dir(
+            dir,
+            cfg.node_name.clone(),
+            tx,
+            stop_rx.clone(),
+        ));
+    }
+    pods::run(client, cri, ctx, writer, reader, statics, stop_rx.clone()).await;
     let _ = heartbeat.await;
     let _ = server_task.await;
     info!("kubelet stopped");

@@ -38,6 +38,37 @@ pub struct ServerState<R: CriRuntime> {
     pub auth: Arc<crate::auth::Auth>,
     /// The monitoring endpoints' sources (`/metrics`, `/stats/summary`, `/configz`).
     pub monitor: Option<Arc<crate::monitor::Monitor>>,
+    /// Static pods by `namespace/name` (their mirror pods in the store name them).
+    pub static_pods: crate::static_pods::Registry,
+}
+
+impl<R: CriRuntime> ServerState<R> {
+    /// The pod `ns/name` runs as: the static pod of that name, else the API's pod.
+    pub fn lookup(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        if let Some(p) = self
+            .static_pods
+            .read()
+            .ok()
+            .and_then(|r| r.get(&format!("{ns}/{name}")).cloned())
+        {
+            return Some(p);
+        }
+        self.pods.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The pods this kubelet runs: the API's (without mirror pods) and the static ones.
+    pub fn all_pods(&self) -> Vec<Arc<Pod>> {
+        let mut v: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| !crate::static_pods::is_mirror(p))
+            .collect();
+        if let Ok(r) = self.static_pods.read() {
+            v.extend(r.values().cloned());
+        }
+        v
+    }
 }
 
 pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -182,7 +213,7 @@ async fn container_logs<R: CriRuntime>(
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let Some(pod) = st.pods.get(&ObjectRef::new(pod_name).within(ns)) else {
+    let Some(pod) = st.lookup(ns, pod_name) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod_name} not found on this node"),
@@ -379,7 +410,7 @@ async fn handle<R: CriRuntime>(
     let resp = match parts.as_slice() {
         ["healthz"] | ["healthz", "ping"] => text(StatusCode::OK, "ok"),
         ["pods"] => {
-            let items: Vec<_> = st.pods.state().iter().map(|p| (**p).clone()).collect();
+            let items: Vec<_> = st.all_pods().iter().map(|p| (**p).clone()).collect();
             let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
             Response::builder()
                 .header("content-type", "application/json")
@@ -507,7 +538,7 @@ async fn monitoring<R: CriRuntime>(st: &ServerState<R>, parts: &[&str]) -> Respo
                     scrape_error,
                 ))
             } else {
-                let pods = st.pods.state();
+                let pods = st.all_pods();
                 json_response(&crate::monitor::summary(
                     &m.node_name,
                     m.started,
