@@ -151,6 +151,47 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
     let pods = cp.ok(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/pods")]);
     assert!(pods.contains("\"kind\":\"PodList\""), "{pods}");
 
+    // With a config file the server is secured (v1beta1's defaults): no certificate, no
+    // token: 401; the admin's certificate from the cluster CA: allowed.
+    let curl = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "30",
+            ])
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}/pods"))
+            .output()
+            .expect("curl is needed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        curl(&[]),
+        "401",
+        "anonymous request to the standalone kubelet"
+    );
+    let (cert, key, _) = cp.admin_pems();
+    assert_eq!(
+        curl(&[
+            "--cert",
+            cert.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path")
+        ]),
+        "200"
+    );
+    let configz = cp.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/configz"),
+    ]);
+    assert!(configz.contains("\"mode\":\"Webhook\""), "{configz}");
+
     drop(kubelet);
     drop(cri);
     cp.ok(&["delete", "node", &node]);
