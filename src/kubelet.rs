@@ -418,7 +418,7 @@ mod tests {
         let file = dir.path().join("config.yaml");
         std::fs::write(
             &file,
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [10.43.0.10]\nclusterDomain: example.local\nmaxPods: 50\nport: 10251\nregisterWithTaints:\n- {key: a, value: b, effect: NoSchedule}\nauthentication:\n  x509:\n    clientCAFile: /ca.crt\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [10.43.0.10]\nclusterDomain: example.local\nmaxPods: 50\nport: 10251\nregisterWithTaints:\n- {key: a, value: b, effect: NoSchedule}\nauthentication:\n  x509:\n    clientCAFile: /ca.crt\n  webhook:\n    cacheTTL: 30s\nauthorization:\n  webhook:\n    cacheAuthorizedTTL: 1m0s\nstaticPodPath: /etc/sk-manifests\n",
         )
         .unwrap();
         let t = T::parse_from([
@@ -454,6 +454,23 @@ mod tests {
         assert_eq!(c.node_labels["y"], "2");
         assert_eq!(c.register_with_taints[0].effect, "NoSchedule");
         assert_eq!(c.client_ca, Some(PathBuf::from("/ca.crt")));
+        assert_eq!(c.auth.token_ttl.as_secs(), 30);
+        assert_eq!(c.auth.authorized_ttl.as_secs(), 60);
+        assert_eq!(
+            c.pod_manifest_path,
+            Some(PathBuf::from("/etc/sk-manifests"))
+        );
+        let t = T::parse_from([
+            "x",
+            "--kubeconfig",
+            "/k",
+            "--anonymous-auth",
+            "--authorization-mode=Webhook",
+        ]);
+        let open = config(&t.k).unwrap();
+        assert!(open.auth.anonymous);
+        assert!(!open.auth.webhook_authn, "flag default without a file");
+        assert_eq!(open.auth.mode, skiff_node::auth::AuthzMode::Webhook);
         // The file brings v1beta1's secure defaults.
         assert!(!c.auth.anonymous);
         assert_eq!(c.auth.mode, skiff_node::auth::AuthzMode::Webhook);

@@ -424,6 +424,7 @@ async fn handle<R: CriRuntime>(
         ["containerLogs", ns, pod, container] => {
             container_logs(st.clone(), ns, pod, container, query.as_deref()).await
         }
+        ["logs", rest @ ..] => node_logs(Path::new(NODE_LOG_DIR), rest, path.ends_with('/')).await,
         ["metrics"]
         | ["metrics", "resource"]
         | ["stats", "summary"]
@@ -432,6 +433,79 @@ async fn handle<R: CriRuntime>(
         _ => text(StatusCode::NOT_FOUND, format!("{path}: not found")),
     };
     Ok(resp)
+}
+
+/// What `/logs/` serves (upstream: the node's `/var/log`).
+pub const NODE_LOG_DIR: &str = "/var/log";
+
+/// `/logs/<path>`: a file of the node's log folder, or a folder's listing (`<pre>` of links,
+/// folders with a trailing `/`, like the Go file server upstream uses).
+pub async fn node_logs(root: &Path, rel: &[&str], dir_request: bool) -> Response<Body> {
+    if rel
+        .iter()
+        .any(|p| *p == ".." || *p == "." || p.contains('\0'))
+    {
+        return text(StatusCode::BAD_REQUEST, "invalid path");
+    }
+    let mut full = root.to_path_buf();
+    for p in rel.iter().filter(|p| !p.is_empty()) {
+        full.push(p);
+    }
+    let meta = match tokio::fs::metadata(&full).await {
+        Ok(m) => m,
+        Err(_) => return text(StatusCode::NOT_FOUND, "404 page not found"),
+    };
+    let html = |body: String| {
+        Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+    };
+    if meta.is_dir() {
+        if !dir_request && !rel.is_empty() {
+            // A folder without its slash is redirected to it, as Go's file server does.
+            let loc = format!("{}/", rel.last().copied().unwrap_or_default());
+            return Response::builder()
+                .status(StatusCode::MOVED_PERMANENTLY)
+                .header("location", loc)
+                .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"));
+        }
+        let mut names = Vec::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(&full).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let mut n = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                    n.push('/');
+                }
+                names.push(n);
+            }
+        }
+        names.sort();
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut body = String::from("<pre>\n");
+        for n in names {
+            let href: String = url::form_urlencoded::byte_serialize(n.as_bytes())
+                .collect::<String>()
+                .replace("%2F", "/")
+                .replace('+', "%20");
+            body.push_str(&format!("<a href=\"{href}\">{}</a>\n", esc(&n)));
+        }
+        body.push_str("</pre>\n");
+        return html(body);
+    }
+    match tokio::fs::read(&full).await {
+        Ok(data) => Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(data)).map_err(|e| match e {}).boxed())
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+        Err(e) => text(StatusCode::FORBIDDEN, format!("{}: {e}", full.display())),
+    }
 }
 
 fn json_response(v: &serde_json::Value) -> Response<Body> {
@@ -629,4 +703,34 @@ pub fn log_dir_of(root: &Path, pod: &Pod) -> PathBuf {
         pod.metadata.name.as_deref().unwrap_or_default(),
         pod.metadata.uid.as_deref().unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(r: Response<Body>) -> String {
+        let b = r.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    #[tokio::test]
+    async fn node_logs_serves_files_and_listings() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join("apt")).expect("sub");
+        std::fs::write(dir.path().join("sk <1>.log"), "line\n").expect("file");
+        let r = node_logs(dir.path(), &[], true).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let b = body_of(r).await;
+        assert!(b.contains("<a href=\"apt/\">apt/</a>"), "{b}");
+        assert!(b.contains(">sk &lt;1&gt;.log</a>"), "{b}");
+        let r = node_logs(dir.path(), &["sk <1>.log"], false).await;
+        assert_eq!(body_of(r).await, "line\n");
+        let r = node_logs(dir.path(), &["apt"], false).await;
+        assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+        let r = node_logs(dir.path(), &["..", "etc"], false).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = node_logs(dir.path(), &["missing"], false).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
 }

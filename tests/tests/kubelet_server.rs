@@ -120,6 +120,9 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
     assert!(body.contains("subresource(s)=[stats]"), "{body}");
     let (code, _) = curl(&port, "/metrics", &["-H", &bearer]);
     assert_eq!(code, 403);
+    let (code, body) = curl(&port, "/logs/", &["-H", &bearer]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("subresource(s)=[log]"), "{body}");
 
     // Monitoring through the API server, with a running pod.
     run_pod(&cp, "sk-stats");
@@ -208,6 +211,12 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
     assert_eq!(
         configz["kubeletconfig"]["authentication"]["webhook"]["cacheTTL"],
         "2m0s"
+    );
+
+    let listing = raw("/logs/");
+    assert!(
+        listing.starts_with("<pre>") && listing.contains("</pre>"),
+        "{listing}"
     );
 
     let running: serde_json::Value =
