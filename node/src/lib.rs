@@ -245,6 +245,43 @@ pub async fn run_with_runtime<R: CriRuntime>(
     let rt_version = runtime_version(&version);
     info!(runtime = %rt_version, "connected to the CRI runtime");
 
+    // Pods (static ones above all) run before the node is registered: a kubelet can start the
+    // control plane it registers with from its manifest folder, as upstream's does.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let static_registry = static_pods::Registry::default();
+    let ctx = Arc::new(SyncContext {
+        node_name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip.to_string(),
+        pod_log_dir: cfg.pod_log_dir.clone(),
+        cluster_dns: cfg.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        root_dir: cfg.root_dir.clone(),
+    });
+    let mut statics = pods::StaticSource {
+        rx: None,
+        registry: static_registry.clone(),
+    };
+    if let Some(dir) = cfg.pod_manifest_path.clone() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        statics.rx = Some(rx);
+        tokio::spawn(static_pods::watch_dir(
+            dir,
+            cfg.node_name.clone(),
+            tx,
+            stop_rx.clone(),
+        ));
+    }
+    let pods_task = tokio::spawn(pods::run(
+        client.clone(),
+        cri.clone(),
+        ctx,
+        writer,
+        reader.clone(),
+        statics,
+        stop_rx.clone(),
+    ));
+
     let facts = node::NodeFacts {
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip,
@@ -277,8 +314,6 @@ pub async fn run_with_runtime<R: CriRuntime>(
         .await
         .map_err(|source| NodeError::Bind { addr, source })?;
 
-    let (reader, writer) = kube::runtime::reflector::store();
-    let static_registry = static_pods::Registry::default();
     let server_state = Arc::new(server::ServerState {
         cri: cri.clone(),
         pods: reader.clone(),
@@ -358,30 +393,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         }
     });
 
-    let ctx = Arc::new(SyncContext {
-        node_name: cfg.node_name.clone(),
-        node_ip: cfg.node_ip.to_string(),
-        pod_log_dir: cfg.pod_log_dir.clone(),
-        cluster_dns: cfg.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
-        cluster_domain: cfg.cluster_domain.clone(),
-        cgroup_root: cfg.cgroup_root.clone(),
-        root_dir: cfg.root_dir.clone(),
-    });
-    let mut statics = pods::StaticSource {
-        rx: None,
-        registry: static_registry,
-    };
-    if let Some(dir) = cfg.pod_manifest_path.clone() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        statics.rx = Some(rx);
-        tokio::spawn(static_pods::watch_dir(
-            dir,
-            cfg.node_name.clone(),
-            tx,
-            stop_rx.clone(),
-        ));
-    }
-    pods::run(client, cri, ctx, writer, reader, statics, stop_rx.clone()).await;
+    let _ = pods_task.await;
     let _ = heartbeat.await;
     let _ = server_task.await;
     info!("kubelet stopped");
