@@ -739,3 +739,164 @@ pub fn running_pods(sandboxes: &[cri::PodSandbox], containers: &[cri::Container]
         .collect();
     json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 }
+
+/// `/metrics/cadvisor`: the container metrics Prometheus setups scrape from the kubelet's
+/// embedded cAdvisor, for the figures the CRI has (labels `container`, `image`, `name` (the
+/// container id), `namespace`, `pod`; pod network on the sandbox, `container=""`).
+pub fn render_cadvisor(
+    containers: &[cri::ContainerStats],
+    sandboxes: &[cri::PodSandboxStats],
+    listed: &[cri::Container],
+    started: &HashMap<String, i64>,
+) -> String {
+    let mut o = String::new();
+    let now = now_ms();
+    let image_of: HashMap<&str, &str> = listed
+        .iter()
+        .map(|c| {
+            (
+                c.id.as_str(),
+                c.image.as_ref().map(|i| i.image.as_str()).unwrap_or(""),
+            )
+        })
+        .collect();
+    let cs = cstats(containers);
+    let labels = |c: &CStat<'_>| {
+        let id = c.s.attributes.as_ref().map(|a| a.id.as_str()).unwrap_or("");
+        format!(
+            "container=\"{}\",image=\"{}\",name=\"{}\",namespace=\"{}\",pod=\"{}\"",
+            esc(c.name),
+            esc(image_of.get(id).copied().unwrap_or("")),
+            esc(id),
+            esc(c.ns),
+            esc(c.pod)
+        )
+    };
+    type Pick = fn(&cri::ContainerStats) -> Option<f64>;
+    let series: [(&str, &str, &str, Pick); 5] = [
+        (
+            "container_cpu_usage_seconds_total",
+            "counter",
+            "Cumulative cpu time consumed in seconds.",
+            |s| {
+                s.cpu
+                    .as_ref()
+                    .and_then(|c| u(&c.usage_core_nano_seconds))
+                    .map(|v| v as f64 / 1e9)
+            },
+        ),
+        (
+            "container_memory_usage_bytes",
+            "gauge",
+            "Current memory usage in bytes, including all memory regardless of when it was accessed",
+            |s| s.memory.as_ref().and_then(|m| u(&m.usage_bytes)).map(|v| v as f64),
+        ),
+        (
+            "container_memory_working_set_bytes",
+            "gauge",
+            "Current working set in bytes.",
+            |s| {
+                s.memory
+                    .as_ref()
+                    .and_then(|m| u(&m.working_set_bytes))
+                    .map(|v| v as f64)
+            },
+        ),
+        (
+            "container_memory_rss",
+            "gauge",
+            "Size of RSS in bytes.",
+            |s| s.memory.as_ref().and_then(|m| u(&m.rss_bytes)).map(|v| v as f64),
+        ),
+        (
+            "container_fs_usage_bytes",
+            "gauge",
+            "Number of bytes that are consumed by the container on this filesystem.",
+            |s| {
+                s.writable_layer
+                    .as_ref()
+                    .and_then(|w| u(&w.used_bytes))
+                    .map(|v| v as f64)
+            },
+        ),
+    ];
+    for (name, kind, help, pick) in series {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for c in &cs {
+            if let Some(v) = pick(c.s) {
+                o.push_str(&format!("{name}{{{}}} {v} {now}\n", labels(c)));
+            }
+        }
+    }
+    o.push_str("# HELP container_start_time_seconds Start time of the container since unix epoch in seconds.\n# TYPE container_start_time_seconds gauge\n");
+    for c in &cs {
+        let id = c.s.attributes.as_ref().map(|a| a.id.as_str()).unwrap_or("");
+        if let Some(t) = started.get(id) {
+            o.push_str(&format!(
+                "container_start_time_seconds{{{}}} {} {now}\n",
+                labels(c),
+                *t as f64 / 1e9
+            ));
+        }
+    }
+    let net: Vec<(&cri::PodSandboxStats, &cri::NetworkInterfaceUsage)> = sandboxes
+        .iter()
+        .flat_map(|s| {
+            s.linux
+                .as_ref()
+                .and_then(|l| l.network.as_ref())
+                .map(|n| n.interfaces.iter().map(move |i| (s, i)).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect();
+    type NetPick = fn(&cri::NetworkInterfaceUsage) -> Option<u64>;
+    let net_series: [(&str, &str, NetPick); 4] = [
+        (
+            "container_network_receive_bytes_total",
+            "Cumulative count of bytes received",
+            |i| u(&i.rx_bytes),
+        ),
+        (
+            "container_network_receive_errors_total",
+            "Cumulative count of errors encountered while receiving",
+            |i| u(&i.rx_errors),
+        ),
+        (
+            "container_network_transmit_bytes_total",
+            "Cumulative count of bytes transmitted",
+            |i| u(&i.tx_bytes),
+        ),
+        (
+            "container_network_transmit_errors_total",
+            "Cumulative count of errors encountered while transmitting",
+            |i| u(&i.tx_errors),
+        ),
+    ];
+    for (name, help, pick) in net_series {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (s, i) in &net {
+            let Some(v) = pick(i) else { continue };
+            let a = s.attributes.as_ref();
+            let m = a.and_then(|a| a.metadata.as_ref());
+            o.push_str(&format!(
+                "{name}{{container=\"\",image=\"\",interface=\"{}\",name=\"{}\",namespace=\"{}\",pod=\"{}\"}} {v} {now}\n",
+                esc(&i.name),
+                esc(a.map(|a| a.id.as_str()).unwrap_or("")),
+                esc(m.map(|m| m.namespace.as_str()).unwrap_or("")),
+                esc(m.map(|m| m.name.as_str()).unwrap_or(""))
+            ));
+        }
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    o.push_str(
+        "# HELP machine_cpu_cores Number of logical CPU cores.\n# TYPE machine_cpu_cores gauge\n",
+    );
+    o.push_str(&format!("machine_cpu_cores {cores}\n"));
+    if let Some(kib) = kv_file("/proc/meminfo").get("MemTotal") {
+        o.push_str("# HELP machine_memory_bytes Amount of memory installed on the machine.\n# TYPE machine_memory_bytes gauge\n");
+        o.push_str(&format!("machine_memory_bytes {}\n", kib * 1024));
+    }
+    o
+}

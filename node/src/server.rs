@@ -427,6 +427,7 @@ async fn handle<R: CriRuntime>(
         ["logs", rest @ ..] => node_logs(Path::new(NODE_LOG_DIR), rest, path.ends_with('/')).await,
         ["metrics"]
         | ["metrics", "resource"]
+        | ["metrics", "cadvisor"]
         | ["stats", "summary"]
         | ["configz"]
         | ["runningpods"] => monitoring(&st, parts.as_slice()).await,
@@ -603,7 +604,16 @@ async fn monitoring<R: CriRuntime>(st: &ServerState<R>, parts: &[&str]) -> Respo
             let node = tokio::task::spawn_blocking(move || m2.node_usage())
                 .await
                 .unwrap_or_default();
-            if parts == ["metrics", "resource"] {
+            if parts == ["metrics", "cadvisor"] {
+                // /proc/meminfo is read once per scrape; small, but off the async workers.
+                let (cs2, ss2) = (cs.clone(), ss.clone());
+                let body = tokio::task::spawn_blocking(move || {
+                    crate::monitor::render_cadvisor(&cs2, &ss2, &containers, &started)
+                })
+                .await
+                .unwrap_or_default();
+                prometheus(body)
+            } else if parts == ["metrics", "resource"] {
                 prometheus(crate::monitor::render_resource(
                     &node,
                     &cs,

@@ -179,6 +179,17 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
         assert!(resource.contains(needle), "{needle} in:\n{resource}");
     }
 
+    let cadvisor = raw("/metrics/cadvisor");
+    for needle in [
+        "container_cpu_usage_seconds_total{container=\"main\",image=\"",
+        "container_memory_working_set_bytes{container=\"main\",image=\"",
+        ",namespace=\"default\",pod=\"sk-stats\"} ",
+        "container_network_receive_bytes_total{container=\"\",image=\"\",interface=\"eth0\",",
+        "machine_cpu_cores ",
+    ] {
+        assert!(cadvisor.contains(needle), "{needle} in:\n{cadvisor}");
+    }
+
     let metrics = raw("/metrics");
     for needle in [
         "kubernetes_build_info{",
