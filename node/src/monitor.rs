@@ -225,6 +225,49 @@ pub struct NodeUsage {
     pub fs_inodes_free: Option<u64>,
     pub max_pid: Option<u64>,
     pub procs: Option<u64>,
+    /// Host interfaces (name, rx bytes, rx errors, tx bytes, tx errors), without `lo`.
+    pub interfaces: Vec<(String, u64, u64, u64, u64)>,
+    /// The interface of the default route.
+    pub default_interface: Option<String>,
+}
+
+/// `/proc/net/dev` of the host's network namespace.
+fn host_interfaces() -> Vec<(String, u64, u64, u64, u64)> {
+    std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let name = name.trim();
+            if name == "lo" {
+                return None;
+            }
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some((
+                name.to_string(),
+                *f.first()?,
+                *f.get(2)?,
+                *f.get(8)?,
+                *f.get(10)?,
+            ))
+        })
+        .collect()
+}
+
+/// The interface of the IPv4 default route (`/proc/net/route`).
+fn default_route_interface() -> Option<String> {
+    std::fs::read_to_string("/proc/net/route")
+        .ok()?
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+        })
 }
 
 fn read_u64(path: &str) -> Option<u64> {
@@ -314,6 +357,8 @@ impl Monitor {
             n.fs_inodes = Some(s.files());
             n.fs_inodes_free = Some(s.files_free());
         }
+        n.interfaces = host_interfaces();
+        n.default_interface = default_route_interface();
         n.max_pid = read_u64("/proc/sys/kernel/pid_max");
         n.procs = std::fs::read_to_string("/proc/loadavg")
             .ok()
@@ -630,6 +675,22 @@ pub fn summary(
     n["fs"] = fs.clone();
     n["runtime"] = json!({"imageFs": fs.clone(), "containerFs": fs});
     n["rlimit"] = json!({"time": now, "maxpid": node.max_pid, "curproc": node.procs});
+    if !node.interfaces.is_empty() {
+        let iface = |(name, rx, rxe, tx, txe): &(String, u64, u64, u64, u64)| json!({"name": name, "rxBytes": rx, "rxErrors": rxe, "txBytes": tx, "txErrors": txe});
+        let mut net = json!({"time": now});
+        let default = node
+            .default_interface
+            .as_ref()
+            .and_then(|d| node.interfaces.iter().find(|i| &i.0 == d))
+            .or(node.interfaces.first());
+        if let Some(Value::Object(m)) = default.map(iface) {
+            for (k, v) in m {
+                net[k] = v;
+            }
+        }
+        net["interfaces"] = Value::Array(node.interfaces.iter().map(iface).collect());
+        n["network"] = net;
+    }
 
     let cs = cstats(containers);
     let by_uid: HashMap<&str, &cri::PodSandboxStats> = sandboxes

@@ -94,7 +94,9 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("verb=create"), "{body}");
 
-    // nodes/proxy granted: /pods answers (after the 30 s cache of the denial, like upstream).
+    // nodes/proxy granted (to another account: denials are cached 30 s, like upstream's):
+    // /pods answers.
+    cp.ok(&["create", "serviceaccount", "sk-kubelet-proxy"]);
     cp.ok(&[
         "create",
         "clusterrole",
@@ -107,13 +109,21 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
         "clusterrolebinding",
         "sk-kubelet-proxy",
         "--clusterrole=sk-kubelet-proxy",
-        "--serviceaccount=default:sk-kubelet-reader",
+        "--serviceaccount=default:sk-kubelet-proxy",
     ]);
+    let token = cp.ok(&["create", "token", "sk-kubelet-proxy"]);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let mut body = String::new();
     cp.wait_for(
-        "the service account to read /pods",
+        "the service account with nodes/proxy to read /pods",
         Duration::from_secs(90),
-        || curl(&port, "/pods", &["-H", &bearer]).0 == 200,
+        || {
+            let (code, b) = curl(&port, "/pods", &["-H", &bearer]);
+            body = b;
+            code == 200
+        },
     );
+    assert!(body.contains("\"kind\":\"PodList\""), "{body}");
     // ... but not /stats (subresource stats) nor /metrics.
     let (code, body) = curl(&port, "/stats/summary", &["-H", &bearer]);
     assert_eq!(code, 403, "{body}");
@@ -151,6 +161,10 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
         "{summary}"
     );
     assert!(summary["node"]["fs"]["capacityBytes"].is_u64(), "{summary}");
+    assert!(
+        summary["node"]["network"]["interfaces"].is_array(),
+        "{summary}"
+    );
     let pod = summary["pods"]
         .as_array()
         .and_then(|a| a.iter().find(|p| p["podRef"]["uid"] == uid.as_str()))
@@ -251,5 +265,10 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
     cp.ok(&["delete", "pod", "sk-stats", "--wait=true"]);
     cp.ok(&["delete", "clusterrolebinding", "sk-kubelet-proxy"]);
     cp.ok(&["delete", "clusterrole", "sk-kubelet-proxy"]);
-    cp.ok(&["delete", "serviceaccount", "sk-kubelet-reader"]);
+    cp.ok(&[
+        "delete",
+        "serviceaccount",
+        "sk-kubelet-reader",
+        "sk-kubelet-proxy",
+    ]);
 }
