@@ -81,6 +81,55 @@ pub struct KubeletMetrics {
     pub pleg_relist: Histogram,
     /// Pod syncs run.
     pub pod_syncs: AtomicU64,
+    /// Probe runs by (probe_type, result, container, namespace, pod, pod_uid).
+    probes: Mutex<BTreeMap<[String; 6], u64>>,
+}
+
+impl KubeletMetrics {
+    /// Counts one probe run (`prober_probe_total`).
+    pub fn count_probe(
+        &self,
+        kind: &str,
+        result: &str,
+        container: &str,
+        pod: &(String, String, String),
+    ) {
+        if let Ok(mut m) = self.probes.lock() {
+            let key = [
+                kind.to_string(),
+                result.to_string(),
+                container.to_string(),
+                pod.0.clone(),
+                pod.1.clone(),
+                pod.2.clone(),
+            ];
+            *m.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Drops a finished pod's probe series.
+    pub fn forget_pod(&self, uid: &str) {
+        if let Ok(mut m) = self.probes.lock() {
+            m.retain(|k, _| k[5] != uid);
+        }
+    }
+
+    /// `/metrics/probes`.
+    pub fn render_probes(&self) -> String {
+        let mut o = String::from("# HELP prober_probe_total [BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter\n");
+        if let Ok(m) = self.probes.lock() {
+            for ([kind, result, c, ns, pod, uid], n) in m.iter() {
+                o.push_str(&format!(
+                    "prober_probe_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\",pod_uid=\"{}\",probe_type=\"{kind}\",result=\"{result}\"}} {n}\n",
+                    esc(c),
+                    esc(ns),
+                    esc(pod),
+                    esc(uid)
+                ));
+            }
+        }
+        o
+    }
 }
 
 /// Upstream's bucket bounds for pod start (seconds).
@@ -97,6 +146,7 @@ pub static METRICS: KubeletMetrics = KubeletMetrics {
     pod_start: Histogram::new(POD_START_BUCKETS),
     pleg_relist: Histogram::new(DEFAULT_BUCKETS),
     pod_syncs: AtomicU64::new(0),
+    probes: Mutex::new(BTreeMap::new()),
 };
 
 /// What the monitoring handlers know besides the CRI and the pod store.

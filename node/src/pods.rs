@@ -80,6 +80,7 @@ pub async fn run<R: CriRuntime>(
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(uid) = done_rx.recv() => {
+                crate::monitor::METRICS.forget_pod(&uid);
                 workers.remove(&uid);
             }
             Some(uid) = pleg_rx.recv() => {

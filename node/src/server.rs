@@ -428,6 +428,7 @@ async fn handle<R: CriRuntime>(
         ["metrics"]
         | ["metrics", "resource"]
         | ["metrics", "cadvisor"]
+        | ["metrics", "probes"]
         | ["stats", "summary"]
         | ["configz"]
         | ["runningpods"] => monitoring(&st, parts.as_slice()).await,
@@ -553,6 +554,7 @@ async fn monitoring<R: CriRuntime>(st: &ServerState<R>, parts: &[&str]) -> Respo
         |e: crate::error::CriError| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     match parts {
         ["configz"] => json_response(&m.configz),
+        ["metrics", "probes"] => prometheus(crate::monitor::METRICS.render_probes()),
         ["runningpods"] => {
             let sandboxes = match st.cri.list_pod_sandbox(HashMap::new()).await {
                 Ok(s) => s,

@@ -35,7 +35,7 @@ fn kubelet_port(cp: &ControlPlane, node: &str) -> String {
 fn run_pod(cp: &ControlPlane, name: &str) {
     let image = &cp.agent.as_ref().expect("a whole cluster").busybox;
     let manifest = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo started; while true; do sleep 1; done\"]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo started; while true; do sleep 1; done\"]\n    readinessProbe:\n      exec:\n        command: [\"true\"]\n      periodSeconds: 2\n"
     );
     let o = cp.with_stdin(&["apply", "-f", "-"], &manifest);
     assert!(o.ok, "apply: {}", o.stderr);
@@ -203,6 +203,10 @@ fn kubelet_authn_authz_and_monitoring_endpoints() {
     ] {
         assert!(cadvisor.contains(needle), "{needle} in:\n{cadvisor}");
     }
+
+    let probes = raw("/metrics/probes");
+    let series = format!("prober_probe_total{{container=\"main\",namespace=\"default\",pod=\"sk-stats\",pod_uid=\"{uid}\",probe_type=\"Readiness\",result=\"successful\"}} ");
+    assert!(probes.contains(&series), "{series} in:\n{probes}");
 
     let metrics = raw("/metrics");
     for needle in [
