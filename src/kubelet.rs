@@ -79,6 +79,12 @@ pub struct KubeletArgs {
     /// Folder of static pod manifests (YAML or JSON).
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
+    /// Port of the plain-HTTP `/healthz` (default 10248; 0 disables).
+    #[arg(long)]
+    pub healthz_port: Option<u16>,
+    /// Address of the healthz endpoint (default 127.0.0.1).
+    #[arg(long)]
+    pub healthz_bind_address: Option<IpAddr>,
 }
 
 /// The KubeletConfiguration fields this kubelet reads.
@@ -93,6 +99,8 @@ struct KubeletConfiguration {
     authentication: Option<Authentication>,
     authorization: Option<Authorization>,
     static_pod_path: Option<PathBuf>,
+    healthz_port: Option<u16>,
+    healthz_bind_address: Option<IpAddr>,
     #[serde(rename = "clusterDNS")]
     cluster_dns: Option<Vec<IpAddr>>,
     cluster_domain: Option<String>,
@@ -375,6 +383,12 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
         .clone()
         .or(authn.x509.and_then(|x| x.client_ca_file));
     c.pod_manifest_path = args.pod_manifest_path.clone().or(file.static_pod_path);
+    let healthz_port = args.healthz_port.or(file.healthz_port).unwrap_or(10248);
+    let healthz_addr = args
+        .healthz_bind_address
+        .or(file.healthz_bind_address)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    c.healthz = (healthz_port != 0).then(|| std::net::SocketAddr::new(healthz_addr, healthz_port));
     if let Some(p) = args.pod_cidr.clone().or(file.pod_cidr) {
         c.pod_cidr = p;
     }

@@ -118,6 +118,8 @@ pub struct KubeletConfig {
     pub auth: auth::AuthSettings,
     /// Folder of static pod manifests (`--pod-manifest-path`, `staticPodPath`).
     pub pod_manifest_path: Option<PathBuf>,
+    /// Plain-HTTP `/healthz` (`--healthz-port`/`--healthz-bind-address`; unset: none).
+    pub healthz: Option<SocketAddr>,
 }
 
 impl KubeletConfig {
@@ -146,6 +148,7 @@ impl KubeletConfig {
             register_with_taints: Vec::new(),
             auth: auth::AuthSettings::default(),
             pod_manifest_path: None,
+            healthz: None,
         }
     }
 }
@@ -326,6 +329,9 @@ pub async fn run_with_runtime<R: CriRuntime>(
         monitor: Some(Arc::new(monitor::Monitor::new(&cfg))),
         static_pods: static_registry.clone(),
     });
+    if let Some(h) = cfg.healthz {
+        tokio::spawn(server::serve_healthz(h, stop_rx.clone()));
+    }
     let mut srv_stop = stop_rx.clone();
     let server_task = tokio::spawn(async move {
         server::serve_listener(listener, tls_cfg, server_state, &mut srv_stop).await;

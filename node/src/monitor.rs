@@ -220,6 +220,13 @@ pub fn configz(cfg: &KubeletConfig) -> Value {
     if let Some(p) = &cfg.tls_key {
         c["tlsPrivateKeyFile"] = json!(p.display().to_string());
     }
+    match cfg.healthz {
+        Some(h) => {
+            c["healthzPort"] = json!(h.port());
+            c["healthzBindAddress"] = json!(h.ip().to_string());
+        }
+        None => c["healthzPort"] = json!(0),
+    }
     if let Some(p) = &cfg.pod_manifest_path {
         c["staticPodPath"] = json!(p.display().to_string());
     }

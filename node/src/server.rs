@@ -717,6 +717,54 @@ pub fn log_dir_of(root: &Path, pod: &Pod) -> PathBuf {
     )
 }
 
+/// The plain-HTTP healthz endpoint (upstream's `--healthz-port`, 10248 on 127.0.0.1): `/healthz`
+/// answers `ok`, without authentication. A port in use is retried every 10 s (logged once).
+pub async fn serve_healthz(addr: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let mut warned = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !warned {
+                    warn!(%addr, error = %e, "cannot serve healthz; retrying every 10s");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        }
+    };
+    info!(%addr, "kubelet healthz listening (http)");
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let resp = match (req.method(), req.uri().path()) {
+                    (&hyper::Method::GET | &hyper::Method::HEAD, "/healthz") => {
+                        text(StatusCode::OK, "ok")
+                    }
+                    _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

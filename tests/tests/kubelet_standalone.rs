@@ -79,6 +79,7 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
         .expect("timeout");
     let node = format!("sk-standalone-{}", std::process::id());
     let port = free_port();
+    let healthz_port = free_port();
     let kubelet = Command::new(&skiff)
         .arg("kubelet")
         .arg("--kubeconfig")
@@ -89,6 +90,7 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
         .arg(format!("unix://{}", sock.display()))
         .args(["--hostname-override", &node, "--node-ip", "127.0.0.1"])
         .args(["--port", &port.to_string(), "--max-pods", "7"])
+        .args(["--healthz-port", &healthz_port.to_string()])
         .args(["--node-labels", "skiff.test/role=edge,skiff.test/n=1"])
         .args(["--register-with-taints", "skiff.test/only=yes:NoSchedule"])
         .args(["--cgroup-root", "/sk-standalone"])
@@ -184,6 +186,16 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
             key.to_str().expect("path")
         ]),
         "200"
+    );
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "30"])
+        .arg(format!("http://127.0.0.1:{healthz_port}/healthz"))
+        .output()
+        .expect("curl is needed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "the plain-HTTP healthz port"
     );
     let configz = cp.ok(&[
         "get",

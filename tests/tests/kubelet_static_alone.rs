@@ -94,7 +94,7 @@ async fn static_pod_runs_without_the_api_server() {
         .arg("--container-runtime-endpoint")
         .arg(format!("unix://{}", env.cfg.socket.display()))
         .args(["--hostname-override", node, "--node-ip", "127.0.0.1"])
-        .args(["--port", &free_port().to_string()])
+        .args(["--port", &free_port().to_string(), "--healthz-port", "0"])
         .args(["--cgroup-root", env.cgroup_parent.as_str()])
         .arg("--root-dir")
         .arg(d.join("kubelet"))
