@@ -37,6 +37,21 @@ pub struct ServerArgs {
     /// Port range reserved for NodePort Services (kube-apiserver's flag).
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// Audit policy (an audit.k8s.io/v1 Policy, YAML or JSON), as kube-apiserver's flag.
+    #[arg(long)]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Where audit events go as JSON lines (`-`: standard output); needs --audit-policy-file.
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many MiB (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs to keep (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxbackup: usize,
+    /// Days to keep rotated audit logs (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxage: u64,
     /// Cluster DNS address handed to pods.
     #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,
@@ -180,6 +195,20 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     );
     api_cfg.service_cidr = args.service_cidr.clone();
     api_cfg.node_port_range = parse_port_range(&args.service_node_port_range)?;
+    // As upstream: the log backend runs when both a policy and a log path are given.
+    if let (Some(policy), Some(log)) = (&args.audit_policy_file, &args.audit_log_path) {
+        let audit = skiff_apiserver::audit::AuditConfig {
+            policy_file: policy.clone(),
+            log_path: log.clone(),
+            max_size_mib: args.audit_log_maxsize,
+            max_backup: args.audit_log_maxbackup,
+            max_age_days: args.audit_log_maxage,
+        };
+        // Checked here so that a bad policy stops the start with its error.
+        skiff_apiserver::audit::Auditor::open(&audit)
+            .map_err(|e| anyhow::anyhow!("{e} (fix the file or drop --audit-policy-file)"))?;
+        api_cfg.audit = Some(audit);
+    }
     let api = tokio::spawn(skiff_apiserver::serve(api_cfg, store.clone(), stopped()));
     wait_healthy(args.https_listen_port).await;
     println!(
@@ -197,7 +226,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let sched_client = kube_client(&identity("scheduler", &pki.scheduler)?).await?;
     let ctl_client = kube_client(&identity("controller", &pki.controller_manager)?).await?;
-    identity("kube-proxy", &pki.kube_proxy)?;
+    let proxy_kubeconfig = identity("kube-proxy", &pki.kube_proxy)?;
+    let dns_kubeconfig = identity("dns", &pki.dns)?;
     let sched = if args.disable_scheduler {
         tokio::spawn(async {
             std::future::pending::<Result<(), skiff_scheduler::SchedulerError>>().await
@@ -220,7 +250,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             &pki,
             &node_name,
             node_ip,
-            &kubelet_kubeconfig,
+            Kubeconfigs {
+                kubelet: &kubelet_kubeconfig,
+                proxy: &proxy_kubeconfig,
+                dns: &dns_kubeconfig,
+            },
             &stopped,
         )?)
     };
@@ -312,12 +346,19 @@ fn setup_cni(
 
 /// Starts the node side: the embedded CRI server (unless an external endpoint is given) and
 /// the kubelet.
+/// The node components' identities (kubeconfig files).
+struct Kubeconfigs<'a> {
+    kubelet: &'a std::path::Path,
+    proxy: &'a std::path::Path,
+    dns: &'a std::path::Path,
+}
+
 fn start_agent<F, Fut>(
     args: &ServerArgs,
     pki: &Pki,
     node_name: &str,
     node_ip: IpAddr,
-    kubeconfig: &std::path::Path,
+    kubeconfigs: Kubeconfigs<'_>,
     stopped: &F,
 ) -> Result<(
     Option<Task<skiff_cri::CriError>>,
@@ -354,7 +395,7 @@ where
     };
     let mut kcfg = skiff_node::KubeletConfig::new(
         node_name,
-        skiff_node::KubeSource::Kubeconfig(kubeconfig.to_path_buf()),
+        skiff_node::KubeSource::Kubeconfig(kubeconfigs.kubelet.to_path_buf()),
         node_ip,
     );
     kcfg.cri_endpoint = endpoint;
@@ -378,8 +419,9 @@ where
         pcfg.table = args.nftables_table.clone();
         pcfg.cluster_cidr = Some(args.cluster_cidr.clone());
         pcfg.node_ips = vec![node_ip];
-        // The admin identity for now: it also writes LoadBalancer statuses (servicelb's job).
-        let kubeconfig = args.write_kubeconfig.clone();
+        // system:kube-proxy (upstream's system:node-proxier, plus skiff:service-lb for the
+        // LoadBalancer statuses it writes).
+        let kubeconfig = kubeconfigs.proxy.to_path_buf();
         let stop = stopped();
         tokio::spawn(async move {
             let run = async {
@@ -397,7 +439,7 @@ where
         dcfg.cluster_domain = args.cluster_domain.clone();
         dcfg.resolv_conf = args.resolv_conf.clone();
         dcfg.interface = Some(args.cluster_dns_interface.clone());
-        let kubeconfig = args.write_kubeconfig.clone();
+        let kubeconfig = kubeconfigs.dns.to_path_buf();
         let stop = stopped();
         tokio::spawn(async move {
             let run = async {
@@ -428,7 +470,11 @@ async fn wait_healthy(port: u16) {
 pub async fn kube_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    // kube's default is no read timeout: a connection that died silently would hold a watch (or
+    // a request) forever. Watches get a bookmark at least every minute, so 90 s of silence
+    // means the connection is gone; the watchers then start again from their last version.
+    cfg.read_timeout = Some(std::time::Duration::from_secs(90));
     Ok(kube::Client::try_from(cfg)?)
 }
 

@@ -4,9 +4,7 @@
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::PostParams;
-use kube::{Api, Client};
-use tracing::debug;
+use kube::Client;
 
 /// One event about a pod (or one of its containers, by `field_path`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +45,6 @@ pub async fn post(client: &Client, node: &str, pod: &Pod, events: Vec<PodEvent>)
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
     for e in events {
         let now = k8s_openapi::jiff::Timestamp::now();
         let ev = Event {
@@ -86,8 +83,6 @@ pub async fn post(client: &Client, node: &str, pod: &Pod, events: Vec<PodEvent>)
             }),
             ..Default::default()
         };
-        if let Err(err) = api.create(&PostParams::default(), &ev).await {
-            debug!(error = %err, reason = e.reason, "could not record event");
-        }
+        skiff_events::record(client, ev).await;
     }
 }

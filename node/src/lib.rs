@@ -154,7 +154,7 @@ impl KubeletConfig {
 }
 
 async fn make_client(src: &KubeSource) -> Result<Client, NodeError> {
-    let config = match src {
+    let mut config = match src {
         KubeSource::Kubeconfig(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| NodeError::Kubeconfig {
                 path: path.clone(),
@@ -172,6 +172,11 @@ async fn make_client(src: &KubeSource) -> Result<Client, NodeError> {
             .await
             .map_err(|e| NodeError::Client(e.to_string()))?,
     };
+    // No read timeout (kube's default) would let a silently dead connection hold the pod watch
+    // forever; watches get bookmarks at least every minute.
+    if config.read_timeout.is_none() {
+        config.read_timeout = Some(std::time::Duration::from_secs(90));
+    }
     Client::try_from(config).map_err(|e| NodeError::Client(e.to_string()))
 }
 

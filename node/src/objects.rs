@@ -22,6 +22,15 @@ pub struct Token {
 /// Key/value data of a ConfigMap (`data` and `binaryData`) or a Secret.
 pub type Data = BTreeMap<String, Vec<u8>>;
 
+/// Where a bound claim's volume is on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimVolume {
+    /// The PV's `hostPath.path` or `local.path`.
+    pub path: String,
+    /// The hostPath type (`DirectoryOrCreate`, ...), empty for `local` volumes.
+    pub host_path_type: String,
+}
+
 /// Reads the objects pods refer to. `Ok(None)`: the object does not exist.
 pub trait ObjectSource: Send + Sync + 'static {
     fn config_map(&self, ns: String, name: String) -> BoxFut<'_, Result<Option<Data>, String>>;
@@ -35,6 +44,11 @@ pub trait ObjectSource: Send + Sync + 'static {
         expiration_secs: i64,
         pod: (String, String),
     ) -> BoxFut<'_, Result<Token, String>>;
+    /// The volume bound to claim `ns/name` (an error saying why it cannot be used yet).
+    fn claim_volume(&self, ns: String, name: String) -> BoxFut<'_, Result<ClaimVolume, String>> {
+        let _ = (ns, name);
+        Box::pin(async { Err("no API server".to_string()) })
+    }
 }
 
 /// No API: every object is missing (unit tests that use no such objects).
@@ -67,6 +81,55 @@ fn missing(e: &kube::Error) -> bool {
 }
 
 impl ObjectSource for KubeObjects {
+    fn claim_volume(&self, ns: String, name: String) -> BoxFut<'_, Result<ClaimVolume, String>> {
+        Box::pin(async move {
+            use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.0.clone(), &ns);
+            let claim = match claims.get(&name).await {
+                Ok(c) => c,
+                Err(e) if missing(&e) => {
+                    return Err(format!(
+                        "persistentvolumeclaim \"{name}\" not found in namespace \"{ns}\""
+                    ))
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let phase = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            let pv_name = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .unwrap_or_default();
+            if phase != "Bound" || pv_name.is_empty() {
+                // Upstream's desired-state populator's words.
+                return Err(format!(
+                    "PVC {ns}/{name} has non-bound phase (\"{phase}\") or empty pvc.Spec.VolumeName (\"{pv_name}\")"
+                ));
+            }
+            let pvs: Api<PersistentVolume> = Api::all(self.0.clone());
+            let pv = pvs.get(&pv_name).await.map_err(|e| e.to_string())?;
+            let spec = pv.spec.unwrap_or_default();
+            if let Some(hp) = spec.host_path {
+                return Ok(ClaimVolume {
+                    path: hp.path,
+                    host_path_type: hp.type_.unwrap_or_default(),
+                });
+            }
+            if let Some(l) = spec.local {
+                return Ok(ClaimVolume {
+                    path: l.path,
+                    host_path_type: String::new(),
+                });
+            }
+            Err(format!(
+                "persistentvolume \"{pv_name}\" is of a type this node cannot mount (hostPath and local are supported)"
+            ))
+        })
+    }
     fn config_map(&self, ns: String, name: String) -> BoxFut<'_, Result<Option<Data>, String>> {
         Box::pin(async move {
             let api: Api<ConfigMap> = Api::namespaced(self.0.clone(), &ns);

@@ -99,6 +99,8 @@ pub struct PodSync<R: CriRuntime> {
     /// ConfigMaps, Secrets and tokens for volumes and env.
     objects: Arc<dyn ObjectSource>,
     tokens: volumes::TokenCache,
+    /// Host paths of the pod's persistentVolumeClaim volumes, by volume name.
+    claim_paths: HashMap<String, PathBuf>,
     /// Set once every API-data volume was written; refreshed every [`VOLUME_REFRESH`].
     volumes_ready: bool,
     volumes_refreshed: Option<Instant>,
@@ -239,6 +241,7 @@ impl<R: CriRuntime> PodSync<R> {
             wake: Arc::new(tokio::sync::Notify::new()),
             objects: Arc::new(NoObjects),
             tokens: Default::default(),
+            claim_paths: HashMap::new(),
             volumes_ready: false,
             volumes_refreshed: None,
         }
@@ -342,7 +345,7 @@ impl<R: CriRuntime> PodSync<R> {
             pod_ip: self.pod_ips.first().map(String::as_str),
             node_capacity: node_capacity(),
         };
-        match volumes::prepare(&env, pod, &mut self.tokens).await {
+        match volumes::prepare(&env, pod, &mut self.tokens, &mut self.claim_paths).await {
             Ok(changed) => {
                 if changed > 0 {
                     debug!(changed, "volume contents written");
@@ -842,8 +845,9 @@ impl<R: CriRuntime> PodSync<R> {
         }
     }
 
-    /// Host mounts for the container's volume mounts. Supported: `emptyDir` (a directory under the
-    /// pod's state dir) and `hostPath`; other volume types are skipped with a log line.
+    /// Host mounts for the container's volume mounts: `emptyDir` (a directory under the pod's
+    /// state dir, or a tmpfs), `hostPath`, `persistentVolumeClaim` (the bound hostPath/local PV's
+    /// path) and the API-data volumes; other volume types are skipped with a log line.
     fn mounts(&self, pod: &Pod, c: &Container) -> Vec<cri::Mount> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let volumes = pod
@@ -858,7 +862,13 @@ impl<R: CriRuntime> PodSync<R> {
                 continue;
             };
             let mut api_data = false;
-            let base = if let Some(hp) = &v.host_path {
+            let base = if let Some(p) = v
+                .persistent_volume_claim
+                .as_ref()
+                .and_then(|_| self.claim_paths.get(&v.name))
+            {
+                p.clone()
+            } else if let Some(hp) = &v.host_path {
                 let p = PathBuf::from(&hp.path);
                 if matches!(hp.type_.as_deref(), Some("DirectoryOrCreate")) {
                     if let Err(e) = std::fs::create_dir_all(&p) {
@@ -1416,6 +1426,16 @@ impl<R: CriRuntime> PodSync<R> {
                                     ),
                                 ),
                             );
+                            // Upstream records this at every sync the back-off holds back
+                            // (deduplicated into one event with a count).
+                            self.events.push(PodEvent::warning(
+                                "BackOff",
+                                &c.name,
+                                format!(
+                                    "Back-off restarting failed container {} in pod {pod_ref}",
+                                    c.name
+                                ),
+                            ));
                             return;
                         }
                         attempt_of(l) + 1

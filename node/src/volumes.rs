@@ -96,6 +96,7 @@ pub async fn prepare(
     env: &Env<'_>,
     pod: &Pod,
     tokens: &mut TokenCache,
+    claims: &mut HashMap<String, PathBuf>,
 ) -> Result<usize, VolumeError> {
     let spec = pod.spec.clone().unwrap_or_default();
     let ns = pod
@@ -105,6 +106,36 @@ pub async fn prepare(
         .unwrap_or_else(|| "default".into());
     let mut changed = 0;
     for v in spec.volumes.iter().flatten() {
+        if let Some(pvc) = &v.persistent_volume_claim {
+            // The bound PV's path on this node (hostPath and local volumes).
+            let cv = env
+                .objects
+                .claim_volume(ns.clone(), pvc.claim_name.clone())
+                .await
+                .map_err(|message| VolumeError {
+                    volume: v.name.clone(),
+                    message,
+                })?;
+            let path = PathBuf::from(&cv.path);
+            let t = if cv.host_path_type.is_empty() {
+                "Directory".to_string()
+            } else {
+                cv.host_path_type.clone()
+            };
+            let p2 = path.clone();
+            let r = tokio::task::spawn_blocking(move || check_host_path(&p2, &t))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            if let Err(message) = r {
+                return Err(VolumeError {
+                    volume: v.name.clone(),
+                    message,
+                });
+            }
+            claims.insert(v.name.clone(), path);
+            continue;
+        }
         if let Some(hp) = &v.host_path {
             let (path, t) = (hp.path.clone(), hp.type_.clone().unwrap_or_default());
             let r = tokio::task::spawn_blocking(move || check_host_path(Path::new(&path), &t))

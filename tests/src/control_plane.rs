@@ -164,7 +164,12 @@ pub fn kubectl_bin(version: Option<&str>) -> PathBuf {
 impl ControlPlane {
     /// Starts the control plane and waits until it answers.
     pub fn start() -> ControlPlane {
-        Self::launch(None, &[])
+        Self::launch(None)
+    }
+
+    /// [`ControlPlane::start`] with extra `skiff server` flags.
+    pub fn start_with_args(extra: &[&str]) -> ControlPlane {
+        Self::launch_with(None, extra)
     }
 
     /// Starts a whole single-node cluster (API server, scheduler, controllers, kubelet, CRI
@@ -176,7 +181,7 @@ impl ControlPlane {
 
     /// [`ControlPlane::start_cluster`] with extra `skiff server` flags (e.g.
     /// `--pod-manifest-path DIR`).
-    pub fn start_cluster_with(extra: &[&std::ffi::OsStr]) -> ControlPlane {
+    pub fn start_cluster_with(extra: &[&str]) -> ControlPlane {
         assert!(
             nix::unistd::geteuid().is_root(),
             "a whole test cluster needs root (namespaces, cgroups, bridges)"
@@ -213,7 +218,7 @@ impl ControlPlane {
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();
-        let cp = Self::launch(Some(agent), extra);
+        let cp = Self::launch_with(Some(agent), extra);
         let node = cp
             .agent
             .as_ref()
@@ -233,7 +238,11 @@ impl ControlPlane {
         cp
     }
 
-    fn launch(agent: Option<Agent>, extra: &[&std::ffi::OsStr]) -> ControlPlane {
+    fn launch(agent: Option<Agent>) -> ControlPlane {
+        Self::launch_with(agent, &[])
+    }
+
+    fn launch_with(agent: Option<Agent>, extra: &[&str]) -> ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("sk-cp")
             .tempdir()

@@ -1563,3 +1563,44 @@ fn admission_webhooks() {
         "--wait=false",
     ]);
 }
+
+#[test]
+fn node_component_identities_are_least_privilege() {
+    let cp = ControlPlane::start();
+    let can = |user: &str, args: &[&str]| {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--as", user]);
+        cp.kubectl(&a).stdout.trim().to_string()
+    };
+    // The service proxy: upstream's system:node-proxier, plus LoadBalancer statuses.
+    let proxy = "system:kube-proxy";
+    assert_eq!(can(proxy, &["list", "services", "-A"]), "yes");
+    assert_eq!(
+        can(proxy, &["watch", "endpointslices.discovery.k8s.io", "-A"]),
+        "yes"
+    );
+    assert_eq!(
+        can(proxy, &["patch", "services", "--subresource=status", "-A"]),
+        "yes"
+    );
+    assert_eq!(can(proxy, &["create", "pods", "-A"]), "no");
+    assert_eq!(can(proxy, &["get", "secrets", "-A"]), "no");
+    assert_eq!(can(proxy, &["patch", "services", "-A"]), "no");
+    // The cluster DNS: what CoreDNS reads, and its own kube-dns Service only.
+    let dns = "system:skiff-dns";
+    assert_eq!(
+        can(dns, &["list", "endpointslices.discovery.k8s.io", "-A"]),
+        "yes"
+    );
+    assert_eq!(
+        can(dns, &["patch", "service/kube-dns", "-n", "kube-system"]),
+        "yes"
+    );
+    assert_eq!(
+        can(dns, &["patch", "service/kubernetes", "-n", "default"]),
+        "no"
+    );
+    assert_eq!(can(dns, &["get", "secrets", "-A"]), "no");
+    assert_eq!(can(dns, &["delete", "services", "-A"]), "no");
+}

@@ -287,5 +287,34 @@ spec:
         ),
         "Error"
     );
+    // Its BackOff events are one Event with a count, as upstream's recorder writes them.
+    let backoffs = || {
+        cp.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sk-crash,reason=BackOff",
+            "-o",
+            "jsonpath={range .items[*]}{.count}|{.message}{\"\\n\"}{end}",
+        ])
+    };
+    cp.wait_for("a BackOff event counted twice", WAIT, || {
+        backoffs().lines().any(|l| {
+            l.split('|')
+                .next()
+                .unwrap_or("")
+                .parse::<u32>()
+                .unwrap_or(0)
+                >= 2
+        })
+    });
+    let lines = backoffs();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(
+        lines.contains(&format!(
+            "|Back-off restarting failed container main in pod sk-crash_default({uid})"
+        )),
+        "{lines}"
+    );
     cp.ok(&["delete", "pod", "sk-live", "sk-crash", "--wait=true"]);
 }

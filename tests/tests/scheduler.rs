@@ -391,3 +391,153 @@ preemptionPolicy: Never
         "{preempted}"
     );
 }
+
+#[test]
+fn volume_binding_follows_claims_and_volume_node_affinity() {
+    let cp = ControlPlane::start();
+    node(&cp, "sk-v1", "4", "8Gi", &[], "");
+    node(&cp, "sk-v2", "4", "8Gi", &[], "");
+    let o = cp.with_stdin(
+        &["apply", "-f", "-"],
+        r#"apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: sk-manual}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: sk-immediate}
+provisioner: example.com/sk-none
+volumeBindingMode: Immediate
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: sk-pv-on-v2}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: sk-manual
+  hostPath: {path: /tmp/sk-pv-on-v2}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [sk-v2]}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: sk-wait}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: sk-manual
+  resources: {requests: {storage: 500Mi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: sk-too-big}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: sk-manual
+  resources: {requests: {storage: 5Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: sk-unbound-immediate}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: sk-immediate
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: sk-provisioned}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    assert!(o.ok, "{}", o.stderr);
+    let with_claim = |claim: &str| {
+        format!(
+            r#""volumes": [{{"name": "d", "persistentVolumeClaim": {{"claimName": "{claim}"}}}}],"#
+        )
+    };
+    // WaitForFirstConsumer with a static volume: only the node the volume reaches.
+    pod(&cp, "sk-uses-wait", &with_claim("sk-wait"), "100m");
+    assert_eq!(wait_bound(&cp, "sk-uses-wait"), "sk-v2");
+    // No volume big enough and no provisioner.
+    pod(&cp, "sk-uses-big", &with_claim("sk-too-big"), "100m");
+    assert_eq!(
+        wait_unschedulable(&cp, "sk-uses-big"),
+        "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    );
+    // A missing claim, and an unbound Immediate one.
+    pod(&cp, "sk-uses-missing", &with_claim("sk-nope"), "100m");
+    let msg = wait_unschedulable(&cp, "sk-uses-missing");
+    assert!(
+        msg.contains("persistentvolumeclaim \"sk-nope\" not found"),
+        "{msg}"
+    );
+    pod(
+        &cp,
+        "sk-uses-immediate",
+        &with_claim("sk-unbound-immediate"),
+        "100m",
+    );
+    let msg = wait_unschedulable(&cp, "sk-uses-immediate");
+    assert!(
+        msg.contains("pod has unbound immediate PersistentVolumeClaims"),
+        "{msg}"
+    );
+    // The missing claim appears: the pending pod is scheduled (a claim event moves it).
+    let o = cp.with_stdin(
+        &["apply", "-f", "-"],
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {name: sk-pv-on-v1}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: sk-manual
+  hostPath: {path: /tmp/sk-pv-on-v1}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [sk-v1]}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: sk-nope}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: sk-manual
+  resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(wait_bound(&cp, "sk-uses-missing"), "sk-v1");
+    // A bound claim: its pods follow the volume's node affinity.
+    cp.wait_for("sk-wait bound", WAIT, || {
+        cp.ok(&["get", "pvc", "sk-wait", "-o", "jsonpath={.spec.volumeName}"]) == "sk-pv-on-v2"
+    });
+    pod(&cp, "sk-second-user", &with_claim("sk-wait"), "100m");
+    assert_eq!(wait_bound(&cp, "sk-second-user"), "sk-v2");
+    // The default (local-path) class provisions: the claim learns the chosen node first.
+    pod(
+        &cp,
+        "sk-uses-provisioned",
+        &with_claim("sk-provisioned"),
+        "100m",
+    );
+    let n = wait_bound(&cp, "sk-uses-provisioned");
+    assert_eq!(
+        cp.ok(&[
+            "get",
+            "pvc",
+            "sk-provisioned",
+            "-o",
+            "jsonpath={.metadata.annotations.volume\\.kubernetes\\.io/selected-node}"
+        ]),
+        n
+    );
+}

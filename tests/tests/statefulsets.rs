@@ -203,9 +203,38 @@ spec:
         );
     }
 
+    // The claim's volume is mounted: what a pod writes is on the PV's host path, and the
+    // pod that replaces it (the rollout below) finds it again.
+    c.ok(&[
+        "exec",
+        "sk-web-0",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /data/sk-file",
+    ]);
+    let pv0 = get_json(&c, &["pvc", "data-sk-web-0"])["spec"]["volumeName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host0 = get_json(&c, &["pv", &pv0])["spec"]["hostPath"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&host0).join("sk-file")).unwrap(),
+        "kept\n"
+    );
+    let uid0 = get_json(&c, &["pod", "sk-web-0"])["metadata"]["uid"].clone();
+
     // A new template rolls out from the highest ordinal down; history and undo.
     c.ok(&["set", "env", "sts/sk-web", "SK_V=2"]);
     rollout_status(&c, "sts/sk-web");
+    assert_ne!(get_json(&c, &["pod", "sk-web-0"])["metadata"]["uid"], uid0);
+    assert_eq!(
+        c.ok(&["exec", "sk-web-0", "--", "cat", "/data/sk-file"]),
+        "kept\n"
+    );
     let s = get_json(&c, &["sts", "sk-web"]);
     let rev2 = s["status"]["updateRevision"].as_str().unwrap().to_string();
     assert_ne!(rev1, rev2);

@@ -745,13 +745,21 @@ pub async fn commit_update(
     crate::admission::validate(ctx, t, "update", obj).await?;
     let md = &obj["metadata"];
     let finalizers_empty = md["finalizers"].as_array().is_none_or(Vec::is_empty);
+    // A namespace also waits for its spec finalizers (`kubernetes`: the namespace controller),
+    // as upstream's `ShouldDeleteNamespaceDuringUpdate`.
+    let spec_finalizers_empty = !is_namespace(&t.res)
+        || obj["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
     if !md["deletionTimestamp"].is_null()
         && finalizers_empty
+        && spec_finalizers_empty
         && md["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
     {
         if t.dry_run() {
             return Ok(obj.clone());
         }
+        tracing::debug!(key = %t.key(), "deletion complete: object removed");
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))
@@ -773,6 +781,10 @@ pub async fn commit_update(
     out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     lifecycle::after_update(ctx, &t.res, &out).await;
     Ok(out)
+}
+
+fn is_namespace(res: &Resource) -> bool {
+    res.kind == "Namespace" && res.group.is_empty()
 }
 
 /// A uid precondition: 409 when the stored object is another incarnation.
@@ -1138,6 +1150,13 @@ async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, S
         .propagation
         .clone()
         .unwrap_or_else(|| lifecycle::default_propagation(&t.res).into());
+    let namespace_like = is_namespace(&t.res);
+    // A namespace with spec finalizers (normally `kubernetes`) is only marked Terminating: the
+    // namespace controller empties it, then finalizes it (upstream's namespace REST Delete).
+    let namespace_waits = namespace_like
+        && obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
     let md = &mut obj["metadata"];
     let mut finalizers: Vec<Value> = md["finalizers"].as_array().cloned().unwrap_or_default();
     let add = |f: &mut Vec<Value>, name: &str| {
@@ -1150,11 +1169,11 @@ async fn delete_one(ctx: &Ctx, t: &Target, opts: &DeleteOpts) -> Result<Value, S
         "Foreground" => add(&mut finalizers, "foregroundDeletion"),
         _ => {}
     }
-    let namespace_like = t.res.kind == "Namespace" && t.res.group.is_empty();
-    if grace == 0 && finalizers.is_empty() && !namespace_like {
+    if grace == 0 && finalizers.is_empty() && !namespace_waits {
         if t.dry_run() {
             return Ok(obj);
         }
+        tracing::debug!(key = %t.key(), user = %t.user.name, "object deleted");
         let kv = ctx
             .store
             .delete(&t.key(), Some(rev))

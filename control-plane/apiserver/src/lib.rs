@@ -16,6 +16,7 @@ pub mod strategy;
 pub mod wire;
 
 mod admission;
+pub mod audit;
 mod authn;
 mod bootstrap;
 mod crd;

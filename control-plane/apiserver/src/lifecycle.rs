@@ -1,8 +1,8 @@
 //! Side effects of writes that upstream spreads over registries and controllers, kept inside
 //! the API server until the controllers issue moves them out: Service IP and node port
-//! allocation, what every namespace holds (`default` ServiceAccount, `kube-root-ca.crt`),
-//! namespace finalization (contents deleted, then the namespace), and cascading deletion
-//! (Background, Foreground and Orphan propagation through ownerReferences).
+//! allocation, what every namespace holds (`default` ServiceAccount, `kube-root-ca.crt`), and
+//! cascading deletion (Background, Foreground and Orphan propagation through ownerReferences).
+//! Namespace deletion is the namespace controller's (skiff-controllers' `namespace` module).
 
 use crate::handlers::{self, Ctx, Target};
 use crate::registry::Resource;
@@ -397,16 +397,14 @@ pub async fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
     }
 }
 
-/// After a deletion started (deletionTimestamp set): namespaces are emptied, foreground and
-/// orphan finalizers worked off.
+/// After a deletion started (deletionTimestamp set): foreground and orphan finalizers worked
+/// off.
 pub fn after_delete_started(ctx: &Ctx, res: &Resource, obj: &Value) {
-    let Some(ctx) = ctx.self_ref() else { return };
+    // A terminating namespace is emptied and finalized by the namespace controller.
     if res.group.is_empty() && res.kind == "Namespace" {
-        if let Some(ns) = obj["metadata"]["name"].as_str() {
-            spawn_namespace_finalizer(ctx, ns.to_string());
-        }
         return;
     }
+    let Some(ctx) = ctx.self_ref() else { return };
     let finalizers = finalizer_names(obj);
     let wants = |f: &str| finalizers.iter().any(|x| x == f);
     if !(wants("orphan") || wants("foregroundDeletion")) {
@@ -565,108 +563,4 @@ async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource
         }
     }
     out
-}
-
-/// Starts emptying a terminating namespace: every object in it is deleted (pods gracefully),
-/// then the `kubernetes` finalizer is removed and the namespace goes.
-pub fn spawn_namespace_finalizer(ctx: Arc<Ctx>, ns: String) {
-    tokio::spawn(async move {
-        let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let mut remaining = 0usize;
-            let mut kinds: Vec<String> = vec![];
-            for r in stored_resources(&ctx).into_iter().filter(|r| r.namespaced) {
-                let Ok((kvs, _)) = ctx.store.list(&format!("{}{ns}/", r.prefix())).await else {
-                    continue;
-                };
-                if kvs.is_empty() {
-                    continue;
-                }
-                remaining += kvs.len();
-                kinds.push(format!("{}.{} has {}", r.plural, r.group, kvs.len()));
-                for kv in kvs {
-                    if let Ok(o) = handlers::decode_as(&r, &kv) {
-                        if o["metadata"]["deletionTimestamp"].is_null() {
-                            let _ = delete_object(&ctx, &r, &o, None).await;
-                        }
-                    }
-                }
-            }
-            let key = nsres.key(None, &ns);
-            let Ok(Some(kv)) = ctx.store.get(&key).await else {
-                return;
-            };
-            let Ok(mut obj) = handlers::decode_as(&nsres, &kv) else {
-                return;
-            };
-            if remaining == 0 {
-                if let Some(f) = obj["spec"]["finalizers"].as_array_mut() {
-                    f.retain(|x| x != "kubernetes");
-                }
-                let t = internal_target(&ctx, &nsres, &obj);
-                let finalizers_left = obj["spec"]["finalizers"]
-                    .as_array()
-                    .is_some_and(|f| !f.is_empty());
-                let result = if finalizers_left
-                    || obj["metadata"]["finalizers"]
-                        .as_array()
-                        .is_some_and(|f| !f.is_empty())
-                {
-                    handlers::commit_update(&ctx, &t, &obj, kv.mod_revision)
-                        .await
-                        .map(drop)
-                } else {
-                    ctx.store
-                        .delete(&key, Some(kv.mod_revision))
-                        .await
-                        .map(drop)
-                        .map_err(|e| StatusError::internal(e.to_string()))
-                };
-                match result {
-                    Ok(()) if !finalizers_left => return,
-                    _ => {}
-                }
-            } else {
-                let conds = json!([
-                    {"type": "NamespaceDeletionDiscoveryFailure", "status": "False", "reason": "ResourcesDiscovered", "message": "All resources successfully discovered", "lastTransitionTime": handlers::now_rfc3339()},
-                    {"type": "NamespaceDeletionGroupVersionParsingFailure", "status": "False", "reason": "ParsedGroupVersions", "message": "All legacy kube types successfully parsed", "lastTransitionTime": handlers::now_rfc3339()},
-                    {"type": "NamespaceDeletionContentFailure", "status": "False", "reason": "ContentDeleted", "message": "All content successfully deleted, may be waiting on finalization", "lastTransitionTime": handlers::now_rfc3339()},
-                    {"type": "NamespaceContentRemaining", "status": "True", "reason": "SomeResourcesRemain", "message": format!("Some resources are remaining: {}", kinds.join(", ")), "lastTransitionTime": handlers::now_rfc3339()},
-                    {"type": "NamespaceFinalizersRemaining", "status": "False", "reason": "ContentHasNoFinalizers", "message": "All content-preserving finalizers finished", "lastTransitionTime": handlers::now_rfc3339()}
-                ]);
-                if obj["status"]["conditions"].as_array().map(|c| c.len()) != Some(5)
-                    || obj["status"]["conditions"][3]["message"] != conds[3]["message"]
-                {
-                    obj["status"]["conditions"] = conds;
-                    let _ = ctx
-                        .store
-                        .update(
-                            &key,
-                            handlers::encode_for(&nsres, &obj),
-                            Some(kv.mod_revision),
-                        )
-                        .await;
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
-    });
-}
-
-/// At start: namespaces left terminating by a previous run are finished.
-pub async fn resume(ctx: &Arc<Ctx>) {
-    let nsres = ctx.registry.by_kind("", "Namespace").expect("namespaces");
-    if let Ok((kvs, _)) = ctx.store.list(&nsres.prefix()).await {
-        for kv in kvs {
-            if let Ok(o) = handlers::decode_as(&nsres, &kv) {
-                if !o["metadata"]["deletionTimestamp"].is_null() {
-                    if let Some(n) = o["metadata"]["name"].as_str() {
-                        spawn_namespace_finalizer(ctx.clone(), n.to_string());
-                    }
-                }
-            }
-        }
-    }
 }

@@ -55,6 +55,9 @@ type Leaf<'a> = (
 );
 
 /// Every certificate the cluster uses.
+/// The user the built-in cluster DNS server authenticates as (bound to `skiff:dns`).
+pub const DNS_USER: &str = "system:skiff-dns";
+
 #[derive(Clone, Debug)]
 pub struct Pki {
     pub dir: PathBuf,
@@ -67,6 +70,8 @@ pub struct Pki {
     pub scheduler: CertPair,
     pub controller_manager: CertPair,
     pub kube_proxy: CertPair,
+    /// The cluster DNS server inside `skiff server`.
+    pub dns: CertPair,
 }
 
 fn read(p: &Path) -> Result<String, ApiError> {
@@ -139,6 +144,7 @@ impl Pki {
             scheduler: CertPair::new(dir, "client-scheduler"),
             controller_manager: CertPair::new(dir, "client-controller"),
             kube_proxy: CertPair::new(dir, "client-kube-proxy"),
+            dns: CertPair::new(dir, "client-dns"),
         };
         if !pki.ca.exists() {
             let key = KeyPair::generate().map_err(pki_err)?;
@@ -162,7 +168,7 @@ impl Pki {
         let ca_key = KeyPair::from_pem(&pki.ca.key_pem()?).map_err(pki_err)?;
         let issuer = Issuer::from_ca_cert_pem(&pki.ca.cert_pem()?, ca_key).map_err(pki_err)?;
         let node_cn = format!("system:node:{node_name}");
-        let leaves: [Leaf<'_>; 8] = [
+        let leaves: [Leaf<'_>; 9] = [
             (
                 &pki.apiserver,
                 "kube-apiserver",
@@ -208,6 +214,13 @@ impl Pki {
             (
                 &pki.kube_proxy,
                 "system:kube-proxy",
+                None,
+                &[],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            (
+                &pki.dns,
+                DNS_USER,
                 None,
                 &[],
                 ExtendedKeyUsagePurpose::ClientAuth,

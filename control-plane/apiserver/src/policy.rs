@@ -392,6 +392,35 @@ pub fn cluster_roles() -> Vec<DefaultRole> {
             "system:kube-dns",
             vec![r(&["list", "watch"], &[CORE], &["endpoints", "services"])],
         ),
+        // Skiff's own components beyond upstream's: the built-in cluster DNS (what CoreDNS
+        // reads, plus keeping its kube-dns Service and Endpoints) and the built-in service
+        // load balancer in the proxy (k3s's servicelb writes LoadBalancer statuses).
+        role(
+            "skiff:dns",
+            vec![
+                r(&["list", "watch"], &[CORE], &["endpoints", "services"]),
+                r(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+                r(&["create"], &[CORE], &["endpoints", "services"]),
+                r(
+                    &["get", "patch", "update"],
+                    &[CORE],
+                    &["endpoints", "services"],
+                )
+                .names(&["kube-dns"]),
+            ],
+        ),
+        role(
+            "skiff:service-lb",
+            vec![r(
+                &["get", "patch", "update"],
+                &[CORE],
+                &["services/status"],
+            )],
+        ),
         role(
             "system:persistent-volume-provisioner",
             vec![
@@ -1009,6 +1038,16 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<Value>)> {
             "system:node-proxier".into(),
             "system:node-proxier".into(),
             vec![user("system:kube-proxy")],
+        ),
+        (
+            "skiff:service-lb".into(),
+            "skiff:service-lb".into(),
+            vec![user("system:kube-proxy")],
+        ),
+        (
+            "skiff:dns".into(),
+            "skiff:dns".into(),
+            vec![user(crate::pki::DNS_USER)],
         ),
         (
             "system:kube-dns".into(),

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
-use serde_json::Value;
+use serde_json::{json, Value};
 use skiff_store::Store;
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +35,8 @@ pub struct ApiServerConfig {
     pub service_cidr: String,
     /// `--service-node-port-range`.
     pub node_port_range: (u16, u16),
+    /// `--audit-policy-file` and `--audit-log-*`: no auditing when `None`.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl ApiServerConfig {
@@ -46,6 +48,7 @@ impl ApiServerConfig {
             pki,
             service_cidr: "10.43.0.0/16".into(),
             node_port_range: (30000, 32767),
+            audit: None,
         }
     }
 }
@@ -161,7 +164,12 @@ pub async fn serve(
     let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
     crate::bootstrap::run(&ctx).await?;
     crate::crd::load_all(&ctx).await;
-    crate::lifecycle::resume(&ctx).await;
+    let auditor = match &cfg.audit {
+        Some(a) => Some(Arc::new(
+            crate::audit::Auditor::open(a).map_err(ApiError::Config)?,
+        )),
+        None => None,
+    };
     let (tls_cfg, client_check) = tls_config(&cfg.pki)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_cfg));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -187,6 +195,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let client_check = client_check.clone();
         let ctx = ctx.clone();
+        let auditor = auditor.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
@@ -208,7 +217,13 @@ pub async fn serve(
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let user = user.clone();
-                async move { Ok::<_, Infallible>(route(ctx, req, user).await) }
+                let auditor = auditor.clone();
+                async move {
+                    Ok::<_, Infallible>(match auditor {
+                        Some(a) => audited(a, ctx, req, user, peer).await,
+                        None => route(ctx, req, user).await,
+                    })
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             // Go's http.Server allows 1 MiB of headers (HTTP/1 and HTTP/2 alike); hyper's
@@ -336,6 +351,111 @@ async fn health(ctx: &Ctx, which: &str, rest: &[&str], query: &str) -> Response<
     }
 }
 
+/// [`route`] with an audit record: filled in while the request is served, written when its
+/// response is known.
+async fn audited(
+    a: Arc<crate::audit::Auditor>,
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    user: CertUser,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
+    use crate::audit::Level;
+    let header = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut source_ips: Vec<String> = header("x-forwarded-for")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    source_ips.push(peer.ip().to_string());
+    let path = req.uri().path().to_string();
+    let verb = req.method().as_str().to_lowercase();
+    let rec = Arc::new(std::sync::Mutex::new(crate::audit::Record {
+        id: uuid::Uuid::new_v4().to_string(),
+        received: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        verb: verb.clone(),
+        source_ips,
+        user_agent: header("user-agent"),
+        request: crate::audit::Request {
+            verb,
+            resource: None,
+            path,
+        },
+        ..Default::default()
+    }));
+    let resp = crate::audit::scope(a.clone(), rec.clone(), route(ctx, req, user)).await;
+    let code = resp.status().as_u16();
+    let (long_running, level) = {
+        let r = rec.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            r.verb == "watch" || code == 101 || r.long_running,
+            r.level.unwrap_or_default(),
+        )
+    };
+    if long_running {
+        crate::audit::finish(&a, &rec, "ResponseStarted", code, None, None);
+        return resp;
+    }
+    if code < 400 && level < Level::RequestResponse {
+        crate::audit::finish(&a, &rec, "ResponseComplete", code, None, None);
+        return resp;
+    }
+    // The body is needed (an error's Status, or the response object): it is in memory.
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let protobuf = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("protobuf"));
+    let gzip = parts
+        .headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let plain = if gzip {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .ok()
+            .map(|_| Bytes::from(out))
+    } else {
+        Some(bytes.clone())
+    };
+    let value = plain.and_then(|b| {
+        if protobuf {
+            skiff_codec::decode(&b).ok()
+        } else {
+            serde_json::from_slice::<Value>(&b).ok()
+        }
+    });
+    let status = value.as_ref().filter(|v| v["kind"] == "Status");
+    crate::audit::finish(
+        &a,
+        &rec,
+        "ResponseComplete",
+        code,
+        status,
+        value.clone().filter(|_| level == Level::RequestResponse),
+    );
+    Response::from_parts(parts, full(bytes))
+}
+
 async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: CertUser) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -366,15 +486,20 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>, user: CertUser) -> Respons
             },
             _ => return error_response(&StatusError::unauthorized()),
         };
+        crate::audit::with(|_, r| r.user = Some(user.clone()));
         let user = match crate::authn::impersonate(&ctx, &user, req.headers()).await {
             Ok(Some(as_user)) => {
                 tracing::debug!(user = %user.name, as_user = %as_user.name, "impersonating");
+                crate::audit::with(|_, r| r.impersonated = Some(as_user.clone()));
                 as_user
             }
             Ok(None) => user,
             Err(e) => return error_response(&e),
         };
         let resource_request = matches!(segs.as_slice(), ["api", _, _, ..] | ["apis", _, _, _, ..]);
+        if !resource_request {
+            crate::audit::request_received();
+        }
         if !public && !resource_request {
             let verb = match *req.method() {
                 Method::GET | Method::HEAD => "get",
@@ -592,6 +717,53 @@ async fn resource(
         "DELETE" => "deletecollection",
         _ => "",
     };
+    crate::audit::with(|a, r| {
+        r.verb = kube_verb.to_string();
+        r.long_running = watch
+            || streaming
+            || (t.sub.as_deref() == Some("log") && t.param("follow") == Some("true"));
+        let mut o = serde_json::Map::new();
+        o.insert("resource".into(), json!(res.plural));
+        if let Some(ns) = &t.namespace {
+            o.insert("namespace".into(), json!(ns));
+        }
+        if let Some(n) = &t.name {
+            o.insert("name".into(), json!(n));
+        }
+        if !res.group.is_empty() {
+            o.insert("apiGroup".into(), json!(res.group));
+        }
+        o.insert("apiVersion".into(), json!(version));
+        if let Some(sub) = &t.sub {
+            o.insert("subresource".into(), json!(sub));
+        }
+        r.object_ref = Some(Value::Object(o));
+        r.request = crate::audit::Request {
+            verb: kube_verb.into(),
+            resource: Some((
+                res.group.clone(),
+                res.plural.clone(),
+                t.sub.clone().unwrap_or_default(),
+                t.namespace.clone().unwrap_or_default(),
+                t.name.clone().unwrap_or_default(),
+            )),
+            path: String::new(),
+        };
+        r.decide(a);
+        if r.level >= Some(crate::audit::Level::Request) {
+            r.request_object = crate::audit::request_body(&t.content_type, &body);
+            // As upstream: a create names its object in the body.
+            if let (Some(o), Some(Value::Object(obj_ref))) = (&r.request_object, &mut r.object_ref)
+            {
+                if !obj_ref.contains_key("name") {
+                    if let Some(n) = o["metadata"]["name"].as_str() {
+                        obj_ref.insert("name".into(), json!(n));
+                    }
+                }
+            }
+        }
+    });
+    crate::audit::request_received();
     let allowed = match &t.sub {
         Some(sub) => res
             .subresource(sub)
@@ -624,6 +796,13 @@ async fn resource(
         t.name(),
     );
     let d = crate::rbac::authorize(&ctx, &t.user, &attrs).await;
+    crate::audit::with(|_, r| {
+        let decision = if d.allowed { "allow" } else { "forbid" };
+        r.annotations
+            .insert("authorization.k8s.io/decision".into(), json!(decision));
+        r.annotations
+            .insert("authorization.k8s.io/reason".into(), json!(d.reason));
+    });
     if !d.allowed {
         tracing::debug!(user = %t.user.name, verb = authz_verb, resource = %res.plural, "forbidden");
         return Err(crate::rbac::forbidden(&t.user, &attrs, &d.reason));

@@ -1,10 +1,10 @@
 //! Events as upstream's legacy recorder writes them (core/v1, `source.component` the controller's
-//! name, named `<object>.<unix nanos in hex>`), sent without making the caller wait.
+//! name, named `<object>.<unix nanos in hex>`), correlated (deduplicated into counts, similar ones
+//! combined, spam dropped) by `skiff-events` and sent without making the caller wait.
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::PostParams;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -71,14 +71,6 @@ impl Recorder {
             }),
             ..Default::default()
         };
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = Api::<Event>::namespaced(client, &ns)
-                .create(&PostParams::default(), &ev)
-                .await
-            {
-                tracing::debug!(error = %e, "could not record event");
-            }
-        });
+        skiff_events::record_later(&self.client, ev);
     }
 }

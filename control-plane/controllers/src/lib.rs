@@ -20,6 +20,7 @@ pub mod expectations;
 pub mod gc;
 pub mod informer;
 pub mod leader;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod queue;
@@ -76,6 +77,7 @@ fn controllers() -> Vec<(&'static str, Runner)> {
         ("persistentvolume-binder", storage::run),
         (endpointslice::NAME, endpointslice::run),
         (endpoints::NAME, endpoints::run),
+        ("namespace", namespace::run),
     ]
 }
 

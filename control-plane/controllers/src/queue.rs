@@ -21,6 +21,8 @@ struct State {
 pub struct WorkQueue {
     state: Mutex<State>,
     notify: Notify,
+    /// Longest retry back-off in ms (0: client-go's default controller limit, 1000 s).
+    max_backoff_ms: u64,
 }
 
 /// What a sync asks for next.
@@ -29,6 +31,15 @@ pub type SyncResult<E> = Result<Option<Duration>, E>;
 impl WorkQueue {
     pub fn new() -> Arc<Self> {
         Arc::new(WorkQueue::default())
+    }
+
+    /// A queue whose retry back-off stops growing at `max` (e.g. the namespace controller's
+    /// 5 ms .. 60 s).
+    pub fn with_max_backoff(max: Duration) -> Arc<Self> {
+        Arc::new(WorkQueue {
+            max_backoff_ms: (max.as_millis() as u64).max(5),
+            ..WorkQueue::default()
+        })
     }
 
     pub fn add(&self, key: impl Into<String>) {
@@ -68,7 +79,12 @@ impl WorkQueue {
             *n += 1;
             *n
         };
-        let ms = 5u64.saturating_mul(1u64 << (n - 1).min(30)).min(1_000_000);
+        let max = if self.max_backoff_ms == 0 {
+            1_000_000
+        } else {
+            self.max_backoff_ms
+        };
+        let ms = 5u64.saturating_mul(1u64 << (n - 1).min(30)).min(max);
         self.add_after(key, Duration::from_millis(ms));
     }
 

@@ -7,9 +7,9 @@
 //! * A pending claim binds to the smallest Available PV that fits (class, access modes,
 //!   capacity, volume mode, selector, node affinity of the selected node). A
 //!   `WaitForFirstConsumer` claim waits for a pod that uses it to be on a node: the scheduler
-//!   sets `volume.kubernetes.io/selected-node` upstream; Skiff's scheduler does not, so this
-//!   controller sets it from the consuming pod's `spec.nodeName` (binding after scheduling, not
-//!   during it).
+//!   picks a node where a volume fits (or where one can be provisioned) and sets
+//!   `volume.kubernetes.io/selected-node` before binding the pod; this controller also takes
+//!   the consuming pod's `spec.nodeName` when the annotation is missing.
 //! * With no PV to bind and a class whose provisioner is ours, it provisions a `hostPath` PV
 //!   `pvc-<claim uid>` at `<data dir>/storage/pvc-<uid>_<ns>_<claim>` with node affinity to the
 //!   selected node, and binds it.

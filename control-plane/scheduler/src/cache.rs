@@ -368,10 +368,20 @@ pub fn normalize_image(name: &str) -> String {
     format!("{repo}:{tag}")
 }
 
+/// Claims, volumes and classes, for the VolumeBinding filter.
+#[derive(Default)]
+pub struct Volumes {
+    /// By `namespace/name`.
+    pub claims: HashMap<String, Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
+    pub pvs: HashMap<String, Arc<k8s_openapi::api::core::v1::PersistentVolume>>,
+    pub classes: HashMap<String, Arc<k8s_openapi::api::storage::v1::StorageClass>>,
+}
+
 /// Nodes and the pods placed on them; pods bound by the API or assumed by this scheduler.
 #[derive(Default)]
 pub struct Cache {
     pub nodes: BTreeMap<String, NodeInfo>,
+    pub volumes: Volumes,
     /// Pod uid -> node it is on (bound or assumed).
     placed: HashMap<String, String>,
     /// Pods this scheduler placed before the API confirmed them.

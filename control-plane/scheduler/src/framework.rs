@@ -19,7 +19,7 @@ pub struct Unfit {
 }
 
 impl Unfit {
-    fn hard(r: impl Into<String>) -> Unfit {
+    pub(crate) fn hard(r: impl Into<String>) -> Unfit {
         Unfit {
             reasons: vec![r.into()],
             resolvable: false,
@@ -63,6 +63,8 @@ pub struct Cycle<'a> {
     images: HashMap<&'a str, usize>,
     /// Pods nominated to nodes with priority >= this pod's: node -> their requests and ports.
     nominated: HashMap<String, Vec<&'a PodInfo>>,
+    /// The claims the pod mounts (VolumeBinding).
+    pub claims: Vec<crate::volumes::Claim>,
 }
 
 fn pod_ns_labels_match(
@@ -104,6 +106,7 @@ impl<'a> Cycle<'a> {
             existing_preferred: HashMap::new(),
             images: cache.image_spread(),
             nominated: HashMap::new(),
+            claims: crate::volumes::claims_of(&pod.pod, &cache.volumes),
         };
         for (uid, (node, p)) in &cache.nominated {
             if *uid != pod.uid && p.priority >= pod.priority {
@@ -404,6 +407,9 @@ impl<'a> Cycle<'a> {
         }
         if on("NodeResourcesFit") {
             self.resources_fit(n, nominated)?;
+        }
+        if on("VolumeBinding") {
+            crate::volumes::fit(&self.claims, &self.cache.volumes, n)?;
         }
         if on("PodTopologySpread") {
             self.spread_fit(n)?;

@@ -13,12 +13,16 @@ pub mod labels;
 mod preempt;
 pub mod quantity;
 pub mod queue;
+pub mod volumes;
 
 use cache::{Cache, PodInfo};
 use config::SchedulerConfig;
 use framework::{fit_error, Cycle, Unfit};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Event, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Event, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -91,12 +95,40 @@ pub async fn run_with(
         tokio::spawn(watch_nodes(shared.clone(), ready_tx.clone())),
         tokio::spawn(watch_namespaces(shared.clone(), ready_tx.clone())),
         tokio::spawn(watch_pods(shared.clone(), ready_tx.clone())),
+        tokio::spawn(watch_volumes(
+            shared.clone(),
+            ready_tx.clone(),
+            "persistentvolumeclaims",
+            |v| &mut v.claims,
+            |c: &PersistentVolumeClaim| {
+                format!(
+                    "{}/{}",
+                    c.metadata.namespace.as_deref().unwrap_or(""),
+                    c.metadata.name.as_deref().unwrap_or("")
+                )
+            },
+        )),
+        tokio::spawn(watch_volumes(
+            shared.clone(),
+            ready_tx.clone(),
+            "persistentvolumes",
+            |v| &mut v.pvs,
+            |p: &PersistentVolume| p.metadata.name.clone().unwrap_or_default(),
+        )),
+        tokio::spawn(watch_volumes(
+            shared.clone(),
+            ready_tx.clone(),
+            "storageclasses",
+            |v| &mut v.classes,
+            |c: &StorageClass| c.metadata.name.clone().unwrap_or_default(),
+        )),
     ];
     tokio::pin!(shutdown);
-    // Schedule nothing before the first full lists of nodes, namespaces and pods are in.
+    // Schedule nothing before the first full lists of nodes, namespaces, pods, claims, volumes
+    // and classes are in.
     tokio::select! {
         _ = &mut shutdown => { abort(&watches); return Ok(()); }
-        _ = ready_rx.wait_for(|n| *n >= 3) => {}
+        _ = ready_rx.wait_for(|n| *n >= 6) => {}
     }
     tracing::info!("scheduler running");
     // After a burst of work, once idle for 2 s, hand freed heap and start-up code pages back
@@ -219,6 +251,45 @@ async fn watch_nodes(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>)
             };
             for n in names {
                 c.remove_node(&n);
+            }
+        },
+    )
+    .await
+}
+
+/// Keeps one map of [`cache::Volumes`] current; a change may make pending pods schedulable.
+async fn watch_volumes<K>(
+    s: Arc<Shared>,
+    ready: Arc<tokio::sync::watch::Sender<u8>>,
+    what: &'static str,
+    map: fn(&mut cache::Volumes) -> &mut HashMap<String, Arc<K>>,
+    key: fn(&K) -> String,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (s1, s2) = (s.clone(), s.clone());
+    follow(
+        what,
+        Api::<K>::all(s.client.clone()),
+        ready,
+        move |o: K| {
+            map(&mut s1.cache().volumes).insert(key(&o), Arc::new(o));
+            s1.queue.move_all();
+        },
+        move |gone: Option<&K>, keep: &HashSet<String>| {
+            let mut c = s2.cache();
+            let m = map(&mut c.volumes);
+            match gone {
+                Some(o) => {
+                    m.remove(&key(o));
+                }
+                None => m.retain(|_, o| o.meta().uid.as_ref().is_some_and(|u| keep.contains(u))),
             }
         },
     )
@@ -357,7 +428,8 @@ async fn schedule_cycle(s: &Arc<Shared>, pod: Arc<Pod>, info: Arc<PodInfo>) {
         return;
     };
     enum Outcome {
-        Bind(String),
+        /// The node, and claims to provision there.
+        Bind(String, Vec<(String, String)>),
         Unschedulable(String, Option<preempt::Decision>),
     }
     let outcome = {
@@ -402,19 +474,21 @@ async fn schedule_cycle(s: &Arc<Shared>, pod: Arc<Pod>, info: Arc<PodInfo>) {
             let ties: Vec<usize> = (0..feasible.len()).filter(|i| scores[*i] == best).collect();
             let pick = ties[s.ties.fetch_add(1, Ordering::Relaxed) % ties.len()];
             let node = feasible[pick].name.clone();
+            let provision = volumes::to_provision(&cycle.claims, &cache.volumes, feasible[pick]);
             drop(cycle);
             cache.assume(info.clone(), &node);
-            Outcome::Bind(node)
+            Outcome::Bind(node, provision)
         }
     };
     match outcome {
-        Outcome::Bind(node) => {
+        Outcome::Bind(node, provision) => {
             s.queue.done(&info.uid);
             let permit = s.bindings.clone().acquire_owned().await;
             let s = s.clone();
             tokio::spawn(
                 async move {
                     let _permit = permit;
+                    select_node_for_claims(&s, &provision, &node).await;
                     bind(&s, &info, &node).await;
                 }
                 .in_current_span(),
@@ -429,6 +503,26 @@ async fn schedule_cycle(s: &Arc<Shared>, pod: Arc<Pod>, info: Arc<PodInfo>) {
                 tokio::spawn(async move { evict(&s2, &info2, d).await }.in_current_span());
             }
             report_unschedulable(s, &info, msg).await;
+        }
+    }
+}
+
+/// PreBind of VolumeBinding: claims that will be provisioned learn the node (the provisioner
+/// makes the volume there).
+async fn select_node_for_claims(s: &Arc<Shared>, claims: &[(String, String)], node: &str) {
+    for (ns, name) in claims {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(s.client.clone(), ns);
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {volumes::SELECTED_NODE: node}}});
+        if let Err(e) = api
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::warn!(claim = %format!("{ns}/{name}"), error = %e, "could not select the node for a claim");
         }
     }
 }
@@ -622,10 +716,5 @@ async fn event(
         }),
         ..Default::default()
     };
-    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ev)
-        .await
-    {
-        tracing::debug!(error = %e, "could not record event");
-    }
+    skiff_events::record(client, ev).await;
 }
