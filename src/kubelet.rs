@@ -67,6 +67,24 @@ pub struct KubeletArgs {
     /// This node's pod CIDR (default `10.42.0.0/24`).
     #[arg(long)]
     pub pod_cidr: Option<String>,
+    /// Requests to :10250 without credentials are `system:anonymous` (true) or get 401.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub anonymous_auth: Option<bool>,
+    /// Check bearer tokens with TokenReviews against the API server.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub authentication_token_webhook: Option<bool>,
+    /// `AlwaysAllow` or `Webhook` (SubjectAccessReviews).
+    #[arg(long)]
+    pub authorization_mode: Option<skiff_node::auth::AuthzMode>,
+    /// Folder of static pod manifests (YAML or JSON).
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Port of the plain-HTTP `/healthz` (default 10248; 0 disables).
+    #[arg(long)]
+    pub healthz_port: Option<u16>,
+    /// Address of the healthz endpoint (default 127.0.0.1).
+    #[arg(long)]
+    pub healthz_bind_address: Option<IpAddr>,
 }
 
 /// The KubeletConfiguration fields this kubelet reads.
@@ -79,6 +97,10 @@ struct KubeletConfiguration {
     tls_cert_file: Option<PathBuf>,
     tls_private_key_file: Option<PathBuf>,
     authentication: Option<Authentication>,
+    authorization: Option<Authorization>,
+    static_pod_path: Option<PathBuf>,
+    healthz_port: Option<u16>,
+    healthz_bind_address: Option<IpAddr>,
     #[serde(rename = "clusterDNS")]
     cluster_dns: Option<Vec<IpAddr>>,
     cluster_domain: Option<String>,
@@ -98,6 +120,75 @@ struct KubeletConfiguration {
 #[serde(rename_all = "camelCase")]
 struct Authentication {
     x509: Option<X509>,
+    webhook: Option<AuthnWebhook>,
+    anonymous: Option<Anonymous>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+struct AuthnWebhook {
+    enabled: Option<bool>,
+    #[serde(rename = "cacheTTL")]
+    cache_ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+struct Anonymous {
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+struct Authorization {
+    mode: Option<String>,
+    webhook: Option<AuthzWebhook>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+struct AuthzWebhook {
+    #[serde(rename = "cacheAuthorizedTTL")]
+    cache_authorized_ttl: Option<String>,
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    cache_unauthorized_ttl: Option<String>,
+}
+
+/// A Go duration (`2m0s`, `30s`, `1h`, `500ms`).
+fn go_duration(s: &str) -> Result<std::time::Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(n) = chars.peek().copied().filter(|n| n.is_ascii_alphabetic()) {
+            unit.push(n);
+            chars.next();
+        }
+        let v: f64 = num
+            .parse()
+            .with_context(|| format!("duration {s:?}: bad number"))?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => bail!("duration {s:?}: unknown unit {unit:?}"),
+        };
+    }
+    if !num.is_empty() {
+        if num == "0" {
+            return Ok(std::time::Duration::ZERO);
+        }
+        bail!("duration {s:?}: missing unit");
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -244,10 +335,60 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
         .tls_private_key_file
         .clone()
         .or(file.tls_private_key_file);
-    c.client_ca = args.client_ca_file.clone().or(file
-        .authentication
-        .and_then(|a| a.x509)
-        .and_then(|x| x.client_ca_file));
+    // Authentication and authorization: a KubeletConfiguration file brings v1beta1's secure
+    // defaults (no anonymous, token webhook, Webhook mode); without one, the flags' defaults
+    // (anonymous, AlwaysAllow) apply, as upstream. Flags win.
+    let mut auth = if args.config.is_some() {
+        skiff_node::auth::AuthSettings::secure()
+    } else {
+        skiff_node::auth::AuthSettings::default()
+    };
+    let authn = file.authentication.unwrap_or_default();
+    if let Some(w) = authn.webhook {
+        if let Some(e) = w.enabled {
+            auth.webhook_authn = e;
+        }
+        if let Some(t) = w.cache_ttl {
+            auth.token_ttl = go_duration(&t)?;
+        }
+    }
+    if let Some(e) = authn.anonymous.and_then(|a| a.enabled) {
+        auth.anonymous = e;
+    }
+    if let Some(z) = file.authorization {
+        if let Some(m) = z.mode {
+            auth.mode = m.parse().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(w) = z.webhook {
+            if let Some(t) = w.cache_authorized_ttl {
+                auth.authorized_ttl = go_duration(&t)?;
+            }
+            if let Some(t) = w.cache_unauthorized_ttl {
+                auth.unauthorized_ttl = go_duration(&t)?;
+            }
+        }
+    }
+    if let Some(a) = args.anonymous_auth {
+        auth.anonymous = a;
+    }
+    if let Some(w) = args.authentication_token_webhook {
+        auth.webhook_authn = w;
+    }
+    if let Some(m) = args.authorization_mode {
+        auth.mode = m;
+    }
+    c.auth = auth;
+    c.client_ca = args
+        .client_ca_file
+        .clone()
+        .or(authn.x509.and_then(|x| x.client_ca_file));
+    c.pod_manifest_path = args.pod_manifest_path.clone().or(file.static_pod_path);
+    let healthz_port = args.healthz_port.or(file.healthz_port).unwrap_or(10248);
+    let healthz_addr = args
+        .healthz_bind_address
+        .or(file.healthz_bind_address)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    c.healthz = (healthz_port != 0).then(|| std::net::SocketAddr::new(healthz_addr, healthz_port));
     if let Some(p) = args.pod_cidr.clone().or(file.pod_cidr) {
         c.pod_cidr = p;
     }
@@ -291,7 +432,7 @@ mod tests {
         let file = dir.path().join("config.yaml");
         std::fs::write(
             &file,
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [10.43.0.10]\nclusterDomain: example.local\nmaxPods: 50\nport: 10251\nregisterWithTaints:\n- {key: a, value: b, effect: NoSchedule}\nauthentication:\n  x509:\n    clientCAFile: /ca.crt\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS: [10.43.0.10]\nclusterDomain: example.local\nmaxPods: 50\nport: 10251\nregisterWithTaints:\n- {key: a, value: b, effect: NoSchedule}\nauthentication:\n  x509:\n    clientCAFile: /ca.crt\n  webhook:\n    cacheTTL: 30s\nauthorization:\n  webhook:\n    cacheAuthorizedTTL: 1m0s\nstaticPodPath: /etc/sk-manifests\n",
         )
         .unwrap();
         let t = T::parse_from([
@@ -327,7 +468,30 @@ mod tests {
         assert_eq!(c.node_labels["y"], "2");
         assert_eq!(c.register_with_taints[0].effect, "NoSchedule");
         assert_eq!(c.client_ca, Some(PathBuf::from("/ca.crt")));
+        assert_eq!(c.auth.token_ttl.as_secs(), 30);
+        assert_eq!(c.auth.authorized_ttl.as_secs(), 60);
+        assert_eq!(
+            c.pod_manifest_path,
+            Some(PathBuf::from("/etc/sk-manifests"))
+        );
+        let t = T::parse_from([
+            "x",
+            "--kubeconfig",
+            "/k",
+            "--anonymous-auth",
+            "--authorization-mode=Webhook",
+        ]);
+        let open = config(&t.k).unwrap();
+        assert!(open.auth.anonymous);
+        assert!(!open.auth.webhook_authn, "flag default without a file");
+        assert_eq!(open.auth.mode, skiff_node::auth::AuthzMode::Webhook);
+        // The file brings v1beta1's secure defaults.
+        assert!(!c.auth.anonymous);
+        assert_eq!(c.auth.mode, skiff_node::auth::AuthzMode::Webhook);
         assert!(parse_taint("k=v:Bad").is_err());
+        assert_eq!(go_duration("2m0s").unwrap().as_secs(), 120);
+        assert_eq!(go_duration("1h30m").unwrap().as_secs(), 5400);
+        assert!(go_duration("5x").is_err());
         assert_eq!(parse_taint("k:NoExecute").unwrap().value, None);
         let t = T::parse_from(["x", "--kubeconfig", "/k", "--cgroup-driver", "systemd"]);
         assert!(config(&t.k).is_err());

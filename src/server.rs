@@ -84,6 +84,9 @@ pub struct ServerArgs {
     /// Port of the kubelet's HTTPS server.
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// Folder of static pod manifests (kubelet's `--pod-manifest-path`).
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
     /// Linux bridge the pod network uses (several Skiff nodes on one host need one each).
     #[arg(long, default_value = "cni0")]
     pub cni_bridge: String,
@@ -404,6 +407,10 @@ where
     kcfg.tls_cert = Some(pki.kubelet_serving.cert.clone());
     kcfg.tls_key = Some(pki.kubelet_serving.key.clone());
     kcfg.client_ca = Some(pki.ca.cert.clone());
+    // :10250 as a secured upstream kubelet: client certificates or TokenReviewed bearer tokens,
+    // SubjectAccessReviews for every request, no anonymous access.
+    kcfg.auth = skiff_node::auth::AuthSettings::secure();
+    kcfg.pod_manifest_path = args.pod_manifest_path.clone();
     kcfg.cluster_dns = vec![args.cluster_dns];
     kcfg.roles = vec!["control-plane".into(), "master".into()];
     kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));

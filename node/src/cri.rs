@@ -94,6 +94,19 @@ pub trait CriRuntime: Send + Sync + 'static {
         &self,
         req: cri::PortForwardRequest,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// ListContainerStats of every container (the monitoring endpoints); runtimes without
+    /// stats answer empty.
+    fn list_container_stats(
+        &self,
+    ) -> impl Future<Output = Result<Vec<cri::ContainerStats>, CriError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+    /// ListPodSandboxStats of every sandbox.
+    fn list_pod_sandbox_stats(
+        &self,
+    ) -> impl Future<Output = Result<Vec<cri::PodSandboxStats>, CriError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// A stream of CRI container events.
@@ -304,6 +317,26 @@ impl CriRuntime for GrpcCri {
             .await
             .map_err(|s| self.err("ListContainers", s))?;
         Ok(r.into_inner().containers)
+    }
+
+    async fn list_container_stats(&self) -> Result<Vec<cri::ContainerStats>, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+            .await
+            .map_err(|s| self.err("ListContainerStats", s))?;
+        Ok(r.into_inner().stats)
+    }
+
+    async fn list_pod_sandbox_stats(&self) -> Result<Vec<cri::PodSandboxStats>, CriError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+            .await
+            .map_err(|s| self.err("ListPodSandboxStats", s))?;
+        Ok(r.into_inner().stats)
     }
 
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, CriError> {

@@ -58,6 +58,7 @@ pub async fn run<R: CriRuntime>(
     }
     if let Some(g) = &h.http_get {
         let target = crate::probe::Target {
+            pod: Default::default(),
             pod_ip: pod_ip.to_string(),
             container_id: container_id.to_string(),
             container: c.clone(),

@@ -15,12 +15,14 @@
 //! - [`server`] and [`tls`]: the HTTPS server on :10250; [`logs`]: CRI log-line parsing/rendering.
 //! - [`error`]: [`NodeError`] and [`CriError`].
 
+pub mod auth;
 pub mod cri;
 pub mod error;
 pub mod events;
 pub mod fake;
 pub mod hooks;
 pub mod logs;
+pub mod monitor;
 pub mod mounts;
 pub mod node;
 pub mod objects;
@@ -30,6 +32,7 @@ pub mod probe;
 pub mod reconcile;
 pub mod security;
 pub mod server;
+pub mod static_pods;
 pub mod status;
 pub mod stream;
 pub mod tls;
@@ -111,6 +114,13 @@ pub struct KubeletConfig {
     pub max_pods: u32,
     /// Taints the Node is registered with.
     pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Authentication and authorization of the :10250 server (upstream's flag defaults:
+    /// anonymous allowed, AlwaysAllow; `skiff server` uses [`auth::AuthSettings::secure`]).
+    pub auth: auth::AuthSettings,
+    /// Folder of static pod manifests (`--pod-manifest-path`, `staticPodPath`).
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Plain-HTTP `/healthz` (`--healthz-port`/`--healthz-bind-address`; unset: none).
+    pub healthz: Option<SocketAddr>,
 }
 
 impl KubeletConfig {
@@ -137,6 +147,9 @@ impl KubeletConfig {
             status_interval: Duration::from_secs(10),
             max_pods: 110,
             register_with_taints: Vec::new(),
+            auth: auth::AuthSettings::default(),
+            pod_manifest_path: None,
+            healthz: None,
         }
     }
 }
@@ -241,6 +254,43 @@ pub async fn run_with_runtime<R: CriRuntime>(
     let rt_version = runtime_version(&version);
     info!(runtime = %rt_version, "connected to the CRI runtime");
 
+    // Pods (static ones above all) run before the node is registered: a kubelet can start the
+    // control plane it registers with from its manifest folder, as upstream's does.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let static_registry = static_pods::Registry::default();
+    let ctx = Arc::new(SyncContext {
+        node_name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip.to_string(),
+        pod_log_dir: cfg.pod_log_dir.clone(),
+        cluster_dns: cfg.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        cgroup_root: cfg.cgroup_root.clone(),
+        root_dir: cfg.root_dir.clone(),
+    });
+    let mut statics = pods::StaticSource {
+        rx: None,
+        registry: static_registry.clone(),
+    };
+    if let Some(dir) = cfg.pod_manifest_path.clone() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        statics.rx = Some(rx);
+        tokio::spawn(static_pods::watch_dir(
+            dir,
+            cfg.node_name.clone(),
+            tx,
+            stop_rx.clone(),
+        ));
+    }
+    let pods_task = tokio::spawn(pods::run(
+        client.clone(),
+        cri.clone(),
+        ctx,
+        writer,
+        reader.clone(),
+        statics,
+        stop_rx.clone(),
+    ));
+
     let facts = node::NodeFacts {
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip,
@@ -273,12 +323,21 @@ pub async fn run_with_runtime<R: CriRuntime>(
         .await
         .map_err(|source| NodeError::Bind { addr, source })?;
 
-    let (reader, writer) = kube::runtime::reflector::store();
     let server_state = Arc::new(server::ServerState {
         cri: cri.clone(),
         pods: reader.clone(),
         pod_log_dir: cfg.pod_log_dir.clone(),
+        auth: Arc::new(auth::Auth::new(
+            cfg.auth.clone(),
+            cfg.node_name.clone(),
+            Some(client.clone()),
+        )),
+        monitor: Some(Arc::new(monitor::Monitor::new(&cfg))),
+        static_pods: static_registry.clone(),
     });
+    if let Some(h) = cfg.healthz {
+        tokio::spawn(server::serve_healthz(h, stop_rx.clone()));
+    }
     let mut srv_stop = stop_rx.clone();
     let server_task = tokio::spawn(async move {
         server::serve_listener(listener, tls_cfg, server_state, &mut srv_stop).await;
@@ -346,16 +405,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         }
     });
 
-    let ctx = Arc::new(SyncContext {
-        node_name: cfg.node_name.clone(),
-        node_ip: cfg.node_ip.to_string(),
-        pod_log_dir: cfg.pod_log_dir.clone(),
-        cluster_dns: cfg.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
-        cluster_domain: cfg.cluster_domain.clone(),
-        cgroup_root: cfg.cgroup_root.clone(),
-        root_dir: cfg.root_dir.clone(),
-    });
-    pods::run(client, cri, ctx, writer, reader, stop_rx.clone()).await;
+    let _ = pods_task.await;
     let _ = heartbeat.await;
     let _ = server_task.await;
     info!("kubelet stopped");

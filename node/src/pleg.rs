@@ -134,7 +134,10 @@ pub async fn run<R: CriRuntime>(
                 }
             },
             _ = tokio::time::sleep(period) => {
-                if let Some(now) = relist(&*cri).await {
+                let t0 = std::time::Instant::now();
+                let listed = relist(&*cri).await;
+                crate::monitor::METRICS.pleg_relist.observe(t0.elapsed());
+                if let Some(now) = listed {
                     if let Some(old) = &last {
                         for uid in changed_pods(old, &now) {
                             if tx.send(uid).is_err() {

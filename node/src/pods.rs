@@ -52,8 +52,16 @@ pub async fn run<R: CriRuntime>(
     ctx: Arc<SyncContext>,
     writer: reflector::store::Writer<Pod>,
     reader: Store<Pod>,
+    statics: StaticSource,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let StaticSource {
+        rx: static_rx,
+        registry,
+    } = statics;
+    let mut static_rx = static_rx;
+    // uid -> `namespace/name` of the static pods.
+    let mut static_uids: HashMap<String, String> = HashMap::new();
     let api: Api<Pod> = Api::all(client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let mut events = reflector::reflector(writer, watcher(api, cfg))
@@ -72,6 +80,7 @@ pub async fn run<R: CriRuntime>(
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(uid) = done_rx.recv() => {
+                crate::monitor::METRICS.forget_pod(&uid);
                 workers.remove(&uid);
             }
             Some(uid) = pleg_rx.recv() => {
@@ -82,11 +91,46 @@ pub async fn run<R: CriRuntime>(
             _ = sweep.tick(), if synced => {
                 sweep_orphans(&*cri, &reader, &workers).await;
             }
+            Some(pods) = async { match static_rx.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                let now: HashMap<String, String> = pods
+                    .iter()
+                    .map(|p| (uid_of(p), crate::static_pods::key(p)))
+                    .collect();
+                for (uid, key) in &static_uids {
+                    if !now.contains_key(uid) {
+                        info!(pod = %key, %uid, "static pod removed from the manifest folder");
+                        if let Some(w) = workers.get(uid) {
+                            let _ = w.tx.send(None);
+                        }
+                    }
+                }
+                if let Ok(mut r) = registry.write() {
+                    r.clear();
+                    for p in &pods {
+                        r.insert(crate::static_pods::key(p), Arc::new(p.clone()));
+                    }
+                }
+                for p in pods {
+                    if !static_uids.contains_key(&uid_of(&p)) {
+                        info!(pod = %key_of(&p), uid = %uid_of(&p), "static pod from the manifest folder");
+                    }
+                    dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                }
+                static_uids = now;
+            }
             ev = events.next() => {
                 let Some(ev) = ev else { break };
                 match ev {
                     Err(e) => warn!(error = %e, "pod watch failed; retrying (is the API server up?)"),
                     Ok(watcher::Event::Init) => init_seen.clear(),
+                    Ok(watcher::Event::InitApply(p)) | Ok(watcher::Event::Apply(p))
+                        if crate::static_pods::is_mirror(&p) =>
+                    {
+                        on_mirror(&p, false, &client, &workers, &static_uids);
+                    }
+                    Ok(watcher::Event::Delete(p)) if crate::static_pods::is_mirror(&p) => {
+                        on_mirror(&p, true, &client, &workers, &static_uids);
+                    }
                     Ok(watcher::Event::InitApply(p)) => {
                         init_seen.insert(uid_of(&p));
                         dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
@@ -104,7 +148,7 @@ pub async fn run<R: CriRuntime>(
                     }
                     Ok(watcher::Event::InitDone) => {
                         for (uid, w) in &workers {
-                            if !init_seen.contains(uid) {
+                            if !init_seen.contains(uid) && !static_uids.contains_key(uid) {
                                 info!(%uid, "pod is gone from the API (relist)");
                                 let _ = w.tx.send(None);
                             }
@@ -120,6 +164,40 @@ pub async fn run<R: CriRuntime>(
         }
     }
     debug!("pod manager stopped");
+}
+
+/// Where static pods come from: the folder watcher's sets, and the registry the server reads.
+#[derive(Default)]
+pub struct StaticSource {
+    pub rx: Option<mpsc::UnboundedReceiver<Vec<Pod>>>,
+    pub registry: crate::static_pods::Registry,
+}
+
+/// A mirror pod changed in the API: one being deleted is deleted for good, and the static
+/// pod's worker is woken to (re)create it.
+fn on_mirror(
+    mirror: &Pod,
+    gone: bool,
+    client: &Client,
+    workers: &HashMap<String, Worker>,
+    static_uids: &HashMap<String, String>,
+) {
+    let key = key_of(mirror);
+    if mirror.metadata.deletion_timestamp.is_some() && !gone {
+        let (client, mirror) = (client.clone(), mirror.clone());
+        tokio::spawn(async move {
+            crate::static_pods::finish_mirror_deletion(&client, &mirror).await;
+        });
+    }
+    if mirror.metadata.deletion_timestamp.is_some() || gone {
+        for (uid, k) in static_uids {
+            if *k == key {
+                if let Some(w) = workers.get(uid) {
+                    w.wake.notify_one();
+                }
+            }
+        }
+    }
 }
 
 fn dispatch<R: CriRuntime>(
@@ -248,6 +326,9 @@ async fn pod_worker<R: CriRuntime>(
     let mut last_pod: Option<Pod> = None;
     let mut retry = Duration::from_secs(1);
     let wake = sync.wake();
+    // For kubelet_pod_start_duration_seconds: first sight to first Running status.
+    let first_seen = Instant::now();
+    let mut start_observed = false;
     loop {
         let current = rx.borrow_and_update().clone();
         let mut wait: Duration;
@@ -260,7 +341,17 @@ async fn pod_worker<R: CriRuntime>(
                     .unwrap_or(VANISHED_GRACE_SECS)
                     .max(0);
                 match sync.terminate(&uid, grace).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if let Some(p) = last_pod
+                            .as_ref()
+                            .filter(|p| crate::static_pods::is_static(p))
+                        {
+                            if let Err(e) = crate::static_pods::delete_mirror(&client, p).await {
+                                warn!(error = %e, "cannot delete the mirror pod");
+                            }
+                        }
+                        break;
+                    }
                     Err(e) => {
                         warn!(error = %e, "cleanup of a deleted pod failed; retrying");
                         wait = retry;
@@ -325,13 +416,41 @@ async fn pod_worker<R: CriRuntime>(
             }
             Some(pod) => {
                 let status = sync.sync(&pod, Instant::now()).await;
+                crate::monitor::METRICS
+                    .pod_syncs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !start_observed && status.phase.as_deref() == Some("Running") {
+                    start_observed = true;
+                    // A pod already running when first seen (kubelet restart) is not a start.
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                        crate::monitor::METRICS
+                            .pod_start
+                            .observe(first_seen.elapsed());
+                    }
+                }
                 let events = sync.take_events();
                 crate::events::post(&client, sync.node_name(), &pod, events).await;
                 wait = sync.next_wake(&pod, &status, Instant::now());
-                let unchanged =
+                // A static pod's status goes to its mirror pod, (re)created as needed.
+                let mut target = None;
+                let mut unchanged =
                     last_written.as_ref() == Some(&status) || pod.status.as_ref() == Some(&status);
+                if crate::static_pods::is_static(&pod) {
+                    match crate::static_pods::ensure_mirror(&client, &pod).await {
+                        Ok(Some(m)) => {
+                            unchanged = m.status.as_ref() == Some(&status);
+                            target = Some(m);
+                        }
+                        Ok(None) => unchanged = true,
+                        Err(e) => {
+                            warn!(error = %e, "cannot create the mirror pod; retrying");
+                            unchanged = true;
+                            wait = wait.min(retry);
+                        }
+                    }
+                }
                 if !unchanged {
-                    match write_status(&client, &pod, &status).await {
+                    match write_status(&client, target.as_ref().unwrap_or(&pod), &status).await {
                         Ok(()) => {
                             debug!(phase = ?status.phase, "pod status written");
                             last_written = Some(status.clone());

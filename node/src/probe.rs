@@ -58,6 +58,8 @@ pub struct Target {
     pub pod_ip: String,
     pub container_id: String,
     pub container: Container,
+    /// The pod's namespace, name and uid (metric labels).
+    pub pod: (String, String, String),
 }
 
 /// One probe's counters and result, shared between its task and the pod sync.
@@ -268,6 +270,12 @@ impl<R: CriRuntime> Worker<R> {
                     ),
                 };
                 debug!(ok, %output, "probe ran");
+                crate::monitor::METRICS.count_probe(
+                    self.kind.name(),
+                    if ok { "successful" } else { "failed" },
+                    &self.target.container.name,
+                    &self.target.pod,
+                );
                 let (changed, verdict) = {
                     let mut st = lock(&self.state);
                     if !ok {
@@ -632,6 +640,7 @@ mod tests {
             }
         });
         let target = Target {
+            pod: Default::default(),
             pod_ip: "127.0.0.1".into(),
             container_id: "c1".into(),
             container: Container {
@@ -711,6 +720,7 @@ mod tests {
         let p = ContainerProbes::start(
             cri.clone(),
             Target {
+                pod: Default::default(),
                 pod_ip: "127.0.0.1".into(),
                 container_id: "id1".into(),
                 container,

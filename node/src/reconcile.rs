@@ -606,6 +606,11 @@ impl<R: CriRuntime> PodSync<R> {
                         .unwrap_or_else(|| "127.0.0.1".into()),
                     container_id: l.id.clone(),
                     container: c.clone(),
+                    pod: (
+                        pod.metadata.namespace.clone().unwrap_or_default(),
+                        pod.metadata.name.clone().unwrap_or_default(),
+                        pod.metadata.uid.clone().unwrap_or_default(),
+                    ),
                 };
                 let p = ContainerProbes::start(
                     self.cri.clone(),

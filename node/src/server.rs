@@ -34,6 +34,41 @@ pub struct ServerState<R: CriRuntime> {
     pub cri: Arc<R>,
     pub pods: Store<Pod>,
     pub pod_log_dir: PathBuf,
+    /// Who may call what ([`crate::auth`]).
+    pub auth: Arc<crate::auth::Auth>,
+    /// The monitoring endpoints' sources (`/metrics`, `/stats/summary`, `/configz`).
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
+    /// Static pods by `namespace/name` (their mirror pods in the store name them).
+    pub static_pods: crate::static_pods::Registry,
+}
+
+impl<R: CriRuntime> ServerState<R> {
+    /// The pod `ns/name` runs as: the static pod of that name, else the API's pod.
+    pub fn lookup(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        if let Some(p) = self
+            .static_pods
+            .read()
+            .ok()
+            .and_then(|r| r.get(&format!("{ns}/{name}")).cloned())
+        {
+            return Some(p);
+        }
+        self.pods.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The pods this kubelet runs: the API's (without mirror pods) and the static ones.
+    pub fn all_pods(&self) -> Vec<Arc<Pod>> {
+        let mut v: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| !crate::static_pods::is_mirror(p))
+            .collect();
+        if let Ok(r) = self.static_pods.read() {
+            v.extend(r.values().cloned());
+        }
+        v
+    }
 }
 
 pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -178,7 +213,7 @@ async fn container_logs<R: CriRuntime>(
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let Some(pod) = st.pods.get(&ObjectRef::new(pod_name).within(ns)) else {
+    let Some(pod) = st.lookup(ns, pod_name) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod_name} not found on this node"),
@@ -318,9 +353,31 @@ async fn follow_log<R: CriRuntime>(
 
 async fn handle<R: CriRuntime>(
     st: Arc<ServerState<R>>,
+    cert_user: Option<Arc<crate::auth::User>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    // Authentication, then authorization, before anything else (upstream's auth filter).
+    let user = match st
+        .auth
+        .authenticate(cert_user.as_deref(), req.headers())
+        .await
+    {
+        Ok(u) => u,
+        Err(_) => return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized")),
+    };
+    let attrs = crate::auth::attributes(req.method(), &path);
+    match st.auth.authorize(&user, &attrs).await {
+        Ok(()) => {}
+        Err(crate::auth::Denied::Forbidden(m)) => return Ok(text(StatusCode::FORBIDDEN, m)),
+        Err(crate::auth::Denied::Error(m)) => {
+            warn!(user = %user.name, "{m}");
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, m));
+        }
+        Err(crate::auth::Denied::Unauthorized) => {
+            return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized"))
+        }
+    }
     let query = req.uri().query().map(str::to_string);
     let parts: Vec<String> = path
         .trim_matches('/')
@@ -353,7 +410,7 @@ async fn handle<R: CriRuntime>(
     let resp = match parts.as_slice() {
         ["healthz"] | ["healthz", "ping"] => text(StatusCode::OK, "ok"),
         ["pods"] => {
-            let items: Vec<_> = st.pods.state().iter().map(|p| (**p).clone()).collect();
+            let items: Vec<_> = st.all_pods().iter().map(|p| (**p).clone()).collect();
             let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
             Response::builder()
                 .header("content-type", "application/json")
@@ -367,9 +424,219 @@ async fn handle<R: CriRuntime>(
         ["containerLogs", ns, pod, container] => {
             container_logs(st.clone(), ns, pod, container, query.as_deref()).await
         }
+        ["logs", rest @ ..] => node_logs(Path::new(NODE_LOG_DIR), rest, path.ends_with('/')).await,
+        ["metrics"]
+        | ["metrics", "resource"]
+        | ["metrics", "cadvisor"]
+        | ["metrics", "probes"]
+        | ["stats", "summary"]
+        | ["configz"]
+        | ["runningpods"] => monitoring(&st, parts.as_slice()).await,
         _ => text(StatusCode::NOT_FOUND, format!("{path}: not found")),
     };
     Ok(resp)
+}
+
+/// What `/logs/` serves (upstream: the node's `/var/log`).
+pub const NODE_LOG_DIR: &str = "/var/log";
+
+/// `/logs/<path>`: a file of the node's log folder, or a folder's listing (`<pre>` of links,
+/// folders with a trailing `/`, like the Go file server upstream uses).
+pub async fn node_logs(root: &Path, rel: &[&str], dir_request: bool) -> Response<Body> {
+    if rel
+        .iter()
+        .any(|p| *p == ".." || *p == "." || p.contains('\0'))
+    {
+        return text(StatusCode::BAD_REQUEST, "invalid path");
+    }
+    let mut full = root.to_path_buf();
+    for p in rel.iter().filter(|p| !p.is_empty()) {
+        full.push(p);
+    }
+    let meta = match tokio::fs::metadata(&full).await {
+        Ok(m) => m,
+        Err(_) => return text(StatusCode::NOT_FOUND, "404 page not found"),
+    };
+    let html = |body: String| {
+        Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+    };
+    if meta.is_dir() {
+        if !dir_request && !rel.is_empty() {
+            // A folder without its slash is redirected to it, as Go's file server does.
+            let loc = format!("{}/", rel.last().copied().unwrap_or_default());
+            return Response::builder()
+                .status(StatusCode::MOVED_PERMANENTLY)
+                .header("location", loc)
+                .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"));
+        }
+        let mut names = Vec::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(&full).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let mut n = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                    n.push('/');
+                }
+                names.push(n);
+            }
+        }
+        names.sort();
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut body = String::from("<pre>\n");
+        for n in names {
+            let href: String = url::form_urlencoded::byte_serialize(n.as_bytes())
+                .collect::<String>()
+                .replace("%2F", "/")
+                .replace('+', "%20");
+            body.push_str(&format!("<a href=\"{href}\">{}</a>\n", esc(&n)));
+        }
+        body.push_str("</pre>\n");
+        return html(body);
+    }
+    match tokio::fs::read(&full).await {
+        Ok(data) => Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(data)).map_err(|e| match e {}).boxed())
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+        Err(e) => text(StatusCode::FORBIDDEN, format!("{}: {e}", full.display())),
+    }
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(v.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+fn prometheus(body: String) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// Start times (unix nanoseconds) of the running containers, by container id.
+async fn start_times<R: CriRuntime>(cri: &R, list: &[cri::Container]) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for c in list
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+    {
+        if let Ok(s) = cri.container_status(&c.id).await {
+            out.insert(c.id.clone(), s.started_at);
+        }
+    }
+    out
+}
+
+/// `/metrics`, `/metrics/resource`, `/stats/summary`, `/configz`, `/runningpods/`.
+async fn monitoring<R: CriRuntime>(st: &ServerState<R>, parts: &[&str]) -> Response<Body> {
+    let Some(m) = st.monitor.clone() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "monitoring endpoints are not enabled",
+        );
+    };
+    let internal =
+        |e: crate::error::CriError| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    match parts {
+        ["configz"] => json_response(&m.configz),
+        ["metrics", "probes"] => prometheus(crate::monitor::METRICS.render_probes()),
+        ["runningpods"] => {
+            let sandboxes = match st.cri.list_pod_sandbox(HashMap::new()).await {
+                Ok(s) => s,
+                Err(e) => return internal(e),
+            };
+            let containers = match st.cri.list_containers("", HashMap::new()).await {
+                Ok(c) => c,
+                Err(e) => return internal(e),
+            };
+            json_response(&crate::monitor::running_pods(&sandboxes, &containers))
+        }
+        ["metrics"] => {
+            let containers = st
+                .cri
+                .list_containers("", HashMap::new())
+                .await
+                .unwrap_or_default();
+            let ready = cri::PodSandboxState::SandboxReady as i32;
+            let running = st
+                .cri
+                .list_pod_sandbox(HashMap::new())
+                .await
+                .map(|l| l.iter().filter(|s| s.state == ready).count())
+                .unwrap_or(0);
+            prometheus(crate::monitor::render_metrics(
+                running,
+                &containers,
+                &m.node_name,
+                m.started,
+            ))
+        }
+        _ => {
+            let (cs, ss) = (
+                st.cri.list_container_stats().await,
+                st.cri.list_pod_sandbox_stats().await,
+            );
+            let scrape_error = cs.is_err() || ss.is_err();
+            if let Err(e) = &cs {
+                warn!(error = %e, "ListContainerStats failed");
+            }
+            let (cs, ss) = (cs.unwrap_or_default(), ss.unwrap_or_default());
+            let containers = st
+                .cri
+                .list_containers("", HashMap::new())
+                .await
+                .unwrap_or_default();
+            let started = start_times(&*st.cri, &containers).await;
+            let m2 = m.clone();
+            let node = tokio::task::spawn_blocking(move || m2.node_usage())
+                .await
+                .unwrap_or_default();
+            if parts == ["metrics", "cadvisor"] {
+                // /proc/meminfo is read once per scrape; small, but off the async workers.
+                let (cs2, ss2) = (cs.clone(), ss.clone());
+                let body = tokio::task::spawn_blocking(move || {
+                    crate::monitor::render_cadvisor(&cs2, &ss2, &containers, &started)
+                })
+                .await
+                .unwrap_or_default();
+                prometheus(body)
+            } else if parts == ["metrics", "resource"] {
+                prometheus(crate::monitor::render_resource(
+                    &node,
+                    &cs,
+                    &ss,
+                    &started,
+                    scrape_error,
+                ))
+            } else {
+                let pods = st.all_pods();
+                json_response(&crate::monitor::summary(
+                    &m.node_name,
+                    m.started,
+                    &node,
+                    &pods,
+                    &cs,
+                    &ss,
+                    &started,
+                ))
+            }
+        }
+    }
 }
 
 /// Serves HTTPS on `addr` until `shutdown` turns true.
@@ -419,7 +686,16 @@ pub async fn serve_listener<R: CriRuntime>(
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+            // The client certificate (already verified against the client CA) names the user.
+            let cert_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::auth::user_from_cert(c.as_ref()))
+                .map(Arc::new);
+            let svc =
+                hyper::service::service_fn(move |req| handle(st.clone(), cert_user.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -439,4 +715,82 @@ pub fn log_dir_of(root: &Path, pod: &Pod) -> PathBuf {
         pod.metadata.name.as_deref().unwrap_or_default(),
         pod.metadata.uid.as_deref().unwrap_or_default(),
     )
+}
+
+/// The plain-HTTP healthz endpoint (upstream's `--healthz-port`, 10248 on 127.0.0.1): `/healthz`
+/// answers `ok`, without authentication. A port in use is retried every 10 s (logged once).
+pub async fn serve_healthz(addr: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let mut warned = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !warned {
+                    warn!(%addr, error = %e, "cannot serve healthz; retrying every 10s");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        }
+    };
+    info!(%addr, "kubelet healthz listening (http)");
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let resp = match (req.method(), req.uri().path()) {
+                    (&hyper::Method::GET | &hyper::Method::HEAD, "/healthz") => {
+                        text(StatusCode::OK, "ok")
+                    }
+                    _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(r: Response<Body>) -> String {
+        let b = r.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    #[tokio::test]
+    async fn node_logs_serves_files_and_listings() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join("apt")).expect("sub");
+        std::fs::write(dir.path().join("sk <1>.log"), "line\n").expect("file");
+        let r = node_logs(dir.path(), &[], true).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let b = body_of(r).await;
+        assert!(b.contains("<a href=\"apt/\">apt/</a>"), "{b}");
+        assert!(b.contains(">sk &lt;1&gt;.log</a>"), "{b}");
+        let r = node_logs(dir.path(), &["sk <1>.log"], false).await;
+        assert_eq!(body_of(r).await, "line\n");
+        let r = node_logs(dir.path(), &["apt"], false).await;
+        assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+        let r = node_logs(dir.path(), &["..", "etc"], false).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = node_logs(dir.path(), &["missing"], false).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
 }

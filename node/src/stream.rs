@@ -71,11 +71,14 @@ fn find_pod<R: CriRuntime>(
     name: &str,
     uid: Option<&str>,
 ) -> Option<Pod> {
-    let pod = st
-        .pods
-        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))?;
+    let pod = st.lookup(ns, name)?;
     if let Some(uid) = uid {
-        if pod.metadata.uid.as_deref() != Some(uid) {
+        // A static pod is also reached by its mirror pod's uid.
+        let api_uid = st
+            .pods
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+            .and_then(|p| p.metadata.uid.clone());
+        if pod.metadata.uid.as_deref() != Some(uid) && api_uid.as_deref() != Some(uid) {
             return None;
         }
     }

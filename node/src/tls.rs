@@ -73,8 +73,8 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), NodeError> {
     f.write_all(data).map_err(|e| NodeError::io(path, e))
 }
 
-/// The rustls server config: `cert`/`key` PEM files; if `client_ca` is set, clients must present a
-/// certificate signed by it.
+/// The rustls server config: `cert`/`key` PEM files; if `client_ca` is set, a client certificate,
+/// when presented, must be signed by it.
 pub fn server_config(
     cert: &Path,
     key: &Path,
@@ -92,7 +92,10 @@ pub fn server_config(
                     .add(c)
                     .map_err(|e| NodeError::Tls(format!("{}: {e}", ca.display())))?;
             }
+            // A certificate is verified when given (upstream's VerifyClientCertIfGiven): clients
+            // without one go on to token or anonymous authentication.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| NodeError::Tls(format!("client CA {}: {e}", ca.display())))?;
             builder.with_client_cert_verifier(verifier)

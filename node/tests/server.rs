@@ -122,6 +122,9 @@ async fn healthz_and_container_logs() {
         cri: cri.clone(),
         pods: reader,
         pod_log_dir: log_root.clone(),
+        auth: Arc::new(skiff_node::auth::Auth::always_allow()),
+        monitor: None,
+        static_pods: Default::default(),
     });
     let (_stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move { serve_listener(listener, tls, state, &mut stop_rx).await });

@@ -176,6 +176,12 @@ impl ControlPlane {
     /// server, CNI) in its own slot, pushes the busybox test image to the local registry, and
     /// waits until the node is Ready. Needs root, Debian's docker-registry and busybox-static.
     pub fn start_cluster() -> ControlPlane {
+        Self::start_cluster_with(&[])
+    }
+
+    /// [`ControlPlane::start_cluster`] with extra `skiff server` flags (e.g.
+    /// `--pod-manifest-path DIR`).
+    pub fn start_cluster_with(extra: &[&str]) -> ControlPlane {
         assert!(
             nix::unistd::geteuid().is_root(),
             "a whole test cluster needs root (namespaces, cgroups, bridges)"
@@ -212,7 +218,7 @@ impl ControlPlane {
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();
-        let cp = Self::launch(Some(agent));
+        let cp = Self::launch_with(Some(agent), extra);
         let node = cp
             .agent
             .as_ref()

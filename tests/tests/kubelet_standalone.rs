@@ -79,6 +79,7 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
         .expect("timeout");
     let node = format!("sk-standalone-{}", std::process::id());
     let port = free_port();
+    let healthz_port = free_port();
     let kubelet = Command::new(&skiff)
         .arg("kubelet")
         .arg("--kubeconfig")
@@ -89,6 +90,7 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
         .arg(format!("unix://{}", sock.display()))
         .args(["--hostname-override", &node, "--node-ip", "127.0.0.1"])
         .args(["--port", &port.to_string(), "--max-pods", "7"])
+        .args(["--healthz-port", &healthz_port.to_string()])
         .args(["--node-labels", "skiff.test/role=edge,skiff.test/n=1"])
         .args(["--register-with-taints", "skiff.test/only=yes:NoSchedule"])
         .args(["--cgroup-root", "/sk-standalone"])
@@ -150,6 +152,57 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
     );
     let pods = cp.ok(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/pods")]);
     assert!(pods.contains("\"kind\":\"PodList\""), "{pods}");
+
+    // With a config file the server is secured (v1beta1's defaults): no certificate, no
+    // token: 401; the admin's certificate from the cluster CA: allowed.
+    let curl = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "30",
+            ])
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}/pods"))
+            .output()
+            .expect("curl is needed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        curl(&[]),
+        "401",
+        "anonymous request to the standalone kubelet"
+    );
+    let (cert, key, _) = cp.admin_pems();
+    assert_eq!(
+        curl(&[
+            "--cert",
+            cert.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path")
+        ]),
+        "200"
+    );
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "30"])
+        .arg(format!("http://127.0.0.1:{healthz_port}/healthz"))
+        .output()
+        .expect("curl is needed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "the plain-HTTP healthz port"
+    );
+    let configz = cp.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/configz"),
+    ]);
+    assert!(configz.contains("\"mode\":\"Webhook\""), "{configz}");
 
     drop(kubelet);
     drop(cri);

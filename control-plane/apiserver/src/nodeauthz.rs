@@ -208,6 +208,96 @@ pub async fn authorize(ctx: &Ctx, node: &str, a: &Attrs) -> Result<(), String> {
     }
 }
 
+/// What a node's mirror pod may hold (upstream's NodeRestriction): at most one owner
+/// reference, and that one the node itself as controller; no service account, secrets,
+/// configmaps or claims.
+fn mirror_pod_rules(node: &str, pod: &Value) -> Result<(), String> {
+    if let Some(refs) = pod["metadata"]["ownerReferences"].as_array() {
+        if refs.len() > 1 {
+            return Err(format!(
+                "node {node:?} can only create pods with a single owner reference set to itself"
+            ));
+        }
+        if let Some(r) = refs.first() {
+            if r["apiVersion"] != "v1" || r["kind"] != "Node" || r["name"] != node {
+                return Err(format!(
+                    "node {node:?} can only create pods with an owner reference set to itself"
+                ));
+            }
+            if r["controller"] != true {
+                return Err(format!(
+                    "node {node:?} can only create pods with a controller owner reference set to itself"
+                ));
+            }
+            if r["blockOwnerDeletion"] == true {
+                return Err(format!(
+                    "node {node:?} must not set blockOwnerDeletion on an owner reference"
+                ));
+            }
+        }
+    }
+    let spec = &pod["spec"];
+    let sa = spec["serviceAccountName"].as_str().unwrap_or("");
+    if !sa.is_empty() {
+        return Err(format!(
+            "node {node:?} can not create pods that reference a service account"
+        ));
+    }
+    let vols = spec["volumes"].as_array().cloned().unwrap_or_default();
+    let containers: Vec<Value> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        .collect();
+    let env_refs = |key: &str, from: &str| {
+        containers.iter().any(|c| {
+            c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| !e["valueFrom"][key].is_null())
+                || c["envFrom"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| !e[from].is_null())
+        })
+    };
+    let projected = |key: &str| {
+        vols.iter().any(|v| {
+            v["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| !s[key].is_null())
+        })
+    };
+    if vols.iter().any(|v| !v["secret"].is_null())
+        || projected("secret")
+        || env_refs("secretKeyRef", "secretRef")
+    {
+        return Err(format!(
+            "node {node:?} can not create pods that reference secrets"
+        ));
+    }
+    if vols.iter().any(|v| !v["configMap"].is_null())
+        || projected("configMap")
+        || env_refs("configMapKeyRef", "configMapRef")
+    {
+        return Err(format!(
+            "node {node:?} can not create pods that reference configmaps"
+        ));
+    }
+    if vols
+        .iter()
+        .any(|v| !v["persistentVolumeClaim"].is_null() || !v["ephemeral"].is_null())
+    {
+        return Err(format!(
+            "node {node:?} can not create pods that reference persistentvolumeclaims"
+        ));
+    }
+    Ok(())
+}
+
 /// NodeRestriction: what a kubelet may write, checked before the write is stored.
 /// `verb` is create/update/patch/delete; `obj` the object being written (for deletes, the
 /// stored one).
@@ -250,6 +340,7 @@ pub async fn admit(
                             "node {node:?} can only create pods with spec.nodeName set to itself"
                         )));
                     }
+                    mirror_pod_rules(node, obj).map_err(forbid)?;
                 }
                 (_, Some("status")) => {
                     if bound != node {

@@ -1104,6 +1104,13 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<Value>)> {
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient".into(),
             vec![group("system:nodes")],
         ),
+        // The API server's kubelet-client identity (pods/log, exec, attach, port-forward and
+        // nodes/proxy go to kubelets with it), as kubeadm binds `kube-apiserver-kubelet-client`.
+        (
+            "system:kube-apiserver-kubelet-api-admin".into(),
+            "system:kubelet-api-admin".into(),
+            vec![user("system:kube-apiserver")],
+        ),
         (
             "system:node-proxier".into(),
             "system:node-proxier".into(),

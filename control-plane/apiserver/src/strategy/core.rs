@@ -248,6 +248,14 @@ impl Strategy for Pod {
         validate_pod_spec(&pod["spec"], "spec", errs);
     }
     fn validate_update(&self, new: &Value, old: &Value, errs: &mut Vec<FieldError>) {
+        // A pod does not turn into, or stop being, a static pod's mirror.
+        const MIRROR: &str = "kubernetes.io/config.mirror";
+        if new["metadata"]["annotations"][MIRROR] != old["metadata"]["annotations"][MIRROR] {
+            errs.push(FieldError::forbidden(
+                format!("metadata.annotations[{MIRROR}]"),
+                "field is immutable",
+            ));
+        }
         let old_node = &old["spec"]["nodeName"];
         if !old_node.is_null() && new["spec"]["nodeName"] != *old_node {
             errs.push(FieldError::invalid(
