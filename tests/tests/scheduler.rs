@@ -541,3 +541,90 @@ spec:
         n
     );
 }
+
+#[test]
+fn preemption_prefers_victims_no_disruption_budget_protects() {
+    let cp = ControlPlane::start();
+    node(&cp, "sk-pa", "2", "4Gi", &[], "");
+    node(&cp, "sk-pb", "2", "4Gi", &[], "");
+    let o = cp.with_stdin(
+        &["create", "-f", "-"],
+        r#"apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: sk-vip}
+value: 1000
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: sk-guard}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: sk-guarded}}
+"#,
+    );
+    assert!(o.ok, "{}", o.stderr);
+    // One low-priority pod per node; the one on sk-pa is protected by the budget (no pod is
+    // Ready without a kubelet, so it allows no disruption).
+    pod_with(
+        &cp,
+        "sk-guarded",
+        r#"{"app": "sk-guarded"}"#,
+        r#""nodeSelector": {"kubernetes.io/hostname": "sk-pa"},"#,
+        "1500m",
+        "",
+    );
+    pod_with(
+        &cp,
+        "sk-free",
+        r#"{"app": "sk-free"}"#,
+        r#""nodeSelector": {"kubernetes.io/hostname": "sk-pb"},"#,
+        "1500m",
+        "",
+    );
+    assert_eq!(wait_bound(&cp, "sk-guarded"), "sk-pa");
+    assert_eq!(wait_bound(&cp, "sk-free"), "sk-pb");
+    cp.wait_for("the budget's status", WAIT, || {
+        cp.ok(&[
+            "get",
+            "pdb",
+            "sk-guard",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed}",
+        ]) == "0"
+    });
+    pod(
+        &cp,
+        "sk-vip",
+        r#""priorityClassName": "sk-vip", "priority": 1000,"#,
+        "1500m",
+    );
+    cp.wait_for("sk-vip to be nominated", WAIT, || {
+        cp.ok(&[
+            "get",
+            "pod",
+            "sk-vip",
+            "-o",
+            "jsonpath={.status.nominatedNodeName}",
+        ]) == "sk-pb"
+    });
+    assert!(!cp
+        .ok(&[
+            "get",
+            "pod",
+            "sk-free",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_empty());
+    assert_eq!(
+        cp.ok(&[
+            "get",
+            "pod",
+            "sk-guarded",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ]),
+        "",
+        "the budget-protected pod was preempted"
+    );
+}

@@ -152,7 +152,7 @@ fn has_certificate(csr: &CertificateSigningRequest) -> bool {
 }
 
 /// What the signer and the approver read from a PKCS#10 request.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Request {
     pub der: Vec<u8>,
     pub common_name: String,
@@ -331,7 +331,11 @@ async fn sign(client: &Client, csr: &CertificateSigningRequest) -> Result<(), Cs
                 });
         }
         Ok(()) => {
-            let pem = issue(&req, &usages, csr.spec.expiration_seconds)?;
+            // Reads the CA from disk and signs: off the async workers.
+            let (r, u, exp) = (req.clone(), usages.clone(), csr.spec.expiration_seconds);
+            let pem = tokio::task::spawn_blocking(move || issue(&r, &u, exp))
+                .await
+                .map_err(|e| CsrError::Ca(format!("signing task: {e}")))??;
             st.certificate = Some(ByteString(pem.into_bytes()));
         }
     }

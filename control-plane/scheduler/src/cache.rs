@@ -368,13 +368,15 @@ pub fn normalize_image(name: &str) -> String {
     format!("{repo}:{tag}")
 }
 
-/// Claims, volumes and classes, for the VolumeBinding filter.
+/// Claims, volumes and classes (the VolumeBinding filter) and disruption budgets (preemption).
 #[derive(Default)]
 pub struct Volumes {
     /// By `namespace/name`.
     pub claims: HashMap<String, Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
     pub pvs: HashMap<String, Arc<k8s_openapi::api::core::v1::PersistentVolume>>,
     pub classes: HashMap<String, Arc<k8s_openapi::api::storage::v1::StorageClass>>,
+    /// PodDisruptionBudgets by `namespace/name`, for preemption.
+    pub pdbs: HashMap<String, Arc<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
 }
 
 /// Nodes and the pods placed on them; pods bound by the API or assumed by this scheduler.

@@ -359,6 +359,13 @@ impl<'a> Cycle<'a> {
         })
     }
 
+    /// The cluster's PodDisruptionBudgets (preemption avoids violating them).
+    pub fn budgets(
+        &self,
+    ) -> Vec<std::sync::Arc<k8s_openapi::api::policy::v1::PodDisruptionBudget>> {
+        self.cache.volumes.pdbs.values().cloned().collect()
+    }
+
     /// Runs the filters on one node, in upstream's order, stopping at the first that fails.
     pub fn filter(&self, n: &NodeInfo, profile: &Profile) -> Result<(), Unfit> {
         let on = |name: &str| profile.filter_enabled(name);

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Binding, Event, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -122,13 +123,26 @@ pub async fn run_with(
             |v| &mut v.classes,
             |c: &StorageClass| c.metadata.name.clone().unwrap_or_default(),
         )),
+        tokio::spawn(watch_volumes(
+            shared.clone(),
+            ready_tx.clone(),
+            "poddisruptionbudgets",
+            |v| &mut v.pdbs,
+            |b: &PodDisruptionBudget| {
+                format!(
+                    "{}/{}",
+                    b.metadata.namespace.as_deref().unwrap_or(""),
+                    b.metadata.name.as_deref().unwrap_or("")
+                )
+            },
+        )),
     ];
     tokio::pin!(shutdown);
-    // Schedule nothing before the first full lists of nodes, namespaces, pods, claims, volumes
-    // and classes are in.
+    // Schedule nothing before the first full lists of nodes, namespaces, pods, claims, volumes,
+    // classes and disruption budgets are in.
     tokio::select! {
         _ = &mut shutdown => { abort(&watches); return Ok(()); }
-        _ = ready_rx.wait_for(|n| *n >= 6) => {}
+        _ = ready_rx.wait_for(|n| *n >= 7) => {}
     }
     tracing::info!("scheduler running");
     // After a burst of work, once idle for 2 s, hand freed heap and start-up code pages back

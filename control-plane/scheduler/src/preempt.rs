@@ -5,6 +5,7 @@
 
 use crate::cache::{NodeInfo, PodInfo};
 use crate::framework::{without, Cycle, Unfit};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ pub fn preempt(cycle: &Cycle, unfit: &[(&NodeInfo, Unfit)]) -> Result<Decision, 
         return Err("preemption: not eligible due to preemptionPolicy=Never.".into());
     }
     let mut why: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut candidates: Vec<(&NodeInfo, Vec<Arc<PodInfo>>)> = Vec::new();
+    let mut candidates: Vec<(&NodeInfo, Vec<Arc<PodInfo>>, usize)> = Vec::new();
     for (n, u) in unfit {
         if !u.resolvable {
             *why.entry("Preemption is not helpful for scheduling")
@@ -53,23 +54,32 @@ pub fn preempt(cycle: &Cycle, unfit: &[(&NodeInfo, Unfit)]) -> Result<Decision, 
                 .or_default() += 1;
             continue;
         }
-        // Give back as many as possible, most important first.
+        // Give back as many as possible, most important first; pods whose eviction would
+        // violate a PodDisruptionBudget get their reprieve first (upstream's
+        // filterPodsWithPDBViolation), and each of them still evicted counts as a violation.
         lower.sort_by(|a, b| {
             b.priority
                 .cmp(&a.priority)
                 .then(start_time(a).cmp(&start_time(b)))
         });
+        let (violating, safe) = split_by_budgets(&lower, &cycle.budgets());
         let mut victims = Vec::new();
-        for p in lower {
+        let mut violations = 0usize;
+        for (p, violates) in violating
+            .into_iter()
+            .map(|p| (p, true))
+            .chain(safe.into_iter().map(|p| (p, false)))
+        {
             let mut trial = freed.clone();
             trial.add_pod(p.clone());
             if fits(&trial) {
                 freed = trial;
             } else {
+                violations += usize::from(violates);
                 victims.push(p);
             }
         }
-        candidates.push((n, victims));
+        candidates.push((n, victims, violations));
     }
     if candidates.is_empty() {
         let mut parts: Vec<String> = why.iter().map(|(r, c)| format!("{c} {r}")).collect();
@@ -80,9 +90,9 @@ pub fn preempt(cycle: &Cycle, unfit: &[(&NodeInfo, Unfit)]) -> Result<Decision, 
             parts.join(", ")
         ));
     }
-    // Upstream's order: lowest highest-victim priority, lowest priority sum, fewest victims,
-    // latest start of the most important victims.
-    let key = |v: &Vec<Arc<PodInfo>>| {
+    // Upstream's order: fewest PodDisruptionBudget violations, lowest highest-victim priority,
+    // lowest priority sum, fewest victims, latest start of the most important victims.
+    let key = |v: &Vec<Arc<PodInfo>>, violations: usize| {
         let highest = v.iter().map(|p| p.priority).max().unwrap_or(i32::MIN);
         let sum: i64 = v.iter().map(|p| p.priority as i64 + (1i64 << 31)).sum();
         let earliest = v
@@ -90,16 +100,78 @@ pub fn preempt(cycle: &Cycle, unfit: &[(&NodeInfo, Unfit)]) -> Result<Decision, 
             .filter(|p| p.priority == highest)
             .filter_map(|p| start_time(p))
             .min();
-        (highest, sum, v.len(), std::cmp::Reverse(earliest))
+        (
+            violations,
+            highest,
+            sum,
+            v.len(),
+            std::cmp::Reverse(earliest),
+        )
     };
-    let (n, victims) = candidates
+    let (n, victims, _) = candidates
         .into_iter()
-        .min_by(|a, b| key(&a.1).cmp(&key(&b.1)))
+        .min_by(|a, b| key(&a.1, a.2).cmp(&key(&b.1, b.2)))
         .expect("a candidate");
     Ok(Decision {
         node: n.name.clone(),
         victims,
     })
+}
+
+/// Splits `pods` (most important first) into those whose eviction would violate a matching
+/// budget and the others, counting down each budget's `disruptionsAllowed` as pods are taken
+/// (upstream's `filterPodsWithPDBViolation`).
+fn split_by_budgets(
+    pods: &[Arc<PodInfo>],
+    budgets: &[Arc<PodDisruptionBudget>],
+) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
+    let mut allowed: Vec<i32> = budgets
+        .iter()
+        .map(|b| {
+            b.status
+                .as_ref()
+                .map(|s| s.disruptions_allowed)
+                .unwrap_or(0)
+        })
+        .collect();
+    let (mut violating, mut safe) = (Vec::new(), Vec::new());
+    for p in pods {
+        let mut violates = false;
+        for (i, b) in budgets.iter().enumerate() {
+            if b.metadata.namespace.as_deref() != Some(p.namespace.as_str()) {
+                continue;
+            }
+            // An empty selector matches nothing (policy/v1 with the selector left out).
+            let Some(sel) = b.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+                continue;
+            };
+            if sel.match_labels.is_none() && sel.match_expressions.is_none() {
+                continue;
+            }
+            if !crate::labels::selector_matches(Some(sel), p.labels()) {
+                continue;
+            }
+            // A pod the budget already counts as disrupted does not use it up again.
+            let disrupted = b
+                .status
+                .as_ref()
+                .and_then(|s| s.disrupted_pods.as_ref())
+                .is_some_and(|d| d.contains_key(&p.name));
+            if disrupted {
+                continue;
+            }
+            allowed[i] -= 1;
+            if allowed[i] < 0 {
+                violates = true;
+            }
+        }
+        if violates {
+            violating.push(p.clone());
+        } else {
+            safe.push(p.clone());
+        }
+    }
+    (violating, safe)
 }
 
 fn cycle_nodes(unfit: &[(&NodeInfo, Unfit)]) -> usize {
