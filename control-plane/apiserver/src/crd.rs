@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 /// Strategy of one version of a custom resource.
 pub struct Custom {
-    schema: Value,
-    columns: Vec<(String, String, String, u8)>,
-    has_status: bool,
+    pub(crate) schema: Value,
+    pub(crate) columns: Vec<(String, String, String, u8)>,
+    pub(crate) has_status: bool,
 }
 
 impl Strategy for Custom {

@@ -387,6 +387,9 @@ async fn list_items(
 }
 
 pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+    if t.res.group == crate::metrics_api::GROUP {
+        return crate::metrics_api::list(ctx, t).await;
+    }
     let (items, rv, cont) = list_items(ctx, t).await?;
     if items.len() >= 1000 {
         // A large list leaves a burst of freed heap behind: give it back once the answer is
@@ -415,6 +418,9 @@ pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> 
 }
 
 pub async fn get(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+    if t.res.group == crate::metrics_api::GROUP {
+        return crate::metrics_api::get(ctx, t).await;
+    }
     let (obj, _) = load(ctx, t).await?;
     if t.sub.as_deref() == Some("scale") {
         return Ok(t.respond(200, &to_scale(&t.res, &obj)));

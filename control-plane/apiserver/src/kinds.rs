@@ -245,6 +245,7 @@ pub fn builtin() -> Vec<Resource> {
     ]
     .into_iter()
     .map(|b| b.0)
+    .chain(crate::metrics_api::resources())
     .collect()
 }
 

@@ -26,6 +26,7 @@ mod handlers;
 mod lifecycle;
 mod managed;
 mod metrics;
+mod metrics_api;
 mod nodeauthz;
 mod patch;
 mod podsecurity;

@@ -152,7 +152,7 @@ async fn load(ctx: &Ctx, t: &Target) -> Result<serde_json::Value, StatusError> {
 }
 
 /// `https://<InternalIP>:<kubelet port>` of `node_name`.
-async fn kubelet_base(ctx: &Ctx, node_name: &str) -> Result<String, StatusError> {
+pub(crate) async fn kubelet_base(ctx: &Ctx, node_name: &str) -> Result<String, StatusError> {
     let nodes = ctx.registry.by_kind("", "Node").expect("nodes registered");
     let node = match ctx.store.get(&nodes.key(None, node_name)).await {
         Ok(Some(kv)) => decode_as(&nodes, &kv)?,

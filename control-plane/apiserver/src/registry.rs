@@ -16,6 +16,8 @@ pub enum Verbs {
     CreateOnly,
     /// get, list, watch, create, update, patch, delete (no deletecollection: namespaces, nodes).
     NoCollectionDelete,
+    /// get and list of computed objects (the metrics API: nothing is stored).
+    ReadOnly,
 }
 
 const ALL: &[&str] = &[
@@ -32,6 +34,7 @@ const NO_COLLECTION: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 const CREATE: &[&str] = &["create"];
+const READ_ONLY: &[&str] = &["get", "list"];
 
 impl Verbs {
     pub fn list(self) -> &'static [&'static str] {
@@ -39,6 +42,7 @@ impl Verbs {
             Verbs::All => ALL,
             Verbs::CreateOnly => CREATE,
             Verbs::NoCollectionDelete => NO_COLLECTION,
+            Verbs::ReadOnly => READ_ONLY,
         }
     }
     pub fn allows(self, verb: &str) -> bool {
@@ -127,7 +131,7 @@ impl Resource {
 
     /// Whether objects are stored (reviews are computed and never stored).
     pub fn stored(&self) -> bool {
-        self.verbs != Verbs::CreateOnly
+        !matches!(self.verbs, Verbs::CreateOnly | Verbs::ReadOnly)
     }
 }
 

@@ -8,16 +8,21 @@
 //! - outside `[minReplicas, maxReplicas]` it is scaled to the bound through `/scale`
 //!   (`SuccessfulRescale` "New size: N; reason: Current number of replicas below
 //!   Spec.MinReplicas", `AbleToScale=True/SucceededRescale`, `lastScaleTime`);
-//! - otherwise the metrics decide. Skiff serves no metrics API: the controller asks
-//!   `metrics.k8s.io` (or `custom.metrics.k8s.io`/`external.metrics.k8s.io`) like upstream's
-//!   clients, and reports the failure in upstream's words: `ScalingActive=False` with
-//!   `FailedGetResourceMetric` (or `FailedGet<Type>Metric`), "the HPA was unable to compute the
-//!   replica count: ...", the matching warning event and `FailedComputeMetricsReplicas`
-//!   ("invalid metrics (1 invalid out of 1), first error is: ..."). Warning events are recorded
-//!   when their message changes, not every sync (upstream's recorder folds repeats into a count).
+//! - otherwise the metrics decide. `Resource` metrics are read from `metrics.k8s.io` (which the
+//!   API server serves from the kubelets' summaries) and turned into a replica count as
+//!   upstream does (`hpa_metrics.rs`: utilization of requests or average value, 10% tolerance),
+//!   the highest recommendation of all metrics wins, scale-downs are stabilized over 5 minutes,
+//!   and the result is bounded by `[minReplicas, maxReplicas]` (`ScalingLimited`);
+//!   `ScalingActive=True/ValidMetricFound`, `status.currentMetrics`, and `SuccessfulRescale`
+//!   "New size: N; reason: cpu resource utilization (percentage of request) above target".
+//!   Metrics that cannot be read (other metric types: no custom or external metrics API) are
+//!   reported in upstream's words: `ScalingActive=False` with `FailedGetResourceMetric` (or
+//!   `FailedGet<Type>Metric`), "the HPA was unable to compute the replica count: ...", the
+//!   matching warning event and `FailedComputeMetricsReplicas` ("invalid metrics (1 invalid out
+//!   of 1), first error is: ..."). Warning events are recorded when their message changes.
 //!
-//! `status.currentReplicas`/`desiredReplicas` follow the scale. Scaling policies (`behavior`)
-//! only matter with metrics and are not applied.
+//! Not applied: `behavior` policies (rates) and a scale-up stabilization window; pods without
+//! metrics or not yet ready are left out of the calculation rather than weighed as upstream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +48,8 @@ use crate::{Context, ControllerError};
 pub const COMPONENT: &str = "horizontal-pod-autoscaler";
 const SYNC_PERIOD: Duration = Duration::from_secs(15);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// upstream's default `behavior.scaleDown.stabilizationWindowSeconds`.
+const SCALE_DOWN_STABILIZATION: Duration = Duration::from_secs(300);
 
 struct Ctl {
     client: Client,
@@ -51,6 +58,8 @@ struct Ctl {
     rec: Recorder,
     /// The last warning message recorded per (autoscaler uid, reason).
     warned: Mutex<HashMap<(String, String), String>>,
+    /// Recent replica recommendations per autoscaler uid (scale-down stabilization).
+    recommendations: Mutex<HashMap<String, Vec<(std::time::Instant, i32)>>>,
 }
 
 pub fn run(
@@ -68,6 +77,7 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
         queue: WorkQueue::new(),
         rec: Recorder::new(ctx.client.clone(), COMPONENT),
         warned: Mutex::default(),
+        recommendations: Mutex::default(),
     });
     let mut rx = c.hpas.subscribe();
     c.hpas.ready().await;
@@ -299,6 +309,76 @@ impl Ctl {
         }
     }
 
+    /// Reports metrics that could not be read, in upstream's words: `ScalingActive` False,
+    /// the metric's warning event and `FailedComputeMetricsReplicas`.
+    fn report_metric_errors(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        st: &mut HorizontalPodAutoscalerStatus,
+        errors: &[(&MetricSpec, String)],
+        total: usize,
+    ) {
+        let mut first: Option<String> = None;
+        for (m, err) in errors {
+            let (why, _) = metric_words(m);
+            self.warn_once(hpa, why, err.clone());
+            set_condition(
+                st,
+                "ScalingActive",
+                "False",
+                why,
+                format!("the HPA was unable to compute the replica count: {err}"),
+            );
+            if first.is_none() {
+                let prefix = match m.type_.as_str() {
+                    "Resource" => format!(
+                        "failed to get {} resource metric value: ",
+                        metric_words(m).1
+                    ),
+                    "ContainerResource" => format!(
+                        "failed to get {} container metric value: ",
+                        metric_words(m).1
+                    ),
+                    "Pods" => "failed to get pods metric value: ".to_string(),
+                    "Object" => "failed to get object metric value: ".to_string(),
+                    "External" => "failed to get external metric value: ".to_string(),
+                    _ => String::new(),
+                };
+                first = Some(format!("{prefix}{err}"));
+            }
+        }
+        if let Some(first) = first {
+            self.warn_once(
+                hpa,
+                "FailedComputeMetricsReplicas",
+                format!(
+                    "invalid metrics ({total} invalid out of {total}), first error is: {first}"
+                ),
+            );
+        }
+    }
+
+    /// Upstream's default scale-down stabilization: the highest recommendation of the last
+    /// five minutes (scale-ups apply at once).
+    fn stabilize(&self, uid: &str, recommended: i32, current: i32) -> i32 {
+        let now = std::time::Instant::now();
+        let mut recs = self
+            .recommendations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let list = recs.entry(uid.to_string()).or_default();
+        list.retain(|(t, _)| now.duration_since(*t) < SCALE_DOWN_STABILIZATION);
+        list.push((now, recommended));
+        if recommended >= current {
+            return recommended;
+        }
+        list.iter()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(recommended)
+            .min(current)
+    }
+
     async fn reconcile(&self, hpa: &HorizontalPodAutoscaler) -> Result<(), ControllerError> {
         let old = hpa.status.clone().unwrap_or_default();
         let mut st = old.clone();
@@ -336,55 +416,94 @@ impl Ctl {
             );
         } else if current > max {
             desired = max;
-            reason = Some("Current number of replicas above Spec.MaxReplicas");
+            reason = Some("Current number of replicas above Spec.MaxReplicas".to_string());
         } else if current < min {
             desired = min;
-            reason = Some("Current number of replicas below Spec.MinReplicas");
+            reason = Some("Current number of replicas below Spec.MinReplicas".to_string());
         } else {
             let metrics = spec.metrics.clone().unwrap_or_default();
-            let mut first: Option<String> = None;
+            let selector = scale
+                .status
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .unwrap_or_default();
+            let ns = hpa.namespace().unwrap_or_default();
+            let mut best: Option<(i32, String)> = None;
+            let mut statuses = vec![];
+            let mut errors: Vec<(&MetricSpec, String)> = vec![];
             for m in &metrics {
-                let err = self.metrics_error(hpa, m).await;
-                let (why, _) = metric_words(m);
-                self.warn_once(hpa, why, err.clone());
-                set_condition(
-                    &mut st,
-                    "ScalingActive",
-                    "False",
-                    why,
-                    format!("the HPA was unable to compute the replica count: {err}"),
-                );
-                if first.is_none() {
-                    let prefix = match m.type_.as_str() {
-                        "Resource" => format!(
-                            "failed to get {} resource metric value: ",
-                            metric_words(m).1
-                        ),
-                        "ContainerResource" => format!(
-                            "failed to get {} container metric value: ",
-                            metric_words(m).1
-                        ),
-                        "Pods" => "failed to get pods metric value: ".to_string(),
-                        "Object" => "failed to get object metric value: ".to_string(),
-                        "External" => "failed to get external metric value: ".to_string(),
-                        _ => String::new(),
-                    };
-                    first = Some(format!("{prefix}{err}"));
+                if m.type_ == "Resource" {
+                    match crate::hpa_metrics::resource_replicas(
+                        &self.client,
+                        &ns,
+                        m,
+                        current,
+                        &selector,
+                    )
+                    .await
+                    {
+                        Ok(r) => {
+                            statuses.push(r.status);
+                            if best.as_ref().is_none_or(|(b, _)| r.replicas > *b) {
+                                best = Some((r.replicas, r.description));
+                            }
+                        }
+                        Err(e) => errors.push((m, e)),
+                    }
+                    continue;
                 }
+                errors.push((m, self.metrics_error(hpa, m).await));
             }
-            if let Some(first) = first {
-                self.warn_once(
-                    hpa,
-                    "FailedComputeMetricsReplicas",
-                    format!(
-                        "invalid metrics ({n} invalid out of {n}), first error is: {first}",
-                        n = metrics.len()
-                    ),
-                );
+            let Some((recommended, description)) = best else {
+                self.report_metric_errors(hpa, &mut st, &errors, metrics.len());
+                st.current_replicas = Some(current);
+                st.desired_replicas = current;
+                return self.write_status(hpa, &old, st).await;
+            };
+            st.current_metrics = Some(statuses);
+            set_condition(
+                &mut st,
+                "ScalingActive",
+                "True",
+                "ValidMetricFound",
+                format!(
+                    "the HPA was able to successfully calculate a replica count from {description}"
+                ),
+            );
+            let recommended = self.stabilize(&hpa.uid().unwrap_or_default(), recommended, current);
+            let (bounded, limited, why) = if recommended > max {
+                (
+                    max,
+                    "TooManyReplicas",
+                    "the desired replica count is more than the maximum replica count",
+                )
+            } else if recommended < min {
+                (
+                    min,
+                    "TooFewReplicas",
+                    "the desired replica count is less than the minimum replica count",
+                )
+            } else {
+                (
+                    recommended,
+                    "DesiredWithinRange",
+                    "the desired count is within the acceptable range",
+                )
+            };
+            let status = if limited == "DesiredWithinRange" {
+                "False"
+            } else {
+                "True"
+            };
+            set_condition(&mut st, "ScalingLimited", status, limited, why.into());
+            desired = bounded;
+            if desired != current {
+                reason = Some(if desired > current {
+                    format!("{description} above target")
+                } else {
+                    "All metrics below target".to_string()
+                });
             }
-            st.current_replicas = Some(current);
-            st.desired_replicas = current;
-            return self.write_status(hpa, &old, st).await;
         }
         if let Some(reason) = reason {
             let mut s = scale.clone();

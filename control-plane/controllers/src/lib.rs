@@ -21,6 +21,7 @@ pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod hpa;
+mod hpa_metrics;
 pub mod informer;
 pub mod leader;
 pub mod namespace;
