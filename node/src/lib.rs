@@ -361,12 +361,18 @@ pub async fn run_with_runtime<R: CriRuntime>(
         let report_every = Duration::from_secs(300);
         let mut last_report = std::time::Instant::now();
         loop {
-            match hb_cri.version().await {
-                Ok(v) => {
+            // Bounded too: a runtime that does not answer is a problem to report, not a reason
+            // to stop heartbeating.
+            match tokio::time::timeout(Duration::from_secs(10), hb_cri.version()).await {
+                Ok(Ok(v)) => {
                     health.version = runtime_version(&v);
                     health.problem = None;
                 }
-                Err(e) => health.problem = Some(e.to_string()),
+                Ok(Err(e)) => health.problem = Some(e.to_string()),
+                Err(_) => {
+                    health.problem =
+                        Some("the container runtime did not answer Version within 10 s".into())
+                }
             }
             let force = last_report.elapsed() >= report_every;
             // Each call is bounded (as upstream's heartbeat requests are): a request stuck on a
