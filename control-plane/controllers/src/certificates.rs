@@ -130,11 +130,7 @@ async fn run_inner(
             .map(|()| None)
         }
     });
-    tokio::select! {
-        _ = stop => Ok(()),
-        _ = handlers => Err(ControllerError::Stopped { name, reason: "informer closed".into() }),
-        _ = workers => Err(ControllerError::Stopped { name, reason: "workers ended".into() }),
-    }
+    crate::util::until_stopped(name, stop, handlers, workers).await
 }
 
 fn has_true(csr: &CertificateSigningRequest, type_: &str) -> bool {

@@ -129,11 +129,7 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
             async move { c.sync(&key).await }
         }
     });
-    tokio::select! {
-        _ = stop => Ok(()),
-        _ = handlers => Err(ControllerError::Stopped { name: COMPONENT, reason: "informer closed".into() }),
-        _ = workers => Err(ControllerError::Stopped { name: COMPONENT, reason: "workers ended".into() }),
-    }
+    crate::util::until_stopped(COMPONENT, stop, handlers, workers).await
 }
 
 fn replicas(rs: &ReplicaSet) -> i32 {

@@ -175,11 +175,7 @@ async fn run<K: Replicated>(
             async move { c.sync(&key).await }
         }
     });
-    tokio::select! {
-        _ = stop => Ok(()),
-        _ = handlers => Err(ControllerError::Stopped { name: K::COMPONENT, reason: "informer closed".into() }),
-        _ = workers => Err(ControllerError::Stopped { name: K::COMPONENT, reason: "workers ended".into() }),
-    }
+    crate::util::until_stopped(K::COMPONENT, stop, handlers, workers).await
 }
 
 impl<K: Replicated> Ctl<K> {

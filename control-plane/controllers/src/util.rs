@@ -157,6 +157,29 @@ where
     }
 }
 
+/// Runs a controller's informer handlers and work-queue workers until `stop` (Ok), or until
+/// either of them ends, which is an error naming the controller.
+pub async fn until_stopped<H, W>(
+    name: &'static str,
+    stop: impl std::future::Future<Output = ()>,
+    handlers: H,
+    workers: W,
+) -> Result<(), crate::ControllerError>
+where
+    H: std::future::Future,
+    W: std::future::Future,
+{
+    let stopped = |reason: &str| crate::ControllerError::Stopped {
+        name,
+        reason: reason.into(),
+    };
+    tokio::select! {
+        _ = stop => Ok(()),
+        _ = handlers => Err(stopped("informer closed")),
+        _ = workers => Err(stopped("workers ended")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
