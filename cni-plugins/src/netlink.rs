@@ -244,12 +244,8 @@ impl Netlink {
         self.seq = self.seq.wrapping_add(1);
         let mut buf = Vec::with_capacity(nlsock::HDR + body.buf.len());
         nlsock::message(&mut buf, ty, flags, self.seq, &body.buf);
-        self.sock.send(&buf).map_err(err)?;
-        let mut out = Vec::new();
-        self.sock
-            .answers(self.seq, |m| out.push(m.payload.to_vec()))
-            .map_err(err)?;
-        Ok(out)
+        let answers = self.sock.transact(&buf, self.seq).map_err(err)?;
+        Ok(answers.into_iter().map(|(_, p)| p).collect())
     }
 
     fn ack(&mut self, op: &dyn Fn() -> String, ty: u16, body: &Attrs, extra: u16) -> Result<()> {

@@ -901,14 +901,12 @@ impl Nft {
         let mut buf = Vec::new();
         self.seq = self.seq.wrapping_add(1);
         nlmsg(&mut buf, msg_type, flags, self.seq, family, 0, body);
-        self.sock.send(&buf).map_err(err)?;
-        self.sock
-            .answers(self.seq, |m| {
-                if m.ty == reply_type {
-                    on_reply(m.payload.get(4..).unwrap_or_default());
-                }
-            })
-            .map_err(err)
+        for (ty, payload) in self.sock.transact(&buf, self.seq).map_err(err)? {
+            if ty == reply_type {
+                on_reply(payload.get(4..).unwrap_or_default());
+            }
+        }
+        Ok(())
     }
 
     /// A dump request of any nfnetlink subsystem: the payload (after the nfgenmsg header) of

@@ -14,6 +14,8 @@ pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_APPEND: u16 = 0x800;
 pub const NLM_F_DUMP: u16 = 0x300;
+/// Set on dump answers when the dumped set changed during the dump.
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 pub const NLA_F_NESTED: u16 = 0x8000;
@@ -148,6 +150,7 @@ pub fn c_str(b: &[u8]) -> String {
 /// One message of a received datagram.
 pub struct Msg<'a> {
     pub ty: u16,
+    pub flags: u16,
     pub seq: u32,
     /// Everything after the `nlmsghdr`.
     pub payload: &'a [u8],
@@ -296,6 +299,7 @@ impl NlSocket {
             }
             let m = Msg {
                 ty: u16::from_ne_bytes([data[off + 4], data[off + 5]]),
+                flags: u16::from_ne_bytes([data[off + 6], data[off + 7]]),
                 seq: ne_u32(&data[off + 8..]).unwrap_or(0),
                 payload: &data[off + HDR..off + len],
             };
@@ -309,13 +313,20 @@ impl NlSocket {
 
     /// Reads answers to request `seq` until its ack, error or end of dump; `on_msg` sees every
     /// other message of that request (the dump or the `NLM_F_ACK`ed reply).
+    /// A dump the kernel marked interrupted (`NLM_F_DUMP_INTR`: what it lists changed while it
+    /// was being read, so something may be missing) ends with `EINTR` after its last message.
     pub fn answers(&mut self, seq: u32, mut on_msg: impl FnMut(&Msg<'_>)) -> io::Result<()> {
+        let mut interrupted = false;
         loop {
             let done = self.recv_with(|m| {
                 if m.seq != seq {
                     return None;
                 }
+                interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
                 match m.ty {
+                    NLMSG_DONE if interrupted => {
+                        Some(Err(io::Error::from_raw_os_error(libc::EINTR)))
+                    }
                     NLMSG_DONE => Some(Ok(())),
                     NLMSG_ERROR => Some(match m.error_code() {
                         0 => Ok(()),
@@ -329,6 +340,20 @@ impl NlSocket {
             })?;
             if done.is_some() {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Sends request `msg` (sequence number `seq`) and returns its answers (type, payload);
+    /// an interrupted dump is asked again, up to 10 times, so the answer is consistent.
+    pub fn transact(&mut self, msg: &[u8], seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
+        let mut tries = 0;
+        loop {
+            self.send(msg)?;
+            let mut out = Vec::new();
+            match self.answers(seq, |m| out.push((m.ty, m.payload.to_vec()))) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) && tries < 10 => tries += 1,
+                r => return r.map(|()| out),
             }
         }
     }
