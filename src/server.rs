@@ -225,7 +225,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         Ok(path)
     };
     let sched_client = kube_client(&identity("scheduler", &pki.scheduler)?).await?;
-    let ctl_client = kube_client(&identity("controller", &pki.controller_manager)?).await?;
+    let ctl_config = kube_config(&identity("controller", &pki.controller_manager)?).await?;
     let proxy_kubeconfig = identity("kube-proxy", &pki.kube_proxy)?;
     let dns_kubeconfig = identity("dns", &pki.dns)?;
     let sched = if args.disable_scheduler {
@@ -241,7 +241,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     skiff_controllers::storage::set_data_dir(args.data_dir.clone());
     skiff_controllers::certificates::set_ca_dir(args.data_dir.join("tls"));
-    let controllers = tokio::spawn(skiff_controllers::run(ctl_client, stopped()));
+    let controllers = tokio::spawn(skiff_controllers::run(ctl_config, stopped()));
 
     let agent = if args.disable_agent {
         None
@@ -469,6 +469,11 @@ async fn wait_healthy(port: u16) {
 }
 
 pub async fn kube_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// The client configuration in `kubeconfig`, with the read timeout every in-process client uses.
+pub async fn kube_config(kubeconfig: &std::path::Path) -> Result<kube::Config> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
@@ -476,7 +481,7 @@ pub async fn kube_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     // a request) forever. Watches get a bookmark at least every minute, so 90 s of silence
     // means the connection is gone; the watchers then start again from their last version.
     cfg.read_timeout = Some(std::time::Duration::from_secs(90));
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(cfg)
 }
 
 pub async fn shutdown_signal() {

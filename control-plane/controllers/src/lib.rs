@@ -92,9 +92,10 @@ fn controllers() -> Vec<(&'static str, Runner)> {
 /// Runs the controllers until `stop` completes, while this process holds the controller lease
 /// (see [`leader`]); when it loses the lease it stops them and campaigns again.
 pub async fn run(
-    client: Client,
+    config: kube::Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
+    let client = Client::try_from(config)?;
     let elector = leader::Elector::new(client.clone(), leader::host_identity().await);
     tokio::pin!(stop);
     loop {
