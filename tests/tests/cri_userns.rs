@@ -472,6 +472,53 @@ async fn pod_userns(t: &mut T, env: &CriEnv) -> Check {
     Ok(())
 }
 
+/// A user namespace pod that shares its PID namespace: the pause (PID 1) and the containers
+/// are in the pod's user namespace.
+async fn pod_userns_shared_pid(t: &mut T, env: &CriEnv) -> Check {
+    let u = userns(cri::NamespaceMode::Pod, vec![map(0, HOST_BASE, 65536)]);
+    let mut sb_cfg = with_userns(env.sandbox_config("skuspid"), u.clone());
+    let opts = |o: &mut Option<cri::NamespaceOption>| {
+        if let Some(o) = o.as_mut() {
+            o.pid = cri::NamespaceMode::Pod as i32;
+        }
+    };
+    opts(
+        &mut sb_cfg
+            .linux
+            .as_mut()
+            .expect("linux")
+            .security_context
+            .as_mut()
+            .expect("sc")
+            .namespace_options,
+    );
+    let sb = t
+        .run_sandbox(&sb_cfg)
+        .await
+        .map_err(|e| format!("RunPodSandbox (user namespace, pid POD): {e}"))?;
+    let mut sc = cri::LinuxContainerSecurityContext {
+        namespace_options: sb_cfg
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone()),
+        ..Default::default()
+    };
+    opts(&mut sc.namespace_options);
+    let id = t.start(&sb, &sb_cfg, t.container("skuspid", sc)).await?;
+    let out = t
+        .out(
+            &id,
+            "id -u; cat /proc/1/uid_map; cat /proc/1/cmdline | tr '\\0' ' '",
+        )
+        .await?;
+    ensure!(
+        words(&out).starts_with(&format!("0 0 {HOST_BASE} 65536 ")) && out.contains("pause"),
+        "pid POD in a user namespace: id -u, PID 1's uid_map and command line: {out:?}"
+    );
+    Ok(())
+}
+
 /// SupplementalGroupsPolicy: Merge adds the image's groups of the user, Strict does not; the
 /// process's groups and ContainerStatus `user` agree.
 async fn supplemental_groups(t: &mut T, env: &CriEnv) -> Check {
@@ -580,6 +627,14 @@ async fn cri_userns_and_supplemental_groups() {
     }
     if let Err(e) = pod_userns(&mut t, &env).await {
         failures.push(format!("pod user namespace: {e}"));
+    }
+    if let Err(e) = t.remove_all().await {
+        failures.push(format!("cleanup: {e}"));
+    }
+    if let Err(e) = pod_userns_shared_pid(&mut t, &env).await {
+        failures.push(format!(
+            "pod user namespace with a shared PID namespace: {e}"
+        ));
     }
     if let Err(e) = t.remove_all().await {
         failures.push(format!("cleanup: {e}"));

@@ -674,6 +674,29 @@ mod tests {
     }
 
     #[test]
+    fn supplemental_groups_policy() {
+        let mut sc = cri::LinuxContainerSecurityContext {
+            supplemental_groups: vec![4000, 3000],
+            ..Default::default()
+        };
+        // Merge (default): primary gid first, the image's groups, then the pod's; no repeats.
+        assert_eq!(
+            effective_groups(&sc, 3000, || vec![50000, 4000]),
+            [3000, 50000, 4000]
+        );
+        sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+        let mut image_read = false;
+        assert_eq!(
+            effective_groups(&sc, 3000, || {
+                image_read = true;
+                vec![50000]
+            }),
+            [3000, 4000]
+        );
+        assert!(!image_read, "Strict must not read the image's /etc/group");
+    }
+
+    #[test]
     fn env_container_overrides_image() {
         let env = merge_env(
             &["PATH=/bin".into(), "A=1".into()],
