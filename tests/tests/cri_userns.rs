@@ -472,6 +472,26 @@ async fn pod_userns(t: &mut T, env: &CriEnv) -> Check {
     Ok(())
 }
 
+/// Every running container still runs `id -u` as 0 with the pod's maps.
+async fn after_restart(t: &mut T) -> Check {
+    let cs =
+        t.rt.list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .map_err(|e| format!("ListContainers: {e}"))?
+            .into_inner()
+            .containers;
+    ensure!(!cs.is_empty(), "no container listed after the restart");
+    for c in cs {
+        let out = words(&t.out(&c.id, "id -u; cat /proc/self/uid_map").await?);
+        ensure!(
+            out == format!("0 0 {HOST_BASE} 65536"),
+            "container {} after the restart: {out}",
+            c.id
+        );
+    }
+    Ok(())
+}
+
 /// A user namespace pod that shares its PID namespace: the pause (PID 1) and the containers
 /// are in the pod's user namespace.
 async fn pod_userns_shared_pid(t: &mut T, env: &CriEnv) -> Check {
@@ -627,6 +647,13 @@ async fn cri_userns_and_supplemental_groups() {
     }
     if let Err(e) = pod_userns(&mut t, &env).await {
         failures.push(format!("pod user namespace: {e}"));
+    }
+    // A restarted server still execs into the pod's user namespace, and removes the container
+    // with its idmapped mount (checked at the end).
+    env.restart().await.unwrap();
+    t.rt = env.clients().await.unwrap().0;
+    if let Err(e) = after_restart(&mut t).await {
+        failures.push(format!("after a restart: {e}"));
     }
     if let Err(e) = t.remove_all().await {
         failures.push(format!("cleanup: {e}"));
