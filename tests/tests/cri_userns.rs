@@ -539,6 +539,28 @@ async fn pod_userns_shared_pid(t: &mut T, env: &CriEnv) -> Check {
     Ok(())
 }
 
+/// An idmapped mount in a pod without a user namespace (its own namespace for the idmap): a
+/// host root file shows as the host id its mapping gives uid 0.
+async fn idmapped_mount_alone(t: &mut T, env: &CriEnv) -> Check {
+    let sb_cfg = env.sandbox_config("skusidm");
+    let sb = t
+        .run_sandbox(&sb_cfg)
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?;
+    let idm = env.dir().join("skidm2");
+    std::fs::create_dir_all(&idm).map_err(|e| e.to_string())?;
+    std::fs::write(idm.join("hostfile"), "x").map_err(|e| e.to_string())?;
+    let mut c = t.container("skusidm", Default::default());
+    c.mounts = vec![bind("/mnt/idm", &idm, vec![map(0, HOST_BASE, 65536)])];
+    let id = t.start(&sb, &sb_cfg, c).await?;
+    let owner = t.out(&id, "stat -c %u /mnt/idm/hostfile").await?;
+    ensure!(
+        owner == HOST_BASE.to_string(),
+        "a host root file in an idmapped mount (0 -> {HOST_BASE}) shows uid {owner}"
+    );
+    Ok(())
+}
+
 /// SupplementalGroupsPolicy: Merge adds the image's groups of the user, Strict does not; the
 /// process's groups and ContainerStatus `user` agree.
 async fn supplemental_groups(t: &mut T, env: &CriEnv) -> Check {
@@ -665,6 +687,9 @@ async fn cri_userns_and_supplemental_groups() {
     }
     if let Err(e) = t.remove_all().await {
         failures.push(format!("cleanup: {e}"));
+    }
+    if let Err(e) = idmapped_mount_alone(&mut t, &env).await {
+        failures.push(format!("idmapped mount without a user namespace: {e}"));
     }
     if let Err(e) = supplemental_groups(&mut t, &env).await {
         failures.push(format!("supplemental groups: {e}"));
