@@ -831,15 +831,30 @@ pub async fn commit_update(
         lifecycle::after_delete(ctx, &t.res, &gone).await;
         return Ok(gone);
     }
-    if t.dry_run() {
-        return Ok(obj.clone());
+    // A Service update allocates what its new spec needs (NodePorts when it becomes a NodePort,
+    // ...) and releases, once stored, what its old spec held and the new one does not.
+    let mut obj = obj.clone();
+    let service = t.res.group.is_empty() && t.res.kind == "Service" && t.sub.is_none();
+    let mut svc_old = None;
+    let mut fresh = vec![];
+    if service {
+        if let Ok(Some(kv)) = ctx.store.get(&t.key()).await {
+            svc_old = Some(decode_as(&t.res, &kv)?);
+            fresh = lifecycle::before_service_update(ctx, &t.res, &mut obj, t.dry_run()).await?;
+        }
     }
-    let kv = ctx
+    if t.dry_run() {
+        return Ok(obj);
+    }
+    let stored = ctx
         .store
-        .update(&t.key(), encode_for(&t.res, obj), Some(rev))
-        .await
-        .map_err(|e| terr(t, e))?;
-    let mut out = obj.clone();
+        .update(&t.key(), encode_for(&t.res, &obj), Some(rev))
+        .await;
+    if let Some(old) = &svc_old {
+        lifecycle::after_service_update(ctx, old, stored.as_ref().ok().map(|_| &obj), &fresh).await;
+    }
+    let kv = stored.map_err(|e| terr(t, e))?;
+    let mut out = obj;
     out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     lifecycle::after_update(ctx, &t.res, &out).await;
     Ok(out)

@@ -54,11 +54,19 @@ impl ServiceRanges {
     }
 }
 
-async fn reserve(ctx: &Ctx, key: String, owner: &str) -> bool {
-    ctx.store
+/// Takes `key` for `owner`: true when it is now `owner`'s (newly, or it already was: a Service
+/// update keeps what the Service holds). Keys taken newly are pushed to `fresh`.
+async fn take(ctx: &Ctx, key: String, owner: &str, fresh: &mut Vec<String>) -> bool {
+    if ctx
+        .store
         .create(&key, owner.as_bytes().to_vec())
         .await
         .is_ok()
+    {
+        fresh.push(key);
+        return true;
+    }
+    matches!(ctx.store.get(&key).await, Ok(Some(kv)) if kv.value == owner.as_bytes())
 }
 
 async fn release(ctx: &Ctx, key: &str) {
@@ -92,11 +100,48 @@ pub async fn before_create(
     if !(res.group.is_empty() && res.kind == "Service") {
         return Ok(());
     }
+    allocate(ctx, obj, dry_run).await.map(|_| ())
+}
+
+/// A Service update: what the new spec needs that the Service does not hold yet is allocated
+/// (NodePorts when it becomes a NodePort or LoadBalancer, a ClusterIP when it stops being an
+/// ExternalName); returns the keys taken newly, for [`after_service_update`].
+pub async fn before_service_update(
+    ctx: &Ctx,
+    res: &Resource,
+    obj: &mut Value,
+    dry_run: bool,
+) -> Result<Vec<String>, StatusError> {
+    if !(res.group.is_empty() && res.kind == "Service") {
+        return Ok(vec![]);
+    }
+    allocate(ctx, obj, dry_run).await
+}
+
+/// After a Service update: on success, what the old spec held and the new one does not is
+/// released; on failure, what [`before_service_update`] took newly.
+pub async fn after_service_update(ctx: &Ctx, old: &Value, new: Option<&Value>, fresh: &[String]) {
+    match new {
+        Some(new) => {
+            let keep = service_keys(new);
+            for k in service_keys(old) {
+                if !keep.contains(&k) {
+                    release(ctx, &k).await;
+                }
+            }
+        }
+        None => release_all(ctx, fresh).await,
+    }
+}
+
+/// Reserves the Service's ClusterIP and NodePorts (given or free ones, filled in); returns the
+/// keys taken newly.
+async fn allocate(ctx: &Ctx, obj: &mut Value, dry_run: bool) -> Result<Vec<String>, StatusError> {
     let owner = svc_owner(obj);
     let spec = &mut obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
     if ty == "ExternalName" {
-        return Ok(());
+        return Ok(vec![]);
     }
     let r = &ctx.services;
     let mut reserved: Vec<String> = vec![];
@@ -106,11 +151,12 @@ pub async fn before_create(
             let parsed: Option<Ipv4Addr> = ip.parse().ok();
             match parsed {
                 Some(a) if r.contains(a) => {
-                    if !dry_run && !reserve(ctx, format!("{IP_PREFIX}{a}"), &owner).await {
+                    if !dry_run
+                        && !take(ctx, format!("{IP_PREFIX}{a}"), &owner, &mut reserved).await
+                    {
                         let e = invalid_svc(&Value::Null, FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: provided IP is already allocated")));
                         return Err(e);
                     }
-                    reserved.push(format!("{IP_PREFIX}{a}"));
                 }
                 _ => {
                     return Err(invalid_svc(
@@ -127,7 +173,7 @@ pub async fn before_create(
         }
         _ => {
             if dry_run {
-                return Ok(());
+                return Ok(vec![]);
             }
             // Random start, then linear: like upstream's bitmap allocator's random scan.
             let span = r.size.saturating_sub(2).max(1);
@@ -140,7 +186,7 @@ pub async fn before_create(
                     // The low addresses stay for well-known services (10.43.0.1, .10).
                     continue;
                 }
-                if reserve(ctx, format!("{IP_PREFIX}{a}"), &owner).await {
+                if take(ctx, format!("{IP_PREFIX}{a}"), &owner, &mut reserved).await {
                     got = Some(a);
                     break;
                 }
@@ -150,7 +196,6 @@ pub async fn before_create(
                     "failed to allocate a serviceIP: range is full",
                 ));
             };
-            reserved.push(format!("{IP_PREFIX}{a}"));
             spec["clusterIP"] = json!(a.to_string());
             spec["clusterIPs"] = json!([a.to_string()]);
         }
@@ -169,34 +214,30 @@ pub async fn before_create(
                             return release_then_err(ctx, &reserved, invalid_svc(&Value::Null, FieldError::invalid(format!("spec.ports[{i}].nodePort"), &n.to_string(), format!("provided port is not in the valid range. The range of valid ports is {}-{}", r.ports.0, r.ports.1)))).await;
                         }
                         let key = format!("{PORT_PREFIX}{n}");
-                        if !dry_run {
-                            if !reserve(ctx, key.clone(), &owner).await {
-                                return release_then_err(
-                                    ctx,
-                                    &reserved,
-                                    invalid_svc(
-                                        &Value::Null,
-                                        FieldError::invalid(
-                                            format!("spec.ports[{i}].nodePort"),
-                                            &n.to_string(),
-                                            "provided port is already allocated",
-                                        ),
+                        if !dry_run && !take(ctx, key, &owner, &mut reserved).await {
+                            return release_then_err(
+                                ctx,
+                                &reserved,
+                                invalid_svc(
+                                    &Value::Null,
+                                    FieldError::invalid(
+                                        format!("spec.ports[{i}].nodePort"),
+                                        &n.to_string(),
+                                        "provided port is already allocated",
                                     ),
-                                )
-                                .await;
-                            }
-                            reserved.push(key);
+                                ),
+                            )
+                            .await;
                         }
                     }
                     None if !dry_run => {
-                        let got = free_port(ctx, r, &owner).await;
+                        let got = free_port(ctx, r, &owner, &mut reserved).await;
                         let Some(n) = got else {
                             release_all(ctx, &reserved).await;
                             return Err(StatusError::internal(
                                 "failed to allocate a nodePort: range is full",
                             ));
                         };
-                        reserved.push(format!("{PORT_PREFIX}{n}"));
                         p["nodePort"] = json!(n);
                     }
                     None => {}
@@ -208,12 +249,12 @@ pub async fn before_create(
             && spec["healthCheckNodePort"].is_null()
             && !dry_run
         {
-            if let Some(n) = free_port(ctx, r, &owner).await {
+            if let Some(n) = free_port(ctx, r, &owner, &mut reserved).await {
                 spec["healthCheckNodePort"] = json!(n);
             }
         }
     }
-    Ok(())
+    Ok(reserved)
 }
 
 async fn release_all(ctx: &Ctx, keys: &[String]) {
@@ -222,18 +263,27 @@ async fn release_all(ctx: &Ctx, keys: &[String]) {
     }
 }
 
-async fn release_then_err(ctx: &Ctx, keys: &[String], e: StatusError) -> Result<(), StatusError> {
+async fn release_then_err(
+    ctx: &Ctx,
+    keys: &[String],
+    e: StatusError,
+) -> Result<Vec<String>, StatusError> {
     release_all(ctx, keys).await;
     Err(e)
 }
 
 /// Reserves a free node port, scanning from a random start.
-async fn free_port(ctx: &Ctx, r: &ServiceRanges, owner: &str) -> Option<u32> {
+async fn free_port(
+    ctx: &Ctx,
+    r: &ServiceRanges,
+    owner: &str,
+    fresh: &mut Vec<String>,
+) -> Option<u32> {
     let span = (r.ports.1 - r.ports.0 + 1) as u32;
     let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
     for k in 0..span {
         let n = r.ports.0 as u32 + (start + k) % span;
-        if reserve(ctx, format!("{PORT_PREFIX}{n}"), owner).await {
+        if take(ctx, format!("{PORT_PREFIX}{n}"), owner, fresh).await {
             return Some(n);
         }
     }

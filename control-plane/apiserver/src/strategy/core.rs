@@ -525,6 +525,29 @@ impl Strategy for Service {
                 }
             }
         }
+        // Fields of the old type the client left as they were go with it (upstream's
+        // dropTypeDependentFields): NodePorts, the external traffic policy and the health
+        // check port when a NodePort or LoadBalancer Service becomes ClusterIP.
+        let external = |t: &Value| t == "NodePort" || t == "LoadBalancer";
+        if ns.is_object() && external(&os["type"]) && !external(&ns["type"]) {
+            if let (Some(np), Some(op)) = (ns["ports"].as_array_mut(), os["ports"].as_array()) {
+                for p in np {
+                    if !p["nodePort"].is_null() && op.iter().any(|o| o["nodePort"] == p["nodePort"])
+                    {
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("nodePort");
+                        }
+                    }
+                }
+            }
+            for k in ["externalTrafficPolicy", "healthCheckNodePort"] {
+                if ns[k] == os[k] {
+                    if let Some(m) = ns.as_object_mut() {
+                        m.remove(k);
+                    }
+                }
+            }
+        }
     }
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         let spec = &obj["spec"];
@@ -561,9 +584,9 @@ impl Strategy for Service {
             }
             let port = num(&p["port"]);
             if !(1..=65535).contains(&port) {
-                errs.push(FieldError::invalid(
-                    format!("spec.ports[{i}].port"),
-                    &port.to_string(),
+                errs.push(invalid_int(
+                    &format!("spec.ports[{i}].port"),
+                    port,
                     "must be between 1 and 65535, inclusive",
                 ));
             }
@@ -579,6 +602,90 @@ impl Strategy for Service {
                 errs.push(FieldError::forbidden(
                     format!("spec.ports[{i}].nodePort"),
                     "may not be used when `type` is 'ClusterIP'",
+                ));
+            }
+            // One port number per protocol (upstream keys on protocol and port).
+            if ports[..i]
+                .iter()
+                .any(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+            {
+                errs.push(FieldError::duplicate(
+                    format!("spec.ports[{i}]"),
+                    &format!(
+                        "core.ServicePort{{Protocol:{:?}, Port:{port}}}",
+                        s(&p["protocol"])
+                    ),
+                ));
+            }
+            validate_target_port(
+                &p["targetPort"],
+                &format!("spec.ports[{i}].targetPort"),
+                errs,
+            );
+        }
+        for (i, ip) in spec["externalIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            validate_external_ip(&s(ip), &format!("spec.externalIPs[{i}]"), errs);
+        }
+        let affinity = s(&spec["sessionAffinity"]);
+        if !affinity.is_empty() && affinity != "ClientIP" && affinity != "None" {
+            errs.push(FieldError::not_supported(
+                "spec.sessionAffinity",
+                &affinity,
+                &["ClientIP", "None"],
+            ));
+        }
+        let timeout = &spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"];
+        if affinity == "ClientIP" && !timeout.is_null() {
+            let t = num(timeout);
+            if !(1..=86400).contains(&t) {
+                errs.push(invalid_int(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    t,
+                    "must be greater than 0 and less than 86400",
+                ));
+            }
+        }
+        let etp = s(&spec["externalTrafficPolicy"]);
+        if !etp.is_empty() {
+            if ty != "NodePort" && ty != "LoadBalancer" {
+                errs.push(FieldError::invalid(
+                    "spec.externalTrafficPolicy",
+                    &etp,
+                    "may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+                ));
+            } else if etp != "Cluster" && etp != "Local" {
+                errs.push(FieldError::not_supported(
+                    "spec.externalTrafficPolicy",
+                    &etp,
+                    &["Cluster", "Local"],
+                ));
+            }
+        }
+        let itp = s(&spec["internalTrafficPolicy"]);
+        if !itp.is_empty() && itp != "Cluster" && itp != "Local" {
+            errs.push(FieldError::not_supported(
+                "spec.internalTrafficPolicy",
+                &itp,
+                &["Cluster", "Local"],
+            ));
+        }
+        for (i, r) in spec["loadBalancerSourceRanges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let v = s(r);
+            if !valid_cidr(v.trim()) {
+                errs.push(FieldError::invalid(
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    &v,
+                    "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ",
                 ));
             }
         }
@@ -1115,5 +1222,107 @@ impl Strategy for PodTemplate {
             json!(i),
             json!(label_text(&obj["template"]["metadata"]["labels"])),
         ]
+    }
+}
+
+/// A Service port's `targetPort`: a number in 1-65535 or an IANA service name (upstream's
+/// `ValidatePortNumOrName`).
+fn validate_target_port(v: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    match v {
+        Value::Null => {}
+        Value::Number(_) => {
+            let n = num(v);
+            if !(1..=65535).contains(&n) {
+                errs.push(invalid_int(
+                    field,
+                    n,
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+        Value::String(name) => {
+            if let Some(why) = iana_svc_name_problem(name) {
+                errs.push(FieldError::invalid(field, name, why));
+            }
+        }
+        _ => errs.push(FieldError::invalid(
+            field,
+            &v.to_string(),
+            "must be an int or a string",
+        )),
+    }
+}
+
+/// Why `name` is not an IANA service name (at most 15 lowercase alphanumerics or '-', a letter
+/// among them, no leading, trailing or double '-'), upstream's messages.
+fn iana_svc_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Some("must be no more than 15 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if name.contains("--") {
+        return Some("must not contain consecutive hyphens");
+    }
+    if !name.chars().any(|c| c.is_ascii_lowercase()) {
+        return Some("must contain at least one letter (a-z)");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some("must not begin or end with a hyphen");
+    }
+    None
+}
+
+/// An external IP: a valid address that is not unspecified, loopback, link-local or multicast
+/// (upstream's `ValidateNonSpecialIP`).
+fn validate_external_ip(v: &str, field: &str, errs: &mut Vec<FieldError>) {
+    let Ok(ip) = v.parse::<std::net::IpAddr>() else {
+        errs.push(FieldError::invalid(
+            field,
+            v,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+        return;
+    };
+    let why = if ip.is_unspecified() {
+        Some("may not be unspecified (0.0.0.0, ::)")
+    } else if ip.is_loopback() {
+        Some("may not be in the loopback range (127.0.0.0/8, ::1/128)")
+    } else if match ip {
+        std::net::IpAddr::V4(a) => a.is_link_local(),
+        std::net::IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    } {
+        Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+    } else if ip.is_multicast() {
+        Some("may not be a multicast address")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        errs.push(FieldError::invalid(field, v, why));
+    }
+}
+
+fn valid_cidr(v: &str) -> bool {
+    let Some((ip, len)) = v.split_once('/') else {
+        return false;
+    };
+    match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
+    }
+}
+
+/// An invalid integer value, printed unquoted as upstream prints numbers.
+fn invalid_int(field: &str, v: i64, detail: &str) -> FieldError {
+    FieldError {
+        value: None,
+        detail: format!("{v}: {detail}"),
+        ..FieldError::invalid(field, "", "")
     }
 }
