@@ -19,7 +19,7 @@
 //!                   fib daddr type local: l4proto . dport @service-nodeports -> same
 //!   chain dnat-<N>: [mark for masquerade per kind]; dnat to numgen random mod N map @endpoints
 //!   chain aff-<N>-<T>: [mark]; known client -> its endpoint (refreshed); else random, remembered
-//!   chain nat-postrouting: mark 0x4000 masquerade; saddr . daddr @hairpin masquerade
+//!   chain nat-postrouting: mark 0x4000 masquerade; ct status dnat, saddr . daddr @hairpin masquerade
 //!   chains filter-input/-forward/-output: no-endpoint lookups -> reject (ICMP port unreachable)
 //! ```
 //!
@@ -31,13 +31,15 @@ use std::net::Ipv4Addr;
 
 use skiff_netfilter::nft::{
     Batch, CmpOp, ElemData, Expr, Hook, NatType, SetData, SetSpec, Verdict, BASE_NETWORK,
-    BASE_TRANSPORT, FIB_F_DADDR, FIB_RESULT_ADDRTYPE, META_L4PROTO, META_MARK, NFPROTO_IPV4,
-    REG32_00, RTN_LOCAL, SET_EVAL, SET_TIMEOUT, TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_IPADDR,
-    TYPE_MARK,
+    BASE_TRANSPORT, CT_STATUS, FIB_F_DADDR, FIB_RESULT_ADDRTYPE, META_L4PROTO, META_MARK,
+    NFPROTO_IPV4, REG32_00, RTN_LOCAL, SET_EVAL, SET_TIMEOUT, TYPE_INET_PROTO, TYPE_INET_SERVICE,
+    TYPE_IPADDR, TYPE_MARK,
 };
 
 /// The packet mark bit of connections to masquerade (kube-proxy's 0x4000).
 pub const MASQ_MARK: u32 = 0x4000;
+/// `ct status dnat` (IPS_DST_NAT): the connection's destination was rewritten.
+const CT_STATUS_DNAT: u32 = 1 << 5;
 pub const TABLE_COMMENT: &str = "skiff-proxy: rules for Kubernetes Services";
 
 pub const SERVICE_IPS: &str = "service-ips";
@@ -613,7 +615,26 @@ fn skeleton() -> Vec<FixedChain> {
                     },
                     Expr::Masq,
                 ],
+                // Hairpin: only a connection this table DNATed (`ct status dnat`) back to
+                // its own source, as kube-proxy marks `ip saddr <endpoint>` in the endpoint's
+                // chain. Without the DNAT check an element such as 127.0.0.1 . 127.0.0.1
+                // (the API server's endpoint) masqueraded every host loopback connection.
                 vec![
+                    Expr::Ct {
+                        key: CT_STATUS,
+                        dreg: r,
+                    },
+                    Expr::Bitwise {
+                        sreg: r,
+                        dreg: r,
+                        mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
+                        xor: vec![0; 4],
+                    },
+                    Expr::Cmp {
+                        sreg: r,
+                        op: CmpOp::Neq,
+                        data: vec![0; 4],
+                    },
                     load_saddr(r),
                     load_daddr(r + 1),
                     Expr::Lookup {
