@@ -31,43 +31,47 @@ fn program() -> Program {
         cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
         ..Default::default()
     };
-    let g = p.add_group(&Group {
+    p.add_group(&Group {
         id: 1,
         endpoints: vec![("10.244.0.5".parse().unwrap(), 8080)],
         affinity_timeout_s: None,
     });
-    p.route(1, g, rules::Src::Ips);
-    p.route(1, g, rules::Src::NodePorts);
-    p.service_ips.insert(
+    p.expose(
+        rules::Src::Ips,
         rules::key_ip_proto_port("10.43.0.5".parse().unwrap(), 6, 80),
-        rules::group_kind(1, rules::Masq::UnlessFromPods),
+        1,
+        rules::Masq::UnlessFromPods,
     );
-    p.service_nodeports.insert(
+    p.expose(
+        rules::Src::NodePorts,
         rules::key_proto_port(6, 30080),
-        rules::group_kind(1, rules::Masq::Always),
+        1,
+        rules::Masq::Always,
     );
     // `kubernetes`: 10.43.0.1:443 -> the API server on 127.0.0.1.
-    let g = p.add_group(&Group {
+    p.add_group(&Group {
         id: 2,
         endpoints: vec![("127.0.0.1".parse().unwrap(), API_PORT)],
         affinity_timeout_s: None,
     });
-    p.route(2, g, rules::Src::Ips);
-    p.service_ips.insert(
+    p.expose(
+        rules::Src::Ips,
         rules::key_ip_proto_port("10.43.0.1".parse().unwrap(), 6, 443),
-        rules::group_kind(2, rules::Masq::UnlessFromPods),
+        2,
+        rules::Masq::UnlessFromPods,
     );
     // `kube-dns`: 10.43.0.10:53 -> itself (the node's DNS server listens there).
-    let g = p.add_group(&Group {
+    p.add_group(&Group {
         id: 3,
         endpoints: vec![("10.43.0.10".parse().unwrap(), 53)],
         affinity_timeout_s: None,
     });
-    p.route(3, g, rules::Src::Ips);
     for proto in [6, 17] {
-        p.service_ips.insert(
+        p.expose(
+            rules::Src::Ips,
             rules::key_ip_proto_port("10.43.0.10".parse().unwrap(), proto, 53),
-            rules::group_kind(3, rules::Masq::UnlessFromPods),
+            3,
+            rules::Masq::UnlessFromPods,
         );
     }
     p
