@@ -696,7 +696,10 @@ impl Batch {
                 e.encode(l);
             }
         });
-        a.put(NFTA_RULE_USERDATA, &comment_userdata(comment));
+        // No comment, no userdata (`nft list` would print `comment ""`).
+        if !comment.is_empty() {
+            a.put(NFTA_RULE_USERDATA, &comment_userdata(comment));
+        }
         self.msgs
             .push((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, a.buf));
     }

@@ -271,19 +271,17 @@ fn build(
             } else {
                 Masq::Always
             };
-            let mut cshape = None;
+            let mut cluster_group = false;
             if cluster_eps.is_empty() {
                 p.no_ep_services.insert(ck);
             } else {
-                let shape = p.add_group(&Group {
+                p.add_group(&Group {
                     id: cid,
                     endpoints: cluster_eps.clone(),
                     affinity_timeout_s: affinity,
                 });
-                p.route(cid, shape, Src::Ips);
-                p.service_ips
-                    .insert(ck, rules::group_kind(cid, cluster_kind));
-                cshape = Some(shape);
+                p.expose(Src::Ips, ck, cid, cluster_kind);
+                cluster_group = true;
             }
             // External traffic: NodePort, externalIPs, LoadBalancer ingress.
             let node_port = sp
@@ -304,39 +302,27 @@ fn build(
                 }
                 continue;
             }
-            let (gid, kind, shape) = match cshape {
-                Some(shape) if ext_eps == cluster_eps && !etp_local => (cid, Masq::Always, shape),
-                _ => {
-                    let xid = ids.get(&format!("{key}/external"));
-                    used.insert(format!("{key}/external"));
-                    let shape = p.add_group(&Group {
-                        id: xid,
-                        endpoints: ext_eps,
-                        affinity_timeout_s: affinity,
-                    });
-                    (
-                        xid,
-                        if etp_local { Masq::Never } else { Masq::Always },
-                        shape,
-                    )
-                }
+            let (gid, kind) = if cluster_group && ext_eps == cluster_eps && !etp_local {
+                (cid, Masq::Always)
+            } else {
+                let xid = ids.get(&format!("{key}/external"));
+                used.insert(format!("{key}/external"));
+                p.add_group(&Group {
+                    id: xid,
+                    endpoints: ext_eps,
+                    affinity_timeout_s: affinity,
+                });
+                (xid, if etp_local { Masq::Never } else { Masq::Always })
             };
-            if !ext_ips.is_empty() {
-                p.route(gid, shape, Src::Ips);
-            }
-            if node_port.is_some() {
-                p.route(gid, shape, Src::NodePorts);
-            }
             if let Some(np) = node_port {
-                p.service_nodeports.insert(
-                    rules::key_proto_port(proto, np),
-                    rules::group_kind(gid, kind),
-                );
+                p.expose(Src::NodePorts, rules::key_proto_port(proto, np), gid, kind);
             }
             for ip in &ext_ips {
-                p.service_ips.insert(
+                p.expose(
+                    Src::Ips,
                     rules::key_ip_proto_port(*ip, proto, sp.port as u16),
-                    rules::group_kind(gid, kind),
+                    gid,
+                    kind,
                 );
             }
         }

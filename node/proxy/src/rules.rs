@@ -1,61 +1,60 @@
 //! The proxy's nftables program: a fixed skeleton of chains whose rules look services up in
 //! maps. What changes with Services and endpoints is only map elements, plus one small chain
-//! per distinct endpoint count (and affinity timeout) in use: the rule count does not grow with
-//! the number of Services, nor with services x endpoints, and an endpoint change is a few
-//! element updates in one transaction.
+//! per distinct endpoint count (and affinity timeout, and masquerade kind) in use: the rule
+//! count does not grow with the number of Services, nor with services x endpoints, and an
+//! endpoint change is a few element updates in one transaction.
 //!
 //! ```text
 //! table ip <table>                          (comment "skiff-proxy: ...")
-//!   map service-ips       ipv4 . proto . port : group . kind   ClusterIP, externalIPs, LB
-//!   map service-nodeports proto . port : group . kind          NodePorts (any local address)
-//!   map group-chains      group : verdict                      goto dnat-<N> / aff-<N>-<T>
-//!   map endpoints         group . index : ipv4 . port          ready endpoints of each group
-//!   set endpoint-valid    group . ipv4 . port                  (affinity: still an endpoint?)
-//!   map affinity          group . client : ipv4 . port         dynamic, per-element timeout
-//!   set hairpin           ipv4 . ipv4                          endpoint . itself: masquerade
-//!   map no-endpoint-services / no-endpoint-nodeports           -> goto reject-chain
+//!   map service-ips        ipv4 . proto . port : verdict        ClusterIP, externalIPs, LB
+//!   map service-nodeports  proto . port : verdict               NodePorts (any local address)
+//!   map endpoints          ipv4 . proto . port . index : ipv4 . port   ready endpoints
+//!   map nodeport-endpoints proto . port . index : ipv4 . port
+//!   set affinity / nodeport-affinity  <service> . client . index  dynamic, per-element timeout
+//!   set hairpin            ipv4 . ipv4                          endpoint . itself: masquerade
+//!   map no-endpoint-services / no-endpoint-nodeports            -> goto reject-chain
 //!   chain nat-prerouting / nat-output: jump services
-//!   chain services: daddr . l4proto . dport @service-ips -> regs; vmap @group-chains
-//!                   fib daddr type local: l4proto . dport @service-nodeports -> same
-//!   chain dnat-<N>: [mark for masquerade per kind]; dnat to numgen random mod N map @endpoints
-//!   chain aff-<N>-<T>: [mark]; known client -> its endpoint (refreshed); else random, remembered
-//!   chain nat-postrouting: mark 0x4000 masquerade; saddr . daddr @hairpin masquerade
+//!   chain services: ip daddr . meta l4proto . th dport vmap @service-ips
+//!                   fib daddr type local  meta l4proto . th dport vmap @service-nodeports
+//!   chain dnat-<N>[-masq|-local]: [mark for masquerade];
+//!                   dnat to ip daddr . meta l4proto . th dport . numgen random mod N map @endpoints
+//!   chain aff-<N>-<T>[-masq|-local]: [mark]; one rule per index: a known client -> its
+//!                   endpoint (refreshed); else a random index, remembered
+//!   chain nat-postrouting: mark 0x4000 masquerade; ct status dnat, saddr . daddr @hairpin masquerade
 //!   chains filter-input/-forward/-output: no-endpoint lookups -> reject (ICMP port unreachable)
 //! ```
 //!
-//! Registers: the service lookup leaves `group . kind` in REG32_04/05 (they persist across
-//! jumps), which the per-count chains read.
+//! Every lookup is keyed by packet fields only (never by the result of another lookup), so the
+//! program is what `nft` itself would write for these rules and `nft list ruleset` prints it
+//! (Debian 12's nftables 1.0.6 aborted on keys built from lookup results: issue 15).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use skiff_netfilter::nft::{
     Batch, CmpOp, ElemData, Expr, Hook, NatType, SetData, SetSpec, Verdict, BASE_NETWORK,
-    BASE_TRANSPORT, FIB_F_DADDR, FIB_RESULT_ADDRTYPE, META_L4PROTO, META_MARK, NFPROTO_IPV4,
-    REG32_00, RTN_LOCAL, SET_EVAL, SET_TIMEOUT, TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_IPADDR,
-    TYPE_MARK,
+    BASE_TRANSPORT, CT_STATUS, FIB_F_DADDR, FIB_RESULT_ADDRTYPE, META_L4PROTO, META_MARK,
+    NFPROTO_IPV4, REG32_00, RTN_LOCAL, SET_EVAL, SET_TIMEOUT, TYPE_INET_PROTO, TYPE_INET_SERVICE,
+    TYPE_IPADDR, TYPE_MARK,
 };
 
 /// The packet mark bit of connections to masquerade (kube-proxy's 0x4000).
 pub const MASQ_MARK: u32 = 0x4000;
+/// `ct status dnat` (IPS_DST_NAT): the connection's destination was rewritten.
+const CT_STATUS_DNAT: u32 = 1 << 5;
 pub const TABLE_COMMENT: &str = "skiff-proxy: rules for Kubernetes Services";
 
 pub const SERVICE_IPS: &str = "service-ips";
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
-pub const GROUP_CHAINS: &str = "group-chains";
-pub const NP_GROUP_CHAINS: &str = "nodeport-group-chains";
 pub const NO_EP_SERVICES: &str = "no-endpoint-services";
 pub const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const ENDPOINTS: &str = "endpoints";
-pub const ENDPOINT_VALID: &str = "endpoint-valid";
+pub const NP_ENDPOINTS: &str = "nodeport-endpoints";
 pub const AFFINITY: &str = "affinity";
+pub const NP_AFFINITY: &str = "nodeport-affinity";
 pub const HAIRPIN: &str = "hairpin";
 pub const SERVICES_CHAIN: &str = "services";
 pub const REJECT_CHAIN: &str = "reject-chain";
-
-/// Where the service lookup leaves the group id and the kind.
-const REG_GROUP: u32 = REG32_00 + 4;
-const REG_KIND: u32 = REG32_00 + 5;
 
 const fn cat(a: u32, b: u32) -> u32 {
     (a << 6) | b
@@ -64,7 +63,7 @@ const fn cat(a: u32, b: u32) -> u32 {
 /// An endpoint: address and port.
 pub type Ep = (Ipv4Addr, u16);
 
-/// When DNAT to a group marks the connection for masquerade (the `kind` in the maps).
+/// When DNAT to a group marks the connection for masquerade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Masq {
     /// Unless the source is in the pod network (traffic to a ClusterIP).
@@ -75,22 +74,37 @@ pub enum Masq {
     Never = 2,
 }
 
+impl Masq {
+    /// The suffix of the chains of this kind.
+    fn suffix(self) -> &'static str {
+        match self {
+            Masq::UnlessFromPods => "",
+            Masq::Always => "-masq",
+            Masq::Never => "-local",
+        }
+    }
+}
+
 /// The state the kernel should have beside the fixed skeleton.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Program {
     /// The pod network (traffic to a ClusterIP from elsewhere is masqueraded).
     pub cluster_cidr: Option<(Ipv4Addr, u8)>,
-    pub service_ips: BTreeMap<Vec<u8>, Vec<u8>>,
-    pub service_nodeports: BTreeMap<Vec<u8>, Vec<u8>>,
-    pub group_chains: BTreeMap<Vec<u8>, String>,
-    pub np_group_chains: BTreeMap<Vec<u8>, String>,
+    /// `ipv4 . proto . port` -> the chain that DNATs it.
+    pub service_ips: BTreeMap<Vec<u8>, String>,
+    /// `proto . port` -> the chain that DNATs it.
+    pub service_nodeports: BTreeMap<Vec<u8>, String>,
     pub no_ep_services: BTreeSet<Vec<u8>>,
     pub no_ep_nodeports: BTreeSet<Vec<u8>>,
+    /// `ipv4 . proto . port . index` -> endpoint.
     pub endpoints: BTreeMap<Vec<u8>, Vec<u8>>,
-    pub endpoint_valid: BTreeSet<Vec<u8>>,
+    /// `proto . port . index` -> endpoint.
+    pub np_endpoints: BTreeMap<Vec<u8>, Vec<u8>>,
     pub hairpin: BTreeSet<Vec<u8>>,
-    /// Chain name -> its rules (one per endpoint count / affinity timeout in use).
+    /// Chain name -> its rules (one per endpoint count / affinity timeout / kind in use).
     pub chains: BTreeMap<String, Vec<Vec<Expr>>>,
+    /// The endpoint groups added (what [`Program::expose`] sends traffic to); not in the kernel.
+    pub groups: BTreeMap<u32, Group>,
 }
 
 pub fn proto_num(p: &str) -> Option<u8> {
@@ -129,32 +143,12 @@ fn ep_value(ep: Ep) -> Vec<u8> {
     v
 }
 
-pub fn key_group_index(group: u32, i: u32) -> Vec<u8> {
-    let mut k = group.to_ne_bytes().to_vec();
-    k.extend(i.to_ne_bytes());
-    k
-}
-
-/// The value of a service-ips / service-nodeports element.
-pub fn group_kind(group: u32, kind: Masq) -> Vec<u8> {
-    let mut v = group.to_ne_bytes().to_vec();
-    v.extend((kind as u32).to_ne_bytes());
-    v
-}
-
 /// Where a packet's service was found: by destination address (ClusterIP, externalIPs, LB)
 /// or by NodePort on a local address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Src {
     Ips,
     NodePorts,
-}
-
-/// What a group's chain depends on: its endpoint count and affinity timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
-    pub n: u32,
-    pub affinity_timeout_s: Option<u32>,
 }
 
 /// One group of endpoints DNAT chooses from (a service port's cluster or external view).
@@ -166,49 +160,55 @@ pub struct Group {
 }
 
 impl Program {
-    /// Adds the elements of one endpoint group; returns its shape (for [`Program::route`]).
-    pub fn add_group(&mut self, g: &Group) -> Shape {
-        for (i, ep) in g.endpoints.iter().enumerate() {
-            self.endpoints
-                .insert(key_group_index(g.id, i as u32), ep_value(*ep));
-            if g.affinity_timeout_s.is_some() {
-                let mut k = g.id.to_ne_bytes().to_vec();
-                k.extend(ep_value(*ep));
-                self.endpoint_valid.insert(k);
-            }
+    /// Adds a group of endpoints (for [`Program::expose`]) and its hairpin elements.
+    pub fn add_group(&mut self, g: &Group) {
+        for ep in &g.endpoints {
             let mut h = ep.0.octets().to_vec();
             h.extend(ep.0.octets());
             self.hairpin.insert(h);
         }
-        Shape {
-            n: g.endpoints.len() as u32,
-            affinity_timeout_s: g.affinity_timeout_s,
-        }
+        self.groups.insert(g.id, g.clone());
     }
 
-    /// Sends traffic found through `src` for group `id` to the chain of its shape (made when
-    /// it is the first group of that shape).
-    pub fn route(&mut self, id: u32, shape: Shape, src: Src) {
+    /// Sends traffic to `key` (a [`key_ip_proto_port`] for `Src::Ips`, a [`key_proto_port`]
+    /// for `Src::NodePorts`) to the endpoints of group `id` (added before), marked for
+    /// masquerade by `kind`; the chain of that shape is made when it is the first.
+    pub fn expose(&mut self, src: Src, key: Vec<u8>, id: u32, kind: Masq) {
+        let Some(g) = self.groups.get(&id) else {
+            return;
+        };
+        let n = g.endpoints.len() as u32;
         let prefix = match src {
             Src::Ips => "",
             Src::NodePorts => "np-",
         };
-        let n = shape.n;
-        let name = match shape.affinity_timeout_s {
-            Some(t) => format!("{prefix}aff-{n}-{t}"),
-            None => format!("{prefix}dnat-{n}"),
+        let suffix = kind.suffix();
+        let name = match g.affinity_timeout_s {
+            Some(t) => format!("{prefix}aff-{n}-{t}{suffix}"),
+            None => format!("{prefix}dnat-{n}{suffix}"),
         };
         let cidr = self.cluster_cidr;
-        self.chains
-            .entry(name.clone())
-            .or_insert_with(|| match shape.affinity_timeout_s {
-                Some(t) => affinity_chain(src, cidr, n, u64::from(t) * 1000),
-                None => dnat_chain(src, cidr, n),
-            });
-        let key = id.to_ne_bytes().to_vec();
+        let affinity = g.affinity_timeout_s;
+        let eps: Vec<Vec<u8>> = g.endpoints.iter().map(|e| ep_value(*e)).collect();
+        self.chains.entry(name.clone()).or_insert_with(|| {
+            let mut rules = vec![mark_rule(kind, cidr)];
+            match affinity {
+                Some(t) => rules.extend(affinity_rules(src, n, u64::from(t) * 1000)),
+                None => rules.push(dnat_rule(src, n)),
+            }
+            rules
+        });
+        for (i, ep) in eps.into_iter().enumerate() {
+            let mut k = key.clone();
+            k.extend((i as u32).to_ne_bytes());
+            match src {
+                Src::Ips => self.endpoints.insert(k, ep),
+                Src::NodePorts => self.np_endpoints.insert(k, ep),
+            };
+        }
         match src {
-            Src::Ips => self.group_chains.insert(key, name),
-            Src::NodePorts => self.np_group_chains.insert(key, name),
+            Src::Ips => self.service_ips.insert(key, name),
+            Src::NodePorts => self.service_nodeports.insert(key, name),
         };
     }
 
@@ -219,183 +219,191 @@ impl Program {
     pub fn element_count(&self) -> usize {
         self.service_ips.len()
             + self.service_nodeports.len()
-            + self.group_chains.len()
-            + self.np_group_chains.len()
             + self.no_ep_services.len()
             + self.no_ep_nodeports.len()
             + self.endpoints.len()
-            + self.endpoint_valid.len()
+            + self.np_endpoints.len()
             + self.hairpin.len()
     }
 }
 
-/// The masquerade marks of a per-count chain: by the kind the service lookup left.
-fn mark_rules(src: Src, cluster_cidr: Option<(Ipv4Addr, u8)>) -> Vec<Vec<Expr>> {
-    let kind_is = |k: Masq| Expr::Cmp {
-        sreg: REG_KIND,
-        op: CmpOp::Eq,
-        data: (k as u32).to_ne_bytes().to_vec(),
-    };
-    let mut always = find_service(src);
-    always.push(kind_is(Masq::Always));
-    always.extend(set_masq_mark());
-    // Local policy keeps the client's address, except for clients on this node (127.0.0.1
-    // cannot be answered from a pod), which are masqueraded as upstream does.
-    let mut local_client = find_service(src);
-    local_client.push(kind_is(Masq::Never));
-    local_client.extend([
-        Expr::Fib {
-            dreg: REG32_00,
-            result: FIB_RESULT_ADDRTYPE,
-            flags: 1, // NFTA_FIB_F_SADDR
+/// The first rule of a per-count chain: mark the connection for masquerade by `kind`.
+fn mark_rule(kind: Masq, cluster_cidr: Option<(Ipv4Addr, u8)>) -> Vec<Expr> {
+    match kind {
+        Masq::Always => set_masq_mark(),
+        // Local policy keeps the client's address, except for clients on this node (127.0.0.1
+        // cannot be answered from a pod), which are masqueraded as upstream does.
+        Masq::Never => {
+            let mut r = vec![
+                Expr::Fib {
+                    dreg: REG32_00,
+                    result: FIB_RESULT_ADDRTYPE,
+                    flags: 1, // NFTA_FIB_F_SADDR
+                },
+                Expr::Cmp {
+                    sreg: REG32_00,
+                    op: CmpOp::Eq,
+                    data: RTN_LOCAL.to_ne_bytes().to_vec(),
+                },
+            ];
+            r.extend(set_masq_mark());
+            r
+        }
+        Masq::UnlessFromPods => match cluster_cidr {
+            Some(net) => masq_unless(net),
+            None => set_masq_mark(),
         },
-        Expr::Cmp {
-            sreg: REG32_00,
-            op: CmpOp::Eq,
-            data: RTN_LOCAL.to_ne_bytes().to_vec(),
-        },
-    ]);
-    local_client.extend(set_masq_mark());
-    let mut cluster = find_service(src);
-    cluster.push(kind_is(Masq::UnlessFromPods));
-    match cluster_cidr {
-        Some(net) => cluster.extend(masq_unless(net)),
-        None => cluster.extend(set_masq_mark()),
     }
-    vec![always, local_client, cluster]
 }
 
-/// The service lookup again, at the start of every rule of a group's chain: the kernel lets a
-/// rule read only registers it wrote itself, so `group . kind` cannot come from the jump.
-fn find_service(src: Src) -> Vec<Expr> {
+/// Loads the service key (`ip daddr . meta l4proto . th dport`, or `meta l4proto . th dport`
+/// for NodePorts) from REG32_00; returns the register after it.
+fn load_service_key(src: Src, v: &mut Vec<Expr>) -> u32 {
     let r = REG32_00;
     match src {
-        Src::Ips => vec![
-            load_daddr(r),
-            l4proto(r + 1),
-            dport(r + 2),
+        Src::Ips => {
+            v.extend([load_daddr(r), l4proto(r + 1), dport(r + 2)]);
+            r + 3
+        }
+        Src::NodePorts => {
+            v.extend([l4proto(r), dport(r + 1)]);
+            r + 2
+        }
+    }
+}
+
+fn endpoints_map(src: Src) -> &'static str {
+    match src {
+        Src::Ips => ENDPOINTS,
+        Src::NodePorts => NP_ENDPOINTS,
+    }
+}
+
+fn affinity_map(src: Src) -> &'static str {
+    match src {
+        Src::Ips => AFFINITY,
+        Src::NodePorts => NP_AFFINITY,
+    }
+}
+
+/// `dnat to <service> . numgen random mod n map @endpoints`. The endpoint lands in REG32_00/01
+/// (as `nft` places it), the address and port the NAT reads.
+fn dnat_rule(src: Src, n: u32) -> Vec<Expr> {
+    let mut v = Vec::new();
+    let next = load_service_key(src, &mut v);
+    v.extend([
+        Expr::NumgenRandom {
+            dreg: next,
+            modulus: n.max(1),
+        },
+        Expr::Lookup {
+            set: endpoints_map(src).into(),
+            sreg: REG32_00,
+            dreg: Some(REG32_00),
+            invert: false,
+        },
+        dnat(REG32_00),
+    ]);
+    v
+}
+
+/// Session affinity: `affinity` remembers `<service> . client . index` (with the timeout) of
+/// each client's endpoint. One rule per index sends a known client to its endpoint again (and
+/// refreshes the entry); a new client gets a random index, remembered. An index past the
+/// current endpoint count (after endpoints went away) matches no rule, so that client picks
+/// again. (A map from client to endpoint would need a lookup keyed by a lookup's result,
+/// which `nft` cannot print.)
+fn affinity_rules(src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
+    let r = REG32_00;
+    let n = n.max(1);
+    let mut rules = Vec::new();
+    for i in 0..n {
+        let mut hit = Vec::new();
+        let next = load_service_key(src, &mut hit);
+        hit.extend([
+            load_saddr(next),
+            Expr::Immediate {
+                dreg: next + 1,
+                data: i.to_ne_bytes().to_vec(),
+            },
             Expr::Lookup {
-                set: SERVICE_IPS.into(),
+                set: affinity_map(src).into(),
                 sreg: r,
-                dreg: Some(REG_GROUP),
+                dreg: None,
                 invert: false,
             },
-        ],
-        Src::NodePorts => vec![
-            l4proto(r + 1),
-            dport(r + 2),
+            Expr::Dynset {
+                set: affinity_map(src).into(),
+                update: true,
+                sreg_key: r,
+                sreg_data: None,
+                timeout_ms: Some(timeout_ms),
+            },
+        ]);
+        // <service> . index after the client key, then the endpoint into r0/r1.
+        let k2 = next + 2;
+        hit.extend(service_key_at(src, k2));
+        let idx = k2 + (next - r);
+        hit.extend([
+            Expr::Immediate {
+                dreg: idx,
+                data: i.to_ne_bytes().to_vec(),
+            },
             Expr::Lookup {
-                set: SERVICE_NODEPORTS.into(),
-                sreg: r + 1,
-                dreg: Some(REG_GROUP),
+                set: endpoints_map(src).into(),
+                sreg: k2,
+                dreg: Some(r),
                 invert: false,
             },
-        ],
+            dnat(r),
+        ]);
+        rules.push(hit);
     }
-}
-
-fn copy_group(dreg: u32) -> Expr {
-    Expr::Bitwise {
-        sreg: REG_GROUP,
-        dreg,
-        mask: vec![0xff; 4],
-        xor: vec![0; 4],
-    }
-}
-
-/// `dnat to numgen random mod n map @endpoints` keyed by `group . n`.
-fn dnat_chain(src: Src, cidr: Option<(Ipv4Addr, u8)>, n: u32) -> Vec<Vec<Expr>> {
-    let mut rules = mark_rules(src, cidr);
-    let r = REG32_00;
-    let mut dnat_rule = find_service(src);
-    dnat_rule.extend([
-        copy_group(r),
-        Expr::NumgenRandom {
-            dreg: r + 1,
-            modulus: n.max(1),
-        },
-        Expr::Lookup {
-            set: ENDPOINTS.into(),
-            sreg: r,
-            dreg: Some(r + 2),
-            invert: false,
-        },
-        dnat(r + 2),
-    ]);
-    rules.push(dnat_rule);
-    rules
-}
-
-/// Session affinity: a client seen before (within the timeout) goes to its endpoint while
-/// that is still one (and the entry is refreshed); a new client gets a random endpoint,
-/// remembered for the timeout.
-fn affinity_chain(
-    src: Src,
-    cidr: Option<(Ipv4Addr, u8)>,
-    n: u32,
-    timeout_ms: u64,
-) -> Vec<Vec<Expr>> {
-    let mut rules = mark_rules(src, cidr);
-    let r = REG32_00;
-    // r8 = group, r9 = client; r10,r11 = its endpoint; r13..r15 = group . endpoint.
-    let mut hit = find_service(src);
-    hit.extend([
-        copy_group(r),
-        load_saddr(r + 1),
-        Expr::Lookup {
-            set: AFFINITY.into(),
-            sreg: r,
-            dreg: Some(r + 2),
-            invert: false,
-        },
-        copy_group(r + 5),
-        Expr::Bitwise {
-            sreg: r + 2,
-            dreg: r + 6,
-            mask: vec![0xff; 8],
-            xor: vec![0; 8],
-        },
-        Expr::Lookup {
-            set: ENDPOINT_VALID.into(),
-            sreg: r + 5,
-            dreg: None,
-            invert: false,
-        },
-        Expr::Dynset {
-            set: AFFINITY.into(),
-            update: true,
-            sreg_key: r,
-            sreg_data: Some(r + 2),
-            timeout_ms: Some(timeout_ms),
-        },
-        dnat(r + 2),
-    ]);
-    rules.push(hit);
-    let mut new = find_service(src);
+    // A new client: a random index, remembered, and its endpoint.
+    let mut new = Vec::new();
+    let next = load_service_key(src, &mut new);
     new.extend([
-        copy_group(r),
+        load_saddr(next),
         Expr::NumgenRandom {
-            dreg: r + 1,
-            modulus: n.max(1),
+            dreg: next + 1,
+            modulus: n,
         },
-        Expr::Lookup {
-            set: ENDPOINTS.into(),
-            sreg: r,
-            dreg: Some(r + 2),
-            invert: false,
-        },
-        load_saddr(r + 1),
         Expr::Dynset {
-            set: AFFINITY.into(),
+            set: affinity_map(src).into(),
             update: false,
             sreg_key: r,
-            sreg_data: Some(r + 2),
+            sreg_data: None,
             timeout_ms: Some(timeout_ms),
         },
-        dnat(r + 2),
+    ]);
+    let k2 = next + 2;
+    new.extend(service_key_at(src, k2));
+    let idx = k2 + (next - r);
+    new.extend([
+        Expr::Bitwise {
+            sreg: next + 1,
+            dreg: idx,
+            mask: vec![0xff; 4],
+            xor: vec![0; 4],
+        },
+        Expr::Lookup {
+            set: endpoints_map(src).into(),
+            sreg: k2,
+            dreg: Some(r),
+            invert: false,
+        },
+        dnat(r),
     ]);
     rules.push(new);
     rules
+}
+
+/// The service key loaded from register `at`.
+fn service_key_at(src: Src, at: u32) -> Vec<Expr> {
+    match src {
+        Src::Ips => vec![load_daddr(at), l4proto(at + 1), dport(at + 2)],
+        Src::NodePorts => vec![l4proto(at), dport(at + 1)],
+    }
 }
 
 fn set_masq_mark() -> Vec<Expr> {
@@ -499,37 +507,11 @@ fn fib_local() -> Vec<Expr> {
     ]
 }
 
-/// The service lookup: `group . kind` into REG_GROUP/REG_KIND, then the group's chain.
-fn service_lookup(set: &str, sreg: u32) -> [Expr; 2] {
-    let vmap = if set == SERVICE_IPS {
-        GROUP_CHAINS
-    } else {
-        NP_GROUP_CHAINS
-    };
-    [
-        Expr::Lookup {
-            set: set.into(),
-            sreg,
-            dreg: Some(REG_GROUP),
-            invert: false,
-        },
-        Expr::Lookup {
-            set: vmap.into(),
-            sreg: REG_GROUP,
-            dreg: Some(0),
-            invert: false,
-        },
-    ]
-}
-
 fn services_rules() -> Vec<Vec<Expr>> {
-    let r = REG32_00;
-    let mut a = vec![load_daddr(r), l4proto(r + 1), dport(r + 2)];
-    a.extend(service_lookup(SERVICE_IPS, r));
-    let mut b = fib_local();
-    b.extend([l4proto(r + 1), dport(r + 2)]);
-    b.extend(service_lookup(SERVICE_NODEPORTS, r + 1));
-    vec![a, b]
+    vec![
+        vmap_ip_proto_port(SERVICE_IPS),
+        vmap_local_proto_port(SERVICE_NODEPORTS),
+    ]
 }
 
 fn vmap_ip_proto_port(set: &str) -> Vec<Expr> {
@@ -613,7 +595,26 @@ fn skeleton() -> Vec<FixedChain> {
                     },
                     Expr::Masq,
                 ],
+                // Hairpin: only a connection this table DNATed (`ct status dnat`) back to
+                // its own source, as kube-proxy marks `ip saddr <endpoint>` in the endpoint's
+                // chain. Without the DNAT check an element such as 127.0.0.1 . 127.0.0.1
+                // (the API server's endpoint) masqueraded every host loopback connection.
                 vec![
+                    Expr::Ct {
+                        key: CT_STATUS,
+                        dreg: r,
+                    },
+                    Expr::Bitwise {
+                        sreg: r,
+                        dreg: r,
+                        mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
+                        xor: vec![0; 4],
+                    },
+                    Expr::Cmp {
+                        sreg: r,
+                        op: CmpOp::Neq,
+                        data: vec![0; 4],
+                    },
                     load_saddr(r),
                     load_daddr(r + 1),
                     Expr::Lookup {
@@ -663,33 +664,24 @@ fn sets() -> Vec<SetSpec<'static>> {
         flags,
         timeout_ms: None,
     };
-    let gk = SetData::Value {
-        ty: cat(TYPE_MARK, TYPE_MARK),
-        len: 8,
+    let epv = SetData::Value { ty: ep, len: 8 };
+    let affinity = |name, key_type, key_len| SetSpec {
+        name,
+        key_type,
+        key_len,
+        data: SetData::None,
+        flags: SET_TIMEOUT | SET_EVAL,
+        timeout_ms: Some(10_800_000),
     };
     vec![
-        spec(SERVICE_IPS, ipp, 12, gk.clone(), 0),
-        spec(SERVICE_NODEPORTS, pp, 8, gk, 0),
-        spec(GROUP_CHAINS, TYPE_MARK, 4, SetData::Verdict, 0),
-        spec(NP_GROUP_CHAINS, TYPE_MARK, 4, SetData::Verdict, 0),
+        spec(SERVICE_IPS, ipp, 12, SetData::Verdict, 0),
+        spec(SERVICE_NODEPORTS, pp, 8, SetData::Verdict, 0),
         spec(NO_EP_SERVICES, ipp, 12, SetData::Verdict, 0),
         spec(NO_EP_NODEPORTS, pp, 8, SetData::Verdict, 0),
-        spec(
-            ENDPOINTS,
-            cat(TYPE_MARK, TYPE_MARK),
-            8,
-            SetData::Value { ty: ep, len: 8 },
-            0,
-        ),
-        spec(ENDPOINT_VALID, cat(TYPE_MARK, ep), 12, SetData::None, 0),
-        SetSpec {
-            name: AFFINITY,
-            key_type: cat(TYPE_MARK, TYPE_IPADDR),
-            key_len: 8,
-            data: SetData::Value { ty: ep, len: 8 },
-            flags: SET_TIMEOUT | SET_EVAL,
-            timeout_ms: Some(10_800_000),
-        },
+        spec(ENDPOINTS, cat(ipp, TYPE_MARK), 16, epv.clone(), 0),
+        spec(NP_ENDPOINTS, cat(pp, TYPE_MARK), 12, epv, 0),
+        affinity(AFFINITY, cat(cat(ipp, TYPE_IPADDR), TYPE_MARK), 20),
+        affinity(NP_AFFINITY, cat(cat(pp, TYPE_IPADDR), TYPE_MARK), 16),
         spec(HAIRPIN, cat(TYPE_IPADDR, TYPE_IPADDR), 8, SetData::None, 0),
     ]
 }
@@ -734,65 +726,7 @@ pub fn full_of(table: &str, progs: &[&Program]) -> Batch {
     let mut hairpin: BTreeSet<&Vec<u8>> = BTreeSet::new();
     let empty = Program::default();
     for p in progs {
-        diff_values(
-            SERVICE_IPS,
-            &empty.service_ips,
-            &p.service_ips,
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_values(
-            SERVICE_NODEPORTS,
-            &empty.service_nodeports,
-            &p.service_nodeports,
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_values(
-            ENDPOINTS,
-            &empty.endpoints,
-            &p.endpoints,
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_verdicts(
-            GROUP_CHAINS,
-            &empty.group_chains,
-            &p.group_chains,
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_verdicts(
-            NP_GROUP_CHAINS,
-            &empty.np_group_chains,
-            &p.np_group_chains,
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_set(
-            NO_EP_SERVICES,
-            &empty.no_ep_services,
-            &p.no_ep_services,
-            Some(REJECT_CHAIN),
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_set(
-            NO_EP_NODEPORTS,
-            &empty.no_ep_nodeports,
-            &p.no_ep_nodeports,
-            Some(REJECT_CHAIN),
-            &mut Dels::new(),
-            &mut adds,
-        );
-        diff_set(
-            ENDPOINT_VALID,
-            &empty.endpoint_valid,
-            &p.endpoint_valid,
-            None,
-            &mut Dels::new(),
-            &mut adds,
-        );
+        diff_program(&empty, p, &mut Dels::new(), &mut adds);
         hairpin.extend(p.hairpin.iter());
     }
     adds.entry(HAIRPIN)
@@ -809,23 +743,6 @@ pub fn full_of(table: &str, progs: &[&Program]) -> Batch {
     b
 }
 
-fn verdict_elems(m: &BTreeMap<Vec<u8>, String>) -> Vec<(Vec<u8>, ElemData)> {
-    m.iter()
-        .map(|(k, c)| (k.clone(), ElemData::Verdict(Verdict::Goto(c.clone()))))
-        .collect()
-}
-
-fn reject_elems(s: &BTreeSet<Vec<u8>>) -> Vec<(Vec<u8>, ElemData)> {
-    s.iter()
-        .map(|k| {
-            (
-                k.clone(),
-                ElemData::Verdict(Verdict::Goto(REJECT_CHAIN.into())),
-            )
-        })
-        .collect()
-}
-
 /// Elements of a data map that `old` lacks or maps to another value.
 fn value_elems(
     new: &BTreeMap<Vec<u8>, Vec<u8>>,
@@ -835,56 +752,6 @@ fn value_elems(
         .filter(|(k, v)| old.and_then(|o| o.get(*k)) != Some(*v))
         .map(|(k, v)| (k.clone(), ElemData::Value(v.clone())))
         .collect()
-}
-
-fn plain(s: &BTreeSet<Vec<u8>>) -> Vec<(Vec<u8>, ElemData)> {
-    s.iter().map(|k| (k.clone(), ElemData::None)).collect()
-}
-
-/// Adds the elements of `p` that `old` does not have with the same value (all without `old`).
-fn add_elems(b: &mut Batch, table: &str, p: &Program, old: Option<&Program>) {
-    let newer_map = |new: &BTreeMap<Vec<u8>, String>, old: Option<&BTreeMap<Vec<u8>, String>>| {
-        new.iter()
-            .filter(|(k, v)| old.and_then(|o| o.get(*k)) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let newer_set = |new: &BTreeSet<Vec<u8>>, old: Option<&BTreeSet<Vec<u8>>>| {
-        new.iter()
-            .filter(|k| !old.is_some_and(|o| o.contains(*k)))
-            .cloned()
-            .collect::<BTreeSet<_>>()
-    };
-    let e = verdict_elems(&newer_map(&p.group_chains, old.map(|o| &o.group_chains)));
-    b.add_elems(table, GROUP_CHAINS, &e);
-    let e = verdict_elems(&newer_map(
-        &p.np_group_chains,
-        old.map(|o| &o.np_group_chains),
-    ));
-    b.add_elems(table, NP_GROUP_CHAINS, &e);
-    let e = value_elems(&p.service_ips, old.map(|o| &o.service_ips));
-    b.add_elems(table, SERVICE_IPS, &e);
-    let e = value_elems(&p.service_nodeports, old.map(|o| &o.service_nodeports));
-    b.add_elems(table, SERVICE_NODEPORTS, &e);
-    let e = reject_elems(&newer_set(
-        &p.no_ep_services,
-        old.map(|o| &o.no_ep_services),
-    ));
-    b.add_elems(table, NO_EP_SERVICES, &e);
-    let e = reject_elems(&newer_set(
-        &p.no_ep_nodeports,
-        old.map(|o| &o.no_ep_nodeports),
-    ));
-    b.add_elems(table, NO_EP_NODEPORTS, &e);
-    let e = value_elems(&p.endpoints, old.map(|o| &o.endpoints));
-    b.add_elems(table, ENDPOINTS, &e);
-    let e = plain(&newer_set(
-        &p.endpoint_valid,
-        old.map(|o| &o.endpoint_valid),
-    ));
-    b.add_elems(table, ENDPOINT_VALID, &e);
-    let e = plain(&newer_set(&p.hairpin, old.map(|o| &o.hairpin)));
-    b.add_elems(table, HAIRPIN, &e);
 }
 
 /// Keys of `old` that `new` lacks or maps to another value (deleted before the re-add).
@@ -916,44 +783,23 @@ pub fn incremental(table: &str, old: &Program, new: &Program) -> Batch {
             b.add_rule(table, name, r, "");
         }
     }
-    b.del_elems(
-        table,
-        SERVICE_IPS,
-        &stale(&old.service_ips, &new.service_ips),
+    let mut dels = Dels::new();
+    let mut adds = Adds::new();
+    diff_program(old, new, &mut dels, &mut adds);
+    dels.entry(HAIRPIN)
+        .or_default()
+        .extend(gone(&old.hairpin, &new.hairpin));
+    adds.entry(HAIRPIN).or_default().extend(
+        new.hairpin
+            .difference(&old.hairpin)
+            .map(|k| (k.clone(), ElemData::None)),
     );
-    b.del_elems(
-        table,
-        GROUP_CHAINS,
-        &stale(&old.group_chains, &new.group_chains),
-    );
-    b.del_elems(
-        table,
-        NP_GROUP_CHAINS,
-        &stale(&old.np_group_chains, &new.np_group_chains),
-    );
-    b.del_elems(
-        table,
-        SERVICE_NODEPORTS,
-        &stale(&old.service_nodeports, &new.service_nodeports),
-    );
-    b.del_elems(
-        table,
-        NO_EP_SERVICES,
-        &gone(&old.no_ep_services, &new.no_ep_services),
-    );
-    b.del_elems(
-        table,
-        NO_EP_NODEPORTS,
-        &gone(&old.no_ep_nodeports, &new.no_ep_nodeports),
-    );
-    b.del_elems(table, ENDPOINTS, &stale(&old.endpoints, &new.endpoints));
-    b.del_elems(
-        table,
-        ENDPOINT_VALID,
-        &gone(&old.endpoint_valid, &new.endpoint_valid),
-    );
-    b.del_elems(table, HAIRPIN, &gone(&old.hairpin, &new.hairpin));
-    add_elems(&mut b, table, new, Some(old));
+    for (set, keys) in &dels {
+        b.del_elems(table, set, keys);
+    }
+    for (set, elems) in &adds {
+        b.add_elems(table, set, elems);
+    }
     // Chains no element points at any more.
     let removed: Vec<&String> = old
         .chains
@@ -982,13 +828,12 @@ impl Program {
     pub fn merge(&mut self, o: &Program) {
         self.service_ips.extend(o.service_ips.clone());
         self.service_nodeports.extend(o.service_nodeports.clone());
-        self.group_chains.extend(o.group_chains.clone());
-        self.np_group_chains.extend(o.np_group_chains.clone());
         self.no_ep_services.extend(o.no_ep_services.iter().cloned());
         self.no_ep_nodeports
             .extend(o.no_ep_nodeports.iter().cloned());
         self.endpoints.extend(o.endpoints.clone());
-        self.endpoint_valid.extend(o.endpoint_valid.iter().cloned());
+        self.np_endpoints.extend(o.np_endpoints.clone());
+        self.groups.extend(o.groups.clone());
         self.hairpin.extend(o.hairpin.iter().cloned());
         for (k, v) in &o.chains {
             self.chains.entry(k.clone()).or_insert_with(|| v.clone());
@@ -1050,6 +895,36 @@ fn diff_verdicts(
     );
 }
 
+/// The element changes of the maps keyed by service (all but hairpin) from `o` to `n`.
+fn diff_program(o: &Program, n: &Program, dels: &mut Dels, adds: &mut Adds) {
+    diff_verdicts(SERVICE_IPS, &o.service_ips, &n.service_ips, dels, adds);
+    diff_verdicts(
+        SERVICE_NODEPORTS,
+        &o.service_nodeports,
+        &n.service_nodeports,
+        dels,
+        adds,
+    );
+    diff_values(ENDPOINTS, &o.endpoints, &n.endpoints, dels, adds);
+    diff_values(NP_ENDPOINTS, &o.np_endpoints, &n.np_endpoints, dels, adds);
+    diff_set(
+        NO_EP_SERVICES,
+        &o.no_ep_services,
+        &n.no_ep_services,
+        Some(REJECT_CHAIN),
+        dels,
+        adds,
+    );
+    diff_set(
+        NO_EP_NODEPORTS,
+        &o.no_ep_nodeports,
+        &n.no_ep_nodeports,
+        Some(REJECT_CHAIN),
+        dels,
+        adds,
+    );
+}
+
 fn diff_set(
     set: &'static str,
     old: &BTreeSet<Vec<u8>>,
@@ -1086,59 +961,7 @@ pub fn changes(
     for (o, n) in pairs {
         let o = o.unwrap_or(&empty);
         let n = n.unwrap_or(&empty);
-        diff_values(
-            SERVICE_IPS,
-            &o.service_ips,
-            &n.service_ips,
-            &mut dels,
-            &mut adds,
-        );
-        diff_values(
-            SERVICE_NODEPORTS,
-            &o.service_nodeports,
-            &n.service_nodeports,
-            &mut dels,
-            &mut adds,
-        );
-        diff_values(ENDPOINTS, &o.endpoints, &n.endpoints, &mut dels, &mut adds);
-        diff_verdicts(
-            GROUP_CHAINS,
-            &o.group_chains,
-            &n.group_chains,
-            &mut dels,
-            &mut adds,
-        );
-        diff_verdicts(
-            NP_GROUP_CHAINS,
-            &o.np_group_chains,
-            &n.np_group_chains,
-            &mut dels,
-            &mut adds,
-        );
-        diff_set(
-            NO_EP_SERVICES,
-            &o.no_ep_services,
-            &n.no_ep_services,
-            Some(REJECT_CHAIN),
-            &mut dels,
-            &mut adds,
-        );
-        diff_set(
-            NO_EP_NODEPORTS,
-            &o.no_ep_nodeports,
-            &n.no_ep_nodeports,
-            Some(REJECT_CHAIN),
-            &mut dels,
-            &mut adds,
-        );
-        diff_set(
-            ENDPOINT_VALID,
-            &o.endpoint_valid,
-            &n.endpoint_valid,
-            None,
-            &mut dels,
-            &mut adds,
-        );
+        diff_program(o, n, &mut dels, &mut adds);
         for k in o.hairpin.difference(&n.hairpin) {
             let c = shared.hairpin.entry(k.clone()).or_default();
             *c = c.saturating_sub(1);

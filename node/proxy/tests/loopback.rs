@@ -2,6 +2,10 @@
 //! of the test's own (root), with the program loaded, a UDP datagram and a TCP connection from
 //! 127.0.0.1 to 127.0.0.1 keep their source address, although lo also holds another address
 //! (as it does on a node where the cluster DNS address sits on lo) that a masquerade would pick.
+//! The program has what a live node has: a `kubernetes` Service whose endpoint is the API
+//! server on 127.0.0.1 (so the hairpin set holds 127.0.0.1 . 127.0.0.1: before the fix of
+//! issue 15 every host loopback connection was masqueraded) and a `kube-dns` Service whose
+//! endpoint is its own ClusterIP; the ClusterIP of the former still reaches 127.0.0.1.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,23 +31,53 @@ fn program() -> Program {
         cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
         ..Default::default()
     };
-    let g = p.add_group(&Group {
+    p.add_group(&Group {
         id: 1,
         endpoints: vec![("10.244.0.5".parse().unwrap(), 8080)],
         affinity_timeout_s: None,
     });
-    p.route(1, g, rules::Src::Ips);
-    p.route(1, g, rules::Src::NodePorts);
-    p.service_ips.insert(
+    p.expose(
+        rules::Src::Ips,
         rules::key_ip_proto_port("10.43.0.5".parse().unwrap(), 6, 80),
-        rules::group_kind(1, rules::Masq::UnlessFromPods),
+        1,
+        rules::Masq::UnlessFromPods,
     );
-    p.service_nodeports.insert(
+    p.expose(
+        rules::Src::NodePorts,
         rules::key_proto_port(6, 30080),
-        rules::group_kind(1, rules::Masq::Always),
+        1,
+        rules::Masq::Always,
     );
+    // `kubernetes`: 10.43.0.1:443 -> the API server on 127.0.0.1.
+    p.add_group(&Group {
+        id: 2,
+        endpoints: vec![("127.0.0.1".parse().unwrap(), API_PORT)],
+        affinity_timeout_s: None,
+    });
+    p.expose(
+        rules::Src::Ips,
+        rules::key_ip_proto_port("10.43.0.1".parse().unwrap(), 6, 443),
+        2,
+        rules::Masq::UnlessFromPods,
+    );
+    // `kube-dns`: 10.43.0.10:53 -> itself (the node's DNS server listens there).
+    p.add_group(&Group {
+        id: 3,
+        endpoints: vec![("10.43.0.10".parse().unwrap(), 53)],
+        affinity_timeout_s: None,
+    });
+    for proto in [6, 17] {
+        p.expose(
+            rules::Src::Ips,
+            rules::key_ip_proto_port("10.43.0.10".parse().unwrap(), proto, 53),
+            3,
+            rules::Masq::UnlessFromPods,
+        );
+    }
     p
 }
+
+const API_PORT: u16 = 16443;
 
 #[test]
 fn loopback_traffic_keeps_its_source_address() {
@@ -61,6 +95,8 @@ fn loopback_traffic_keeps_its_source_address() {
         );
         ip(&["link", "set", "lo", "up"]);
         ip(&["addr", "add", "10.43.0.10/32", "dev", "lo"]);
+        // The namespace's only way to the service range (a node routes it by default).
+        ip(&["route", "add", "10.43.0.0/24", "dev", "lo"]);
         let mut nft = Nft::open_large().expect("netlink");
         nft.commit_bulk("full", &rules::full("sk-loopback", &program()))
             .expect("load the program");
@@ -78,6 +114,14 @@ fn loopback_traffic_keeps_its_source_address() {
         assert_eq!(peer, c.local_addr().unwrap(), "TCP source rewritten");
         c.write_all(b"y").unwrap();
         s.read_exact(&mut buf[..1]).unwrap();
+
+        // Service traffic is still DNATed: the ClusterIP reaches the listener on 127.0.0.1.
+        let api = TcpListener::bind(("127.0.0.1", API_PORT)).unwrap();
+        let mut c = TcpStream::connect("10.43.0.1:443").expect("connect to the ClusterIP");
+        let (mut s, _) = api.accept().unwrap();
+        c.write_all(b"z").unwrap();
+        s.read_exact(&mut buf[..1]).unwrap();
+        assert_eq!(&buf[..1], b"z");
     })
     .join()
     .expect("the namespace thread");

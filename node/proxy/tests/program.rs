@@ -12,13 +12,12 @@ fn program_loads_and_updates() {
         cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
         ..Default::default()
     };
-    let s1 = p.add_group(&Group {
+    p.add_group(&Group {
         id: 1,
         endpoints: vec![("10.244.0.5".parse().unwrap(), 8080)],
         affinity_timeout_s: None,
     });
-    p.route(1, s1, rules::Src::Ips);
-    let s2 = p.add_group(&Group {
+    p.add_group(&Group {
         id: 2,
         endpoints: vec![
             ("10.244.0.5".parse().unwrap(), 8080),
@@ -26,14 +25,17 @@ fn program_loads_and_updates() {
         ],
         affinity_timeout_s: Some(10800),
     });
-    p.route(2, s2, rules::Src::NodePorts);
-    p.service_ips.insert(
+    p.expose(
+        rules::Src::Ips,
         rules::key_ip_proto_port("10.43.0.5".parse().unwrap(), 6, 80),
-        rules::group_kind(1, rules::Masq::UnlessFromPods),
+        1,
+        rules::Masq::UnlessFromPods,
     );
-    p.service_nodeports.insert(
+    p.expose(
+        rules::Src::NodePorts,
         rules::key_proto_port(6, 30080),
-        rules::group_kind(2, rules::Masq::Always),
+        2,
+        rules::Masq::Always,
     );
     p.no_ep_services.insert(rules::key_ip_proto_port(
         "10.43.0.6".parse().unwrap(),
@@ -58,7 +60,7 @@ fn program_loads_and_updates() {
         panic!("full sync failed: {e}");
     }
     let mut q = p.clone();
-    let s3 = q.add_group(&Group {
+    q.add_group(&Group {
         id: 1,
         endpoints: vec![
             ("10.244.0.5".parse().unwrap(), 8080),
@@ -66,7 +68,12 @@ fn program_loads_and_updates() {
         ],
         affinity_timeout_s: None,
     });
-    q.route(1, s3, rules::Src::Ips);
+    q.expose(
+        rules::Src::Ips,
+        rules::key_ip_proto_port("10.43.0.5".parse().unwrap(), 6, 80),
+        1,
+        rules::Masq::UnlessFromPods,
+    );
     let inc = rules::incremental(table, &p, &q);
     let r = nft.commit_bulk("incremental", &inc);
     let _ = nft.commit("cleanup", &rules::delete(table));
