@@ -101,8 +101,8 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
     let _ = std::env::set_current_dir("/");
     // From here on, failures are reported through `create-error`: nobody sees our stderr.
     sys::set_child_subreaper().map_err(|e| prepared.fail(e))?;
-    let set = sys::block_signals(&[Signal::SIGCHLD, Signal::SIGUSR1])
-        .map_err(|e| prepared.fail(e))?;
+    let set =
+        sys::block_signals(&[Signal::SIGCHLD, Signal::SIGUSR1]).map_err(|e| prepared.fail(e))?;
     let sfd = sys::signal_fd(&set).map_err(|e| prepared.fail(e))?;
     let mut pod = crate::pod::Pod::new(sfd, None, Vec::new(), true);
     pod.push(Container::start(prepared, std::process::id(), &[])?);

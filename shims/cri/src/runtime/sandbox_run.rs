@@ -269,8 +269,16 @@ async fn start_pause(
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
         .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
-        .args(["--sandbox", &sb.id])
-        .stdin(Stdio::null())
+        .args(["--sandbox", &sb.id]);
+    if !pid_ns {
+        // The pause is then the pod monitor too: it runs and monitors the pod's containers
+        // (asked over `<dir>/monitor.sock`), one process per pod. A pause holding a PID
+        // namespace cannot (the runtime would start inside it): those pods get one
+        // `skiff-monitor container` per container.
+        let abs = std::path::absolute(dir).map_err(CriError::io("resolving", dir))?;
+        cmd.arg("--socket-dir").arg(abs);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which is
