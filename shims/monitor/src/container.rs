@@ -31,6 +31,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CREATE_OUTPUT: usize = 64 * 1024;
 /// Files that describe one run of the container; stale ones are removed before starting.
 const OUTCOME_FILES: [&str; 5] = ["created", "create-error", "exit", "pid", "monitor.pid"];
+/// One read from a container's pipe or pty (up to 16 per wake-up: a full 64 KiB pipe at 4 KiB).
+const READ_BUF: usize = 4096;
 /// Records buffers grown past this are given back after a write (a burst of output must not
 /// keep its buffer for the container's life).
 const KEEP_RECORDS: usize = 16 * 1024;
@@ -94,6 +96,7 @@ impl Prepared {
 /// pause holds a PID namespace, and by CRI servers that predate the pod monitor).
 pub fn run(args: ContainerArgs) -> Result<(), String> {
     use nix::sys::signal::Signal;
+    skiff_memtrim::limit_fault_around(crate::pause::FAULT_AROUND);
     // Everything that can be checked is checked before detaching, so the caller gets the error.
     let prepared = prepare(args)?;
     sys::daemonize()?;
@@ -522,10 +525,11 @@ impl Container {
     }
 
     /// Read what is available (until EAGAIN, at most a few buffers so the other streams and
-    /// the signals get their turn). EOF closes the stream.
+    /// the signals get their turn). EOF closes the stream. The buffer is small: every stack
+    /// page it ever touched stays resident for the pod's life.
     fn read_stream(&mut self, which: Stream) {
-        let mut buf = [0u8; 32 * 1024];
-        for _ in 0..8 {
+        let mut buf = [0u8; READ_BUF];
+        for _ in 0..16 {
             let result = match which {
                 Stream::Out => self.stdout.as_mut().map(|s| s.read(&mut buf)),
                 Stream::Err => self.stderr.as_mut().map(|s| s.read(&mut buf)),

@@ -104,6 +104,7 @@ impl Pod {
                 return Ok(());
             }
             if self.trim_at.is_some_and(|t| t <= now) {
+                skiff_memtrim::trim_heap();
                 skiff_memtrim::trim_code_pages();
                 self.trim_at = None;
             }
