@@ -1,6 +1,7 @@
 //! The pod monitor (run as root): one `skiff-monitor` process per pod, the sandbox's pause, runs
 //! and monitors all of the pod's containers (their parent, logs, exit codes, log reopening), and
-//! keeps doing so across a CRI server restart, when it also takes new containers.
+//! keeps doing so across a CRI server restart, when it also takes new containers. A pod that
+//! shares a PID namespace has two: the pod monitor and its child, the pause (PID 1 of the pod).
 //! Bridge `skbr27`, 10.244.27.0/24.
 
 use std::time::Duration;
@@ -220,4 +221,85 @@ async fn one_monitor_process_per_pod() {
         "the pod monitor outlived StopPodSandbox"
     );
     assert!(pids_with(&["skiff-monitor", "pause", "skpm"]).is_empty());
+}
+
+fn ns(kind: &str, pid: i32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// `shareProcessNamespace`: the pause is PID 1 of the pod's PID namespace, a child of the pod
+/// monitor, which stays in the host's and runs the containers (in the pod's PID namespace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_monitor_of_a_shared_pid_namespace() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    skiff_tests::cri_env::init_tls();
+    let registry = Registry::shared().expect("local registry");
+    let image = push_busybox(registry.addr(), "busybox:latest").await;
+    let env = CriEnv::start("skbr28", "10.244.28.0/24", registry.addr())
+        .await
+        .unwrap();
+    let (mut rt, mut img) = env.clients().await.unwrap();
+    pull_image(&mut img, &image).await;
+    let mut sb_config = env.sandbox_config("skpmpid");
+    sb_config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let sb = run_sandbox(&mut rt, &sb_config, "").await;
+    let pause = info_pid(&mut rt, Some(&sb), None).await;
+    let mut cts = Vec::new();
+    for name in ["skpma", "skpmb"] {
+        let mut cfg = CriEnv::shell_container(name, &image, "echo up; sleep 3600");
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cts.push(start_container(&mut rt, &sb, &sb_config, cfg).await);
+    }
+    let monitor = monitor_pid(&env, &cts[0]);
+    assert_ne!(monitor, pause);
+    assert_eq!(
+        monitor_pid(&env, &cts[1]),
+        monitor,
+        "one pod monitor for both"
+    );
+    assert_eq!(ppid(pause), monitor, "the pause is the pod monitor's child");
+    assert_eq!(ns("pid", monitor), ns("pid", std::process::id() as i32));
+    assert_ne!(ns("pid", pause), ns("pid", monitor));
+    for ct in &cts {
+        let pid = info_pid(&mut rt, None, Some(ct)).await;
+        assert_eq!(ppid(pid), monitor, "{ct}: not the pod monitor's child");
+        assert_eq!(
+            ns("pid", pid),
+            ns("pid", pause),
+            "{ct}: not in the pod's PID namespace"
+        );
+        assert_eq!(ns("net", pid), ns("net", pause));
+    }
+    wait_for_log(&env.log_dir("skpmpid").join("skpmb/0.log"), "stdout F up").await;
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sb.clone(),
+    })
+    .await
+    .unwrap();
+    for ct in &cts {
+        wait_exited(&mut rt, ct).await;
+    }
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sb })
+        .await
+        .unwrap();
+    assert!(
+        pids_with(&["skiff-monitor", "pause", "skpmpid"]).is_empty(),
+        "the pod monitor or its pause outlived StopPodSandbox"
+    );
 }

@@ -4,9 +4,11 @@
 //! waits until SIGTERM or SIGINT, reaping any zombie handed to it meanwhile.
 //! With `--pid-ns yes` it also unshares a PID namespace and forks: the child, PID 1 there, is
 //! the pause; the parent says `ready <child pid>` and exits.
-//! With `--socket-dir DIR` (and no PID namespace) it serves `DIR/monitor.sock` before saying
-//! `ready`, and runs and monitors the pod's containers (`pod.rs`); it then ends after SIGTERM
-//! once no container it monitors is left.
+//! With `--socket-dir DIR` it serves `DIR/monitor.sock` before saying `ready`, and runs and
+//! monitors the pod's containers (`pod.rs`); it then ends after SIGTERM once no container it
+//! monitors is left. With both, the parent stays as the pod monitor (back in the host's PID
+//! namespace for its children) and the child is a bare pause that dies with it; the pod
+//! monitor ends when its pause is gone and no container is left.
 //! The loopback link is brought up by the CNI `loopback` plugin, not here.
 
 use std::io::Write;
@@ -34,52 +36,77 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
         Signal::SIGCHLD,
         Signal::SIGUSR1,
     ])?;
-    let socket_dir = args.socket_dir.as_deref().filter(|_| !args.pid_ns);
+    let socket_dir = args.socket_dir.as_deref();
     // The runtime it starts for the containers runs in the host's namespaces, not the pod's.
-    let host_ns = match socket_dir {
-        Some(_) => sys::open_namespaces(&["net", "ipc", "uts"])?,
-        None => Vec::new(),
+    let (host_ns, host_pid_ns) = match socket_dir {
+        Some(_) => (
+            sys::open_namespaces(&["net", "ipc", "uts"])?,
+            sys::open_namespaces(&["pid"])?.pop(),
+        ),
+        None => (Vec::new(), None),
     };
     sys::enter_sandbox_namespaces(&args.hostname, args.pid_ns)?;
-    let ready = if args.pid_ns {
+    let mut pause_child = None;
+    if args.pid_ns {
         match sys::fork_process()? {
-            // The parent's work ends here: the caller tracks the child by the pid it prints.
-            Some(child) => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(format!("ready {child}\n").as_bytes())
-                    .and_then(|()| out.flush())
-                    .map_err(|e| format!("write ready: {e}"))?;
-                return Ok(());
+            // The child is PID 1 of the pod's PID namespace: a bare pause (which the pod
+            // monitor's death kills).
+            None => {
+                drop((host_ns, host_pid_ns));
+                if socket_dir.is_some() {
+                    sys::die_with_parent()?;
+                }
+                return hold(set);
             }
-            None => None,
+            // Without a pod monitor the parent's work ends here: the caller tracks the child by
+            // the pid it prints.
+            Some(child) if socket_dir.is_none() => return say_ready(&format!("ready {child}\n")),
+            // The pod monitor: its own children (the runtimes) go back to the host's PID
+            // namespace.
+            Some(child) => {
+                if let Some(fd) = &host_pid_ns {
+                    sys::set_pid_ns_for_children(fd)?;
+                }
+                pause_child = Some(child);
+            }
         }
-    } else {
-        Some(b"ready\n")
-    };
-    let control = match socket_dir {
-        Some(dir) => {
-            sys::set_child_subreaper()?;
-            Some(bind_control(dir)?)
-        }
-        None => None,
-    };
-    if let Some(ready) = ready {
-        let mut out = std::io::stdout().lock();
-        out.write_all(ready)
-            .and_then(|()| out.flush())
-            .map_err(|e| format!("write ready: {e}"))?;
     }
+    let ready = match pause_child {
+        Some(child) => format!("ready {child}\n"),
+        None => "ready\n".to_owned(),
+    };
+    let Some(dir) = socket_dir else {
+        say_ready(&ready)?;
+        return hold(set);
+    };
+    sys::set_child_subreaper()?;
+    let control = bind_control(dir)?;
+    say_ready(&ready)?;
     // Close stdin/stdout/stderr for good: nothing is written after `ready`, and a pipe kept
     // open would make the caller wait for EOF.
     sys::stdio_to_dev_null(&[0, 1, 2])?;
-    if let (Some(control), Some(dir)) = (control, socket_dir) {
-        let _ = std::env::set_current_dir("/");
-        let sfd = sys::signal_fd(&set)?;
-        let mut pod = crate::pod::Pod::new(sfd, Some(control), host_ns, false);
-        let r = pod.run();
-        let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
-        return r;
-    }
+    let _ = std::env::set_current_dir("/");
+    let sfd = sys::signal_fd(&set)?;
+    let mut pod = crate::pod::Pod::new(sfd, Some(control), host_ns, false);
+    pod.set_pause_child(pause_child);
+    let r = pod.run();
+    let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
+    r
+}
+
+fn say_ready(line: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("write ready: {e}"))
+}
+
+/// The bare pause: holds the namespaces until SIGTERM or SIGINT, reaping what it inherits.
+fn hold(set: nix::sys::signal::SigSet) -> Result<(), String> {
+    // Close stdin/stdout/stderr for good: nothing is written after `ready`, and a pipe kept
+    // open would make the caller wait for EOF.
+    sys::stdio_to_dev_null(&[0, 1, 2])?;
+    skiff_memtrim::trim_heap();
     skiff_memtrim::trim_code_pages();
     loop {
         match set.wait() {

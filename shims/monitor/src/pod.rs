@@ -54,6 +54,9 @@ pub struct Pod {
     stopping: bool,
     /// The `container` role: end when the container is done.
     end_when_empty: bool,
+    /// The bare pause this pod monitor forked (PID 1 of the pod's PID namespace): when it is
+    /// gone the pod is being stopped.
+    pause_child: Option<Pid>,
 }
 
 impl Pod {
@@ -73,7 +76,19 @@ impl Pod {
             trim_at: Some(Instant::now()),
             stopping: false,
             end_when_empty,
+            pause_child: None,
         }
+    }
+
+    pub fn set_pause_child(&mut self, pid: Option<Pid>) {
+        self.pause_child = pid;
+    }
+
+    /// Take no more containers; end once the monitored ones are done.
+    fn stop(&mut self) {
+        self.stopping = true;
+        self.control = None;
+        self.sessions.clear();
     }
 
     /// Starts a container (its runtime `create`) in this process.
@@ -178,11 +193,7 @@ impl Pod {
             match info.ssi_signo as i32 {
                 libc::SIGCHLD => chld = true,
                 libc::SIGUSR1 => usr1 = true,
-                libc::SIGTERM | libc::SIGINT => {
-                    self.stopping = true;
-                    self.control = None;
-                    self.sessions.clear();
-                }
+                libc::SIGTERM | libc::SIGINT => self.stop(),
                 _ => {}
             }
         }
@@ -201,6 +212,11 @@ impl Pod {
     fn reap(&mut self) {
         while let Ok(Some((pid, status))) = sys::reap_one() {
             let at = timefmt::now();
+            if Some(pid) == self.pause_child {
+                self.pause_child = None;
+                self.stop();
+                continue;
+            }
             let (mut handled, mut failed) = (false, None);
             for (i, c) in self.containers.iter_mut().enumerate() {
                 match c.reaped(pid, status, &at, &mut self.early) {

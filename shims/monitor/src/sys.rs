@@ -198,3 +198,23 @@ pub fn child_in_namespaces(cmd: &mut std::process::Command, fds: Vec<std::os::fd
         });
     }
 }
+
+/// The pod's bare pause (PID 1 of the pod's PID namespace) is killed when the pod monitor, its
+/// parent, dies.
+pub fn die_with_parent() -> Result<(), String> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))
+}
+
+/// Children forked from now on start in the PID namespace `fd` refers to (the caller's own,
+/// after an `unshare(CLONE_NEWPID)` made them start in a new one).
+pub fn set_pid_ns_for_children(fd: &std::os::fd::OwnedFd) -> Result<(), String> {
+    // SAFETY: setns(2) on a namespace fd we own; it changes only this process's namespace for
+    // future children.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+        return Err(format!(
+            "setns(CLONE_NEWPID) back to the host's: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}

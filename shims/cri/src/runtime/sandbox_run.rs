@@ -270,14 +270,11 @@ async fn start_pause(
     cmd.args(["pause", "--hostname", hostname])
         .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
         .args(["--sandbox", &sb.id]);
-    if !pid_ns {
-        // The pause is then the pod monitor too: it runs and monitors the pod's containers
-        // (asked over `<dir>/monitor.sock`), one process per pod. A pause holding a PID
-        // namespace cannot (the runtime would start inside it): those pods get one
-        // `skiff-monitor container` per container.
-        let abs = std::path::absolute(dir).map_err(CriError::io("resolving", dir))?;
-        cmd.arg("--socket-dir").arg(abs);
-    }
+    // The pause is then the pod monitor too: it runs and monitors the pod's containers (asked
+    // over `<dir>/monitor.sock`). With a PID namespace the process we start stays as the pod
+    // monitor and its child, PID 1 of the pod, is the pause (it dies with the monitor).
+    let abs = std::path::absolute(dir).map_err(CriError::io("resolving", dir))?;
+    cmd.arg("--socket-dir").arg(abs);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
@@ -299,8 +296,8 @@ async fn start_pause(
     })?;
     let mut pid = child.id().unwrap_or(0) as i32;
     // Recorded at once: a server killed before `ready` leaves a pause its restart must find.
-    // (With --pid-ns this is the parent, which exits after forking; a kill in that window can
-    // still leave the child.)
+    // (With --pid-ns this is the pod monitor, the pause's parent: the pause dies with it, and
+    // the restart's scan by `--sandbox` finds both.)
     sb.pause_pid = pid;
     sb.pause_start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
     if let Err(e) = st.sandboxes.put(sb.clone()) {
@@ -317,24 +314,21 @@ async fn start_pause(
     let mut ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
     if pid_ns {
         // `ready <pid>`: the pause is the forked child (PID 1 of the pod's PID namespace); the
-        // process we started exits at once.
+        // process we started stays as the pod monitor (and is what `pause_children` holds).
         if let Some(p) = line
             .trim()
             .strip_prefix("ready ")
             .and_then(|p| p.parse::<i32>().ok())
         {
             ready = true;
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             pid = p;
         }
     }
     let start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
-    if !pid_ns || !ready {
-        st.pause_children
-            .lock()
-            .expect("pause map poisoned")
-            .insert(sb.id.clone(), child);
-    }
+    st.pause_children
+        .lock()
+        .expect("pause map poisoned")
+        .insert(sb.id.clone(), child);
     if !ready {
         let err = std::fs::read_to_string(&log).unwrap_or_default();
         // Make sure teardown kills it.
