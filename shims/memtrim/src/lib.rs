@@ -10,6 +10,9 @@
 /// A mapping with any anonymous (copy-on-write) page, such as RELRO data written by relocation,
 /// is never touched: dropping it would bring back the unrelocated file contents.
 pub fn trim_code_pages() {
+    if FAULT_AROUND_LIMITED.load(std::sync::atomic::Ordering::Relaxed) {
+        settle_fault_around();
+    }
     // Collect first, drop the text, then advise in one tight loop: code that runs after the
     // first madvise faults its pages (and, with fault-around, their neighbours) back in.
     // Adjacent ranges are joined (after `limit_fault_around` the text is many mappings).
@@ -46,6 +49,7 @@ pub fn trim_code_pages() {
 /// The cost is kernel bookkeeping: one VMA (~200 bytes) per chunk, and a minor fault per page
 /// touched after a trim. For tiny long-lived processes (the monitor); call it once at start.
 pub fn limit_fault_around(chunk: usize) {
+    FAULT_AROUND_LIMITED.store(true, std::sync::atomic::Ordering::Relaxed);
     let page = 4096usize;
     let chunk = chunk.max(page) / page * page;
     let mut ranges = [(0usize, 0usize); 32];
@@ -67,6 +71,73 @@ pub fn limit_fault_around(chunk: usize) {
                 libc::madvise(at as *mut libc::c_void, len, libc::MADV_RANDOM);
             }
             at += 2 * chunk;
+        }
+    }
+}
+
+/// Set by `limit_fault_around`: `trim_code_pages` then also re-splits the code by use.
+static FAULT_AROUND_LIMITED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Before a trim, after `limit_fault_around`: keeps a mapping boundary only around the pages
+/// used since the last trim (present in /proc/self/pagemap) and joins everything else back, so a
+/// few hundred 4 KiB mappings become about one per used page. Each used page gets a mapping of
+/// its own (MADV_RANDOM and MADV_SEQUENTIAL alternating by page number, so two used neighbours
+/// never merge), the unused ones MADV_NORMAL: a used page faulting back maps only itself, and
+/// code used rarely (container creation, attach) faults in up to the kernel's window of unused
+/// neighbours once; the next trim sees those as used, the one after as unused again.
+fn settle_fault_around() {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let mut ranges = [(0usize, 0usize); 32];
+    let mut n = 0;
+    for_each_mapping(|m| {
+        if !m.readonly_file() {
+            return;
+        }
+        if n > 0 && ranges[n - 1].1 == m.start {
+            ranges[n - 1].1 = m.end;
+        } else if n < ranges.len() {
+            ranges[n] = (m.start, m.end);
+            n += 1;
+        }
+    });
+    let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
+        return;
+    };
+    let advise = |start: usize, len: usize, advice: libc::c_int| {
+        // SAFETY: [start, start+len) lies inside read-only file mappings of this process (from
+        // /proc/self/smaps); MADV_NORMAL/RANDOM/SEQUENTIAL only set the mappings' readahead
+        // flags (splitting or joining them); no page is touched or dropped.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, len, advice);
+        }
+    };
+    for &(start, end) in &ranges[..n] {
+        advise(start, end - start, libc::MADV_NORMAL);
+        let mut page = start;
+        let mut buf = [0u8; 1024];
+        while page < end {
+            let count = ((end - page) / PAGE).min(buf.len() / 8);
+            if pagemap
+                .read_exact_at(&mut buf[..count * 8], (page / PAGE * 8) as u64)
+                .is_err()
+            {
+                return;
+            }
+            for (i, entry) in buf[..count * 8].chunks_exact(8).enumerate() {
+                let present = entry[7] & 0x80 != 0; // bit 63, little-endian
+                if present {
+                    let at = page + i * PAGE;
+                    let advice = if (at / PAGE) % 2 == 0 {
+                        libc::MADV_RANDOM
+                    } else {
+                        libc::MADV_SEQUENTIAL
+                    };
+                    advise(at, PAGE, advice);
+                }
+            }
+            page += count * PAGE;
         }
     }
 }
@@ -213,8 +284,12 @@ mod tests {
         total
     }
 
+    /// The tests share the process's mappings: one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn trimmed_code_still_runs_and_rss_drops() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let before = rss_of_text_kib();
         super::trim_code_pages();
         let after = rss_of_text_kib();
@@ -234,14 +309,38 @@ mod tests {
             .count()
     }
 
+    fn largest_mapping_of_exe() -> usize {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with(exe.to_str().unwrap()) && !l.contains(" rw"))
+            .filter_map(|l| {
+                let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+                Some(usize::from_str_radix(b, 16).ok()? - usize::from_str_radix(a, 16).ok()?)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     #[test]
     fn fault_around_limit_splits_code_and_trim_still_works() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let before = mappings_of_exe();
         super::limit_fault_around(16 * 1024);
-        let after = mappings_of_exe();
-        assert!(after > before + 4, "mappings {before} -> {after}");
+        let split = mappings_of_exe();
+        assert!(split > before + 4, "mappings {before} -> {split}");
+        // The trim keeps boundaries only around the pages used since: far fewer mappings.
         super::trim_code_pages();
         let v: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
         assert_eq!(v[4095 % 1000], "5f");
+        super::trim_code_pages();
+        // Unused code is joined back into mappings longer than the split's chunks.
+        let longest = largest_mapping_of_exe();
+        assert!(
+            longest > 32 * 1024,
+            "longest mapping {longest} bytes after the trim"
+        );
+        assert_eq!(format!("{:x}", v.len()), "3e8");
     }
 }
