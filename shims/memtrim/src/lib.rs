@@ -129,7 +129,7 @@ fn settle_fault_around() {
                 let present = entry[7] & 0x80 != 0; // bit 63, little-endian
                 if present {
                     let at = page + i * PAGE;
-                    let advice = if (at / PAGE) % 2 == 0 {
+                    let advice = if (at / PAGE).is_multiple_of(2) {
                         libc::MADV_RANDOM
                     } else {
                         libc::MADV_SEQUENTIAL
