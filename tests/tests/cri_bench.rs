@@ -153,17 +153,26 @@ impl Side {
 
     /// One pod with one `sleep` container; returns (sandbox id, container id).
     async fn start_pod(&mut self, name: &str, record: bool) -> (String, String) {
-        let (sb, mut cts) = self.start_pod_with(name, 1, record).await;
+        let (sb, mut cts) = self.start_pod_with(name, 1, false, record).await;
         (sb, cts.remove(0))
     }
 
-    /// One pod with `n` `sleep` containers; returns (sandbox id, container ids).
+    /// One pod with `n` `sleep` containers (with `logging`, each prints a line every 100 ms);
+    /// returns (sandbox id, container ids).
     async fn start_pod_with(
         &mut self,
         name: &str,
         n: usize,
+        logging: bool,
         record: bool,
     ) -> (String, Vec<String>) {
+        let command: Vec<String> = if logging {
+            ["sh", "-c", "while :; do echo tick; sleep 0.1; done"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            vec!["sleep".into(), "100000".into()]
+        };
         let cfg = self.sandbox_config(name);
         let t0 = Instant::now();
         let sb = self
@@ -197,7 +206,7 @@ impl Side {
                             image: self.image.clone(),
                             ..Default::default()
                         }),
-                        command: vec!["sleep".into(), "100000".into()],
+                        command: command.clone(),
                         log_path: format!("{cname}.log"),
                         ..Default::default()
                     }),
@@ -393,8 +402,8 @@ async fn cri_bench_skiff_vs_containerd() {
     let mut s_pods = Vec::new();
     let mut c_pods = Vec::new();
     for i in 0..pods {
-        s_pods.push(s.start_pod_with(&format!("skm{i}"), 1, false).await);
-        c_pods.push(c.start_pod_with(&format!("skm{i}"), 1, false).await);
+        s_pods.push(s.start_pod_with(&format!("skm{i}"), 1, false, false).await);
+        c_pods.push(c.start_pod_with(&format!("skm{i}"), 1, false, false).await);
     }
     tokio::time::sleep(Duration::from_secs(4)).await; // monitors trim after 2 s
     let (s_busy, _) = mem_kib(skiff_pid);
@@ -408,20 +417,29 @@ async fn cri_bench_skiff_vs_containerd() {
         c.stop_pod(&sb, false).await;
     }
 
-    // Per-pod processes by container count: a few pods of 1, 3 and 10 containers at a time.
+    // Per-pod processes by container count: a few pods of 1, 3 and 10 containers at a time,
+    // silent, then logging a line every 100 ms.
     let mut by_count = Vec::new();
-    for n in [1usize, 3, 10] {
+    for (n, logging) in [
+        (1usize, false),
+        (3, false),
+        (10, false),
+        (1, true),
+        (10, true),
+    ] {
         let k = 3;
         let mut s_pods = Vec::new();
         let mut c_pods = Vec::new();
         for i in 0..k {
-            s_pods.push(s.start_pod_with(&format!("skn{n}x{i}"), n, false).await);
-            c_pods.push(c.start_pod_with(&format!("skn{n}x{i}"), n, false).await);
+            let name = format!("skn{n}{}x{i}", if logging { "l" } else { "" });
+            s_pods.push(s.start_pod_with(&name, n, logging, false).await);
+            c_pods.push(c.start_pod_with(&name, n, logging, false).await);
         }
         tokio::time::sleep(Duration::from_secs(4)).await; // monitors trim after 2 s
         let s_mem = skiff_pod_mem(&mut s, &skiff, &s_pods).await;
         let c_mem = containerd_pod_mem(&mut c, &ctd, &c_pods).await;
-        by_count.push((n, k, s_mem, c_mem));
+        let label = format!("{n}c{}", if logging { "_logging" } else { "" });
+        by_count.push((label, k, s_mem, c_mem));
         for (sb, _) in s_pods {
             s.stop_pod(&sb, false).await;
         }
@@ -457,15 +475,15 @@ async fn cri_bench_skiff_vs_containerd() {
     let n = pods as f64;
     line("per_pod_rss_kib", s_per.0 as f64 / n, c_per.0 as f64 / n);
     line("per_pod_pss_kib", s_per.1 as f64 / n, c_per.1 as f64 / n);
-    for (count, k, s_mem, c_mem) in by_count {
+    for (label, k, s_mem, c_mem) in by_count {
         let k = k as f64;
         line(
-            &format!("per_pod_{count}c_rss_kib"),
+            &format!("per_pod_{label}_rss_kib"),
             s_mem.0 as f64 / k,
             c_mem.0 as f64 / k,
         );
         line(
-            &format!("per_pod_{count}c_pss_kib"),
+            &format!("per_pod_{label}_pss_kib"),
             s_mem.1 as f64 / k,
             c_mem.1 as f64 / k,
         );
