@@ -153,6 +153,26 @@ impl Side {
 
     /// One pod with one `sleep` container; returns (sandbox id, container id).
     async fn start_pod(&mut self, name: &str, record: bool) -> (String, String) {
+        let (sb, mut cts) = self.start_pod_with(name, 1, false, record).await;
+        (sb, cts.remove(0))
+    }
+
+    /// One pod with `n` `sleep` containers (with `logging`, each prints a line every 100 ms);
+    /// returns (sandbox id, container ids).
+    async fn start_pod_with(
+        &mut self,
+        name: &str,
+        n: usize,
+        logging: bool,
+        record: bool,
+    ) -> (String, Vec<String>) {
+        let command: Vec<String> = if logging {
+            ["sh", "-c", "while :; do echo tick; sleep 0.1; done"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            vec!["sleep".into(), "100000".into()]
+        };
         let cfg = self.sandbox_config(name);
         let t0 = Instant::now();
         let sb = self
@@ -166,35 +186,44 @@ impl Side {
             .into_inner()
             .pod_sandbox_id;
         let t1 = Instant::now();
-        let ct = self
-            .rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sb.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "sleeper".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: self.image.clone(),
+        let mut cts = Vec::new();
+        for i in 0..n {
+            let cname = if i == 0 {
+                "sleeper".to_owned()
+            } else {
+                format!("sleeper{i}")
+            };
+            let ct = self
+                .rt
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sb.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: cname.clone(),
+                            attempt: 0,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: self.image.clone(),
+                            ..Default::default()
+                        }),
+                        command: command.clone(),
+                        log_path: format!("{cname}.log"),
                         ..Default::default()
                     }),
-                    command: vec!["sleep".into(), "100000".into()],
-                    log_path: "sleeper.log".into(),
-                    ..Default::default()
-                }),
-                sandbox_config: Some(cfg),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{}: CreateContainer: {e}", self.name))
-            .into_inner()
-            .container_id;
-        self.rt
-            .start_container(cri::StartContainerRequest {
-                container_id: ct.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{}: StartContainer: {e}", self.name));
+                    sandbox_config: Some(cfg.clone()),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{}: CreateContainer: {e}", self.name))
+                .into_inner()
+                .container_id;
+            self.rt
+                .start_container(cri::StartContainerRequest {
+                    container_id: ct.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{}: StartContainer: {e}", self.name));
+            cts.push(ct);
+        }
         let t2 = Instant::now();
         if record {
             self.times
@@ -210,7 +239,7 @@ impl Side {
                 .or_default()
                 .push((t2 - t0).as_secs_f64() * 1e3);
         }
-        (sb, ct)
+        (sb, cts)
     }
 
     async fn stop_pod(&mut self, sb: &str, record: bool) {
@@ -373,49 +402,50 @@ async fn cri_bench_skiff_vs_containerd() {
     let mut s_pods = Vec::new();
     let mut c_pods = Vec::new();
     for i in 0..pods {
-        s_pods.push(s.start_pod(&format!("skm{i}"), false).await);
-        c_pods.push(c.start_pod(&format!("skm{i}"), false).await);
+        s_pods.push(s.start_pod_with(&format!("skm{i}"), 1, false, false).await);
+        c_pods.push(c.start_pod_with(&format!("skm{i}"), 1, false, false).await);
     }
     tokio::time::sleep(Duration::from_secs(4)).await; // monitors trim after 2 s
     let (s_busy, _) = mem_kib(skiff_pid);
     let (c_busy, _) = mem_kib(ctd_pid);
-    let mut s_per = (0u64, 0u64);
-    for (sb, ct) in &s_pods {
-        let pause = s.sandbox_pid(sb).await;
-        let mon: i32 = std::fs::read_to_string(
-            skiff
-                .tmp
-                .path()
-                .join("state/containers")
-                .join(ct)
-                .join("monitor/monitor.pid"),
-        )
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0);
-        for pid in [pause, mon] {
-            let (r, p) = mem_kib(pid);
-            s_per.0 += r;
-            s_per.1 += p;
-        }
-    }
-    let mut c_per = (0u64, 0u64);
-    for (sb, _) in &c_pods {
-        let pid = c.sandbox_pid(sb).await;
-        let (r, p) = mem_kib(pid);
-        c_per.0 += r;
-        c_per.1 += p;
-    }
-    for pid in ctd.shim_pids() {
-        let (r, p) = mem_kib(pid);
-        c_per.0 += r;
-        c_per.1 += p;
-    }
+    let s_per = skiff_pod_mem(&mut s, &skiff, &s_pods).await;
+    let c_per = containerd_pod_mem(&mut c, &ctd, &c_pods).await;
     for (sb, _) in s_pods.clone() {
         s.stop_pod(&sb, false).await;
     }
     for (sb, _) in c_pods.clone() {
         c.stop_pod(&sb, false).await;
+    }
+
+    // Per-pod processes by container count: a few pods of 1, 3 and 10 containers at a time,
+    // silent, then logging a line every 100 ms.
+    let mut by_count = Vec::new();
+    for (n, logging) in [
+        (1usize, false),
+        (3, false),
+        (10, false),
+        (1, true),
+        (10, true),
+    ] {
+        let k = 3;
+        let mut s_pods = Vec::new();
+        let mut c_pods = Vec::new();
+        for i in 0..k {
+            let name = format!("skn{n}{}x{i}", if logging { "l" } else { "" });
+            s_pods.push(s.start_pod_with(&name, n, logging, false).await);
+            c_pods.push(c.start_pod_with(&name, n, logging, false).await);
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await; // monitors trim after 2 s
+        let s_mem = skiff_pod_mem(&mut s, &skiff, &s_pods).await;
+        let c_mem = containerd_pod_mem(&mut c, &ctd, &c_pods).await;
+        let label = format!("{n}c{}", if logging { "_logging" } else { "" });
+        by_count.push((label, k, s_mem, c_mem));
+        for (sb, _) in s_pods {
+            s.stop_pod(&sb, false).await;
+        }
+        for (sb, _) in c_pods {
+            c.stop_pod(&sb, false).await;
+        }
     }
 
     println!(
@@ -445,4 +475,62 @@ async fn cri_bench_skiff_vs_containerd() {
     let n = pods as f64;
     line("per_pod_rss_kib", s_per.0 as f64 / n, c_per.0 as f64 / n);
     line("per_pod_pss_kib", s_per.1 as f64 / n, c_per.1 as f64 / n);
+    for (label, k, s_mem, c_mem) in by_count {
+        let k = k as f64;
+        line(
+            &format!("per_pod_{label}_rss_kib"),
+            s_mem.0 as f64 / k,
+            c_mem.0 as f64 / k,
+        );
+        line(
+            &format!("per_pod_{label}_pss_kib"),
+            s_mem.1 as f64 / k,
+            c_mem.1 as f64 / k,
+        );
+    }
+}
+
+/// (RSS, PSS) summed over Skiff's per-pod processes of `pods`: each pause (the pod monitor)
+/// and every distinct container monitor (`monitor.pid`; the pause itself for pod-monitored
+/// containers), each process counted once.
+async fn skiff_pod_mem(s: &mut Side, skiff: &Skiff, pods: &[(String, Vec<String>)]) -> (u64, u64) {
+    let mut pids = std::collections::BTreeSet::new();
+    for (sb, cts) in pods {
+        pids.insert(s.sandbox_pid(sb).await);
+        for ct in cts {
+            let mon: i32 = std::fs::read_to_string(
+                skiff
+                    .tmp
+                    .path()
+                    .join("state/containers")
+                    .join(ct)
+                    .join("monitor/monitor.pid"),
+            )
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+            pids.insert(mon);
+        }
+    }
+    sum_mem(pids.into_iter().filter(|p| *p > 0))
+}
+
+/// (RSS, PSS) summed over containerd's per-pod processes: each sandbox (pause) process and
+/// every shim (only `pods` run while this is measured).
+async fn containerd_pod_mem(
+    c: &mut Side,
+    ctd: &ContainerdEnv,
+    pods: &[(String, Vec<String>)],
+) -> (u64, u64) {
+    let mut pids = std::collections::BTreeSet::new();
+    for (sb, _) in pods {
+        pids.insert(c.sandbox_pid(sb).await);
+    }
+    pids.extend(ctd.shim_pids());
+    sum_mem(pids.into_iter().filter(|p| *p > 0))
+}
+
+fn sum_mem(pids: impl Iterator<Item = i32>) -> (u64, u64) {
+    pids.map(mem_kib)
+        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2))
 }

@@ -1,5 +1,6 @@
-//! CRI crash recovery (run as root): the monitor and container process die behind the server's
-//! back, the pause process dies, and the server restarts: statuses say so and cleanup still works.
+//! CRI crash recovery (run as root): the pod monitor (the pause process, which monitors the
+//! pod's containers) and a container process die behind the server's back, and the server
+//! restarts: statuses say so and cleanup still works.
 //! Bridge `skbr3`, 10.244.3.0/24.
 
 use std::time::Duration;
@@ -73,16 +74,27 @@ async fn cri_recovers_after_crashes() {
     let pid = info["pid"].as_i64().unwrap() as i32;
     assert!(pid > 0);
 
-    // Crash: monitor first (so nobody records the exit), then the container process and pause.
+    // Crash: the pod monitor (the pause, which also monitors the pod's containers) first, so
+    // nobody records the exit, then the container process.
     drop((rt, img));
     env.stop().await.unwrap();
-    let monitors = pids_with(&["skiff-monitor", "container", &id]);
-    assert_eq!(monitors.len(), 1, "one monitor for the container");
-    kill(monitors[0]);
+    assert!(
+        pids_with(&["skiff-monitor", "container", &id]).is_empty(),
+        "no per-container monitor: the pod monitor has the container"
+    );
+    let pod_monitor = pids_with(&["skiff-monitor", "pause", "skpod4"]);
+    assert_eq!(pod_monitor.len(), 1, "one pod monitor process");
+    let recorded = std::fs::read_to_string(
+        env.cfg
+            .state_dir
+            .join("containers")
+            .join(&id)
+            .join("monitor/monitor.pid"),
+    )
+    .unwrap();
+    assert_eq!(recorded.trim(), pod_monitor[0].to_string());
+    kill(pod_monitor[0]);
     kill(pid);
-    let sb_verbose_pause = pids_with(&["skiff-monitor", "pause", "skpod4"]);
-    assert_eq!(sb_verbose_pause.len(), 1, "one pause process");
-    kill(sb_verbose_pause[0]);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     env.restart().await.unwrap();

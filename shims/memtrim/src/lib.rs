@@ -10,51 +10,27 @@
 /// A mapping with any anonymous (copy-on-write) page, such as RELRO data written by relocation,
 /// is never touched: dropping it would bring back the unrelocated file contents.
 pub fn trim_code_pages() {
+    if FAULT_AROUND_LIMITED.load(std::sync::atomic::Ordering::Relaxed) {
+        settle_fault_around();
+    }
     // Collect first, drop the text, then advise in one tight loop: code that runs after the
     // first madvise faults its pages (and, with fault-around, their neighbours) back in.
+    // Adjacent ranges are joined (after `limit_fault_around` the text is many mappings).
     let mut ranges = [(0usize, 0usize); 64];
     let mut n = 0;
-    if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
-        let mut candidate: Option<(usize, usize)> = None;
-        for line in smaps.lines() {
-            if let Some(v) = line.strip_prefix("Anonymous:") {
-                let anon_kb: u64 = v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|k| k.parse().ok())
-                    .unwrap_or(1);
-                if let (Some(r), 0, true) = (candidate.take(), anon_kb, n < ranges.len()) {
-                    ranges[n] = r;
-                    n += 1;
-                }
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) = (
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-            ) else {
-                continue;
-            };
-            let Some((start, end)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) else {
-                continue; // a "Key: value" line, not a mapping header
-            };
-            // Only private, non-writable mappings of a real file (inode != 0).
-            candidate =
-                ((perms == "r-xp" || perms == "r--p") && inode != "0").then_some((start, end));
+    for_each_mapping(|m| {
+        if !m.clean_file_code() {
+            return;
         }
-    }
+        if n > 0 && ranges[n - 1].1 == m.start {
+            ranges[n - 1].1 = m.end;
+        } else if n < ranges.len() {
+            ranges[n] = (m.start, m.end);
+            n += 1;
+        }
+    });
     for &(start, end) in &ranges[..n] {
-        // SAFETY: the range is a whole, page-aligned, non-writable private file mapping of this
+        // SAFETY: the range is whole, page-aligned, non-writable private file mappings of this
         // process (from /proc/self/smaps) with no anonymous pages. MADV_DONTNEED only removes
         // page-table entries; the next access re-reads the identical, unmodified page from the
         // page cache. No Rust object is ever written to such a mapping.
@@ -62,6 +38,219 @@ pub fn trim_code_pages() {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
     }
+}
+
+/// Makes a page fault in this process's code and read-only data map at most `chunk` bytes
+/// (rounded to pages) instead of the kernel's fault-around window (64 KiB by default): the
+/// read-only file mappings are split into `chunk`-sized mappings by setting MADV_RANDOM on every
+/// other chunk (the kernel never maps pages around a fault across a mapping's end, and mappings
+/// with different flags are not merged). After `trim_code_pages`, an idle loop that touches a
+/// few scattered pages of a 1 MiB text then keeps those pages resident, not 64 KiB around each.
+/// The cost is kernel bookkeeping: one VMA (~200 bytes) per chunk, and a minor fault per page
+/// touched after a trim. For tiny long-lived processes (the monitor); call it once at start.
+pub fn limit_fault_around(chunk: usize) {
+    FAULT_AROUND_LIMITED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let page = 4096usize;
+    let chunk = chunk.max(page) / page * page;
+    let mut ranges = [(0usize, 0usize); 32];
+    let mut n = 0;
+    for_each_mapping(|m| {
+        if m.readonly_file() && n < ranges.len() {
+            ranges[n] = (m.start, m.end);
+            n += 1;
+        }
+    });
+    for &(start, end) in &ranges[..n] {
+        let mut at = start + chunk;
+        while at < end {
+            let len = chunk.min(end - at);
+            // SAFETY: [at, at+len) lies inside a read-only file mapping of this process;
+            // MADV_RANDOM only changes the mapping's readahead flag (no page is touched or
+            // dropped), which splits the mapping at the range's ends.
+            unsafe {
+                libc::madvise(at as *mut libc::c_void, len, libc::MADV_RANDOM);
+            }
+            at += 2 * chunk;
+        }
+    }
+}
+
+/// Set by `limit_fault_around`: `trim_code_pages` then also re-splits the code by use.
+static FAULT_AROUND_LIMITED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Before a trim, after `limit_fault_around`: keeps a mapping boundary only around the pages
+/// used since the last trim (present in /proc/self/pagemap) and joins everything else back, so a
+/// few hundred 4 KiB mappings become about one per used page. Each used page gets a mapping of
+/// its own (MADV_RANDOM and MADV_SEQUENTIAL alternating by page number, so two used neighbours
+/// never merge), the unused ones MADV_NORMAL: a used page faulting back maps only itself, and
+/// code used rarely (container creation, attach) faults in up to the kernel's window of unused
+/// neighbours once; the next trim sees those as used, the one after as unused again.
+fn settle_fault_around() {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let mut ranges = [(0usize, 0usize); 32];
+    let mut n = 0;
+    for_each_mapping(|m| {
+        if !m.readonly_file() {
+            return;
+        }
+        if n > 0 && ranges[n - 1].1 == m.start {
+            ranges[n - 1].1 = m.end;
+        } else if n < ranges.len() {
+            ranges[n] = (m.start, m.end);
+            n += 1;
+        }
+    });
+    let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
+        return;
+    };
+    let advise = |start: usize, len: usize, advice: libc::c_int| {
+        // SAFETY: [start, start+len) lies inside read-only file mappings of this process (from
+        // /proc/self/smaps); MADV_NORMAL/RANDOM/SEQUENTIAL only set the mappings' readahead
+        // flags (splitting or joining them); no page is touched or dropped.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, len, advice);
+        }
+    };
+    for &(start, end) in &ranges[..n] {
+        advise(start, end - start, libc::MADV_NORMAL);
+        let mut page = start;
+        let mut buf = [0u8; 1024];
+        while page < end {
+            let count = ((end - page) / PAGE).min(buf.len() / 8);
+            if pagemap
+                .read_exact_at(&mut buf[..count * 8], (page / PAGE * 8) as u64)
+                .is_err()
+            {
+                return;
+            }
+            for (i, entry) in buf[..count * 8].chunks_exact(8).enumerate() {
+                let present = entry[7] & 0x80 != 0; // bit 63, little-endian
+                if present {
+                    let at = page + i * PAGE;
+                    let advice = if (at / PAGE).is_multiple_of(2) {
+                        libc::MADV_RANDOM
+                    } else {
+                        libc::MADV_SEQUENTIAL
+                    };
+                    advise(at, PAGE, advice);
+                }
+            }
+            page += count * PAGE;
+        }
+    }
+}
+
+/// One mapping of /proc/self/smaps.
+struct Mapping {
+    start: usize,
+    end: usize,
+    /// r-xp or r--p
+    readonly_private: bool,
+    /// Backed by a file (inode != 0).
+    file: bool,
+    anon_kb: u64,
+}
+
+impl Mapping {
+    fn readonly_file(&self) -> bool {
+        self.readonly_private && self.file
+    }
+
+    /// A mapping whose pages are all unmodified copies of the page cache.
+    fn clean_file_code(&self) -> bool {
+        self.readonly_file() && self.anon_kb == 0
+    }
+}
+
+/// Calls `f` for each mapping of /proc/self/smaps, reading it through a small stack buffer (a
+/// whole smaps can be 100 KiB and more: never allocated).
+fn for_each_mapping(mut f: impl FnMut(&Mapping)) {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open("/proc/self/smaps") else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    let mut current: Option<Mapping> = None;
+    let mut skipping = false; // inside an overlong line
+    loop {
+        let n = match file.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        let eof = n == 0;
+        len += n;
+        let mut from = 0;
+        while let Some(i) = buf[from..len].iter().position(|&b| b == b'\n') {
+            if !skipping {
+                parse_line(&buf[from..from + i], &mut current, &mut f);
+            }
+            skipping = false;
+            from += i + 1;
+        }
+        buf.copy_within(from..len, 0);
+        len -= from;
+        if len == buf.len() {
+            // A line longer than the buffer (a very long path): skip the rest of it.
+            len = 0;
+            skipping = true;
+        }
+        if eof {
+            break;
+        }
+    }
+    if let Some(m) = current.take() {
+        f(&m);
+    }
+}
+
+fn parse_line(line: &[u8], current: &mut Option<Mapping>, f: &mut impl FnMut(&Mapping)) {
+    let Ok(line) = std::str::from_utf8(line) else {
+        return;
+    };
+    if let Some(v) = line.strip_prefix("Anonymous:") {
+        if let Some(m) = current.as_mut() {
+            m.anon_kb = v
+                .split_whitespace()
+                .next()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(1);
+        }
+        return;
+    }
+    let mut fields = line.split_whitespace();
+    let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return;
+    };
+    let Some((start, end)) = range.split_once('-') else {
+        return;
+    };
+    let (Ok(start), Ok(end)) = (
+        usize::from_str_radix(start, 16),
+        usize::from_str_radix(end, 16),
+    ) else {
+        return; // a "Key: value" line, not a mapping header
+    };
+    if let Some(m) = current.take() {
+        f(&m);
+    }
+    *current = Some(Mapping {
+        start,
+        end,
+        readonly_private: perms == "r-xp" || perms == "r--p",
+        file: inode != "0",
+        // Unknown until its "Anonymous:" line: assume modified.
+        anon_kb: 1,
+    });
 }
 
 /// Returns freed heap memory to the kernel (glibc keeps it otherwise); a no-op elsewhere.
@@ -95,8 +284,12 @@ mod tests {
         total
     }
 
+    /// The tests share the process's mappings: one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn trimmed_code_still_runs_and_rss_drops() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let before = rss_of_text_kib();
         super::trim_code_pages();
         let after = rss_of_text_kib();
@@ -105,5 +298,49 @@ mod tests {
         let v: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
         assert_eq!(v[255], "ff");
         super::trim_heap();
+    }
+
+    fn mappings_of_exe() -> usize {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with(exe.to_str().unwrap()))
+            .count()
+    }
+
+    fn largest_mapping_of_exe() -> usize {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with(exe.to_str().unwrap()) && !l.contains(" rw"))
+            .filter_map(|l| {
+                let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+                Some(usize::from_str_radix(b, 16).ok()? - usize::from_str_radix(a, 16).ok()?)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn fault_around_limit_splits_code_and_trim_still_works() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let before = mappings_of_exe();
+        super::limit_fault_around(16 * 1024);
+        let split = mappings_of_exe();
+        assert!(split > before + 4, "mappings {before} -> {split}");
+        // The trim keeps boundaries only around the pages used since: far fewer mappings.
+        super::trim_code_pages();
+        let v: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
+        assert_eq!(v[4095 % 1000], "5f");
+        super::trim_code_pages();
+        // Unused code is joined back into mappings longer than the split's chunks.
+        let longest = largest_mapping_of_exe();
+        assert!(
+            longest > 32 * 1024,
+            "longest mapping {longest} bytes after the trim"
+        );
+        assert_eq!(format!("{:x}", v.len()), "3e8");
     }
 }

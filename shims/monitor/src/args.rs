@@ -7,6 +7,10 @@ pub struct PauseArgs {
     /// Also hold a PID namespace for the pod (CRI NamespaceMode POD): the pause process forks
     /// and its child, PID 1 of the new namespace, is the pause.
     pub pid_ns: bool,
+    /// Serve the pod monitor's control socket `<dir>/monitor.sock` (see `pod.rs`): the pause
+    /// then also monitors the pod's containers. Ignored with `pid_ns` (the runtime must not
+    /// start inside the pod's PID namespace).
+    pub socket_dir: Option<PathBuf>,
 }
 
 pub struct ContainerArgs {
@@ -99,7 +103,7 @@ impl PauseArgs {
     pub fn parse(argv: &[String]) -> Result<Self, String> {
         // `--sandbox ID` is only read by whoever scans process lists: it names the sandbox a
         // pause belongs to, so a CRI server killed before it recorded the pid finds it again.
-        let p = pairs(argv, &["hostname", "pid-ns", "sandbox"])?;
+        let p = pairs(argv, &["hostname", "pid-ns", "sandbox", "socket-dir"])?;
         let pid_ns = match take(&p, "pid-ns").as_deref() {
             Err(_) | Ok("no") => false,
             Ok("yes") => true,
@@ -108,6 +112,7 @@ impl PauseArgs {
         Ok(Self {
             hostname: take(&p, "hostname")?,
             pid_ns,
+            socket_dir: take(&p, "socket-dir").ok().map(PathBuf::from),
         })
     }
 }

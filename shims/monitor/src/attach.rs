@@ -118,7 +118,7 @@ impl Attach {
     pub fn read_sessions(&mut self, mut ready: Vec<usize>) {
         ready.sort_unstable_by(|a, b| b.cmp(a));
         for i in ready {
-            let mut chunk = [0u8; 16 * 1024];
+            let mut chunk = [0u8; 4096];
             let closed = loop {
                 match self.sessions[i].stream.read(&mut chunk) {
                     Ok(0) => break true,

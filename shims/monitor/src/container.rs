@@ -1,23 +1,21 @@
-//! `container`: the per-container monitor.
+//! One monitored container: the OCI runtime's `create` with stdout/stderr pipes, then the
+//! container's output copied into its CRI log, its attach socket, and its exit record.
 //!
-//! Detaches, becomes a child subreaper, runs `<runtime> create` with stdout/stderr pipes, and
-//! records the outcome in `<state-dir>/created` (`{"pid":N}`) or `<state-dir>/create-error`.
-//! Then it copies the pipes (which the container init inherited) into the CRI log, reaps
-//! children, and when the init exits writes `<state-dir>/exit` atomically and exits.
-//! SIGUSR1 reopens the log file. Everything runs in one `poll` loop over the two pipes and a
-//! signalfd.
+//! The outcome of `create` goes to `<state-dir>/created` (`{"pid":N}`) or
+//! `<state-dir>/create-error`; when the init exits and its pipes are drained, `<state-dir>/exit`
+//! is written atomically. A [`Container`] does no waiting of its own: the process that owns it
+//! (`pod.rs`: the pod monitor, or the one-container `container` role) polls its fds, reaps
+//! children and hands each container what concerns it.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::Signal;
-use nix::sys::signalfd::SignalFd;
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
@@ -31,15 +29,28 @@ use crate::{atomic, sys, timefmt};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cap on what the runtime may print during `create` (kept for `create-error`).
 const MAX_CREATE_OUTPUT: usize = 64 * 1024;
-/// Delay after the first activity since the last trim before the pages it touched are trimmed
-/// again. Not pushed back by further activity, so a container that logs without pause still
-/// gets its monitor trimmed every couple of seconds (only the hot loop's pages come back).
-const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Files that describe one run of the container; stale ones are removed before starting.
 const OUTCOME_FILES: [&str; 5] = ["created", "create-error", "exit", "pid", "monitor.pid"];
+/// One read from a container's pipe or pty (up to 16 per wake-up: a full 64 KiB pipe at 4 KiB).
+const READ_BUF: usize = 4096;
+/// Records buffers grown past this are given back after a write (a burst of output must not
+/// keep its buffer for the container's life).
+const KEEP_RECORDS: usize = 16 * 1024;
 
-pub fn run(args: ContainerArgs) -> Result<(), String> {
-    // Everything that can be checked is checked before detaching, so the caller gets the error.
+/// What was checked before anything started: absolute paths, the state dir (stale outcome files
+/// removed) and the open log file.
+pub struct Prepared {
+    args: ContainerArgs,
+    state_dir: PathBuf,
+    runtime: PathBuf,
+    runtime_root: PathBuf,
+    bundle: PathBuf,
+    log: LogFile,
+}
+
+/// Everything that can be checked without starting a process; errors go to the caller (the
+/// `container` role's stderr, or the pod monitor's reply to the CRI server).
+pub fn prepare(args: ContainerArgs) -> Result<Prepared, String> {
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
     let state_dir = abs(&args.state_dir)?;
     let log_path = abs(&args.log_path)?;
@@ -63,123 +74,49 @@ pub fn run(args: ContainerArgs) -> Result<(), String> {
             runtime.display()
         ));
     }
+    Ok(Prepared {
+        args,
+        state_dir,
+        runtime,
+        runtime_root,
+        bundle,
+        log,
+    })
+}
 
+impl Prepared {
+    /// Records a failure that happened before the runtime ran in `create-error`.
+    pub fn fail(&self, msg: String) -> String {
+        let _ = atomic::write_fast(&self.state_dir.join("create-error"), msg.as_bytes());
+        msg
+    }
+}
+
+/// The `container` role: one container, in a detached process of its own (used for pods whose
+/// pause holds a PID namespace, and by CRI servers that predate the pod monitor).
+pub fn run(args: ContainerArgs) -> Result<(), String> {
+    use nix::sys::signal::Signal;
+    skiff_memtrim::limit_fault_around(crate::pause::FAULT_AROUND);
+    // Everything that can be checked is checked before detaching, so the caller gets the error.
+    let prepared = prepare(args)?;
     sys::daemonize()?;
     sys::stdio_to_dev_null(&[0, 1, 2])?;
     let _ = std::env::set_current_dir("/");
-    let _ = atomic::write_fast(
-        &state_dir.join("monitor.pid"),
-        std::process::id().to_string().as_bytes(),
-    );
     // From here on, failures are reported through `create-error`: nobody sees our stderr.
-    let fail = |msg: String| {
-        let _ = atomic::write_fast(&state_dir.join("create-error"), msg.as_bytes());
-        msg
-    };
-    sys::set_child_subreaper().map_err(fail)?;
-    let set = sys::block_signals(&[Signal::SIGCHLD, Signal::SIGUSR1]).map_err(fail)?;
-    let sfd = sys::signal_fd(&set).map_err(fail)?;
-
-    let mut attach = if args.stdin != StdinMode::None || args.tty {
-        Some(Attach::bind(&state_dir, args.stdin).map_err(fail)?)
-    } else {
-        None
-    };
-    // A tty container's pty master comes over a console socket during `create`. Socket paths
-    // are short (108 bytes): it lives in the temp dir until the master arrived.
-    let console_listener = if args.tty {
-        let path = std::env::temp_dir().join(format!(
-            "skiff-monitor-{}-{}.sock",
-            std::process::id(),
-            timefmt::now().replace([':', '.'], "")
-        ));
-        let l = UnixListener::bind(&path)
-            .map_err(|e| fail(format!("console socket {}: {e}", path.display())))?;
-        Some((l, path))
-    } else {
-        None
-    };
-
-    let pid_file = state_dir.join("pid");
-    let mut cmd = Command::new(&runtime);
-    sys::child_with_empty_sigmask(&mut cmd);
-    cmd.arg("--root")
-        .arg(&runtime_root)
-        .arg("create")
-        .arg("--bundle")
-        .arg(&bundle)
-        .arg("--pid-file")
-        .arg(&pid_file);
-    if let Some((_, path)) = &console_listener {
-        cmd.arg("--console-socket").arg(path);
-    }
-    // Without a tty the init inherits the runtime's stdio: a pipe for stdin when asked.
-    let piped_stdin = args.stdin != StdinMode::None && !args.tty;
-    let spawned = cmd
-        .arg(&args.id)
-        .stdin(if piped_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some((_, path)) = &console_listener {
-                let _ = fs::remove_file(path);
-            }
-            return Err(fail(format!("cannot run {}: {e}", runtime.display())));
-        }
-    };
-    if let (Some(a), Some(w)) = (attach.as_mut(), child.stdin.take()) {
-        a.set_stdin(File::from(std::os::fd::OwnedFd::from(w)))
-            .map_err(fail)?;
-    }
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(fail("runtime pipes missing".into()));
-    };
-    sys::set_nonblocking(out.as_fd()).map_err(fail)?;
-    sys::set_nonblocking(err.as_fd()).map_err(fail)?;
-    // `child` is reaped by our own waitpid loop, never by `Child::wait`.
-    let runtime_pid = Pid::from_raw(child.id() as i32);
-
-    let mut monitor = Monitor {
-        state_dir,
-        pid_file,
-        log,
-        sfd,
-        stdout: Some(out),
-        stderr: Some(err),
-        out_buf: LineBuffer::new("stdout"),
-        err_buf: LineBuffer::new("stderr"),
-        records: Vec::new(),
-        runtime_pid,
-        create_output: Vec::new(),
-        create_done: false,
-        init_pid: None,
-        oom: None,
-        early_exits: Vec::new(),
-        init_exit: None,
-        trim_at: Some(Instant::now()),
-        console_listener,
-        console: None,
-        attach,
-    };
-    let r = monitor.run();
-    if let Some((_, path)) = monitor.console_listener.take() {
-        let _ = fs::remove_file(path);
-    }
-    r
+    sys::set_child_subreaper().map_err(|e| prepared.fail(e))?;
+    let set =
+        sys::block_signals(&[Signal::SIGCHLD, Signal::SIGUSR1]).map_err(|e| prepared.fail(e))?;
+    let sfd = sys::signal_fd(&set).map_err(|e| prepared.fail(e))?;
+    let mut pod = crate::pod::Pod::new(sfd, None, Vec::new(), true);
+    pod.push(Container::start(prepared, std::process::id(), &[])?);
+    pod.run()
 }
 
-struct Monitor {
+pub struct Container {
+    pub id: String,
     state_dir: PathBuf,
     pid_file: PathBuf,
     log: LogFile,
-    sfd: SignalFd,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     out_buf: LineBuffer,
@@ -193,13 +130,8 @@ struct Monitor {
     init_pid: Option<Pid>,
     /// The container's memory cgroup OOM counter file and its count when `create` returned.
     oom: Option<(PathBuf, u64)>,
-    /// Children reaped before we knew the init's pid.
-    early_exits: Vec<(Pid, WaitStatus, String)>,
     /// The init's wait status, when it was reaped, and the drain deadline.
     init_exit: Option<(WaitStatus, String, Instant)>,
-    /// When to drop clean file pages again (see `skiff_memtrim::trim_code_pages`): set at the first
-    /// activity after a trim, so the monitor returns to its minimal RSS within TRIM_AFTER.
-    trim_at: Option<Instant>,
     /// tty: where the runtime sends the pty master (and the socket's path).
     console_listener: Option<(UnixListener, PathBuf)>,
     /// tty: the pty master; the container's output is read from it like stdout.
@@ -215,10 +147,21 @@ enum Stream {
     Console,
 }
 
-/// What `poll` found ready.
+/// Where one container's fds sit in the poll set.
 #[derive(Default)]
-struct Ready {
-    signals: bool,
+pub struct Slots {
+    stdout: Option<usize>,
+    stderr: Option<usize>,
+    console: Option<usize>,
+    console_listener: Option<usize>,
+    attach_listener: Option<usize>,
+    sessions: Vec<(usize, usize)>,
+    stdin: Option<usize>,
+}
+
+/// What `poll` found ready for one container.
+#[derive(Default)]
+pub struct Ready {
     stdout: bool,
     stderr: bool,
     console: bool,
@@ -229,9 +172,8 @@ struct Ready {
 }
 
 impl Ready {
-    fn any(&self) -> bool {
-        self.signals
-            || self.stdout
+    pub fn any(&self) -> bool {
+        self.stdout
             || self.stderr
             || self.console
             || self.console_listener
@@ -241,66 +183,305 @@ impl Ready {
     }
 }
 
-impl Monitor {
-    fn run(&mut self) -> Result<(), String> {
-        loop {
-            let now = Instant::now();
-            if let Some((_, _, drain_until)) = &self.init_exit {
+impl Slots {
+    pub fn ready(&self, fds: &[PollFd<'_>]) -> Ready {
+        let ready = |i: Option<usize>| {
+            i.and_then(|i| fds[i].revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        Ready {
+            stdout: ready(self.stdout),
+            stderr: ready(self.stderr),
+            console: ready(self.console),
+            console_listener: ready(self.console_listener),
+            attach_listener: ready(self.attach_listener),
+            sessions: self
+                .sessions
+                .iter()
+                .filter(|(_, fi)| ready(Some(*fi)))
+                .map(|(i, _)| *i)
+                .collect(),
+            stdin: ready(self.stdin),
+        }
+    }
+}
+
+/// What a reaped child meant for a container.
+pub enum Reaped {
+    /// Not this container's child.
+    NotOurs,
+    /// This container's `create` or init; the container goes on.
+    Handled,
+    /// `create` failed: `create-error` is written and the container is done.
+    CreateFailed,
+}
+
+impl Container {
+    /// Runs `<runtime> create` for a prepared container. `monitor_pid` is written to
+    /// `<state-dir>/monitor.pid`; `host_ns` (the pod monitor's) are the namespaces the runtime
+    /// must run in (the pod monitor itself lives in the pod's). Failures are also written to
+    /// `create-error`.
+    pub fn start(p: Prepared, monitor_pid: u32, host_ns: &[OwnedFd]) -> Result<Container, String> {
+        let Prepared {
+            args,
+            state_dir,
+            runtime,
+            runtime_root,
+            bundle,
+            log,
+        } = p;
+        let _ = atomic::write_fast(
+            &state_dir.join("monitor.pid"),
+            monitor_pid.to_string().as_bytes(),
+        );
+        let fail = |msg: String| {
+            let _ = atomic::write_fast(&state_dir.join("create-error"), msg.as_bytes());
+            msg
+        };
+        let mut attach = if args.stdin != StdinMode::None || args.tty {
+            Some(Attach::bind(&state_dir, args.stdin).map_err(fail)?)
+        } else {
+            None
+        };
+        // A tty container's pty master comes over a console socket during `create`. Socket
+        // paths are short (108 bytes): it lives in the temp dir until the master arrived.
+        let console_listener = if args.tty {
+            let path = std::env::temp_dir().join(format!(
+                "skiff-monitor-{}-{}.sock",
+                std::process::id(),
+                timefmt::now().replace([':', '.'], "")
+            ));
+            let l = UnixListener::bind(&path)
+                .map_err(|e| fail(format!("console socket {}: {e}", path.display())))?;
+            Some((l, path))
+        } else {
+            None
+        };
+        let remove_console = |cl: &Option<(UnixListener, PathBuf)>| {
+            if let Some((_, path)) = cl {
+                let _ = fs::remove_file(path);
+            }
+        };
+
+        let pid_file = state_dir.join("pid");
+        let mut cmd = Command::new(&runtime);
+        sys::child_with_empty_sigmask(&mut cmd);
+        if !host_ns.is_empty() {
+            sys::child_in_namespaces(&mut cmd, host_ns.iter().map(AsRawFd::as_raw_fd).collect());
+        }
+        cmd.arg("--root")
+            .arg(&runtime_root)
+            .arg("create")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--pid-file")
+            .arg(&pid_file);
+        if let Some((_, path)) = &console_listener {
+            cmd.arg("--console-socket").arg(path);
+        }
+        // Without a tty the init inherits the runtime's stdio: a pipe for stdin when asked.
+        let piped_stdin = args.stdin != StdinMode::None && !args.tty;
+        let spawned = cmd
+            .arg(&args.id)
+            .stdin(if piped_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                remove_console(&console_listener);
+                return Err(fail(format!("cannot run {}: {e}", runtime.display())));
+            }
+        };
+        // `child` is reaped by the owner's waitpid loop, never by `Child::wait`.
+        let runtime_pid = Pid::from_raw(child.id() as i32);
+        let mut setup = || -> Result<(ChildStdout, ChildStderr), String> {
+            if let (Some(a), Some(w)) = (attach.as_mut(), child.stdin.take()) {
+                a.set_stdin(File::from(OwnedFd::from(w)))?;
+            }
+            let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+                return Err("runtime pipes missing".into());
+            };
+            sys::set_nonblocking(out.as_fd())?;
+            sys::set_nonblocking(err.as_fd())?;
+            Ok((out, err))
+        };
+        let (out, err) = match setup() {
+            Ok(p) => p,
+            Err(e) => {
+                // The runtime is reaped by the owner's loop like any stray child.
+                let _ = nix::sys::signal::kill(runtime_pid, nix::sys::signal::Signal::SIGKILL);
+                remove_console(&console_listener);
+                return Err(fail(e));
+            }
+        };
+        Ok(Container {
+            id: args.id,
+            state_dir,
+            pid_file,
+            log,
+            stdout: Some(out),
+            stderr: Some(err),
+            out_buf: LineBuffer::new("stdout"),
+            err_buf: LineBuffer::new("stderr"),
+            records: Vec::new(),
+            runtime_pid,
+            create_output: Vec::new(),
+            create_done: false,
+            init_pid: None,
+            oom: None,
+            init_exit: None,
+            console_listener,
+            console: None,
+            attach,
+        })
+    }
+
+    /// `create` has not returned yet (children reaped now may be this container's init).
+    pub fn creating(&self) -> bool {
+        !self.create_done
+    }
+
+    /// The init exited and its output is drained (or the drain timed out): time to `finish`.
+    pub fn done(&self, now: Instant) -> bool {
+        match &self.init_exit {
+            Some((_, _, drain_until)) => {
                 let drained =
                     self.stdout.is_none() && self.stderr.is_none() && self.console.is_none();
-                if drained || now >= *drain_until {
-                    break;
-                }
+                drained || now >= *drain_until
             }
-            if self.trim_at.is_some_and(|t| t <= now) {
-                skiff_memtrim::trim_code_pages();
-                self.trim_at = None;
-            }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
-            let ready = self.wait(timeout)?;
-            if ready.any() && self.trim_at.is_none() {
-                self.trim_at = Some(Instant::now() + TRIM_AFTER);
-            }
-            if ready.stdout {
-                self.read_stream(Stream::Out);
-            }
-            if ready.stderr {
-                self.read_stream(Stream::Err);
-            }
-            if ready.console_listener {
-                self.receive_console();
-            }
-            if ready.console {
-                self.read_stream(Stream::Console);
-            }
-            if let Some(a) = self.attach.as_mut() {
-                if ready.attach_listener {
-                    a.accept();
-                }
-                if !ready.sessions.is_empty() {
-                    a.read_sessions(ready.sessions);
-                }
-                if ready.stdin || a.stdin_to_write().is_some() {
-                    a.write_stdin();
-                }
-            }
-            let sig_ready = ready.signals;
-            if sig_ready {
-                let (chld, usr1) = self.read_signals();
-                if usr1 {
-                    if let Err(e) = self.log.reopen() {
-                        self.note(&format!("cannot reopen log: {e}"));
-                    }
-                }
-                if chld && self.reap()? {
-                    return Ok(()); // create failed: nothing to monitor
-                }
-            }
-            self.flush_due_partials();
-            self.write_records();
+            None => false,
         }
+    }
+
+    /// The nearest time something must happen without I/O: a partial-line flush or the end of
+    /// the drain.
+    pub fn deadline(&self) -> Option<Instant> {
+        [
+            self.out_buf.deadline(),
+            self.err_buf.deadline(),
+            self.init_exit.as_ref().map(|(_, _, d)| *d),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Adds this container's fds to the poll set.
+    pub fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) -> Slots {
+        let mut add = |fd, flags| {
+            fds.push(PollFd::new(fd, flags));
+            fds.len() - 1
+        };
+        let mut s = Slots {
+            stdout: self
+                .stdout
+                .as_ref()
+                .map(|f| add(f.as_fd(), PollFlags::POLLIN)),
+            stderr: self
+                .stderr
+                .as_ref()
+                .map(|f| add(f.as_fd(), PollFlags::POLLIN)),
+            console: self
+                .console
+                .as_ref()
+                .map(|f| add(f.as_fd(), PollFlags::POLLIN)),
+            console_listener: self
+                .console_listener
+                .as_ref()
+                .map(|(l, _)| add(l.as_fd(), PollFlags::POLLIN)),
+            ..Slots::default()
+        };
+        if let Some(a) = &self.attach {
+            s.attach_listener = Some(add(a.listener_fd(), PollFlags::POLLIN));
+            for (i, fd) in a.readable_sessions() {
+                s.sessions.push((i, add(fd, PollFlags::POLLIN)));
+            }
+            s.stdin = a.stdin_to_write().map(|fd| add(fd, PollFlags::POLLOUT));
+        }
+        s
+    }
+
+    /// Handles what `poll` found ready.
+    pub fn handle(&mut self, ready: Ready) {
+        if ready.stdout {
+            self.read_stream(Stream::Out);
+        }
+        if ready.stderr {
+            self.read_stream(Stream::Err);
+        }
+        if ready.console_listener {
+            self.receive_console();
+        }
+        if ready.console {
+            self.read_stream(Stream::Console);
+        }
+        if let Some(a) = self.attach.as_mut() {
+            if ready.attach_listener {
+                a.accept();
+            }
+            if !ready.sessions.is_empty() {
+                a.read_sessions(ready.sessions);
+            }
+            if ready.stdin || a.stdin_to_write().is_some() {
+                a.write_stdin();
+            }
+        }
+    }
+
+    /// Writes what is due: partial lines held too long, and the formatted records.
+    pub fn flush(&mut self) {
+        let now = Instant::now();
+        let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        if due(self.out_buf.deadline()) || due(self.err_buf.deadline()) {
+            let ts = timefmt::now();
+            if due(self.out_buf.deadline()) {
+                self.out_buf.flush_partial(&ts, &mut self.records);
+            }
+            if due(self.err_buf.deadline()) {
+                self.err_buf.flush_partial(&ts, &mut self.records);
+            }
+        }
+        self.write_records();
+    }
+
+    /// SIGUSR1: open the log path again (the kubelet rotated the file).
+    pub fn reopen_log(&mut self) {
+        if let Err(e) = self.log.reopen() {
+            self.note(&format!("cannot reopen log: {e}"));
+        }
+    }
+
+    /// A child was reaped: is it this container's `create` or init?
+    /// `early` holds children reaped while some `create` was running (the init can be
+    /// reparented to us, and die, before the runtime itself exits).
+    pub fn reaped(
+        &mut self,
+        pid: Pid,
+        status: WaitStatus,
+        finished_at: &str,
+        early: &mut Vec<(Pid, WaitStatus, String)>,
+    ) -> Reaped {
+        if pid == self.runtime_pid && !self.create_done {
+            if self.create_finished(status, early) {
+                return Reaped::CreateFailed;
+            }
+            Reaped::Handled
+        } else if Some(pid) == self.init_pid && self.init_exit.is_none() {
+            self.init_exited(status, finished_at.to_owned());
+            Reaped::Handled
+        } else {
+            Reaped::NotOurs
+        }
+    }
+
+    /// The init exited and was drained: flush the last pieces and write `exit`.
+    pub fn finish(mut self) {
         let ts = timefmt::now();
         self.out_buf.flush_partial(&ts, &mut self.records);
         self.err_buf.flush_partial(&ts, &mut self.records);
@@ -308,90 +489,6 @@ impl Monitor {
         if let Some((status, finished_at, _)) = self.init_exit.take() {
             self.write_exit(status, &finished_at);
         }
-        Ok(())
-    }
-
-    /// The nearest time something must happen without I/O: a partial-line flush or the end of
-    /// the drain.
-    fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.out_buf.deadline(),
-            self.err_buf.deadline(),
-            self.init_exit.as_ref().map(|(_, _, d)| *d),
-            self.trim_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    fn wait(&self, timeout: Option<Duration>) -> Result<Ready, String> {
-        let mut fds = Vec::with_capacity(8);
-        fds.push(PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN));
-        fn push<'a>(
-            fds: &mut Vec<PollFd<'a>>,
-            fd: std::os::fd::BorrowedFd<'a>,
-            flags: PollFlags,
-        ) -> usize {
-            fds.push(PollFd::new(fd, flags));
-            fds.len() - 1
-        }
-        let mut add = |fd, flags| push(&mut fds, fd, flags);
-        let out_idx = self
-            .stdout
-            .as_ref()
-            .map(|s| add(s.as_fd(), PollFlags::POLLIN));
-        let err_idx = self
-            .stderr
-            .as_ref()
-            .map(|s| add(s.as_fd(), PollFlags::POLLIN));
-        let con_idx = self
-            .console
-            .as_ref()
-            .map(|c| add(c.as_fd(), PollFlags::POLLIN));
-        let conl_idx = self
-            .console_listener
-            .as_ref()
-            .map(|(l, _)| add(l.as_fd(), PollFlags::POLLIN));
-        let mut att_idx = None;
-        let mut sess_idx = Vec::new();
-        let mut stdin_idx = None;
-        if let Some(a) = &self.attach {
-            att_idx = Some(add(a.listener_fd(), PollFlags::POLLIN));
-            for (i, fd) in a.readable_sessions() {
-                sess_idx.push((i, add(fd, PollFlags::POLLIN)));
-            }
-            stdin_idx = a.stdin_to_write().map(|fd| add(fd, PollFlags::POLLOUT));
-        }
-        let timeout = match timeout {
-            // Round up so a deadline is never polled for 0 ms repeatedly.
-            Some(t) => {
-                PollTimeout::try_from(t + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("poll: {e}")),
-        }
-        let ready = |i: Option<usize>| {
-            i.and_then(|i| fds[i].revents())
-                .is_some_and(|r| !r.is_empty())
-        };
-        Ok(Ready {
-            signals: ready(Some(0)),
-            stdout: ready(out_idx),
-            stderr: ready(err_idx),
-            console: ready(con_idx),
-            console_listener: ready(conl_idx),
-            attach_listener: ready(att_idx),
-            sessions: sess_idx
-                .into_iter()
-                .filter(|(_, fi)| ready(Some(*fi)))
-                .map(|(i, _)| i)
-                .collect(),
-            stdin: ready(stdin_idx),
-        })
     }
 
     /// tty: the runtime connected to the console socket; take the pty master it sends.
@@ -427,11 +524,12 @@ impl Monitor {
         self.console = Some(master);
     }
 
-    /// Read what is available (until EAGAIN, at most a few buffers so the other stream and
-    /// the signals get their turn). EOF closes the stream.
+    /// Read what is available (until EAGAIN, at most a few buffers so the other streams and
+    /// the signals get their turn). EOF closes the stream. The buffer is small: every stack
+    /// page it ever touched stays resident for the pod's life.
     fn read_stream(&mut self, which: Stream) {
-        let mut buf = [0u8; 32 * 1024];
-        for _ in 0..8 {
+        let mut buf = [0u8; READ_BUF];
+        for _ in 0..16 {
             let result = match which {
                 Stream::Out => self.stdout.as_mut().map(|s| s.read(&mut buf)),
                 Stream::Err => self.stderr.as_mut().map(|s| s.read(&mut buf)),
@@ -486,61 +584,23 @@ impl Monitor {
         }
     }
 
-    fn flush_due_partials(&mut self) {
-        let now = Instant::now();
-        let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-        if due(self.out_buf.deadline()) || due(self.err_buf.deadline()) {
-            let ts = timefmt::now();
-            if due(self.out_buf.deadline()) {
-                self.out_buf.flush_partial(&ts, &mut self.records);
-            }
-            if due(self.err_buf.deadline()) {
-                self.err_buf.flush_partial(&ts, &mut self.records);
-            }
-        }
-    }
-
     fn write_records(&mut self) {
         if let Err(e) = self.log.write(&self.records) {
             // Dropping log lines is better than dying: the exit code still gets recorded.
-            self.records.clear();
             self.note(&format!("cannot write log: {e}"));
         }
         self.records.clear();
-    }
-
-    /// Drain the signalfd; returns (SIGCHLD seen, SIGUSR1 seen).
-    fn read_signals(&mut self) -> (bool, bool) {
-        let (mut chld, mut usr1) = (false, false);
-        while let Ok(Some(info)) = self.sfd.read_signal() {
-            match info.ssi_signo as i32 {
-                libc::SIGCHLD => chld = true,
-                libc::SIGUSR1 => usr1 = true,
-                _ => {}
-            }
+        if self.records.capacity() > KEEP_RECORDS {
+            self.records = Vec::new();
         }
-        (chld, usr1)
-    }
-
-    /// Reap every exited child. Returns true when the monitor should stop now (create failed).
-    fn reap(&mut self) -> Result<bool, String> {
-        while let Some((pid, status)) = sys::reap_one()? {
-            let finished_at = timefmt::now();
-            if pid == self.runtime_pid {
-                if self.create_finished(status) {
-                    return Ok(true);
-                }
-            } else if Some(pid) == self.init_pid {
-                self.init_exited(status, finished_at);
-            } else if self.init_pid.is_none() {
-                self.early_exits.push((pid, status, finished_at));
-            }
-        }
-        Ok(false)
     }
 
     /// `create` returned: publish `created` or `create-error`. True when it failed.
-    fn create_finished(&mut self, status: WaitStatus) -> bool {
+    fn create_finished(
+        &mut self,
+        status: WaitStatus,
+        early: &mut Vec<(Pid, WaitStatus, String)>,
+    ) -> bool {
         // Whatever the runtime wrote before exiting is already in the pipes.
         self.read_stream(Stream::Out);
         self.read_stream(Stream::Err);
@@ -548,6 +608,7 @@ impl Monitor {
         let output = String::from_utf8_lossy(&self.create_output)
             .trim()
             .to_owned();
+        self.create_output = Vec::new();
         let failure = match status {
             WaitStatus::Exited(_, 0) => match read_pid(&self.pid_file) {
                 Ok(pid) => {
@@ -562,11 +623,10 @@ impl Monitor {
                     {
                         self.note(&format!("cannot write created: {e}"));
                     }
-                    if let Some(i) = self.early_exits.iter().position(|(p, _, _)| *p == pid) {
-                        let (_, st, at) = self.early_exits.swap_remove(i);
+                    if let Some(i) = early.iter().position(|(p, _, _)| *p == pid) {
+                        let (_, st, at) = early.swap_remove(i);
                         self.init_exited(st, at);
                     }
-                    self.early_exits.clear();
                     None
                 }
                 Err(e) => Some(format!("runtime create succeeded but {e}")),
@@ -622,6 +682,14 @@ impl Monitor {
             .open(self.state_dir.join("monitor.log"))
         {
             let _ = writeln!(f, "{} {msg}", timefmt::now());
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some((_, path)) = self.console_listener.take() {
+            let _ = fs::remove_file(path);
         }
     }
 }

@@ -1,9 +1,11 @@
-//! `skiff-monitor`: one tiny process per container (the job of conmon / containerd-shim), and the
-//! pod sandbox's built-in pause process. No async runtime, no allocator-heavy dependencies: it
-//! lives as long as the container and must stay under 1 MiB RSS.
+//! `skiff-monitor`: one tiny process per pod (the job of conmon / containerd-shim and of the
+//! pause process together). No async runtime, no allocator-heavy dependencies: it lives as long
+//! as the pod and must stay around 300 KiB RSS whatever the number of containers.
 //!
 //! Roles (see `docs/node-contracts.md`):
-//! - `pause --hostname NAME [--pid-ns yes|no] [--sandbox ID]`: `pause.rs`.
+//! - `pause --hostname NAME [--pid-ns yes|no] [--sandbox ID] [--socket-dir DIR]`: `pause.rs`;
+//!   with `--socket-dir` it is the pod monitor, which runs and monitors every container of the
+//!   pod in this one process (`pod.rs`).
 //! - `exec --runtime BIN --runtime-root DIR --id ID --process FILE --console-socket SOCK
 //!   --pid-file FILE`: a tty exec for the CRI streaming server, `exec.rs`.
 //! - `container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE
@@ -18,12 +20,13 @@ mod container;
 mod cri_log;
 mod exec;
 mod pause;
+mod pod;
 mod sys;
 mod timefmt;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: skiff-monitor pause --hostname NAME [--pid-ns yes|no] [--sandbox ID]\n       \
+const USAGE: &str = "usage: skiff-monitor pause --hostname NAME [--pid-ns yes|no] [--sandbox ID] [--socket-dir DIR]\n       \
 skiff-monitor container --runtime BIN --runtime-root DIR --bundle DIR --id ID --log-path FILE --state-dir DIR\n       \
 skiff-monitor exec --runtime BIN --runtime-root DIR --id ID --process FILE --console-socket SOCK --pid-file FILE";
 

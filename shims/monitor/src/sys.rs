@@ -166,3 +166,55 @@ pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> Result<(), Strin
     }
     Ok(())
 }
+
+/// Opens `/proc/self/ns/<kind>` for each kind (close-on-exec), to return to these namespaces
+/// later (`child_in_namespaces`).
+pub fn open_namespaces(kinds: &[&str]) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    kinds
+        .iter()
+        .map(|k| {
+            File::open(format!("/proc/self/ns/{k}"))
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|e| format!("open /proc/self/ns/{k}: {e}"))
+        })
+        .collect()
+}
+
+/// Makes `cmd`'s child enter the namespaces `fds` refer to (from `open_namespaces`) before it
+/// execs: the pod monitor lives in the pod's net/ipc/uts namespaces, the runtime it starts must
+/// not.
+pub fn child_in_namespaces(cmd: &mut std::process::Command, fds: Vec<std::os::fd::RawFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which is
+    // async-signal-safe; it reads the fd list allocated before the fork and frees nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::setns(fd, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The pod's bare pause (PID 1 of the pod's PID namespace) is killed when the pod monitor, its
+/// parent, dies.
+pub fn die_with_parent() -> Result<(), String> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))
+}
+
+/// Children forked from now on start in the PID namespace `fd` refers to (the caller's own,
+/// after an `unshare(CLONE_NEWPID)` made them start in a new one).
+pub fn set_pid_ns_for_children(fd: &std::os::fd::OwnedFd) -> Result<(), String> {
+    // SAFETY: setns(2) on a namespace fd we own; it changes only this process's namespace for
+    // future children.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+        return Err(format!(
+            "setns(CLONE_NEWPID) back to the host's: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}

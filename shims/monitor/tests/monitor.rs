@@ -325,3 +325,142 @@ fn pause_holds_namespaces_until_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// The pod monitor: a pause with `--socket-dir` runs two containers asked over its control
+/// socket, in the host's namespaces (not the pod's), logs both, records both exits, and stays
+/// the one process of the pod; SIGTERM then ends it.
+#[test]
+fn pod_monitor_runs_the_pods_containers() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    if !is_root() {
+        panic!("missing prerequisite: needs root");
+    }
+    let Some(runtime) = runtimes().into_iter().next() else {
+        panic!("missing prerequisite: neither skiff-runtime nor /usr/sbin/runc");
+    };
+    let s = Scratch::new("pod");
+    let sb_dir = s.0.join("sandbox");
+    fs::create_dir_all(&sb_dir).unwrap();
+    let mut pause = Command::new(MONITOR)
+        .args(["pause", "--hostname", "skpod", "--sandbox", "skpodsb"])
+        .arg("--socket-dir")
+        .arg(&sb_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(pause.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let pod_pid = pause.id() as i32;
+    let ask = |args: &[String]| -> String {
+        let mut c = UnixStream::connect(sb_dir.join("monitor.sock")).unwrap();
+        c.write_all(args.join("\0").as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let root = s.0.join("root");
+    let mut states = Vec::new();
+    for (i, script) in ["echo one; exit 4", "echo two >&2; sleep 1; exit 5"]
+        .iter()
+        .enumerate()
+    {
+        let dir = s.0.join(format!("c{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        let bundle = busybox_bundle(&dir, script, false);
+        let state = dir.join("state");
+        let id = format!("skpodc{i}");
+        let args: Vec<String> = [
+            "--runtime",
+            runtime.to_str().unwrap(),
+            "--runtime-root",
+            root.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--id",
+            &id,
+            "--log-path",
+            dir.join("0.log").to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        assert_eq!(ask(&args), "ok\n");
+        let created = state.join("created");
+        let got = wait_for_any(
+            &[created.clone(), state.join("create-error")],
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            got.as_deref(),
+            Some(created.as_path()),
+            "create failed: {:?}",
+            fs::read_to_string(state.join("create-error"))
+        );
+        assert_eq!(
+            fs::read_to_string(state.join("monitor.pid")).unwrap(),
+            pod_pid.to_string()
+        );
+        // The container's init is the pod monitor's child (it is their subreaper).
+        let pid = fs::read_to_string(state.join("pid")).unwrap();
+        let ppid = fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .unwrap()
+            .rsplit(") ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            ppid,
+            pod_pid.to_string(),
+            "init is not the pod monitor's child"
+        );
+        states.push((id, state, dir.join("0.log")));
+    }
+    // A bad request gets an error line and starts nothing.
+    assert!(ask(&["--id".into(), "x".into()]).starts_with("error missing required flag"));
+    for (id, _, _) in &states {
+        let ok = Command::new(&runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["start", id])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    for ((id, state, log), (code, stream, text)) in states
+        .iter()
+        .zip([(4, "stdout", "one"), (5, "stderr", "two")])
+    {
+        let exit = wait_for_any(&[state.join("exit")], Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no exit file for {id}"));
+        let exit: Value = serde_json::from_slice(&fs::read(exit).unwrap()).unwrap();
+        assert_eq!(exit["exit_code"], code, "{id}: {exit}");
+        let log = fs::read_to_string(log).unwrap();
+        assert!(
+            log.lines()
+                .map(parse_cri_line)
+                .any(|(_, s, t, c)| s == stream && t == "F" && c == text),
+            "{id}: {log}"
+        );
+        let _ = Command::new(&runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", id])
+            .status();
+    }
+    assert!(Path::new(&format!("/proc/{pod_pid}")).exists());
+    // SAFETY: plain kill(2) of the child we spawned.
+    assert_eq!(unsafe { libc::kill(pod_pid, libc::SIGTERM) }, 0);
+    assert_eq!(pause.wait().unwrap().code(), Some(0));
+    assert!(!sb_dir.join("monitor.sock").exists());
+}

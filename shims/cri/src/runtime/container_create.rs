@@ -1,5 +1,6 @@
-//! CreateContainer: overlayfs rootfs, OCI config.json, then `skiff-monitor container` which runs
-//! the runtime's `create`; we wait for its `created` / `create-error` file.
+//! CreateContainer: overlayfs rootfs, OCI config.json, then the pod monitor (the sandbox's pause,
+//! asked over its `monitor.sock`) or, for a pod without one, a `skiff-monitor container` runs the
+//! runtime's `create`; we wait for its `created` / `create-error` file.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -275,46 +276,120 @@ async fn setup(
         std::fs::create_dir_all(parent).map_err(CriError::io("creating log dir", parent))?;
     }
     let runtime = st.cfg.handler(&ct.runtime_handler)?;
-    ct.pid = start_monitor(st, ct, &runtime).await?;
+    ct.pid = start_monitor(st, ct, sb, &runtime).await?;
     ct.pid_start_time = crate::sys::proc_stat(ct.pid).map(|(t, _)| t).unwrap_or(0);
     Ok(())
 }
 
-async fn start_monitor(st: &State, ct: &Container, rt: &RuntimeHandler) -> Result<i32> {
-    let log = ct.monitor_dir.join("monitor.log");
-    let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
-    let mut child = tokio::process::Command::new(&st.cfg.monitor_bin)
-        .arg("container")
-        .arg("--runtime")
-        .arg(&rt.binary)
-        .arg("--runtime-root")
-        .arg(rt.root())
-        .arg("--bundle")
-        .arg(&ct.bundle)
-        .arg("--id")
-        .arg(&ct.id)
-        .arg("--log-path")
-        .arg(&ct.log_path)
-        .arg("--state-dir")
-        .arg(&ct.monitor_dir)
-        .arg("--stdin")
-        .arg(match (ct.config.stdin, ct.config.stdin_once) {
-            (false, _) => "none",
-            (true, false) => "open",
-            (true, true) => "once",
-        })
-        .arg("--tty")
-        .arg(if ct.config.tty { "yes" } else { "no" })
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .map_err(|e| {
+/// The monitor's `container` flags for `ct` (absolute paths: the pod monitor runs in `/`).
+fn monitor_args(ct: &Container, rt: &RuntimeHandler) -> Result<Vec<std::ffi::OsString>> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(CriError::io("resolving", p));
+    let mut args: Vec<std::ffi::OsString> = Vec::with_capacity(16);
+    let mut flag = |name: &str, value: std::ffi::OsString| {
+        args.push(name.into());
+        args.push(value);
+    };
+    flag("--runtime", rt.binary.clone().into_os_string());
+    flag("--runtime-root", abs(rt.root())?.into_os_string());
+    flag("--bundle", abs(&ct.bundle)?.into_os_string());
+    flag("--id", ct.id.clone().into());
+    flag("--log-path", abs(&ct.log_path)?.into_os_string());
+    flag("--state-dir", abs(&ct.monitor_dir)?.into_os_string());
+    let stdin = match (ct.config.stdin, ct.config.stdin_once) {
+        (false, _) => "none",
+        (true, false) => "open",
+        (true, true) => "once",
+    };
+    flag("--stdin", stdin.into());
+    flag("--tty", if ct.config.tty { "yes" } else { "no" }.into());
+    Ok(args)
+}
+
+/// Asks the pod monitor listening on `<sandbox dir>/monitor.sock` to create the container
+/// (protocol in `shims/monitor/src/pod.rs`: NUL-separated flags, one reply line).
+async fn ask_pod_monitor(sb_dir: &Path, args: &[std::ffi::OsString]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = sb_dir.join(POD_MONITOR_SOCKET);
+    let fail = |what: &str, e: std::io::Error| {
+        CriError::Monitor(format!("pod monitor at {}: {what}: {e}", sock.display()))
+    };
+    // State paths can exceed a socket address: connect through an open fd of the directory.
+    let dir = std::fs::File::open(sb_dir).map_err(CriError::io("opening", sb_dir))?;
+    let via = format!("/proc/self/fd/{}/{POD_MONITOR_SOCKET}", dir.as_raw_fd());
+    let mut request = Vec::new();
+    for a in args {
+        request.extend_from_slice(a.as_encoded_bytes());
+        request.push(0);
+    }
+    let exchange = async {
+        let mut conn = tokio::net::UnixStream::connect(&via)
+            .await
+            .map_err(|e| fail("connecting", e))?;
+        conn.write_all(&request)
+            .await
+            .map_err(|e| fail("sending the request", e))?;
+        conn.shutdown()
+            .await
+            .map_err(|e| fail("sending the request", e))?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply)
+            .await
+            .map_err(|e| fail("reading the reply", e))?;
+        Ok::<_, CriError>(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| {
             CriError::Monitor(format!(
-                "cannot start {} container: {e} (is skiff-monitor installed?)",
-                st.cfg.monitor_bin.display()
+                "pod monitor at {} did not answer within 10s",
+                sock.display()
             ))
-        })?;
+        })??;
+    drop(dir);
+    match reply.trim_end().split_once(' ') {
+        _ if reply.trim_end() == "ok" => Ok(()),
+        Some(("error", msg)) => Err(CriError::Monitor(format!("pod monitor: {msg}"))),
+        _ => Err(CriError::Monitor(format!(
+            "pod monitor at {} answered {reply:?}",
+            sock.display()
+        ))),
+    }
+}
+
+/// The pod monitor's control socket in a sandbox's directory (`skiff-monitor pause
+/// --socket-dir`).
+pub(crate) const POD_MONITOR_SOCKET: &str = "monitor.sock";
+
+async fn start_monitor(
+    st: &State,
+    ct: &Container,
+    sb: &crate::store::sandbox::Sandbox,
+    rt: &RuntimeHandler,
+) -> Result<i32> {
+    let log = ct.monitor_dir.join("monitor.log");
+    let args = monitor_args(ct, rt)?;
+    let sb_dir = super::sandbox_run::sandbox_dir(st, &sb.id);
+    let mut child = None;
+    if sb_dir.join(POD_MONITOR_SOCKET).exists() {
+        ask_pod_monitor(&sb_dir, &args).await?;
+    } else {
+        let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
+        let spawned = tokio::process::Command::new(&st.cfg.monitor_bin)
+            .arg("container")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .map_err(|e| {
+                CriError::Monitor(format!(
+                    "cannot start {} container: {e} (is skiff-monitor installed?)",
+                    st.cfg.monitor_bin.display()
+                ))
+            })?;
+        child = Some(spawned);
+    }
     let created = ct.monitor_dir.join("created");
     let create_error = ct.monitor_dir.join("create-error");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(st.cfg.create_timeout_secs);
@@ -333,14 +408,24 @@ async fn start_monitor(st: &State, ct: &Container, rt: &RuntimeHandler) -> Resul
                 message: msg.trim().to_string(),
             });
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            if !status.success() && !created.exists() && !create_error.exists() {
-                let msg = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(CriError::Monitor(format!(
-                    "monitor exited with {status}: {}",
-                    msg.trim()
-                )));
+        if let Some(child) = child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() && !created.exists() && !create_error.exists() {
+                    let msg = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Err(CriError::Monitor(format!(
+                        "monitor exited with {status}: {}",
+                        msg.trim()
+                    )));
+                }
             }
+        } else if !crate::sys::alive(sb.pause_pid, sb.pause_start_time)
+            && !created.exists()
+            && !create_error.exists()
+        {
+            return Err(CriError::Monitor(format!(
+                "the pod monitor (pid {}) of sandbox {} is gone",
+                sb.pause_pid, sb.id
+            )));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(CriError::Monitor(format!(

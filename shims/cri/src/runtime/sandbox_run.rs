@@ -287,8 +287,19 @@ async fn start_pause(
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
         .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
-        .args(["--sandbox", &sb.id])
-        .stdin(Stdio::null())
+        .args(["--sandbox", &sb.id]);
+    // The pause is then the pod monitor too: it runs and monitors the pod's containers (asked
+    // over `<dir>/monitor.sock`). With a PID namespace the process we start stays as the pod
+    // monitor and its child, PID 1 of the pod, is the pause (it dies with the monitor).
+    // Not in a pod user namespace: the pause runs as that namespace's root, which can neither
+    // go back to the host's namespaces nor run the runtime with the host's privileges; those
+    // pods keep one `skiff-monitor container` per container.
+    let pod_monitor = userns.is_none();
+    if pod_monitor {
+        let abs = std::path::absolute(dir).map_err(CriError::io("resolving", dir))?;
+        cmd.arg("--socket-dir").arg(abs);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2) and
@@ -324,8 +335,8 @@ async fn start_pause(
     drop(userns);
     let mut pid = child.id().unwrap_or(0) as i32;
     // Recorded at once: a server killed before `ready` leaves a pause its restart must find.
-    // (With --pid-ns this is the parent, which exits after forking; a kill in that window can
-    // still leave the child.)
+    // (With --pid-ns this is the pod monitor, the pause's parent: the pause dies with it, and
+    // the restart's scan by `--sandbox` finds both.)
     sb.pause_pid = pid;
     sb.pause_start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
     if let Err(e) = st.sandboxes.put(sb.clone()) {
@@ -340,21 +351,26 @@ async fn start_pause(
     )
     .await;
     let mut ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
+    let mut exited = false;
     if pid_ns {
-        // `ready <pid>`: the pause is the forked child (PID 1 of the pod's PID namespace); the
-        // process we started exits at once.
+        // `ready <pid>`: the pause is the forked child (PID 1 of the pod's PID namespace). The
+        // process we started stays as the pod monitor (and is what `pause_children` holds), or
+        // without one exits at once.
         if let Some(p) = line
             .trim()
             .strip_prefix("ready ")
             .and_then(|p| p.parse::<i32>().ok())
         {
             ready = true;
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             pid = p;
+            if !pod_monitor {
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                exited = true;
+            }
         }
     }
     let start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
-    if !pid_ns || !ready {
+    if !exited {
         st.pause_children
             .lock()
             .expect("pause map poisoned")

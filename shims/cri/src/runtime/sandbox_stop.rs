@@ -78,9 +78,10 @@ async fn stop_pause(st: &State, sb: &Sandbox) {
         .expect("pause map poisoned")
         .remove(&sb.id);
     if let Some(mut child) = child {
+        // The pod monitor (the pause itself, or with a PID namespace the pause's parent, whose
+        // death kills the pause): then make sure the pause is gone too.
         let _ = child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        return;
     }
     if sb.pause_pid <= 0 || !crate::sys::alive(sb.pause_pid, sb.pause_start_time) {
         return;
