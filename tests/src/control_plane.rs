@@ -614,9 +614,42 @@ impl Drop for ControlPlane {
                 remove_cgroup_tree(&c.path().join(agent.cgroup_root.trim_start_matches('/')));
             }
         }
+        // Rules the CNI plugins made for pods of this slot that were not torn down (a pod
+        // killed with the server): found by their comment, removed by handle.
+        remove_cni_rules(&format!("net=skiff-{} ", agent.bridge));
         if agent.created_nft_table && !other_slots_held(agent.slot) {
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", "skiff-cni"])
+                .status();
+        }
+    }
+}
+
+/// Deletes the rules of `inet skiff-cni` whose comment contains `tag` (best effort: nothing is
+/// done when `nft` is missing or cannot list the table).
+fn remove_cni_rules(tag: &str) {
+    let Ok(out) = Command::new("nft")
+        .args(["-j", "list", "table", "inet", "skiff-cni"])
+        .output()
+    else {
+        return;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return;
+    };
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let r = &item["rule"];
+        let (Some(chain), Some(handle), Some(comment)) = (
+            r["chain"].as_str(),
+            r["handle"].as_u64(),
+            r["comment"].as_str(),
+        ) else {
+            continue;
+        };
+        if comment.contains(tag) {
+            let _ = Command::new("nft")
+                .args(["delete", "rule", "inet", "skiff-cni", chain, "handle"])
+                .arg(handle.to_string())
                 .status();
         }
     }
