@@ -4,24 +4,14 @@
 //! `--log`, dispatch to one module per verb (`commands/`), and print any error as one line on
 //! stderr (and in the log) with exit status 1. The command line and the `state` JSON follow runc,
 //! so the CRI server (and containerd) can drive it like runc. See `docs/node-contracts.md`.
-//!
-//! No Rust `main`: the C `main` below takes argv from the C runtime and skips std's runtime
-//! set-up (as skiff-cni does). That lets the shipped build link against musl's `libc.a`
-//! (feature `musl-link`, scripts/build-runtime.sh), where std's own argv capture sees nothing,
-//! and static glibc's start-up (~0.8 ms of `cpuid` cache sizing, each a VM exit on virtual
-//! machines) is not paid by every invocation and again by the sealed re-exec.
-// (Unit tests keep the test harness's own `main`.)
-#![cfg_attr(not(test), no_main)]
 
 mod bundle;
 mod commands;
 mod logging;
-#[cfg(all(feature = "musl-link", target_arch = "x86_64"))]
-mod musl_link;
 mod sys;
 
-use std::ffi::OsString;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -92,58 +82,8 @@ enum Command {
     Events(commands::events::Args),
 }
 
-/// The program's entry, called by the C runtime with the real argument vector.
-///
-/// # Safety
-/// `argv` holds `argc` valid NUL-terminated strings, as the C runtime guarantees.
-#[cfg(not(test))]
-#[no_mangle]
-pub unsafe extern "C" fn main(
-    argc: std::ffi::c_int,
-    argv: *const *const std::ffi::c_char,
-) -> std::ffi::c_int {
-    use std::ffi::CStr;
-    use std::os::unix::ffi::OsStringExt;
-    let args: Vec<OsString> = (0..argc.max(0) as usize)
-        // SAFETY: the C runtime passes argc valid NUL-terminated strings.
-        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) })
-        .map(|s| OsString::from_vec(s.to_bytes().to_vec()))
-        .collect();
-    std_setup();
-    let code = run(args);
-    // std's exit flushes stdout, which returning to the C runtime would not.
-    std::process::exit(code)
-}
-
-/// What std's runtime set-up did that matters here: closed standard descriptors get
-/// /dev/null (so no file we open lands on fd 0-2), and SIGPIPE is ignored (a write to a gone
-/// reader fails with EPIPE instead of killing us).
-#[cfg(not(test))]
-fn std_setup() {
-    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
-        fd,
-        events: 0,
-        revents: 0,
-    });
-    // SAFETY: poll on three valid pollfd structs; open/dup2 only fill closed standard fds.
-    unsafe {
-        if libc::poll(fds.as_mut_ptr(), 3, 0) >= 0 {
-            for p in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 && null != p.fd {
-                    libc::dup2(null, p.fd);
-                    libc::close(null);
-                }
-            }
-        }
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
-}
-
-/// Everything `main` does once argv is in hand; returns the exit status.
-#[cfg_attr(test, allow(dead_code))]
-fn run(args: Vec<OsString>) -> i32 {
-    let cli = Cli::parse_from(&args);
+fn main() -> ExitCode {
+    let cli = Cli::parse();
     // These verbs fork processes that join the container while still running this binary:
     // make sure those cannot write to it first (CVE-2019-5736, see sys::sealed_exe).
     let seal = match &cli.command {
@@ -156,11 +96,11 @@ fn run(args: Vec<OsString>) -> i32 {
     if let Some(bundle) = seal {
         // The bundle is read only if the kernel cannot make a detached read-only mount.
         let allow_private_ns = || bundle.is_none_or(bundle_allows_private_ns);
-        if let Err(err) = sys::sealed_exe::ensure_sealed(&args, allow_private_ns) {
+        if let Err(err) = sys::sealed_exe::ensure_sealed(allow_private_ns) {
             eprintln!(
                 "skiff-runtime: cannot re-execute from a sealed copy of /proc/self/exe: {err}"
             );
-            return 1;
+            return ExitCode::FAILURE;
         }
     }
     if seal.is_some() {
@@ -179,7 +119,7 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(logger) => logger,
         Err(err) => {
             eprintln!("skiff-runtime: {err:#}");
-            return 1;
+            return ExitCode::FAILURE;
         }
     };
     let globals = commands::Globals {
@@ -206,7 +146,7 @@ fn run(args: Vec<OsString>) -> i32 {
         Command::Events(args) => commands::events::events(args, &globals).map(|()| 0),
     };
     match result {
-        Ok(code) => u8::try_from(code).map_or(255, i32::from),
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(err) => {
             // `{:#}` joins the whole cause chain with ": "; newlines from any source are
             // flattened so the caller always gets exactly one line.
@@ -215,9 +155,9 @@ fn run(args: Vec<OsString>) -> i32 {
             eprintln!("skiff-runtime: {line}");
             // runc exits 255 when `exec` itself fails (1 may be the process's own status).
             if is_exec {
-                255
+                ExitCode::from(255)
             } else {
-                1
+                ExitCode::FAILURE
             }
         }
     }

@@ -165,10 +165,7 @@ fn reexec_from_detached_ro_mount(argv: &[&CStr], envp: &[&CStr]) -> io::Result<(
 /// (before 5.12), from a read-only bind mount in a private mount namespace when
 /// `allow_private_ns()` says the bundle allows it, else from a sealed memfd copy. Never
 /// returns on success of a re-exec.
-pub fn ensure_sealed(
-    args: &[std::ffi::OsString],
-    allow_private_ns: impl FnOnce() -> bool,
-) -> io::Result<()> {
+pub fn ensure_sealed(allow_private_ns: impl FnOnce() -> bool) -> io::Result<()> {
     if is_sealed()? {
         return Ok(());
     }
@@ -176,7 +173,7 @@ pub fn ensure_sealed(
     if on_read_only_mount(&exe) {
         return Ok(());
     }
-    let (args, env) = argv_envp(args)?;
+    let (args, env) = argv_envp()?;
     let argv: Vec<&CStr> = args.iter().map(CString::as_c_str).collect();
     let envp: Vec<&CStr> = env.iter().map(CString::as_c_str).collect();
     if let Err(err) = reexec_from_detached_ro_mount(&argv, &envp) {
@@ -241,11 +238,8 @@ pub fn ensure_sealed(
     Err(io::Error::from(err))
 }
 
-/// Our argv (as the C runtime gave it; std's capture is not used, see main.rs) and environment
-/// as C strings.
-fn argv_envp(args: &[std::ffi::OsString]) -> io::Result<(Vec<CString>, Vec<CString>)> {
-    let args: Vec<CString> = args
-        .iter()
+fn argv_envp() -> io::Result<(Vec<CString>, Vec<CString>)> {
+    let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()).map_err(io::Error::other))
         .collect::<io::Result<_>>()?;
     let env: Vec<CString> = std::env::vars_os()
