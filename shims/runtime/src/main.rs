@@ -103,13 +103,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if seal.is_some() {
-        // Something in the container's init asks std whether AVX2 is there; asked first in
-        // its clone, that costs a dozen `cpuid`s (each a VM exit on virtual machines, ~20 us
-        // here). Asked once here, the answer is inherited by every process we fork.
-        #[cfg(target_arch = "x86_64")]
-        let _ = std::arch::is_x86_feature_detected!("avx2");
-    }
     let level = if cli.debug {
         tracing::Level::DEBUG
     } else {
