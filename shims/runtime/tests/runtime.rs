@@ -297,6 +297,10 @@ fn run_cleans_up_runs_poststop_and_keeps_on_request() {
         let out = run(&["--keep"], "skrun2");
         assert_eq!(out.status.code(), Some(3), "run --keep: {out:?}");
         assert_eq!(state(&s, RUNTIME, "skrun2")["status"], "stopped");
+        assert!(
+            !cgroup_left(&cgroup).is_empty(),
+            "--keep removed the cgroup"
+        );
         let out = rt(&s, RUNTIME, &["delete", "skrun2"]);
         assert!(out.status.success(), "delete: {out:?}");
         assert!(!root.join("skrun2").exists());

@@ -44,8 +44,9 @@ pub struct Args {
     /// Accepted for runc compatibility.
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Do not delete the container after it exits (as runc's `run --keep`).
-    #[arg(long, conflicts_with = "detach")]
+    /// Do not delete the container after it exits (as runc's `run --keep`; no effect with
+    /// --detach).
+    #[arg(long)]
     pub keep: bool,
     /// Container id.
     pub id: String,
@@ -98,7 +99,9 @@ pub fn run(args: Args, globals: &Globals) -> Result<i32> {
 /// Falls back to `Container::delete` (which kills what is left, retries and runs poststop
 /// hooks) whenever the short path does not apply or a directory cannot be removed.
 fn remove_stopped(container: &mut Container) -> Result<()> {
-    let config = container.spec()?;
+    let Ok(config) = container.spec() else {
+        return Ok(container.delete(true)?);
+    };
     let hooks = config
         .hooks
         .as_ref()
