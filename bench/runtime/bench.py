@@ -12,6 +12,8 @@ The driver is a child subreaper, so it can waitpid() the container init (read fr
 --pid-file) instead of polling `state`. Figures are medians; CPU is user+sys of the runtime
 processes only; peak RSS is the median max RSS of 10 `create`s under GNU time (for skiff-runtime it
 includes the sealed re-exec of itself, which keeps the same pid).
+SKIFF_RUNTIME_BASE=<binary> adds another skiff-runtime build (e.g. the previous commit's) as
+`skiff_base`, measured in the same rounds, for before/after figures.
 """
 
 import ctypes
@@ -188,6 +190,9 @@ def main():
             Runtime("crun", shutil.which("crun"), os.path.join(states, "root-crun")),
             Runtime("runc", shutil.which("runc"), os.path.join(states, "root-runc")),
         ]
+        base = os.environ.get("SKIFF_RUNTIME_BASE")
+        if base:
+            runtimes.append(Runtime("skiff_base", base, os.path.join(states, "root-skiff-base")))
         pidfile = os.path.join(states, "pid")
         # Warm-up: page cache, first-use directories.
         for r in runtimes:
@@ -210,11 +215,13 @@ def main():
         by = {r.name: r for r in runtimes}
 
         def line(metric, values, fmt="{:.1f}"):
-            names = ("skiff", "crun", "runc", "skiff_robind")
+            names = ("skiff", "crun", "runc", "skiff_robind") + (("skiff_base",) if base else ())
             parts = [f"{n}={fmt.format(values[n])}" for n in names]
             ratios = [
                 f"ratio_{n}={values['skiff'] / values[n]:.2f}" for n in ("crun", "runc")
             ] + [f"robind_ratio_crun={values['skiff_robind'] / values['crun']:.2f}"]
+            if base:
+                ratios.append(f"base_ratio_crun={values['skiff_base'] / values['crun']:.2f}")
             print(f"{metric} {' '.join(parts)} {' '.join(ratios)}")
 
         med = statistics.median
