@@ -2,7 +2,8 @@
 # Service proxy and cluster DNS benchmark: skiff-proxy (nftables over netlink) vs upstream
 # kube-proxy's iptables-mode rules for the same 1,000 services x 10 endpoints (iptables-restore),
 # and skiff-dns vs dnsmasq serving the same 1,000 names. Runs in a network namespace of its
-# own (root). SK_BENCH_ROUNDS (default 5) rounds of the sync figures.
+# own (root). SK_BENCH_ROUNDS (default 5) rounds of the sync figures; SK_BENCH_ONLY=dns or
+# =proxy runs one half.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v dnsmasq > /dev/null || { echo "dnsmasq is missing: apt-get install dnsmasq-base" >&2; exit 1; }

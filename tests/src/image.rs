@@ -249,3 +249,49 @@ pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<S
     }
     Ok(image.manifest.digest.clone())
 }
+
+/// `image` with one more plain tar layer on top holding `files` (path, mode, owner uid and gid,
+/// contents), e.g. an `/etc/group` that lists a user as a member.
+pub fn with_layer(image: &OciImage, files: &[(&str, u32, u32, &[u8])]) -> Result<OciImage> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, mode, owner, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_uid((*owner).into());
+        h.set_gid((*owner).into());
+        h.set_cksum();
+        b.append_data(&mut h, path, *data)
+            .map_err(io_err("building layer"))?;
+    }
+    let tar = b.into_inner().map_err(io_err("building layer"))?;
+    let diff_id = sha256(&tar);
+    let layer = Blob::new(MEDIA_LAYER_TAR, tar);
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config.data)
+        .map_err(|e| HarnessError::Other(format!("image config is not JSON: {e}")))?;
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .ok_or_else(|| HarnessError::Other("image config has no diff_ids".into()))?
+        .push(json!(diff_id));
+    let config = Blob::new(MEDIA_CONFIG, serde_json::to_vec(&config).expect("JSON"));
+    let mut layers = image.layers.clone();
+    layers.push(layer);
+    let descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.data.len()}))
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config.digest, "size": config.data.len()},
+        "layers": descs,
+    });
+    let manifest = Blob::new(MEDIA_MANIFEST, serde_json::to_vec(&manifest).expect("JSON"));
+    Ok(OciImage {
+        config,
+        layers,
+        manifest,
+    })
+}

@@ -14,7 +14,7 @@ pub mod netns;
 pub mod registry;
 
 pub use cri_env::CriEnv;
-pub use image::{build_busybox_image, push, OciImage};
+pub use image::{build_busybox_image, push, with_layer, OciImage};
 pub use registry::Registry;
 
 /// Errors of the harness.

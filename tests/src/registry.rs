@@ -18,11 +18,17 @@ use crate::{io_err, HarnessError, Result};
 pub const REGISTRY_ADDR: &str = "127.0.0.1:5000";
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const LOCK_FILE: &str = "/tmp/skiff-test-registry.lock";
+/// Every test process that uses a registry another process started holds a shared flock(2) on
+/// this file while it does; the starter takes it exclusively before it stops the registry, so a
+/// registry is never stopped under another test process's pulls.
+const USERS_FILE: &str = "/tmp/skiff-test-registry.users";
 
 pub struct Registry {
     addr: String,
     child: Option<Child>,
     _storage: Option<tempfile::TempDir>,
+    /// A user's shared lock on [`USERS_FILE`] (only when another process started the registry).
+    _user: Option<FileLock>,
 }
 
 static SHARED: Mutex<Weak<Registry>> = Mutex::new(Weak::new());
@@ -80,6 +86,10 @@ struct FileLock(#[allow(dead_code)] std::fs::File);
 
 impl FileLock {
     fn take(path: &str) -> Result<FileLock> {
+        Self::take_as(path, libc::LOCK_EX)
+    }
+
+    fn take_as(path: &str, op: libc::c_int) -> Result<FileLock> {
         use std::os::fd::AsRawFd;
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -88,7 +98,7 @@ impl FileLock {
             .open(path)
             .map_err(io_err(format!("opening {path}")))?;
         // SAFETY: flock(2) on a descriptor we own for the whole call.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
         if rc != 0 {
             return Err(io_err(format!("locking {path}"))(
                 std::io::Error::last_os_error(),
@@ -110,22 +120,26 @@ impl Registry {
         Ok(r)
     }
 
+    /// A handle on the registry that already answers, if one does.
+    fn reuse() -> Result<Option<Registry>> {
+        // The shared lock first: a registry that answers after it is taken stays up.
+        let user = FileLock::take_as(USERS_FILE, libc::LOCK_SH)?;
+        Ok(answers(REGISTRY_ADDR).then(|| Registry {
+            addr: REGISTRY_ADDR.into(),
+            child: None,
+            _storage: None,
+            _user: Some(user),
+        }))
+    }
+
     /// Starts `docker-registry` on 127.0.0.1:5000 unless something already answers there.
     pub fn start() -> Result<Registry> {
-        if answers(REGISTRY_ADDR) {
-            return Ok(Registry {
-                addr: REGISTRY_ADDR.into(),
-                child: None,
-                _storage: None,
-            });
+        if let Some(r) = Self::reuse()? {
+            return Ok(r);
         }
         let _lock = FileLock::take(LOCK_FILE)?;
-        if answers(REGISTRY_ADDR) {
-            return Ok(Registry {
-                addr: REGISTRY_ADDR.into(),
-                child: None,
-                _storage: None,
-            });
+        if let Some(r) = Self::reuse()? {
+            return Ok(r);
         }
         let storage = tempfile::Builder::new()
             .prefix("sk-registry-")
@@ -186,6 +200,7 @@ impl Registry {
             addr: REGISTRY_ADDR.into(),
             child: Some(child),
             _storage: Some(storage),
+            _user: None,
         })
     }
 
@@ -203,6 +218,8 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
+            // Wait until no other test process uses it (they hold shared locks).
+            let _all_gone = FileLock::take(USERS_FILE);
             // Stop by PID: only the process we started.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

@@ -442,6 +442,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    proxy_bench(rounds);
-    dns_bench(2.0, 4);
+    // SK_BENCH_ONLY=dns or =proxy runs one half.
+    let only = std::env::var("SK_BENCH_ONLY").unwrap_or_default();
+    if only != "dns" {
+        proxy_bench(rounds);
+    }
+    if only != "proxy" {
+        dns_bench(2.0, 4);
+    }
 }

@@ -5,9 +5,10 @@
 //! `rbac.authorization.kubernetes.io/autoupdate` annotation is not `"false"` get missing rules
 //! and subjects added (nothing is removed), as upstream's reconciliation does.
 //!
-//! Skiff's one deviation: the controllers run in-process with one client (user
-//! `system:kube-controller-manager`), so each `system:controller:<name>` role is also bound to
-//! that user by a `skiff:controller:<name>` ClusterRoleBinding.
+//! The controllers run as upstream's do with `--use-service-account-credentials`: each one with a
+//! token of its service account `kube-system/<name>`, bound to `system:controller:<name>`.
+//! Earlier Skiff versions also bound every controller role to `system:kube-controller-manager`
+//! (`skiff:controller:<name>` bindings); [`reconcile`] deletes those.
 
 use crate::handlers::{self, Ctx};
 use crate::rbac::{Rule, GROUP};
@@ -721,13 +722,15 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
         (
             "deployment-controller",
             vec![
+                // Upstream's role has update only; Skiff's controller writes the revision
+                // annotation and the status by merge patch (the same rights).
                 r(
-                    &["get", "list", "update", "watch"],
+                    &["get", "list", "patch", "update", "watch"],
                     &["apps", "extensions"],
                     &["deployments"],
                 ),
                 r(
-                    &["update"],
+                    &["patch", "update"],
                     &["apps", "extensions"],
                     &["deployments/status"],
                 ),
@@ -896,8 +899,9 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                     &["apps", "extensions"],
                     &["replicasets"],
                 ),
+                // Upstream: update only; Skiff's controller writes status by merge patch.
                 r(
-                    &["update"],
+                    &["patch", "update"],
                     &["apps", "extensions"],
                     &["replicasets/status"],
                 ),
@@ -922,7 +926,11 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                     &[CORE],
                     &["replicationcontrollers"],
                 ),
-                r(&["update"], &[CORE], &["replicationcontrollers/status"]),
+                r(
+                    &["patch", "update"],
+                    &[CORE],
+                    &["replicationcontrollers/status"],
+                ),
                 r(&["update"], &[CORE], &["replicationcontrollers/finalizers"]),
                 r(
                     &["create", "delete", "list", "patch", "watch"],
@@ -977,7 +985,13 @@ pub fn controller_roles() -> Vec<(&'static str, Vec<Rule>)> {
                     &["controllerrevisions"],
                 ),
                 r(&["create", "get"], &[CORE], &["persistentvolumeclaims"]),
-                r(&["delete", "update"], &[CORE], &["persistentvolumeclaims"]),
+                // Upstream: delete and update (retention policy owner references); Skiff's
+                // controller sets them by merge patch.
+                r(
+                    &["delete", "patch", "update"],
+                    &[CORE],
+                    &["persistentvolumeclaims"],
+                ),
                 events(),
             ],
         ),
@@ -1149,12 +1163,7 @@ pub fn cluster_role_bindings() -> Vec<(String, String, Vec<Value>)> {
     ];
     for (name, _) in controller_roles() {
         let role = format!("system:controller:{name}");
-        v.push((role.clone(), role.clone(), vec![sa(name)]));
-        v.push((
-            format!("skiff:controller:{name}"),
-            role,
-            vec![user("system:kube-controller-manager")],
-        ));
+        v.push((role.clone(), role, vec![sa(name)]));
     }
     v
 }
@@ -1190,6 +1199,18 @@ pub async fn reconcile(ctx: &Ctx) {
             "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": role},
             "subjects": subjects});
         top_up(ctx, &crb, o, "subjects").await;
+    }
+    // Bindings of earlier versions that gave the controller manager every controller's rights.
+    for (name, _) in controller_roles() {
+        let key = crb.key(None, &format!("skiff:controller:{name}"));
+        if let Ok(Some(kv)) = ctx.store.get(&key).await {
+            let bootstrapped = handlers::decode_as(&crb, &kv).is_ok_and(|o| {
+                o["metadata"]["labels"]["kubernetes.io/bootstrapping"] == "rbac-defaults"
+            });
+            if bootstrapped {
+                let _ = ctx.store.delete(&key, Some(kv.mod_revision)).await;
+            }
+        }
     }
     ctx.rbac.invalidate();
 }

@@ -93,7 +93,7 @@ async fn run_inner(
 ) -> Result<(), ControllerError> {
     let (_own_tx, own_rx) = tokio::sync::watch::channel(false);
     let csrs: Arc<Informer<CertificateSigningRequest>> =
-        Informer::start(Api::all(ctx.client.clone()), own_rx);
+        Informer::start(Api::all(ctx.reader.clone()), own_rx);
     let queue = WorkQueue::new();
     let mut rx = csrs.subscribe();
     csrs.ready().await;

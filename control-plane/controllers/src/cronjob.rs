@@ -46,14 +46,15 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (jobs, job_events) = workload::reflect(Api::<Job>::all(client.clone()));
+        let reader = ctx.reader.clone();
+        let (jobs, job_events) = workload::reflect(Api::<Job>::all(reader.clone()));
         let st = Arc::new(State {
             client: client.clone(),
             jobs: jobs.clone(),
             rec: workload::recorder(&client, "cronjob-controller"),
         });
         let ctl = Controller::new(
-            Api::<CronJob>::all(client.clone()),
+            Api::<CronJob>::all(reader.clone()),
             watcher::Config::default(),
         )
         .owns_stream(job_events)

@@ -54,8 +54,9 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
+        let reader = ctx.reader.clone();
         let (pods, pod_events) = ctx.pods.subscribe();
-        let (nodes, node_events) = workload::reflect(Api::<Node>::all(client.clone()));
+        let (nodes, node_events) = workload::reflect(Api::<Node>::all(reader.clone()));
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -64,7 +65,7 @@ pub fn run(
             rec: workload::recorder(&client, "daemonset-controller"),
         });
         let ctl = Controller::new(
-            Api::<DaemonSet>::all(client.clone()),
+            Api::<DaemonSet>::all(reader.clone()),
             watcher::Config::default(),
         )
         .owns_shared_stream(pod_events)

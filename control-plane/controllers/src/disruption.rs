@@ -86,12 +86,12 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
     let (_own_tx, own_rx) = tokio::sync::watch::channel(false);
     let c = Arc::new(Ctl {
         client: ctx.client.clone(),
-        pdbs: Informer::start(Api::all(ctx.client.clone()), own_rx.clone()),
+        pdbs: Informer::start(Api::all(ctx.reader.clone()), own_rx.clone()),
         pods: ctx.informers.pods(),
         rss: ctx.informers.replicasets(),
         deployments: ctx.informers.deployments(),
         rcs: ctx.informers.replication_controllers(),
-        stss: Informer::start(Api::all(ctx.client.clone()), own_rx),
+        stss: Informer::start(Api::all(ctx.reader.clone()), own_rx),
         queue: WorkQueue::new(),
         rec: Recorder::new(ctx.client.clone(), COMPONENT),
     });

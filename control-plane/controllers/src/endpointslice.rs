@@ -136,7 +136,7 @@ pub(crate) async fn wait_ready(st: &Stores) -> Result<(), ControllerError> {
 
 async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), ControllerError> {
     let queue = Queue::default();
-    let st = start_informers(&ctx.client, &queue);
+    let st = start_informers(&ctx.reader, &queue);
     wait_ready(&st).await?;
     tracing::info!(controller = NAME, "caches synced");
     let work = async {

@@ -73,7 +73,7 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
     let (_own_tx, own_rx) = tokio::sync::watch::channel(false);
     let c = Arc::new(Ctl {
         client: ctx.client.clone(),
-        hpas: Informer::start(Api::all(ctx.client.clone()), own_rx),
+        hpas: Informer::start(Api::all(ctx.reader.clone()), own_rx),
         queue: WorkQueue::new(),
         rec: Recorder::new(ctx.client.clone(), COMPONENT),
         warned: Mutex::default(),

@@ -56,6 +56,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
+        let reader = ctx.reader.clone();
         let (pods, pod_events) = ctx.pods.subscribe();
         let st = Arc::new(State {
             client: client.clone(),
@@ -65,7 +66,7 @@ pub fn run(
             deleted: Mutex::default(),
             last_failure: Mutex::default(),
         });
-        let ctl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+        let ctl = Controller::new(Api::<Job>::all(reader.clone()), watcher::Config::default())
             .owns_shared_stream(pod_events);
         let jobs = ctl.store();
         let orphans = tokio::spawn(release_orphans(st.clone(), jobs));

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use kube::Client;
 
 pub mod certificates;
+pub mod credentials;
 pub mod deployment;
 pub mod disruption;
 pub mod events;
@@ -51,7 +52,12 @@ mod workload;
 /// What every controller gets: an API client (its identity) and the shared informers.
 #[derive(Clone)]
 pub struct Context {
+    /// The controller's own identity (its service account's token, see [`credentials`]).
     pub client: Client,
+    /// The controller manager's identity, for the caches (lists and watches) a controller keeps:
+    /// as upstream, controllers read through informers of the manager and write as themselves.
+    pub reader: Client,
+    /// Shared informers, run with the controller manager's identity.
     pub informers: Arc<informer::Informers>,
     /// The process's one pod cache (a shared informer) for the controllers that read pods.
     pub pods: workload::SharedPods,
@@ -61,32 +67,69 @@ pub struct Context {
 type Runner =
     fn(Context, BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), ControllerError>>;
 
-/// Every controller `skiff server` runs, in start order.
-fn controllers() -> Vec<(&'static str, Runner)> {
+/// Every controller `skiff server` runs, in start order, with the service account it runs as.
+fn controllers() -> Vec<(&'static str, &'static str, Runner)> {
     vec![
-        ("replicaset", replicaset::run_replicasets),
+        (
+            "replicaset",
+            "replicaset-controller",
+            replicaset::run_replicasets,
+        ),
         (
             "replicationcontroller",
+            "replication-controller",
             replicaset::run_replication_controllers,
         ),
-        ("deployment", deployment::run),
-        ("garbagecollector", gc::run),
-        ("nodelifecycle", nodelifecycle::run),
-        ("podgc", podgc::run),
-        ("job", job::run),
-        ("ttl-after-finished", ttl_after_finished::run),
-        ("cronjob", cronjob::run),
-        ("daemonset", daemonset::run),
-        ("statefulset", statefulset::run),
-        ("persistentvolume-binder", storage::run),
-        (endpointslice::NAME, endpointslice::run),
-        (endpoints::NAME, endpoints::run),
-        ("namespace", namespace::run),
-        (disruption::COMPONENT, disruption::run),
-        (certificates::APPROVER, certificates::run_approver),
-        (certificates::SIGNER, certificates::run_signer),
-        (hpa::COMPONENT, hpa::run),
+        ("deployment", "deployment-controller", deployment::run),
+        ("garbagecollector", "generic-garbage-collector", gc::run),
+        ("nodelifecycle", "node-controller", nodelifecycle::run),
+        ("podgc", "pod-garbage-collector", podgc::run),
+        ("job", "job-controller", job::run),
+        (
+            "ttl-after-finished",
+            "ttl-after-finished-controller",
+            ttl_after_finished::run,
+        ),
+        ("cronjob", "cronjob-controller", cronjob::run),
+        ("daemonset", "daemon-set-controller", daemonset::run),
+        ("statefulset", "statefulset-controller", statefulset::run),
+        (
+            "persistentvolume-binder",
+            "persistent-volume-binder",
+            storage::run,
+        ),
+        (
+            endpointslice::NAME,
+            "endpointslice-controller",
+            endpointslice::run,
+        ),
+        (endpoints::NAME, "endpoint-controller", endpoints::run),
+        ("namespace", "namespace-controller", namespace::run),
+        (
+            disruption::COMPONENT,
+            "disruption-controller",
+            disruption::run,
+        ),
+        (
+            certificates::APPROVER,
+            "certificate-controller",
+            certificates::run_approver,
+        ),
+        (
+            certificates::SIGNER,
+            "certificate-controller",
+            certificates::run_signer,
+        ),
+        (hpa::COMPONENT, "horizontal-pod-autoscaler", hpa::run),
     ]
+}
+
+/// Every service account (in `kube-system`) a controller runs as: upstream's names, each bound
+/// to its `system:controller:<name>` ClusterRole by the default policy.
+pub fn service_accounts() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = controllers().into_iter().map(|(_, sa, _)| sa).collect();
+    v.dedup();
+    v
 }
 
 /// Runs the controllers until `stop` completes, while this process holds the controller lease
@@ -95,7 +138,8 @@ pub async fn run(
     config: kube::Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let client = Client::try_from(config)?;
+    let client = Client::try_from(config.clone())?;
+    let credentials = credentials::Credentials::new(client.clone(), config);
     let elector = leader::Elector::new(client.clone(), leader::host_identity().await);
     tokio::pin!(stop);
     loop {
@@ -104,7 +148,7 @@ pub async fn run(
             _ = elector.acquire() => {}
         }
         let (term_tx, term_rx) = tokio::sync::watch::channel(false);
-        let term = run_all(client.clone(), async move {
+        let term = run_all(client.clone(), credentials.clone(), async move {
             let mut r = term_rx;
             let _ = r.wait_for(|s| *s).await;
         });
@@ -131,19 +175,37 @@ pub async fn run(
 /// after a pause; the others go on.
 async fn run_all(
     client: Client,
+    credentials: credentials::Credentials,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let ctx = Context {
         informers: Arc::new(informer::Informers::new(client.clone(), rx.clone())),
         pods: workload::SharedPods::new(client.clone()),
+        reader: client.clone(),
         client,
     };
     let mut tasks = Vec::new();
-    for (name, runner) in controllers() {
-        let ctx = ctx.clone();
+    for (name, sa, runner) in controllers() {
+        let mut ctx = ctx.clone();
         let rx = rx.clone();
+        let credentials = credentials.clone();
         tasks.push(tokio::spawn(async move {
+            // The controller's own identity; the shared informers keep the manager's.
+            loop {
+                match credentials.client_for(sa, rx.clone()).await {
+                    Ok(c) => {
+                        ctx.client = c;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(controller = name, service_account = sa, error = %e, "no token for the controller yet; trying again"),
+                }
+                let mut rx2 = rx.clone();
+                tokio::select! {
+                    _ = rx2.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
             loop {
                 let mut stop_rx = rx.clone();
                 let stop: BoxFuture<'static, ()> = Box::pin(async move {

@@ -78,8 +78,9 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
+        let reader = ctx.reader.clone();
         let queue = WorkQueue::with_max_backoff(MAX_BACKOFF);
-        let (store, events) = keyqueue::informer(Api::<Namespace>::all(client.clone()));
+        let (store, events) = keyqueue::informer(Api::<Namespace>::all(reader.clone()));
         let feed = {
             let queue = queue.clone();
             events.for_each(move |ev| {

@@ -54,6 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
+        let reader = ctx.reader.clone();
         let (pods, pod_events) = ctx.pods.subscribe();
         let st = Arc::new(State {
             client: client.clone(),
@@ -62,7 +63,7 @@ pub fn run(
             rec: workload::recorder(&client, "statefulset-controller"),
         });
         let ctl = Controller::new(
-            Api::<StatefulSet>::all(client.clone()),
+            Api::<StatefulSet>::all(reader.clone()),
             watcher::Config::default(),
         )
         .owns_shared_stream(pod_events)

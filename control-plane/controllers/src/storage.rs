@@ -77,10 +77,11 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
+        let reader = ctx.reader.clone();
         ensure_default_class(&client).await?;
-        let (pvs, pv_events) = workload::reflect(Api::<PersistentVolume>::all(client.clone()));
+        let (pvs, pv_events) = workload::reflect(Api::<PersistentVolume>::all(reader.clone()));
         let (pods, pod_events) = ctx.pods.subscribe();
-        let (classes, class_events) = workload::reflect(Api::<StorageClass>::all(client.clone()));
+        let (classes, class_events) = workload::reflect(Api::<StorageClass>::all(reader.clone()));
         let class_feed = tokio::spawn(class_events.for_each(|_| async {}));
         let st = Arc::new(State {
             client: client.clone(),
@@ -90,7 +91,7 @@ pub fn run(
             rec: workload::recorder(&client, "persistentvolume-controller"),
         });
         let claims = Controller::new(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
+            Api::<PersistentVolumeClaim>::all(reader.clone()),
             watcher::Config::default(),
         )
         .watches_shared_stream(pod_events, |pod: Arc<Pod>| {
@@ -106,11 +107,11 @@ pub fn run(
         .run(reconcile_claim, claim_error, st.clone())
         .for_each(|_| async {});
         let volumes = Controller::new(
-            Api::<PersistentVolume>::all(client.clone()),
+            Api::<PersistentVolume>::all(reader.clone()),
             watcher::Config::default(),
         )
         .watches(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
+            Api::<PersistentVolumeClaim>::all(reader.clone()),
             watcher::Config::default(),
             |c: PersistentVolumeClaim| {
                 c.spec

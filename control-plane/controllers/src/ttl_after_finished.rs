@@ -22,7 +22,8 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let ctl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+        let reader = ctx.reader.clone();
+        let ctl = Controller::new(Api::<Job>::all(reader.clone()), watcher::Config::default())
             .run(reconcile, error_policy, Arc::new(client))
             .for_each(|_| async {});
         crate::workload::until(stop, ctl).await;

@@ -11,6 +11,7 @@
 pub mod index;
 pub mod link;
 mod server;
+mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -377,56 +377,120 @@ impl Server {
             .unwrap_or(512)
     }
 
-    /// Binds UDP and TCP on `addr` and serves them in two tasks.
-    pub async fn listen(
-        self: Arc<Self>,
-        addr: SocketAddr,
-    ) -> Result<(JoinHandle<()>, JoinHandle<()>), DnsError> {
-        let listen_err = |source| DnsError::Listen { addr, source };
-        let udp = Arc::new(UdpSocket::bind(addr).await.map_err(listen_err)?);
-        let tcp = TcpListener::bind(addr).await.map_err(listen_err)?;
-        let s = self.clone();
-        let u = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+    /// Serves UDP on a thread of its own: batches of queries in, batches of answers out (see
+    /// [`crate::udp`]). Cluster names are answered on that thread; forwarded ones in tasks on
+    /// the async runtime. The returned task stops the thread when it is aborted or dropped with
+    /// the runtime.
+    fn serve_udp(self: Arc<Self>, sock: std::net::UdpSocket) -> std::io::Result<JoinHandle<()>> {
+        let local = sock.local_addr()?;
+        let sock = Arc::new(sock);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rt = tokio::runtime::Handle::current();
+        let (s, thread_sock, thread_stop) = (self, sock.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("skiff-dns-udp".into())
+            .spawn(move || s.udp_loop(&thread_sock, &rt, &thread_stop))?;
+        /// Stops the UDP thread when dropped: sets the flag and wakes its receive.
+        struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>, SocketAddr);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                let wake_to = match self.1 {
+                    SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+                    }
+                    SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+                    }
+                    a => a,
+                };
+                let any: SocketAddr = if wake_to.is_ipv4() {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                if let Ok(w) = std::net::UdpSocket::bind(any) {
+                    let _ = w.send_to(&[], wake_to);
+                }
+            }
+        }
+        let guard = StopOnDrop(stop, local);
+        Ok(tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        }))
+    }
+
+    fn udp_loop(
+        self: &Arc<Self>,
+        sock: &Arc<std::net::UdpSocket>,
+        rt: &tokio::runtime::Handle,
+        stop: &std::sync::atomic::AtomicBool,
+    ) {
+        let mut batch = crate::udp::RecvBatch::default();
+        let mut out: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::udp::BATCH);
+        loop {
+            let n = match batch.recv(sock) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster DNS: receiving on UDP failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    0
+                }
+            };
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            out.clear();
+            for i in 0..n {
+                let Some((raw, peer)) = batch.get(i) else {
                     continue;
                 };
-                if let Some(b) = s.wire_hit(&buf[..n]) {
-                    let _ = udp.send_to(&b, peer).await;
+                if let Some(b) = self.wire_hit(raw) {
+                    out.push((b, peer));
                     continue;
                 }
-                let raw = buf[..n].to_vec();
-                // Cluster names are answered inline; forwarded ones in a task of their own.
-                let req = match Message::from_vec(&raw) {
-                    Ok(r) => r,
-                    Err(_) => continue,
+                // Garbage is dropped here, without a task or an allocation beyond the parse.
+                let Ok(req) = Message::from_vec(raw) else {
+                    continue;
                 };
                 if req.message_type() == MessageType::Query && req.queries().len() == 1 {
-                    if let Some(m) = s.local(&req) {
+                    if let Some(m) = self.local(&req) {
                         let max = req
                             .extensions()
                             .as_ref()
                             .map(|e| e.max_payload())
                             .unwrap_or(512);
                         if let Some(b) = Self::udp_bytes(max, &m) {
-                            s.wire_store(&raw, &b);
-                            let _ = udp.send_to(&b, peer).await;
+                            self.wire_store(raw, &b);
+                            out.push((b, peer));
                         }
                         continue;
                     }
                 }
-                let s = s.clone();
-                let udp = udp.clone();
-                tokio::spawn(async move {
+                let (s, sock, raw) = (self.clone(), sock.clone(), raw.to_vec());
+                rt.spawn(async move {
                     if let Some(m) = s.answer(&raw).await {
                         if let Some(b) = Self::udp_bytes(Self::client_max(&raw), &m) {
-                            let _ = udp.send_to(&b, peer).await;
+                            crate::udp::send_one(&sock, &b, peer);
                         }
                     }
                 });
             }
-        });
+            crate::udp::send_batch(sock, &out);
+        }
+    }
+
+    /// Binds UDP and TCP on `addr` and serves them in two tasks.
+    pub async fn listen(
+        self: Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<(JoinHandle<()>, JoinHandle<()>), DnsError> {
+        let listen_err = |source| DnsError::Listen { addr, source };
+        let udp = std::net::UdpSocket::bind(addr).map_err(listen_err)?;
+        let tcp = TcpListener::bind(addr).await.map_err(listen_err)?;
+        let u = self.clone().serve_udp(udp).map_err(listen_err)?;
         let s = self;
         let t = tokio::spawn(async move {
             loop {

@@ -205,6 +205,12 @@ impl CriConfig {
 
     /// Whether handler `name` makes recursive read-only mounts (`rro`, mount_setattr with
     /// AT_RECURSIVE): skiff-runtime does; runc 1.1 does not, and others are not assumed to.
+    /// Pods with a user namespace: the CRI idmaps the rootfs and mounts itself; the runtime
+    /// joins the pause's user namespace. Tested with skiff-runtime only.
+    pub(crate) fn supports_user_namespaces(&self, name: &str) -> bool {
+        self.supports_recursive_ro(name)
+    }
+
     pub(crate) fn supports_recursive_ro(&self, name: &str) -> bool {
         self.handler(name).is_ok_and(|h| {
             h.binary

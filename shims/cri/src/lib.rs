@@ -20,6 +20,7 @@ mod server;
 mod store;
 mod stream;
 mod sys;
+mod userns;
 mod util;
 
 pub use cni::{default_bridge_conflist, DEFAULT_CONFLIST_NAME};

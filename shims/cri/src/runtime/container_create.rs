@@ -165,6 +165,23 @@ async fn validate_security(
             )));
         }
     }
+    super::userns::check_container(
+        sb.userns.as_ref(),
+        &sb.id,
+        sc.namespace_options
+            .as_ref()
+            .and_then(|o| o.userns_options.as_ref()),
+    )?;
+    for m in &config.mounts {
+        if super::userns::mount_is_idmapped(m)?
+            && !st.cfg.supports_user_namespaces(&sb.runtime_handler)
+        {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {}: runtime handler {:?} cannot make idmapped mounts",
+                m.container_path, sb.runtime_handler
+            )));
+        }
+    }
     let sb_privileged = sb
         .config
         .linux
@@ -228,11 +245,29 @@ async fn setup(
             )));
         }
     }
-    let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-    crate::sys::mount_overlay(&lower_refs, &upper, &work, &ct.rootfs)?;
-
     let sb_dir = super::sandbox_run::sandbox_dir(st, &sb.id);
+    if sb.userns.is_some() || ct.config.mounts.iter().any(|m| !m.uid_mappings.is_empty()) {
+        let (st2, ct2, sb2) = (st.cfg.state_dir.clone(), ct.clone(), sb.clone());
+        let sb_dir2 = sb_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            idmapped_mounts(&st2, &ct2, &sb2, &sb_dir2, &lowers, &upper, &work)
+        })
+        .await
+        .map_err(|e| CriError::Monitor(format!("idmapped mounts: {e}")))??;
+    } else {
+        let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        crate::sys::mount_overlay(&lower_refs, &upper, &work, &ct.rootfs)?;
+    }
+
     let spec = super::spec::generate(st, ct, sb, &sb_dir, image)?;
+    if let Some(p) = spec.process() {
+        let u = p.user();
+        ct.user = Some(crate::store::container::UserRecord {
+            uid: u.uid(),
+            gid: u.gid(),
+            supplemental_groups: u.additional_gids().clone().unwrap_or_default(),
+        });
+    }
     spec.save(ct.bundle.join("config.json"))
         .map_err(|e| CriError::Spec(format!("writing config.json: {e}")))?;
 
@@ -318,4 +353,136 @@ async fn start_monitor(st: &State, ct: &Container, rt: &RuntimeHandler) -> Resul
         // A short cap: every millisecond here is pod start latency.
         delay = (delay * 2).min(Duration::from_millis(4));
     }
+}
+
+/// The rootfs and mounts of a container in a pod user namespace, or with idmapped CRI mounts.
+///
+/// overlayfs itself cannot be idmapped on the kernels we run on (mount_setattr gives EINVAL), so
+/// as containerd 2.x we idmap its lower layers: the snapshots folder is cloned idmapped to the
+/// pod's user namespace at `<container>/idmap/lower`, overlayfs is mounted on that, and the
+/// clone is detached again (the overlay keeps it alive). A file of the image owned by uid N
+/// then shows as N in the container. The upper dir is the pod root's (the mapped host uid), so
+/// what the container writes lands there with the mapped host ids.
+/// CRI mounts that give mappings get an idmapped clone `<container>/idmap/vol-<i>` (with their
+/// sub-mounts), the bind source of the spec; with the pod's mappings they use its namespace,
+/// other mappings a namespace of their own.
+fn idmapped_mounts(
+    state_dir: &Path,
+    ct: &Container,
+    sb: &crate::store::sandbox::Sandbox,
+    sb_dir: &Path,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<()> {
+    use std::os::fd::AsFd;
+    let dir = super::spec::idmap_dir(ct);
+    std::fs::create_dir_all(&dir).map_err(CriError::io("creating", dir.as_path()))?;
+    let pod_ns = match &sb.userns {
+        Some(_) => {
+            let path = sb.ns_path("user").ok_or_else(|| {
+                CriError::FailedPrecondition(format!(
+                    "the pause process of sandbox {} is gone: stop and recreate the sandbox",
+                    sb.id
+                ))
+            })?;
+            Some(crate::userns::open_userns(&path)?)
+        }
+        None => None,
+    };
+    match &pod_ns {
+        Some(ns) => {
+            // The container's root in the namespace must reach the bundle and the sandbox's
+            // files: every folder above them needs search permission for others.
+            traversable(state_dir, &ct.bundle)?;
+            traversable(state_dir, sb_dir)?;
+            let snap_root = lowers[0].parent().unwrap_or(Path::new("/"));
+            let lower_at = dir.join("lower");
+            std::fs::create_dir_all(&lower_at)
+                .map_err(CriError::io("creating", lower_at.as_path()))?;
+            crate::userns::idmapped_clone(snap_root, &lower_at, ns.as_fd(), false)?;
+            // The upper and work dirs are not idmapped (overlayfs works in them as its mounter,
+            // host root, whom the pod's maps do not map: EOVERFLOW, and the overlay goes
+            // read-only); the upper dir belongs to the pod's root instead, as containerd's
+            // remapped snapshots.
+            let made = (|| {
+                if let Some(u) = &sb.userns {
+                    let root_of = |m: &[cri::IdMapping]| {
+                        m.iter().find(|m| m.container_id == 0).map(|m| m.host_id)
+                    };
+                    if let (Some(uid), Some(gid)) = (root_of(&u.uids), root_of(&u.gids)) {
+                        std::os::unix::fs::chown(upper, Some(uid), Some(gid)).map_err(
+                            CriError::io("handing the upper dir to the pod's root", upper),
+                        )?;
+                    }
+                }
+                let mapped_lowers: Vec<PathBuf> = lowers
+                    .iter()
+                    .map(|l| lower_at.join(l.file_name().unwrap_or_default()))
+                    .collect();
+                let refs: Vec<&Path> = mapped_lowers.iter().map(PathBuf::as_path).collect();
+                crate::sys::mount_overlay(&refs, upper, work, &ct.rootfs)
+            })();
+            crate::sys::unmount(&lower_at)?;
+            made?;
+        }
+        None => {
+            let refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+            crate::sys::mount_overlay(&refs, upper, work, &ct.rootfs)?;
+        }
+    }
+    for (i, m) in ct.config.mounts.iter().enumerate() {
+        if m.host_path.is_empty() || m.container_path.is_empty() {
+            continue;
+        }
+        if !super::userns::mount_is_idmapped(m)? {
+            continue;
+        }
+        let src = Path::new(&m.host_path);
+        let meta = std::fs::metadata(src).map_err(CriError::io("mount source", src))?;
+        let at = super::spec::idmapped_volume(ct, i);
+        if meta.is_dir() {
+            std::fs::create_dir_all(&at).map_err(CriError::io("creating", at.as_path()))?;
+        } else {
+            std::fs::File::create(&at).map_err(CriError::io("creating", at.as_path()))?;
+        }
+        let same = sb
+            .userns
+            .as_ref()
+            .is_some_and(|u| u.uids == m.uid_mappings && u.gids == m.gid_mappings);
+        match (&pod_ns, same) {
+            (Some(ns), true) => crate::userns::idmapped_clone(src, &at, ns.as_fd(), true)?,
+            _ => {
+                let ns = crate::userns::new_userns(&m.uid_mappings, &m.gid_mappings)?;
+                crate::userns::idmapped_clone(src, &at, ns.as_fd(), true)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every folder from `/` down to `path` must let others search it (mode o+x): a container's
+/// root in a user namespace is "other" to host-owned folders. Folders inside `state_dir` (ours)
+/// get o+x added; one above it is an error naming it.
+fn traversable(state_dir: &Path, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let meta = std::fs::metadata(dir).map_err(CriError::io("reading", dir))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 != 0 {
+            continue;
+        }
+        if dir.starts_with(state_dir) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .map_err(CriError::io("allowing search of", dir))?;
+        } else {
+            return Err(CriError::FailedPrecondition(format!(
+                "user namespace: {} (mode {:o}) does not let others search it; the pod's root \
+                 in its user namespace cannot reach its bundle under it (chmod o+x)",
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }

@@ -39,5 +39,12 @@ pub(crate) async fn cleanup(st: &State, ct: &Container) -> Result<()> {
         tracing::debug!(error = %e, "runtime delete");
     }
     crate::sys::unmount(&ct.rootfs)?;
+    // Idmapped clones of CRI mounts (and the layers', if a create died between attaching and
+    // detaching them).
+    if let Ok(rd) = std::fs::read_dir(super::spec::idmap_dir(ct)) {
+        for e in rd.flatten() {
+            crate::sys::unmount(&e.path())?;
+        }
+    }
     Ok(())
 }

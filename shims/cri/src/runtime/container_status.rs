@@ -49,6 +49,15 @@ pub(crate) fn to_status(st: &State, ct: &Container) -> cri::ContainerStatus {
                 linux: Some(r),
                 windows: None,
             }),
+        // As containerd 2.x: the identity the process was given (uid, gid, and every group,
+        // the primary one included), from its spec.
+        user: ct.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                supplemental_groups: u.supplemental_groups.iter().map(|g| (*g).into()).collect(),
+            }),
+        }),
         ..Default::default()
     };
     if let Some(msg) = &ct.start_error {

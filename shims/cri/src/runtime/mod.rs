@@ -23,6 +23,7 @@ mod spec;
 mod stats;
 mod status;
 mod streaming;
+mod userns;
 mod version;
 
 use std::pin::Pin;
@@ -39,6 +40,7 @@ use crate::stream::StreamServer;
 pub(crate) use container_exec_sync::write_process_file;
 use cri::ContainerEventType as Ev;
 pub(crate) use events::watch as watch_exits;
+pub(crate) use userns::PodUserns;
 
 pub(crate) struct RuntimeSvc {
     state: Arc<State>,

@@ -1,5 +1,6 @@
 //! RunPodSandbox: pause process, netns bind mount, CNI ADD, per-sandbox /etc files.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -62,9 +63,15 @@ pub(crate) async fn run(
         ));
     }
     st.cfg.handler(&req.runtime_handler)?;
+    let userns = super::userns::for_sandbox(
+        &config,
+        st.cfg.supports_user_namespaces(&req.runtime_handler),
+        &req.runtime_handler,
+    )?;
     let id = new_id();
     tracing::Span::current().record("sandbox", id.as_str());
     let mut sb = Sandbox::new(id.clone(), config, req.runtime_handler);
+    sb.userns = userns;
     let name = sb.name();
     if let Some(other) = st
         .sandboxes
@@ -266,6 +273,17 @@ async fn start_pause(
     let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
     // CRI NamespaceMode POD for pid: the pause holds a PID namespace all containers join.
     let pid_ns = holds_pid_ns(&sb.config);
+    // A pod user namespace: made here with the pod's maps, entered by the pause before exec
+    // (as its root), so the net/ipc/uts (and pid) namespaces it unshares belong to it.
+    let userns = match sb.userns.clone() {
+        Some(u) => Some(
+            tokio::task::spawn_blocking(move || crate::userns::new_userns(&u.uids, &u.gids))
+                .await
+                .map_err(|e| CriError::Monitor(format!("making the user namespace: {e}")))??,
+        ),
+        None => None,
+    };
+    let userns_fd = userns.as_ref().map(|fd| fd.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
         .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
@@ -273,22 +291,37 @@ async fn start_pause(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which is
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2) and
+    // the syscalls of `enter_userns_as_root` (setns, setgroups, setresgid, setresuid), all
     // async-signal-safe; it touches no memory shared with the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = userns_fd {
+                crate::userns::enter_userns_as_root(fd)?;
             }
             Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
         CriError::Monitor(format!(
-            "cannot start {} pause: {e} (is skiff-monitor installed?)",
-            st.cfg.monitor_bin.display()
+            "cannot start {} pause{}: {e} (is skiff-monitor installed{}?)",
+            st.cfg.monitor_bin.display(),
+            if userns.is_some() {
+                " in the pod's user namespace"
+            } else {
+                ""
+            },
+            if userns.is_some() {
+                ", and can the pod's root in that namespace execute it"
+            } else {
+                ""
+            },
         ))
     })?;
+    drop(userns);
     let mut pid = child.id().unwrap_or(0) as i32;
     // Recorded at once: a server killed before `ready` leaves a pause its restart must find.
     // (With --pid-ns this is the parent, which exits after forking; a kill in that window can

@@ -189,6 +189,49 @@ pub(crate) fn cgroups_path(sb: &Sandbox, id: &str) -> String {
     format!("/{}/{}", sb.cgroup_parent.trim_matches('/'), id).replace("//", "/")
 }
 
+/// The supplemental groups of the container's process, as containerd 2.x computes them:
+/// SupplementalGroupsPolicy Merge (the default) = the groups the image's /etc/group gives the
+/// user plus the pod's `supplemental_groups`; Strict = only the pod's. The primary gid is always
+/// one of them (containerd's `ensureAdditionalGids`), so ContainerStatus reports every group
+/// the process has.
+pub(crate) fn effective_groups(
+    sc: &cri::LinuxContainerSecurityContext,
+    gid: u32,
+    image_groups: impl FnOnce() -> Vec<u32>,
+) -> Vec<u32> {
+    let mut groups = vec![gid];
+    if sc.supplemental_groups_policy != cri::SupplementalGroupsPolicy::Strict as i32 {
+        groups.extend(image_groups());
+    }
+    groups.extend(sc.supplemental_groups.iter().map(|g| *g as u32));
+    let mut seen = HashSet::new();
+    groups.retain(|g| seen.insert(*g));
+    groups
+}
+
+/// Where the idmapped clone of CRI mount `i` of the container is attached.
+pub(crate) fn idmapped_volume(ct: &Container, i: usize) -> PathBuf {
+    idmap_dir(ct).join(format!("vol-{i}"))
+}
+
+/// The container's folder of idmapped mounts (`<container dir>/idmap`).
+pub(crate) fn idmap_dir(ct: &Container) -> PathBuf {
+    ct.bundle.parent().unwrap_or(Path::new("/")).join("idmap")
+}
+
+fn oci_maps(maps: &[cri::IdMapping]) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>> {
+    maps.iter()
+        .map(|m| {
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(m.container_id)
+                .host_id(m.host_id)
+                .size(m.length)
+                .build()
+                .map_err(spec_err)
+        })
+        .collect()
+}
+
 pub(crate) fn generate(
     st: &State,
     ct: &Container,
@@ -235,13 +278,12 @@ pub(crate) fn generate(
     if let (Some(_), Some(g)) = (&sc.run_as_user, &sc.run_as_group) {
         gid = g.value as u32;
     }
-    let mut groups: Vec<u32> = uname
-        .as_deref()
-        .map(|n| member_groups(&ct.rootfs, n))
-        .unwrap_or_default();
-    groups.extend(sc.supplemental_groups.iter().map(|g| *g as u32));
-    groups.sort_unstable();
-    groups.dedup();
+    let groups = effective_groups(&sc, gid, || {
+        uname
+            .as_deref()
+            .map(|n| member_groups(&ct.rootfs, n))
+            .unwrap_or_default()
+    });
     let user = UserBuilder::default()
         .uid(uid)
         .gid(gid)
@@ -357,6 +399,11 @@ pub(crate) fn generate(
     if pod_ns.ipc != NS_NODE {
         namespaces.push(join(LinuxNamespaceType::Ipc, "ipc")?);
     }
+    // The pod's user namespace (held by the pause): joined, never made, so the runtime writes
+    // no maps; the maps are in the spec too, as runtimes that check them want.
+    if sb.userns.is_some() {
+        namespaces.push(join(LinuxNamespaceType::User, "user")?);
+    }
 
     // Mounts: defaults, then the sandbox's /etc files, then the CRI mounts.
     let mut mounts = vec![
@@ -437,11 +484,13 @@ pub(crate) fn generate(
         }
     }
     let mut rootfs_shared = false;
-    for m in &cfg.mounts {
+    for (i, m) in cfg.mounts.iter().enumerate() {
         if m.host_path.is_empty() || m.container_path.is_empty() {
             continue;
         }
         let src = Path::new(&m.host_path);
+        // An idmapped mount: its idmapped clone, made by CreateContainer before this.
+        let idmapped = super::userns::mount_is_idmapped(m)?.then(|| idmapped_volume(ct, i));
         let prop = match cri::MountPropagation::try_from(m.propagation)
             .unwrap_or(cri::MountPropagation::PropagationPrivate)
         {
@@ -457,7 +506,12 @@ pub(crate) fn generate(
                 "rshared"
             }
         };
-        let mut mount = bind(&m.container_path, src, m.readonly, prop)?;
+        let mut mount = bind(
+            &m.container_path,
+            idmapped.as_deref().unwrap_or(src),
+            m.readonly,
+            prop,
+        )?;
         if m.recursive_read_only {
             // Checked at CreateContainer: readonly, PRIVATE, a handler that can.
             let mut opts = mount.options().clone().unwrap_or_default();
@@ -546,6 +600,11 @@ pub(crate) fn generate(
     if rootfs_shared {
         linux = linux.rootfs_propagation("rshared");
     }
+    if let Some(u) = &sb.userns {
+        linux = linux
+            .uid_mappings(oci_maps(&u.uids)?)
+            .gid_mappings(oci_maps(&u.gids)?);
+    }
     let linux = linux.build().map_err(spec_err)?;
 
     let mut annotations = cfg.annotations.clone();
@@ -612,6 +671,29 @@ mod tests {
             process_args(&cfg(&["sh"], &["-c", "x"]), &i),
             ["sh", "-c", "x"]
         );
+    }
+
+    #[test]
+    fn supplemental_groups_policy() {
+        let mut sc = cri::LinuxContainerSecurityContext {
+            supplemental_groups: vec![4000, 3000],
+            ..Default::default()
+        };
+        // Merge (default): primary gid first, the image's groups, then the pod's; no repeats.
+        assert_eq!(
+            effective_groups(&sc, 3000, || vec![50000, 4000]),
+            [3000, 50000, 4000]
+        );
+        sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+        let mut image_read = false;
+        assert_eq!(
+            effective_groups(&sc, 3000, || {
+                image_read = true;
+                vec![50000]
+            }),
+            [3000, 4000]
+        );
+        assert!(!image_read, "Strict must not read the image's /etc/group");
     }
 
     #[test]

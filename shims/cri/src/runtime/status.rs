@@ -51,11 +51,15 @@ pub(crate) fn status(st: &State, _req: cri::StatusRequest) -> Result<cri::Status
             .map(|name| cri::RuntimeHandler {
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: st.cfg.supports_recursive_ro(&name),
-                    ..Default::default()
+                    user_namespaces: st.cfg.supports_user_namespaces(&name),
                 }),
                 name,
             })
             .collect(),
+        // SupplementalGroupsPolicy (Strict and Merge) and ContainerStatus `user`.
+        features: Some(cri::RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
         ..Default::default()
     })
 }

@@ -34,6 +34,17 @@ pub(crate) struct Container {
     /// The sandbox's RuntimeClass handler (`""`: the default runtime).
     #[serde(default)]
     pub runtime_handler: String,
+    /// The process's identity from its spec (ContainerStatus `user`).
+    #[serde(default)]
+    pub user: Option<UserRecord>,
+}
+
+/// uid, gid and every supplemental group of the container's process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct UserRecord {
+    pub uid: u32,
+    pub gid: u32,
+    pub supplemental_groups: Vec<u32>,
 }
 
 /// The monitor's `exit` file.
@@ -86,6 +97,7 @@ impl Container {
             rootfs: dir.join("bundle").join("rootfs"),
             monitor_dir: dir.join("monitor"),
             runtime_handler: String::new(),
+            user: None,
         }
     }
 

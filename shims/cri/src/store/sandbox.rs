@@ -33,6 +33,9 @@ pub(crate) struct Sandbox {
     pub additional_ips: Vec<String>,
     /// cgroupfs path containers go under (sandbox's cgroup_parent).
     pub cgroup_parent: String,
+    /// The pod's user namespace mappings (`userns_options` mode POD); the pause holds it.
+    #[serde(default)]
+    pub userns: Option<crate::runtime::PodUserns>,
 }
 
 impl Sandbox {
@@ -55,6 +58,7 @@ impl Sandbox {
             ip: String::new(),
             additional_ips: Vec::new(),
             cgroup_parent: String::new(),
+            userns: None,
         }
     }
 
