@@ -134,6 +134,8 @@ fn reexec_from_detached_ro_mount(argv: &[&CStr], envp: &[&CStr]) -> io::Result<(
     if clone.st_dev != ours.dev() || clone.st_ino != ours.ino() {
         return Err(io::Error::other("our binary's path no longer names it"));
     }
+    // Held until we return (only if exec fails); see `hand_off_dissolve`.
+    let _helper = hand_off_dissolve(&tree);
     let argv_p: Vec<*const libc::c_char> = argv
         .iter()
         .map(|a| a.as_ptr())
@@ -157,6 +159,39 @@ fn reexec_from_detached_ro_mount(argv: &[&CStr], envp: &[&CStr]) -> io::Result<(
         );
     }
     Err(io::Error::last_os_error())
+}
+
+/// The detached clone is dissolved when the last fd of `tree` is closed, and dissolving waits
+/// for an RCU grace period (0.05-10 ms on a busy VM). Left to exec (which closes `tree`, being
+/// close-on-exec), that wait would hold up the whole command. A forked helper keeps a copy,
+/// waits until we have exec'd (EOF on a pipe whose write end is close-on-exec in us), then
+/// closes it and exits: the wait happens beside our work. Returns the write end, which the
+/// caller keeps until exec (dropped if exec fails, which releases the helper too); `None` if
+/// no helper could be made (exec then dissolves the clone itself, as before).
+fn hand_off_dissolve(tree: &OwnedFd) -> Option<OwnedFd> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    // SAFETY: skiff-runtime is single-threaded when it seals itself (first thing `main` does),
+    // and the child only makes async-signal-safe calls (close, read, _exit).
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: raw fds we own in this process; `_exit` never returns.
+            unsafe {
+                libc::close(write_end.as_raw_fd());
+                let mut byte = 0u8;
+                loop {
+                    let n = libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                    if n < 0 && *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    }
+                    break;
+                }
+                libc::close(tree.as_raw_fd());
+                libc::_exit(0)
+            }
+        }
+        pid if pid > 0 => Some(write_end),
+        _ => None,
+    }
 }
 
 /// Make sure no process we fork can write to our binary: returns at once if we already run
