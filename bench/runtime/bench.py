@@ -6,10 +6,14 @@ Run through run.sh (it builds the release binary and enters a private mount name
 runtime, in a shuffled order:
   lifecycle: create + start + wait for the init + delete of a `/bin/true` bundle
   detached:  run --detach + kill KILL + wait + delete of a `sleep` bundle
+  run:       one foreground `run` of the `/bin/true` bundle (create, start, wait and delete in
+             one runtime process; for all three the init is the runtime's child)
 The driver is a child subreaper, so it can waitpid() the container init (read from
 --pid-file) instead of polling `state`. Figures are medians; CPU is user+sys of the runtime
 processes only; peak RSS is the median max RSS of 10 `create`s under GNU time (for skiff-runtime it
 includes the sealed re-exec of itself, which keeps the same pid).
+SKIFF_RUNTIME_BASE=<binary> adds another skiff-runtime build (e.g. the previous commit's) as
+`skiff_base`, measured in the same rounds, for before/after figures.
 """
 
 import ctypes
@@ -55,6 +59,8 @@ class Runtime:
         self.root = root
         self.lifecycle = []
         self.detached = []
+        self.run = []
+        self.run_cpu = []
         self.cpu = []
         self.create_rss = []
         self.not_child = 0
@@ -126,6 +132,15 @@ class Runtime:
         self.call("delete", "--force", cid)
         reap_orphans()
 
+    def run_once(self, bundle, cid):
+        """Foreground `run`: returns when the container has exited and is deleted. Its rusage
+        covers the runtime and every process it waited for (the init included)."""
+        t0 = time.perf_counter()
+        ru = self.call("run", "--bundle", bundle, cid)
+        t1 = time.perf_counter()
+        self.run.append((t1 - t0) * 1000)
+        self.run_cpu.append((ru.ru_utime + ru.ru_stime) * 1000)
+
     def detached_once(self, bundle, cid, pidfile):
         t0 = time.perf_counter()
         self.call("run", "--detach", "--bundle", bundle, "--pid-file", pidfile, cid)
@@ -175,18 +190,24 @@ def main():
             Runtime("crun", shutil.which("crun"), os.path.join(states, "root-crun")),
             Runtime("runc", shutil.which("runc"), os.path.join(states, "root-runc")),
         ]
+        base = os.environ.get("SKIFF_RUNTIME_BASE")
+        if base:
+            runtimes.append(Runtime("skiff_base", base, os.path.join(states, "root-skiff-base")))
         pidfile = os.path.join(states, "pid")
         # Warm-up: page cache, first-use directories.
         for r in runtimes:
             r.lifecycle_once(true_b, f"skw-{r.name}", pidfile)
             r.detached_once(sleep_b, f"skwd-{r.name}", pidfile)
+            r.run_once(true_b, f"skwr-{r.name}")
             r.lifecycle, r.detached, r.cpu, r.create_rss = [], [], [], []
+            r.run, r.run_cpu = [], []
         for i in range(runs):
             order = runtimes[:]
             random.shuffle(order)
             for r in order:
                 r.lifecycle_once(true_b, f"skb-{r.name}-{i}", pidfile)
                 r.detached_once(sleep_b, f"skd-{r.name}-{i}", pidfile)
+                r.run_once(true_b, f"skf-{r.name}-{i}")
                 reap_orphans()
         for i in range(10):
             for r in runtimes:
@@ -194,17 +215,21 @@ def main():
         by = {r.name: r for r in runtimes}
 
         def line(metric, values, fmt="{:.1f}"):
-            names = ("skiff", "crun", "runc", "skiff_robind")
+            names = ("skiff", "crun", "runc", "skiff_robind") + (("skiff_base",) if base else ())
             parts = [f"{n}={fmt.format(values[n])}" for n in names]
             ratios = [
                 f"ratio_{n}={values['skiff'] / values[n]:.2f}" for n in ("crun", "runc")
             ] + [f"robind_ratio_crun={values['skiff_robind'] / values['crun']:.2f}"]
+            if base:
+                ratios.append(f"base_ratio_crun={values['skiff_base'] / values['crun']:.2f}")
             print(f"{metric} {' '.join(parts)} {' '.join(ratios)}")
 
         med = statistics.median
         line("runtime_lifecycle_p50_ms", {n: med(r.lifecycle) for n, r in by.items()})
         line("runtime_run_detach_kill_p50_ms", {n: med(r.detached) for n, r in by.items()})
+        line("runtime_run_p50_ms", {n: med(r.run) for n, r in by.items()})
         line("runtime_lifecycle_cpu_p50_ms", {n: med(r.cpu) for n, r in by.items()})
+        line("runtime_run_cpu_p50_ms", {n: med(r.run_cpu) for n, r in by.items()})
         line(
             "runtime_create_peak_rss_kib",
             {n: med(r.create_rss) for n, r in by.items()},
@@ -223,6 +248,14 @@ def main():
                 for n, r in by.items()
             )
             + f" (runs={runs})"
+        )
+        print(
+            "# run p10/p90 ms: "
+            + " ".join(
+                f"{n}={statistics.quantiles(r.run, n=10)[0]:.1f}/"
+                f"{statistics.quantiles(r.run, n=10)[-1]:.1f}"
+                for n, r in by.items()
+            )
         )
         print("# init not our child (waited by polling): "
               + " ".join(f"{n}={r.not_child}" for n, r in by.items()))

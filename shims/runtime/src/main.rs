@@ -87,13 +87,15 @@ fn main() -> ExitCode {
     // These verbs fork processes that join the container while still running this binary:
     // make sure those cannot write to it first (CVE-2019-5736, see sys::sealed_exe).
     let seal = match &cli.command {
-        Command::Create(a) => Some(bundle_allows_private_ns(&a.bundle)),
-        Command::Run(a) => Some(bundle_allows_private_ns(&a.bundle)),
+        Command::Create(a) => Some(Some(a.bundle.as_path())),
+        Command::Run(a) => Some(Some(a.bundle.as_path())),
         // An exec'd process joins the container's own mount namespace.
-        Command::Exec(_) => Some(true),
+        Command::Exec(_) => Some(None),
         _ => None,
     };
-    if let Some(allow_private_ns) = seal {
+    if let Some(bundle) = seal {
+        // The bundle is read only if the kernel cannot make a detached read-only mount.
+        let allow_private_ns = || bundle.is_none_or(bundle_allows_private_ns);
         if let Err(err) = sys::sealed_exe::ensure_sealed(allow_private_ns) {
             eprintln!(
                 "skiff-runtime: cannot re-execute from a sealed copy of /proc/self/exe: {err}"

@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 
 const SEALS: libc::c_int =
     libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
@@ -81,11 +82,125 @@ fn reexec_from_ro_bind(argv: &[&CStr], envp: &[&CStr]) -> io::Result<()> {
     Err(nix::unistd::execve(&cpath, argv, envp).unwrap_err().into())
 }
 
+/// Re-execute from a read-only clone of our binary's mount that is attached to no mount
+/// namespace: `open_tree(OPEN_TREE_CLONE)` of the binary, `mount_setattr(MOUNT_ATTR_RDONLY)`
+/// on that clone, then `execveat` through it. Nothing changes in any namespace (unlike the
+/// private-namespace bind below, it suits every bundle, hooks and shared propagation
+/// included), and there is no namespace to copy now or tear down at exit. The clone is
+/// dissolved when exec closes its fd; our image keeps it alive, unmounted, so nothing can
+/// reach it to remount it (crun's bind + lazy umount gives the same). Returns only on
+/// failure, e.g. ENOSYS before Linux 5.12 (the caller then falls back).
+fn reexec_from_detached_ro_mount(argv: &[&CStr], envp: &[&CStr]) -> io::Result<()> {
+    let path = std::fs::read_link("/proc/self/exe")?;
+    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: open_tree takes a valid C path and flags; it returns a new fd or -1.
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            cpath.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd (checked above) that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size_of::<mount_attr>()` bytes from a valid pointer; the
+    // empty path with AT_EMPTY_PATH names the mount behind `tree`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The path could have been replaced since we started: exec only the very file we run.
+    let ours = File::open("/proc/self/exe")?.metadata()?;
+    let clone = nix::sys::stat::fstat(tree.as_raw_fd())?;
+    if clone.st_dev != ours.dev() || clone.st_ino != ours.ino() {
+        return Err(io::Error::other("our binary's path no longer names it"));
+    }
+    // Held until we return (only if exec fails); see `hand_off_dissolve`.
+    let _helper = hand_off_dissolve(&tree);
+    let argv_p: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_p: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: both arrays are null-terminated and point into CStrs that outlive the call;
+    // execveat only returns on failure.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            argv_p.as_ptr(),
+            envp_p.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    Err(io::Error::last_os_error())
+}
+
+/// The detached clone is dissolved when the last fd of `tree` is closed, and dissolving waits
+/// for an RCU grace period (0.05-10 ms on a busy VM). Left to exec (which closes `tree`, being
+/// close-on-exec), that wait would hold up the whole command. A forked helper keeps a copy,
+/// waits until we have exec'd (EOF on a pipe whose write end is close-on-exec in us), then
+/// closes it and exits: the wait happens beside our work. Returns the write end, which the
+/// caller keeps until exec (dropped if exec fails, which releases the helper too); `None` if
+/// no helper could be made (exec then dissolves the clone itself, as before).
+fn hand_off_dissolve(tree: &OwnedFd) -> Option<OwnedFd> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    // SAFETY: skiff-runtime is single-threaded when it seals itself (first thing `main` does),
+    // and the child only makes async-signal-safe calls (close, read, _exit).
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: raw fds we own in this process; `_exit` never returns.
+            unsafe {
+                libc::close(write_end.as_raw_fd());
+                let mut byte = 0u8;
+                loop {
+                    let n = libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                    if n < 0 && *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    }
+                    break;
+                }
+                libc::close(tree.as_raw_fd());
+                libc::_exit(0)
+            }
+        }
+        pid if pid > 0 => Some(write_end),
+        _ => None,
+    }
+}
+
 /// Make sure no process we fork can write to our binary: returns at once if we already run
 /// from a sealed memfd or a read-only mount; otherwise re-executes (same argv and environment)
-/// from a read-only bind mount in a private mount namespace when `allow_private_ns`, else
-/// from a sealed memfd copy. Never returns on success of a re-exec.
-pub fn ensure_sealed(allow_private_ns: bool) -> io::Result<()> {
+/// from a read-only detached clone of the binary's mount; where the kernel cannot make one
+/// (before 5.12), from a read-only bind mount in a private mount namespace when
+/// `allow_private_ns()` says the bundle allows it, else from a sealed memfd copy. Never
+/// returns on success of a re-exec.
+pub fn ensure_sealed(allow_private_ns: impl FnOnce() -> bool) -> io::Result<()> {
     if is_sealed()? {
         return Ok(());
     }
@@ -96,7 +211,10 @@ pub fn ensure_sealed(allow_private_ns: bool) -> io::Result<()> {
     let (args, env) = argv_envp()?;
     let argv: Vec<&CStr> = args.iter().map(CString::as_c_str).collect();
     let envp: Vec<&CStr> = env.iter().map(CString::as_c_str).collect();
-    if allow_private_ns {
+    if let Err(err) = reexec_from_detached_ro_mount(&argv, &envp) {
+        tracing::debug!(%err, "detached read-only mount re-exec failed");
+    }
+    if allow_private_ns() {
         if let Err(err) = reexec_from_ro_bind(&argv, &envp) {
             // Still in our original image; the namespace (if made) is harmless: copy instead.
             tracing::debug!(%err, "read-only bind re-exec failed; using a sealed memfd copy");
