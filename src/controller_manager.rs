@@ -1,0 +1,51 @@
+//! `skiff controller-manager`: the controllers alone, as kube-controller-manager runs (a client
+//! of any API server; `skiff server --disable-controller-manager` leaves them to it).
+
+use anyhow::{Context, Result};
+use clap::{ArgAction, Args};
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerManagerArgs {
+    /// kubeconfig of the controllers' identity (`skiff server` writes one to
+    /// `<data-dir>/server/controller.kubeconfig`).
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Take the `kube-system/kube-controller-manager` Lease before running the controllers, so
+    /// that only one of several controller managers acts (`--leader-elect=false`: run at once).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true,
+          default_missing_value = "true", require_equals = true)]
+    pub leader_elect: bool,
+    /// PEM CA certificate the CSR signer issues certificates with (with
+    /// --cluster-signing-key-file); unset: approved CSRs stay unsigned.
+    #[arg(long, requires = "cluster_signing_key_file")]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// PEM private key of --cluster-signing-cert-file.
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    pub cluster_signing_key_file: Option<PathBuf>,
+    /// Folder the local-path provisioner (StorageClass `local-path`) makes volumes in (k3s's
+    /// flag name).
+    #[arg(long, default_value = "/var/lib/skiff/storage")]
+    pub default_local_storage_path: PathBuf,
+}
+
+pub async fn run(args: ControllerManagerArgs) -> Result<()> {
+    if let (Some(cert), Some(key)) = (
+        &args.cluster_signing_cert_file,
+        &args.cluster_signing_key_file,
+    ) {
+        // Refuse unreadable files at start rather than on the first CSR.
+        for f in [cert, key] {
+            std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?;
+        }
+        skiff_controllers::certificates::set_signing_files(cert.clone(), key.clone());
+    }
+    skiff_controllers::storage::set_storage_dir(args.default_local_storage_path.clone());
+    skiff_controllers::leader::set_leader_elect(args.leader_elect);
+    let config = crate::server::kube_config(&args.kubeconfig)
+        .await
+        .with_context(|| format!("connecting with {}", args.kubeconfig.display()))?;
+    skiff_controllers::run(config, crate::server::shutdown_signal()).await?;
+    tracing::info!("controller manager stopped");
+    Ok(())
+}
