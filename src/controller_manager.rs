@@ -45,7 +45,51 @@ pub async fn run(args: ControllerManagerArgs) -> Result<()> {
     let config = crate::server::kube_config(&args.kubeconfig)
         .await
         .with_context(|| format!("connecting with {}", args.kubeconfig.display()))?;
-    skiff_controllers::run(config, crate::server::shutdown_signal()).await?;
+    let trim = tokio::spawn(trim_when_idle());
+    let r = skiff_controllers::run(config, crate::server::shutdown_signal()).await;
+    trim.abort();
+    r?;
     tracing::info!("controller manager stopped");
     Ok(())
+}
+
+/// After a burst of work, once the process has been idle (under 1% of a core) for 2 s, hands
+/// freed heap and start-up code pages back to the kernel, as `skiff scheduler` does: glibc
+/// keeps freed memory otherwise, so the RSS would stay at the burst's peak.
+async fn trim_when_idle() {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut last = cpu_ticks().await;
+    let mut trimmed = false;
+    loop {
+        tokio::time::sleep(PERIOD).await;
+        let now = cpu_ticks().await;
+        // Clock ticks are 1/100 s: more than 2 in 2 s is over 1% of a core.
+        let busy = now.saturating_sub(last) > 2;
+        last = now;
+        if busy {
+            trimmed = false;
+        } else if !trimmed {
+            trimmed = true;
+            let _ = tokio::task::spawn_blocking(|| {
+                skiff_memtrim::trim_heap();
+                skiff_memtrim::trim_code_pages();
+            })
+            .await;
+            // The trim's own CPU time is not work.
+            last = cpu_ticks().await;
+        }
+    }
+}
+
+/// User + system CPU time of this process so far, in clock ticks (`/proc/self/stat`).
+async fn cpu_ticks() -> u64 {
+    let stat = tokio::fs::read_to_string("/proc/self/stat")
+        .await
+        .unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
 }

@@ -54,8 +54,9 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = ctx.pods.subscribe();
-        let (nodes, node_events) = workload::reflect(Api::<Node>::all(client.clone()));
+        let (pods, pod_events) = workload::subscribe_pods(&ctx.informers);
+        let node_informer = ctx.informers.nodes();
+        let nodes = node_informer.store().clone();
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -68,7 +69,7 @@ pub fn run(
             watcher::Config::default(),
         )
         .owns_shared_stream(pod_events)
-        .reconcile_all_on(workload::ticks(node_events))
+        .reconcile_all_on(node_informer.ticks())
         .run(reconcile, error_policy, st)
         .for_each(|_| async {});
         workload::until(stop, ctl).await;

@@ -92,6 +92,16 @@ impl<K: Watched> Informer<K> {
         self.tx.subscribe()
     }
 
+    /// One `()` per change (and per lag) from now on: a trigger for `reconcile_all_on`.
+    pub fn ticks(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.subscribe(), |mut rx| async move {
+            match rx.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+    }
+
     /// Waits for the first complete list.
     pub async fn ready(&self) {
         let mut r = self.ready.clone();
@@ -109,6 +119,7 @@ async fn feed<K: Watched>(
     let kind = K::kind(&());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(slim::<K>)
         .boxed();
     let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
     let mut pending: Vec<Change<K>> = Vec::new();
@@ -170,6 +181,14 @@ async fn feed<K: Watched>(
             }
         }
     }
+}
+
+/// What a cached object need not keep (upstream's informers do the same with a transform,
+/// `TransformStripManagedFields`): no controller reads `metadata.managedFields`, and it is
+/// often the largest part of an object. Writes from a cached copy send none, which keeps the
+/// server's.
+pub fn slim<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 /// The informers every controller shares, each started on first use.

@@ -54,7 +54,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let (pods, pod_events) = ctx.pods.subscribe();
+        let (pods, pod_events) = workload::subscribe_pods(&ctx.informers);
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),

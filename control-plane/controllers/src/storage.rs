@@ -84,7 +84,7 @@ pub fn run(
         let client = ctx.client.clone();
         ensure_default_class(&client).await?;
         let (pvs, pv_events) = workload::reflect(Api::<PersistentVolume>::all(client.clone()));
-        let (pods, pod_events) = ctx.pods.subscribe();
+        let (pods, pod_events) = workload::subscribe_pods(&ctx.informers);
         let (classes, class_events) = workload::reflect(Api::<StorageClass>::all(client.clone()));
         let class_feed = tokio::spawn(class_events.for_each(|_| async {}));
         let st = Arc::new(State {
