@@ -44,8 +44,9 @@ impl<K> Clone for Change<K> {
 }
 
 /// Capacity of each informer's change channel; a subscriber further behind than this gets
-/// `Lagged` and resyncs from the store.
-const CHANGES: usize = 8192;
+/// `Lagged` and resyncs from the store. The slots are allocated up front (some 70 bytes each),
+/// for every informer.
+const CHANGES: usize = 1024;
 
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
@@ -66,6 +67,16 @@ impl<K> Watched for K where
 
 impl<K: Watched> Informer<K> {
     pub fn start(api: Api<K>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
+        Self::start_with(api, stop, slim::<K>)
+    }
+
+    /// [`Informer::start`] with the transform every object goes through before it is cached
+    /// (client-go's `SetTransform`).
+    pub fn start_with(
+        api: Api<K>,
+        stop: tokio::sync::watch::Receiver<bool>,
+        transform: fn(&mut K),
+    ) -> Arc<Self> {
         let (store, writer) = reflector::store();
         let (tx, _) = broadcast::channel(CHANGES);
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
@@ -78,7 +89,7 @@ impl<K: Watched> Informer<K> {
             let mut stop = stop;
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => {}
-                _ = feed(api, store, writer, tx, ready_tx) => {}
+                _ = feed(api, transform, store, writer, tx, ready_tx) => {}
             }
         });
         inf
@@ -111,6 +122,7 @@ impl<K: Watched> Informer<K> {
 
 async fn feed<K: Watched>(
     api: Api<K>,
+    transform: fn(&mut K),
     reader: Store<K>,
     mut writer: reflector::store::Writer<K>,
     tx: broadcast::Sender<Change<K>>,
@@ -119,7 +131,7 @@ async fn feed<K: Watched>(
     let kind = K::kind(&());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(slim::<K>)
+        .modify(transform)
         .boxed();
     let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
     let mut pending: Vec<Change<K>> = Vec::new();
@@ -191,6 +203,18 @@ pub fn slim<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
+/// [`slim`] for pods, which are most of what the controllers cache: of the volumes only the
+/// PersistentVolumeClaim ones are kept (the volume binder looks for a claim's consumers; no
+/// other controller reads a pod's volumes, and the service-account token volume every pod has
+/// is large in memory).
+pub fn slim_pod(p: &mut Pod) {
+    slim(p);
+    if let Some(vols) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+        vols.retain(|v| v.persistent_volume_claim.is_some());
+        vols.shrink_to_fit();
+    }
+}
+
 /// The informers every controller shares, each started on first use.
 pub struct Informers {
     client: Client,
@@ -222,8 +246,13 @@ impl Informers {
             .clone()
     }
 
+    /// Every pod, as [`slim_pod`] leaves it.
     pub fn pods(&self) -> Arc<Informer<Pod>> {
-        self.get(&self.pods, Api::all(self.client.clone()))
+        self.pods
+            .get_or_init(|| {
+                Informer::start_with(Api::all(self.client.clone()), self.stop.clone(), slim_pod)
+            })
+            .clone()
     }
     pub fn replicasets(&self) -> Arc<Informer<ReplicaSet>> {
         self.get(&self.replicasets, Api::all(self.client.clone()))
