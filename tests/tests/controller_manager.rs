@@ -29,11 +29,12 @@ fn start_cm(cp: &ControlPlane, extra: &[&str]) -> Cm {
         "{} is missing: build it first (cargo build --bin skiff)",
         bin.display()
     );
+    // The server writes the components' kubeconfigs right after its API answers.
     let kubeconfig = cp.dir().join("data/server/controller.kubeconfig");
-    assert!(
-        kubeconfig.exists(),
-        "the server did not write {}",
-        kubeconfig.display()
+    cp.wait_for(
+        &format!("the server to write {}", kubeconfig.display()),
+        Duration::from_secs(60),
+        || kubeconfig.exists(),
     );
     let log = std::fs::File::create(cp.dir().join("controller-manager.log")).expect("log file");
     Cm(Command::new(bin)

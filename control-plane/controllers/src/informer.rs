@@ -47,6 +47,9 @@ impl<K> Clone for Change<K> {
 /// `Lagged` and resyncs from the store. The slots are allocated up front (some 70 bytes each),
 /// for every informer.
 const CHANGES: usize = 1024;
+/// The pod informer's: pods change in bursts (a scale-up of hundreds creates, binds and starts
+/// each), and a lagging ReplicaSet controller forgets its expectations and resyncs everything.
+const POD_CHANGES: usize = 8192;
 
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
@@ -67,18 +70,19 @@ impl<K> Watched for K where
 
 impl<K: Watched> Informer<K> {
     pub fn start(api: Api<K>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
-        Self::start_with(api, stop, slim::<K>)
+        Self::start_with(api, stop, slim::<K>, CHANGES)
     }
 
     /// [`Informer::start`] with the transform every object goes through before it is cached
-    /// (client-go's `SetTransform`).
+    /// (client-go's `SetTransform`) and the capacity of the change channel.
     pub fn start_with(
         api: Api<K>,
         stop: tokio::sync::watch::Receiver<bool>,
         transform: fn(&mut K),
+        capacity: usize,
     ) -> Arc<Self> {
         let (store, writer) = reflector::store();
-        let (tx, _) = broadcast::channel(CHANGES);
+        let (tx, _) = broadcast::channel(capacity);
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let inf = Arc::new(Informer {
             store: store.clone(),
@@ -250,7 +254,12 @@ impl Informers {
     pub fn pods(&self) -> Arc<Informer<Pod>> {
         self.pods
             .get_or_init(|| {
-                Informer::start_with(Api::all(self.client.clone()), self.stop.clone(), slim_pod)
+                Informer::start_with(
+                    Api::all(self.client.clone()),
+                    self.stop.clone(),
+                    slim_pod,
+                    POD_CHANGES,
+                )
             })
             .clone()
     }
@@ -272,5 +281,45 @@ impl Informers {
             &self.node_leases,
             Api::namespaced(self.client.clone(), "kube-node-lease"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_pod_keeps_what_controllers_read() {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "rs", "uid": "u1", "controller": true}],
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}],
+                     "volumes": [
+                         {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
+                         {"name": "kube-api-access", "projected": {"sources": [
+                             {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}},
+                         {"name": "tmp", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.5"},
+        }))
+        .unwrap();
+        slim_pod(&mut p);
+        assert!(p.metadata.managed_fields.is_none());
+        let spec = p.spec.as_ref().unwrap();
+        let vols = spec.volumes.as_ref().unwrap();
+        assert_eq!(vols.len(), 1);
+        assert_eq!(
+            vols[0].persistent_volume_claim.as_ref().unwrap().claim_name,
+            "claim"
+        );
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
+        assert_eq!(
+            p.status.as_ref().unwrap().pod_ip.as_deref(),
+            Some("10.42.0.5")
+        );
     }
 }
