@@ -1,6 +1,7 @@
 //! `skiff`: one binary for the whole distribution (like k3s). Thin: parse flags, set up logging,
 //! call the libraries, map errors once.
 
+mod controller_manager;
 mod cri;
 mod kubelet;
 mod notify;
@@ -32,6 +33,8 @@ enum Cmd {
     Server(Box<server::ServerArgs>),
     /// Run only the scheduler against an API server (kube-scheduler's job).
     Scheduler(scheduler::SchedulerArgs),
+    /// Run only the controllers against an API server (kube-controller-manager's job).
+    ControllerManager(controller_manager::ControllerManagerArgs),
     /// Run only the kubelet (upstream's flag names; `--config` reads a KubeletConfiguration).
     Kubelet(kubelet::KubeletArgs),
     /// Run only the CRI server (runtime.v1 on a unix socket).
@@ -54,11 +57,16 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if matches!(cli.cmd, Cmd::Scheduler(_) | Cmd::ControllerManager(_)) {
+        // Cache-holding clients: before any thread starts, so every allocation shares them.
+        skiff_memtrim::limit_arenas(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.cmd {
         Cmd::Scheduler(args) => rt.block_on(scheduler::run(args)),
+        Cmd::ControllerManager(args) => rt.block_on(controller_manager::run(args)),
         Cmd::Kubelet(args) => rt.block_on(kubelet::run(args)),
         Cmd::Server(args) => rt.block_on(server::run(*args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),

@@ -62,6 +62,10 @@ pub struct ServerArgs {
     /// Do not run the scheduler (run `skiff scheduler` or another one instead).
     #[arg(long)]
     pub disable_scheduler: bool,
+    /// Do not run the controllers (run `skiff controller-manager` or another one instead; k3s's
+    /// flag).
+    #[arg(long)]
+    pub disable_controller_manager: bool,
     /// Run only the control plane (no kubelet, no CRI server on this host).
     #[arg(long)]
     pub disable_agent: bool,
@@ -239,9 +243,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             stopped(),
         ))
     };
-    skiff_controllers::storage::set_data_dir(args.data_dir.clone());
-    skiff_controllers::certificates::set_ca_dir(args.data_dir.join("tls"));
-    let controllers = tokio::spawn(skiff_controllers::run(ctl_config, stopped()));
+    let controllers = if args.disable_controller_manager {
+        tokio::spawn(async {
+            std::future::pending::<Result<(), skiff_controllers::ControllerError>>().await
+        })
+    } else {
+        skiff_controllers::storage::set_data_dir(args.data_dir.clone());
+        skiff_controllers::certificates::set_ca_dir(args.data_dir.join("tls"));
+        tokio::spawn(skiff_controllers::run(ctl_config, stopped()))
+    };
 
     let agent = if args.disable_agent {
         None

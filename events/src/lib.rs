@@ -241,10 +241,18 @@ pub async fn record(client: &Client, ev: Event) {
     }
 }
 
+/// Event writes in flight per process. Upstream's broadcaster writes events one at a time;
+/// a few at once keep up with a burst (a controller creating hundreds of pods) without opening
+/// a connection per event.
+static WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Records `ev` without making the caller wait.
 pub fn record_later(client: &Client, ev: Event) {
     let client = client.clone();
-    tokio::spawn(async move { record(&client, ev).await });
+    tokio::spawn(async move {
+        let _permit = WRITES.acquire().await;
+        record(&client, ev).await
+    });
 }
 
 #[cfg(test)]

@@ -51,11 +51,19 @@ const BACKDATE: Duration = Duration::from_secs(300);
 /// Below this lifetime the end is not moved back with the start.
 const SHORT: Duration = Duration::from_secs(8 * 3600);
 
-static CA_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// The signing CA's certificate and key files (PEM).
+static SIGNING_FILES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
 
-/// Where the cluster CA lives (`<data dir>/tls`); set once by `skiff server`.
+/// Where the cluster CA lives (`<data dir>/tls`, holding `ca.crt` and `ca.key`); set once by
+/// `skiff server`.
 pub fn set_ca_dir(dir: PathBuf) {
-    let _ = CA_DIR.set(dir);
+    set_signing_files(dir.join("ca.crt"), dir.join("ca.key"));
+}
+
+/// The CA certificate and key the signer issues certificates with (kube-controller-manager's
+/// `--cluster-signing-cert-file` and `--cluster-signing-key-file`); set once per process.
+pub fn set_signing_files(cert: PathBuf, key: PathBuf) {
+    let _ = SIGNING_FILES.set((cert, key));
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,14 +393,13 @@ fn key_usages(
 
 /// Signs the request with the cluster CA; returns the certificate as PEM.
 fn issue(req: &Request, usages: &[String], expiration: Option<i32>) -> Result<String, CsrError> {
-    let dir = CA_DIR
-        .get()
-        .ok_or_else(|| CsrError::Ca("no CA directory configured".into()))?;
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .map_err(|e| CsrError::Ca(format!("read {}: {e}", dir.join(f).display())))
+    let (cert_file, key_file) = SIGNING_FILES.get().ok_or_else(|| {
+        CsrError::Ca("no signing certificate and key configured (--cluster-signing-cert-file, --cluster-signing-key-file)".into())
+    })?;
+    let read = |f: &PathBuf| {
+        std::fs::read_to_string(f).map_err(|e| CsrError::Ca(format!("read {}: {e}", f.display())))
     };
-    let (ca_pem, key_pem) = (read("ca.crt")?, read("ca.key")?);
+    let (ca_pem, key_pem) = (read(cert_file)?, read(key_file)?);
     let ca_not_after = {
         let (_, block) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
             .map_err(|e| CsrError::Ca(e.to_string()))?;

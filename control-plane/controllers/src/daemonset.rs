@@ -55,8 +55,9 @@ pub fn run(
     Box::pin(async move {
         let client = ctx.client.clone();
         let reader = ctx.reader.clone();
-        let (pods, pod_events) = ctx.pods.subscribe();
-        let (nodes, node_events) = workload::reflect(Api::<Node>::all(reader.clone()));
+        let (pods, pod_events) = workload::subscribe_pods(&ctx.informers);
+        let node_informer = ctx.informers.nodes();
+        let nodes = node_informer.store().clone();
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),
@@ -69,7 +70,7 @@ pub fn run(
             watcher::Config::default(),
         )
         .owns_shared_stream(pod_events)
-        .reconcile_all_on(workload::ticks(node_events))
+        .reconcile_all_on(node_informer.ticks())
         .run(reconcile, error_policy, st)
         .for_each(|_| async {});
         workload::until(stop, ctl).await;

@@ -33,7 +33,7 @@ pub fn run(
 ) -> BoxFuture<'static, Result<(), ControllerError>> {
     Box::pin(async move {
         let queue = Queue::default();
-        let st = start_informers(&ctx.reader, &queue);
+        let st = start_informers(&ctx, &queue);
         wait_ready(&st).await?;
         tracing::info!(controller = NAME, "caches synced");
         let work = async {

@@ -53,11 +53,14 @@ pub fn run(
     Box::pin(async move { run_inner(ctx, stop).await })
 }
 
-/// Starts the five informers; each event puts the Services it concerns on `queue`.
-pub(crate) fn start_informers(client: &kube::Client, queue: &Queue) -> Stores {
+/// Starts the informers; each event puts the Services it concerns on `queue`. Pods and nodes
+/// come from the process's shared informers (one cache of each for every controller).
+pub(crate) fn start_informers(ctx: &Context, queue: &Queue) -> Stores {
+    let client = &ctx.reader;
     let (services, svc_events) = informer(Api::<Service>::all(client.clone()));
-    let (pods, pod_events) = informer(Api::<Pod>::all(client.clone()));
-    let (nodes, node_events) = informer(Api::<Node>::all(client.clone()));
+    let pod_informer = ctx.informers.pods();
+    let pods = pod_informer.store().clone();
+    let nodes = ctx.informers.nodes().store().clone();
     let (slices, slice_events) = informer(Api::<EndpointSlice>::all(client.clone()));
     let (endpoints, ep_events) = informer(Api::<Endpoints>::all(client.clone()));
     let q = queue.clone();
@@ -70,28 +73,36 @@ pub(crate) fn start_informers(client: &kube::Client, queue: &Queue) -> Stores {
         std::future::ready(())
     }));
     // A pod concerns every Service of its namespace that selects it now or selected it before
-    // (its old labels are gone): all the namespace's Services with a selector are checked.
+    // (its old labels are gone): all the namespace's Services with a selector are checked. After
+    // a re-list (or a lag) every such Service is.
     let q = queue.clone();
     let svc_store = services.clone();
-    tokio::spawn(pod_events.for_each(move |ev| {
-        if let Ok(ev) = ev {
-            for p in touched(&ev) {
-                let ns = p.namespace().unwrap_or_default();
-                for s in svc_store.state() {
-                    if s.namespace().as_deref() == Some(ns.as_str())
-                        && s.spec
-                            .as_ref()
-                            .and_then(|sp| sp.selector.as_ref())
-                            .is_some()
-                    {
-                        q.add(&ns, &s.name_any());
-                    }
+    let mut pod_rx = pod_informer.subscribe();
+    tokio::spawn(async move {
+        use crate::informer::Change;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let ns = match pod_rx.recv().await {
+                Ok(Change::Added(p))
+                | Ok(Change::Deleted(p))
+                | Ok(Change::Updated { new: p, .. }) => Some(p.namespace().unwrap_or_default()),
+                Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => return,
+            };
+            for s in svc_store.state() {
+                if ns
+                    .as_ref()
+                    .is_none_or(|ns| s.namespace().as_ref() == Some(ns))
+                    && s.spec
+                        .as_ref()
+                        .and_then(|sp| sp.selector.as_ref())
+                        .is_some()
+                {
+                    q.add(&s.namespace().unwrap_or_default(), &s.name_any());
                 }
             }
         }
-        std::future::ready(())
-    }));
-    tokio::spawn(node_events.for_each(|_| std::future::ready(())));
+    });
     let q = queue.clone();
     tokio::spawn(slice_events.for_each(move |ev| {
         if let Ok(ev) = ev {
@@ -136,7 +147,7 @@ pub(crate) async fn wait_ready(st: &Stores) -> Result<(), ControllerError> {
 
 async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), ControllerError> {
     let queue = Queue::default();
-    let st = start_informers(&ctx.reader, &queue);
+    let st = start_informers(&ctx, &queue);
     wait_ready(&st).await?;
     tracing::info!(controller = NAME, "caches synced");
     let work = async {

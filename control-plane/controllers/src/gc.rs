@@ -27,6 +27,8 @@ use crate::{Context, ControllerError};
 const NAME: &str = "garbage-collector-controller";
 const PERIOD: Duration = Duration::from_secs(15);
 const REDISCOVER_EVERY: u32 = 8;
+/// Objects per list page of the sweep.
+const PAGE: u32 = 250;
 
 pub fn run(
     ctx: Context,
@@ -85,60 +87,74 @@ async fn sweep(client: &Client, discovery: &Discovery) -> usize {
                 continue;
             }
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let Ok(list) = api.list(&ListParams::default()).await else {
-                continue;
-            };
-            for obj in list.items {
-                let refs = obj.owner_references().to_vec();
-                if refs.is_empty() || obj.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                let ns = obj.namespace().unwrap_or_default();
-                let mut dangling = Vec::new();
-                let mut foreground_owner = false;
-                let mut unknown = false;
-                for r in &refs {
-                    let st = owner_state(client, discovery, &mut owners, &ns, r).await;
-                    match st {
-                        Owner::Gone => dangling.push(r.uid.clone()),
-                        Owner::Present { uid, .. } if uid != r.uid => dangling.push(r.uid.clone()),
-                        Owner::Present {
-                            foreground: true, ..
-                        } if r.block_owner_deletion == Some(true) => foreground_owner = true,
-                        Owner::Present { .. } => {}
-                        Owner::Unknown => unknown = true,
-                    }
-                }
-                let dapi: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
-                    Api::namespaced_with(client.clone(), &ns, &ar)
-                } else {
-                    Api::all_with(client.clone(), &ar)
+            // Metadata only, a page at a time (upstream's garbage collector runs on metadata
+            // informers): the sweep never holds every object of a kind in full.
+            let mut lp = ListParams::default().limit(PAGE);
+            loop {
+                let Ok(list) = api.list_metadata(&lp).await else {
+                    break;
                 };
-                let uid = obj.metadata.uid.clone();
-                if !unknown && dangling.len() == refs.len() {
-                    tracing::info!(kind = %ar.kind, namespace = %ns, name = %obj.name_any(), "deleting object whose owners are all gone");
-                    if delete(&dapi, &obj.name_any(), uid, PropagationPolicy::Background).await {
-                        acted += 1;
+                let next = list.metadata.continue_.clone().filter(|c| !c.is_empty());
+                for obj in list.items {
+                    let refs = obj.owner_references().to_vec();
+                    if refs.is_empty() || obj.metadata.deletion_timestamp.is_some() {
+                        continue;
                     }
-                } else if !dangling.is_empty() {
-                    let keep: Vec<_> = refs.iter().filter(|r| !dangling.contains(&r.uid)).collect();
-                    let patch = json!({"metadata": {"ownerReferences": keep, "uid": uid}});
-                    tracing::info!(kind = %ar.kind, namespace = %ns, name = %obj.name_any(), "removing references to missing owners");
-                    if dapi
-                        .patch(
-                            &obj.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        )
-                        .await
-                        .is_ok()
+                    let ns = obj.namespace().unwrap_or_default();
+                    let mut dangling = Vec::new();
+                    let mut foreground_owner = false;
+                    let mut unknown = false;
+                    for r in &refs {
+                        let st = owner_state(client, discovery, &mut owners, &ns, r).await;
+                        match st {
+                            Owner::Gone => dangling.push(r.uid.clone()),
+                            Owner::Present { uid, .. } if uid != r.uid => {
+                                dangling.push(r.uid.clone())
+                            }
+                            Owner::Present {
+                                foreground: true, ..
+                            } if r.block_owner_deletion == Some(true) => foreground_owner = true,
+                            Owner::Present { .. } => {}
+                            Owner::Unknown => unknown = true,
+                        }
+                    }
+                    let dapi: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+                        Api::namespaced_with(client.clone(), &ns, &ar)
+                    } else {
+                        Api::all_with(client.clone(), &ar)
+                    };
+                    let uid = obj.metadata.uid.clone();
+                    if !unknown && dangling.len() == refs.len() {
+                        tracing::info!(kind = %ar.kind, namespace = %ns, name = %obj.name_any(), "deleting object whose owners are all gone");
+                        if delete(&dapi, &obj.name_any(), uid, PropagationPolicy::Background).await
+                        {
+                            acted += 1;
+                        }
+                    } else if !dangling.is_empty() {
+                        let keep: Vec<_> =
+                            refs.iter().filter(|r| !dangling.contains(&r.uid)).collect();
+                        let patch = json!({"metadata": {"ownerReferences": keep, "uid": uid}});
+                        tracing::info!(kind = %ar.kind, namespace = %ns, name = %obj.name_any(), "removing references to missing owners");
+                        if dapi
+                            .patch(
+                                &obj.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(&patch),
+                            )
+                            .await
+                            .is_ok()
+                        {
+                            acted += 1;
+                        }
+                    } else if foreground_owner
+                        && delete(&dapi, &obj.name_any(), uid, PropagationPolicy::Foreground).await
                     {
                         acted += 1;
                     }
-                } else if foreground_owner
-                    && delete(&dapi, &obj.name_any(), uid, PropagationPolicy::Foreground).await
-                {
-                    acted += 1;
+                }
+                match next {
+                    Some(c) => lp = lp.continue_token(&c),
+                    None => break,
                 }
             }
         }
@@ -208,7 +224,7 @@ async fn lookup(client: &Client, ar: &ApiResource, ns: &str, name: &str) -> Owne
     } else {
         Api::namespaced_with(client.clone(), ns, ar)
     };
-    match api.get_opt(name).await {
+    match api.get_metadata_opt(name).await {
         Ok(None) => Owner::Gone,
         Ok(Some(o)) => Owner::Present {
             uid: o.metadata.uid.clone().unwrap_or_default(),

@@ -44,8 +44,12 @@ impl<K> Clone for Change<K> {
 }
 
 /// Capacity of each informer's change channel; a subscriber further behind than this gets
-/// `Lagged` and resyncs from the store.
-const CHANGES: usize = 8192;
+/// `Lagged` and resyncs from the store. The slots are allocated up front (some 70 bytes each),
+/// for every informer.
+const CHANGES: usize = 1024;
+/// The pod informer's: pods change in bursts (a scale-up of hundreds creates, binds and starts
+/// each), and a lagging ReplicaSet controller forgets its expectations and resyncs everything.
+const POD_CHANGES: usize = 8192;
 
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
@@ -66,8 +70,19 @@ impl<K> Watched for K where
 
 impl<K: Watched> Informer<K> {
     pub fn start(api: Api<K>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
+        Self::start_with(api, stop, slim::<K>, CHANGES)
+    }
+
+    /// [`Informer::start`] with the transform every object goes through before it is cached
+    /// (client-go's `SetTransform`) and the capacity of the change channel.
+    pub fn start_with(
+        api: Api<K>,
+        stop: tokio::sync::watch::Receiver<bool>,
+        transform: fn(&mut K),
+        capacity: usize,
+    ) -> Arc<Self> {
         let (store, writer) = reflector::store();
-        let (tx, _) = broadcast::channel(CHANGES);
+        let (tx, _) = broadcast::channel(capacity);
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let inf = Arc::new(Informer {
             store: store.clone(),
@@ -78,7 +93,7 @@ impl<K: Watched> Informer<K> {
             let mut stop = stop;
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => {}
-                _ = feed(api, store, writer, tx, ready_tx) => {}
+                _ = feed(api, transform, store, writer, tx, ready_tx) => {}
             }
         });
         inf
@@ -92,6 +107,16 @@ impl<K: Watched> Informer<K> {
         self.tx.subscribe()
     }
 
+    /// One `()` per change (and per lag) from now on: a trigger for `reconcile_all_on`.
+    pub fn ticks(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.subscribe(), |mut rx| async move {
+            match rx.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+    }
+
     /// Waits for the first complete list.
     pub async fn ready(&self) {
         let mut r = self.ready.clone();
@@ -101,6 +126,7 @@ impl<K: Watched> Informer<K> {
 
 async fn feed<K: Watched>(
     api: Api<K>,
+    transform: fn(&mut K),
     reader: Store<K>,
     mut writer: reflector::store::Writer<K>,
     tx: broadcast::Sender<Change<K>>,
@@ -109,6 +135,7 @@ async fn feed<K: Watched>(
     let kind = K::kind(&());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(transform)
         .boxed();
     let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
     let mut pending: Vec<Change<K>> = Vec::new();
@@ -172,6 +199,26 @@ async fn feed<K: Watched>(
     }
 }
 
+/// What a cached object need not keep (upstream's informers do the same with a transform,
+/// `TransformStripManagedFields`): no controller reads `metadata.managedFields`, and it is
+/// often the largest part of an object. Writes from a cached copy send none, which keeps the
+/// server's.
+pub fn slim<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// [`slim`] for pods, which are most of what the controllers cache: of the volumes only the
+/// PersistentVolumeClaim ones are kept (the volume binder looks for a claim's consumers; no
+/// other controller reads a pod's volumes, and the service-account token volume every pod has
+/// is large in memory).
+pub fn slim_pod(p: &mut Pod) {
+    slim(p);
+    if let Some(vols) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+        vols.retain(|v| v.persistent_volume_claim.is_some());
+        vols.shrink_to_fit();
+    }
+}
+
 /// The informers every controller shares, each started on first use.
 pub struct Informers {
     client: Client,
@@ -203,8 +250,18 @@ impl Informers {
             .clone()
     }
 
+    /// Every pod, as [`slim_pod`] leaves it.
     pub fn pods(&self) -> Arc<Informer<Pod>> {
-        self.get(&self.pods, Api::all(self.client.clone()))
+        self.pods
+            .get_or_init(|| {
+                Informer::start_with(
+                    Api::all(self.client.clone()),
+                    self.stop.clone(),
+                    slim_pod,
+                    POD_CHANGES,
+                )
+            })
+            .clone()
     }
     pub fn replicasets(&self) -> Arc<Informer<ReplicaSet>> {
         self.get(&self.replicasets, Api::all(self.client.clone()))
@@ -224,5 +281,45 @@ impl Informers {
             &self.node_leases,
             Api::namespaced(self.client.clone(), "kube-node-lease"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_pod_keeps_what_controllers_read() {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "rs", "uid": "u1", "controller": true}],
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}],
+                     "volumes": [
+                         {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
+                         {"name": "kube-api-access", "projected": {"sources": [
+                             {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}},
+                         {"name": "tmp", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.5"},
+        }))
+        .unwrap();
+        slim_pod(&mut p);
+        assert!(p.metadata.managed_fields.is_none());
+        let spec = p.spec.as_ref().unwrap();
+        let vols = spec.volumes.as_ref().unwrap();
+        assert_eq!(vols.len(), 1);
+        assert_eq!(
+            vols[0].persistent_volume_claim.as_ref().unwrap().claim_name,
+            "claim"
+        );
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
+        assert_eq!(
+            p.status.as_ref().unwrap().pod_ip.as_deref(),
+            Some("10.42.0.5")
+        );
     }
 }

@@ -57,7 +57,7 @@ pub fn run(
     Box::pin(async move {
         let client = ctx.client.clone();
         let reader = ctx.reader.clone();
-        let (pods, pod_events) = ctx.pods.subscribe();
+        let (pods, pod_events) = workload::subscribe_pods(&ctx.informers);
         let st = Arc::new(State {
             client: client.clone(),
             pods: pods.clone(),

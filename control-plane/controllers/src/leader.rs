@@ -7,6 +7,7 @@
 //! restarted after a crash finds the lease still its own and leads again at once instead of
 //! waiting out the lease, and servers on different hosts still differ.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -22,6 +23,19 @@ pub const LEASE: &str = "kube-controller-manager";
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// kube-controller-manager's `--leader-elect` (default true). Off, the controllers run at once
+/// and no Lease is read or written: only for a single controller manager.
+static LEADER_ELECT: AtomicBool = AtomicBool::new(true);
+
+/// Turns leader election on or off for this process (before [`crate::run`]).
+pub fn set_leader_elect(on: bool) {
+    LEADER_ELECT.store(on, Ordering::Relaxed);
+}
+
+fn leader_elect() -> bool {
+    LEADER_ELECT.load(Ordering::Relaxed)
+}
 
 pub struct Elector {
     api: Api<Lease>,
@@ -115,6 +129,9 @@ impl Elector {
 
     /// Waits until this candidate holds the lease.
     pub async fn acquire(&self) {
+        if !leader_elect() {
+            return;
+        }
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => return,
@@ -129,6 +146,9 @@ impl Elector {
 
     /// Renews every retry period; returns when a renewal did not succeed within the deadline.
     pub async fn hold(&self) {
+        if !leader_elect() {
+            return std::future::pending().await;
+        }
         let mut last = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RETRY_PERIOD).await;
@@ -155,6 +175,9 @@ impl Elector {
     /// Gives the lease up on a clean stop (upstream's ReleaseOnCancel), so a successor need not
     /// wait for it to expire.
     pub async fn release(&self) {
+        if !leader_elect() {
+            return;
+        }
         if let Ok(Some(mut lease)) = self.api.get_opt(LEASE).await {
             let spec = lease.spec.get_or_insert_with(Default::default);
             if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {

@@ -59,8 +59,6 @@ pub struct Context {
     pub reader: Client,
     /// Shared informers, run with the controller manager's identity.
     pub informers: Arc<informer::Informers>,
-    /// The process's one pod cache (a shared informer) for the controllers that read pods.
-    pub pods: workload::SharedPods,
 }
 
 /// A controller: a name (for logs and its identity) and a future that runs it until `stop`.
@@ -181,7 +179,6 @@ async fn run_all(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let ctx = Context {
         informers: Arc::new(informer::Informers::new(client.clone(), rx.clone())),
-        pods: workload::SharedPods::new(client.clone()),
         reader: client.clone(),
         client,
     };

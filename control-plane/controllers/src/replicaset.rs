@@ -31,6 +31,11 @@ use crate::{Context, ControllerError};
 /// Upstream's `BurstReplicas`: at most this many creations or deletions per sync.
 const BURST: i64 = 500;
 const WORKERS: usize = 5;
+/// Pod creates and deletes in flight for all ReplicaSets and ReplicationControllers together.
+/// The slow-start batches stay upstream's; this only bounds how many requests (and so HTTP/1
+/// connections, each with its own TLS and read buffers) run at once, as client-go's QPS limit
+/// and HTTP/2 do upstream.
+static POD_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// What the controller needs of a ReplicaSet or a ReplicationController.
@@ -474,10 +479,12 @@ impl<K: Replicated> Ctl<K> {
             spec: t.spec,
             status: None,
         };
-        match Api::<Pod>::namespaced(self.client.clone(), &ns)
+        let permit = POD_WRITES.acquire().await;
+        let created = Api::<Pod>::namespaced(self.client.clone(), &ns)
             .create(&PostParams::default(), &pod)
-            .await
-        {
+            .await;
+        drop(permit);
+        match created {
             Ok(p) => {
                 tracing::debug!(pod = %p.name_any(), "created pod");
                 self.rec.event(
@@ -509,10 +516,13 @@ impl<K: Replicated> Ctl<K> {
             }),
             ..Default::default()
         };
-        match Api::<Pod>::namespaced(self.client.clone(), &p.namespace().unwrap_or_default())
-            .delete(&p.name_any(), &dp)
-            .await
-        {
+        let permit = POD_WRITES.acquire().await;
+        let deleted =
+            Api::<Pod>::namespaced(self.client.clone(), &p.namespace().unwrap_or_default())
+                .delete(&p.name_any(), &dp)
+                .await;
+        drop(permit);
+        match deleted {
             Ok(_) => {
                 self.rec.event(
                     rs.as_ref(),

@@ -47,20 +47,25 @@ pub const DEFAULT_CLASS: &str = "local-path";
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 const DEFAULT_CLASS_ANN: &str = "storageclass.kubernetes.io/is-default-class";
 
-static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+static STORAGE_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// Where provisioned volumes live: `<dir>/storage/`. Set once by `skiff server` (its data dir);
 /// without it the directories are left to the kubelet's `DirectoryOrCreate`.
 pub fn set_data_dir(dir: PathBuf) {
-    let _ = DATA_DIR.set(dir);
+    set_storage_dir(dir.join("storage"));
+}
+
+/// The folder provisioned volumes are made in, as given (k3s's
+/// `--default-local-storage-path`); set once per process. Default `/var/lib/skiff/storage`.
+pub fn set_storage_dir(dir: PathBuf) {
+    let _ = STORAGE_DIR.set(dir);
 }
 
 fn storage_dir() -> PathBuf {
-    DATA_DIR
+    STORAGE_DIR
         .get()
         .cloned()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/skiff"))
-        .join("storage")
+        .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/storage"))
 }
 
 struct State {
@@ -80,7 +85,7 @@ pub fn run(
         let reader = ctx.reader.clone();
         ensure_default_class(&client).await?;
         let (pvs, pv_events) = workload::reflect(Api::<PersistentVolume>::all(reader.clone()));
-        let (pods, pod_events) = ctx.pods.subscribe();
+        let (pods, pod_events) = workload::subscribe_pods(&ctx.informers);
         let (classes, class_events) = workload::reflect(Api::<StorageClass>::all(reader.clone()));
         let class_feed = tokio::spawn(class_events.for_each(|_| async {}));
         let st = Arc::new(State {

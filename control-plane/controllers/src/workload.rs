@@ -46,75 +46,49 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(crate::informer::slim::<K>),
+    )
+    .default_backoff()
+    .touched_objects();
     (reader, stream)
 }
 
-/// One pod cache for every controller of the process (upstream's shared informer): a single
-/// watch feeds the store, and each subscriber gets every changed pod, after the store has it,
-/// on its own unbounded queue (a slow controller delays only itself). The watch starts with the
-/// first subscriber.
-#[derive(Clone)]
-pub struct SharedPods {
-    client: Client,
-    inner: Arc<Mutex<Option<SharedInner>>>,
-}
-
-struct SharedInner {
-    store: Store<Pod>,
-    subs: Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Arc<Pod>>>>>,
-}
-
-impl SharedPods {
-    pub fn new(client: Client) -> SharedPods {
-        SharedPods {
-            client,
-            inner: Arc::default(),
-        }
-    }
-
-    /// The shared store and a stream of the pods that change from now on.
-    pub fn subscribe(
-        &self,
-    ) -> (
-        Store<Pod>,
-        impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
-    ) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let shared = inner.get_or_insert_with(|| {
-            let (store, writer) = reflector::store();
-            let subs: Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Arc<Pod>>>>> =
-                Arc::default();
-            let fan_out = subs.clone();
-            let api: Api<Pod> = Api::all(self.client.clone());
-            let feed = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff()
-                .touched_objects()
-                .for_each(move |r| {
-                    if let Ok(pod) = r {
-                        let pod = Arc::new(pod);
-                        fan_out
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .retain(|tx| tx.send(pod.clone()).is_ok());
-                    }
-                    async {}
-                });
-            tokio::spawn(feed);
-            SharedInner { store, subs }
-        });
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        shared
-            .subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
-        (shared.store.clone(), stream)
-    }
+/// The shared pod cache (`ctx.informers.pods()`, upstream's shared informer) and a stream of the
+/// pods that change from now on, each after the store has it: the added or updated pod, or the
+/// deleted one. After a lag (the subscriber fell a channel's length behind) it yields every
+/// pod in the store, so nothing is missed.
+pub fn subscribe_pods(
+    informers: &crate::informer::Informers,
+) -> (
+    Store<Pod>,
+    impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+) {
+    use crate::informer::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    let inf = informers.pods();
+    let store = inf.store().clone();
+    let rx = inf.subscribe();
+    let stream = futures::stream::unfold(
+        (rx, store.clone(), std::collections::VecDeque::new()),
+        |(mut rx, store, mut backlog)| async move {
+            loop {
+                if let Some(p) = backlog.pop_front() {
+                    return Some((p, (rx, store, backlog)));
+                }
+                match rx.recv().await {
+                    Ok(Change::Added(p))
+                    | Ok(Change::Deleted(p))
+                    | Ok(Change::Updated { new: p, .. }) => return Some((p, (rx, store, backlog))),
+                    Ok(Change::Resynced) => {}
+                    Err(RecvError::Lagged(_)) => backlog.extend(store.state()),
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    (store, stream)
 }
 
 /// A reflected stream turned into "something changed" ticks (for `reconcile_all_on`).

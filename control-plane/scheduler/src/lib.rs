@@ -337,7 +337,15 @@ async fn watch_pods(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>) 
         "pods",
         Api::<Pod>::all(s.client.clone()),
         ready,
-        move |p: Pod| on_pod(&s1, p),
+        move |mut p: Pod| {
+            // Of the volumes only the claims matter here (`volumes::claims_of`); the others
+            // (the service-account token volume every pod has) are large as Rust values.
+            if let Some(v) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+                v.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+                v.shrink_to_fit();
+            }
+            on_pod(&s1, p)
+        },
         move |gone: Option<&Pod>, keep: &HashSet<String>| {
             let uids: Vec<String> = match gone {
                 Some(p) => p.metadata.uid.clone().into_iter().collect(),

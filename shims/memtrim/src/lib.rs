@@ -253,6 +253,19 @@ fn parse_line(line: &[u8], current: &mut Option<Mapping>, f: &mut impl FnMut(&Ma
     });
 }
 
+/// Caps glibc's malloc arenas at `n` (it makes up to 8 per core as threads contend, and memory
+/// freed in one arena is not reused by the others): for a long-lived process whose heap is
+/// mostly caches, fewer arenas mean a smaller RSS for the same live data. A no-op elsewhere.
+pub fn limit_arenas(n: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; M_ARENA_MAX takes a count.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = n;
+}
+
 /// Returns freed heap memory to the kernel (glibc keeps it otherwise); a no-op elsewhere.
 pub fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
