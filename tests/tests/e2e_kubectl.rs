@@ -17,17 +17,35 @@ struct Server {
     created_bridge: bool,
     /// The pod network's nftables table, if this test's server made it.
     created_nft_table: bool,
+    /// The service proxy's default table (`ip skiff-proxy`), if this test's server made it.
+    created_proxy_table: bool,
+    /// The cluster DNS address (10.43.0.10) on `lo`, if this test's server put it there (kernels
+    /// without dummy links).
+    created_dns_address: bool,
+    created_dns_link: bool,
     /// Pod cgroup roots (`/sys/fs/cgroup/<controller>/kubepods`) this test's server made.
     created_cgroups: Vec<PathBuf>,
 }
 
 fn nft_table_exists() -> bool {
+    table_exists("inet", "skiff-cni")
+}
+
+fn table_exists(family: &str, name: &str) -> bool {
     Command::new("nft")
-        .args(["list", "table", "inet", "skiff-cni"])
+        .args(["list", "table", family, name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Whether `lo` holds the default cluster DNS address.
+fn lo_has_dns_address() -> bool {
+    Command::new("ip")
+        .args(["-4", "addr", "show", "dev", "lo"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("10.43.0.10/32"))
 }
 
 /// `/sys/fs/cgroup/<controller>/kubepods` for every v1 controller that does not have it yet.
@@ -70,6 +88,9 @@ impl Server {
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let created_bridge = !netns::link_exists("cni0");
         let created_nft_table = !nft_table_exists();
+        let created_proxy_table = !table_exists("ip", "skiff-proxy");
+        let created_dns_address = !lo_has_dns_address();
+        let created_dns_link = !netns::link_exists("skiff-dns");
         let created_cgroups = missing_pod_cgroup_roots();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(workspace_bin("skiff"))
@@ -95,6 +116,9 @@ impl Server {
             kubeconfig,
             created_bridge,
             created_nft_table,
+            created_proxy_table,
+            created_dns_address,
+            created_dns_link,
             created_cgroups,
         }
     }
@@ -159,6 +183,19 @@ impl Drop for Server {
         if self.created_nft_table {
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", "skiff-cni"])
+                .status();
+        }
+        if self.created_proxy_table {
+            let _ = Command::new(workspace_bin("skiff"))
+                .args(["proxy", "--cleanup", "--nftables-table", "skiff-proxy"])
+                .status();
+        }
+        if self.created_dns_link {
+            netns::delete_link("skiff-dns");
+        }
+        if self.created_dns_address && lo_has_dns_address() {
+            let _ = Command::new("ip")
+                .args(["addr", "del", "10.43.0.10/32", "dev", "lo"])
                 .status();
         }
         for root in &self.created_cgroups {
