@@ -2,6 +2,8 @@
 //! lines, percentiles, `/proc` readings, and an etcd of the bench's own (Debian's
 //! `/usr/bin/etcd` on free loopback ports in a temp dir, stopped by PID).
 
+pub mod fake_cluster;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

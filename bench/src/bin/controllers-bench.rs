@@ -18,14 +18,17 @@
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Api, Client};
-use skiff_bench::{free_port, hwm_kib, line_multi, rss_kib};
+use kube::Api;
+use skiff_bench::fake_cluster::{
+    create_ready_nodes, env_usize, skiff_bin, start_server, Proc, Server,
+};
+use skiff_bench::{hwm_kib, line_multi, rss_kib};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ZONES: usize = 10;
@@ -33,43 +36,6 @@ const ZONES: usize = 10;
 const UPSTREAM_KCM_RSS_KIB: f64 = 97_716.0;
 const UPSTREAM_SCHEDULER_RSS_KIB: f64 = 44_236.0;
 const TARGET_MIB: f64 = 20.0;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(s) => s.parse().with_context(|| format!("{name}: a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn node_json(i: usize) -> serde_json::Value {
-    let name = format!("sk-bench-node-{i:03}");
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name,
-            "topology.kubernetes.io/zone": format!("z{}", i % ZONES),
-        }},
-    })
-}
-
-fn node_status() -> serde_json::Value {
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    serde_json::json!({"status": {
-        "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
-        "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                        "message": "fake", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-    }})
-}
 
 /// Deployment `i` of `replicas`: plain (i % 10 < 4), zone-spread (< 7) or zone affinity with
 /// preferred anti-affinity by host.
@@ -108,12 +74,6 @@ fn deployment(i: usize, replicas: usize) -> Result<Deployment> {
             "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
         },
     }))?)
-}
-
-async fn client(kubeconfig: &Path) -> Result<Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(Client::try_from(cfg)?)
 }
 
 fn main() -> Result<()> {
@@ -200,83 +160,20 @@ async fn run() -> Result<()> {
     let replicas = env_usize("SK_BENCH_REPLICAS", 100)?;
     let nodes = env_usize("SK_BENCH_NODES", 100)?;
     let pods = deployments * replicas;
-    let parent = PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()));
-    let bin = match std::env::var_os("SKIFF_BIN") {
-        Some(b) => PathBuf::from(b),
-        None => std::env::current_exe()?.with_file_name("skiff"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it with `cargo build --release --bin skiff` (or set SKIFF_BIN)",
-            bin.display()
-        );
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("sk-ctlbench")
-        .tempdir_in(&parent)
-        .with_context(|| format!("temp dir in {}", parent.display()))?;
-    let data = dir.path().join("data");
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    let port = free_port()?;
-    let server = Proc(
-        Command::new(&bin)
-            .args([
-                "server",
-                "--disable-agent",
-                "--disable-scheduler",
-                "--disable-controller-manager",
-                "--node-name",
-                "sk-bench",
-            ])
-            .args(["--bind-address", "127.0.0.1", "--node-ip", "127.0.0.1"])
-            .arg("--https-listen-port")
-            .arg(port.to_string())
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--run-dir")
-            .arg(dir.path().join("run"))
-            .arg("--write-kubeconfig")
-            .arg(&kubeconfig)
-            .env("SKIFF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log"))?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?,
-    );
-    let start = Instant::now();
-    let c = loop {
-        if kubeconfig.exists() && data.join("server/controller.kubeconfig").exists() {
-            if let Ok(c) = client(&kubeconfig).await {
-                if c.apiserver_version().await.is_ok() {
-                    break c;
-                }
-            }
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "skiff server did not answer in 60 s; see {}",
-                dir.path().join("server.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let ns_api: Api<Namespace> = Api::all(c.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "sk-bench"}}))?;
-    ns_api.create(&PostParams::default(), &ns).await?;
-    let node_api: Api<Node> = Api::all(c.clone());
-    for i in 0..nodes {
-        let n: Node = serde_json::from_value(node_json(i))?;
-        let name = n.metadata.name.clone().unwrap_or_default();
-        node_api.create(&PostParams::default(), &n).await?;
-        node_api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&node_status()),
-            )
-            .await?;
-    }
+    let bin = skiff_bin()?;
+    let Server {
+        proc: server,
+        dir,
+        data,
+        client: c,
+    } = start_server(
+        &bin,
+        "sk-ctlbench",
+        &["--disable-scheduler", "--disable-controller-manager"],
+    )
+    .await?;
+    // Nodes first, Ready, spread over the zones.
+    create_ready_nodes(&c, nodes, ZONES).await?;
     let sched = spawn(
         &bin,
         &["scheduler"],
