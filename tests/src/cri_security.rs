@@ -118,6 +118,18 @@ impl Target {
         linux: Option<cri::LinuxContainerConfig>,
         script: &str,
     ) -> Result<String, String> {
+        Ok(self.probe_id(sb, sb_cfg, name, linux, script).await?.1)
+    }
+
+    /// [`Self::probe`], also returning the container's id.
+    async fn probe_id(
+        &mut self,
+        sb: &str,
+        sb_cfg: &cri::PodSandboxConfig,
+        name: &str,
+        linux: Option<cri::LinuxContainerConfig>,
+        script: &str,
+    ) -> Result<(String, String), String> {
         let full = format!("({script}) > /tmp/sk-probe 2>&1; touch /tmp/sk-probe-done; sleep 1000");
         let mut c = self.container(name, &["sh", "-c", &full]);
         c.linux = linux;
@@ -127,7 +139,7 @@ impl Target {
                 .sh(&id, "test -e /tmp/sk-probe-done && cat /tmp/sk-probe")
                 .await?;
             if r.exit_code == 0 {
-                return Ok(String::from_utf8_lossy(&r.stdout).into_owned());
+                return Ok((id, String::from_utf8_lossy(&r.stdout).into_owned()));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -441,8 +453,8 @@ pub async fn seccomp(t: &mut Target, profiles: &Profiles) -> Check {
             )
             .await?;
         ensure!(out.contains("Seccomp:\t0"), "Unconfined: {out:?}");
-        let out = t
-            .probe(
+        let (blocked, out) = t
+            .probe_id(
                 &sb,
                 &sb_cfg,
                 "skschost",
@@ -462,6 +474,19 @@ pub async fn seccomp(t: &mut Target, profiles: &Profiles) -> Check {
                 && eff.is_some_and(|e| e & CAP_SYS_ADMIN != 0)
                 && !out.contains("hostname-ok"),
             "a Localhost profile blocking sethostname, with CAP_SYS_ADMIN: {out:?}"
+        );
+        // A process exec'd into the container runs under the container's filter too (runc's
+        // behaviour): the profile still blocks sethostname.
+        let r = t
+            .sh(
+                &blocked,
+                "grep Seccomp: /proc/self/status; hostname skexecblocked && echo hostname-ok",
+            )
+            .await?;
+        let out = String::from_utf8_lossy(&r.stdout);
+        ensure!(
+            out.contains("Seccomp:\t2") && !out.contains("hostname-ok"),
+            "ExecSync into a container with a Localhost profile blocking sethostname: {out:?}"
         );
 
         for (what, path) in [("missing", &missing), ("broken", &broken)] {
