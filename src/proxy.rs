@@ -17,8 +17,8 @@ pub struct ProxyArgs {
     /// The pod network: traffic to a ClusterIP from outside it is masqueraded.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
-    /// Addresses NodePorts answer on; only the default (every local address, 127.0.0.1
-    /// included, as kube-proxy's iptables mode) is available.
+    /// Host addresses NodePorts answer on: CIDRs (`10.0.0.0/8,::1/128`) or `primary` (the
+    /// node's addresses); default every local address, 127.0.0.1 included.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
     /// Remove the proxy's nftables table and exit.
@@ -35,18 +35,10 @@ pub struct ProxyArgs {
 pub async fn run(args: ProxyArgs) -> Result<()> {
     if args.cleanup {
         skiff_proxy::cleanup(&args.nftables_table)
-            .with_context(|| format!("removing nftables table ip {}", args.nftables_table))?;
+            .with_context(|| format!("removing nftables tables ip/ip6 {}", args.nftables_table))?;
         return Ok(());
     }
-    if let Some(a) = args
-        .nodeport_addresses
-        .iter()
-        .find(|a| !matches!(a.as_str(), "" | "0.0.0.0/0"))
-    {
-        anyhow::bail!(
-            "--nodeport-addresses {a}: only the default (all local addresses) is available"
-        );
-    }
+    skiff_proxy::nodeport::parse(&args.nodeport_addresses)?;
     let node = args
         .hostname_override
         .clone()
@@ -54,6 +46,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let mut cfg = skiff_proxy::ProxyConfig::new(&node);
     cfg.table = args.nftables_table.clone();
     cfg.cluster_cidr = args.cluster_cidr.clone();
+    cfg.nodeport_addresses = args.nodeport_addresses.clone();
     cfg.node_ips = args.bind_address.into_iter().collect();
     let client = crate::server::kube_client(&args.kubeconfig).await?;
     tokio::select! {

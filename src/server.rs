@@ -28,11 +28,21 @@ pub struct ServerArgs {
     /// Where the admin kubeconfig is written.
     #[arg(long, default_value = "/etc/skiff/skiff.yaml")]
     pub write_kubeconfig: PathBuf,
-    /// Pod network; this node gets its first /24.
+    /// Pod network; this node gets its first /24. A comma-separated IPv4,IPv6 pair makes the
+    /// cluster dual-stack (the node also gets the first /64 of the IPv6 range).
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
-    /// Service network.
-    #[arg(long, default_value = "10.43.0.0/16")]
+    /// Host addresses NodePorts answer on (kube-proxy's flag): CIDRs or `primary`; default
+    /// every local address.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// Service network; a comma-separated IPv4,IPv6 pair for dual-stack Services
+    /// (kube-apiserver's name `--service-cluster-ip-range` works too).
+    #[arg(
+        long,
+        visible_alias = "service-cluster-ip-range",
+        default_value = "10.43.0.0/16"
+    )]
     pub service_cidr: String,
     /// Port range reserved for NodePort Services (kube-apiserver's flag).
     #[arg(long, default_value = "30000-32767")]
@@ -299,13 +309,26 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 
 type Task<E> = tokio::task::JoinHandle<Result<(), E>>;
 
-/// The first /24 of the cluster CIDR: this node's pod range.
+/// This node's pod ranges: the first /24 of the cluster CIDR, and the first /64 of its IPv6
+/// range when it is a dual-stack pair (`10.42.0.0/16,fd00:42::/56`), comma-separated.
 fn node_pod_cidr(cluster_cidr: &str) -> Result<String> {
-    let base = cluster_cidr.split('/').next().unwrap_or_default();
-    let ip: std::net::Ipv4Addr = base.parse().with_context(|| {
-        format!("--cluster-cidr {cluster_cidr}: expected an IPv4 CIDR such as 10.42.0.0/16")
-    })?;
-    Ok(format!("{ip}/24"))
+    let mut out: Vec<String> = vec![];
+    for part in cluster_cidr.split(',') {
+        let base = part.trim().split('/').next().unwrap_or_default();
+        let ip: IpAddr = base.parse().with_context(|| {
+            format!("--cluster-cidr {cluster_cidr}: expected a CIDR such as 10.42.0.0/16 or an IPv4,IPv6 pair")
+        })?;
+        out.push(match ip {
+            IpAddr::V4(a) => format!("{a}/24"),
+            IpAddr::V6(a) => format!("{a}/64"),
+        });
+    }
+    let v6 = out.iter().filter(|c| c.contains(':')).count();
+    anyhow::ensure!(
+        out.len() == 1 || (out.len() == 2 && v6 == 1),
+        "--cluster-cidr {cluster_cidr}: expected one CIDR or a dual-stack pair (one IPv4, one IPv6)"
+    );
+    Ok(out.join(","))
 }
 
 /// A binary installed next to `skiff` (`skiff-runtime`, `skiff-monitor`, `skiff-cni`).
@@ -339,12 +362,26 @@ fn setup_cni(
     } else {
         format!("skiff-{bridge}")
     };
+    // One host-local range per family (a dual-stack node gets an IPv4 and an IPv6 address
+    // per pod), a default route for each.
+    let ranges: Vec<serde_json::Value> = pod_cidr
+        .split(',')
+        .map(|c| serde_json::json!([{"subnet": c}]))
+        .collect();
+    let mut routes = vec![];
+    for c in pod_cidr.split(',') {
+        routes.push(if c.contains(':') {
+            serde_json::json!({"dst": "::/0"})
+        } else {
+            serde_json::json!({"dst": "0.0.0.0/0"})
+        });
+    }
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": network,
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+             "ipam": {"type": "host-local", "ranges": ranges, "routes": routes}},
             {"type": "portmap", "capabilities": {"portMappings": true}}
         ]
     });
@@ -426,9 +463,11 @@ where
     kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));
     let kubelet = tokio::spawn(skiff_node::run(kcfg, stopped()));
     if !args.disable_kube_proxy {
+        skiff_proxy::nodeport::parse(&args.nodeport_addresses)?;
         let mut pcfg = skiff_proxy::ProxyConfig::new(node_name);
         pcfg.table = args.nftables_table.clone();
         pcfg.cluster_cidr = Some(args.cluster_cidr.clone());
+        pcfg.nodeport_addresses = args.nodeport_addresses.clone();
         pcfg.node_ips = vec![node_ip];
         // system:kube-proxy (upstream's system:node-proxier, plus skiff:service-lb for the
         // LoadBalancer statuses it writes).

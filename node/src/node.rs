@@ -125,6 +125,15 @@ pub fn node_labels(f: &NodeFacts) -> BTreeMap<String, String> {
 }
 
 /// The Node object the kubelet registers.
+/// The node's pod ranges: `pod_cidr` is one CIDR or a dual-stack pair (`a,b`, primary first).
+fn pod_cidrs(pod_cidr: &str) -> Vec<String> {
+    pod_cidr.split(',').map(|c| c.trim().to_string()).collect()
+}
+
+fn primary_cidr(pod_cidr: &str) -> String {
+    pod_cidrs(pod_cidr).swap_remove(0)
+}
+
 pub fn node_object(f: &NodeFacts) -> Node {
     Node {
         metadata: ObjectMeta {
@@ -133,8 +142,8 @@ pub fn node_object(f: &NodeFacts) -> Node {
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: Some(f.pod_cidr.clone()),
-            pod_cidrs: Some(vec![f.pod_cidr.clone()]),
+            pod_cidr: Some(primary_cidr(&f.pod_cidr)),
+            pod_cidrs: Some(pod_cidrs(&f.pod_cidr)),
             taints: (!f.taints.is_empty()).then(|| f.taints.clone()),
             ..Default::default()
         }),
@@ -273,9 +282,9 @@ pub async fn register(client: &Client, f: &NodeFacts) -> Result<Node, NodeError>
             let mut patch = serde_json::json!({"metadata": {"labels": node_labels(f)}});
             let cidr = existing.spec.as_ref().and_then(|s| s.pod_cidr.clone());
             if cidr.is_none() {
-                patch["spec"] =
-                    serde_json::json!({"podCIDR": f.pod_cidr, "podCIDRs": [f.pod_cidr]});
-            } else if cidr.as_deref() != Some(f.pod_cidr.as_str()) {
+                patch["spec"] = serde_json::json!({"podCIDR": primary_cidr(&f.pod_cidr),
+                    "podCIDRs": pod_cidrs(&f.pod_cidr)});
+            } else if cidr != Some(primary_cidr(&f.pod_cidr)) {
                 tracing::warn!(node = name, existing = ?cidr, configured = %f.pod_cidr,
                     "node already has a different podCIDR; keeping the existing one");
             }

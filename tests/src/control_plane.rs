@@ -36,6 +36,10 @@ pub struct Agent {
     pub pod_cidr: String,
     /// Service range (the `kubernetes` Service has its first address; DNS is `.10`).
     pub service_cidr: String,
+    /// The IPv6 pod and service ranges of a dual-stack cluster
+    /// ([`ControlPlane::start_cluster_dual_stack`]): `fd00:10:244:<slot>::/64`,
+    /// `fd00:10:43:<slot>::/112`.
+    pub dual_stack: Option<(String, String)>,
     /// Cgroup root of the pods (`/sys/fs/cgroup/<controller><cgroup_root>/kubepods/...`).
     pub cgroup_root: String,
     /// `<registry>/sk-busybox:latest`, built from Debian's busybox-static and pushed.
@@ -182,6 +186,16 @@ impl ControlPlane {
     /// [`ControlPlane::start_cluster`] with extra `skiff server` flags (e.g.
     /// `--pod-manifest-path DIR`).
     pub fn start_cluster_with(extra: &[&str]) -> ControlPlane {
+        Self::start_cluster_opts(extra, false)
+    }
+
+    /// [`ControlPlane::start_cluster_with`] on dual-stack ranges: `--cluster-cidr` and
+    /// `--service-cidr` get an IPv6 range after the IPv4 one (see [`Agent::dual_stack`]).
+    pub fn start_cluster_dual_stack(extra: &[&str]) -> ControlPlane {
+        Self::start_cluster_opts(extra, true)
+    }
+
+    fn start_cluster_opts(extra: &[&str], dual: bool) -> ControlPlane {
         assert!(
             nix::unistd::geteuid().is_root(),
             "a whole test cluster needs root (namespaces, cgroups, bridges)"
@@ -202,6 +216,12 @@ impl ControlPlane {
             bridge: format!("sk{slot}br"),
             pod_cidr: format!("10.244.{slot}.0/24"),
             service_cidr: format!("10.43.{slot}.0/24"),
+            dual_stack: dual.then(|| {
+                (
+                    format!("fd00:10:244:{slot}::/64"),
+                    format!("fd00:10:43:{slot}::/112"),
+                )
+            }),
             cgroup_root: format!("/sk{slot}"),
             busybox,
             proxy_table: format!("sk{slot}proxy"),
@@ -265,9 +285,16 @@ impl ControlPlane {
             }
             Some(a) => {
                 let svc_base = a.service_cidr.trim_end_matches(".0/24");
+                let (pods, services) = match &a.dual_stack {
+                    Some((p6, s6)) => (
+                        format!("{},{p6}", a.pod_cidr),
+                        format!("{},{s6}", a.service_cidr),
+                    ),
+                    None => (a.pod_cidr.clone(), a.service_cidr.clone()),
+                };
                 cmd.args(["--node-name", &a.node, "--cni-bridge", &a.bridge])
-                    .args(["--cluster-cidr", &a.pod_cidr])
-                    .args(["--service-cidr", &a.service_cidr])
+                    .args(["--cluster-cidr", &pods])
+                    .args(["--service-cidr", &services])
                     .args(["--cluster-dns", &format!("{svc_base}.10")])
                     .args(["--cgroup-root", &a.cgroup_root])
                     .args(["--nftables-table", &a.proxy_table])
@@ -326,6 +353,17 @@ impl ControlPlane {
             .stderr(log)
             .spawn()
             .expect("start skiff server")
+    }
+
+    /// Changes the value of `flag` on the `skiff server` command line (as given last) for the
+    /// next [`ControlPlane::kill_and_restart`]; panics when the flag is not there.
+    pub fn set_server_flag(&mut self, flag: &str, value: &str) {
+        let at = self
+            .args
+            .iter()
+            .rposition(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} is not on the server command line"));
+        self.args[at + 1] = value.into();
     }
 
     /// Kills `skiff server` with SIGKILL (no cleanup of any kind), then starts it again with the

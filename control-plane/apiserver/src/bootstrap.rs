@@ -30,11 +30,12 @@ pub async fn run(ctx: &Ctx) -> Result<(), ApiError> {
     }
     let svc = reg.by_kind("", "Service").expect("services");
     let ip = ctx.services.first().to_string();
+    let family = ctx.services.primary_family();
     let port = ctx.advertise.port();
     let mut kubernetes = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "sessionAffinity": "None",
-                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+                 "ipFamilies": [family], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
     if create_internal(ctx, &svc, &mut kubernetes).await {
         let _ = ctx

@@ -839,8 +839,11 @@ pub async fn commit_update(
     let mut fresh = vec![];
     if service {
         if let Ok(Some(kv)) = ctx.store.get(&t.key()).await {
-            svc_old = Some(decode_as(&t.res, &kv)?);
-            fresh = lifecycle::before_service_update(ctx, &t.res, &mut obj, t.dry_run()).await?;
+            let old = decode_as(&t.res, &kv)?;
+            fresh =
+                lifecycle::before_service_update(ctx, &t.res, &mut obj, Some(&old), t.dry_run())
+                    .await?;
+            svc_old = Some(old);
         }
     }
     if t.dry_run() {

@@ -37,6 +37,7 @@ pub mod rbac;
 mod rebuilt;
 mod reviews;
 mod server;
+mod service_repair;
 mod subresources;
 mod tokens;
 mod validation;

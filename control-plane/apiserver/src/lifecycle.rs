@@ -9,15 +9,90 @@ use crate::registry::Resource;
 use crate::status::{FieldError, StatusError};
 use crate::wire::Format;
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The service IP range and node port range.
+/// One service IP range of one family (`--service-cidr` holds one or two, k3s and
+/// kube-apiserver's `--service-cluster-ip-range`: IPv4, IPv6 or a pair of both).
+#[derive(Clone, Debug)]
+pub struct IpRange {
+    /// `IPv4` or `IPv6`.
+    pub family: &'static str,
+    base: u128,
+    size: u128,
+    cidr: String,
+}
+
+impl IpRange {
+    fn parse(cidr: &str) -> Result<Self, String> {
+        let (ip, len) = cidr.split_once('/').ok_or_else(|| {
+            format!("--service-cidr {cidr:?}: expected a CIDR like 10.43.0.0/16 or fd00:43::/112")
+        })?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|e| format!("--service-cidr {cidr:?}: {e}"))?;
+        let len: u32 = len
+            .parse()
+            .map_err(|_| format!("--service-cidr {cidr:?}: bad prefix length"))?;
+        let (family, bits, min, value) = match ip {
+            IpAddr::V4(a) => ("IPv4", 32u32, 8u32, u128::from(u32::from(a))),
+            // As kube-apiserver: an IPv6 service range is at most 2^20 addresses (/108).
+            IpAddr::V6(a) => ("IPv6", 128, 108, u128::from(a)),
+        };
+        if len < min || len > bits - 2 {
+            return Err(format!(
+                "--service-cidr {cidr:?}: prefix length must be {min}..{}",
+                bits - 2
+            ));
+        }
+        let size = 1u128 << (bits - len);
+        let base = value & !(size - 1);
+        let cidr = format!("{}/{len}", addr_of(family, base));
+        Ok(Self {
+            family,
+            base,
+            size,
+            cidr,
+        })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let v = ip_value(ip);
+        family_of(ip) == self.family && v > self.base && v < self.base + self.size - 1
+    }
+
+    fn at(&self, off: u128) -> IpAddr {
+        addr_of(self.family, self.base + off)
+    }
+}
+
+fn ip_value(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn addr_of(family: &str, v: u128) -> IpAddr {
+    if family == "IPv4" {
+        IpAddr::V4(Ipv4Addr::from(v as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(v))
+    }
+}
+
+fn family_of(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// The service IP ranges (one per family, the first is the primary) and the node port range.
 #[derive(Clone, Debug)]
 pub struct ServiceRanges {
-    base: u32,
-    size: u32,
+    ranges: Vec<IpRange>,
     ports: (u16, u16),
 }
 
@@ -25,32 +100,80 @@ const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 
 impl ServiceRanges {
-    pub fn parse(cidr: &str, ports: (u16, u16)) -> Result<Self, String> {
-        let (ip, len) = cidr.split_once('/').ok_or_else(|| {
-            format!("--service-cidr {cidr:?}: expected an IPv4 CIDR like 10.43.0.0/16")
-        })?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|e| format!("--service-cidr {cidr:?}: {e}"))?;
-        let len: u32 = len
-            .parse()
-            .ok()
-            .filter(|l| (8..=30).contains(l))
-            .ok_or_else(|| format!("--service-cidr {cidr:?}: prefix length must be 8..30"))?;
-        let size = 1u32 << (32 - len);
-        let base = u32::from(ip) & !(size - 1);
-        Ok(Self { base, size, ports })
+    /// `cidrs`: one CIDR, or an IPv4 and an IPv6 one separated by a comma (either order; the
+    /// first is the primary family, as upstream).
+    pub fn parse(cidrs: &str, ports: (u16, u16)) -> Result<Self, String> {
+        let ranges = cidrs
+            .split(',')
+            .map(|c| IpRange::parse(c.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        match ranges.as_slice() {
+            [_] => {}
+            [a, b] if a.family != b.family => {}
+            _ => {
+                return Err(format!(
+                    "--service-cidr {cidrs:?}: expected one CIDR or a dual-stack pair (one IPv4, one IPv6)"
+                ))
+            }
+        }
+        Ok(Self { ranges, ports })
     }
 
-    /// The first address: the `kubernetes` Service's.
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + 1)
+    /// The first address of the primary range: the `kubernetes` Service's.
+    pub fn first(&self) -> IpAddr {
+        self.ranges[0].at(1)
     }
 
-    /// The tenth address: cluster DNS by convention.
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let v = u32::from(ip);
-        v > self.base && v < self.base + self.size - 1
+    /// The primary family (`IPv4` or `IPv6`).
+    pub fn primary_family(&self) -> &'static str {
+        self.ranges[0].family
+    }
+
+    fn range(&self, family: &str) -> Option<&IpRange> {
+        self.ranges.iter().find(|r| r.family == family)
+    }
+
+    fn dual(&self) -> bool {
+        self.ranges.len() == 2
+    }
+}
+
+/// What the start-up repair check found about one cluster IP of a Service.
+#[derive(Debug, PartialEq)]
+pub enum IpCheck {
+    Ok,
+    NotValid,
+    FamilyNotConfigured(&'static str),
+    /// Family, the configured range of it.
+    OutOfRange(&'static str, String),
+    AlreadyAllocated(&'static str),
+    /// Not recorded: recorded now for the Service.
+    Repaired(&'static str),
+}
+
+/// Checks `ip` of Service `owner` (`namespace/name`) against the ranges and the allocation
+/// records (upstream's repair controller), recording it when the record is missing.
+pub async fn check_cluster_ip(ctx: &Ctx, ip: &str, owner: &str) -> IpCheck {
+    let Ok(a) = ip.parse::<IpAddr>() else {
+        return IpCheck::NotValid;
+    };
+    let fam = family_of(a);
+    let Some(range) = ctx.services.range(fam) else {
+        return IpCheck::FamilyNotConfigured(fam);
+    };
+    // The first address of a range is the `kubernetes` Service's; it is in range.
+    if !range.contains(a) {
+        return IpCheck::OutOfRange(fam, range.cidr.clone());
+    }
+    let key = format!("{IP_PREFIX}{a}");
+    match ctx.store.get(&key).await {
+        Ok(Some(kv)) if kv.value == owner.as_bytes() => IpCheck::Ok,
+        Ok(Some(_)) => IpCheck::AlreadyAllocated(fam),
+        Ok(None) => {
+            let _ = ctx.store.create(&key, owner.as_bytes().to_vec()).await;
+            IpCheck::Repaired(fam)
+        }
+        Err(_) => IpCheck::Ok,
     }
 }
 
@@ -90,6 +213,10 @@ fn invalid_svc(obj: &Value, e: FieldError) -> StatusError {
     )
 }
 
+fn invalid_named(name: &str, e: FieldError) -> StatusError {
+    StatusError::invalid("Service", name, "", &[e])
+}
+
 /// Allocates what a new object needs before it is stored.
 pub async fn before_create(
     ctx: &Ctx,
@@ -100,7 +227,7 @@ pub async fn before_create(
     if !(res.group.is_empty() && res.kind == "Service") {
         return Ok(());
     }
-    allocate(ctx, obj, dry_run).await.map(|_| ())
+    allocate(ctx, obj, None, dry_run).await.map(|_| ())
 }
 
 /// A Service update: what the new spec needs that the Service does not hold yet is allocated
@@ -110,12 +237,13 @@ pub async fn before_service_update(
     ctx: &Ctx,
     res: &Resource,
     obj: &mut Value,
+    old: Option<&Value>,
     dry_run: bool,
 ) -> Result<Vec<String>, StatusError> {
     if !(res.group.is_empty() && res.kind == "Service") {
         return Ok(vec![]);
     }
-    allocate(ctx, obj, dry_run).await
+    allocate(ctx, obj, old, dry_run).await
 }
 
 /// After a Service update: on success, what the old spec held and the new one does not is
@@ -136,8 +264,14 @@ pub async fn after_service_update(ctx: &Ctx, old: &Value, new: Option<&Value>, f
 
 /// Reserves the Service's ClusterIP and NodePorts (given or free ones, filled in); returns the
 /// keys taken newly.
-async fn allocate(ctx: &Ctx, obj: &mut Value, dry_run: bool) -> Result<Vec<String>, StatusError> {
+async fn allocate(
+    ctx: &Ctx,
+    obj: &mut Value,
+    old: Option<&Value>,
+    dry_run: bool,
+) -> Result<Vec<String>, StatusError> {
     let owner = svc_owner(obj);
+    let obj_name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let spec = &mut obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
     if ty == "ExternalName" {
@@ -145,60 +279,17 @@ async fn allocate(ctx: &Ctx, obj: &mut Value, dry_run: bool) -> Result<Vec<Strin
     }
     let r = &ctx.services;
     let mut reserved: Vec<String> = vec![];
-    match spec["clusterIP"].as_str() {
-        Some("None") => {}
-        Some(ip) if !ip.is_empty() => {
-            let parsed: Option<Ipv4Addr> = ip.parse().ok();
-            match parsed {
-                Some(a) if r.contains(a) => {
-                    if !dry_run
-                        && !take(ctx, format!("{IP_PREFIX}{a}"), &owner, &mut reserved).await
-                    {
-                        let e = invalid_svc(&Value::Null, FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: provided IP is already allocated")));
-                        return Err(e);
-                    }
-                }
-                _ => {
-                    return Err(invalid_svc(
-                        &Value::Null,
-                        FieldError::invalid(
-                            "spec.clusterIPs",
-                            ip,
-                            format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}", Ipv4Addr::from(r.base), 32 - r.size.trailing_zeros()),
-                        ),
-                    ))
-                }
-            }
-            spec["clusterIPs"] = json!([ip]);
-        }
-        _ => {
-            if dry_run {
-                return Ok(vec![]);
-            }
-            // Random start, then linear: like upstream's bitmap allocator's random scan.
-            let span = r.size.saturating_sub(2).max(1);
-            let start = (uuid::Uuid::new_v4().as_u128() % span as u128) as u32;
-            let mut got = None;
-            for i in 0..span {
-                let off = 1 + (start + i) % span;
-                let a = Ipv4Addr::from(r.base + off);
-                if off < 11 && i < span - 10 {
-                    // The low addresses stay for well-known services (10.43.0.1, .10).
-                    continue;
-                }
-                if take(ctx, format!("{IP_PREFIX}{a}"), &owner, &mut reserved).await {
-                    got = Some(a);
-                    break;
-                }
-            }
-            let Some(a) = got else {
-                return Err(StatusError::internal(
-                    "failed to allocate a serviceIP: range is full",
-                ));
-            };
-            spec["clusterIP"] = json!(a.to_string());
-            spec["clusterIPs"] = json!([a.to_string()]);
-        }
+    if let Err(errs) = init_ip_families(r, spec, old) {
+        return Err(StatusError::invalid(
+            "Service",
+            obj_name.as_str(),
+            "",
+            &errs,
+        ));
+    }
+    if let Err(e) = alloc_cluster_ips(ctx, &obj_name, spec, &owner, dry_run, &mut reserved).await {
+        release_all(ctx, &reserved).await;
+        return Err(e);
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
         let alloc_lb = spec["allocateLoadBalancerNodePorts"] != false;
@@ -255,6 +346,267 @@ async fn allocate(ctx: &Ctx, obj: &mut Value, dry_run: bool) -> Result<Vec<Strin
         }
     }
     Ok(reserved)
+}
+
+/// `spec.<field>: Invalid value: []string{...}: detail`, as upstream prints a list value.
+fn invalid_list(field: &str, values: &[String], detail: &str) -> FieldError {
+    let list: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    FieldError {
+        value: None,
+        detail: format!("[]string{{{}}}: {detail}", list.join(", ")),
+        ..FieldError::invalid(field, "", "")
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn other_family(f: &str) -> &'static str {
+    if f == "IPv4" {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+/// Fills `ipFamilyPolicy` and `ipFamilies` from the request, the old object and the cluster's
+/// ranges, as upstream's service REST storage (`initIPFamilyFields`) does before allocating:
+/// the policy defaults to the old one (else SingleStack; RequireDualStack for a headless
+/// Service without selector), families are inferred from given clusterIPs, completed with the
+/// cluster's other family for the dual-stack policies, and checked against what the cluster
+/// serves. A SingleStack update that keeps the IPs drops the secondary IP and family.
+fn init_ip_families(
+    r: &ServiceRanges,
+    spec: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), Vec<FieldError>> {
+    let old_spec = old
+        .map(|o| &o["spec"])
+        .filter(|s| s["type"] != "ExternalName");
+    if spec["ipFamilyPolicy"].is_null() {
+        spec["ipFamilyPolicy"] = match old_spec.map(|s| &s["ipFamilyPolicy"]) {
+            Some(p) if !p.is_null() => p.clone(),
+            _ if spec["clusterIP"] == "None" && selectorless(spec) => json!("RequireDualStack"),
+            _ => json!("SingleStack"),
+        };
+    }
+    let policy = spec["ipFamilyPolicy"].as_str().unwrap_or("").to_string();
+    let mut ips = strings(&spec["clusterIPs"]);
+    let mut fams = strings(&spec["ipFamilies"]);
+    let mut errs = vec![];
+    if let Some(os) = old_spec {
+        let (old_ips, old_fams) = (strings(&os["clusterIPs"]), strings(&os["ipFamilies"]));
+        if policy == "SingleStack" {
+            if ips == old_ips && ips.len() > 1 {
+                ips.truncate(1);
+            }
+            if fams == old_fams && fams.len() > 1 {
+                fams.truncate(1);
+            }
+        } else {
+            if ips.len() < old_ips.len() {
+                errs.push(FieldError::invalid(
+                    "spec.ipFamilyPolicy",
+                    &policy,
+                    "must be 'SingleStack' to release the secondary cluster IP",
+                ));
+            }
+            if fams.len() < old_fams.len() {
+                errs.push(FieldError::invalid(
+                    "spec.ipFamilyPolicy",
+                    &policy,
+                    "must be 'SingleStack' to release the secondary IP family",
+                ));
+            }
+        }
+    }
+    if policy == "SingleStack" {
+        if ips.len() == 2 {
+            errs.push(FieldError::invalid(
+                "spec.ipFamilyPolicy",
+                &policy,
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple cluster IPs are specified",
+            ));
+        }
+        if fams.len() == 2 {
+            errs.push(FieldError::invalid(
+                "spec.ipFamilyPolicy",
+                &policy,
+                "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified",
+            ));
+        }
+    }
+    // Families of given IPs that the request leaves out.
+    for (i, ip) in ips.iter().enumerate() {
+        let Ok(a) = ip.parse::<IpAddr>() else { break };
+        if i >= fams.len() {
+            let f = family_of(a);
+            if r.range(f).is_none() {
+                errs.push(invalid_list(
+                    &format!("spec.clusterIPs[{i}]"),
+                    &ips,
+                    &format!("{f} is not configured on this cluster"),
+                ));
+            } else {
+                fams.push(f.to_string());
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let headless = spec["clusterIP"] == "None";
+    if headless && selectorless(spec) {
+        // Headless without selector: any families, even on a single-stack cluster.
+        if fams.is_empty() {
+            fams.push(r.primary_family().to_string());
+        }
+        if fams.len() < 2 && policy != "SingleStack" {
+            let o = other_family(&fams[0]);
+            fams.push(o.to_string());
+        }
+        spec["ipFamilies"] = json!(fams);
+        set_ips(spec, &ips);
+        return Ok(());
+    }
+    if policy == "RequireDualStack" && !r.dual() {
+        errs.push(FieldError::invalid(
+            "spec.ipFamilyPolicy",
+            &policy,
+            "this cluster is not configured for dual-stack services",
+        ));
+    }
+    for (i, f) in fams.iter().enumerate() {
+        if r.range(f).is_none() {
+            errs.push(FieldError::invalid(
+                format!("spec.ipFamilies[{i}]"),
+                f,
+                "not configured on this cluster",
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    if fams.is_empty() {
+        fams.push(r.primary_family().to_string());
+    }
+    if policy != "SingleStack" && fams.len() == 1 && r.dual() {
+        let o = other_family(&fams[0]);
+        fams.push(o.to_string());
+    }
+    spec["ipFamilies"] = json!(fams);
+    set_ips(spec, &ips);
+    Ok(())
+}
+
+fn set_ips(spec: &mut Value, ips: &[String]) {
+    if ips.is_empty() {
+        if let Some(m) = spec.as_object_mut() {
+            m.remove("clusterIPs");
+        }
+    } else {
+        spec["clusterIPs"] = json!(ips);
+    }
+}
+
+fn selectorless(spec: &Value) -> bool {
+    spec["selector"].as_object().is_none_or(|m| m.is_empty())
+}
+
+/// Reserves a free address of `range`, scanning from a random start (like upstream's bitmap
+/// allocator); the low addresses (the `kubernetes` Service's, cluster DNS's `.10`) are taken
+/// last.
+async fn free_ip(
+    ctx: &Ctx,
+    range: &IpRange,
+    owner: &str,
+    fresh: &mut Vec<String>,
+) -> Option<IpAddr> {
+    let span = range.size.saturating_sub(2).max(1);
+    let start = uuid::Uuid::new_v4().as_u128() % span;
+    for i in 0..span {
+        let off = 1 + (start + i) % span;
+        if off < 11 && i < span.saturating_sub(10) {
+            continue;
+        }
+        let a = range.at(off);
+        if take(ctx, format!("{IP_PREFIX}{a}"), owner, fresh).await {
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// Reserves the Service's cluster IPs, one per family in `spec.ipFamilies` (given ones or
+/// free ones, filled in).
+async fn alloc_cluster_ips(
+    ctx: &Ctx,
+    name: &str,
+    spec: &mut Value,
+    owner: &str,
+    dry_run: bool,
+    reserved: &mut Vec<String>,
+) -> Result<(), StatusError> {
+    let r = &ctx.services;
+    if spec["clusterIP"] == "None" {
+        return Ok(());
+    }
+    let fams = strings(&spec["ipFamilies"]);
+    let mut ips = strings(&spec["clusterIPs"]);
+    for (i, fam) in fams.iter().enumerate() {
+        let Some(range) = r.range(fam) else { continue };
+        match ips.get(i).filter(|s| !s.is_empty()).cloned() {
+            Some(ip) => {
+                let a: Option<IpAddr> = ip.parse().ok();
+                match a {
+                    Some(a) if range.contains(a) => {
+                        if !dry_run
+                            && !take(ctx, format!("{IP_PREFIX}{a}"), owner, reserved).await
+                        {
+                            return Err(invalid_named(name, invalid_list("spec.clusterIPs", &ips, &format!("failed to allocate IP {ip}: provided IP is already allocated"))));
+                        }
+                    }
+                    _ => {
+                        return Err(invalid_named(
+                            name,
+                            invalid_list(
+                                "spec.clusterIPs",
+                                &ips,
+                                &format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", range.cidr),
+                            ),
+                        ))
+                    }
+                }
+            }
+            None if dry_run => {}
+            None => {
+                let Some(a) = free_ip(ctx, range, owner, reserved).await else {
+                    return Err(StatusError::internal(format!(
+                        "failed to allocate a serviceIP: range is full ({})",
+                        range.cidr
+                    )));
+                };
+                if i < ips.len() {
+                    ips[i] = a.to_string();
+                } else {
+                    ips.push(a.to_string());
+                }
+            }
+        }
+    }
+    if let Some(first) = ips.first() {
+        spec["clusterIP"] = json!(first);
+        spec["clusterIPs"] = json!(ips);
+    }
+    Ok(())
 }
 
 async fn release_all(ctx: &Ctx, keys: &[String]) {

@@ -163,6 +163,7 @@ pub async fn serve(
     let registry = Arc::new(Registry::builtin());
     let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
     crate::bootstrap::run(&ctx).await?;
+    crate::service_repair::run(&ctx).await;
     crate::crd::load_all(&ctx).await;
     let auditor = match &cfg.audit {
         Some(a) => Some(Arc::new(

@@ -6,10 +6,12 @@
 //! gets them as `status.loadBalancer.ingress`), health-check node ports for
 //! `externalTrafficPolicy: Local`, and conntrack flushes for UDP endpoints that are gone.
 
+pub mod events;
+pub mod nodeport;
 pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use skiff_netfilter::nft::{Nft, NftError};
 
-use rules::{Group, Masq, Program, Src};
+use rules::{Family, Group, Masq, Program, Src};
 
 pub const DEFAULT_TABLE: &str = "skiff-proxy";
 
@@ -32,8 +34,10 @@ pub enum ProxyError {
     Nft(#[from] NftError),
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
-    #[error("--cluster-cidr {0:?}: expected an IPv4 CIDR such as 10.42.0.0/16")]
+    #[error("--cluster-cidr {0:?}: expected a CIDR such as 10.42.0.0/16, or an IPv4,IPv6 pair")]
     BadCidr(String),
+    #[error("--nodeport-addresses {0:?}: expected CIDRs such as 10.0.0.0/8,::1/128, or `primary`")]
+    BadNodePortAddresses(String),
     #[error("the informers stopped")]
     Stopped,
     #[error("{0}")]
@@ -54,6 +58,9 @@ pub struct ProxyConfig {
     pub min_sync_period: Duration,
     /// Also answer NodePorts on 127.0.0.1 (sets `net.ipv4.conf.all.route_localnet`).
     pub localhost_nodeports: bool,
+    /// kube-proxy's `--nodeport-addresses`: CIDRs (or `primary`, the node's addresses) of the
+    /// host addresses NodePorts answer on; empty: every local address.
+    pub nodeport_addresses: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -65,25 +72,39 @@ impl ProxyConfig {
             node_ips: Vec::new(),
             min_sync_period: Duration::from_millis(20),
             localhost_nodeports: true,
+            nodeport_addresses: Vec::new(),
         }
     }
 }
 
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ProxyError> {
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), ProxyError> {
     let bad = || ProxyError::BadCidr(s.to_string());
-    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let (ip, len) = s.trim().split_once('/').ok_or_else(bad)?;
+    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;
-    if len > 32 {
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
         return Err(bad());
     }
     Ok((ip, len))
 }
 
-/// Deletes the proxy's table (`--cleanup`); nothing when it does not exist.
+/// The CIDRs of a comma-separated list (`--cluster-cidr` of a dual-stack cluster).
+pub fn parse_cidrs(s: &str) -> Result<Vec<(IpAddr, u8)>, ProxyError> {
+    s.split(',')
+        .filter(|c| !c.trim().is_empty())
+        .map(parse_cidr)
+        .collect()
+}
+
+/// Deletes the proxy's tables (`--cleanup`; `ip` and `ip6`); nothing when they do not exist.
 pub fn cleanup(table: &str) -> Result<(), ProxyError> {
     let mut nft = Nft::open()?;
     nft.commit("delete the proxy table", &rules::delete(table))?;
+    nft.commit(
+        "delete the proxy's ip6 table",
+        &rules::delete_family(Family::V6, table),
+    )?;
     Ok(())
 }
 
@@ -113,7 +134,7 @@ struct Extras {
     /// Health-check node port -> (namespace/name, local endpoints).
     health: BTreeMap<u16, (String, String, usize)>,
     /// UDP endpoint addresses in the program.
-    udp_endpoints: BTreeSet<Ipv4Addr>,
+    udp_endpoints: BTreeSet<IpAddr>,
     /// Group id keys in use.
     used: BTreeSet<String>,
 }
@@ -127,13 +148,14 @@ struct Frag {
 }
 
 fn slice_endpoints(
+    fam: Family,
     slices: &[Arc<EndpointSlice>],
     port_name: &str,
     proto: &str,
-) -> Vec<(Ipv4Addr, u16, Option<String>)> {
+) -> Vec<(IpAddr, u16, Option<String>)> {
     let mut out = Vec::new();
     for s in slices {
-        if s.address_type != "IPv4" {
+        if s.address_type != fam.address_type() {
             continue;
         }
         let Some(port) = s.ports.as_ref().and_then(|ps| {
@@ -153,8 +175,10 @@ fn slice_endpoints(
                 continue;
             }
             for a in &e.addresses {
-                if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                    out.push((ip, port as u16, e.node_name.clone()));
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    if Family::of(&ip) == fam {
+                        out.push((ip, port as u16, e.node_name.clone()));
+                    }
                 }
             }
         }
@@ -164,15 +188,19 @@ fn slice_endpoints(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     cfg: &ProxyConfig,
-    cluster_cidr: Option<(Ipv4Addr, u8)>,
-    node_ips: &[Ipv4Addr],
+    fam: Family,
+    lb_status: bool,
+    cluster_cidr: Option<(IpAddr, u8)>,
+    node_ips: &[IpAddr],
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     ids: &mut Ids,
 ) -> (Program, Extras) {
     let mut p = Program {
+        family: fam,
         cluster_cidr,
         ..Default::default()
     };
@@ -199,10 +227,14 @@ fn build(
         if ty == "ExternalName" {
             continue;
         }
+        // This family's ClusterIP (a dual-stack Service has one per family).
         let cluster_ip = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|c| c.parse::<Ipv4Addr>().ok());
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|c| c.parse::<IpAddr>().ok())
+            .find(|ip| Family::of(ip) == fam);
         // Headless Services (clusterIP None) are DNS only.
         let Some(cluster_ip) = cluster_ip else {
             continue;
@@ -220,14 +252,15 @@ fn build(
         let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let etp_local = spec.external_traffic_policy.as_deref() == Some("Local")
             && (ty == "NodePort" || ty == "LoadBalancer");
-        let mut ext_ips: Vec<Ipv4Addr> = spec
+        let mut ext_ips: Vec<IpAddr> = spec
             .external_ips
             .clone()
             .unwrap_or_default()
             .iter()
             .filter_map(|i| i.parse().ok())
+            .filter(|ip| Family::of(ip) == fam)
             .collect();
-        if ty == "LoadBalancer" {
+        if ty == "LoadBalancer" && lb_status {
             let want: Vec<String> = node_ips.iter().map(|i| i.to_string()).collect();
             let have: Vec<String> = svc
                 .status
@@ -239,6 +272,8 @@ fn build(
             if have != want {
                 x.lb_status.push((ns.clone(), name.clone(), want));
             }
+        }
+        if ty == "LoadBalancer" {
             ext_ips.extend(node_ips.iter().copied());
         }
         let mut local_total = 0;
@@ -249,14 +284,14 @@ fn build(
             };
             let port_name = sp.name.clone().unwrap_or_default();
             let key = format!("{ns}/{name}/{port_name}/{proto_name}");
-            let all = slice_endpoints(&svc_slices, &port_name, &proto_name);
+            let all = slice_endpoints(fam, &svc_slices, &port_name, &proto_name);
             let local: Vec<_> = all
                 .iter()
                 .filter(|e| e.2.as_deref() == Some(cfg.node_name.as_str()))
                 .cloned()
                 .collect();
             local_total += local.len();
-            let eps = |v: &[(Ipv4Addr, u16, Option<String>)]| -> Vec<rules::Ep> {
+            let eps = |v: &[(IpAddr, u16, Option<String>)]| -> Vec<rules::Ep> {
                 v.iter().map(|e| (e.0, e.1)).collect()
             };
             if proto == 17 {
@@ -352,28 +387,49 @@ pub struct SyncStats {
 /// changed. Usable without an API server (benchmarks).
 pub struct Syncer {
     cfg: ProxyConfig,
-    cluster_cidr: Option<(Ipv4Addr, u8)>,
+    /// The family of this syncer's table (`ip` or `ip6` <table>).
+    fam: Family,
+    /// Whether this syncer writes LoadBalancer statuses (one family's does).
+    lb_status: bool,
+    cluster_cidr: Option<(IpAddr, u8)>,
     nft: Nft,
     ids: Ids,
     frags: HashMap<(String, String), Frag>,
     shared: rules::Shared,
-    node_ips: Vec<Ipv4Addr>,
+    node_ips: Vec<IpAddr>,
+    /// `--nodeport-addresses` resolved to this host's addresses (None: every local address).
+    nodeport_ips: Option<Vec<IpAddr>>,
     /// The kernel has the program of `frags` (else the next sync is a full one).
     in_sync: bool,
-    udp_endpoints: BTreeSet<Ipv4Addr>,
+    udp_endpoints: BTreeSet<IpAddr>,
 }
 
 impl Syncer {
     pub fn new(cfg: ProxyConfig) -> Result<Self, ProxyError> {
-        let cluster_cidr = cfg.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
+        Self::for_family(cfg, Family::V4)
+    }
+
+    /// A syncer of the `ip6` (or `ip`) table: the Services' addresses of that family.
+    pub fn for_family(cfg: ProxyConfig, fam: Family) -> Result<Self, ProxyError> {
+        let cluster_cidr = match cfg.cluster_cidr.as_deref() {
+            Some(c) => {
+                let all = parse_cidrs(c)?;
+                all.into_iter().find(|n| Family::of(&n.0) == fam)
+            }
+            None => None,
+        };
+        nodeport::parse(&cfg.nodeport_addresses)?;
         Ok(Syncer {
             cfg,
+            fam,
+            lb_status: fam == Family::V4,
             cluster_cidr,
             nft: Nft::open_large()?,
             ids: Ids::default(),
             frags: HashMap::new(),
             shared: rules::Shared::default(),
             node_ips: Vec::new(),
+            nodeport_ips: None,
             in_sync: false,
             udp_endpoints: BTreeSet::new(),
         })
@@ -382,16 +438,30 @@ impl Syncer {
     /// One sync; returns its figures and what the other parts of the proxy act on (merged).
     fn sync(
         &mut self,
-        node_ips: &[Ipv4Addr],
+        node_ips: &[IpAddr],
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
     ) -> Result<(SyncStats, Extras), ProxyError> {
         let start = Instant::now();
-        if node_ips != self.node_ips.as_slice() {
-            self.node_ips = node_ips.to_vec();
+        let fam = self.fam;
+        let node_ips: Vec<IpAddr> = node_ips
+            .iter()
+            .copied()
+            .filter(|ip| Family::of(ip) == fam)
+            .collect();
+        if node_ips != self.node_ips {
+            self.node_ips = node_ips.clone();
             self.frags.clear();
             self.in_sync = false;
         }
+        // NodePorts only on the host addresses --nodeport-addresses selects (the set's elements
+        // are part of the skeleton: a change of the host's addresses rewrites the table).
+        let np = nodeport::resolve(&self.cfg.nodeport_addresses, fam, &self.node_ips)?;
+        if np != self.nodeport_ips {
+            self.nodeport_ips = np;
+            self.in_sync = false;
+        }
+        let node_ips = &self.node_ips;
         let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
         for s in slices {
             if let Some(name) = s.labels().get("kubernetes.io/service-name") {
@@ -418,6 +488,8 @@ impl Syncer {
                 prev => {
                     let (prog, extras) = build(
                         &self.cfg,
+                        fam,
+                        self.lb_status,
                         self.cluster_cidr,
                         node_ips,
                         std::slice::from_ref(svc),
@@ -444,7 +516,7 @@ impl Syncer {
         let batch = if full {
             self.shared = rules::Shared::of(frags.values().map(|f| &f.prog));
             let progs: Vec<&Program> = frags.values().map(|f| &f.prog).collect();
-            rules::full_of(&self.cfg.table, &progs)
+            rules::full_with(fam, &self.cfg.table, &progs, self.nodeport_ips.as_deref())
         } else {
             let pairs: Vec<(Option<&Program>, Option<&Program>)> = changed
                 .iter()
@@ -486,7 +558,9 @@ impl Syncer {
         // Conntrack entries of UDP endpoints that are gone (a UDP "connection" would keep
         // going to the old endpoint until it times out).
         for ip in self.udp_endpoints.difference(&extras.udp_endpoints) {
-            match skiff_netfilter::conntrack::delete_by_reply_src(&mut self.nft, 17, ip.octets()) {
+            // (IPv4 only: the conntrack client filters on IPv4 reply sources.)
+            let IpAddr::V4(v4) = ip else { continue };
+            match skiff_netfilter::conntrack::delete_by_reply_src(&mut self.nft, 17, v4.octets()) {
                 Ok(n) if n > 0 => {
                     tracing::debug!(endpoint = %ip, flushed = n, "flushed UDP conntrack entries")
                 }
@@ -498,7 +572,7 @@ impl Syncer {
         }
         self.udp_endpoints = extras.udp_endpoints.clone();
         let (rules_n, elements) = if full || !changed.is_empty() {
-            let rules_n = rules::skeleton_rule_count()
+            let rules_n = rules::skeleton_rule_count_of(fam)
                 + self
                     .shared
                     .chains
@@ -540,15 +614,7 @@ impl Syncer {
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
     ) -> Result<SyncStats, ProxyError> {
-        let ips: Vec<Ipv4Addr> = self
-            .cfg
-            .node_ips
-            .iter()
-            .filter_map(|i| match i {
-                IpAddr::V4(v) => Some(*v),
-                _ => None,
-            })
-            .collect();
+        let ips = self.cfg.node_ips.clone();
         Ok(self.sync(&ips, services, slices)?.0)
     }
 }
@@ -561,8 +627,8 @@ fn set_route_localnet() {
 }
 
 /// Node addresses (InternalIP, ExternalIP) from the Node object, else the configured ones.
-fn node_addresses(node: Option<&Node>, fallback: &[IpAddr]) -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> = node
+fn node_addresses(node: Option<&Node>, fallback: &[IpAddr]) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = node
         .and_then(|n| n.status.as_ref())
         .and_then(|s| s.addresses.as_ref())
         .map(|a| {
@@ -573,13 +639,7 @@ fn node_addresses(node: Option<&Node>, fallback: &[IpAddr]) -> Vec<Ipv4Addr> {
         })
         .unwrap_or_default();
     if v.is_empty() {
-        v = fallback
-            .iter()
-            .filter_map(|i| match i {
-                IpAddr::V4(v) => Some(*v),
-                _ => None,
-            })
-            .collect();
+        v = fallback.to_vec();
     }
     v
 }
@@ -639,6 +699,17 @@ pub async fn run(
         set_route_localnet();
     }
     let mut syncer = Syncer::new(cfg.clone())?;
+    // The ip6 table exists once the cluster is dual-stack or IPv6 (an IPv6 pod range, or a
+    // Service with an IPv6 ClusterIP): single-stack IPv4 hosts keep only the ip table.
+    let mut syncer6: Option<Syncer> = None;
+    let v6_cidr = cfg
+        .cluster_cidr
+        .as_deref()
+        .map(parse_cidrs)
+        .transpose()?
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.0.is_ipv6());
     let (svc_r, svc_w) = reflector::store::<Service>();
     let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
     let (node_r, node_w) = reflector::store::<Node>();
@@ -671,6 +742,7 @@ pub async fn run(
         .map_err(|_| ProxyError::Stopped)?;
     tracing::info!(table = %cfg.table, node = %cfg.node_name, "service proxy caches synced");
     let health: HealthMap = Arc::default();
+    let mut warned = events::Warned::default();
     let mut health_tasks: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let work = async {
         loop {
@@ -681,8 +753,33 @@ pub async fn run(
             let ips = node_addresses(node.as_deref(), &cfg.node_ips);
             let services = svc_r.state();
             let slices = sl_r.state();
+            if syncer6.is_none() && (v6_cidr || services.iter().any(|s| has_v6_ip(s))) {
+                match Syncer::for_family(cfg.clone(), Family::V6) {
+                    Ok(s6) => syncer6 = Some(s6),
+                    Err(e) => tracing::warn!(error = %e, "cannot open the ip6 service table"),
+                }
+            }
             // netlink calls block: off the async workers.
-            let r = tokio::task::block_in_place(|| syncer.sync(&ips, &services, &slices));
+            let r = tokio::task::block_in_place(|| {
+                let (mut stats, mut extras) = syncer.sync(&ips, &services, &slices)?;
+                if let Some(s6) = syncer6.as_mut() {
+                    let (st6, x6) = s6.sync(&ips, &services, &slices)?;
+                    stats.messages += st6.messages;
+                    stats.rules += st6.rules;
+                    stats.elements += st6.elements;
+                    stats.full |= st6.full;
+                    for (port, h) in x6.health {
+                        extras.health.entry(port).or_insert(h);
+                    }
+                }
+                Ok::<_, ProxyError>((stats, extras))
+            });
+            let families: &[Family] = if syncer6.is_some() {
+                &[Family::V4, Family::V6]
+            } else {
+                &[Family::V4]
+            };
+            warned.check(&client, &cfg.node_name, families, &services);
             match r {
                 Ok((stats, extras)) => {
                     if stats.messages > 0 {
@@ -747,6 +844,16 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// Whether a Service has an IPv6 ClusterIP.
+fn has_v6_ip(svc: &Service) -> bool {
+    svc.spec.as_ref().is_some_and(|s| {
+        s.cluster_ips
+            .iter()
+            .flatten()
+            .any(|ip| ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()))
+    })
 }
 
 fn spawn_informer<K>(api: Api<K>, w: reflector::store::Writer<K>, wake: Arc<tokio::sync::Notify>)

@@ -29,13 +29,13 @@
 //! (Debian 12's nftables 1.0.6 aborted on keys built from lookup results: issue 15).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use skiff_netfilter::nft::{
     Batch, CmpOp, ElemData, Expr, Hook, NatType, SetData, SetSpec, Verdict, BASE_NETWORK,
     BASE_TRANSPORT, CT_STATUS, FIB_F_DADDR, FIB_RESULT_ADDRTYPE, META_L4PROTO, META_MARK,
-    NFPROTO_IPV4, REG32_00, RTN_LOCAL, SET_EVAL, SET_TIMEOUT, TYPE_INET_PROTO, TYPE_INET_SERVICE,
-    TYPE_IPADDR, TYPE_MARK,
+    NFPROTO_IPV4, NFPROTO_IPV6, REG32_00, RTN_LOCAL, SET_EVAL, SET_TIMEOUT, TYPE_INET_PROTO,
+    TYPE_INET_SERVICE, TYPE_IPADDR, TYPE_MARK,
 };
 
 /// The packet mark bit of connections to masquerade (kube-proxy's 0x4000).
@@ -53,15 +53,101 @@ pub const NP_ENDPOINTS: &str = "nodeport-endpoints";
 pub const AFFINITY: &str = "affinity";
 pub const NP_AFFINITY: &str = "nodeport-affinity";
 pub const HAIRPIN: &str = "hairpin";
+/// The host addresses NodePorts answer on when `--nodeport-addresses` narrows them.
+pub const NODEPORT_IPS: &str = "nodeport-ips";
 pub const SERVICES_CHAIN: &str = "services";
 pub const REJECT_CHAIN: &str = "reject-chain";
+
+/// nftables' `ipv6_addr` data type.
+const TYPE_IP6ADDR: u32 = 8;
+
+/// The address family of a table: `ip` (IPv4 Services) or `ip6` (IPv6 Services of a
+/// dual-stack or IPv6 cluster). Both run the same program; only address sizes, header
+/// offsets and the ICMP code differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Family::V4 => NFPROTO_IPV4,
+            Family::V6 => NFPROTO_IPV6,
+        }
+    }
+    /// `ip` / `ip6`, as `nft` names the table family.
+    pub fn table_family(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+    /// The EndpointSlice address type.
+    pub fn address_type(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+    fn addr_len(self) -> u32 {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 16,
+        }
+    }
+    /// 32-bit registers an address takes.
+    fn regs(self) -> u32 {
+        self.addr_len() / 4
+    }
+    fn saddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 12,
+            Family::V6 => 8,
+        }
+    }
+    fn daddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 16,
+            Family::V6 => 24,
+        }
+    }
+    fn addr_type(self) -> u32 {
+        match self {
+            Family::V4 => TYPE_IPADDR,
+            Family::V6 => TYPE_IP6ADDR,
+        }
+    }
+    /// ICMP port unreachable (3) / ICMPv6 port unreachable (4).
+    fn port_unreachable(self) -> u8 {
+        match self {
+            Family::V4 => 3,
+            Family::V6 => 4,
+        }
+    }
+}
+
+fn octets(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
 
 const fn cat(a: u32, b: u32) -> u32 {
     (a << 6) | b
 }
 
 /// An endpoint: address and port.
-pub type Ep = (Ipv4Addr, u16);
+pub type Ep = (IpAddr, u16);
 
 /// When DNAT to a group marks the connection for masquerade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,8 +174,10 @@ impl Masq {
 /// The state the kernel should have beside the fixed skeleton.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Program {
+    /// The table family (every address below is of it).
+    pub family: Family,
     /// The pod network (traffic to a ClusterIP from elsewhere is masqueraded).
-    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    pub cluster_cidr: Option<(IpAddr, u8)>,
     /// `ipv4 . proto . port` -> the chain that DNATs it.
     pub service_ips: BTreeMap<Vec<u8>, String>,
     /// `proto . port` -> the chain that DNATs it.
@@ -124,8 +212,8 @@ fn pad4(b: &[u8]) -> Vec<u8> {
     v
 }
 
-pub fn key_ip_proto_port(ip: Ipv4Addr, proto: u8, port: u16) -> Vec<u8> {
-    let mut k = ip.octets().to_vec();
+pub fn key_ip_proto_port(ip: IpAddr, proto: u8, port: u16) -> Vec<u8> {
+    let mut k = octets(&ip);
     k.extend(pad4(&[proto]));
     k.extend(pad4(&port.to_be_bytes()));
     k
@@ -138,7 +226,7 @@ pub fn key_proto_port(proto: u8, port: u16) -> Vec<u8> {
 }
 
 fn ep_value(ep: Ep) -> Vec<u8> {
-    let mut v = ep.0.octets().to_vec();
+    let mut v = octets(&ep.0);
     v.extend(pad4(&ep.1.to_be_bytes()));
     v
 }
@@ -163,8 +251,8 @@ impl Program {
     /// Adds a group of endpoints (for [`Program::expose`]) and its hairpin elements.
     pub fn add_group(&mut self, g: &Group) {
         for ep in &g.endpoints {
-            let mut h = ep.0.octets().to_vec();
-            h.extend(ep.0.octets());
+            let mut h = octets(&ep.0);
+            h.extend(octets(&ep.0));
             self.hairpin.insert(h);
         }
         self.groups.insert(g.id, g.clone());
@@ -188,13 +276,14 @@ impl Program {
             None => format!("{prefix}dnat-{n}{suffix}"),
         };
         let cidr = self.cluster_cidr;
+        let fam = self.family;
         let affinity = g.affinity_timeout_s;
         let eps: Vec<Vec<u8>> = g.endpoints.iter().map(|e| ep_value(*e)).collect();
         self.chains.entry(name.clone()).or_insert_with(|| {
-            let mut rules = vec![mark_rule(kind, cidr)];
+            let mut rules = vec![mark_rule(fam, kind, cidr)];
             match affinity {
-                Some(t) => rules.extend(affinity_rules(src, n, u64::from(t) * 1000)),
-                None => rules.push(dnat_rule(src, n)),
+                Some(t) => rules.extend(affinity_rules(fam, src, n, u64::from(t) * 1000)),
+                None => rules.push(dnat_rule(fam, src, n)),
             }
             rules
         });
@@ -213,7 +302,7 @@ impl Program {
     }
 
     pub fn rule_count(&self) -> usize {
-        skeleton_rule_count() + self.chains.values().map(Vec::len).sum::<usize>()
+        skeleton_rule_count_of(self.family) + self.chains.values().map(Vec::len).sum::<usize>()
     }
 
     pub fn element_count(&self) -> usize {
@@ -228,7 +317,7 @@ impl Program {
 }
 
 /// The first rule of a per-count chain: mark the connection for masquerade by `kind`.
-fn mark_rule(kind: Masq, cluster_cidr: Option<(Ipv4Addr, u8)>) -> Vec<Expr> {
+fn mark_rule(fam: Family, kind: Masq, cluster_cidr: Option<(IpAddr, u8)>) -> Vec<Expr> {
     match kind {
         Masq::Always => set_masq_mark(),
         // Local policy keeps the client's address, except for clients on this node (127.0.0.1
@@ -250,7 +339,7 @@ fn mark_rule(kind: Masq, cluster_cidr: Option<(Ipv4Addr, u8)>) -> Vec<Expr> {
             r
         }
         Masq::UnlessFromPods => match cluster_cidr {
-            Some(net) => masq_unless(net),
+            Some(net) => masq_unless(fam, net),
             None => set_masq_mark(),
         },
     }
@@ -258,12 +347,13 @@ fn mark_rule(kind: Masq, cluster_cidr: Option<(Ipv4Addr, u8)>) -> Vec<Expr> {
 
 /// Loads the service key (`ip daddr . meta l4proto . th dport`, or `meta l4proto . th dport`
 /// for NodePorts) from REG32_00; returns the register after it.
-fn load_service_key(src: Src, v: &mut Vec<Expr>) -> u32 {
+fn load_service_key(fam: Family, src: Src, v: &mut Vec<Expr>) -> u32 {
     let r = REG32_00;
+    let a = fam.regs();
     match src {
         Src::Ips => {
-            v.extend([load_daddr(r), l4proto(r + 1), dport(r + 2)]);
-            r + 3
+            v.extend([load_daddr(fam, r), l4proto(r + a), dport(r + a + 1)]);
+            r + a + 2
         }
         Src::NodePorts => {
             v.extend([l4proto(r), dport(r + 1)]);
@@ -288,9 +378,9 @@ fn affinity_map(src: Src) -> &'static str {
 
 /// `dnat to <service> . numgen random mod n map @endpoints`. The endpoint lands in REG32_00/01
 /// (as `nft` places it), the address and port the NAT reads.
-fn dnat_rule(src: Src, n: u32) -> Vec<Expr> {
+fn dnat_rule(fam: Family, src: Src, n: u32) -> Vec<Expr> {
     let mut v = Vec::new();
-    let next = load_service_key(src, &mut v);
+    let next = load_service_key(fam, src, &mut v);
     v.extend([
         Expr::NumgenRandom {
             dreg: next,
@@ -302,7 +392,7 @@ fn dnat_rule(src: Src, n: u32) -> Vec<Expr> {
             dreg: Some(REG32_00),
             invert: false,
         },
-        dnat(REG32_00),
+        dnat(fam, REG32_00),
     ]);
     v
 }
@@ -313,17 +403,30 @@ fn dnat_rule(src: Src, n: u32) -> Vec<Expr> {
 /// current endpoint count (after endpoints went away) matches no rule, so that client picks
 /// again. (A map from client to endpoint would need a lookup keyed by a lookup's result,
 /// which `nft` cannot print.)
-fn affinity_rules(src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
+fn affinity_rules(fam: Family, src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
     let r = REG32_00;
     let n = n.max(1);
+    let a = fam.regs();
+    // Where the endpoint lookup's `<service> . index` key goes: IPv4 loads the service key
+    // again after the client key (what `nft` writes); an IPv6 key would not fit in the 16
+    // registers twice, so the index overwrites the client address after the service key.
+    let endpoint_key = |next: u32| -> (u32, Vec<Expr>, u32) {
+        match fam {
+            Family::V4 => {
+                let k2 = next + a + 1;
+                (k2, service_key_at(fam, src, k2), k2 + (next - r))
+            }
+            Family::V6 => (r, vec![], next),
+        }
+    };
     let mut rules = Vec::new();
     for i in 0..n {
         let mut hit = Vec::new();
-        let next = load_service_key(src, &mut hit);
+        let next = load_service_key(fam, src, &mut hit);
         hit.extend([
-            load_saddr(next),
+            load_saddr(fam, next),
             Expr::Immediate {
-                dreg: next + 1,
+                dreg: next + a,
                 data: i.to_ne_bytes().to_vec(),
             },
             Expr::Lookup {
@@ -340,10 +443,9 @@ fn affinity_rules(src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
                 timeout_ms: Some(timeout_ms),
             },
         ]);
-        // <service> . index after the client key, then the endpoint into r0/r1.
-        let k2 = next + 2;
-        hit.extend(service_key_at(src, k2));
-        let idx = k2 + (next - r);
+        // <service> . index, then the endpoint into r0.. .
+        let (k2, load, idx) = endpoint_key(next);
+        hit.extend(load);
         hit.extend([
             Expr::Immediate {
                 dreg: idx,
@@ -355,17 +457,17 @@ fn affinity_rules(src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
                 dreg: Some(r),
                 invert: false,
             },
-            dnat(r),
+            dnat(fam, r),
         ]);
         rules.push(hit);
     }
     // A new client: a random index, remembered, and its endpoint.
     let mut new = Vec::new();
-    let next = load_service_key(src, &mut new);
+    let next = load_service_key(fam, src, &mut new);
     new.extend([
-        load_saddr(next),
+        load_saddr(fam, next),
         Expr::NumgenRandom {
-            dreg: next + 1,
+            dreg: next + a,
             modulus: n,
         },
         Expr::Dynset {
@@ -376,12 +478,11 @@ fn affinity_rules(src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
             timeout_ms: Some(timeout_ms),
         },
     ]);
-    let k2 = next + 2;
-    new.extend(service_key_at(src, k2));
-    let idx = k2 + (next - r);
+    let (k2, load, idx) = endpoint_key(next);
+    new.extend(load);
     new.extend([
         Expr::Bitwise {
-            sreg: next + 1,
+            sreg: next + a,
             dreg: idx,
             mask: vec![0xff; 4],
             xor: vec![0; 4],
@@ -392,16 +493,17 @@ fn affinity_rules(src: Src, n: u32, timeout_ms: u64) -> Vec<Vec<Expr>> {
             dreg: Some(r),
             invert: false,
         },
-        dnat(r),
+        dnat(fam, r),
     ]);
     rules.push(new);
     rules
 }
 
 /// The service key loaded from register `at`.
-fn service_key_at(src: Src, at: u32) -> Vec<Expr> {
+fn service_key_at(fam: Family, src: Src, at: u32) -> Vec<Expr> {
+    let a = fam.regs();
     match src {
-        Src::Ips => vec![load_daddr(at), l4proto(at + 1), dport(at + 2)],
+        Src::Ips => vec![load_daddr(fam, at), l4proto(at + a), dport(at + a + 1)],
         Src::NodePorts => vec![l4proto(at), dport(at + 1)],
     }
 }
@@ -425,54 +527,61 @@ fn set_masq_mark() -> Vec<Expr> {
     ]
 }
 
-fn masq_unless(net: (Ipv4Addr, u8)) -> Vec<Expr> {
-    let mask = if net.1 == 0 {
+fn masq_unless(fam: Family, net: (IpAddr, u8)) -> Vec<Expr> {
+    let bits = fam.addr_len() * 8;
+    let len = u32::from(net.1).min(bits);
+    let mask: u128 = if len == 0 {
         0
     } else {
-        u32::MAX << (32 - u32::from(net.1))
+        u128::MAX << (128 - len)
     };
+    let value = match net.0 {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    } & mask;
+    let n = fam.addr_len() as usize;
     let mut r = vec![
-        load_saddr(REG32_00),
+        load_saddr(fam, REG32_00),
         Expr::Bitwise {
             sreg: REG32_00,
             dreg: REG32_00,
-            mask: mask.to_be_bytes().to_vec(),
-            xor: vec![0; 4],
+            mask: mask.to_be_bytes()[..n].to_vec(),
+            xor: vec![0; n],
         },
         Expr::Cmp {
             sreg: REG32_00,
             op: CmpOp::Neq,
-            data: (u32::from(net.0) & mask).to_be_bytes().to_vec(),
+            data: value.to_be_bytes()[..n].to_vec(),
         },
     ];
     r.extend(set_masq_mark());
     r
 }
 
-fn load_saddr(dreg: u32) -> Expr {
+fn load_saddr(fam: Family, dreg: u32) -> Expr {
     Expr::Payload {
         base: BASE_NETWORK,
-        offset: 12,
-        len: 4,
+        offset: fam.saddr_offset(),
+        len: fam.addr_len(),
         dreg,
     }
 }
 
-fn load_daddr(dreg: u32) -> Expr {
+fn load_daddr(fam: Family, dreg: u32) -> Expr {
     Expr::Payload {
         base: BASE_NETWORK,
-        offset: 16,
-        len: 4,
+        offset: fam.daddr_offset(),
+        len: fam.addr_len(),
         dreg,
     }
 }
 
-fn dnat(addr_reg: u32) -> Expr {
+fn dnat(fam: Family, addr_reg: u32) -> Expr {
     Expr::Nat {
         kind: NatType::Dnat,
-        family: NFPROTO_IPV4,
+        family: fam.nfproto(),
         addr_reg,
-        proto_reg: Some(addr_reg + 1),
+        proto_reg: Some(addr_reg + fam.regs()),
     }
 }
 
@@ -507,19 +616,20 @@ fn fib_local() -> Vec<Expr> {
     ]
 }
 
-fn services_rules() -> Vec<Vec<Expr>> {
+fn services_rules(fam: Family, restricted: bool) -> Vec<Vec<Expr>> {
     vec![
-        vmap_ip_proto_port(SERVICE_IPS),
-        vmap_local_proto_port(SERVICE_NODEPORTS),
+        vmap_ip_proto_port(fam, SERVICE_IPS),
+        vmap_local_proto_port(fam, restricted, SERVICE_NODEPORTS),
     ]
 }
 
-fn vmap_ip_proto_port(set: &str) -> Vec<Expr> {
+fn vmap_ip_proto_port(fam: Family, set: &str) -> Vec<Expr> {
     let r = REG32_00;
+    let a = fam.regs();
     vec![
-        load_daddr(r),
-        l4proto(r + 1),
-        dport(r + 2),
+        load_daddr(fam, r),
+        l4proto(r + a),
+        dport(r + a + 1),
         Expr::Lookup {
             set: set.into(),
             sreg: r,
@@ -529,9 +639,23 @@ fn vmap_ip_proto_port(set: &str) -> Vec<Expr> {
     ]
 }
 
-fn vmap_local_proto_port(set: &str) -> Vec<Expr> {
+/// `fib daddr type local` (every local address), or `ip daddr @nodeport-ips` with
+/// `--nodeport-addresses`, then `meta l4proto . th dport vmap @<set>`.
+fn vmap_local_proto_port(fam: Family, restricted: bool, set: &str) -> Vec<Expr> {
     let r = REG32_00;
-    let mut v = fib_local();
+    let mut v = if restricted {
+        vec![
+            load_daddr(fam, r),
+            Expr::Lookup {
+                set: NODEPORT_IPS.into(),
+                sreg: r,
+                dreg: None,
+                invert: false,
+            },
+        ]
+    } else {
+        fib_local()
+    };
     v.extend([
         l4proto(r + 1),
         dport(r + 2),
@@ -553,15 +677,18 @@ type FixedChain = (
     Vec<Vec<Expr>>,
 );
 
-fn skeleton() -> Vec<FixedChain> {
+fn skeleton(fam: Family, restricted: bool) -> Vec<FixedChain> {
     let jump_services = vec![Expr::Jump(Verdict::Jump(SERVICES_CHAIN.into()))];
     let r = REG32_00;
     vec![
-        (SERVICES_CHAIN, None, services_rules()),
+        (SERVICES_CHAIN, None, services_rules(fam, restricted)),
         (
             REJECT_CHAIN,
             None,
-            vec![vec![Expr::Reject { kind: 0, code: 3 }]],
+            vec![vec![Expr::Reject {
+                kind: 0,
+                code: fam.port_unreachable(),
+            }]],
         ),
         (
             "nat-prerouting",
@@ -615,8 +742,8 @@ fn skeleton() -> Vec<FixedChain> {
                         op: CmpOp::Neq,
                         data: vec![0; 4],
                     },
-                    load_saddr(r),
-                    load_daddr(r + 1),
+                    load_saddr(fam, r),
+                    load_daddr(fam, r + fam.regs()),
                     Expr::Lookup {
                         set: HAIRPIN.into(),
                         sreg: r,
@@ -631,31 +758,37 @@ fn skeleton() -> Vec<FixedChain> {
             "filter-input",
             Some((Hook::Input, "filter", -10)),
             vec![
-                vmap_ip_proto_port(NO_EP_SERVICES),
-                vmap_local_proto_port(NO_EP_NODEPORTS),
+                vmap_ip_proto_port(fam, NO_EP_SERVICES),
+                vmap_local_proto_port(fam, restricted, NO_EP_NODEPORTS),
             ],
         ),
         (
             "filter-forward",
             Some((Hook::Forward, "filter", -10)),
-            vec![vmap_ip_proto_port(NO_EP_SERVICES)],
+            vec![vmap_ip_proto_port(fam, NO_EP_SERVICES)],
         ),
         (
             "filter-output",
             Some((Hook::Output, "filter", -10)),
-            vec![vmap_ip_proto_port(NO_EP_SERVICES)],
+            vec![vmap_ip_proto_port(fam, NO_EP_SERVICES)],
         ),
     ]
 }
 
 pub fn skeleton_rule_count() -> usize {
-    skeleton().iter().map(|c| c.2.len()).sum()
+    skeleton_rule_count_of(Family::V4)
 }
 
-fn sets() -> Vec<SetSpec<'static>> {
-    let ipp = cat(cat(TYPE_IPADDR, TYPE_INET_PROTO), TYPE_INET_SERVICE);
+pub fn skeleton_rule_count_of(fam: Family) -> usize {
+    skeleton(fam, false).iter().map(|c| c.2.len()).sum()
+}
+
+fn sets(fam: Family) -> Vec<SetSpec<'static>> {
+    let ip = fam.addr_type();
+    let al = fam.addr_len();
+    let ipp = cat(cat(ip, TYPE_INET_PROTO), TYPE_INET_SERVICE);
     let pp = cat(TYPE_INET_PROTO, TYPE_INET_SERVICE);
-    let ep = cat(TYPE_IPADDR, TYPE_INET_SERVICE);
+    let ep = cat(ip, TYPE_INET_SERVICE);
     let spec = |name, key_type, key_len, data, flags| SetSpec {
         name,
         key_type,
@@ -664,7 +797,10 @@ fn sets() -> Vec<SetSpec<'static>> {
         flags,
         timeout_ms: None,
     };
-    let epv = SetData::Value { ty: ep, len: 8 };
+    let epv = SetData::Value {
+        ty: ep,
+        len: al + 4,
+    };
     let affinity = |name, key_type, key_len| SetSpec {
         name,
         key_type,
@@ -674,15 +810,15 @@ fn sets() -> Vec<SetSpec<'static>> {
         timeout_ms: Some(10_800_000),
     };
     vec![
-        spec(SERVICE_IPS, ipp, 12, SetData::Verdict, 0),
+        spec(SERVICE_IPS, ipp, al + 8, SetData::Verdict, 0),
         spec(SERVICE_NODEPORTS, pp, 8, SetData::Verdict, 0),
-        spec(NO_EP_SERVICES, ipp, 12, SetData::Verdict, 0),
+        spec(NO_EP_SERVICES, ipp, al + 8, SetData::Verdict, 0),
         spec(NO_EP_NODEPORTS, pp, 8, SetData::Verdict, 0),
-        spec(ENDPOINTS, cat(ipp, TYPE_MARK), 16, epv.clone(), 0),
+        spec(ENDPOINTS, cat(ipp, TYPE_MARK), al + 12, epv.clone(), 0),
         spec(NP_ENDPOINTS, cat(pp, TYPE_MARK), 12, epv, 0),
-        affinity(AFFINITY, cat(cat(ipp, TYPE_IPADDR), TYPE_MARK), 20),
-        affinity(NP_AFFINITY, cat(cat(pp, TYPE_IPADDR), TYPE_MARK), 16),
-        spec(HAIRPIN, cat(TYPE_IPADDR, TYPE_IPADDR), 8, SetData::None, 0),
+        affinity(AFFINITY, cat(cat(ipp, ip), TYPE_MARK), 2 * al + 12),
+        affinity(NP_AFFINITY, cat(cat(pp, ip), TYPE_MARK), al + 12),
+        spec(HAIRPIN, cat(ip, ip), 2 * al, SetData::None, 0),
     ]
 }
 
@@ -694,14 +830,52 @@ pub fn full(table: &str, p: &Program) -> Batch {
 
 /// [`full`] of the union of several (per-Service) programs.
 pub fn full_of(table: &str, progs: &[&Program]) -> Batch {
-    let mut b = Batch::new(NFPROTO_IPV4);
+    let fam = progs.first().map(|p| p.family).unwrap_or_default();
+    full_of_family(fam, table, progs)
+}
+
+/// [`full_of`] for a table of family `fam` (programs of that family).
+pub fn full_of_family(fam: Family, table: &str, progs: &[&Program]) -> Batch {
+    full_with(fam, table, progs, None)
+}
+
+/// [`full_of_family`]; with `nodeport_ips`, NodePorts answer only on those host addresses
+/// (kube-proxy's `--nodeport-addresses`), else on every local address.
+pub fn full_with(
+    fam: Family,
+    table: &str,
+    progs: &[&Program],
+    nodeport_ips: Option<&[IpAddr]>,
+) -> Batch {
+    let mut b = Batch::new(fam.nfproto());
     b.add_table(table);
     b.del_table(table);
     b.add_table_tagged(table, TABLE_COMMENT);
-    for s in sets() {
+    for s in sets(fam) {
         b.add_set(table, &s);
     }
-    let skel = skeleton();
+    if let Some(ips) = nodeport_ips {
+        b.add_set(
+            table,
+            &SetSpec {
+                name: NODEPORT_IPS,
+                key_type: fam.addr_type(),
+                key_len: fam.addr_len(),
+                data: SetData::None,
+                flags: 0,
+                timeout_ms: None,
+            },
+        );
+        let elems: Vec<(Vec<u8>, ElemData)> = ips
+            .iter()
+            .filter(|ip| Family::of(ip) == fam)
+            .map(|ip| (octets(ip), ElemData::None))
+            .collect();
+        if !elems.is_empty() {
+            b.add_elems(table, NODEPORT_IPS, &elems);
+        }
+    }
+    let skel = skeleton(fam, nodeport_ips.is_some());
     // Chains first (verdicts name them), rules after.
     for (name, base, _) in &skel {
         match base {
@@ -768,7 +942,7 @@ fn gone(old: &BTreeSet<Vec<u8>>, new: &BTreeSet<Vec<u8>>) -> Vec<Vec<u8>> {
 
 /// The changes from `old` to `new` as one transaction (empty when nothing changed).
 pub fn incremental(table: &str, old: &Program, new: &Program) -> Batch {
-    let mut b = Batch::new(NFPROTO_IPV4);
+    let mut b = Batch::new(new.family.nfproto());
     // New chains exist before elements name them; changed chains get their rules rewritten.
     for name in new.chains.keys().filter(|c| !old.chains.contains_key(*c)) {
         b.add_chain(table, name);
@@ -817,7 +991,12 @@ pub fn incremental(table: &str, old: &Program, new: &Program) -> Batch {
 
 /// Deletes the table (nothing if it does not exist).
 pub fn delete(table: &str) -> Batch {
-    let mut b = Batch::new(NFPROTO_IPV4);
+    delete_family(Family::V4, table)
+}
+
+/// Deletes the table of family `fam` (nothing if it does not exist).
+pub fn delete_family(fam: Family, table: &str) -> Batch {
+    let mut b = Batch::new(fam.nfproto());
     b.add_table(table);
     b.del_table(table);
     b
@@ -953,6 +1132,10 @@ pub fn changes(
     pairs: &[(Option<&Program>, Option<&Program>)],
     shared: &mut Shared,
 ) -> Batch {
+    let fam = pairs
+        .iter()
+        .find_map(|(o, n)| n.or(*o).map(|p| p.family))
+        .unwrap_or_default();
     let empty = Program::default();
     let mut dels = Dels::new();
     let mut adds = Adds::new();
@@ -1005,7 +1188,7 @@ pub fn changes(
         new_chains.remove(&c);
         gone_chains.remove(&c);
     }
-    let mut b = Batch::new(NFPROTO_IPV4);
+    let mut b = Batch::new(fam.nfproto());
     for (name, rules) in &new_chains {
         b.add_chain(table, name);
         for r in rules {

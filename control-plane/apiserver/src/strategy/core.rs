@@ -492,11 +492,16 @@ impl Strategy for Service {
                 set_default(p, "targetPort", port);
             }
         }
-        if spec["clusterIP"] == "None" {
-            set_default(spec, "clusterIPs", json!(["None"]));
+        // clusterIP and clusterIPs[0] are one field (upstream's v1 conversion syncs them);
+        // ipFamilyPolicy and ipFamilies depend on the cluster's ranges: the API server fills
+        // them when it allocates (lifecycle.rs).
+        let ips_empty = spec["clusterIPs"].as_array().is_none_or(|a| a.is_empty());
+        let cip = s(&spec["clusterIP"]);
+        if !cip.is_empty() && ips_empty {
+            spec["clusterIPs"] = json!([cip]);
+        } else if cip.is_empty() && !ips_empty {
+            spec["clusterIP"] = spec["clusterIPs"][0].clone();
         }
-        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
-        set_default(spec, "ipFamilies", json!(["IPv4"]));
     }
     fn prepare_create(&self, obj: &mut Value) {
         obj["status"] = json!({"loadBalancer": {}});
@@ -563,6 +568,7 @@ impl Strategy for Service {
             }
             return;
         }
+        validate_cluster_ips(spec, errs);
         let ports = spec["ports"].as_array().cloned().unwrap_or_default();
         let headless = spec["clusterIP"] == "None";
         if ports.is_empty() && !headless {
@@ -1319,6 +1325,112 @@ fn valid_cidr(v: &str) -> bool {
 }
 
 /// An invalid integer value, printed unquoted as upstream prints numbers.
+/// `spec.clusterIPs`, `spec.ipFamilies` and `spec.ipFamilyPolicy` on their own (upstream's
+/// `ValidateServiceClusterIPsRelatedFields`); what the cluster's ranges allow is checked when
+/// the API server allocates.
+fn validate_cluster_ips(spec: &Value, errs: &mut Vec<FieldError>) {
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default()
+    };
+    let ips = list(&spec["clusterIPs"]);
+    let fams = list(&spec["ipFamilies"]);
+    let shown = || {
+        let q: Vec<String> = ips.iter().map(|i| format!("{i:?}")).collect();
+        format!("[]string{{{}}}", q.join(", "))
+    };
+    let invalid_ips = |detail: &str| FieldError {
+        value: None,
+        detail: format!("{}: {detail}", shown()),
+        ..FieldError::invalid("spec.clusterIPs", "", "")
+    };
+    let cip = s(&spec["clusterIP"]);
+    if !cip.is_empty() {
+        if ips.is_empty() {
+            errs.push(FieldError::required("spec.clusterIPs", ""));
+        } else if ips[0] != cip {
+            errs.push(invalid_ips("first value must match `clusterIP`"));
+        }
+    } else if !ips.is_empty() {
+        errs.push(invalid_ips(
+            "must be empty when `clusterIP` is not specified",
+        ));
+    }
+    for (i, f) in fams.iter().enumerate() {
+        if f != "IPv4" && f != "IPv6" {
+            errs.push(FieldError::not_supported(
+                format!("spec.ipFamilies[{i}]"),
+                f,
+                &["IPv4", "IPv6"],
+            ));
+        }
+        if fams[..i].contains(f) {
+            errs.push(FieldError::duplicate(format!("spec.ipFamilies[{i}]"), f));
+        }
+    }
+    let policy = &spec["ipFamilyPolicy"];
+    if let Some(p) = policy.as_str() {
+        if !["PreferDualStack", "RequireDualStack", "SingleStack"].contains(&p) {
+            errs.push(FieldError::not_supported(
+                "spec.ipFamilyPolicy",
+                p,
+                &["PreferDualStack", "RequireDualStack", "SingleStack"],
+            ));
+        }
+    }
+    let mut bad = false;
+    let mut parsed: Vec<std::net::IpAddr> = vec![];
+    for (i, ip) in ips.iter().enumerate() {
+        if i == 0 && ip == "None" {
+            if ips.len() > 1 {
+                bad = true;
+                errs.push(invalid_ips("'None' must be the first and only value"));
+            }
+            continue;
+        }
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(a) => parsed.push(a),
+            Err(_) => {
+                bad = true;
+                errs.push(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    ip,
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                ));
+            }
+        }
+    }
+    if ips.len() > 2 {
+        errs.push(invalid_ips("may only hold up to 2 values"));
+    }
+    if bad {
+        return;
+    }
+    if parsed.len() == 2 && parsed[0].is_ipv4() == parsed[1].is_ipv4() {
+        errs.push(invalid_ips(
+            "may specify no more than one IP for each IP family",
+        ));
+    }
+    if ips.first().map(String::as_str) != Some("None") {
+        for (i, a) in parsed.iter().enumerate() {
+            match fams.get(i).map(String::as_str) {
+                Some("IPv4") if a.is_ipv6() => errs.push(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    &a.to_string(),
+                    format!("expected an IPv4 value as indicated by `ipFamilies[{i}]`"),
+                )),
+                Some("IPv6") if a.is_ipv4() => errs.push(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    &a.to_string(),
+                    format!("expected an IPv6 value as indicated by `ipFamilies[{i}]`"),
+                )),
+                _ => {}
+            }
+        }
+    }
+}
+
 fn invalid_int(field: &str, v: i64, detail: &str) -> FieldError {
     FieldError {
         value: None,
