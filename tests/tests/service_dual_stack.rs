@@ -297,6 +297,9 @@ fn lookup(name: &str, ty: &str, server: &str) -> Vec<String> {
 
 #[test]
 fn dual_stack_cluster_serves_both_families() {
+    // The bridge plugin turns on IPv6 forwarding for the whole host (as upstream's does): put
+    // back what the host had when the test ends.
+    let _forwarding = Ipv6Forwarding::save();
     let c = ControlPlane::start_cluster_dual_stack(&["--nodeport-addresses", "127.0.0.0/8"]);
     let agent = c.agent.as_ref().expect("a whole cluster");
     let (pods6, _) = agent.dual_stack.clone().expect("dual-stack ranges");
@@ -425,4 +428,25 @@ spec:
     );
     c.ok(&["delete", "svc", "sk-web", "sk-headless"]);
     c.ok(&["delete", "pod", "sk-web", "--wait=false"]);
+}
+
+/// `net.ipv6.conf.all.forwarding` as the test found it, written back on drop.
+struct Ipv6Forwarding(Option<String>);
+
+impl Ipv6Forwarding {
+    const PATH: &'static str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+    fn save() -> Self {
+        Self(std::fs::read_to_string(Self::PATH).ok())
+    }
+}
+
+impl Drop for Ipv6Forwarding {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            if let Err(e) = std::fs::write(Self::PATH, v.trim()) {
+                eprintln!("restoring {}: {e}", Self::PATH);
+            }
+        }
+    }
 }
