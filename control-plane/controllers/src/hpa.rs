@@ -11,8 +11,13 @@
 //! - otherwise the metrics decide. `Resource` metrics are read from `metrics.k8s.io` (which the
 //!   API server serves from the kubelets' summaries) and turned into a replica count as
 //!   upstream does (`hpa_metrics.rs`: utilization of requests or average value, 10% tolerance),
-//!   the highest recommendation of all metrics wins, scale-downs are stabilized over 5 minutes,
-//!   and the result is bounded by `[minReplicas, maxReplicas]` (`ScalingLimited`);
+//!   the highest recommendation of all metrics wins (none, if a metric is invalid and the
+//!   others recommend a scale-down), then `hpa_behavior.rs` stabilizes and rate-limits it as
+//!   upstream: `spec.behavior` (policies, `selectPolicy`, stabilization windows, with upstream's
+//!   defaults) or, without it, the 5-minute scale-down window and `max(2 x current, 4)`;
+//!   `AbleToScale` says `ReadyForNewScale`/`ScaleUpStabilized`/`ScaleDownStabilized`,
+//!   `ScalingLimited` `DesiredWithinRange`/`TooManyReplicas`/`TooFewReplicas`/`ScaleUpLimit`/
+//!   `ScaleDownLimit`;
 //!   `ScalingActive=True/ValidMetricFound`, `status.currentMetrics`, and `SuccessfulRescale`
 //!   "New size: N; reason: cpu resource utilization (percentage of request) above target".
 //!   Metrics that cannot be read (other metric types: no custom or external metrics API) are
@@ -21,8 +26,8 @@
 //!   matching warning event and `FailedComputeMetricsReplicas` ("invalid metrics (1 invalid out
 //!   of 1), first error is: ..."). Warning events are recorded when their message changes.
 //!
-//! Not applied: `behavior` policies (rates) and a scale-up stabilization window; pods without
-//! metrics or not yet ready are left out of the calculation rather than weighed as upstream.
+//! Not applied: the `--horizontal-pod-autoscaler-*` flags (upstream's defaults are fixed);
+//! `behavior` defaults are applied by the controller, not written into the stored object.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +44,9 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Recorder, NORMAL, WARNING};
+use crate::hpa_behavior::{
+    self, normalize_with_behavior, scale_down_rules, scale_up_rules, History, Normalized,
+};
 use crate::informer::{Change, Informer};
 use crate::queue::WorkQueue;
 use crate::replicaset::api_message;
@@ -48,8 +56,6 @@ use crate::{Context, ControllerError};
 pub const COMPONENT: &str = "horizontal-pod-autoscaler";
 const SYNC_PERIOD: Duration = Duration::from_secs(15);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
-/// upstream's default `behavior.scaleDown.stabilizationWindowSeconds`.
-const SCALE_DOWN_STABILIZATION: Duration = Duration::from_secs(300);
 
 struct Ctl {
     client: Client,
@@ -58,8 +64,8 @@ struct Ctl {
     rec: Recorder,
     /// The last warning message recorded per (autoscaler uid, reason).
     warned: Mutex<HashMap<(String, String), String>>,
-    /// Recent replica recommendations per autoscaler uid (scale-down stabilization).
-    recommendations: Mutex<HashMap<String, Vec<(std::time::Instant, i32)>>>,
+    /// Recent recommendations and scale changes per autoscaler uid (stabilization and rates).
+    history: Mutex<HashMap<String, History>>,
 }
 
 pub fn run(
@@ -77,7 +83,7 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
         queue: WorkQueue::new(),
         rec: Recorder::new(ctx.client.clone(), COMPONENT),
         warned: Mutex::default(),
-        recommendations: Mutex::default(),
+        history: Mutex::default(),
     });
     let mut rx = c.hpas.subscribe();
     c.hpas.ready().await;
@@ -103,6 +109,10 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .retain(|(u, _), _| *u != uid);
+                        c.history
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&uid);
                     }
                     Ok(Change::Resynced) => {}
                     Err(RecvError::Lagged(_)) => {
@@ -314,6 +324,7 @@ impl Ctl {
         errors: &[(&MetricSpec, String)],
         total: usize,
     ) {
+        let invalid = errors.len();
         let mut first: Option<String> = None;
         for (m, err) in errors {
             let (why, _) = metric_words(m);
@@ -348,31 +359,49 @@ impl Ctl {
                 hpa,
                 "FailedComputeMetricsReplicas",
                 format!(
-                    "invalid metrics ({total} invalid out of {total}), first error is: {first}"
+                    "invalid metrics ({invalid} invalid out of {total}), first error is: {first}"
                 ),
             );
         }
     }
 
-    /// Upstream's default scale-down stabilization: the highest recommendation of the last
-    /// five minutes (scale-ups apply at once).
-    fn stabilize(&self, uid: &str, recommended: i32, current: i32) -> i32 {
+    /// Stabilizes and rate-limits a recommendation (`hpa_behavior`), with the autoscaler's
+    /// `behavior` if it has one.
+    fn normalize(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        current: i32,
+        recommended: i32,
+        min: i32,
+        max: i32,
+    ) -> Normalized {
         let now = std::time::Instant::now();
-        let mut recs = self
-            .recommendations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let list = recs.entry(uid.to_string()).or_default();
-        list.retain(|(t, _)| now.duration_since(*t) < SCALE_DOWN_STABILIZATION);
-        list.push((now, recommended));
-        if recommended >= current {
-            return recommended;
+        let mut all = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let h = all.entry(hpa.uid().unwrap_or_default()).or_default();
+        match hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()) {
+            Some(b) => {
+                let (up, down) = (scale_up_rules(b), scale_down_rules(b));
+                normalize_with_behavior(h, now, &up, &down, current, recommended, min, max)
+            }
+            None => hpa_behavior::normalize(h, now, current, recommended, min, max),
         }
-        list.iter()
-            .map(|(_, r)| *r)
-            .max()
-            .unwrap_or(recommended)
-            .min(current)
+    }
+
+    /// Remembers a scale change for the `behavior` policies' periods.
+    fn record_scale(&self, hpa: &HorizontalPodAutoscaler, from: i32, to: i32) {
+        let Some(b) = hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()) else {
+            return;
+        };
+        let mut all = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let h = all.entry(hpa.uid().unwrap_or_default()).or_default();
+        hpa_behavior::record_scale(
+            h,
+            &scale_up_rules(b),
+            &scale_down_rules(b),
+            std::time::Instant::now(),
+            from,
+            to,
+        );
     }
 
     async fn reconcile(&self, hpa: &HorizontalPodAutoscaler) -> Result<(), ControllerError> {
@@ -450,7 +479,10 @@ impl Ctl {
                 }
                 errors.push((m, self.metrics_error(hpa, m).await));
             }
-            let Some((recommended, description)) = best else {
+            // As upstream: with an invalid metric, the valid ones may scale up but not down.
+            let partial_down =
+                !errors.is_empty() && best.as_ref().is_some_and(|(r, _)| *r < current);
+            let Some((recommended, description)) = best.filter(|_| !partial_down) else {
                 self.report_metric_errors(hpa, &mut st, &errors, metrics.len());
                 st.current_replicas = Some(current);
                 st.desired_replicas = current;
@@ -466,39 +498,19 @@ impl Ctl {
                     "the HPA was able to successfully calculate a replica count from {description}"
                 ),
             );
-            let recommended = self.stabilize(&hpa.uid().unwrap_or_default(), recommended, current);
-            let (bounded, limited, why) = if recommended > max {
-                (
-                    max,
-                    "TooManyReplicas",
-                    "the desired replica count is more than the maximum replica count",
-                )
-            } else if recommended < min {
-                (
-                    min,
-                    "TooFewReplicas",
-                    "the desired replica count is less than the minimum replica count",
-                )
-            } else {
-                (
-                    recommended,
-                    "DesiredWithinRange",
-                    "the desired count is within the acceptable range",
-                )
-            };
-            let status = if limited == "DesiredWithinRange" {
-                "False"
-            } else {
-                "True"
-            };
-            set_condition(&mut st, "ScalingLimited", status, limited, why.into());
-            desired = bounded;
-            if desired != current {
-                reason = Some(if desired > current {
-                    format!("{description} above target")
-                } else {
-                    "All metrics below target".to_string()
-                });
+            if recommended > current {
+                reason = Some(format!("{description} above target"));
+            } else if recommended < current {
+                reason = Some("All metrics below target".to_string());
+            }
+            let n = self.normalize(hpa, current, recommended, min, max);
+            set_condition(&mut st, "AbleToScale", "True", n.able.0, n.able.1.into());
+            let (limited, why, message) = n.limited;
+            let limited = if limited { "True" } else { "False" };
+            set_condition(&mut st, "ScalingLimited", limited, why, message.into());
+            desired = n.replicas;
+            if desired == current {
+                reason = None;
             }
         }
         if let Some(reason) = reason {
@@ -527,6 +539,7 @@ impl Ctl {
                         format!("New size: {desired}; reason: {reason}"),
                     );
                     st.last_scale_time = Some(crate::workload::now());
+                    self.record_scale(hpa, current, desired);
                 }
                 Err(e) => {
                     let e = api_message(&e);

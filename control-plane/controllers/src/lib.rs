@@ -22,7 +22,9 @@ pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod hpa;
+pub mod hpa_behavior;
 mod hpa_metrics;
+pub mod http;
 pub mod informer;
 pub mod leader;
 pub mod namespace;
@@ -136,8 +138,10 @@ pub async fn run(
     config: kube::Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let client = Client::try_from(config.clone())?;
-    let credentials = credentials::Credentials::new(client.clone(), config);
+    // HTTP/2 where the server offers it: the informers' watches share one connection, the
+    // controllers' requests another (see `http`).
+    let client = http::client(&config)?;
+    let credentials = credentials::Credentials::new(client.clone(), config)?;
     let elector = leader::Elector::new(client.clone(), leader::host_identity().await);
     tokio::pin!(stop);
     loop {
