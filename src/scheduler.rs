@@ -19,12 +19,9 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
         Some(p) => skiff_scheduler::config::SchedulerConfig::from_file(p)?,
         None => Default::default(),
     };
-    let config = crate::server::kube_config(&args.kubeconfig)
+    let client = crate::server::kube_client(&args.kubeconfig)
         .await
         .with_context(|| format!("connecting with {}", args.kubeconfig.display()))?;
-    // Over HTTP/2 where the server offers it: the watches and the binding requests share one
-    // connection instead of one per request in flight.
-    let client = skiff_controllers::http::client(&config)?;
     skiff_scheduler::run_with(client, cfg, crate::server::shutdown_signal()).await?;
     Ok(())
 }

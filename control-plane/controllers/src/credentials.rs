@@ -12,7 +12,7 @@ use http::HeaderValue;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{ObjectMeta, PostParams};
-use kube::client::{Body, ClientBuilder, ConfigExt};
+use kube::client::{Body, ClientBuilder};
 use kube::{Api, Client};
 
 use crate::ControllerError;
@@ -30,21 +30,11 @@ pub struct Credentials {
     root: Client,
     /// The configuration `root` was built from: the server's address and CA.
     config: kube::Config,
-    /// The connection every controller's requests share (no client certificate: the API server
-    /// would take a certificate before a token); each request carries its controller's token.
-    shared: crate::http::Connection,
 }
 
 impl Credentials {
-    pub fn new(root: Client, mut config: kube::Config) -> Result<Credentials, ControllerError> {
-        // The bearer token is the only credential: no client certificate, no other auth.
-        config.auth_info = Default::default();
-        let shared = crate::http::connection(&config)?;
-        Ok(Credentials {
-            root,
-            config,
-            shared,
-        })
+    pub fn new(root: Client, config: kube::Config) -> Credentials {
+        Credentials { root, config }
     }
 
     /// A client authenticated as `kube-system/<sa>`. Its token is renewed in the background until
@@ -56,6 +46,9 @@ impl Credentials {
     ) -> Result<Client, ControllerError> {
         let (header, lifetime) = self.token(sa).await?;
         let current = Arc::new(RwLock::new(header));
+        let mut config = self.config.clone();
+        // The bearer token is the only credential: no client certificate, no other auth.
+        config.auth_info = Default::default();
         let shared = current.clone();
         let stamp = tower::util::MapRequestLayer::new(move |mut req: http::Request<Body>| {
             let value = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -63,13 +56,10 @@ impl Credentials {
             req
         });
         let refused = Arc::new(tokio::sync::Notify::new());
-        let svc = tower::ServiceBuilder::new()
-            .layer(self.config.base_uri_layer())
-            .layer(stamp)
-            .layer(OnUnauthorized(refused.clone()))
-            .map_err(tower::BoxError::from)
-            .service(self.shared.clone());
-        let client = ClientBuilder::new(svc, self.config.default_namespace.clone()).build();
+        let client = ClientBuilder::try_from(config)?
+            .with_layer(&stamp)
+            .with_layer(&OnUnauthorized(refused.clone()))
+            .build();
         let me = self.clone();
         tokio::spawn(async move { me.renew(sa, current, lifetime, refused, stop).await });
         Ok(client)

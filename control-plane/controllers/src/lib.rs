@@ -24,7 +24,6 @@ pub mod gc;
 pub mod hpa;
 pub mod hpa_behavior;
 mod hpa_metrics;
-pub mod http;
 pub mod informer;
 pub mod leader;
 pub mod namespace;
@@ -138,10 +137,8 @@ pub async fn run(
     config: kube::Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    // HTTP/2 where the server offers it: the informers' watches share one connection, the
-    // controllers' requests another (see `http`).
-    let client = http::client(&config)?;
-    let credentials = credentials::Credentials::new(client.clone(), config)?;
+    let client = Client::try_from(config.clone())?;
+    let credentials = credentials::Credentials::new(client.clone(), config);
     let elector = leader::Elector::new(client.clone(), leader::host_identity().await);
     tokio::pin!(stop);
     loop {
