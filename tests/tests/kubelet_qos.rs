@@ -160,7 +160,7 @@ spec:
   - name: main
     image: {image}
     command: ["sh", "-c", "sleep 3600"]
-    resources: {{limits: {{cpu: 200m, memory: 64Mi}}}}
+    resources: {{requests: {{cpu: 200m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 64Mi}}}}
 ---
 apiVersion: v1
 kind: Pod
