@@ -216,8 +216,8 @@ impl Ctl {
                 !((t.key == NOT_READY || t.key == UNREACHABLE) && !want.contains(&t.key.as_str()))
             })
             .filter(|t| {
-                !(PRESSURE_TAINTS.iter().any(|(_, k)| *k == t.key)
-                    && !pressure.contains(&t.key.as_str()))
+                !PRESSURE_TAINTS.iter().any(|(_, k)| *k == t.key)
+                    || pressure.contains(&t.key.as_str())
             })
             .cloned()
             .collect();
