@@ -85,6 +85,162 @@ pub struct KubeletArgs {
     /// Address of the healthz endpoint (default 127.0.0.1).
     #[arg(long)]
     pub healthz_bind_address: Option<IpAddr>,
+    #[command(flatten)]
+    pub resources: NodeResourceArgs,
+}
+
+/// QoS cgroups, node allocatable and eviction flags (upstream's names), shared by
+/// `skiff kubelet` and `skiff server`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeResourceArgs {
+    /// QoS-class cgroups `kubepods/{burstable,besteffort}/pod<uid>` (default true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub cgroups_per_qos: Option<bool>,
+    /// Node allocatable enforcement: `pods` (default) limits the kubepods cgroup to
+    /// allocatable; `none` does not.
+    #[arg(long, value_delimiter = ',')]
+    pub enforce_node_allocatable: Vec<String>,
+    /// Resources reserved for Kubernetes daemons: `cpu=100m,memory=100Mi,ephemeral-storage=1Gi,pid=100`.
+    #[arg(long)]
+    pub kube_reserved: Option<String>,
+    /// Resources reserved for the OS: same form as --kube-reserved.
+    #[arg(long)]
+    pub system_reserved: Option<String>,
+    /// Hard eviction thresholds, e.g. `memory.available<100Mi,nodefs.available<10%` (default:
+    /// memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,nodefs.inodesFree<5%).
+    #[arg(long)]
+    pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds, e.g. `memory.available<1.5Gi`; each needs a grace period.
+    #[arg(long)]
+    pub eviction_soft: Option<String>,
+    /// Grace periods of the soft thresholds, e.g. `memory.available=1m30s`.
+    #[arg(long)]
+    pub eviction_soft_grace_period: Option<String>,
+    /// Minimum reclaim once a threshold is met, e.g. `memory.available=0Mi,nodefs.available=500Mi`.
+    #[arg(long)]
+    pub eviction_minimum_reclaim: Option<String>,
+    /// How long a pressure condition stays after its threshold was last met (default 5m0s).
+    #[arg(long)]
+    pub eviction_pressure_transition_period: Option<String>,
+    /// Grace period (seconds) of pods evicted for a soft threshold (default 0).
+    #[arg(long)]
+    pub eviction_max_pod_grace_period: Option<i64>,
+}
+
+/// KubeletConfiguration fields of node resources and eviction.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+struct ResourceFields {
+    #[serde(rename = "cgroupsPerQOS")]
+    cgroups_per_qos: Option<bool>,
+    enforce_node_allocatable: Option<Vec<String>>,
+    kube_reserved: Option<BTreeMap<String, String>>,
+    system_reserved: Option<BTreeMap<String, String>>,
+    eviction_hard: Option<BTreeMap<String, String>>,
+    eviction_soft: Option<BTreeMap<String, String>>,
+    eviction_soft_grace_period: Option<BTreeMap<String, String>>,
+    eviction_minimum_reclaim: Option<BTreeMap<String, String>>,
+    eviction_pressure_transition_period: Option<String>,
+    eviction_max_pod_grace_period: Option<i64>,
+}
+
+fn pairs(s: &str, sep: char) -> Result<Vec<(String, String)>> {
+    skiff_node::eviction::split_map(s, sep).map_err(anyhow::Error::msg)
+}
+
+fn map_pairs(m: BTreeMap<String, String>) -> Vec<(String, String)> {
+    m.into_iter().collect()
+}
+
+/// Applies the flags (winning) and the file's fields to `c`.
+fn apply_resources(
+    c: &mut skiff_node::KubeletConfig,
+    args: &NodeResourceArgs,
+    file: ResourceFields,
+) -> Result<()> {
+    use skiff_node::eviction;
+    if let Some(q) = args.cgroups_per_qos.or(file.cgroups_per_qos) {
+        c.cgroups_per_qos = q;
+    }
+    let enforce = if args.enforce_node_allocatable.is_empty() {
+        file.enforce_node_allocatable
+    } else {
+        Some(args.enforce_node_allocatable.clone())
+    };
+    if let Some(e) = enforce {
+        for v in &e {
+            if !["pods", "none", "system-reserved", "kube-reserved"].contains(&v.as_str()) {
+                bail!("--enforce-node-allocatable: invalid option {v:?}");
+            }
+        }
+        c.enforce_node_allocatable = e.into_iter().filter(|v| v != "none").collect();
+    }
+    if !c.cgroups_per_qos && c.enforce_node_allocatable.iter().any(|v| v == "pods") {
+        bail!("invalid configuration: enforceNodeAllocatable (--enforce-node-allocatable) must be [none] when cgroupsPerQOS (--cgroups-per-qos) is false");
+    }
+    let reserved = |flag: &Option<String>,
+                    f: Option<BTreeMap<String, String>>,
+                    name: &str|
+     -> Result<BTreeMap<String, i64>> {
+        let p = match flag {
+            Some(s) => pairs(s, '=')?,
+            None => f.map(map_pairs).unwrap_or_default(),
+        };
+        eviction::parse_reserved(&p).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+    };
+    c.kube_reserved = reserved(&args.kube_reserved, file.kube_reserved, "kube-reserved")?;
+    c.system_reserved = reserved(
+        &args.system_reserved,
+        file.system_reserved,
+        "system-reserved",
+    )?;
+    let hard = match &args.eviction_hard {
+        Some(s) => Some(pairs(s, '<')?),
+        None => file.eviction_hard.map(map_pairs),
+    };
+    let soft = match &args.eviction_soft {
+        Some(s) => pairs(s, '<')?,
+        None => file.eviction_soft.map(map_pairs).unwrap_or_default(),
+    };
+    let grace = match &args.eviction_soft_grace_period {
+        Some(s) => pairs(s, '=')?,
+        None => file
+            .eviction_soft_grace_period
+            .map(map_pairs)
+            .unwrap_or_default(),
+    };
+    let reclaim = match &args.eviction_minimum_reclaim {
+        Some(s) => pairs(s, '=')?,
+        None => file
+            .eviction_minimum_reclaim
+            .map(map_pairs)
+            .unwrap_or_default(),
+    };
+    let mut ev = eviction::build_config(hard.as_deref(), &soft, &grace, &reclaim)
+        .map_err(|e| anyhow::anyhow!("eviction settings: {e}"))?;
+    if let Some(p) = args
+        .eviction_pressure_transition_period
+        .clone()
+        .or(file.eviction_pressure_transition_period)
+    {
+        ev.pressure_transition_period = go_duration(&p)?;
+    }
+    if let Some(g) = args
+        .eviction_max_pod_grace_period
+        .or(file.eviction_max_pod_grace_period)
+    {
+        ev.max_pod_grace_period = g.max(0);
+    }
+    c.eviction = ev;
+    Ok(())
+}
+
+/// The node-resource settings of `skiff server` (no KubeletConfiguration file there).
+pub fn apply_resource_flags(
+    c: &mut skiff_node::KubeletConfig,
+    args: &NodeResourceArgs,
+) -> Result<()> {
+    apply_resources(c, args, ResourceFields::default())
 }
 
 /// The KubeletConfiguration fields this kubelet reads.
@@ -112,6 +268,8 @@ struct KubeletConfiguration {
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<String>,
     pod_logs_dir: Option<PathBuf>,
+    #[serde(flatten)]
+    resources: ResourceFields,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
 }
@@ -395,6 +553,7 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
     if let Some(d) = file.pod_logs_dir {
         c.pod_log_dir = d;
     }
+    apply_resources(&mut c, &args.resources, file.resources)?;
     Ok(c)
 }
 
@@ -495,5 +654,53 @@ mod tests {
         assert_eq!(parse_taint("k:NoExecute").unwrap().value, None);
         let t = T::parse_from(["x", "--kubeconfig", "/k", "--cgroup-driver", "systemd"]);
         assert!(config(&t.k).is_err());
+    }
+
+    #[test]
+    fn reserved_and_eviction_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "kind: KubeletConfiguration\nkubeReserved: {cpu: 100m, memory: 100Mi}\nevictionHard: {memory.available: 200Mi}\nevictionSoft: {nodefs.available: 20%}\nevictionSoftGracePeriod: {nodefs.available: 1m}\nevictionPressureTransitionPeriod: 30s\ncgroupsPerQOS: true\n",
+        )
+        .unwrap();
+        let t = T::parse_from([
+            "x",
+            "--kubeconfig",
+            "/k",
+            "--config",
+            file.to_str().unwrap(),
+            "--system-reserved",
+            "memory=50Mi",
+        ]);
+        let c = config(&t.k).unwrap();
+        assert_eq!(c.kube_reserved["cpu"], 100);
+        assert_eq!(c.kube_reserved["memory"], 100 << 20);
+        assert_eq!(c.system_reserved["memory"], 50 << 20);
+        assert_eq!(c.eviction.thresholds.len(), 2);
+        assert_eq!(c.eviction.pressure_transition_period.as_secs(), 30);
+        assert!(c.cgroups_per_qos);
+        let t = T::parse_from(["x", "--kubeconfig", "/k"]);
+        let c = config(&t.k).unwrap();
+        assert_eq!(
+            c.eviction.thresholds.len(),
+            4,
+            "upstream's default hard thresholds"
+        );
+        assert_eq!(c.enforce_node_allocatable, vec!["pods".to_string()]);
+        let t = T::parse_from(["x", "--kubeconfig", "/k", "--cgroups-per-qos=false"]);
+        assert!(config(&t.k).is_err(), "pods enforcement needs QoS cgroups");
+        let t = T::parse_from([
+            "x",
+            "--kubeconfig",
+            "/k",
+            "--eviction-soft",
+            "memory.available<1Gi",
+        ]);
+        assert!(
+            config(&t.k).is_err(),
+            "a soft threshold needs a grace period"
+        );
     }
 }

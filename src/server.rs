@@ -129,6 +129,9 @@ pub struct ServerArgs {
     /// Registries (host:port) pulled over plain HTTP. Loopback registries are always allowed.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// The kubelet's QoS cgroup, node allocatable and eviction flags (upstream's names).
+    #[command(flatten)]
+    pub node_resources: crate::kubelet::NodeResourceArgs,
 }
 
 pub fn host_name() -> String {
@@ -461,6 +464,7 @@ where
     kcfg.cluster_dns = vec![args.cluster_dns];
     kcfg.roles = vec!["control-plane".into(), "master".into()];
     kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));
+    crate::kubelet::apply_resource_flags(&mut kcfg, &args.node_resources)?;
     let kubelet = tokio::spawn(skiff_node::run(kcfg, stopped()));
     if !args.disable_kube_proxy {
         skiff_proxy::nodeport::parse(&args.nodeport_addresses)?;

@@ -16,9 +16,11 @@
 //! - [`error`]: [`NodeError`] and [`CriError`].
 
 pub mod auth;
+pub mod cgroups;
 pub mod cri;
 pub mod error;
 pub mod events;
+pub mod eviction;
 pub mod fake;
 pub mod hooks;
 pub mod logs;
@@ -121,6 +123,18 @@ pub struct KubeletConfig {
     pub pod_manifest_path: Option<PathBuf>,
     /// Plain-HTTP `/healthz` (`--healthz-port`/`--healthz-bind-address`; unset: none).
     pub healthz: Option<SocketAddr>,
+    /// QoS-class cgroups `kubepods/{burstable,besteffort}/pod<uid>` (`--cgroups-per-qos`, true).
+    pub cgroups_per_qos: bool,
+    /// `--enforce-node-allocatable` (`pods`): `pods` limits the `kubepods` cgroup to allocatable.
+    pub enforce_node_allocatable: Vec<String>,
+    /// `--kube-reserved` / `--system-reserved`: cpu in millicores, memory and
+    /// ephemeral-storage in bytes, pid as a count.
+    pub kube_reserved: BTreeMap<String, i64>,
+    pub system_reserved: BTreeMap<String, i64>,
+    /// Eviction thresholds and periods (`--eviction-*`).
+    pub eviction: eviction::EvictionConfig,
+    /// The cgroup filesystem (`/sys/fs/cgroup`).
+    pub cgroup_mount: PathBuf,
 }
 
 impl KubeletConfig {
@@ -150,6 +164,12 @@ impl KubeletConfig {
             auth: auth::AuthSettings::default(),
             pod_manifest_path: None,
             healthz: None,
+            cgroups_per_qos: true,
+            enforce_node_allocatable: vec!["pods".into()],
+            kube_reserved: BTreeMap::new(),
+            system_reserved: BTreeMap::new(),
+            eviction: eviction::EvictionConfig::default(),
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }
@@ -227,7 +247,47 @@ pub async fn run(
         ));
     }
     let cri = Arc::new(GrpcCri::new(&cfg.cri_endpoint)?);
+    setup_qos_cgroups(&cfg).await;
     run_with_runtime(cfg, cri, shutdown).await
+}
+
+/// Reserved amounts (kube + system) by resource.
+fn reserved(cfg: &KubeletConfig) -> BTreeMap<String, i64> {
+    let mut r = cfg.kube_reserved.clone();
+    for (k, v) in &cfg.system_reserved {
+        *r.entry(k.clone()).or_insert(0) += v;
+    }
+    r
+}
+
+/// Creates the QoS cgroups (`--cgroups-per-qos`) with `kubepods` sized to node allocatable, and
+/// registers their manager for the pod sync. A host without cgroups (or rights) logs and goes on.
+async fn setup_qos_cgroups(cfg: &KubeletConfig) {
+    if !cfg.cgroups_per_qos {
+        return;
+    }
+    let host = node::HostInfo::read();
+    let res = reserved(cfg);
+    let mut alloc = cgroups::NodeAllocatable {
+        cpu_milli: host.cpus as i64 * 1000,
+        memory: host.memory_kib as i64 * 1024,
+    };
+    if cfg.enforce_node_allocatable.iter().any(|e| e == "pods") {
+        alloc.cpu_milli -= res.get("cpu").copied().unwrap_or(0);
+        alloc.memory -= res.get("memory").copied().unwrap_or(0);
+    }
+    let mount = cfg.cgroup_mount.clone();
+    let root = cfg.cgroup_root.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let m = cgroups::QosCgroups::register(&mount, &root);
+        m.setup(alloc)
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot set up the QoS cgroups; pods run without them"),
+        Err(e) => warn!(error = %e, "QoS cgroup setup failed"),
+    }
 }
 
 /// [`run`] with a given CRI runtime (tests use [`fake::FakeCri`]).
@@ -281,6 +341,21 @@ pub async fn run_with_runtime<R: CriRuntime>(
             stop_rx.clone(),
         ));
     }
+    let pressure = eviction::SharedPressure::default();
+    tokio::spawn(
+        eviction::Manager {
+            client: client.clone(),
+            cri: cri.clone(),
+            pods: reader.clone(),
+            node_name: cfg.node_name.clone(),
+            root_dir: cfg.root_dir.clone(),
+            pod_log_dir: cfg.pod_log_dir.clone(),
+            qos_root: cfg.cgroup_root.clone(),
+            config: cfg.eviction.clone(),
+            pressure: pressure.clone(),
+        }
+        .run(stop_rx.clone()),
+    );
     let pods_task = tokio::spawn(pods::run(
         client.clone(),
         cri.clone(),
@@ -301,6 +376,9 @@ pub async fn run_with_runtime<R: CriRuntime>(
         host: node::HostInfo::read(),
         max_pods: cfg.max_pods,
         taints: cfg.register_with_taints.clone(),
+        ephemeral_storage: node::ephemeral_storage_capacity(&cfg.root_dir),
+        reserved: node::allocatable_reserve(&reserved(&cfg), &cfg.eviction),
+        pressure: Some(pressure),
     };
     let Some(node_obj) = retry(
         "cannot register the node with the API server",

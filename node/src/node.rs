@@ -104,6 +104,69 @@ pub struct NodeFacts {
     pub max_pods: u32,
     /// Taints set when the Node is created (`--register-with-taints`).
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Capacity `ephemeral-storage` in bytes (the root dir's filesystem), when known.
+    pub ephemeral_storage: Option<i64>,
+    /// Subtracted from capacity for allocatable (reserved + hard eviction thresholds): cpu in
+    /// millicores, memory and ephemeral-storage in bytes, pods as a count.
+    pub reserved: BTreeMap<String, i64>,
+    /// The eviction manager's pressure conditions.
+    pub pressure: Option<crate::eviction::SharedPressure>,
+}
+
+/// The root dir filesystem's size in bytes (capacity `ephemeral-storage`).
+pub fn ephemeral_storage_capacity(root_dir: &std::path::Path) -> Option<i64> {
+    let mut p = root_dir.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return None;
+        }
+    }
+    let s = nix::sys::statvfs::statvfs(&p).ok()?;
+    Some(s.blocks() as i64 * s.fragment_size() as i64)
+}
+
+/// What allocatable leaves out (upstream's `GetNodeAllocatableReservation`): kube-reserved +
+/// system-reserved, plus the hard eviction thresholds of memory.available (memory) and
+/// nodefs.available (ephemeral-storage). Percentages are of capacity, resolved in
+/// [`node_status`]: they are kept here as negative per-million values.
+pub fn allocatable_reserve(
+    reserved: &BTreeMap<String, i64>,
+    eviction: &crate::eviction::EvictionConfig,
+) -> BTreeMap<String, i64> {
+    let mut r = reserved.clone();
+    for t in eviction.thresholds.iter().filter(|t| t.hard) {
+        let res = match t.signal {
+            crate::eviction::Signal::MemoryAvailable => "memory",
+            crate::eviction::Signal::NodeFsAvailable => "ephemeral-storage",
+            _ => continue,
+        };
+        match &t.value {
+            crate::eviction::Value::Quantity(v, _) => *r.entry(res.into()).or_insert(0) += v,
+            crate::eviction::Value::Percentage(p) => {
+                r.insert(format!("{res}%"), (p * 10_000.0) as i64);
+            }
+        }
+    }
+    r
+}
+
+/// Capacity minus the reserve for `res` (percent-of-capacity reserves included), never below 0.
+fn allocatable_of(f: &NodeFacts, res: &str, capacity: i64) -> i64 {
+    let fixed = f.reserved.get(res).copied().unwrap_or(0);
+    let pct = f
+        .reserved
+        .get(&format!("{res}%"))
+        .map(|ppm| (capacity as f64 * *ppm as f64 / 1_000_000.0) as i64)
+        .unwrap_or(0);
+    (capacity - fixed - pct).max(0)
+}
+
+fn cpu_text(milli: i64) -> String {
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{milli}m")
+    }
 }
 
 /// The Node's labels.
@@ -174,6 +237,30 @@ pub fn node_status(
         Quantity(format!("{}Ki", f.host.memory_kib)),
     );
     cap.insert("pods".to_string(), Quantity(f.max_pods.to_string()));
+    if let Some(es) = f.ephemeral_storage {
+        cap.insert(
+            "ephemeral-storage".to_string(),
+            Quantity(format!("{}Ki", es / 1024)),
+        );
+    }
+    let mut alloc = cap.clone();
+    if !f.reserved.is_empty() {
+        let cpu = allocatable_of(f, "cpu", f.host.cpus as i64 * 1000);
+        alloc.insert("cpu".into(), Quantity(cpu_text(cpu)));
+        let mem = allocatable_of(f, "memory", f.host.memory_kib as i64 * 1024);
+        alloc.insert("memory".into(), Quantity(format!("{}Ki", mem / 1024)));
+        if let Some(es) = f.ephemeral_storage {
+            let es = allocatable_of(f, "ephemeral-storage", es);
+            alloc.insert("ephemeral-storage".into(), Quantity(es.to_string()));
+        }
+        let pods = allocatable_of(f, "pods", i64::from(f.max_pods));
+        alloc.insert("pods".into(), Quantity(pods.to_string()));
+    }
+    let (mem_pressure, disk_pressure, pid_pressure) = f
+        .pressure
+        .as_ref()
+        .and_then(|p| p.lock().ok().map(|p| (p.memory, p.disk, p.pid)))
+        .unwrap_or_default();
     let old_conds = old.and_then(|s| s.conditions.clone()).unwrap_or_default();
     let cond = |type_: &str, ok: bool, reason: &str, message: &str| {
         let status = if ok { "True" } else { "False" };
@@ -206,8 +293,8 @@ pub fn node_status(
         ),
     };
     NodeStatus {
-        capacity: Some(cap.clone()),
-        allocatable: Some(cap),
+        capacity: Some(cap),
+        allocatable: Some(alloc),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".into(),
@@ -219,24 +306,51 @@ pub fn node_status(
             },
         ]),
         conditions: Some(vec![
-            cond(
-                "MemoryPressure",
-                false,
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            cond(
-                "DiskPressure",
-                false,
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
-            ),
-            cond(
-                "PIDPressure",
-                false,
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-            ),
+            if mem_pressure {
+                cond(
+                    "MemoryPressure",
+                    true,
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                )
+            } else {
+                cond(
+                    "MemoryPressure",
+                    false,
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                )
+            },
+            if disk_pressure {
+                cond(
+                    "DiskPressure",
+                    true,
+                    "KubeletHasDiskPressure",
+                    "kubelet has disk pressure",
+                )
+            } else {
+                cond(
+                    "DiskPressure",
+                    false,
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                )
+            },
+            if pid_pressure {
+                cond(
+                    "PIDPressure",
+                    true,
+                    "KubeletHasInsufficientPID",
+                    "kubelet has insufficient PID available",
+                )
+            } else {
+                cond(
+                    "PIDPressure",
+                    false,
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                )
+            },
             ready,
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -411,6 +525,9 @@ mod tests {
             extra_labels: BTreeMap::new(),
             max_pods: 110,
             taints: Vec::new(),
+            ephemeral_storage: None,
+            reserved: BTreeMap::new(),
+            pressure: None,
             host: HostInfo {
                 hostname: "h".into(),
                 cpus: 2,

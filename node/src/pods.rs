@@ -82,6 +82,9 @@ pub async fn run<R: CriRuntime>(
             Some(uid) = done_rx.recv() => {
                 crate::monitor::METRICS.forget_pod(&uid);
                 workers.remove(&uid);
+                crate::eviction::forget(&uid);
+                let root = ctx.cgroup_root.clone();
+                tokio::spawn(async move { crate::cgroups::remove_pod_async(&root, &uid).await });
             }
             Some(uid) = pleg_rx.recv() => {
                 if let Some(w) = workers.get(&uid) {
@@ -90,6 +93,10 @@ pub async fn run<R: CriRuntime>(
             }
             _ = sweep.tick(), if synced => {
                 sweep_orphans(&*cri, &reader, &workers).await;
+                let mut known: HashSet<String> = reader.state().iter().map(|p| uid_of(p)).collect();
+                known.extend(workers.keys().cloned());
+                known.extend(static_uids.keys().cloned());
+                crate::cgroups::sweep_async(&ctx.cgroup_root, known).await;
             }
             Some(pods) = async { match static_rx.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 let now: HashMap<String, String> = pods

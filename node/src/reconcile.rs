@@ -708,12 +708,7 @@ impl<R: CriRuntime> PodSync<R> {
                 host_ip: p.host_ip.unwrap_or_default(),
             })
             .collect();
-        let qos = status::qos_class(pod);
-        let cgroup_parent = match qos {
-            "Guaranteed" => format!("{}/pod{uid}", self.ctx.cgroup_root),
-            "Burstable" => format!("{}/burstable/pod{uid}", self.ctx.cgroup_root),
-            _ => format!("{}/besteffort/pod{uid}", self.ctx.cgroup_root),
-        };
+        let cgroup_parent = crate::cgroups::pod_cgroup_name(&self.ctx.cgroup_root, pod);
         let ns_opts = pod_namespaces(&spec);
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
@@ -1012,6 +1007,8 @@ impl<R: CriRuntime> PodSync<R> {
         pod: &Pod,
     ) -> Result<(String, cri::PodSandboxConfig), CriError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // The pod's QoS cgroup (with its limits) before the sandbox goes in it.
+        crate::cgroups::ensure_pod_async(&self.ctx.cgroup_root, pod).await;
         let mut sel = HashMap::new();
         sel.insert(labels::POD_UID.to_string(), uid.clone());
         let existing = self.cri.list_pod_sandbox(sel).await?;
@@ -1176,16 +1173,25 @@ impl<R: CriRuntime> PodSync<R> {
         if !terminal {
             self.kill_unhealthy(pod).await;
         }
-        let deadline_exceeded = !terminal && self.active_deadline_left(pod) == Some(Duration::ZERO);
+        // An eviction (eviction manager) ends the pod like an exceeded deadline, with its own
+        // reason; the manager posts the event.
+        let evicted = crate::eviction::order(&uid);
+        let deadline_exceeded = !terminal
+            && (evicted.is_some() || self.active_deadline_left(pod) == Some(Duration::ZERO));
         if deadline_exceeded {
-            let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
-            info!("activeDeadlineSeconds exceeded; stopping the pod's containers");
-            self.events.push(PodEvent {
-                warning: true,
-                reason: "DeadlineExceeded",
-                message: "Pod was active on the node longer than the specified deadline".into(),
-                field_path: None,
-            });
+            let mut grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+            if let Some(o) = &evicted {
+                grace = o.grace_secs.min(grace);
+                info!("pod evicted; stopping its containers");
+            } else {
+                info!("activeDeadlineSeconds exceeded; stopping the pod's containers");
+                self.events.push(PodEvent {
+                    warning: true,
+                    reason: "DeadlineExceeded",
+                    message: "Pod was active on the node longer than the specified deadline".into(),
+                    field_path: None,
+                });
+            }
             self.probes.clear();
             let mut sel = HashMap::new();
             sel.insert(labels::POD_UID.to_string(), uid.clone());
@@ -1284,6 +1290,10 @@ impl<R: CriRuntime> PodSync<R> {
             st.reason = Some("DeadlineExceeded".into());
             st.message =
                 Some("Pod was active on the node longer than the specified deadline".into());
+            if let Some(o) = &evicted {
+                st.reason = Some("Evicted".into());
+                st.message = Some(o.message.clone());
+            }
         }
         let phase = st.phase.clone().unwrap_or_default();
         if (phase == "Succeeded" || phase == "Failed") && !self.terminal_done {
@@ -1308,6 +1318,9 @@ impl<R: CriRuntime> PodSync<R> {
                 st.reason = reason;
                 st.message = message;
             }
+        }
+        if let Some(o) = &evicted {
+            crate::eviction::mark_disruption(pod, &mut st, &o.message);
         }
         st
     }

@@ -5,6 +5,8 @@
 //!   Ready, MemoryPressure, DiskPressure and PIDPressure become Unknown with reason
 //!   NodeStatusUnknown, "Kubelet stopped posting node status." (NodeStatusNeverUpdated when there
 //!   was none), and the node's pods are marked not ready;
+//! - MemoryPressure/DiskPressure/PIDPressure=True bring `node.kubernetes.io/{memory,disk,pid}-pressure`
+//!   NoSchedule taints, removed when the condition clears;
 //! - the node carries `node.kubernetes.io/not-ready` (Ready=False) or `unreachable`
 //!   (Ready=Unknown) taints, NoSchedule and NoExecute, removed when it is Ready again;
 //! - pods on a node with a NoExecute taint they do not tolerate are deleted at once, those that
@@ -33,6 +35,12 @@ const MONITOR_PERIOD: Duration = Duration::from_secs(5);
 pub const GRACE: i64 = 40;
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// Node conditions and the NoSchedule taints they bring (upstream's `nodeConditionToTaintKeyStatusMap`).
+const PRESSURE_TAINTS: &[(&str, &str)] = &[
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 const CONDITIONS: &[&str] = &["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
 
 struct Ctl {
@@ -180,13 +188,52 @@ impl Ctl {
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
+        // Pressure conditions become NoSchedule taints (upstream's taint-node-by-condition),
+        // kept while the node is not Ready (their condition is Unknown then).
+        let conds = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let pressure: Vec<&str> = PRESSURE_TAINTS
+            .iter()
+            .filter(|(cond, key)| {
+                match conds
+                    .iter()
+                    .find(|c| c.type_ == *cond)
+                    .map(|c| c.status.as_str())
+                {
+                    Some("True") => true,
+                    Some("Unknown") => taints.iter().any(|t| t.key == *key),
+                    _ => false,
+                }
+            })
+            .map(|(_, key)| *key)
+            .collect();
         let mut next: Vec<Taint> = taints
             .iter()
             .filter(|t| {
                 !((t.key == NOT_READY || t.key == UNREACHABLE) && !want.contains(&t.key.as_str()))
             })
+            .filter(|t| {
+                !PRESSURE_TAINTS.iter().any(|(_, k)| *k == t.key)
+                    || pressure.contains(&t.key.as_str())
+            })
             .cloned()
             .collect();
+        for key in &pressure {
+            if !next
+                .iter()
+                .any(|t| t.key == *key && t.effect == "NoSchedule")
+            {
+                next.push(Taint {
+                    key: key.to_string(),
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                    value: None,
+                });
+            }
+        }
         for key in want {
             for effect in ["NoSchedule", "NoExecute"] {
                 if !next.iter().any(|t| t.key == *key && t.effect == effect) {
