@@ -107,7 +107,9 @@ pub struct NodeResourceArgs {
     #[arg(long)]
     pub system_reserved: Option<String>,
     /// Hard eviction thresholds, e.g. `memory.available<100Mi,nodefs.available<10%` (default:
-    /// memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,nodefs.inodesFree<5%).
+    /// memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,nodefs.inodesFree<5%
+    /// for `skiff kubelet`, as upstream; k3s's imagefs.available<5%,nodefs.available<5% for
+    /// `skiff server`).
     #[arg(long)]
     pub eviction_hard: Option<String>,
     /// Soft eviction thresholds, e.g. `memory.available<1.5Gi`; each needs a grace period.
@@ -235,12 +237,28 @@ fn apply_resources(
     Ok(())
 }
 
-/// The node-resource settings of `skiff server` (no KubeletConfiguration file there).
+/// k3s's hard eviction thresholds for its embedded kubelet, the defaults of `skiff server`:
+/// upstream's 10%/15% disk thresholds put many small or heavily reserved root filesystems under
+/// DiskPressure at once (k3s sets these for the same reason). No memory threshold, as k3s.
+pub const SERVER_EVICTION_HARD: &str = "imagefs.available<5%,nodefs.available<5%";
+/// k3s's `--eviction-minimum-reclaim`, with [`SERVER_EVICTION_HARD`].
+pub const SERVER_EVICTION_MINIMUM_RECLAIM: &str = "imagefs.available=10%,nodefs.available=10%";
+
+/// The node-resource settings of `skiff server` (no KubeletConfiguration file there). Without
+/// `--eviction-hard` the thresholds are k3s's ([`SERVER_EVICTION_HARD`]); `skiff kubelet` keeps
+/// upstream's.
 pub fn apply_resource_flags(
     c: &mut skiff_node::KubeletConfig,
     args: &NodeResourceArgs,
 ) -> Result<()> {
-    apply_resources(c, args, ResourceFields::default())
+    let mut args = args.clone();
+    if args.eviction_hard.is_none() {
+        args.eviction_hard = Some(SERVER_EVICTION_HARD.into());
+        if args.eviction_minimum_reclaim.is_none() {
+            args.eviction_minimum_reclaim = Some(SERVER_EVICTION_MINIMUM_RECLAIM.into());
+        }
+    }
+    apply_resources(c, &args, ResourceFields::default())
 }
 
 /// The KubeletConfiguration fields this kubelet reads.
