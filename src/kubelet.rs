@@ -85,6 +85,8 @@ pub struct KubeletArgs {
     /// Address of the healthz endpoint (default 127.0.0.1).
     #[arg(long)]
     pub healthz_bind_address: Option<IpAddr>,
+    #[command(flatten)]
+    pub gc: crate::gc_flags::GcArgs,
 }
 
 /// The KubeletConfiguration fields this kubelet reads.
@@ -251,7 +253,9 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
                     c.kind
                 );
             }
-            for k in c.rest.keys().filter(|k| *k != "apiVersion") {
+            for k in c.rest.keys().filter(|k| {
+                *k != "apiVersion" && !crate::gc_flags::FILE_FIELDS.contains(&k.as_str())
+            }) {
                 tracing::warn!(field = %k, "KubeletConfiguration field not supported by this kubelet; ignored");
             }
             c
@@ -395,6 +399,7 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
     if let Some(d) = file.pod_logs_dir {
         c.pod_log_dir = d;
     }
+    crate::gc_flags::apply(&args.gc, &file.rest, &mut c.gc)?;
     Ok(c)
 }
 

@@ -20,6 +20,8 @@ pub mod cri;
 pub mod error;
 pub mod events;
 pub mod fake;
+pub mod fsgroup;
+pub mod gc;
 pub mod hooks;
 pub mod logs;
 pub mod monitor;
@@ -29,6 +31,7 @@ pub mod objects;
 pub mod pleg;
 pub mod pods;
 pub mod probe;
+pub mod pull_secrets;
 pub mod reconcile;
 pub mod security;
 pub mod server;
@@ -36,6 +39,7 @@ pub mod static_pods;
 pub mod status;
 pub mod stream;
 pub mod tls;
+pub mod userns;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -121,6 +125,8 @@ pub struct KubeletConfig {
     pub pod_manifest_path: Option<PathBuf>,
     /// Plain-HTTP `/healthz` (`--healthz-port`/`--healthz-bind-address`; unset: none).
     pub healthz: Option<SocketAddr>,
+    /// Image and dead-container garbage collection (node/src/gc.rs).
+    pub gc: gc::GcConfig,
 }
 
 impl KubeletConfig {
@@ -150,6 +156,7 @@ impl KubeletConfig {
             auth: auth::AuthSettings::default(),
             pod_manifest_path: None,
             healthz: None,
+            gc: gc::GcConfig::default(),
         }
     }
 }
@@ -281,6 +288,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
             stop_rx.clone(),
         ));
     }
+    tokio::spawn(gc::run(cri.clone(), cfg.gc.clone(), stop_rx.clone()));
     let pods_task = tokio::spawn(pods::run(
         client.clone(),
         cri.clone(),
