@@ -37,7 +37,7 @@ enum Cmd {
     /// Run only the controllers against an API server (kube-controller-manager's job).
     ControllerManager(controller_manager::ControllerManagerArgs),
     /// Run only the kubelet (upstream's flag names; `--config` reads a KubeletConfiguration).
-    Kubelet(kubelet::KubeletArgs),
+    Kubelet(Box<kubelet::KubeletArgs>),
     /// Run only the CRI server (runtime.v1 on a unix socket).
     Cri(cri::CriArgs),
     /// Run only the service proxy (kube-proxy's job) or remove its rules (`--cleanup`).
@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Scheduler(args) => rt.block_on(scheduler::run(args)),
         Cmd::ControllerManager(args) => rt.block_on(controller_manager::run(args)),
-        Cmd::Kubelet(args) => rt.block_on(kubelet::run(args)),
+        Cmd::Kubelet(args) => rt.block_on(kubelet::run(*args)),
         Cmd::Server(args) => rt.block_on(server::run(*args)),
         Cmd::Cri(args) => rt.block_on(cri::run(args)),
         Cmd::Proxy(args) => rt.block_on(proxy::run(args)),

@@ -91,7 +91,7 @@ pub fn for_pod(pods_dir: &Path, pod: &Pod) -> std::io::Result<Option<cri::UserNa
     };
     Ok(Some(cri::UserNamespace {
         mode: cri::NamespaceMode::Pod as i32,
-        uids: vec![map.clone()],
+        uids: vec![map],
         gids: vec![map],
     }))
 }
