@@ -87,6 +87,8 @@ pub struct KubeletArgs {
     pub healthz_bind_address: Option<IpAddr>,
     #[command(flatten)]
     pub resources: NodeResourceArgs,
+    #[command(flatten)]
+    pub gc: crate::gc_flags::GcArgs,
 }
 
 /// QoS cgroups, node allocatable and eviction flags (upstream's names), shared by
@@ -427,7 +429,9 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
                     c.kind
                 );
             }
-            for k in c.rest.keys().filter(|k| *k != "apiVersion") {
+            for k in c.rest.keys().filter(|k| {
+                *k != "apiVersion" && !crate::gc_flags::FILE_FIELDS.contains(&k.as_str())
+            }) {
                 tracing::warn!(field = %k, "KubeletConfiguration field not supported by this kubelet; ignored");
             }
             c
@@ -572,6 +576,7 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
         c.pod_log_dir = d;
     }
     apply_resources(&mut c, &args.resources, file.resources)?;
+    crate::gc_flags::apply(&args.gc, &file.rest, &mut c.gc)?;
     Ok(c)
 }
 

@@ -3,6 +3,7 @@
 
 mod controller_manager;
 mod cri;
+mod gc_flags;
 mod kubelet;
 mod notify;
 mod proxy;

@@ -101,6 +101,9 @@ pub struct ServerArgs {
     /// Folder of static pod manifests (kubelet's `--pod-manifest-path`).
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
+    /// The kubelet's image and dead-container GC flags (same names as `skiff kubelet`).
+    #[command(flatten)]
+    pub gc: crate::gc_flags::GcArgs,
     /// Linux bridge the pod network uses (several Skiff nodes on one host need one each).
     #[arg(long, default_value = "cni0")]
     pub cni_bridge: String,
@@ -461,6 +464,7 @@ where
     // SubjectAccessReviews for every request, no anonymous access.
     kcfg.auth = skiff_node::auth::AuthSettings::secure();
     kcfg.pod_manifest_path = args.pod_manifest_path.clone();
+    crate::gc_flags::apply(&args.gc, &Default::default(), &mut kcfg.gc)?;
     kcfg.cluster_dns = vec![args.cluster_dns];
     kcfg.roles = vec!["control-plane".into(), "master".into()];
     kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));

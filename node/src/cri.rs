@@ -73,6 +73,32 @@ pub trait CriRuntime: Send + Sync + 'static {
         image: &str,
         sandbox_config: cri::PodSandboxConfig,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// Pulls an image with registry credentials (imagePullSecrets). Runtimes without
+    /// credential support (the fake) pull as [`CriRuntime::pull_image`].
+    fn pull_image_auth(
+        &self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> impl Future<Output = Result<String, CriError>> + Send {
+        let _ = auth;
+        self.pull_image(image, sandbox_config)
+    }
+    /// Every image the runtime has (ListImages); empty for runtimes that do not say.
+    fn list_images(&self) -> impl Future<Output = Result<Vec<cri::Image>, CriError>> + Send {
+        async { Ok(vec![]) }
+    }
+    /// Removes an image by id (RemoveImage).
+    fn remove_image(&self, id: &str) -> impl Future<Output = Result<(), CriError>> + Send {
+        let _ = id;
+        async { Ok(()) }
+    }
+    /// The image filesystems (ImageFsInfo); empty for runtimes that do not say.
+    fn image_fs_info(
+        &self,
+    ) -> impl Future<Output = Result<Vec<cri::FilesystemUsage>, CriError>> + Send {
+        async { Ok(vec![]) }
+    }
     /// Runs `cmd` in the container and waits up to `timeout_secs`: (exit code, stdout+stderr).
     fn exec_sync(
         &self,
@@ -372,17 +398,57 @@ impl CriRuntime for GrpcCri {
         image: &str,
         sandbox_config: cri::PodSandboxConfig,
     ) -> Result<String, CriError> {
+        self.pull_image_auth(image, None, sandbox_config).await
+    }
+
+    async fn pull_image_auth(
+        &self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> Result<String, CriError> {
         let r = self
             .image
             .clone()
             .pull_image(cri::PullImageRequest {
                 image: Some(image_spec(image)),
-                auth: None,
+                auth,
                 sandbox_config: Some(sandbox_config),
             })
             .await
             .map_err(|s| self.err("PullImage", s))?;
         Ok(r.into_inner().image_ref)
+    }
+
+    async fn list_images(&self) -> Result<Vec<cri::Image>, CriError> {
+        let r = self
+            .image
+            .clone()
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .map_err(|s| self.err("ListImages", s))?;
+        Ok(r.into_inner().images)
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), CriError> {
+        self.image
+            .clone()
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(image_spec(id)),
+            })
+            .await
+            .map_err(|s| self.err("RemoveImage", s))?;
+        Ok(())
+    }
+
+    async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>, CriError> {
+        let r = self
+            .image
+            .clone()
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .map_err(|s| self.err("ImageFsInfo", s))?;
+        Ok(r.into_inner().image_filesystems)
     }
 
     async fn exec_sync(

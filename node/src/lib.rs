@@ -22,6 +22,8 @@ pub mod error;
 pub mod events;
 pub mod eviction;
 pub mod fake;
+pub mod fsgroup;
+pub mod gc;
 pub mod hooks;
 pub mod logs;
 pub mod monitor;
@@ -31,6 +33,7 @@ pub mod objects;
 pub mod pleg;
 pub mod pods;
 pub mod probe;
+pub mod pull_secrets;
 pub mod reconcile;
 pub mod security;
 pub mod server;
@@ -38,6 +41,7 @@ pub mod static_pods;
 pub mod status;
 pub mod stream;
 pub mod tls;
+pub mod userns;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -135,6 +139,8 @@ pub struct KubeletConfig {
     pub eviction: eviction::EvictionConfig,
     /// The cgroup filesystem (`/sys/fs/cgroup`).
     pub cgroup_mount: PathBuf,
+    /// Image and dead-container garbage collection (node/src/gc.rs).
+    pub gc: gc::GcConfig,
 }
 
 impl KubeletConfig {
@@ -170,6 +176,7 @@ impl KubeletConfig {
             system_reserved: BTreeMap::new(),
             eviction: eviction::EvictionConfig::default(),
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            gc: gc::GcConfig::default(),
         }
     }
 }
@@ -356,6 +363,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         }
         .run(stop_rx.clone()),
     );
+    tokio::spawn(gc::run(cri.clone(), cfg.gc.clone(), stop_rx.clone()));
     let pods_task = tokio::spawn(pods::run(
         client.clone(),
         cri.clone(),

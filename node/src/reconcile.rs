@@ -367,6 +367,17 @@ impl<R: CriRuntime> PodSync<R> {
         Some(Duration::from_secs(left.max(0) as u64))
     }
 
+    /// The pod's namespaces, with its own user namespace for `hostUsers: false`
+    /// (node/src/userns.rs).
+    fn pod_ns(&self, pod: &Pod) -> cri::NamespaceOption {
+        let mut ns = pod_namespaces(&pod.spec.clone().unwrap_or_default());
+        match crate::userns::for_pod(&self.ctx.root_dir.join("pods"), pod) {
+            Ok(u) => ns.userns_options = u,
+            Err(e) => warn!(error = %e, "cannot allocate the pod's user namespace"),
+        }
+        ns
+    }
+
     /// Reads ConfigMaps, Secrets and tokens through `objects`.
     pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
         self.objects = objects;
@@ -709,7 +720,7 @@ impl<R: CriRuntime> PodSync<R> {
             })
             .collect();
         let cgroup_parent = crate::cgroups::pod_cgroup_name(&self.ctx.cgroup_root, pod);
-        let ns_opts = pod_namespaces(&spec);
+        let ns_opts = self.pod_ns(pod);
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.clone(),
@@ -873,9 +884,9 @@ impl<R: CriRuntime> PodSync<R> {
                         Some(target) => cri::NamespaceOption {
                             pid: cri::NamespaceMode::Target as i32,
                             target_id: target.clone(),
-                            ..pod_namespaces(&pod.spec.clone().unwrap_or_default())
+                            ..self.pod_ns(pod)
                         },
-                        None => pod_namespaces(&pod.spec.clone().unwrap_or_default()),
+                        None => self.pod_ns(pod),
                     }),
                     ..crate::security::container_security(
                         pod,
@@ -1049,6 +1060,7 @@ impl<R: CriRuntime> PodSync<R> {
     /// `Err(waiting)` says why the container cannot start now.
     async fn ensure_image(
         &mut self,
+        pod: &Pod,
         c: &Container,
         sandbox_config: &cri::PodSandboxConfig,
         now: Instant,
@@ -1097,7 +1109,7 @@ impl<R: CriRuntime> PodSync<R> {
             format!("Pulling image \"{image}\""),
         ));
         let started = std::time::Instant::now();
-        match self.cri.pull_image(&image, sandbox_config.clone()).await {
+        match self.pull_with_secrets(pod, &image, sandbox_config).await {
             Ok(r) => {
                 info!(%image, image_ref = %r, "pulled image");
                 self.events.push(PodEvent::normal(
@@ -1136,6 +1148,47 @@ impl<R: CriRuntime> PodSync<R> {
                 Err(Waiting::new("ErrImagePull", message))
             }
         }
+    }
+
+    /// Pulls `image` with the credentials of the pod's imagePullSecrets that match its registry
+    /// (node/src/pull_secrets.rs), each in turn until one works; none match: anonymously.
+    async fn pull_with_secrets(
+        &mut self,
+        pod: &Pod,
+        image: &str,
+        sandbox_config: &cri::PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        let (entries, missing) = crate::pull_secrets::entries_of(&*self.objects, pod).await;
+        if !missing.is_empty() && self.reported.insert(format!("pullsecrets/{missing:?}")) {
+            self.events.push(PodEvent {
+                warning: true,
+                reason: "FailedToRetrieveImagePullSecret",
+                message: format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                ),
+                field_path: None,
+            });
+        }
+        let creds = crate::pull_secrets::lookup(&entries, image);
+        if creds.is_empty() {
+            return self
+                .cri
+                .pull_image_auth(image, None, sandbox_config.clone())
+                .await;
+        }
+        let mut last = None;
+        for auth in creds {
+            match self
+                .cri
+                .pull_image_auth(image, Some(auth), sandbox_config.clone())
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("one credential was tried"))
     }
 
     /// Whether an "already present" event was recorded for `container` (once per pod worker,
@@ -1544,7 +1597,7 @@ impl<R: CriRuntime> PodSync<R> {
                 }
             }
         };
-        if let Err(w) = self.ensure_image(c, sandbox_config, now).await {
+        if let Err(w) = self.ensure_image(pod, c, sandbox_config, now).await {
             waiting.insert(c.name.clone(), w);
             return;
         }

@@ -51,6 +51,38 @@ fn seccomp(profile: Option<&SeccompProfile>, root: &std::path::Path) -> cri::Sec
     }
 }
 
+/// The /proc and /sys paths masked for `procMount: Default` (upstream's `defaultMaskedPaths`).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// The /proc paths made read-only for `procMount: Default` (upstream's `defaultReadonlyPaths`).
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Whether container `c` asks for an unmasked /proc (`procMount: Unmasked`).
+pub fn unmasked(c: &Container) -> bool {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.proc_mount.as_deref())
+        == Some("Unmasked")
+}
+
 /// The CRI security context of container `c` of `pod` (namespace options are the caller's).
 pub fn container_security(
     pod: &Pod,
@@ -89,9 +121,21 @@ pub fn container_security(
         // allowPrivilegeEscalation: false (privileged containers may always escalate).
         no_new_privs: !privileged && sc.allow_privilege_escalation == Some(false),
         seccomp: (!privileged).then(|| seccomp(profile, seccomp_root)),
-        // `procMount: Unmasked` drops the masked and read-only /proc paths.
-        masked_paths: vec![],
-        readonly_paths: vec![],
+        // `procMount: Unmasked` drops the masked and read-only /proc paths; `Default` (or none)
+        // sends upstream's lists.
+        masked_paths: if unmasked(c) {
+            vec![]
+        } else {
+            DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect()
+        },
+        readonly_paths: if unmasked(c) {
+            vec![]
+        } else {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        },
         ..Default::default()
     }
 }

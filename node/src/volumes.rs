@@ -105,7 +105,31 @@ pub async fn prepare(
         .clone()
         .unwrap_or_else(|| "default".into());
     let mut changed = 0;
+    let fs_group = crate::fsgroup::of_pod(pod);
     for v in spec.volumes.iter().flatten() {
+        if let Some(ed) = &v.empty_dir {
+            // Made here (before any container) so that fsGroup ownership is in place.
+            let memory = (ed.medium.as_deref() == Some("Memory")).then(|| {
+                ed.size_limit
+                    .as_ref()
+                    .and_then(|q| parse_quantity(&q.0))
+                    .map(|b| b as u64)
+            });
+            let p = env
+                .pod_dir
+                .join("volumes/kubernetes.io~empty-dir")
+                .join(&v.name);
+            let g = fs_group.map(|(g, _)| g);
+            tokio::task::spawn_blocking(move || crate::fsgroup::setup_empty_dir(&p, memory, g))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|message| VolumeError {
+                    volume: v.name.clone(),
+                    message,
+                })?;
+            continue;
+        }
         if let Some(pvc) = &v.persistent_volume_claim {
             // The bound PV's path on this node (hostPath and local volumes).
             let cv = env
@@ -132,6 +156,20 @@ pub async fn prepare(
                     volume: v.name.clone(),
                     message,
                 });
+            }
+            if let (Some((g, on_mismatch)), false) = (fs_group, claims.contains_key(&v.name)) {
+                // Once per pod worker, as upstream's SetUp (local volumes honour the policy).
+                let p2 = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::fsgroup::set_volume_ownership(&p2, g, false, on_mismatch)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| VolumeError {
+                    volume: v.name.clone(),
+                    message: format!("applying fsGroup ownership: {e}"),
+                })?;
             }
             claims.insert(v.name.clone(), path);
             continue;
@@ -304,11 +342,17 @@ pub async fn prepare(
                     .flatten()
                     .any(|s| s.secret.is_some() || s.service_account_token.is_some())
             });
+        let g = fs_group.map(|(g, _)| g);
         let wrote = tokio::task::spawn_blocking(move || {
             if tmpfs {
                 crate::mounts::ensure_tmpfs(&d, None)?;
             }
-            write_atomic(&d, &files)
+            let wrote = write_atomic(&d, &files)?;
+            if let Some(g) = g.filter(|_| wrote) {
+                // Read-only volume: group read, whatever the change policy (as upstream).
+                crate::fsgroup::set_volume_ownership(&d, g, true, false)?;
+            }
+            Ok::<_, io::Error>(wrote)
         })
         .await
         .map_err(|e| err(e.to_string()))?

@@ -479,6 +479,11 @@ impl ControlPlane {
         self.kubectl_with(&kubectl_bin(None), args, Some(manifest), &[])
     }
 
+    /// The embedded CRI server's socket of a whole cluster (`<dir>/run/cri.sock`).
+    pub fn cri_socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("cri.sock")
+    }
+
     pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         let start = Instant::now();
         while start.elapsed() < timeout {

@@ -178,6 +178,16 @@ fn http_err(what: &str, e: impl std::fmt::Display) -> HarnessError {
 /// HTTP: each blob with a POST + monolithic PUT (skipped when the registry has it), then the
 /// manifest. Returns the manifest digest.
 pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<String> {
+    push_auth(registry, reference, image, None).await
+}
+
+/// [`push`] to a registry that wants HTTP basic authentication (`user`, `password`).
+pub async fn push_auth(
+    registry: &str,
+    reference: &str,
+    image: &OciImage,
+    auth: Option<(&str, &str)>,
+) -> Result<String> {
     // One push at a time per test process: docker-registry fails one of two concurrent uploads
     // of the same blob (DIGEST_INVALID / MANIFEST_BLOB_UNKNOWN), and tests run two at a time.
     static PUSH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -187,17 +197,19 @@ pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<S
     // reqwest is built without a bundled TLS provider: use ring, as every Skiff binary does.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest13::Client::new();
+    let with = |b: reqwest13::RequestBuilder| match auth {
+        Some((u, p)) => b.basic_auth(u, Some(p)),
+        None => b,
+    };
     for blob in image.layers.iter().chain(std::iter::once(&image.config)) {
-        let head = http
-            .head(format!("{base}/blobs/{}", blob.digest))
+        let head = with(http.head(format!("{base}/blobs/{}", blob.digest)))
             .send()
             .await
             .map_err(|e| http_err("HEAD blob", e))?;
         if head.status().is_success() {
             continue;
         }
-        let start = http
-            .post(format!("{base}/blobs/uploads/"))
+        let start = with(http.post(format!("{base}/blobs/uploads/")))
             .send()
             .await
             .map_err(|e| http_err("starting upload", e))?;
@@ -219,8 +231,7 @@ pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<S
             format!("http://{registry}{loc}")
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
-        let put = http
-            .put(format!("{loc}{sep}digest={}", blob.digest))
+        let put = with(http.put(format!("{loc}{sep}digest={}", blob.digest)))
             .header("content-type", "application/octet-stream")
             .body(blob.data.clone())
             .send()
@@ -235,8 +246,7 @@ pub async fn push(registry: &str, reference: &str, image: &OciImage) -> Result<S
             )));
         }
     }
-    let put = http
-        .put(format!("{base}/manifests/{tag}"))
+    let put = with(http.put(format!("{base}/manifests/{tag}")))
         .header("content-type", MEDIA_MANIFEST)
         .body(image.manifest.data.clone())
         .send()

@@ -7,6 +7,7 @@
 //! - [`control_plane::ControlPlane`]: `skiff server --disable-agent` of a test's own, and kubectl.
 //! - [`netns`]: network namespaces and links with cleanup guards.
 
+pub mod auth_registry;
 pub mod control_plane;
 pub mod cri_env;
 pub mod image;

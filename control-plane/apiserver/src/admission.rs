@@ -161,6 +161,15 @@ async fn service_account(ctx: &Ctx, pod: &mut Value) -> Result<(), StatusError> 
             ),
         ));
     };
+    // The ServiceAccount's imagePullSecrets go to a pod that names none (upstream's plugin).
+    let pod_secrets = spec["imagePullSecrets"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
+    if let Some(sa_secrets) = sa["imagePullSecrets"].as_array().filter(|a| !a.is_empty()) {
+        if !pod_secrets {
+            spec["imagePullSecrets"] = json!(sa_secrets);
+        }
+    }
     let automount = spec["automountServiceAccountToken"]
         .as_bool()
         .or_else(|| sa["automountServiceAccountToken"].as_bool())

@@ -149,6 +149,20 @@ pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             if c["image"].as_str().unwrap_or_default().trim().is_empty() {
                 errs.push(FieldError::required(format!("{p}.image"), ""));
             }
+            // procMount (upstream's ProcMountType validation): Default or Unmasked, and
+            // Unmasked only in a pod with its own user namespace.
+            if let Some(pm) = c["securityContext"]["procMount"].as_str() {
+                let pp = format!("{p}.securityContext.procMount");
+                if !["Default", "Unmasked"].contains(&pm) {
+                    errs.push(FieldError::not_supported(pp, pm, &["Default", "Unmasked"]));
+                } else if pm == "Unmasked" && spec["hostUsers"].as_bool() != Some(false) {
+                    errs.push(FieldError::invalid(
+                        pp,
+                        pm,
+                        "`hostUsers` must be false to use `Unmasked`",
+                    ));
+                }
+            }
             if let Some(ports) = c["ports"].as_array() {
                 for (j, port) in ports.iter().enumerate() {
                     let cp = num(&port["containerPort"]);

@@ -585,12 +585,21 @@ pub(crate) fn generate(
         if let Some(seccomp) = super::seccomp::for_container(&sc, cap_mask)? {
             linux = linux.seccomp(seccomp);
         }
-        let masked = if sc.masked_paths.is_empty() {
+        // Both lists empty in a pod with its own user namespace is a kubelet's
+        // `procMount: Unmasked` (only allowed with `hostUsers: false`): nothing masked. Elsewhere
+        // empty lists mean the defaults, for clients that send none.
+        let unmasked =
+            sb.userns.is_some() && sc.masked_paths.is_empty() && sc.readonly_paths.is_empty();
+        let masked = if unmasked {
+            vec![]
+        } else if sc.masked_paths.is_empty() {
             oci_spec::runtime::get_default_maskedpaths()
         } else {
             sc.masked_paths.clone()
         };
-        let ro = if sc.readonly_paths.is_empty() {
+        let ro = if unmasked {
+            vec![]
+        } else if sc.readonly_paths.is_empty() {
             oci_spec::runtime::get_default_readonly_paths()
         } else {
             sc.readonly_paths.clone()
