@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# bench/kubelet/run.sh - the kubelet through a whole `skiff server` (tests/tests/kubelet_bench.rs):
-# one pod create->Ready p50, 50 pods applied at once -> all Ready, their deletion (grace 1 s),
-# server RSS and CPU idle and with 50 pods. Prints one line per figure.
-# Usage: sudo bench/kubelet/run.sh        Env: SK_BENCH_ROUNDS (7), SK_BENCH_PODS (50),
-#        SK_BENCH_IDLE_SECS (20). Debug binaries (the harness runs target/debug).
-# Needs: root, docker-registry, busybox-static, kubectl.
-# The containerd side (issue 14's "same with containerd") is not measured yet.
+# bench/kubelet/run.sh - `skiff kubelet` as a process of its own beside a
+# `skiff server --disable-agent`, on `skiff cri` and on Debian's containerd 1.6 + runc in the same
+# run (tests/tests/kubelet_bench.rs): pod bound -> Running p50 (spec.nodeName set at create, to
+# the watch event), 50 pods at once -> all Running, their deletion (grace 1 s), the kubelet's RSS
+# and CPU idle and with 50 pods; one line per figure with the ratio, then issue 14's targets.
+# Usage: sudo bench/kubelet/run.sh     Env: SK_BENCH_ROUNDS (9), SK_BENCH_PODS (50),
+#        SK_BENCH_IDLE_SECS (20), SK_PROFILE (release; `debug` reuses the debug binaries).
+# Needs: root, docker-registry, busybox-static, kubectl, containerd (Debian).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)"
 cd "$ROOT"
-cargo build --workspace --bins
-cargo test -p skiff-tests --test kubelet_bench -- --ignored --nocapture 2>&1 | grep -E '^(kubelet|server)_'
+export SK_PROFILE="${SK_PROFILE:-release}"
+if [ "$SK_PROFILE" = release ]; then
+    cargo build --release --bin skiff --bin skiff-monitor --bin skiff-runtime --bin skiff-cni
+else
+    cargo build --bin skiff --bin skiff-monitor --bin skiff-runtime --bin skiff-cni
+fi
+cargo test -p skiff-tests --test kubelet_bench -- --ignored --nocapture 2>&1 |
+    grep -E '^(kubelet_|# )'

@@ -320,6 +320,9 @@ pub async fn run_with_runtime<R: CriRuntime>(
     };
     let rt_version = runtime_version(&version);
     info!(runtime = %rt_version, "connected to the CRI runtime");
+    // Unit tests share one process (and the fake runtime's name) across kubelets.
+    #[cfg(not(test))]
+    status::set_runtime_name(&version.runtime_name);
 
     // Pods (static ones above all) run before the node is registered: a kubelet can start the
     // control plane it registers with from its manifest folder, as upstream's does.

@@ -11,8 +11,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use skiff_proto::cri;
 
-/// The prefix of container ids in the API (`skiff://<id>`).
-pub const CONTAINER_ID_PREFIX: &str = "skiff://";
+/// The runtime's name in container ids (`<runtime>://<id>`, as upstream's `kubecontainer.ContainerID`):
+/// the CRI Version's `runtime_name` (`skiff`, `containerd`), set once the runtime answered.
+static RUNTIME_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the CRI's runtime name for container ids (the first call wins).
+pub fn set_runtime_name(name: &str) {
+    if !name.is_empty() {
+        let _ = RUNTIME_NAME.set(name.to_string());
+    }
+}
+
+/// A container id as the API shows it: `<runtime name>://<id>` (`skiff://` until set).
+pub fn api_container_id(id: &str) -> String {
+    let name = RUNTIME_NAME.get().map(String::as_str).unwrap_or("skiff");
+    format!("{name}://{id}")
+}
 
 /// A waiting reason the kubelet decided itself (not visible in the CRI).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +101,7 @@ fn terminated(s: &cri::ContainerStatus) -> ContainerStateTerminated {
         "Error".into()
     };
     ContainerStateTerminated {
-        container_id: Some(format!("{CONTAINER_ID_PREFIX}{}", s.id)),
+        container_id: Some(api_container_id(&s.id)),
         exit_code: s.exit_code,
         finished_at: cri_time(s.finished_at),
         message: (!s.message.is_empty()).then(|| s.message.clone()),
@@ -123,7 +137,7 @@ pub fn container_status(
         ..Default::default()
     };
     if let Some(l) = latest {
-        st.container_id = Some(format!("{CONTAINER_ID_PREFIX}{}", l.id));
+        st.container_id = Some(api_container_id(&l.id));
         st.image_id = l.image_ref.clone();
     }
     let waiting_state = |w: &Waiting| ContainerState {

@@ -6,6 +6,7 @@
 //! - [`cri_env::CriEnv`]: an in-process CRI server with its own temp state and bridge network.
 //! - [`control_plane::ControlPlane`]: `skiff server --disable-agent` of a test's own, and kubectl.
 //! - [`netns`]: network namespaces and links with cleanup guards.
+//! - [`standalone`]: `skiff cri` and `skiff kubelet` as processes of their own, beside a control plane.
 
 pub mod auth_registry;
 pub mod control_plane;
@@ -13,6 +14,7 @@ pub mod cri_env;
 pub mod image;
 pub mod netns;
 pub mod registry;
+pub mod standalone;
 
 pub use cri_env::CriEnv;
 pub use image::{build_busybox_image, push, with_layer, OciImage};

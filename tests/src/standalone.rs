@@ -1,0 +1,294 @@
+//! A standalone node for tests and benchmarks: `skiff cri` as a process of its own (temp root,
+//! socket, CNI config on a bridge of the test's own with Skiff's plugins), and `skiff kubelet`
+//! beside a [`ControlPlane`] on any CRI socket (Skiff's or containerd's). Every process is
+//! stopped by PID when dropped; [`remove_cgroup_root`] kills what is left in a kubelet's cgroup
+//! root and removes it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::control_plane::ControlPlane;
+use crate::netns::delete_link;
+use crate::{io_err, workspace_bin, HarnessError, Result};
+
+/// A process the test started, stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        crate::stop_child(&mut self.0, Duration::from_secs(10));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Writes a bridge + host-local + portmap conflist for `bridge`/`subnet` into `conf_dir` and
+/// links Skiff's plugins into `bin_dir` (or uses `SKIFF_TEST_CNI_BIN_DIR`); returns the bin dir.
+pub fn write_cni(conf_dir: &Path, bin_dir: &Path, bridge: &str, subnet: &str) -> Result<PathBuf> {
+    assert!(bridge.starts_with("sk"), "test links start with sk");
+    std::fs::create_dir_all(conf_dir).map_err(io_err("creating CNI conf dir"))?;
+    let ipam = conf_dir
+        .parent()
+        .unwrap_or(conf_dir)
+        .join(format!("ipam-{bridge}"));
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": format!("{bridge}net"),
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(conf_dir.join("10-sktest.conflist"), conflist.to_string())
+        .map_err(io_err("writing conflist"))?;
+    if let Some(d) = std::env::var_os("SKIFF_TEST_CNI_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let cni = workspace_bin("skiff-cni");
+    if !cni.exists() {
+        return Err(HarnessError::Other(format!(
+            "{} missing: cargo build --bin skiff-cni",
+            cni.display()
+        )));
+    }
+    std::fs::create_dir_all(bin_dir).map_err(io_err("creating CNI bin dir"))?;
+    for name in ["bridge", "host-local", "loopback", "portmap"] {
+        let link = bin_dir.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(&cni, &link).map_err(io_err("linking CNI plugin"))?;
+        }
+    }
+    Ok(bin_dir.to_path_buf())
+}
+
+/// `skiff cri` as a process of its own.
+pub struct SkiffCri {
+    pub socket: PathBuf,
+    pub bridge: String,
+    proc: Option<Proc>,
+    tmp: tempfile::TempDir,
+}
+
+impl SkiffCri {
+    /// Starts `skiff cri` with pod network `bridge`/`subnet`, trusting `registry` over plain
+    /// HTTP, and waits for its socket.
+    pub fn start(bridge: &str, subnet: &str, registry: &str) -> Result<SkiffCri> {
+        let skiff = workspace_bin("skiff");
+        for bin in ["skiff", "skiff-monitor", "skiff-runtime"] {
+            let p = workspace_bin(bin);
+            if !p.exists() {
+                return Err(HarnessError::Other(format!(
+                    "{} missing: cargo build --bin {bin}",
+                    p.display()
+                )));
+            }
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("sk-cri-proc-")
+            .tempdir()
+            .map_err(io_err("creating temp dir"))?;
+        let t = tmp.path();
+        let bin_dir = write_cni(&t.join("net.d"), &t.join("cni-bin"), bridge, subnet)?;
+        let config = t.join("cri.toml");
+        std::fs::write(&config, "").map_err(io_err("writing cri.toml"))?;
+        let socket = t.join("cri.sock");
+        let log = std::fs::File::create(t.join("cri.log")).map_err(io_err("creating log"))?;
+        let child = Command::new(&skiff)
+            .arg("cri")
+            .arg("--address")
+            .arg(&socket)
+            .arg("--root")
+            .arg(t.join("root"))
+            .arg("--runtime-root")
+            .arg(t.join("runtime"))
+            .arg("--netns-dir")
+            .arg(t.join("netns"))
+            .arg("--cni-conf-dir")
+            .arg(t.join("net.d"))
+            .arg("--cni-bin-dir")
+            .arg(&bin_dir)
+            .arg("--registry-config-dir")
+            .arg(t.join("certs.d"))
+            .args(["--insecure-registry", registry])
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err("starting skiff cri"))?;
+        let cri = SkiffCri {
+            socket,
+            bridge: bridge.to_string(),
+            proc: Some(Proc(child)),
+            tmp,
+        };
+        for _ in 0..300 {
+            if cri.socket.exists() {
+                return Ok(cri);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(HarnessError::Other(format!(
+            "skiff cri's socket did not appear within 30 s; log:\n{}",
+            std::fs::read_to_string(cri.tmp.path().join("cri.log")).unwrap_or_default()
+        )))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map(Proc::pid).unwrap_or(0)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+impl Drop for SkiffCri {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+        let dir = self.tmp.path().to_string_lossy().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        delete_link(&self.bridge);
+    }
+}
+
+/// `skiff kubelet` beside `cp` on the CRI at `socket`: node `name`, pods under `cgroup_root`,
+/// state and logs in `dir` (`kubelet.log`), the control plane's serving certificate and CA, a
+/// KubeletConfiguration with `podLogsDir` in `dir`, node IP 127.0.0.1, :10250 on a free port.
+pub fn start_kubelet(
+    cp: &ControlPlane,
+    socket: &Path,
+    name: &str,
+    cgroup_root: &str,
+    dir: &Path,
+) -> Proc {
+    std::fs::create_dir_all(dir).expect("kubelet dir");
+    let skiff = workspace_bin("skiff");
+    let tls = cp.dir().join("data/tls");
+    let config = dir.join("kubelet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDomain: cluster.local\npodLogsDir: {}\n",
+            dir.join("pods").display()
+        ),
+    )
+    .expect("kubelet config");
+    let child = Command::new(&skiff)
+        .arg("kubelet")
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .arg("--config")
+        .arg(&config)
+        .arg("--container-runtime-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--hostname-override", name, "--node-ip", "127.0.0.1"])
+        .args(["--port", &free_port().to_string(), "--healthz-port", "0"])
+        .args(["--cgroup-root", cgroup_root])
+        .arg("--root-dir")
+        .arg(dir.join("kubelet"))
+        .arg("--tls-cert-file")
+        .arg(tls.join("serving-kubelet.crt"))
+        .arg("--tls-private-key-file")
+        .arg(tls.join("serving-kubelet.key"))
+        .arg("--client-ca-file")
+        .arg(tls.join("ca.crt"))
+        .env(
+            "SKIFF_LOG",
+            std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("kubelet.log")).expect("kubelet log"),
+        ))
+        .spawn()
+        .expect("start skiff kubelet");
+    Proc(child)
+}
+
+/// Kills every process left in cgroup `root` (a test's kubelet cgroup root, so only what the
+/// test started) and removes the folders, deepest first, in every hierarchy.
+pub fn remove_cgroup_root(root: &str) {
+    assert!(
+        root.trim_start_matches('/').starts_with("sk"),
+        "test cgroups start with sk"
+    );
+    fn pids(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids(&e.path(), out);
+            }
+        }
+    }
+    fn tree(dir: &Path) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                tree(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|c| c.path().join(root.trim_start_matches('/')))
+        .filter(|d| d.exists())
+        .collect();
+    let mut left = Vec::new();
+    for d in &dirs {
+        pids(d, &mut left);
+    }
+    left.sort();
+    left.dedup();
+    for pid in left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for _ in 0..50 {
+        for d in &dirs {
+            tree(d);
+        }
+        if dirs.iter().all(|d| !d.exists()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes a kubelet cgroup root when dropped (declare it before the runtime, so it goes last).
+pub struct CgroupRoot(pub String);
+
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
+        remove_cgroup_root(&self.0);
+    }
+}
