@@ -255,7 +255,11 @@ impl Strategy for Pod {
         }
     }
     fn prepare_create(&self, pod: &mut Value) {
-        let qos = qos_class(&pod["spec"]);
+        // The class of the defaulted spec, as upstream computes it: requests default to the
+        // limits (defaulting runs after this hook here).
+        let mut spec = pod["spec"].clone();
+        default_pod_spec(&mut spec);
+        let qos = qos_class(&spec);
         pod["status"] = json!({"phase": "Pending", "qosClass": qos});
     }
     fn validate(&self, pod: &Value, errs: &mut Vec<FieldError>) {
@@ -1450,5 +1454,22 @@ fn invalid_int(field: &str, v: i64, detail: &str) -> FieldError {
         value: None,
         detail: format!("{v}: {detail}"),
         ..FieldError::invalid(field, "", "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_only_pod_is_guaranteed() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x",
+            "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}]}});
+        Pod.prepare_create(&mut pod);
+        assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x",
+            "resources": {"limits": {"memory": "64Mi"}}}]}});
+        Pod.prepare_create(&mut pod);
+        assert_eq!(pod["status"]["qosClass"], "Burstable");
     }
 }
