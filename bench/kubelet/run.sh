@@ -12,9 +12,11 @@ ROOT="$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)"
 cd "$ROOT"
 export SK_PROFILE="${SK_PROFILE:-release}"
 if [ "$SK_PROFILE" = release ]; then
-    cargo build --release --bin skiff --bin skiff-monitor --bin skiff-runtime --bin skiff-cni
+    cargo build --release --bin skiff
+    cargo build --release -p skiff-monitor -p skiff-runtime -p skiff-cni
 else
-    cargo build --bin skiff --bin skiff-monitor --bin skiff-runtime --bin skiff-cni
+    cargo build --bin skiff
+    cargo build -p skiff-monitor -p skiff-runtime -p skiff-cni
 fi
 cargo test -p skiff-tests --test kubelet_bench -- --ignored --nocapture 2>&1 |
     grep -E '^(kubelet_|# )'

@@ -130,6 +130,27 @@ pub fn parse_log_query(query: Option<&str>) -> Result<LogOptions, String> {
     Ok(o)
 }
 
+/// The CRI id of the instance in `lastState.terminated` of `container` in `pod`'s status.
+fn last_terminated_id(pod: &Pod, container: &str) -> Option<String> {
+    let st = pod.status.as_ref()?;
+    [
+        &st.container_statuses,
+        &st.init_container_statuses,
+        &st.ephemeral_container_statuses,
+    ]
+    .into_iter()
+    .flatten()
+    .flatten()
+    .find(|s| s.name == container)?
+    .last_state
+    .as_ref()?
+    .terminated
+    .as_ref()?
+    .container_id
+    .as_deref()
+    .map(|id| id.rsplit_once("://").map_or(id, |(_, id)| id).to_string())
+}
+
 /// The log file and container id of `container` of `pod` (the previous instance if `previous`).
 async fn locate_log<R: CriRuntime>(
     st: &ServerState<R>,
@@ -153,7 +174,13 @@ async fn locate_log<R: CriRuntime>(
         let at = |c: &cri::Container| c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
         at(b).cmp(&at(a)).then(b.created_at.cmp(&a.created_at))
     });
-    let pick = list.get(usize::from(previous));
+    // `previous` is the pod status's lastState.terminated instance, as upstream: while the
+    // container waits in CrashLoopBackOff that is the newest exited one. Without that status yet,
+    // the instance before the newest.
+    let pick = match last_terminated_id(pod, container).filter(|_| previous) {
+        Some(id) => list.iter().find(|c| c.id == id),
+        None => list.get(usize::from(previous)),
+    };
     let Some(c) = pick else {
         if previous {
             return Err((

@@ -153,14 +153,21 @@ spec:
             .count();
         exited <= 1
     });
-    // One dead instance is kept (the one upstream's `logs --previous` reads while the
-    // container waits in back-off; Skiff's /containerLogs?previous picks the second newest
-    // instance instead, a known gap left to the logs owner).
+    // One dead instance is kept: the pod status's lastState, which `logs --previous` reads
+    // (while the container runs and while it waits in back-off alike).
     let exited = containers_of(&rt, &c, &uid)
         .iter()
         .filter(|x| x.state == cri::ContainerState::ContainerExited as i32)
         .count();
     assert!(exited >= 1, "every dead instance was removed");
+    c.wait_for(
+        "logs --previous of the crash-looping container",
+        WAIT,
+        || {
+            let out = c.kubectl(&["logs", "sk-gc-crash", "--previous"]);
+            out.ok && out.stdout.contains("run-")
+        },
+    );
     let restarts: u32 = c
         .ok(&[
             "get",
