@@ -319,7 +319,9 @@ fn commit_loop(
                 continue;
             }
         }
-        // Durable: publish, then answer.
+        // Durable: publish, answer, then send the events to watchers (the callers wait for
+        // their answer; watchers do not wait for each other's writers).
+        let mut published = Vec::new();
         let rewrite = {
             let mut st = shared.state_mut();
             let mut history = shared.history();
@@ -350,7 +352,8 @@ fn commit_loop(
                 }
                 st.revision = ev.response.revision;
                 for e in ev.events.drain(..) {
-                    history.push(e);
+                    history.record(e.clone());
+                    published.push(e);
                 }
             }
             needs_rewrite(file.len, st.live, &opts)
@@ -358,6 +361,7 @@ fn commit_loop(
         for (reply, r) in done {
             let _ = reply.send(r.map(|ev| ev.response));
         }
+        shared.history().fan_out(&published);
         if rewrite {
             let st = shared.state();
             let before = file.len;

@@ -11,6 +11,8 @@ const WATCH_BUFFER: usize = 1024;
 
 struct Watcher {
     prefix: String,
+    /// Events up to this revision were in its backlog: the fan-out skips them.
+    from: i64,
     tx: tokio::sync::mpsc::Sender<Result<Event>>,
 }
 
@@ -30,27 +32,46 @@ impl History {
         }
     }
 
+    /// Records `ev` and sends it to the live watchers.
     pub(crate) fn push(&mut self, ev: Event) {
-        self.watchers.retain(|w| {
-            if !ev.kv.key.starts_with(&w.prefix) {
-                return !w.tx.is_closed();
-            }
-            match w.tx.try_send(Ok(ev.clone())) {
-                Ok(()) => true,
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                    // A slow watcher loses its place: tell it to relist rather than drop events.
-                    tracing::warn!(prefix = %w.prefix, "watcher too slow; closing it");
-                    false
-                }
-                Err(_) => false,
-            }
-        });
+        self.fan_out(std::slice::from_ref(&ev));
+        self.record(ev);
+    }
+
+    /// Records `ev` in the history (reads at past revisions and new watches see it) without
+    /// sending it: [`History::fan_out`] does that later, outside the writer's critical path.
+    pub(crate) fn record(&mut self, ev: Event) {
         self.events.push_back(ev);
         while self.events.len() > HISTORY {
             if let Some(old) = self.events.pop_front() {
                 self.base = old.revision();
             }
         }
+    }
+
+    /// Sends recorded events to the live watchers that did not get them in their backlog.
+    pub(crate) fn fan_out(&mut self, evs: &[Event]) {
+        if evs.is_empty() {
+            return;
+        }
+        self.watchers.retain(|w| {
+            for ev in evs {
+                if ev.revision() <= w.from || !ev.kv.key.starts_with(&w.prefix) {
+                    continue;
+                }
+                match w.tx.try_send(Ok(ev.clone())) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        // A slow watcher loses its place: tell it to relist rather than drop
+                        // events.
+                        tracing::warn!(prefix = %w.prefix, "watcher too slow; closing it");
+                        return false;
+                    }
+                    Err(_) => return false,
+                }
+            }
+            !w.tx.is_closed()
+        });
     }
 
     /// Drops the events up to `revision` (no-op when history already starts later).
@@ -175,8 +196,13 @@ impl History {
             // Cannot fail: the channel is larger than the backlog.
             let _ = tx.try_send(Ok(ev));
         }
+        let from = self
+            .events
+            .back()
+            .map_or(after, |e| e.revision().max(after));
         self.watchers.push(Watcher {
             prefix: prefix.to_string(),
+            from,
             tx,
         });
         Ok(Watch::new(rx))
@@ -188,5 +214,44 @@ pub(crate) fn range_start(req: &RangeRequest) -> &str {
     match req.start.as_deref() {
         Some(s) if s > req.prefix.as_str() => s,
         _ => &req.prefix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(rev: i64) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: format!("/a/{rev}"),
+                value: vec![],
+                create_revision: rev,
+                mod_revision: rev,
+            },
+            prev: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_between_record_and_fan_out_gets_each_event_once() {
+        let mut h = History::new(0);
+        let mut early = h.watch("/a/", 0).unwrap();
+        h.record(put(1));
+        h.record(put(2));
+        // Registered after the events were recorded but before they were sent.
+        let mut late = h.watch("/a/", 1).unwrap();
+        h.fan_out(&[put(1), put(2)]);
+        h.push(put(3));
+        let revs = |w: &mut Watch| {
+            let mut out = vec![];
+            while let Ok(Ok(ev)) = w.rx.try_recv() {
+                out.push(ev.revision());
+            }
+            out
+        };
+        assert_eq!(revs(&mut early), vec![1, 2, 3]);
+        assert_eq!(revs(&mut late), vec![2, 3]);
     }
 }
