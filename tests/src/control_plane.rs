@@ -127,14 +127,6 @@ pub struct Out {
     pub stderr: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 /// Path of `kubectl.<version>` beside the installed kubectl (Google Cloud SDK layout), or
 /// `kubectl` itself for `None`. Panics with what is missing.
 pub fn kubectl_bin(version: Option<&str>) -> PathBuf {
@@ -267,7 +259,7 @@ impl ControlPlane {
             .prefix("sk-cp")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
+        let port = crate::free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let bin = crate::workspace_bin("skiff");
@@ -315,7 +307,7 @@ impl ControlPlane {
                         p
                     })
                     .arg("--kubelet-port")
-                    .arg(free_port().to_string())
+                    .arg(crate::free_port().to_string())
                     .arg("--pod-log-dir")
                     .arg(dir.path().join("pods"));
                 envs.push((

@@ -68,3 +68,11 @@ pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A loopback TCP port nothing listens on now (for servers a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -27,14 +27,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Writes a bridge + host-local + portmap conflist for `bridge`/`subnet` into `conf_dir` and
 /// links Skiff's plugins into `bin_dir` (or uses `SKIFF_TEST_CNI_BIN_DIR`); returns the bin dir.
 pub fn write_cni(conf_dir: &Path, bin_dir: &Path, bridge: &str, subnet: &str) -> Result<PathBuf> {
@@ -206,7 +198,12 @@ pub fn start_kubelet(
         .arg("--container-runtime-endpoint")
         .arg(format!("unix://{}", socket.display()))
         .args(["--hostname-override", name, "--node-ip", "127.0.0.1"])
-        .args(["--port", &free_port().to_string(), "--healthz-port", "0"])
+        .args([
+            "--port",
+            &crate::free_port().to_string(),
+            "--healthz-port",
+            "0",
+        ])
         .args(["--cgroup-root", cgroup_root])
         .arg("--root-dir")
         .arg(dir.join("kubelet"))

@@ -74,14 +74,6 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// A loopback port nothing listens on now (a fixed port collided with other servers).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl Server {
     fn start() -> Server {
         let dir = tempfile::Builder::new().prefix("sk-e2e").tempdir().unwrap();
@@ -96,7 +88,7 @@ impl Server {
         let child = Command::new(workspace_bin("skiff"))
             .args(["server", "--node-ip", "127.0.0.1", "--node-name", NODE])
             .arg("--https-listen-port")
-            .arg(free_port().to_string())
+            .arg(skiff_tests::free_port().to_string())
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--run-dir")

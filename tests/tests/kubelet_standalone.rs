@@ -8,22 +8,7 @@ use skiff_tests::control_plane::ControlPlane;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A process this test started, stopped (by PID) when the test ends, even on failure.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        skiff_tests::stop_child(&mut self.0, Duration::from_secs(10));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use skiff_tests::standalone::Proc;
 
 #[test]
 fn standalone_kubelet_registers_and_serves_node_proxy() {
@@ -78,8 +63,8 @@ fn standalone_kubelet_registers_and_serves_node_proxy() {
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let node = format!("sk-standalone-{}", std::process::id());
-    let port = free_port();
-    let healthz_port = free_port();
+    let port = skiff_tests::free_port();
+    let healthz_port = skiff_tests::free_port();
     let kubelet = Command::new(&skiff)
         .arg("kubelet")
         .arg("--kubeconfig")

@@ -10,22 +10,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A process this test started, stopped (by PID) when the test ends, even on failure.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        skiff_tests::stop_child(&mut self.0, Duration::from_secs(10));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use skiff_tests::standalone::Proc;
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, log: &dyn Fn() -> String, mut f: F)
 where
@@ -66,7 +51,7 @@ async fn static_pod_runs_without_the_api_server() {
     let manifests = d.join("manifests");
     std::fs::create_dir_all(&manifests).expect("manifests");
     // Nothing listens on this port: the API server "is not up yet".
-    let dead = free_port();
+    let dead = skiff_tests::free_port();
     let kubeconfig = d.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -94,7 +79,12 @@ async fn static_pod_runs_without_the_api_server() {
         .arg("--container-runtime-endpoint")
         .arg(format!("unix://{}", env.cfg.socket.display()))
         .args(["--hostname-override", node, "--node-ip", "127.0.0.1"])
-        .args(["--port", &free_port().to_string(), "--healthz-port", "0"])
+        .args([
+            "--port",
+            &skiff_tests::free_port().to_string(),
+            "--healthz-port",
+            "0",
+        ])
         .args(["--cgroup-root", env.cgroup_parent.as_str()])
         .arg("--root-dir")
         .arg(d.join("kubelet"))
