@@ -422,7 +422,7 @@ pub fn is_met(t: &Threshold, obs: &Observation, with_min_reclaim: bool) -> bool 
 }
 
 /// The node's pressure conditions, shared with the node status.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pressure {
     pub memory: bool,
     pub disk: bool,
@@ -616,6 +616,23 @@ pub struct Manager<R: CriRuntime> {
     pub qos_root: String,
     pub config: EvictionConfig,
     pub pressure: SharedPressure,
+    /// Dead-container GC policy and the image GC state, for reclaiming node-level resources
+    /// before evicting pods under disk pressure.
+    pub gc: crate::gc::GcConfig,
+    pub images: crate::gc::SharedImageGc,
+}
+
+/// The thresholds still met by `obs`, minimum reclaim included, grace periods ignored
+/// (upstream's `thresholdsMet(..., enforceMinReclaim=true)` after a node-level reclaim).
+pub fn thresholds_met(
+    thresholds: &[Threshold],
+    obs: &HashMap<Signal, Observation>,
+) -> Vec<Threshold> {
+    thresholds
+        .iter()
+        .filter(|t| obs.get(&t.signal).is_some_and(|o| is_met(t, o, true)))
+        .cloned()
+        .collect()
 }
 
 fn is_active(p: &Pod) -> bool {
@@ -628,7 +645,9 @@ fn is_active(p: &Pod) -> bool {
             .is_some_and(|u| order(u).is_none())
 }
 
-fn is_critical(p: &Pod) -> bool {
+/// Whether the pod is critical (static, mirror, or priority at least system-cluster-critical's):
+/// never evicted, and admitted under disk pressure.
+pub fn is_critical(p: &Pod) -> bool {
     crate::static_pods::is_static(p)
         || crate::static_pods::is_mirror(p)
         || priority(p) >= CRITICAL_PRIORITY
@@ -745,9 +764,28 @@ impl<R: CriRuntime> Manager<R> {
         }
         ready.sort_by_key(|t| (t.signal != Signal::MemoryAvailable, !t.hard));
         let t = ready[0].clone();
-        let Some(o) = obs.get(&t.signal).copied() else {
+        let Some(mut o) = obs.get(&t.signal).copied() else {
             return;
         };
+        // Disk pressure: node-level resources (dead containers, unused images) go before pods,
+        // as upstream's `reclaimNodeLevelResources`.
+        if t.signal.condition() == "DiskPressure" {
+            match self.reclaim_node_level(t.signal).await {
+                Some(after) if thresholds_met(&self.config.thresholds, &after).is_empty() => {
+                    info!(
+                        resource = t.signal.resource(),
+                        "eviction manager: able to reduce resource pressure without evicting pods"
+                    );
+                    return;
+                }
+                Some(after) => {
+                    if let Some(a) = after.get(&t.signal) {
+                        o = *a;
+                    }
+                }
+                None => {}
+            }
+        }
         let candidates: Vec<Pod> = pods.into_iter().filter(|p| !is_critical(p)).collect();
         if candidates.is_empty() {
             debug!(
@@ -807,6 +845,34 @@ impl<R: CriRuntime> Manager<R> {
             self.config.max_pod_grace_period
         };
         self.evict(&victim, message, grace).await;
+    }
+
+    /// Removes every dead container the GC policy lets go and every unused image old enough,
+    /// then observes again. `None` when the new observation failed.
+    async fn reclaim_node_level(&self, signal: Signal) -> Option<HashMap<Signal, Observation>> {
+        info!(signal = signal.name(), "eviction manager: attempting to reclaim node-level resources (dead containers, unused images)");
+        match crate::gc::collect_containers(&*self.cri, &self.gc).await {
+            Ok(n) => debug!(removed = n, "reclaim: dead containers removed"),
+            Err(e) => {
+                warn!(error = %e, "eviction manager: unexpected error when attempting to reduce resource pressure (containers)")
+            }
+        }
+        let freed = self
+            .images
+            .lock()
+            .await
+            .delete_unused(&*self.cri, &self.gc, Instant::now())
+            .await;
+        match freed {
+            Ok(b) => info!(freed_bytes = b, "reclaim: unused images removed"),
+            Err(e) => {
+                warn!(error = %e, "eviction manager: unexpected error when attempting to reduce resource pressure (images)")
+            }
+        }
+        let root = self.root_dir.clone();
+        tokio::task::spawn_blocking(move || observe(&root))
+            .await
+            .ok()
     }
 
     async fn evict(&self, pod: &Pod, message: String, grace: i64) {
@@ -952,6 +1018,37 @@ mod tests {
             }
         )
         .starts_with("The node was low on resource: ephemeral-storage. Threshold quantity: 1Gi"));
+    }
+
+    #[test]
+    fn reclaim_counts_only_when_min_reclaim_is_met() {
+        let t = Threshold {
+            signal: Signal::NodeFsAvailable,
+            value: Value::Quantity(1 << 30, "1Gi".into()),
+            grace: Duration::ZERO,
+            min_reclaim: Some(Value::Quantity(500 << 20, "500Mi".into())),
+            hard: true,
+        };
+        let obs = |avail: i64| {
+            let mut m = HashMap::new();
+            m.insert(
+                Signal::NodeFsAvailable,
+                Observation {
+                    available: avail,
+                    capacity: 10 << 30,
+                },
+            );
+            m
+        };
+        // Above the threshold but not by the minimum reclaim: pods still go.
+        assert_eq!(
+            thresholds_met(std::slice::from_ref(&t), &obs(1200 << 20)).len(),
+            1
+        );
+        // Threshold plus minimum reclaim available: no eviction.
+        assert!(thresholds_met(std::slice::from_ref(&t), &obs(1600 << 20)).is_empty());
+        // A signal not observed is not met.
+        assert!(thresholds_met(&[t], &HashMap::new()).is_empty());
     }
 
     #[test]

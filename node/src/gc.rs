@@ -236,6 +236,45 @@ impl ImageGc {
     }
 }
 
+impl ImageGc {
+    /// Removes every unused, unpinned image first seen at least `minimum_image_ttl` ago,
+    /// whatever the thresholds (upstream's `DeleteUnusedImages`, the eviction manager's
+    /// reclaim of the image filesystem). Returns the bytes freed.
+    pub async fn delete_unused<R: CriRuntime>(
+        &mut self,
+        cri: &R,
+        cfg: &GcConfig,
+        now: Instant,
+    ) -> Result<u64, String> {
+        let images = self.detect(cri, now).await.map_err(|e| e.to_string())?;
+        let mut freed = 0u64;
+        for (img, used) in images {
+            if used || img.pinned {
+                continue;
+            }
+            let Some(r) = self.images.get(&img.id).copied() else {
+                continue;
+            };
+            if now.duration_since(r.first_detected) < cfg.minimum_image_ttl {
+                debug!(image = %img.id, "image younger than the minimum GC age; kept");
+                continue;
+            }
+            info!(image = %img.id, tags = ?img.repo_tags, size = r.size, "reclaim: removing unused image");
+            match cri.remove_image(&img.id).await {
+                Ok(()) => {
+                    freed += r.size;
+                    self.images.remove(&img.id);
+                }
+                Err(e) => warn!(image = %img.id, error = %e, "cannot remove image"),
+            }
+        }
+        Ok(freed)
+    }
+}
+
+/// The image GC state shared by the periodic collector and the eviction manager.
+pub type SharedImageGc = Arc<tokio::sync::Mutex<ImageGc>>;
+
 type Units<'a> = HashMap<(String, String), Vec<&'a cri::Container>>;
 
 /// Keeps the `n` newest containers of each unit; the others go to `remove`.
@@ -314,8 +353,17 @@ pub async fn collect_containers<R: CriRuntime>(cri: &R, cfg: &GcConfig) -> Resul
 }
 
 /// Runs both collectors until shutdown.
-pub async fn run<R: CriRuntime>(cri: Arc<R>, cfg: GcConfig, mut stop: watch::Receiver<bool>) {
-    let mut images = ImageGc::default();
+pub async fn run<R: CriRuntime>(cri: Arc<R>, cfg: GcConfig, stop: watch::Receiver<bool>) {
+    run_shared(cri, cfg, SharedImageGc::default(), stop).await
+}
+
+/// [`run`] with image GC state shared with the eviction manager.
+pub async fn run_shared<R: CriRuntime>(
+    cri: Arc<R>,
+    cfg: GcConfig,
+    images: SharedImageGc,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut next_image =
         tokio::time::Instant::now() + cfg.image_gc_period.min(Duration::from_secs(5));
     let mut next_container = tokio::time::Instant::now() + cfg.container_gc_period;
@@ -333,7 +381,12 @@ pub async fn run<R: CriRuntime>(cri: Arc<R>, cfg: GcConfig, mut stop: watch::Rec
             next_container = now + cfg.container_gc_period;
         }
         if now >= next_image {
-            if let Err(e) = images.collect(&*cri, &cfg, Instant::now()).await {
+            let res = images
+                .lock()
+                .await
+                .collect(&*cri, &cfg, Instant::now())
+                .await;
+            if let Err(e) = res {
                 warn!(error = %e, "image garbage collection failed");
             }
             next_image = now + cfg.image_gc_period;

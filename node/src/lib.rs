@@ -15,6 +15,7 @@
 //! - [`server`] and [`tls`]: the HTTPS server on :10250; [`logs`]: CRI log-line parsing/rendering.
 //! - [`error`]: [`NodeError`] and [`CriError`].
 
+pub mod admission;
 pub mod auth;
 pub mod cgroups;
 pub mod cri;
@@ -35,6 +36,7 @@ pub mod pods;
 pub mod probe;
 pub mod pull_secrets;
 pub mod reconcile;
+pub mod resources;
 pub mod security;
 pub mod server;
 pub mod static_pods;
@@ -352,6 +354,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         ));
     }
     let pressure = eviction::SharedPressure::default();
+    let images = gc::SharedImageGc::default();
     tokio::spawn(
         eviction::Manager {
             client: client.clone(),
@@ -363,10 +366,23 @@ pub async fn run_with_runtime<R: CriRuntime>(
             qos_root: cfg.cgroup_root.clone(),
             config: cfg.eviction.clone(),
             pressure: pressure.clone(),
+            gc: cfg.gc.clone(),
+            images: images.clone(),
         }
         .run(stop_rx.clone()),
     );
-    tokio::spawn(gc::run(cri.clone(), cfg.gc.clone(), stop_rx.clone()));
+    tokio::spawn(gc::run_shared(
+        cri.clone(),
+        cfg.gc.clone(),
+        images,
+        stop_rx.clone(),
+    ));
+    let admission = admission::Admission::new(pressure.clone());
+    tokio::spawn(admission.clone().watch_node(
+        client.clone(),
+        cfg.node_name.clone(),
+        stop_rx.clone(),
+    ));
     let pods_task = tokio::spawn(pods::run(
         client.clone(),
         cri.clone(),
@@ -374,6 +390,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         writer,
         reader.clone(),
         statics,
+        Some(admission),
         stop_rx.clone(),
     ));
 

@@ -46,6 +46,8 @@ fn key_of(p: &Pod) -> String {
 }
 
 /// Runs the pod manager until `shutdown` turns true. Pods keep running when the kubelet stops.
+/// `admission` (none: every pod is taken) decides on pods the kubelet has not run yet.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<R: CriRuntime>(
     client: Client,
     cri: Arc<R>,
@@ -53,8 +55,11 @@ pub async fn run<R: CriRuntime>(
     writer: reflector::store::Writer<Pod>,
     reader: Store<Pod>,
     statics: StaticSource,
+    admission: Option<crate::admission::Admission>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Pods refused by admission (they never get a worker until they are deleted).
+    let mut rejected: HashSet<String> = HashSet::new();
     let StaticSource {
         rx: static_rx,
         registry,
@@ -140,13 +145,18 @@ pub async fn run<R: CriRuntime>(
                     }
                     Ok(watcher::Event::InitApply(p)) => {
                         init_seen.insert(uid_of(&p));
-                        dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                        if admitted(&p, &workers, &mut rejected, admission.as_ref(), &client, &ctx) {
+                            dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                        }
                     }
                     Ok(watcher::Event::Apply(p)) => {
-                        dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                        if admitted(&p, &workers, &mut rejected, admission.as_ref(), &client, &ctx) {
+                            dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                        }
                     }
                     Ok(watcher::Event::Delete(p)) => {
                         let uid = uid_of(&p);
+                        rejected.remove(&uid);
                         info!(pod = %key_of(&p), %uid, "pod removed from the API");
                         match workers.get(&uid) {
                             Some(w) => { let _ = w.tx.send(None); }
@@ -249,6 +259,87 @@ fn dispatch<R: CriRuntime>(
             wake: wake_handle,
         },
     );
+}
+
+/// Whether `pod` may go to a worker: pods with a worker, pods being deleted, finished pods and
+/// static pods pass; a new pod goes through admission ([`crate::admission`]) once, and a
+/// rejected one gets phase Failed, the reason and `Pod was rejected: ...` (written in the
+/// background) and an event, and is skipped until it is deleted.
+fn admitted(
+    pod: &Pod,
+    workers: &HashMap<String, Worker>,
+    rejected: &mut HashSet<String>,
+    admission: Option<&crate::admission::Admission>,
+    client: &Client,
+    ctx: &Arc<SyncContext>,
+) -> bool {
+    let uid = uid_of(pod);
+    if pod.metadata.deletion_timestamp.is_some() {
+        rejected.remove(&uid);
+        return true;
+    }
+    if rejected.contains(&uid) {
+        return false;
+    }
+    let Some(admission) = admission else {
+        return true;
+    };
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if workers.contains_key(&uid)
+        || !matches!(phase, None | Some("Pending"))
+        || crate::static_pods::is_static(pod)
+    {
+        return true;
+    }
+    let others: Vec<Pod> = workers
+        .values()
+        .filter_map(|w| w.tx.borrow().clone())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect();
+    let others: Vec<&Pod> = others.iter().collect();
+    let Err(rejection) = admission.admit(pod, &others) else {
+        return true;
+    };
+    info!(pod = %key_of(pod), %uid, reason = rejection.reason, message = %rejection.message,
+        "pod rejected by admission");
+    rejected.insert(uid);
+    let (client, pod, node) = (client.clone(), pod.clone(), ctx.node_name.clone());
+    tokio::spawn(async move {
+        let status = PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(rejection.reason.to_string()),
+            message: Some(rejection.status_message()),
+            qos_class: Some(crate::status::qos_class(&pod).to_string()),
+            ..Default::default()
+        };
+        crate::events::post(
+            &client,
+            &node,
+            &pod,
+            vec![PodEvent {
+                warning: true,
+                reason: rejection.reason,
+                message: rejection.message.clone(),
+                field_path: None,
+            }],
+        )
+        .await;
+        for attempt in 0..5 {
+            match write_status(&client, &pod, &status).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, attempt, "cannot write the status of a rejected pod");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    false
 }
 
 fn spawn_cleanup<R: CriRuntime>(cri: Arc<R>, uid: String) {

@@ -894,7 +894,11 @@ impl<R: CriRuntime> PodSync<R> {
                         &crate::security::seccomp_root(&self.ctx.root_dir),
                     )
                 }),
-                ..Default::default()
+                resources: Some(crate::resources::container_resources(
+                    pod,
+                    c,
+                    crate::resources::HostInfo::get(),
+                )),
             }),
             ..Default::default()
         }
