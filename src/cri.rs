@@ -131,6 +131,8 @@ pub async fn run(args: CriArgs) -> Result<()> {
         insecure_registries: args.insecure_registries,
         registry_config_dir: args.registry_config_dir,
         stream_address: args.stream_address,
+        // runc's memfd-bind: no sealing re-exec per runtime call (shims/cri/src/seal.rs).
+        seal_runtime: true,
         ..Default::default()
     };
     let mut cfg = finish_config(cfg, &args.config)?;

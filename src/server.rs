@@ -440,6 +440,8 @@ where
                 cni_bin_dir,
                 netns_dir: args.run_dir.join("netns"),
                 insecure_registries: insecure,
+                // runc's memfd-bind: no sealing re-exec per runtime call (shims/cri/src/seal.rs).
+                seal_runtime: true,
                 ..Default::default()
             };
             let cfg = crate::cri::finish_config(cfg, &args.cri_config)?;

@@ -599,7 +599,11 @@ fn reap_leftovers(dir: &Path, cgroup_root: &str) {
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
-        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(
+            m.as_str(),
+            // NOFOLLOW: the sealed runtime copy is a bind of a /proc fd link.
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        );
     }
 }
 

@@ -10,6 +10,7 @@
 //! SKIFF_TEST_CNI_BIN_DIR (CNI plugins for both), SKIFF_BENCH_ITERS (30), SKIFF_BENCH_PODS (20).
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,8 @@ struct Side {
     cgroup_parent: String,
     log_root: PathBuf,
     times: HashMap<&'static str, Vec<f64>>,
+    /// Pods made from now on get this user namespace (`hostUsers: false`; Skiff only).
+    userns: Option<cri::UserNamespace>,
 }
 
 impl Side {
@@ -145,6 +148,19 @@ impl Side {
             log_directory: self.log_root.join(name).display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
+                security_context: self
+                    .userns
+                    .clone()
+                    .map(|u| cri::LinuxSandboxSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            network: cri::NamespaceMode::Pod as i32,
+                            pid: cri::NamespaceMode::Container as i32,
+                            ipc: cri::NamespaceMode::Pod as i32,
+                            userns_options: Some(u),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -341,6 +357,7 @@ async fn cri_bench_skiff_vs_containerd() {
         cgroup_parent: skiff.cgroup_parent.clone(),
         log_root: skiff.tmp.path().join("logs"),
         times: HashMap::new(),
+        userns: None,
     };
     let (rt, img) = ctd.clients().await.unwrap();
     let mut c = Side {
@@ -351,6 +368,7 @@ async fn cri_bench_skiff_vs_containerd() {
         cgroup_parent: ctd.cgroup_parent.clone(),
         log_root: ctd.dir().join("logs"),
         times: HashMap::new(),
+        userns: None,
     };
     for side in [&mut s, &mut c] {
         side.img
@@ -448,6 +466,39 @@ async fn cri_bench_skiff_vs_containerd() {
         }
     }
 
+    // Skiff only (containerd 1.6 has no user namespaces): pods with a user namespace (one pod
+    // monitor on the host plus the pause it cloned into the namespace), 1 and 3 `sleep`
+    // containers; the containerd figure printed beside is its plain pod of as many containers.
+    // The pod's root must be able to search down to the bundles (containerd keeps 0711 too).
+    std::fs::set_permissions(skiff.tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let maps = vec![cri::IdMapping {
+        container_id: 0,
+        host_id: 2_000_000,
+        length: 65536,
+    }];
+    s.userns = Some(cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: maps.clone(),
+        gids: maps,
+    });
+    let mut userns_by_count = Vec::new();
+    for n in [1usize, 3] {
+        let k = 3;
+        let mut s_pods = Vec::new();
+        for i in 0..k {
+            s_pods.push(
+                s.start_pod_with(&format!("sku{n}x{i}"), n, false, false)
+                    .await,
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await; // monitors trim after 2 s
+        userns_by_count.push((n, k, skiff_pod_mem(&mut s, &skiff, &s_pods).await));
+        for (sb, _) in s_pods {
+            s.stop_pod(&sb, false).await;
+        }
+    }
+    s.userns = None;
+
     println!(
         "# {iters} iterations, {pods} pods; times in ms, memory in KiB (RSS; PSS where named)"
     );
@@ -475,8 +526,8 @@ async fn cri_bench_skiff_vs_containerd() {
     let n = pods as f64;
     line("per_pod_rss_kib", s_per.0 as f64 / n, c_per.0 as f64 / n);
     line("per_pod_pss_kib", s_per.1 as f64 / n, c_per.1 as f64 / n);
-    for (label, k, s_mem, c_mem) in by_count {
-        let k = k as f64;
+    for (label, k, s_mem, c_mem) in &by_count {
+        let k = *k as f64;
         line(
             &format!("per_pod_{label}_rss_kib"),
             s_mem.0 as f64 / k,
@@ -486,6 +537,30 @@ async fn cri_bench_skiff_vs_containerd() {
             &format!("per_pod_{label}_pss_kib"),
             s_mem.1 as f64 / k,
             c_mem.1 as f64 / k,
+        );
+    }
+    for (n, k, s_mem) in userns_by_count {
+        let label = format!("{n}c");
+        let c_plain = by_count
+            .iter()
+            .find(|b| b.0 == label)
+            .map(|b| b.3 .0 as f64 / b.1 as f64)
+            .unwrap_or(f64::NAN);
+        line(
+            &format!("per_pod_userns_{label}_rss_kib"),
+            s_mem.0 as f64 / k as f64,
+            c_plain,
+        );
+        // The pause is a fork of the pod monitor: RSS counts the pages they still share twice.
+        let c_plain_pss = by_count
+            .iter()
+            .find(|b| b.0 == label)
+            .map(|b| b.3 .1 as f64 / b.1 as f64)
+            .unwrap_or(f64::NAN);
+        line(
+            &format!("per_pod_userns_{label}_pss_kib"),
+            s_mem.1 as f64 / k as f64,
+            c_plain_pss,
         );
     }
 }

@@ -3,6 +3,10 @@
 //! the groups reported in ContainerStatus `user`, against Skiff's CRI server (bridge `skbr31`,
 //! 10.244.31.0/24). Needs root.
 //!
+//! Such a pod has one pod monitor (`skiff-monitor pause` on the host, the parent of every
+//! container's init) and its child the pause (root of the pod's user namespace), with 1 and 3
+//! containers, across a CRI server restart (exit codes kept and recorded).
+//!
 //! Skiff only: containerd 1.6 (the Debian peer of the other CRI suites) has neither feature;
 //! it ignores `userns_options` and `supplemental_groups_policy` (both came with containerd 2.x
 //! and runc 1.2), so there is nothing of it to compare with.
@@ -239,6 +243,133 @@ fn uid_of(p: &Path) -> Result<u32, String> {
         .map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// The parent pid of `pid` (from `/proc/<pid>/stat`).
+fn ppid(pid: i32) -> Result<i32, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    stat.rsplit(") ")
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no ppid in /proc/{pid}/stat: {stat}"))
+}
+
+/// The children of `pid`, from every task's `children` list.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+fn link(path: String) -> Result<std::path::PathBuf, String> {
+    std::fs::read_link(&path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// The pid in a verbose PodSandboxStatus / ContainerStatus `info`.
+fn info_pid(info: &std::collections::HashMap<String, String>) -> Result<i32, String> {
+    info.get("info")
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .map(|p| p as i32)
+        .ok_or_else(|| format!("no pid in verbose status info: {info:?}"))
+}
+
+/// The pod monitor of a container: the pid in its `monitor/monitor.pid`.
+fn monitor_of(env: &CriEnv, id: &str) -> Result<i32, String> {
+    let p = env
+        .dir()
+        .join("state/containers")
+        .join(id)
+        .join("monitor/monitor.pid");
+    std::fs::read_to_string(&p)
+        .map_err(|e| format!("{}: {e}", p.display()))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// One pod monitor for a user namespace pod: every container's `monitor.pid` is the same
+/// process, which stays in the host's user namespace, is the parent of each container's init
+/// and of the pause (root of the pod's user namespace, with its maps); the only process of
+/// the monitor's binary among its children is that pause, whatever the container count.
+/// Returns the monitor's pid.
+async fn one_pod_monitor(t: &mut T, env: &CriEnv, sb: &str, ids: &[&str]) -> Result<i32, String> {
+    let monitor = monitor_of(env, ids[0])?;
+    for id in ids {
+        let m = monitor_of(env, id)?;
+        ensure!(
+            m == monitor,
+            "container {id} has monitor {m}, container {} has {monitor}",
+            ids[0]
+        );
+        let init = info_pid(&t.status(id).await?.info)?;
+        let parent = ppid(init)?;
+        ensure!(
+            parent == monitor,
+            "the init {init} of {id} has parent {parent}, not the pod monitor {monitor}"
+        );
+    }
+    let pause = info_pid(
+        &t.rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sb.into(),
+                verbose: true,
+            })
+            .await
+            .map_err(|e| format!("PodSandboxStatus: {e}"))?
+            .into_inner()
+            .info,
+    )?;
+    ensure!(
+        ppid(pause)? == monitor,
+        "the pause {pause} is not the pod monitor {monitor}'s child"
+    );
+    let exe = link(format!("/proc/{monitor}/exe"))?;
+    ensure!(
+        exe.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("skiff-monitor")),
+        "the pod monitor {monitor} runs {}",
+        exe.display()
+    );
+    let monitors: Vec<i32> = children(monitor)
+        .into_iter()
+        .filter(|c| link(format!("/proc/{c}/exe")).is_ok_and(|e| e == exe))
+        .collect();
+    ensure!(
+        monitors == vec![pause],
+        "children of the pod monitor {monitor} running {}: {monitors:?} (want only the pause {pause}) with {} containers",
+        exe.display(),
+        ids.len()
+    );
+    let host_userns = link("/proc/self/ns/user".into())?;
+    ensure!(
+        link(format!("/proc/{monitor}/ns/user"))? == host_userns,
+        "the pod monitor is not in the host's user namespace"
+    );
+    ensure!(
+        link(format!("/proc/{pause}/ns/user"))? != host_userns,
+        "the pause is in the host's user namespace"
+    );
+    let pause_map = words(
+        &std::fs::read_to_string(format!("/proc/{pause}/uid_map")).map_err(|e| e.to_string())?,
+    );
+    ensure!(
+        pause_map == format!("0 {HOST_BASE} 65536"),
+        "uid_map of the pause: {pause_map}"
+    );
+    Ok(monitor)
+}
+
 /// Status advertises both features for the default handler.
 async fn advertised(t: &mut T) -> Check {
     let s =
@@ -429,6 +560,9 @@ async fn pod_userns(t: &mut T, env: &CriEnv) -> Check {
         (u_uid, u_gid) == (0, 0),
         "ContainerStatus user: uid {u_uid} gid {u_gid}"
     );
+    one_pod_monitor(t, env, &sb, &[&id])
+        .await
+        .map_err(|e| format!("one container: {e}"))?;
 
     // Refused containers: other mappings than the sandbox's, overlapping mount mappings.
     let mut other = sc.clone();
@@ -472,6 +606,116 @@ async fn pod_userns(t: &mut T, env: &CriEnv) -> Check {
     Ok(())
 }
 
+/// A user namespace pod of three containers (one sleeps, one exits 7 at once, one exits 3
+/// when asked), still one pod monitor; what `after_restart_three` checks after a restart.
+struct ThreeContainers {
+    sb: String,
+    sb_cfg: cri::PodSandboxConfig,
+    sc: cri::LinuxContainerSecurityContext,
+    monitor: i32,
+    sleeper: String,
+    quitter: String,
+    waiter: String,
+}
+
+async fn wait_exit_code(t: &mut T, id: &str) -> Result<i32, String> {
+    for _ in 0..900 {
+        let s = t.status(id).await?.status.ok_or("no status")?;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return Ok(s.exit_code);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(format!("container {id} did not exit within 90 s"))
+}
+
+async fn three_containers(t: &mut T, env: &CriEnv) -> Result<ThreeContainers, String> {
+    let u = userns(cri::NamespaceMode::Pod, vec![map(0, HOST_BASE, 65536)]);
+    let sb_cfg = with_userns(env.sandbox_config("skus3"), u.clone());
+    let sb = t
+        .run_sandbox(&sb_cfg)
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?;
+    let sc = cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Pod as i32,
+            pid: cri::NamespaceMode::Container as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            userns_options: Some(u),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let with = |t: &T, name: &str, script: &str| {
+        let mut c = t.container(name, sc.clone());
+        c.args = vec![script.into()];
+        c
+    };
+    let sleeper = t
+        .start(&sb, &sb_cfg, with(t, "sksleep", "sleep 1000"))
+        .await?;
+    let quitter = t.start(&sb, &sb_cfg, with(t, "skquit", "exit 7")).await?;
+    let waiter = t
+        .start(
+            &sb,
+            &sb_cfg,
+            with(
+                t,
+                "skwait",
+                "until [ -e /tmp/skgo ]; do sleep 0.1; done; exit 3",
+            ),
+        )
+        .await?;
+    let code = wait_exit_code(t, &quitter).await?;
+    ensure!(code == 7, "the quitting container exited {code}, not 7");
+    let monitor = one_pod_monitor(t, env, &sb, &[&sleeper, &waiter])
+        .await
+        .map_err(|e| format!("three containers: {e}"))?;
+    ensure!(
+        monitor_of(env, &quitter)? == monitor,
+        "the quitting container had another monitor"
+    );
+    let out = words(&t.out(&sleeper, "id -u; cat /proc/self/uid_map").await?);
+    ensure!(
+        out == format!("0 0 {HOST_BASE} 65536"),
+        "id -u and uid_map in the three-container pod: {out}"
+    );
+    Ok(ThreeContainers {
+        sb,
+        sb_cfg,
+        sc,
+        monitor,
+        sleeper,
+        quitter,
+        waiter,
+    })
+}
+
+/// After a CRI server restart: the same pod monitor runs, the exit code recorded before is
+/// kept, a container that exits now gets its code, and a new container joins that monitor.
+async fn after_restart_three(t: &mut T, env: &CriEnv, p: &ThreeContainers) -> Check {
+    let code = wait_exit_code(t, &p.quitter).await?;
+    ensure!(
+        code == 7,
+        "after the restart the quitter's exit code is {code}, not 7"
+    );
+    t.out(&p.waiter, "touch /tmp/skgo").await?;
+    let code = wait_exit_code(t, &p.waiter).await?;
+    ensure!(
+        code == 3,
+        "a container exiting after the restart: exit code {code}, not 3"
+    );
+    let c = t.container("sklate", p.sc.clone());
+    let late = t.start(&p.sb, &p.sb_cfg, c).await?;
+    let monitor = one_pod_monitor(t, env, &p.sb, &[&p.sleeper, &late]).await?;
+    ensure!(
+        monitor == p.monitor,
+        "the pod monitor changed across the restart: {} -> {monitor}",
+        p.monitor
+    );
+    Ok(())
+}
+
 /// Every running container still runs `id -u` as 0 with the pod's maps.
 async fn after_restart(t: &mut T) -> Check {
     let cs =
@@ -481,7 +725,10 @@ async fn after_restart(t: &mut T) -> Check {
             .into_inner()
             .containers;
     ensure!(!cs.is_empty(), "no container listed after the restart");
-    for c in cs {
+    for c in cs
+        .into_iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+    {
         let out = words(&t.out(&c.id, "id -u; cat /proc/self/uid_map").await?);
         ensure!(
             out == format!("0 0 {HOST_BASE} 65536"),
@@ -670,12 +917,21 @@ async fn cri_userns_and_supplemental_groups() {
     if let Err(e) = pod_userns(&mut t, &env).await {
         failures.push(format!("pod user namespace: {e}"));
     }
+    let three = three_containers(&mut t, &env).await;
+    if let Err(e) = &three {
+        failures.push(format!("pod user namespace, three containers: {e}"));
+    }
     // A restarted server still execs into the pod's user namespace, and removes the container
     // with its idmapped mount (checked at the end).
     env.restart().await.unwrap();
     t.rt = env.clients().await.unwrap().0;
     if let Err(e) = after_restart(&mut t).await {
         failures.push(format!("after a restart: {e}"));
+    }
+    if let Ok(three) = &three {
+        if let Err(e) = after_restart_three(&mut t, &env, three).await {
+            failures.push(format!("three containers after a restart: {e}"));
+        }
     }
     if let Err(e) = t.remove_all().await {
         failures.push(format!("cleanup: {e}"));

@@ -49,6 +49,10 @@ pub struct CriConfig {
     /// Drop clean code pages and freed heap after 2 s without a CRI call. For a standalone
     /// daemon; the code pages are shared with everything else in the process.
     pub trim_when_idle: bool,
+    /// Run the default runtime from a sealed memfd copy bind-mounted at
+    /// `<state_dir>/bin/<name>` (runc's `memfd-bind`; see `seal.rs`), so skiff-runtime needs
+    /// no sealing re-exec of itself per call. `skiff server` and `skiff cri` set it.
+    pub seal_runtime: bool,
 }
 
 /// One RuntimeClass handler: a runc-compatible OCI runtime.
@@ -120,6 +124,7 @@ impl Default for CriConfig {
             runtime_handlers: BTreeMap::new(),
             fetch_helper: None,
             trim_when_idle: false,
+            seal_runtime: false,
         }
     }
 }

@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod images;
 mod runtime;
+mod seal;
 mod server;
 mod store;
 mod stream;

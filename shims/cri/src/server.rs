@@ -129,6 +129,13 @@ pub async fn serve(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(CriError::io("removing stale socket", socket.as_path())(e)),
     }
+    let mut cfg = cfg;
+    // Unmounted when the server ends, however it ends.
+    let _sealed = if cfg.seal_runtime {
+        seal_runtime(&mut cfg).await
+    } else {
+        None
+    };
     let state = Arc::new(State::load(cfg)?);
     crate::runtime::recover(&state).await;
     let watcher = tokio::spawn(crate::runtime::watch_exits(state.clone()));
@@ -154,4 +161,38 @@ pub async fn serve(
     gc.abort();
     let _ = std::fs::remove_file(&socket);
     result.map_err(|e| CriError::Serve(e.to_string()))
+}
+
+/// Mounts a sealed memfd copy of the default runtime (`seal.rs`) and makes it the default
+/// handler's binary; the returned guard keeps the mount alive (dropped when the server ends).
+/// On failure the runtime keeps its own per-call protection: logged only.
+async fn seal_runtime(cfg: &mut CriConfig) -> Option<crate::seal::SealedCopy> {
+    let bin = cfg.runtime_bin.clone();
+    if !bin.is_absolute() {
+        tracing::info!(runtime = %bin.display(), "not sealing a runtime given by name");
+        return None;
+    }
+    let dst = crate::seal::sealed_path(&cfg.state_dir, &bin);
+    let at = dst.clone();
+    let r = tokio::task::spawn_blocking(move || crate::seal::bind_sealed_copy(&bin, &at)).await;
+    match r {
+        Ok(Ok(copy)) if crate::seal::is_sealed(copy.path()) => {
+            tracing::info!(runtime = %cfg.runtime_bin.display(), at = %dst.display(), "runtime sealed in memory");
+            cfg.runtime_bin = dst;
+            Some(copy)
+        }
+        Ok(r) => {
+            let e = r
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no seals".into());
+            tracing::warn!(error = %e, "cannot seal the runtime binary; it seals itself per call");
+            crate::seal::unbind(&dst);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "sealing the runtime binary");
+            None
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Privileged syscalls of user namespaces and idmapped mounts, kept apart so every use is easy
 //! to audit: making a user namespace with given uid/gid maps (a short-lived forked child that
-//! unshares and is then dropped), entering one before exec (the sandbox's pause), and cloning a
-//! mount idmapped to a user namespace (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)` +
-//! `move_mount`).
+//! unshares and is then dropped; the pod's own is made by its pod monitor, `skiff-monitor
+//! pause --uid-map`), and cloning a mount idmapped to a user namespace (`open_tree` +
+//! `mount_setattr(MOUNT_ATTR_IDMAP)` + `move_mount`).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -124,26 +124,6 @@ pub(crate) fn open_userns(path: &Path) -> Result<OwnedFd> {
     std::fs::File::open(path)
         .map(OwnedFd::from)
         .map_err(CriError::io("opening user namespace", path))
-}
-
-/// In a forked child before exec: enter the user namespace `fd` and become its root (uid and
-/// gid 0 there, no supplemental groups), so the exec'd program has every capability in it.
-///
-/// # Safety
-/// Only for a `pre_exec` closure (single-threaded child): it calls only async-signal-safe
-/// syscalls.
-pub(crate) unsafe fn enter_userns_as_root(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: plain syscalls with no pointers other than a null group list of length 0.
-    unsafe {
-        if libc::setns(fd, libc::CLONE_NEWUSER) < 0
-            || libc::setgroups(0, std::ptr::null()) < 0
-            || libc::setresgid(0, 0, 0) < 0
-            || libc::setresuid(0, 0, 0) < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Clones the mount tree at `src` (with its sub-mounts when `recursive`), idmaps the clone to

@@ -11,6 +11,34 @@ pub struct PauseArgs {
     /// then also monitors the pod's containers. Ignored with `pid_ns` (the runtime must not
     /// start inside the pod's PID namespace).
     pub socket_dir: Option<PathBuf>,
+    /// A user namespace for the pod (CRI `userns_options` mode POD): the pause is forked into
+    /// it (and into the pod's other new namespaces, which it then owns) and this process, which
+    /// stays on the host, writes its `uid_map`/`gid_map` (`--uid-map`/`--gid-map`).
+    pub userns: Option<UsernsMaps>,
+}
+
+/// `/proc/<pid>/{uid,gid}_map` text for the pause's user namespace: `container host length`
+/// lines (given on the command line with `,` between lines).
+pub struct UsernsMaps {
+    pub uid_map: String,
+    pub gid_map: String,
+}
+
+impl UsernsMaps {
+    fn parse(flag: &str, value: &str) -> Result<String, String> {
+        let mut text = String::new();
+        for line in value.split(',') {
+            let nums: Vec<&str> = line.split_whitespace().collect();
+            if nums.len() != 3 || nums.iter().any(|n| n.parse::<u32>().is_err()) {
+                return Err(format!(
+                    "--{flag} {value:?}: expected `container host length` lines separated by ','"
+                ));
+            }
+            text.push_str(&nums.join(" "));
+            text.push('\n');
+        }
+        Ok(text)
+    }
 }
 
 pub struct ContainerArgs {
@@ -103,16 +131,39 @@ impl PauseArgs {
     pub fn parse(argv: &[String]) -> Result<Self, String> {
         // `--sandbox ID` is only read by whoever scans process lists: it names the sandbox a
         // pause belongs to, so a CRI server killed before it recorded the pid finds it again.
-        let p = pairs(argv, &["hostname", "pid-ns", "sandbox", "socket-dir"])?;
+        let p = pairs(
+            argv,
+            &[
+                "hostname",
+                "pid-ns",
+                "sandbox",
+                "socket-dir",
+                "uid-map",
+                "gid-map",
+            ],
+        )?;
         let pid_ns = match take(&p, "pid-ns").as_deref() {
             Err(_) | Ok("no") => false,
             Ok("yes") => true,
             Ok(other) => return Err(format!("--pid-ns {other:?}: expected yes or no")),
         };
+        let userns = match (take(&p, "uid-map"), take(&p, "gid-map")) {
+            (Err(_), Err(_)) => None,
+            (Ok(u), Ok(g)) => Some(UsernsMaps {
+                uid_map: UsernsMaps::parse("uid-map", &u)?,
+                gid_map: UsernsMaps::parse("gid-map", &g)?,
+            }),
+            _ => return Err("--uid-map and --gid-map go together".into()),
+        };
+        if userns.is_some() && take(&p, "socket-dir").is_err() {
+            // The pause dies with the process that forked it: that one must stay.
+            return Err("--uid-map/--gid-map need --socket-dir (the pod monitor)".into());
+        }
         Ok(Self {
             hostname: take(&p, "hostname")?,
             pid_ns,
             socket_dir: take(&p, "socket-dir").ok().map(PathBuf::from),
+            userns,
         })
     }
 }
@@ -208,6 +259,49 @@ mod tests {
             .err()
             .unwrap()
             .contains("none, open or once"));
+    }
+
+    #[test]
+    fn parses_user_namespace_maps() {
+        let a = PauseArgs::parse(&v(&[
+            "--hostname",
+            "h",
+            "--socket-dir",
+            "/s",
+            "--uid-map",
+            "0 2000000 65536",
+            "--gid-map=0 3000000 1,1 3000001  99",
+        ]))
+        .unwrap();
+        let u = a.userns.unwrap();
+        assert_eq!(u.uid_map, "0 2000000 65536\n");
+        assert_eq!(u.gid_map, "0 3000000 1\n1 3000001 99\n");
+        let only_uid = PauseArgs::parse(&v(&["--hostname", "h", "--uid-map", "0 1 1"]));
+        assert!(only_uid.err().unwrap().contains("go together"));
+        let no_monitor = PauseArgs::parse(&v(&[
+            "--hostname",
+            "h",
+            "--uid-map",
+            "0 1 1",
+            "--gid-map",
+            "0 1 1",
+        ]));
+        assert!(no_monitor.err().unwrap().contains("need --socket-dir"));
+        let bad = PauseArgs::parse(&v(&[
+            "--hostname",
+            "h",
+            "--socket-dir",
+            "/s",
+            "--uid-map",
+            "0 1",
+            "--gid-map",
+            "0 1 1",
+        ]));
+        assert!(bad.err().unwrap().contains("container host length"));
+        assert!(PauseArgs::parse(&v(&["--hostname", "h"]))
+            .unwrap()
+            .userns
+            .is_none());
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! monitors is left. With both, the parent stays as the pod monitor (back in the host's PID
 //! namespace for its children) and the child is a bare pause that dies with it; the pod
 //! monitor ends when its pause is gone and no container is left.
+//! With `--uid-map`/`--gid-map` (a pod user namespace; needs `--socket-dir`) the pod monitor
+//! stays in all of the host's namespaces and clones the pause into a new user namespace
+//! together with the pod's net/ipc/uts (and pid) namespaces, which that user namespace then
+//! owns; the monitor writes the child's `uid_map`/`gid_map` (as runc's parent does for its
+//! init), and the child becomes root there and holds them (`userns_pause`).
 //! The loopback link is brought up by the CNI `loopback` plugin, not here.
 
 use std::io::Write;
@@ -37,6 +42,14 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
         Signal::SIGUSR1,
     ])?;
     let socket_dir = args.socket_dir.as_deref();
+    if let (Some(maps), Some(dir)) = (&args.userns, socket_dir) {
+        let Some(child) = userns_pause(&args.hostname, args.pid_ns, maps)? else {
+            // The pause, in the pod's namespaces.
+            return hold(set);
+        };
+        // The pod monitor never left the host's namespaces: nothing to return to.
+        return serve(dir, Some(child), Vec::new(), set);
+    }
     // The runtime it starts for the containers runs in the host's namespaces, not the pod's.
     let (host_ns, host_pid_ns) = match socket_dir {
         Some(_) => (
@@ -71,13 +84,25 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
             }
         }
     }
+    let Some(dir) = socket_dir else {
+        say_ready("ready\n")?;
+        return hold(set);
+    };
+    serve(dir, pause_child, host_ns, set)
+}
+
+/// The pod monitor: serves `<dir>/monitor.sock` and monitors the pod's containers, whose
+/// runtimes it starts in the namespaces `host_ns` (empty: its own). `ready <pause pid>` when
+/// the pause is a child of ours, else `ready`.
+fn serve(
+    dir: &Path,
+    pause_child: Option<nix::unistd::Pid>,
+    host_ns: Vec<std::os::fd::OwnedFd>,
+    set: nix::sys::signal::SigSet,
+) -> Result<(), String> {
     let ready = match pause_child {
         Some(child) => format!("ready {child}\n"),
         None => "ready\n".to_owned(),
-    };
-    let Some(dir) = socket_dir else {
-        say_ready(&ready)?;
-        return hold(set);
     };
     sys::set_child_subreaper()?;
     let control = bind_control(dir)?;
@@ -92,6 +117,63 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
     let r = pod.run();
     let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
     r
+}
+
+/// Clones the pause into the pod's user namespace and its net/ipc/uts (and pid) namespaces
+/// (`sys::clone_into_userns`), writes its maps from here, and lets it become root there.
+/// `Ok(None)` in the pause (ready to hold), `Ok(Some(pid))` here once the pause is ready; an
+/// error names what failed, on either side.
+fn userns_pause(
+    hostname: &str,
+    pid_ns: bool,
+    maps: &crate::args::UsernsMaps,
+) -> Result<Option<nix::unistd::Pid>, String> {
+    use std::io::Read;
+    // go: the maps are written; status: the pause says `ok` or what failed.
+    let (go_r, go_w) = sys::pipe()?;
+    let (status_r, status_w) = sys::pipe()?;
+    let Some(child) = sys::clone_into_userns(pid_ns)? else {
+        drop((go_w, status_r));
+        let mut go = [0u8; 1];
+        let r = match std::fs::File::from(go_r).read(&mut go) {
+            Ok(1) => sys::become_userns_root(hostname)
+                // After the uid change, which clears it: the pause dies with the monitor.
+                .and_then(|()| sys::die_with_parent()),
+            _ => Err("the pod monitor gave up before writing the maps".into()),
+        };
+        let mut status = std::fs::File::from(status_w);
+        match r {
+            Ok(()) => {
+                let _ = status.write_all(b"ok");
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = status.write_all(e.as_bytes());
+                // SAFETY: _exit(2) ends the child at once, running no destructor or atexit
+                // handler of the parent's copied state.
+                unsafe { libc::_exit(1) }
+            }
+        }
+    };
+    drop((go_r, status_w));
+    let fail = |e: String| {
+        sys::kill(child);
+        sys::reap(child);
+        Err(e)
+    };
+    if let Err(e) = sys::write_id_maps(child, &maps.uid_map, &maps.gid_map) {
+        return fail(e);
+    }
+    if let Err(e) = std::fs::File::from(go_w).write_all(b"1") {
+        return fail(format!("starting the pause in the user namespace: {e}"));
+    }
+    let mut status = String::new();
+    let _ = std::fs::File::from(status_r).read_to_string(&mut status);
+    match status.as_str() {
+        "ok" => Ok(Some(child)),
+        "" => fail("the pause ended before it was ready in the user namespace".into()),
+        e => fail(format!("the pause in the user namespace: {e}")),
+    }
 }
 
 fn say_ready(line: &str) -> Result<(), String> {

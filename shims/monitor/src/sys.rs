@@ -218,3 +218,109 @@ pub fn set_pid_ns_for_children(fd: &std::os::fd::OwnedFd) -> Result<(), String> 
     }
     Ok(())
 }
+
+/// clone(2) into new user, network, IPC and UTS namespaces (and PID with `pid`), fork-like
+/// (same stack, copied memory): `Ok(None)` in the child, `Ok(Some(pid))` in the parent. The
+/// user namespace is made first, so it owns the others (as runc's init, `clone(2)` says so
+/// for flags given together); the child has every capability in it but no uid or gid there
+/// until the parent writes its maps (`write_id_maps`).
+///
+/// Only for a single-threaded caller (the pause process is). The child must keep to plain
+/// syscalls and code that needs no thread id from the C library (a raw clone does not update
+/// glibc's cached one): `become_userns_root`, then the pause's `sigwait` loop.
+pub fn clone_into_userns(pid: bool) -> Result<Option<Pid>, String> {
+    let mut flags =
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if pid {
+        flags |= libc::CLONE_NEWPID;
+    }
+    // SAFETY: clone(2) without CLONE_VM and with a null stack behaves as fork(2): the child
+    // gets a copy of our memory and continues on its copy of this stack. We are
+    // single-threaded, so no lock is held by another thread in the copy.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match r {
+        0 => Ok(None),
+        n if n > 0 => Ok(Some(Pid::from_raw(n as i32))),
+        _ => Err(format!(
+            "clone(CLONE_NEWUSER|CLONE_NEWNET|CLONE_NEWIPC|CLONE_NEWUTS{}): {} (needs CAP_SYS_ADMIN)",
+            if pid { "|CLONE_NEWPID" } else { "" },
+            Errno::last()
+        )),
+    }
+}
+
+/// Writes the uid and gid maps of `child`'s user namespace (from the parent, which holds
+/// CAP_SETUID/CAP_SETGID over it; `setgroups` stays allowed, as containers set groups).
+pub fn write_id_maps(child: Pid, uid_map: &str, gid_map: &str) -> Result<(), String> {
+    for (file, text) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        let path = format!("/proc/{child}/{file}");
+        std::fs::write(&path, text).map_err(|e| {
+            format!(
+                "user namespace: the kernel refused {file} {:?}: {e}",
+                text.trim_end().replace('\n', ",")
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// In the child of `clone_into_userns`, once its maps are written: become root of the user
+/// namespace (gid and uid 0 there, no supplemental groups), so the namespaces it holds are
+/// its own, and set the pod's hostname in its new UTS namespace.
+pub fn become_userns_root(hostname: &str) -> Result<(), String> {
+    // SAFETY: plain syscalls; the group list is null with length 0.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(format!(
+                "setgroups in the user namespace: {}",
+                Errno::last()
+            ));
+        }
+        if libc::setresgid(0, 0, 0) != 0 {
+            return Err(format!(
+                "setresgid(0) in the user namespace: {}",
+                Errno::last()
+            ));
+        }
+        if libc::setresuid(0, 0, 0) != 0 {
+            return Err(format!(
+                "setresuid(0) in the user namespace: {}",
+                Errno::last()
+            ));
+        }
+    }
+    sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
+    // The uid change made us non-dumpable, and, never having exec'd, our memory still belongs
+    // to the host's user namespace: the runtime's processes, once in the pod's user namespace,
+    // could then not open our /proc/<pid>/ns/* to join the pod (EACCES). A pause exec'd as the
+    // namespace's root is dumpable; so are we (we hold nothing the pod's root may not see).
+    // SAFETY: PR_SET_DUMPABLE with a plain integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+        return Err(format!("prctl(PR_SET_DUMPABLE): {}", Errno::last()));
+    }
+    Ok(())
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))
+}
+
+/// Waits for `pid` (a child) to end, discarding its status.
+pub fn reap(pid: Pid) {
+    let _ = waitpid(pid, None);
+}
+
+/// SIGKILL to `pid`.
+pub fn kill(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+}

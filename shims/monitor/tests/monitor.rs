@@ -464,3 +464,108 @@ fn pod_monitor_runs_the_pods_containers() {
     assert_eq!(pause.wait().unwrap().code(), Some(0));
     assert!(!sb_dir.join("monitor.sock").exists());
 }
+
+/// A pod with a user namespace: the pod monitor stays in every host namespace and writes the
+/// maps of its child, the pause, which is root of the new user namespace and holds net, ipc
+/// and uts namespaces owned by it (with the hostname); SIGTERM ends both. A map the kernel
+/// refuses fails with a message naming it.
+#[test]
+fn pod_monitor_clones_the_pause_into_a_user_namespace() {
+    if !is_root() {
+        panic!("missing prerequisite: needs root");
+    }
+    let s = Scratch::new("userns");
+    let mut monitor = Command::new(MONITOR)
+        .args(["pause", "--hostname", "skuserns", "--sandbox", "skusersb"])
+        .arg("--socket-dir")
+        .arg(&s.0)
+        .args([
+            "--uid-map",
+            "0 2000000 65536",
+            "--gid-map",
+            "0 2100000 65536",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(monitor.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pause: i32 = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("want `ready <pid>`, got {line:?}"));
+    let mon = monitor.id().to_string();
+    let ns = |kind: &str, p: &str| fs::metadata(format!("/proc/{p}/ns/{kind}")).unwrap().ino();
+    for kind in ["user", "net", "ipc", "uts", "pid"] {
+        assert_eq!(
+            ns(kind, &mon),
+            ns(kind, "self"),
+            "the monitor left the host's {kind} namespace"
+        );
+    }
+    for kind in ["user", "net", "ipc", "uts"] {
+        assert_ne!(
+            ns(kind, &pause.to_string()),
+            ns(kind, "self"),
+            "{kind} not new for the pause"
+        );
+    }
+    let words = |f: &str| {
+        fs::read_to_string(format!("/proc/{pause}/{f}"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(words("uid_map"), "0 2000000 65536");
+    assert_eq!(words("gid_map"), "0 2100000 65536");
+    let status = fs::read_to_string(format!("/proc/{pause}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>().join(" "),
+        "Uid: 2000000 2000000 2000000 2000000",
+        "the pause is not root of its user namespace"
+    );
+    let host = Command::new("nsenter")
+        .args(["--target", &pause.to_string(), "--uts", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "skuserns");
+    // SAFETY: plain kill(2) of the child we spawned.
+    assert_eq!(unsafe { libc::kill(monitor.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(monitor.wait().unwrap().code(), Some(0));
+    // Gone, or a zombie nobody of ours reaps (it was reparented).
+    let dead = || {
+        fs::read_to_string(format!("/proc/{pause}/stat"))
+            .map(|s| s.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+            .unwrap_or(true)
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while !dead() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dead(), "the pause outlived its monitor");
+
+    // Two lines mapping the same container ids: the kernel refuses the map.
+    let out = Command::new(MONITOR)
+        .args(["pause", "--hostname", "skuserns", "--sandbox", "skusersb"])
+        .arg("--socket-dir")
+        .arg(&s.0)
+        .args([
+            "--uid-map",
+            "0 2000000 10,0 3000000 10",
+            "--gid-map",
+            "0 2000000 10",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the kernel refused uid_map"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}

@@ -1,6 +1,5 @@
 //! RunPodSandbox: pause process, netns bind mount, CNI ADD, per-sandbox /etc files.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -273,66 +272,43 @@ async fn start_pause(
     let stderr = std::fs::File::create(&log).map_err(CriError::io("creating", &log))?;
     // CRI NamespaceMode POD for pid: the pause holds a PID namespace all containers join.
     let pid_ns = holds_pid_ns(&sb.config);
-    // A pod user namespace: made here with the pod's maps, entered by the pause before exec
-    // (as its root), so the net/ipc/uts (and pid) namespaces it unshares belong to it.
-    let userns = match sb.userns.clone() {
-        Some(u) => Some(
-            tokio::task::spawn_blocking(move || crate::userns::new_userns(&u.uids, &u.gids))
-                .await
-                .map_err(|e| CriError::Monitor(format!("making the user namespace: {e}")))??,
-        ),
-        None => None,
-    };
-    let userns_fd = userns.as_ref().map(|fd| fd.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&st.cfg.monitor_bin);
     cmd.args(["pause", "--hostname", hostname])
         .args(["--pid-ns", if pid_ns { "yes" } else { "no" }])
         .args(["--sandbox", &sb.id]);
-    // The pause is then the pod monitor too: it runs and monitors the pod's containers (asked
-    // over `<dir>/monitor.sock`). With a PID namespace the process we start stays as the pod
-    // monitor and its child, PID 1 of the pod, is the pause (it dies with the monitor).
-    // Not in a pod user namespace: the pause runs as that namespace's root, which can neither
-    // go back to the host's namespaces nor run the runtime with the host's privileges; those
-    // pods keep one `skiff-monitor container` per container.
-    let pod_monitor = userns.is_none();
-    if pod_monitor {
-        let abs = std::path::absolute(dir).map_err(CriError::io("resolving", dir))?;
-        cmd.arg("--socket-dir").arg(abs);
+    // The pause is also the pod monitor: it runs and monitors the pod's containers (asked over
+    // `<dir>/monitor.sock`). With a PID namespace or a user namespace the process we start stays
+    // on the host as the pod monitor and its child is the pause (PID 1 of the pod with a PID
+    // namespace; root of the pod's user namespace, whose maps the monitor writes, with one),
+    // which dies with it.
+    let abs = std::path::absolute(dir).map_err(CriError::io("resolving", dir))?;
+    cmd.arg("--socket-dir").arg(abs);
+    let userns = sb.userns.is_some();
+    if let Some(u) = &sb.userns {
+        let line =
+            |maps: &[cri::IdMapping]| crate::userns::map_text(maps).trim_end().replace('\n', ",");
+        cmd.arg("--uid-map").arg(line(&u.uids));
+        cmd.arg("--gid-map").arg(line(&u.gids));
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2) and
-    // the syscalls of `enter_userns_as_root` (setns, setgroups, setresgid, setresuid), all
-    // async-signal-safe; it touches no memory shared with the parent.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // which is async-signal-safe; it touches no memory shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            if let Some(fd) = userns_fd {
-                crate::userns::enter_userns_as_root(fd)?;
             }
             Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
         CriError::Monitor(format!(
-            "cannot start {} pause{}: {e} (is skiff-monitor installed{}?)",
+            "cannot start {} pause: {e} (is skiff-monitor installed?)",
             st.cfg.monitor_bin.display(),
-            if userns.is_some() {
-                " in the pod's user namespace"
-            } else {
-                ""
-            },
-            if userns.is_some() {
-                ", and can the pod's root in that namespace execute it"
-            } else {
-                ""
-            },
         ))
     })?;
-    drop(userns);
     let mut pid = child.id().unwrap_or(0) as i32;
     // Recorded at once: a server killed before `ready` leaves a pause its restart must find.
     // (With --pid-ns this is the pod monitor, the pause's parent: the pause dies with it, and
@@ -351,11 +327,9 @@ async fn start_pause(
     )
     .await;
     let mut ready = matches!(read, Ok(Ok(_))) && line.trim() == "ready";
-    let mut exited = false;
-    if pid_ns {
-        // `ready <pid>`: the pause is the forked child (PID 1 of the pod's PID namespace). The
-        // process we started stays as the pod monitor (and is what `pause_children` holds), or
-        // without one exits at once.
+    if pid_ns || userns {
+        // `ready <pid>`: the pause is the forked child. The process we started stays as the
+        // pod monitor (and is what `pause_children` holds).
         if let Some(p) = line
             .trim()
             .strip_prefix("ready ")
@@ -363,23 +337,23 @@ async fn start_pause(
         {
             ready = true;
             pid = p;
-            if !pod_monitor {
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                exited = true;
-            }
         }
     }
     let start_time = crate::sys::proc_stat(pid).map(|(t, _)| t).unwrap_or(0);
-    if !exited {
-        st.pause_children
-            .lock()
-            .expect("pause map poisoned")
-            .insert(sb.id.clone(), child);
-    }
+    st.pause_children
+        .lock()
+        .expect("pause map poisoned")
+        .insert(sb.id.clone(), child);
     if !ready {
         let err = std::fs::read_to_string(&log).unwrap_or_default();
         // Make sure teardown kills it.
         crate::sys::signal(pid, nix::sys::signal::Signal::SIGKILL)?;
+        if err.contains("the kernel refused") {
+            // Maps the kernel will not take (e.g. host ids it cannot map): the request's fault.
+            return Err(CriError::InvalidArgument(
+                err.trim().replace("skiff-monitor: ", ""),
+            ));
+        }
         return Err(CriError::Monitor(format!(
             "pause process did not report ready: {}",
             err.trim()
