@@ -23,9 +23,10 @@ pub struct KubeletArgs {
     /// Node name (default: the host name).
     #[arg(long)]
     pub hostname_override: Option<String>,
-    /// The node's InternalIP (default: the address of the interface with the default route).
+    /// The node's InternalIP (default: the address of the interface with the default route);
+    /// an IPv4,IPv6 pair for a dual-stack node (both are listed as InternalIP).
     #[arg(long)]
-    pub node_ip: Option<IpAddr>,
+    pub node_ip: Option<String>,
     /// Labels to register the node with: `k=v,k2=v2`.
     #[arg(long, value_delimiter = ',')]
     pub node_labels: Vec<String>,
@@ -400,6 +401,26 @@ fn endpoint_path(ep: &str) -> PathBuf {
     PathBuf::from(ep.strip_prefix("unix://").unwrap_or(ep))
 }
 
+/// `--node-ip`: one address or a dual-stack pair (one per family), as upstream's kubelet
+/// checks it; the first is the primary (the pods' hostIP).
+pub fn parse_node_ips(s: &str) -> Result<Vec<IpAddr>> {
+    let ips = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<IpAddr>()
+                .with_context(|| format!("bad --node-ip {s:?}: could not parse {:?}", p.trim()))
+        })
+        .collect::<Result<Vec<IpAddr>>>()?;
+    if ips.len() > 2 || (ips.len() == 2 && ips[0].is_ipv6() == ips[1].is_ipv6()) {
+        bail!("bad --node-ip {s:?}; must contain either a single IP or a dual-stack pair of IPs");
+    }
+    if ips.len() == 2 && ips.iter().any(|ip| ip.is_unspecified()) {
+        bail!("dual-stack --node-ip {s:?} cannot include '0.0.0.0' or '::'");
+    }
+    Ok(ips)
+}
+
 /// The source address of the default route (a UDP `connect` sends nothing).
 fn default_node_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
@@ -455,12 +476,16 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
             .map(|h| h.trim().to_lowercase())
             .context("reading the host name (or give --hostname-override)")?,
     };
-    let node_ip = args.node_ip.unwrap_or_else(default_node_ip);
+    let node_ips = match &args.node_ip {
+        Some(s) => parse_node_ips(s)?,
+        None => vec![default_node_ip()],
+    };
     let mut c = skiff_node::KubeletConfig::new(
         node_name,
         skiff_node::KubeSource::Kubeconfig(kubeconfig),
-        node_ip,
+        node_ips[0],
     );
+    c.secondary_node_ip = node_ips.get(1).copied();
     if let Some(ep) = args
         .container_runtime_endpoint
         .clone()
@@ -606,6 +631,22 @@ mod tests {
     struct T {
         #[command(flatten)]
         k: KubeletArgs,
+    }
+
+    #[test]
+    fn node_ip_pairs_as_upstream() {
+        let ips = parse_node_ips("10.0.0.5, fd00::5").unwrap();
+        assert_eq!(ips.len(), 2);
+        assert!(ips[0].is_ipv4() && ips[1].is_ipv6());
+        assert_eq!(parse_node_ips("fd00::5").unwrap().len(), 1);
+        let e = parse_node_ips("10.0.0.5,10.0.0.6").unwrap_err().to_string();
+        assert!(
+            e.contains("must contain either a single IP or a dual-stack pair of IPs"),
+            "{e}"
+        );
+        let e = parse_node_ips("0.0.0.0,fd00::5").unwrap_err().to_string();
+        assert!(e.contains("cannot include '0.0.0.0' or '::'"), "{e}");
+        assert!(parse_node_ips("10.0.0.x").is_err());
     }
 
     #[test]

@@ -19,9 +19,10 @@ pub struct ServerArgs {
     /// Address the API server listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// Address of this node as the cluster sees it (default: the host's default-route address).
+    /// Address of this node as the cluster sees it (default: the host's default-route
+    /// address); an IPv4,IPv6 pair for a dual-stack node (kubelet's flag).
     #[arg(long)]
-    pub node_ip: Option<IpAddr>,
+    pub node_ip: Option<String>,
     /// Name of this node (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -62,9 +63,10 @@ pub struct ServerArgs {
     /// Days to keep rotated audit logs (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxage: u64,
-    /// Cluster DNS address handed to pods.
-    #[arg(long, default_value = "10.43.0.10")]
-    pub cluster_dns: IpAddr,
+    /// Cluster DNS address(es) handed to pods: one, or an IPv4,IPv6 pair on a dual-stack
+    /// cluster (default: the tenth address of each `--service-cidr` range, 10.43.0.10).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<IpAddr>,
     /// A KubeSchedulerConfiguration file (kubescheduler.config.k8s.io/v1): scheduler profiles,
     /// plugin weights, back-off.
     #[arg(long)]
@@ -170,7 +172,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         None => Default::default(),
     };
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
-    let node_ip = args.node_ip.unwrap_or_else(default_ip);
+    let node_ips = match &args.node_ip {
+        Some(s) => crate::kubelet::parse_node_ips(s)?,
+        None => vec![default_ip()],
+    };
+    let node_ip = node_ips[0];
     let advertise = SocketAddr::new(node_ip, args.https_listen_port);
     let mut sans = vec![
         "kubernetes".to_string(),
@@ -180,15 +186,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         "localhost".into(),
         "127.0.0.1".into(),
         node_name.clone(),
-        node_ip.to_string(),
     ];
+    sans.extend(node_ips.iter().map(|ip| ip.to_string()));
     sans.dedup();
-    let kubelet_sans = vec![
-        node_name.clone(),
-        "localhost".into(),
-        "127.0.0.1".into(),
-        node_ip.to_string(),
-    ];
+    let mut kubelet_sans = vec![node_name.clone(), "localhost".into(), "127.0.0.1".into()];
+    kubelet_sans.extend(node_ips.iter().map(|ip| ip.to_string()));
+    kubelet_sans.dedup();
     let pki = Pki::ensure(&args.data_dir.join("tls"), &node_name, &sans, &kubelet_sans)
         .context("setting up the cluster PKI")?;
     let store: Arc<dyn Store> = Arc::new(
@@ -276,7 +279,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             &args,
             &pki,
             &node_name,
-            node_ip,
+            &node_ips,
             Kubeconfigs {
                 kubelet: &kubelet_kubeconfig,
                 proxy: &proxy_kubeconfig,
@@ -411,7 +414,7 @@ fn start_agent<F, Fut>(
     args: &ServerArgs,
     pki: &Pki,
     node_name: &str,
-    node_ip: IpAddr,
+    node_ips: &[IpAddr],
     kubeconfigs: Kubeconfigs<'_>,
     stopped: &F,
 ) -> Result<(
@@ -452,8 +455,9 @@ where
     let mut kcfg = skiff_node::KubeletConfig::new(
         node_name,
         skiff_node::KubeSource::Kubeconfig(kubeconfigs.kubelet.to_path_buf()),
-        node_ip,
+        node_ips[0],
     );
+    kcfg.secondary_node_ip = node_ips.get(1).copied();
     kcfg.cri_endpoint = endpoint;
     kcfg.pod_cidr = pod_cidr;
     kcfg.port = args.kubelet_port;
@@ -467,7 +471,8 @@ where
     kcfg.auth = skiff_node::auth::AuthSettings::secure();
     kcfg.pod_manifest_path = args.pod_manifest_path.clone();
     crate::gc_flags::apply(&args.gc, &Default::default(), &mut kcfg.gc)?;
-    kcfg.cluster_dns = vec![args.cluster_dns];
+    let cluster_dns = cluster_dns(&args.cluster_dns, &args.service_cidr)?;
+    kcfg.cluster_dns = cluster_dns.clone();
     kcfg.roles = vec!["control-plane".into(), "master".into()];
     kcfg.cgroup_root = format!("{}/kubepods", args.cgroup_root.trim_end_matches('/'));
     crate::kubelet::apply_resource_flags(&mut kcfg, &args.node_resources)?;
@@ -478,7 +483,7 @@ where
         pcfg.table = args.nftables_table.clone();
         pcfg.cluster_cidr = Some(args.cluster_cidr.clone());
         pcfg.nodeport_addresses = args.nodeport_addresses.clone();
-        pcfg.node_ips = vec![node_ip];
+        pcfg.node_ips = node_ips.to_vec();
         // system:kube-proxy (upstream's system:node-proxier, plus skiff:service-lb for the
         // LoadBalancer statuses it writes).
         let kubeconfig = kubeconfigs.proxy.to_path_buf();
@@ -495,7 +500,8 @@ where
         });
     }
     if !args.disable_dns {
-        let mut dcfg = skiff_dns::DnsConfig::new(args.cluster_dns, node_name);
+        let mut dcfg = skiff_dns::DnsConfig::new(cluster_dns[0], node_name);
+        dcfg.secondary = cluster_dns.get(1).copied();
         dcfg.cluster_domain = args.cluster_domain.clone();
         dcfg.resolv_conf = args.resolv_conf.clone();
         dcfg.interface = Some(args.cluster_dns_interface.clone());
@@ -513,6 +519,32 @@ where
         });
     }
     Ok((cri_task, kubelet))
+}
+
+/// `--cluster-dns`: the given address(es) (one, or one per family), else the tenth address of
+/// each service range (k3s's default: `10.43.0.10`; a dual-stack `--service-cidr` gives the
+/// IPv6 range's too).
+fn cluster_dns(given: &[IpAddr], service_cidr: &str) -> Result<Vec<IpAddr>> {
+    if !given.is_empty() {
+        anyhow::ensure!(
+            given.len() == 1 || (given.len() == 2 && given[0].is_ipv4() != given[1].is_ipv4()),
+            "--cluster-dns: expected one address or an IPv4,IPv6 pair"
+        );
+        return Ok(given.to_vec());
+    }
+    service_cidr
+        .split(',')
+        .map(|c| {
+            let base = c.trim().split('/').next().unwrap_or_default();
+            let ip: IpAddr = base
+                .parse()
+                .with_context(|| format!("--service-cidr {service_cidr}: not a CIDR"))?;
+            Ok(match ip {
+                IpAddr::V4(a) => IpAddr::from((u32::from(a) + 10).to_be_bytes()),
+                IpAddr::V6(a) => IpAddr::from((u128::from(a) + 10).to_be_bytes()),
+            })
+        })
+        .collect()
 }
 
 async fn wait_healthy(port: u16) {
@@ -569,4 +601,25 @@ fn parse_port_range(s: &str) -> Result<(u16, u16)> {
         anyhow::bail!("--service-node-port-range {s:?}: LOW must be between 1 and HIGH");
     }
     Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_dns_defaults_to_the_tenth_address_of_each_range() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            cluster_dns(&[], "10.43.0.0/16").unwrap(),
+            vec![ip("10.43.0.10")]
+        );
+        assert_eq!(
+            cluster_dns(&[], "10.43.0.0/16,fd00:43::/112").unwrap(),
+            vec![ip("10.43.0.10"), ip("fd00:43::a")]
+        );
+        let given = [ip("10.96.0.10"), ip("fd00:96::a")];
+        assert_eq!(cluster_dns(&given, "10.43.0.0/16").unwrap(), given);
+        assert!(cluster_dns(&[ip("10.0.0.1"), ip("10.0.0.2")], "10.43.0.0/16").is_err());
+    }
 }

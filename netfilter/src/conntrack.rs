@@ -3,6 +3,8 @@
 //! DNAT rule existed would otherwise keep bypassing it until it times out.
 
 use crate::nft::{Nft, NftError};
+use std::net::IpAddr;
+
 use crate::nlsock::{attrs, Attrs, NLA_F_NESTED};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -91,17 +93,26 @@ pub fn delete_by_dst_port(
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V6_SRC: u16 = 3;
 
-/// The IPv4 source of a tuple and its protocol number.
-fn v4_src_proto(tuple: &[u8]) -> (Option<[u8; 4]>, Option<u8>) {
+/// The source address of a tuple (IPv4 or IPv6) and its protocol number.
+fn src_proto(tuple: &[u8]) -> (Option<IpAddr>, Option<u8>) {
     let mut src = None;
     let mut proto = None;
     for (t, v) in attrs(tuple) {
         match t {
             CTA_TUPLE_IP => {
                 for (t2, v2) in attrs(v) {
-                    if t2 == CTA_IP_V4_SRC && v2.len() >= 4 {
-                        src = Some([v2[0], v2[1], v2[2], v2[3]]);
+                    match t2 {
+                        CTA_IP_V4_SRC if v2.len() >= 4 => {
+                            src = Some(IpAddr::from([v2[0], v2[1], v2[2], v2[3]]));
+                        }
+                        CTA_IP_V6_SRC if v2.len() >= 16 => {
+                            let mut a = [0u8; 16];
+                            a.copy_from_slice(&v2[..16]);
+                            src = Some(IpAddr::from(a));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -118,15 +129,19 @@ fn v4_src_proto(tuple: &[u8]) -> (Option<[u8; 4]>, Option<u8>) {
     (src, proto)
 }
 
-/// Deletes every IPv4 conntrack entry of protocol `proto` whose reply comes from `src` (the
-/// connections DNATed to an endpoint that is gone, as kube-proxy flushes them for UDP);
-/// returns how many.
-pub fn delete_by_reply_src(nl: &mut Nft, proto: u8, src: [u8; 4]) -> Result<usize, NftError> {
+/// Deletes every conntrack entry of protocol `proto` whose reply comes from `src` (the
+/// connections DNATed to an endpoint that is gone, as kube-proxy flushes them for UDP), in
+/// the table of `src`'s family (AF_INET or AF_INET6); returns how many.
+pub fn delete_by_reply_src(nl: &mut Nft, proto: u8, src: IpAddr) -> Result<usize, NftError> {
+    let family = match src {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    };
     let entries = match nl.dump_raw(
         "list conntrack entries",
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
-        libc::AF_INET as u8,
+        family,
         &[],
     ) {
         Ok(e) => e,
@@ -141,7 +156,7 @@ pub fn delete_by_reply_src(nl: &mut Nft, proto: u8, src: [u8; 4]) -> Result<usiz
         for (t, v) in attrs(&e) {
             match t {
                 CTA_TUPLE_ORIG => orig = Some(v.to_vec()),
-                CTA_TUPLE_REPLY => hit = v4_src_proto(v) == (Some(src), Some(proto)),
+                CTA_TUPLE_REPLY => hit = src_proto(v) == (Some(src), Some(proto)),
                 CTA_ZONE => zone = Some(v.to_vec()),
                 _ => {}
             }
@@ -157,7 +172,7 @@ pub fn delete_by_reply_src(nl: &mut Nft, proto: u8, src: [u8; 4]) -> Result<usiz
         match nl.request_ack(
             "delete a conntrack entry",
             (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
-            libc::AF_INET as u8,
+            family,
             &body.into_bytes(),
         ) {
             Ok(()) => n += 1,
@@ -166,4 +181,32 @@ pub fn delete_by_reply_src(nl: &mut Nft, proto: u8, src: [u8; 4]) -> Result<usiz
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(ip_attr: u16, ip: &[u8], proto: u8) -> Vec<u8> {
+        let mut ipn = Attrs::default();
+        ipn.put(ip_attr, ip);
+        let mut pn = Attrs::default();
+        pn.put(CTA_PROTO_NUM, &[proto]);
+        let mut t = Attrs::default();
+        t.put(CTA_TUPLE_IP | NLA_F_NESTED, &ipn.into_bytes());
+        t.put(CTA_TUPLE_PROTO | NLA_F_NESTED, &pn.into_bytes());
+        t.into_bytes()
+    }
+
+    #[test]
+    fn reply_sources_of_both_families() {
+        let v4 = tuple(CTA_IP_V4_SRC, &[10, 244, 0, 5], 17);
+        assert_eq!(
+            src_proto(&v4),
+            (Some("10.244.0.5".parse().unwrap()), Some(17))
+        );
+        let a: std::net::Ipv6Addr = "fd00:10:244::5".parse().unwrap();
+        let v6 = tuple(CTA_IP_V6_SRC, &a.octets(), 17);
+        assert_eq!(src_proto(&v6), (Some(IpAddr::V6(a)), Some(17)));
+    }
 }

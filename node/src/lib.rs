@@ -94,6 +94,8 @@ pub struct KubeletConfig {
     pub pod_cidr: String,
     /// The node's InternalIP (also the pods' hostIP).
     pub node_ip: IpAddr,
+    /// The other family's InternalIP of a dual-stack node (`--node-ip=<v4>,<v6>`).
+    pub secondary_node_ip: Option<IpAddr>,
     /// Port of the kubelet's HTTPS server (10250).
     pub port: u16,
     /// Address to bind the server on (all addresses by default).
@@ -154,6 +156,7 @@ impl KubeletConfig {
             cri_endpoint: PathBuf::from("/run/skiff/cri.sock"),
             pod_cidr: "10.42.0.0/24".into(),
             node_ip,
+            secondary_node_ip: None,
             port: 10250,
             bind_address: IpAddr::from([0, 0, 0, 0]),
             root_dir: PathBuf::from("/var/lib/skiff/kubelet"),
@@ -397,6 +400,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
     let facts = node::NodeFacts {
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip,
+        secondary_node_ip: cfg.secondary_node_ip,
         pod_cidr: cfg.pod_cidr.clone(),
         port: cfg.port,
         roles: cfg.roles.clone(),

@@ -94,6 +94,8 @@ impl HostInfo {
 pub struct NodeFacts {
     pub node_name: String,
     pub node_ip: IpAddr,
+    /// A dual-stack node's InternalIP of the other family, listed after `node_ip`.
+    pub secondary_node_ip: Option<IpAddr>,
     pub pod_cidr: String,
     pub port: u16,
     /// Roles: each becomes the label `node-role.kubernetes.io/<role>`.
@@ -295,16 +297,19 @@ pub fn node_status(
     NodeStatus {
         capacity: Some(cap),
         allocatable: Some(alloc),
-        addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".into(),
-                address: f.node_ip.to_string(),
-            },
-            NodeAddress {
-                type_: "Hostname".into(),
-                address: f.node_name.clone(),
-            },
-        ]),
+        addresses: Some(
+            std::iter::once(f.node_ip)
+                .chain(f.secondary_node_ip)
+                .map(|ip| NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.to_string(),
+                })
+                .chain(std::iter::once(NodeAddress {
+                    type_: "Hostname".into(),
+                    address: f.node_name.clone(),
+                }))
+                .collect(),
+        ),
         conditions: Some(vec![
             if mem_pressure {
                 cond(
@@ -519,6 +524,7 @@ mod tests {
         NodeFacts {
             node_name: "sk-node".into(),
             node_ip: "10.0.0.5".parse().unwrap(),
+            secondary_node_ip: None,
             pod_cidr: "10.42.0.0/24".into(),
             port: 10250,
             roles: vec!["control-plane".into()],

@@ -101,8 +101,20 @@ fn nft_table_exists() -> bool {
 /// without dummy links has it.
 fn remove_dns_address(service_cidr: &str) {
     let dns = format!("{}.10/32", service_cidr.trim_end_matches(".0/24"));
+    remove_lo_address(&dns);
+}
+
+/// Removes the IPv6 cluster DNS address of a dual-stack cluster (the tenth of its IPv6
+/// service range, `fd00:10:43:<slot>::a`) from lo.
+fn remove_dns_address6(dual_stack: &Option<(String, String)>) {
+    if let Some((_, s6)) = dual_stack {
+        remove_lo_address(&format!("{}a/128", s6.trim_end_matches("/112")));
+    }
+}
+
+fn remove_lo_address(addr: &str) {
     let _ = Command::new("ip")
-        .args(["addr", "del", &dns, "dev", "lo"])
+        .args(["addr", "del", addr, "dev", "lo"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -227,6 +239,7 @@ impl ControlPlane {
         crate::netns::delete_link(&agent.bridge);
         crate::netns::delete_link(&agent.dns_link);
         remove_dns_address(&agent.service_cidr);
+        remove_dns_address6(&agent.dual_stack);
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();
@@ -285,17 +298,24 @@ impl ControlPlane {
                         "memory.available<100Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%",
                     ]);
                 }
-                let (pods, services) = match &a.dual_stack {
+                // A dual-stack cluster's DNS has an address in each service range (the
+                // tenth, as the IPv4 one).
+                let (pods, services, dns) = match &a.dual_stack {
                     Some((p6, s6)) => (
                         format!("{},{p6}", a.pod_cidr),
                         format!("{},{s6}", a.service_cidr),
+                        format!("{svc_base}.10,{}a", s6.trim_end_matches("/112")),
                     ),
-                    None => (a.pod_cidr.clone(), a.service_cidr.clone()),
+                    None => (
+                        a.pod_cidr.clone(),
+                        a.service_cidr.clone(),
+                        format!("{svc_base}.10"),
+                    ),
                 };
                 cmd.args(["--node-name", &a.node, "--cni-bridge", &a.bridge])
                     .args(["--cluster-cidr", &pods])
                     .args(["--service-cidr", &services])
-                    .args(["--cluster-dns", &format!("{svc_base}.10")])
+                    .args(["--cluster-dns", &dns])
                     .args(["--cgroup-root", &a.cgroup_root])
                     .args(["--nftables-table", &a.proxy_table])
                     .args(["--cluster-dns-interface", &a.dns_link])
@@ -316,7 +336,11 @@ impl ControlPlane {
                 ));
             }
         }
-        cmd.args(["--bind-address", "127.0.0.1", "--node-ip", "127.0.0.1"])
+        // A test may give its own --node-ip (a dual-stack pair).
+        if !extra.contains(&"--node-ip") {
+            cmd.args(["--node-ip", "127.0.0.1"]);
+        }
+        cmd.args(["--bind-address", "127.0.0.1"])
             .arg("--https-listen-port")
             .arg(port.to_string())
             .arg("--data-dir")
@@ -652,6 +676,7 @@ impl Drop for ControlPlane {
         crate::netns::delete_link(&agent.dns_link);
         // Kernels without dummy links get the DNS address on lo.
         remove_dns_address(&agent.service_cidr);
+        remove_dns_address6(&agent.dual_stack);
         let _ = Command::new(crate::workspace_bin("skiff"))
             .args(["proxy", "--cleanup", "--nftables-table", &agent.proxy_table])
             .status();

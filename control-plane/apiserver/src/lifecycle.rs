@@ -177,6 +177,48 @@ pub async fn check_cluster_ip(ctx: &Ctx, ip: &str, owner: &str) -> IpCheck {
     }
 }
 
+/// What the start-up repair check found about one node port of a Service.
+#[derive(Debug, PartialEq)]
+pub enum PortCheck {
+    Ok,
+    /// Outside `--service-node-port-range` (its record, if any, is dropped, as upstream's
+    /// rebuilt allocation cannot hold it).
+    OutOfRange,
+    AlreadyAllocated,
+    /// Not recorded: recorded now for the Service.
+    Repaired,
+}
+
+/// The node port range as upstream prints it (`30000-32767`).
+pub fn node_port_range(ctx: &Ctx) -> String {
+    format!("{}-{}", ctx.services.ports.0, ctx.services.ports.1)
+}
+
+/// Checks node port `port` of Service `owner` (`namespace/name`) against the range and the
+/// allocation records (upstream's portallocator repair controller), recording it when the
+/// record is missing.
+pub async fn check_node_port(ctx: &Ctx, port: u64, owner: &str) -> PortCheck {
+    let (lo, hi) = ctx.services.ports;
+    let key = format!("{PORT_PREFIX}{port}");
+    let record = ctx.store.get(&key).await;
+    if port < u64::from(lo) || port > u64::from(hi) {
+        if matches!(&record, Ok(Some(kv)) if kv.value == owner.as_bytes()) {
+            release(ctx, &key).await;
+        }
+        return PortCheck::OutOfRange;
+    }
+    match record {
+        Ok(Some(kv)) if kv.value == owner.as_bytes() => PortCheck::Ok,
+        Ok(Some(_)) => PortCheck::AlreadyAllocated,
+        Ok(None) => match ctx.store.create(&key, owner.as_bytes().to_vec()).await {
+            Ok(_) => PortCheck::Repaired,
+            // Taken meanwhile by another Service.
+            Err(_) => PortCheck::AlreadyAllocated,
+        },
+        Err(_) => PortCheck::Ok,
+    }
+}
+
 /// Takes `key` for `owner`: true when it is now `owner`'s (newly, or it already was: a Service
 /// update keeps what the Service holds). Keys taken newly are pushed to `fresh`.
 async fn take(ctx: &Ctx, key: String, owner: &str, fresh: &mut Vec<String>) -> bool {

@@ -12,12 +12,88 @@
 //! | `ClusterIPNotAllocated` | not recorded: the record is repaired |
 //!
 //! Source component `ipallocator-repair-controller`, as upstream.
+//!
+//! Node ports get the same check as kube-apiserver's port repair controller
+//! (`portallocator/controller/repair.go`), source `portallocator-repair-controller`: every
+//! `nodePort` (the same port for TCP and UDP counted once) and `healthCheckNodePort`:
+//!
+//! | reason | when |
+//! | --- | --- |
+//! | `PortOutOfRange` | outside `--service-node-port-range` (its record is dropped) |
+//! | `PortAlreadyAllocated` | recorded for another Service |
+//! | `PortNotAllocated` | not recorded: the record is repaired |
 
 use crate::handlers::{self, Ctx};
-use crate::lifecycle::{self, create_internal, IpCheck};
+use crate::lifecycle::{self, create_internal, IpCheck, PortCheck};
 use serde_json::{json, Value};
 
 pub const COMPONENT: &str = "ipallocator-repair-controller";
+pub const PORT_COMPONENT: &str = "portallocator-repair-controller";
+
+/// The node ports of a Service as upstream's repair collects them: each `nodePort` once per
+/// protocol (a port shared by TCP and UDP counts once), then `healthCheckNodePort` unless a
+/// TCP node port already has it.
+fn node_ports(svc: &Value) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut seen: Vec<(u64, Vec<String>)> = Vec::new();
+    for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+        let Some(n) = p["nodePort"].as_u64().filter(|n| *n != 0) else {
+            continue;
+        };
+        let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
+        match seen.iter_mut().find(|(port, _)| *port == n) {
+            None => {
+                seen.push((n, vec![proto]));
+                out.push(n);
+            }
+            Some((_, protos)) if protos.contains(&proto) => out.push(n),
+            Some((_, protos)) => protos.push(proto),
+        }
+    }
+    if let Some(h) = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .filter(|n| *n != 0)
+    {
+        match seen.iter().find(|(port, _)| *port == h) {
+            Some((_, protos)) if !protos.iter().any(|p| p == "TCP") => {}
+            _ => out.push(h),
+        }
+    }
+    out
+}
+
+async fn check_ports(ctx: &Ctx, svc: &Value, owner: &str) {
+    let range = lifecycle::node_port_range(ctx);
+    let mut held: Vec<u64> = Vec::new();
+    for port in node_ports(svc) {
+        // The same port twice in one Service (same protocol) is a duplicate, as upstream.
+        let check = if held.contains(&port) {
+            PortCheck::AlreadyAllocated
+        } else {
+            held.push(port);
+            lifecycle::check_node_port(ctx, port, owner).await
+        };
+        let (reason, message) = match check {
+            PortCheck::Ok => continue,
+            PortCheck::OutOfRange => (
+                "PortOutOfRange",
+                format!(
+                    "Port {port} is not within the port range {range}; please recreate service"
+                ),
+            ),
+            PortCheck::AlreadyAllocated => (
+                "PortAlreadyAllocated",
+                format!("Port {port} was assigned to multiple services; please recreate service"),
+            ),
+            PortCheck::Repaired => (
+                "PortNotAllocated",
+                format!("Port {port} is not allocated; repairing"),
+            ),
+        };
+        tracing::warn!(service = %owner, %reason, %message, "service node port repair");
+        event(ctx, svc, reason, &message, PORT_COMPONENT, None).await;
+    }
+}
 
 /// Checks every stored Service once.
 pub async fn run(ctx: &Ctx) {
@@ -73,12 +149,29 @@ pub async fn run(ctx: &Ctx) {
                 ),
             };
             tracing::warn!(service = %owner, %reason, %message, "service cluster IP repair");
-            warn(ctx, &svc, reason, &message).await;
+            event(
+                ctx,
+                &svc,
+                reason,
+                &message,
+                COMPONENT,
+                Some("ClusterIPValidation"),
+            )
+            .await;
         }
+        check_ports(ctx, &svc, &owner).await;
     }
 }
 
-async fn warn(ctx: &Ctx, svc: &Value, reason: &str, message: &str) {
+/// A Warning event on the Service from `component`.
+async fn event(
+    ctx: &Ctx,
+    svc: &Value,
+    reason: &str,
+    message: &str,
+    component: &str,
+    action: Option<&str>,
+) {
     let Some(ev_res) = ctx.registry.by_kind("", "Event") else {
         return;
     };
@@ -92,10 +185,38 @@ async fn warn(ctx: &Ctx, svc: &Value, reason: &str, message: &str) {
         "involvedObject": {"apiVersion": "v1", "kind": "Service", "name": name, "namespace": ns,
                            "uid": svc["metadata"]["uid"], "resourceVersion": svc["metadata"]["resourceVersion"]},
         "reason": reason, "message": message, "type": "Warning",
-        "action": "ClusterIPValidation",
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT, "reportingInstance": "",
+        "source": {"component": component},
+        "reportingComponent": component, "reportingInstance": "",
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
     });
+    if let Some(a) = action {
+        ev["action"] = json!(a);
+    }
     create_internal(ctx, &ev_res, &mut ev).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ports_are_collected_as_upstream() {
+        let svc = json!({"spec": {
+            "ports": [
+                {"port": 53, "protocol": "UDP", "nodePort": 30053},
+                {"port": 53, "protocol": "TCP", "nodePort": 30053},
+                {"port": 80, "nodePort": 30080},
+                {"port": 81, "nodePort": 30080},
+                {"port": 82},
+            ],
+            "healthCheckNodePort": 30099,
+        }});
+        // 30053 for TCP and UDP once; 30080 twice for TCP (a duplicate); the health port.
+        assert_eq!(node_ports(&svc), vec![30053, 30080, 30080, 30099]);
+        let shared = json!({"spec": {"ports": [{"port": 80, "nodePort": 30080}], "healthCheckNodePort": 30080}});
+        // The health port on a TCP node port is a duplicate; on a UDP-only one it is not.
+        assert_eq!(node_ports(&shared), vec![30080, 30080]);
+        let udp = json!({"spec": {"ports": [{"port": 80, "protocol": "UDP", "nodePort": 30080}], "healthCheckNodePort": 30080}});
+        assert_eq!(node_ports(&udp), vec![30080]);
+    }
 }

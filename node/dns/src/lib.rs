@@ -48,6 +48,9 @@ pub enum DnsError {
 pub struct DnsConfig {
     /// The cluster DNS address (the kube-dns Service's ClusterIP).
     pub address: IpAddr,
+    /// The other family's address on a dual-stack cluster (`--cluster-dns=<v4>,<v6>`): the
+    /// kube-dns Service's second ClusterIP, served alike.
+    pub secondary: Option<IpAddr>,
     pub port: u16,
     pub cluster_domain: String,
     /// The node's resolver config; its nameservers get every other name.
@@ -64,6 +67,7 @@ impl DnsConfig {
     pub fn new(address: IpAddr, node_name: &str) -> Self {
         DnsConfig {
             address,
+            secondary: None,
             port: 53,
             cluster_domain: "cluster.local".into(),
             resolv_conf: "/etc/resolv.conf".into(),
@@ -71,6 +75,15 @@ impl DnsConfig {
             node_name: node_name.into(),
             manage_service: true,
         }
+    }
+}
+
+impl DnsConfig {
+    /// The addresses served: the primary one, then the secondary.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        std::iter::once(self.address)
+            .chain(self.secondary)
+            .collect()
     }
 }
 
@@ -104,10 +117,20 @@ async fn ensure_service(client: &kube::Client, cfg: &DnsConfig) -> Result<(), Dn
         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
         {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
     ]);
+    let ips: Vec<String> = cfg.addresses().iter().map(|ip| ip.to_string()).collect();
+    let mut spec = serde_json::json!({"clusterIP": ips[0], "ports": ports});
+    if ips.len() == 2 {
+        // Dual-stack: one ClusterIP per family, as k3s's CoreDNS Service
+        // (ipFamilyPolicy PreferDualStack with the --cluster-dns pair).
+        let fam = |ip: &IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        spec["clusterIPs"] = serde_json::json!(ips);
+        spec["ipFamilyPolicy"] = serde_json::json!("PreferDualStack");
+        spec["ipFamilies"] = serde_json::json!(cfg.addresses().iter().map(fam).collect::<Vec<_>>());
+    }
     let s = serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
-        "spec": {"clusterIP": cfg.address.to_string(), "ports": ports},
+        "spec": spec,
     });
     svc.patch("kube-dns", &ssa, &Patch::Apply(&s)).await?;
     let ep: Api<Endpoints> = Api::namespaced(client.clone(), "kube-system");
@@ -115,7 +138,7 @@ async fn ensure_service(client: &kube::Client, cfg: &DnsConfig) -> Result<(), Dn
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
         "subsets": [{
-            "addresses": [{"ip": cfg.address.to_string(), "nodeName": cfg.node_name}],
+            "addresses": ips.iter().map(|ip| serde_json::json!({"ip": ip, "nodeName": cfg.node_name})).collect::<Vec<_>>(),
             "ports": [
                 {"name": "dns", "port": 53, "protocol": "UDP"},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
@@ -133,9 +156,11 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DnsError> {
     if let Some(ifname) = &cfg.interface {
-        link::ensure_address(ifname, cfg.address)
-            .await
-            .map_err(|e| DnsError::Link(cfg.address, e))?;
+        for ip in cfg.addresses() {
+            link::ensure_address(ifname, ip)
+                .await
+                .map_err(|e| DnsError::Link(ip, e))?;
+        }
     }
     let (svc_r, svc_w) = reflector::store::<Service>();
     let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
@@ -174,11 +199,18 @@ pub async fn run(
             }),
         );
     }
-    let upstream = upstreams(&cfg.resolv_conf, cfg.address);
+    let upstream: Vec<SocketAddr> = upstreams(&cfg.resolv_conf, cfg.address)
+        .into_iter()
+        .filter(|u| Some(u.ip()) != cfg.secondary)
+        .collect();
     let server = Arc::new(Server::new(&cfg.cluster_domain, upstream));
-    let addr = SocketAddr::new(cfg.address, cfg.port);
-    let (udp, tcp) = server.clone().listen(addr).await?;
-    tracing::info!(%addr, domain = %cfg.cluster_domain, "cluster DNS listening");
+    let mut tasks = Vec::new();
+    for ip in cfg.addresses() {
+        let addr = SocketAddr::new(ip, cfg.port);
+        let (udp, tcp) = server.clone().listen(addr).await?;
+        tracing::info!(%addr, domain = %cfg.cluster_domain, "cluster DNS listening");
+        tasks.extend([udp, tcp]);
+    }
     if cfg.manage_service {
         let client = client.clone();
         let cfg = cfg.clone();
@@ -208,7 +240,8 @@ pub async fn run(
         _ = stop => {}
         _ = rebuild => {}
     }
-    udp.abort();
-    tcp.abort();
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }

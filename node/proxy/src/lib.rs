@@ -129,8 +129,6 @@ impl Ids {
 /// What one sync computed beside the nftables program.
 #[derive(Default)]
 struct Extras {
-    /// LoadBalancer Services whose status must list these addresses.
-    lb_status: Vec<(String, String, Vec<String>)>,
     /// Health-check node port -> (namespace/name, local endpoints).
     health: BTreeMap<u16, (String, String, usize)>,
     /// UDP endpoint addresses in the program.
@@ -192,7 +190,6 @@ fn slice_endpoints(
 fn build(
     cfg: &ProxyConfig,
     fam: Family,
-    lb_status: bool,
     cluster_cidr: Option<(IpAddr, u8)>,
     node_ips: &[IpAddr],
     services: &[Arc<Service>],
@@ -260,19 +257,6 @@ fn build(
             .filter_map(|i| i.parse().ok())
             .filter(|ip| Family::of(ip) == fam)
             .collect();
-        if ty == "LoadBalancer" && lb_status {
-            let want: Vec<String> = node_ips.iter().map(|i| i.to_string()).collect();
-            let have: Vec<String> = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.as_ref())
-                .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
-                .unwrap_or_default();
-            if have != want {
-                x.lb_status.push((ns.clone(), name.clone(), want));
-            }
-        }
         if ty == "LoadBalancer" {
             ext_ips.extend(node_ips.iter().copied());
         }
@@ -389,8 +373,6 @@ pub struct Syncer {
     cfg: ProxyConfig,
     /// The family of this syncer's table (`ip` or `ip6` <table>).
     fam: Family,
-    /// Whether this syncer writes LoadBalancer statuses (one family's does).
-    lb_status: bool,
     cluster_cidr: Option<(IpAddr, u8)>,
     nft: Nft,
     ids: Ids,
@@ -422,7 +404,6 @@ impl Syncer {
         Ok(Syncer {
             cfg,
             fam,
-            lb_status: fam == Family::V4,
             cluster_cidr,
             nft: Nft::open_large()?,
             ids: Ids::default(),
@@ -489,7 +470,6 @@ impl Syncer {
                     let (prog, extras) = build(
                         &self.cfg,
                         fam,
-                        self.lb_status,
                         self.cluster_cidr,
                         node_ips,
                         std::slice::from_ref(svc),
@@ -542,7 +522,6 @@ impl Syncer {
         }
         let mut extras = Extras::default();
         for f in frags.values() {
-            extras.lb_status.extend(f.extras.lb_status.iter().cloned());
             extras.health.extend(f.extras.health.clone());
             extras
                 .udp_endpoints
@@ -557,10 +536,9 @@ impl Syncer {
         self.in_sync = true;
         // Conntrack entries of UDP endpoints that are gone (a UDP "connection" would keep
         // going to the old endpoint until it times out).
+        // Each family's syncer flushes its own (AF_INET or AF_INET6) conntrack table.
         for ip in self.udp_endpoints.difference(&extras.udp_endpoints) {
-            // (IPv4 only: the conntrack client filters on IPv4 reply sources.)
-            let IpAddr::V4(v4) = ip else { continue };
-            match skiff_netfilter::conntrack::delete_by_reply_src(&mut self.nft, 17, v4.octets()) {
+            match skiff_netfilter::conntrack::delete_by_reply_src(&mut self.nft, 17, *ip) {
                 Ok(n) if n > 0 => {
                     tracing::debug!(endpoint = %ip, flushed = n, "flushed UDP conntrack entries")
                 }
@@ -792,7 +770,7 @@ pub async fn run(
                             "synced service rules"
                         );
                     }
-                    for (ns, name, ips) in extras.lb_status {
+                    for (ns, name, ips) in lb_statuses(&services, &ips, families) {
                         let api: Api<Service> = Api::namespaced(client.clone(), &ns);
                         let ingress: Vec<LoadBalancerIngress> = ips
                             .into_iter()
@@ -846,6 +824,63 @@ pub async fn run(
     Ok(())
 }
 
+/// The `type: LoadBalancer` Services whose `status.loadBalancer.ingress` must change, with
+/// the addresses it must list: the node's addresses of the Service's `ipFamilies` (in that
+/// order) that this proxy serves (k3s's servicelb filters the node addresses by the
+/// Service's families alike).
+fn lb_statuses(
+    services: &[Arc<Service>],
+    node_ips: &[IpAddr],
+    families: &[Family],
+) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            continue;
+        }
+        let mut svc_fams: Vec<Family> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(Family::V4),
+                "IPv6" => Some(Family::V6),
+                _ => None,
+            })
+            .collect();
+        if svc_fams.is_empty() {
+            // Objects written before ipFamilies existed: the ClusterIPs' families.
+            svc_fams = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .filter_map(|c| c.parse::<IpAddr>().ok())
+                .map(|ip| Family::of(&ip))
+                .collect();
+        }
+        let want: Vec<String> = svc_fams
+            .iter()
+            .filter(|f| families.contains(f))
+            .flat_map(|f| node_ips.iter().filter(move |ip| Family::of(ip) == *f))
+            .map(|ip| ip.to_string())
+            .collect();
+        let have: Vec<String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        if have != want {
+            out.push((svc.namespace().unwrap_or_default(), svc.name_any(), want));
+        }
+    }
+    out
+}
+
 /// Whether a Service has an IPv6 ClusterIP.
 fn has_v6_ip(svc: &Service) -> bool {
     svc.spec.as_ref().is_some_and(|s| {
@@ -890,3 +925,46 @@ pub fn table_exists(table: &str) -> Result<bool, ProxyError> {
 
 /// The store type the proxy reads (re-exported for benchmarks building objects).
 pub type ServiceStore = Store<Service>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb(name: &str, families: &[&str], ingress: &[&str]) -> Arc<Service> {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "ipFamilies": families},
+            "status": {"loadBalancer": {"ingress": ingress.iter().map(|i| serde_json::json!({"ip": i})).collect::<Vec<_>>()}},
+        }))
+        .unwrap();
+        Arc::new(svc)
+    }
+
+    #[test]
+    fn load_balancer_ingress_follows_the_service_families() {
+        let ips: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let both = [Family::V4, Family::V6];
+        let svcs = vec![
+            lb("dual", &["IPv6", "IPv4"], &[]),
+            lb("v4", &["IPv4"], &["10.0.0.5"]),
+            lb("v6", &["IPv6"], &["10.0.0.5"]),
+        ];
+        let got = lb_statuses(&svcs, &ips, &both);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "default".into(),
+                    "dual".into(),
+                    vec!["fd00::5".into(), "10.0.0.5".into()]
+                ),
+                ("default".into(), "v6".into(), vec!["fd00::5".into()]),
+            ]
+        );
+        // Without an ip6 table, IPv6 addresses are not served.
+        let got = lb_statuses(&svcs, &ips, &[Family::V4]);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].2, vec!["10.0.0.5".to_string()]);
+        assert!(got[1].2.is_empty());
+    }
+}
