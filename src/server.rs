@@ -559,8 +559,11 @@ async fn wait_healthy(port: u16) {
     }
 }
 
+/// A client for a component's identity in `kubeconfig`: every request and watch on one HTTP/2
+/// connection (`skiff_controllers::transport`), not one HTTP/1 connection per request in flight.
 pub async fn kube_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
-    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+    let config = kube_config(kubeconfig).await?;
+    Ok(skiff_controllers::transport::Connection::new(&config)?.client(&config)?)
 }
 
 /// The client configuration in `kubeconfig`, with the read timeout every in-process client uses.

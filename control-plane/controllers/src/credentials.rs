@@ -12,9 +12,10 @@ use http::HeaderValue;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{ObjectMeta, PostParams};
-use kube::client::{Body, ClientBuilder};
+use kube::client::Body;
 use kube::{Api, Client};
 
+use crate::transport::Connection;
 use crate::ControllerError;
 
 /// Where the controllers' service accounts live, as upstream.
@@ -28,13 +29,20 @@ const TOKEN_SECONDS: i64 = 3600;
 pub struct Credentials {
     /// The controller manager's own client (creates service accounts, asks for tokens).
     root: Client,
-    /// The configuration `root` was built from: the server's address and CA.
+    /// The configuration `root` was built from, without its credentials: the server's address
+    /// and CA.
     config: kube::Config,
+    /// The connection every controller's requests share (no client certificate: each request
+    /// carries its controller's token).
+    conn: Connection,
 }
 
 impl Credentials {
-    pub fn new(root: Client, config: kube::Config) -> Credentials {
-        Credentials { root, config }
+    pub fn new(root: Client, mut config: kube::Config) -> Result<Credentials, ControllerError> {
+        // The bearer token is the only credential: no client certificate, no other auth.
+        config.auth_info = Default::default();
+        let conn = Connection::new(&config)?;
+        Ok(Credentials { root, config, conn })
     }
 
     /// A client authenticated as `kube-system/<sa>`. Its token is renewed in the background until
@@ -46,9 +54,6 @@ impl Credentials {
     ) -> Result<Client, ControllerError> {
         let (header, lifetime) = self.token(sa).await?;
         let current = Arc::new(RwLock::new(header));
-        let mut config = self.config.clone();
-        // The bearer token is the only credential: no client certificate, no other auth.
-        config.auth_info = Default::default();
         let shared = current.clone();
         let stamp = tower::util::MapRequestLayer::new(move |mut req: http::Request<Body>| {
             let value = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -56,7 +61,9 @@ impl Credentials {
             req
         });
         let refused = Arc::new(tokio::sync::Notify::new());
-        let client = ClientBuilder::try_from(config)?
+        let client = self
+            .conn
+            .builder(&self.config)?
             .with_layer(&stamp)
             .with_layer(&OnUnauthorized(refused.clone()))
             .build();

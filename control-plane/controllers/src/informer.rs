@@ -210,12 +210,30 @@ pub fn slim<K: Resource>(o: &mut K) {
 /// [`slim`] for pods, which are most of what the controllers cache: of the volumes only the
 /// PersistentVolumeClaim ones are kept (the volume binder looks for a claim's consumers; no
 /// other controller reads a pod's volumes, and the service-account token volume every pod has
-/// is large in memory).
+/// is large in memory); of each container what controllers read (name, image, ports for the
+/// endpoint controllers' named ports, resources for the autoscaler, restart policy for
+/// sidecars), not its command, environment, mounts or probes. No controller writes a pod from
+/// its cached copy (they patch, delete or evict).
 pub fn slim_pod(p: &mut Pod) {
     slim(p);
-    if let Some(vols) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
-        vols.retain(|v| v.persistent_volume_claim.is_some());
-        vols.shrink_to_fit();
+    if let Some(spec) = p.spec.as_mut() {
+        if let Some(vols) = spec.volumes.as_mut() {
+            vols.retain(|v| v.persistent_volume_claim.is_some());
+            vols.shrink_to_fit();
+        }
+        let keep = |c: &mut k8s_openapi::api::core::v1::Container| {
+            *c = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut c.name),
+                image: c.image.take(),
+                image_pull_policy: c.image_pull_policy.take(),
+                ports: c.ports.take(),
+                resources: c.resources.take(),
+                restart_policy: c.restart_policy.take(),
+                ..Default::default()
+            };
+        };
+        spec.containers.iter_mut().for_each(keep);
+        spec.init_containers.iter_mut().flatten().for_each(keep);
     }
 }
 
@@ -296,7 +314,10 @@ mod tests {
                                               "name": "rs", "uid": "u1", "controller": true}],
                          "managedFields": [{"manager": "kubectl", "operation": "Apply",
                                             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}],
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
+                                                       "command": ["sleep", "3600"],
+                                                       "ports": [{"name": "http", "containerPort": 80}],
+                                                       "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
                      "volumes": [
                          {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
                          {"name": "kube-api-access", "projected": {"sources": [
@@ -316,6 +337,10 @@ mod tests {
         );
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("busybox"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
+        assert!(c.command.is_none() && c.volume_mounts.is_none());
         assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
         assert_eq!(
             p.status.as_ref().unwrap().pod_ip.as_deref(),

@@ -47,6 +47,7 @@ pub mod job;
 mod revision;
 pub mod statefulset;
 pub mod storage;
+pub mod transport;
 pub mod ttl_after_finished;
 mod workload;
 
@@ -137,8 +138,10 @@ pub async fn run(
     config: kube::Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let client = Client::try_from(config.clone())?;
-    let credentials = credentials::Credentials::new(client.clone(), config);
+    // Two HTTP/2 connections for all: the manager's (its certificate) and the controllers'
+    // (their tokens); see [`transport`].
+    let client = transport::Connection::new(&config)?.client(&config)?;
+    let credentials = credentials::Credentials::new(client.clone(), config)?;
     let elector = leader::Elector::new(client.clone(), leader::host_identity().await);
     tokio::pin!(stop);
     loop {

@@ -338,12 +338,7 @@ async fn watch_pods(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>) 
         Api::<Pod>::all(s.client.clone()),
         ready,
         move |mut p: Pod| {
-            // Of the volumes only the claims matter here (`volumes::claims_of`); the others
-            // (the service-account token volume every pod has) are large as Rust values.
-            if let Some(v) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
-                v.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
-                v.shrink_to_fit();
-            }
+            slim_pod(&mut p);
             on_pod(&s1, p)
         },
         move |gone: Option<&Pod>, keep: &HashSet<String>| {
@@ -374,6 +369,43 @@ async fn watch_pods(s: Arc<Shared>, ready: Arc<tokio::sync::watch::Sender<u8>>) 
         },
     )
     .await
+}
+
+/// What the scheduler keeps of a pod: the cache holds every pod of the cluster, so only what
+/// scheduling reads is kept (the scheduler writes pods through patches and `pods/binding` only,
+/// never from a cached copy). Of the volumes only the claims (`volumes::claims_of`); the others,
+/// such as the service-account token volume every pod has, are large as Rust values. Of each
+/// container its name, image (image locality), resources, host ports and restart policy
+/// (sidecars); of the status the phase, the nominated node and the start time (preemption).
+pub fn slim_pod(p: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodStatus};
+    if let Some(spec) = p.spec.as_mut() {
+        if let Some(v) = spec.volumes.as_mut() {
+            v.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+            v.shrink_to_fit();
+        }
+        let keep = |c: &mut Container| {
+            *c = Container {
+                name: std::mem::take(&mut c.name),
+                image: c.image.take(),
+                resources: c.resources.take(),
+                ports: c.ports.take(),
+                restart_policy: c.restart_policy.take(),
+                ..Default::default()
+            };
+        };
+        spec.containers.iter_mut().for_each(keep);
+        spec.init_containers.iter_mut().flatten().for_each(keep);
+        spec.ephemeral_containers = None;
+    }
+    if let Some(st) = p.status.take() {
+        p.status = Some(PodStatus {
+            phase: st.phase,
+            nominated_node_name: st.nominated_node_name,
+            start_time: st.start_time,
+            ..Default::default()
+        });
+    }
 }
 
 fn on_pod(s: &Shared, p: Pod) {
