@@ -171,6 +171,11 @@ impl Drop for SkiffCri {
     }
 }
 
+/// Shared test hosts run with little free disk: upstream's default disk thresholds (nodefs 10%,
+/// imagefs 15%) would put the node under DiskPressure, and admission would reject every pod.
+/// The same relaxed thresholds as the cluster harness (`control_plane.rs`).
+pub const EVICTION_HARD: &str = "evictionHard:\n  memory.available: 100Mi\n  nodefs.available: 1%\n  imagefs.available: 1%\n  nodefs.inodesFree: 1%\n";
+
 /// `skiff kubelet` beside `cp` on the CRI at `socket`: node `name`, pods under `cgroup_root`,
 /// state and logs in `dir` (`kubelet.log`), the control plane's serving certificate and CA, a
 /// KubeletConfiguration with `podLogsDir` in `dir`, node IP 127.0.0.1, :10250 on a free port.
@@ -188,7 +193,7 @@ pub fn start_kubelet(
     std::fs::write(
         &config,
         format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDomain: cluster.local\npodLogsDir: {}\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDomain: cluster.local\npodLogsDir: {}\n{EVICTION_HARD}",
             dir.join("pods").display()
         ),
     )
