@@ -288,9 +288,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             &stopped,
         )?)
     };
-    let (cri, kubelet) = match agent {
-        Some((c, k)) => (c, Some(k)),
-        None => (None, None),
+    let (cri, kubelet, dns) = match agent {
+        Some((c, k, d)) => (c, Some(k), d),
+        None => (None, None, None),
     };
     let cri = async {
         match cri {
@@ -313,10 +313,23 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         _ = shutdown_signal() => { tracing::info!("shutting down"); }
     }
     let _ = stop_tx.send(true);
+    // A clean stop takes the cluster DNS address off the host (its dummy link, or lo): give
+    // the DNS task the few milliseconds it needs before the runtime goes away.
+    if let Some(dns) = dns {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), dns).await;
+    }
     Ok(())
 }
 
 type Task<E> = tokio::task::JoinHandle<Result<(), E>>;
+
+/// The agent's tasks `run` waits on: the CRI server (unless an outside one is used), the
+/// kubelet, and the cluster DNS (awaited after a stop, so that it can clean up).
+type AgentTasks = (
+    Option<Task<skiff_cri::CriError>>,
+    Task<skiff_node::NodeError>,
+    Option<tokio::task::JoinHandle<()>>,
+);
 
 /// This node's pod ranges: the first /24 of the cluster CIDR, and the first /64 of its IPv6
 /// range when it is a dual-stack pair (`10.42.0.0/16,fd00:42::/56`), comma-separated.
@@ -417,10 +430,7 @@ fn start_agent<F, Fut>(
     node_ips: &[IpAddr],
     kubeconfigs: Kubeconfigs<'_>,
     stopped: &F,
-) -> Result<(
-    Option<Task<skiff_cri::CriError>>,
-    Task<skiff_node::NodeError>,
-)>
+) -> Result<AgentTasks>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -499,6 +509,7 @@ where
             }
         });
     }
+    let mut dns_task = None;
     if !args.disable_dns {
         let mut dcfg = skiff_dns::DnsConfig::new(cluster_dns[0], node_name);
         dcfg.secondary = cluster_dns.get(1).copied();
@@ -507,7 +518,7 @@ where
         dcfg.interface = Some(args.cluster_dns_interface.clone());
         let kubeconfig = kubeconfigs.dns.to_path_buf();
         let stop = stopped();
-        tokio::spawn(async move {
+        dns_task = Some(tokio::spawn(async move {
             let run = async {
                 let client = kube_client(&kubeconfig).await?;
                 skiff_dns::run(client, dcfg, stop).await?;
@@ -516,9 +527,9 @@ where
             if let Err(e) = run.await {
                 tracing::error!(error = %e, "cluster DNS stopped");
             }
-        });
+        }));
     }
-    Ok((cri_task, kubelet))
+    Ok((cri_task, kubelet, dns_task))
 }
 
 /// `--cluster-dns`: the given address(es) (one, or one per family), else the tenth address of

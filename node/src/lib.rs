@@ -336,6 +336,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
     let ctx = Arc::new(SyncContext {
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip.to_string(),
+        secondary_node_ip: cfg.secondary_node_ip.map(|ip| ip.to_string()),
         pod_log_dir: cfg.pod_log_dir.clone(),
         cluster_dns: cfg.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         cluster_domain: cfg.cluster_domain.clone(),

@@ -31,6 +31,9 @@ const BACKOFF_RESET_AFTER_SECS: i64 = 600;
 pub struct SyncContext {
     pub node_name: String,
     pub node_ip: String,
+    /// The node's address of the other family on a dual-stack node (`--node-ip=<v4>,<v6>`):
+    /// pods list it after `node_ip` in `status.hostIPs`, as upstream's kubelet.
+    pub secondary_node_ip: Option<String>,
     /// Root of pod log directories (`/var/log/pods`).
     pub pod_log_dir: PathBuf,
     /// Cluster DNS servers for `dnsPolicy: ClusterFirst` (empty: the runtime uses the host's).
@@ -365,6 +368,14 @@ impl<R: CriRuntime> PodSync<R> {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         let left = start.0.as_second() + ads - now;
         Some(Duration::from_secs(left.max(0) as u64))
+    }
+
+    /// The node's addresses for `status.hostIPs`: the primary, then the other family's.
+    fn host_ips(&self) -> Vec<String> {
+        std::iter::once(self.ctx.node_ip.clone())
+            .chain(self.ctx.secondary_node_ip.clone())
+            .filter(|ip| !ip.is_empty())
+            .collect()
     }
 
     /// The pod's namespaces, with its own user namespace for `hostUsers: false`
@@ -805,6 +816,8 @@ impl<R: CriRuntime> PodSync<R> {
                         .as_ref()
                         .and_then(|s| s.service_account_name.clone()),
                     "status.hostIP" => Some(self.ctx.node_ip.clone()),
+                    // Upstream joins the list with commas.
+                    "status.hostIPs" => Some(self.host_ips().join(",")),
                     "status.podIP" => self.pod_ips.first().cloned(),
                     other => match downward_map_key(other) {
                         Some(("metadata.annotations", k)) => {
@@ -1334,6 +1347,7 @@ impl<R: CriRuntime> PodSync<R> {
         let input = StatusInput {
             probes,
             host_ip: self.ctx.node_ip.clone(),
+            host_ips: self.host_ips(),
             pod_ips: self.pod_ips.clone(),
             sandbox_ready: sandbox_ready && !self.terminal_done,
             start_time: self.start_time.clone(),

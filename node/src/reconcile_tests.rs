@@ -12,6 +12,7 @@ fn ctx() -> Arc<SyncContext> {
     Arc::new(SyncContext {
         node_name: "sk-node".into(),
         node_ip: "10.0.0.5".into(),
+        secondary_node_ip: None,
         pod_log_dir: "/var/log/pods".into(),
         cluster_dns: vec!["10.43.0.10".into()],
         cluster_domain: "cluster.local".into(),

@@ -48,6 +48,9 @@ impl Waiting {
 #[derive(Debug, Clone)]
 pub struct StatusInput {
     pub host_ip: String,
+    /// `status.hostIPs`: the node's addresses, one per family, `host_ip` first (empty: just
+    /// `host_ip`).
+    pub host_ips: Vec<String>,
     /// From `PodSandboxStatus.network` (primary first); kept after the sandbox stops.
     pub pod_ips: Vec<String>,
     /// Whether the pod's sandbox exists and is ready.
@@ -68,6 +71,7 @@ impl Default for StatusInput {
     fn default() -> Self {
         Self {
             host_ip: String::new(),
+            host_ips: Vec::new(),
             pod_ips: Vec::new(),
             sandbox_ready: false,
             start_time: None,
@@ -486,9 +490,17 @@ pub fn compute_pod_status(pod: &Pod, input: &StatusInput) -> PodStatus {
         conditions: Some(conditions),
         host_ip: (!input.host_ip.is_empty()).then(|| input.host_ip.clone()),
         host_ips: (!input.host_ip.is_empty()).then(|| {
-            vec![HostIP {
-                ip: input.host_ip.clone(),
-            }]
+            if input.host_ips.is_empty() {
+                vec![HostIP {
+                    ip: input.host_ip.clone(),
+                }]
+            } else {
+                input
+                    .host_ips
+                    .iter()
+                    .map(|ip| HostIP { ip: ip.clone() })
+                    .collect()
+            }
         }),
         pod_ip: ips.first().cloned(),
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
@@ -595,6 +607,7 @@ mod tests {
     fn input(containers: Vec<(&str, Vec<cri::ContainerStatus>)>, now: i64) -> StatusInput {
         StatusInput {
             host_ip: "10.0.0.5".into(),
+            host_ips: vec![],
             pod_ips: vec!["10.42.0.7".into()],
             sandbox_ready: true,
             start_time: Some(t(10)),
@@ -623,6 +636,21 @@ mod tests {
         assert_eq!(st.qos_class.as_deref(), Some("BestEffort"));
         assert_eq!(st.pod_ip.as_deref(), Some("10.42.0.7"));
         assert_eq!(st.start_time, Some(t(10)));
+    }
+
+    #[test]
+    fn host_ips_list_both_families_primary_first() {
+        let p = pod("Always", &["a"]);
+        let ips = |st: &PodStatus| -> Vec<String> {
+            st.host_ips.iter().flatten().map(|h| h.ip.clone()).collect()
+        };
+        let st = compute_pod_status(&p, &input(vec![], 100));
+        assert_eq!(ips(&st), vec!["10.0.0.5"]);
+        let mut i = input(vec![], 100);
+        i.host_ips = vec!["10.0.0.5".into(), "fd00::5".into()];
+        let st = compute_pod_status(&p, &i);
+        assert_eq!(ips(&st), vec!["10.0.0.5", "fd00::5"]);
+        assert_eq!(st.host_ip.as_deref(), Some("10.0.0.5"));
     }
 
     #[test]

@@ -85,6 +85,7 @@ async fn healthz_and_container_logs() {
     let ctx = Arc::new(SyncContext {
         node_name: "sk-node".into(),
         node_ip: "127.0.0.1".into(),
+        secondary_node_ip: None,
         pod_log_dir: log_root.clone(),
         cluster_dns: vec![],
         cluster_domain: "cluster.local".into(),

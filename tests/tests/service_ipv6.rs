@@ -1,16 +1,18 @@
 //! The IPv6 side of Services (issue 15's remaining gaps), on a whole dual-stack cluster whose
 //! node has a dual `--node-ip` (127.0.0.1 and an IPv6 address on lo, put there by the test):
 //!
-//! - the Node lists both InternalIPs; a dual-stack LoadBalancer Service gets both as
+//! - the Node lists both InternalIPs and pods both as `status.hostIPs`; a dual-stack LoadBalancer Service gets both as
 //!   `status.loadBalancer.ingress` and answers on the IPv6 one; its NodePort answers on both;
 //! - the `kube-dns` Service is dual-stack (PreferDualStack, a ClusterIP per family), the DNS
 //!   server answers on the IPv6 one, and pods get both nameservers in resolv.conf;
 //! - conntrack entries of a removed IPv6 UDP endpoint are flushed: a client that keeps sending
 //!   from one source port moves to the new endpoint (upstream's "preserve UDP traffic when
 //!   server pod cycles" e2e);
+//! - a clean stop (SIGTERM) of `skiff server` takes both cluster DNS addresses off the host;
 //!
 //! and, on a control plane alone, the node port repair events of a restart
-//! (`PortOutOfRange`, `PortNotAllocated`).
+//! (`PortOutOfRange`, `PortNotAllocated`, and `PortAlreadyAllocated` for a node port two
+//! stored Services hold).
 //! The cluster test needs root, docker-registry, busybox-static and iproute2.
 
 use std::io::{Read, Write};
@@ -112,6 +114,83 @@ fn node_port_repair_events_on_start() {
         o.stderr
     );
     c.ok(&["delete", "svc", "sk-np-out", "sk-np-in"]);
+}
+
+/// A second Service holding a node port another one has, written straight into the store of
+/// a stopped server (as a restored backup or a hand edit can leave it; the API refuses it):
+/// the repair at the next start records kube-apiserver's `PortAlreadyAllocated` Warning on the
+/// copy (it comes after the original in key order, as upstream's rebuilt bitmap sees it).
+#[test]
+fn node_port_assigned_twice_in_the_store_gets_port_already_allocated() {
+    use skiff_store::Store;
+    let mut c = ControlPlane::start();
+    create(&c, &node_port_service("sk-np-a", 30777));
+    let pid = nix::unistd::Pid::from_raw(c.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the server");
+    c.wait_for("skiff server to die", Duration::from_secs(60), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    });
+
+    let db = c.dir().join("data/db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let store = skiff_store::EmbeddedStore::open(&db).expect("open the stopped server's store");
+        let (kvs, _) = store.list("/registry/").await.expect("list the store");
+        let orig = kvs
+            .iter()
+            .find(|kv| kv.key.ends_with("/services/default/sk-np-a"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no stored sk-np-a among {:?}",
+                    kvs.iter().map(|k| &k.key).collect::<Vec<_>>()
+                )
+            });
+        let mut svc: serde_json::Value =
+            serde_json::from_slice(&orig.value).expect("a stored Service is JSON");
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30777, "{svc}");
+        svc["metadata"]["name"] = "sk-np-b".into();
+        svc["metadata"]["uid"] = format!("sk-copy-{}", std::process::id()).into();
+        // Its own cluster IP (the repair records it), the same node port.
+        svc["spec"]["clusterIP"] = serde_json::Value::Null;
+        svc["spec"]["clusterIPs"] = serde_json::Value::Null;
+        let key = orig.key.replace("/sk-np-a", "/sk-np-b");
+        store
+            .create(&key, serde_json::to_vec(&svc).expect("json"))
+            .await
+            .expect("write the copy");
+    });
+    drop(rt);
+    c.kill_and_restart();
+
+    let mut d = String::new();
+    c.wait_for(
+        "the PortAlreadyAllocated event on sk-np-b",
+        Duration::from_secs(60),
+        || {
+            d = describe(&c, "sk-np-b");
+            d.contains("PortAlreadyAllocated")
+        },
+    );
+    assert!(
+        d.contains("Port 30777 was assigned to multiple services; please recreate service"),
+        "{d}"
+    );
+    assert!(d.contains("portallocator-repair-controller"), "{d}");
+    let a = describe(&c, "sk-np-a");
+    assert!(
+        !a.contains("PortAlreadyAllocated"),
+        "the original got the event too:\n{a}"
+    );
+    c.ok(&["delete", "svc", "sk-np-a", "sk-np-b"]);
 }
 
 /// One HTTP GET over TCP from the host; the body, or the error.
@@ -371,6 +450,16 @@ fn ipv6_node_ips_load_balancer_dns_and_udp_flush() {
         ),
     );
     wait_ready(&c, "sk-web6");
+    // The pod's host addresses are the node's, one per family, primary first (upstream's
+    // status.hostIPs); hostIP stays the primary one.
+    assert_eq!(
+        jsonpath(&c, &["pod", "sk-web6"], "{.status.hostIPs[*].ip}"),
+        format!("127.0.0.1 {node6}")
+    );
+    assert_eq!(
+        jsonpath(&c, &["pod", "sk-web6"], "{.status.hostIP}"),
+        "127.0.0.1"
+    );
     // Pods get both cluster DNS addresses, in order, and resolve through the IPv6 one.
     let resolv = c.ok(&["exec", "sk-web6", "--", "cat", "/etc/resolv.conf"]);
     let servers: Vec<&str> = resolv
@@ -550,5 +639,51 @@ spec:
     drop(flow);
 
     c.ok(&["delete", "svc", "sk-web6", "sk-web6-only", "sk-udp"]);
-    c.ok(&["delete", "pod", "sk-web6", "sk-udp-b", "--wait=false"]);
+    c.ok(&[
+        "delete",
+        "pod",
+        "sk-web6",
+        "sk-udp-a",
+        "sk-udp-b",
+        "--grace-period=1",
+        "--ignore-not-found",
+        "--timeout=60s",
+    ]);
+
+    // A clean stop (SIGTERM) takes both cluster DNS addresses off the host: this kernel has
+    // them on lo (no dummy links), else on the dummy link, which goes too.
+    let held = |ip: &str| {
+        let o = Command::new("ip")
+            .args(["-o", "addr", "show", "to", ip])
+            .output()
+            .expect("ip is missing: install iproute2");
+        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+    };
+    assert!(
+        held(&dns4) && held(&dns6),
+        "the DNS addresses are not on the host while serving"
+    );
+    let pid = nix::unistd::Pid::from_raw(c.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the server");
+    c.wait_for("skiff server to exit", Duration::from_secs(60), || {
+        // A zombie (not reaped until the harness drops it) or gone: it has exited.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    });
+    assert!(!held(&dns4), "{dns4} stayed on the host after a clean stop");
+    assert!(!held(&dns6), "{dns6} stayed on the host after a clean stop");
+    let link = Command::new("ip")
+        .args(["link", "show", &agent.dns_link])
+        .output()
+        .expect("ip");
+    assert!(
+        !link.status.success(),
+        "{} stayed after a clean stop",
+        agent.dns_link
+    );
 }

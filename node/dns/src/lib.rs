@@ -61,6 +61,17 @@ pub struct DnsConfig {
     pub node_name: String,
     /// Create the kube-dns Service and its Endpoints.
     pub manage_service: bool,
+    /// UDP worker threads per address, each on a `SO_REUSEPORT` socket of its own (default:
+    /// one per CPU, at most 4).
+    pub udp_workers: usize,
+}
+
+/// One UDP worker per CPU, at most four.
+pub fn default_udp_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4)
 }
 
 impl DnsConfig {
@@ -74,6 +85,7 @@ impl DnsConfig {
             interface: Some("skiff-dns".into()),
             node_name: node_name.into(),
             manage_service: true,
+            udp_workers: default_udp_workers(),
         }
     }
 }
@@ -203,7 +215,8 @@ pub async fn run(
         .into_iter()
         .filter(|u| Some(u.ip()) != cfg.secondary)
         .collect();
-    let server = Arc::new(Server::new(&cfg.cluster_domain, upstream));
+    let server =
+        Arc::new(Server::new(&cfg.cluster_domain, upstream).with_udp_workers(cfg.udp_workers));
     let mut tasks = Vec::new();
     for ip in cfg.addresses() {
         let addr = SocketAddr::new(ip, cfg.port);
@@ -242,6 +255,24 @@ pub async fn run(
     }
     for t in tasks {
         t.abort();
+    }
+    // A clean stop leaves nothing on the host: the dummy link goes (with its addresses), or the
+    // addresses leave lo where the kernel has no dummy links. (After a crash they stay, and
+    // the next start reuses them.)
+    if let Some(ifname) = cfg.interface.clone() {
+        let addrs = cfg.addresses();
+        let removed = tokio::task::spawn_blocking(move || {
+            addrs
+                .into_iter()
+                .map(|ip| link::remove(&ifname, ip).map_err(|e| DnsError::Link(ip, e)))
+                .collect::<Result<Vec<()>, DnsError>>()
+        })
+        .await;
+        match removed {
+            Ok(Ok(_)) => tracing::info!("cluster DNS stopped; its address is removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the cluster DNS address"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the cluster DNS address"),
+        }
     }
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! that the client retries over TCP.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,9 +33,73 @@ pub struct Server {
     index: RwLock<Arc<Index>>,
     upstream: Vec<SocketAddr>,
     cache: Mutex<HashMap<(String, u16), (Instant, Message)>>,
-    /// Encoded answers to cluster names by the query's bytes after its ID (identical questions
-    /// with identical flags and EDNS), emptied when the index changes.
-    wire: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    /// Bumped by every [`Server::set_index`]: each UDP worker keeps its own cache of encoded
+    /// answers ([`WireCache`]) and empties it when this changes.
+    generation: AtomicU64,
+    /// UDP worker threads per address, each with its own `SO_REUSEPORT` socket.
+    udp_workers: usize,
+}
+
+/// Encoded UDP answers to cluster names of one worker, by the query's bytes after its ID
+/// (identical questions with identical flags and EDNS get identical answers), valid for one
+/// index generation. Private to its thread: a hit takes no lock and allocates nothing.
+struct WireCache {
+    generation: u64,
+    answers: HashMap<Box<[u8]>, Box<[u8]>, BuildHasherDefault<FxHasher>>,
+}
+
+impl WireCache {
+    fn new() -> Self {
+        WireCache {
+            generation: u64::MAX,
+            answers: HashMap::default(),
+        }
+    }
+
+    /// Forgets everything when the index changed since the last call.
+    fn sync(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.answers.clear();
+            self.generation = generation;
+        }
+    }
+
+    fn get(&self, raw: &[u8]) -> Option<&[u8]> {
+        self.answers.get(raw.get(2..)?).map(|a| &a[..])
+    }
+
+    fn insert(&mut self, raw: &[u8], answer: &[u8]) {
+        if raw.len() < 12 || answer.len() < 12 {
+            return;
+        }
+        if self.answers.len() >= CACHE_ENTRIES {
+            self.answers.clear();
+        }
+        self.answers.insert(raw[2..].into(), answer.into());
+    }
+}
+
+/// A small multiplicative hasher for the wire cache's short byte keys (rustc's FxHash
+/// scheme); SipHash's flooding resistance buys nothing for a cache emptied when full.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -198,33 +264,22 @@ impl Server {
             })),
             upstream,
             cache: Mutex::new(HashMap::new()),
-            wire: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            udp_workers: 1,
         }
+    }
+
+    /// Serves UDP with `n` worker threads per address (at least one), each on a socket of its
+    /// own (`SO_REUSEPORT`).
+    pub fn with_udp_workers(mut self, n: usize) -> Self {
+        self.udp_workers = n.max(1);
+        self
     }
 
     pub fn set_index(&self, idx: Index) {
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(idx);
-        self.wire.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// A cached answer to exactly this query (its ID patched in).
-    fn wire_hit(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        let key = raw.get(2..)?;
-        let w = self.wire.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = w.get(key)?.clone();
-        out[..2].copy_from_slice(&raw[..2]);
-        Some(out)
-    }
-
-    fn wire_store(&self, raw: &[u8], answer: &[u8]) {
-        if raw.len() < 12 || answer.len() < 12 {
-            return;
-        }
-        let mut w = self.wire.lock().unwrap_or_else(|e| e.into_inner());
-        if w.len() >= CACHE_ENTRIES {
-            w.clear();
-        }
-        w.insert(raw[2..].to_vec(), answer.to_vec());
+        // After the index: a worker that sees the new generation reads the new index.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn domain(&self) -> &str {
@@ -377,44 +432,34 @@ impl Server {
             .unwrap_or(512)
     }
 
-    /// Serves UDP on a thread of its own: batches of queries in, batches of answers out (see
-    /// [`crate::udp`]). Cluster names are answered on that thread; forwarded ones in tasks on
-    /// the async runtime. The returned task stops the thread when it is aborted or dropped with
-    /// the runtime.
-    fn serve_udp(self: Arc<Self>, sock: std::net::UdpSocket) -> std::io::Result<JoinHandle<()>> {
-        let local = sock.local_addr()?;
-        let sock = Arc::new(sock);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    /// Serves UDP with [`Server::with_udp_workers`] threads, each on its own socket: batches of
+    /// queries in, batches of answers out (see [`crate::udp`]). Cluster names are answered on
+    /// those threads; forwarded ones in tasks on the async runtime. The returned task stops the
+    /// threads when it is aborted or dropped with the runtime.
+    fn serve_udp(
+        self: Arc<Self>,
+        socks: Vec<std::net::UdpSocket>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let stop = Arc::new(AtomicBool::new(false));
         let rt = tokio::runtime::Handle::current();
-        let (s, thread_sock, thread_stop) = (self, sock.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("skiff-dns-udp".into())
-            .spawn(move || s.udp_loop(&thread_sock, &rt, &thread_stop))?;
-        /// Stops the UDP thread when dropped: sets the flag and wakes its receive.
-        struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>, SocketAddr);
+        let socks: Vec<Arc<std::net::UdpSocket>> = socks.into_iter().map(Arc::new).collect();
+        for (i, sock) in socks.iter().enumerate() {
+            let (s, sock, stop, rt) = (self.clone(), sock.clone(), stop.clone(), rt.clone());
+            std::thread::Builder::new()
+                .name(format!("skiff-dns-udp{i}"))
+                .spawn(move || s.udp_loop(&sock, &rt, &stop))?;
+        }
+        /// Stops the UDP workers when dropped: sets the flag and wakes their receives.
+        struct StopOnDrop(Arc<AtomicBool>, Vec<Arc<std::net::UdpSocket>>);
         impl Drop for StopOnDrop {
             fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-                let wake_to = match self.1 {
-                    SocketAddr::V4(a) if a.ip().is_unspecified() => {
-                        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
-                    }
-                    SocketAddr::V6(a) if a.ip().is_unspecified() => {
-                        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
-                    }
-                    a => a,
-                };
-                let any: SocketAddr = if wake_to.is_ipv4() {
-                    (Ipv4Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (Ipv6Addr::UNSPECIFIED, 0).into()
-                };
-                if let Ok(w) = std::net::UdpSocket::bind(any) {
-                    let _ = w.send_to(&[], wake_to);
+                self.0.store(true, Ordering::SeqCst);
+                for s in &self.1 {
+                    crate::udp::shut_down_reading(s);
                 }
             }
         }
-        let guard = StopOnDrop(stop, local);
+        let guard = StopOnDrop(stop, socks);
         Ok(tokio::spawn(async move {
             let _guard = guard;
             std::future::pending::<()>().await
@@ -425,10 +470,11 @@ impl Server {
         self: &Arc<Self>,
         sock: &Arc<std::net::UdpSocket>,
         rt: &tokio::runtime::Handle,
-        stop: &std::sync::atomic::AtomicBool,
+        stop: &AtomicBool,
     ) {
         let mut batch = crate::udp::RecvBatch::default();
-        let mut out: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::udp::BATCH);
+        let mut out = crate::udp::SendBatch::default();
+        let mut wire = WireCache::new();
         loop {
             let n = match batch.recv(sock) {
                 Ok(n) => n,
@@ -439,16 +485,19 @@ impl Server {
                     0
                 }
             };
-            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) {
                 return;
             }
-            out.clear();
+            wire.sync(self.generation.load(Ordering::Acquire));
             for i in 0..n {
                 let Some((raw, peer)) = batch.get(i) else {
                     continue;
                 };
-                if let Some(b) = self.wire_hit(raw) {
-                    out.push((b, peer));
+                if raw.len() < 12 {
+                    continue;
+                }
+                if let Some(b) = wire.get(raw) {
+                    out.push(sock, b, Some([raw[0], raw[1]]), peer);
                     continue;
                 }
                 // Garbage is dropped here, without a task or an allocation beyond the parse.
@@ -463,12 +512,15 @@ impl Server {
                             .map(|e| e.max_payload())
                             .unwrap_or(512);
                         if let Some(b) = Self::udp_bytes(max, &m) {
-                            self.wire_store(raw, &b);
-                            out.push((b, peer));
+                            wire.insert(raw, &b);
+                            out.push(sock, &b, None, peer);
                         }
                         continue;
                     }
                 }
+                let Some(peer) = peer.addr() else {
+                    continue;
+                };
                 let (s, sock, raw) = (self.clone(), sock.clone(), raw.to_vec());
                 rt.spawn(async move {
                     if let Some(m) = s.answer(&raw).await {
@@ -478,7 +530,7 @@ impl Server {
                     }
                 });
             }
-            crate::udp::send_batch(sock, &out);
+            out.flush(sock);
         }
     }
 
@@ -488,7 +540,13 @@ impl Server {
         addr: SocketAddr,
     ) -> Result<(JoinHandle<()>, JoinHandle<()>), DnsError> {
         let listen_err = |source| DnsError::Listen { addr, source };
-        let udp = std::net::UdpSocket::bind(addr).map_err(listen_err)?;
+        let first = crate::udp::bind_reuseport(addr).map_err(listen_err)?;
+        // Port 0: the others join the port the first one got.
+        let addr = first.local_addr().map_err(listen_err)?;
+        let mut udp = vec![first];
+        for _ in 1..self.udp_workers {
+            udp.push(crate::udp::bind_reuseport(addr).map_err(listen_err)?);
+        }
         let tcp = TcpListener::bind(addr).await.map_err(listen_err)?;
         let u = self.clone().serve_udp(udp).map_err(listen_err)?;
         let s = self;

@@ -1,32 +1,66 @@
-//! Batched UDP I/O for the DNS server: `recvmmsg(2)` and `sendmmsg(2)` on a blocking socket,
-//! so a thread of its own takes every query that is waiting with one call and sends all the
+//! Batched UDP I/O for the DNS server: `recvmmsg(2)` and `sendmmsg(2)` on blocking sockets,
+//! so a worker thread takes every query that is waiting with one call and sends all the
 //! answers with one more (one receive and one send per batch instead of per query, and no
-//! readiness polling). The only unsafe code of the crate is here.
+//! readiness polling). Each worker has a socket of its own bound with `SO_REUSEPORT`, so the
+//! kernel spreads clients over the workers without a shared receive queue. The buffers and
+//! message headers are made once per worker: a batch allocates nothing. The only unsafe code
+//! of the crate is here.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Queries taken per `recvmmsg` at most.
 pub const BATCH: usize = 32;
 /// Largest query read (EDNS clients send small queries; longer ones are cut and dropped).
 pub const QUERY_MAX: usize = 4096;
 
-/// Buffers for one batch of received datagrams.
+/// A peer's address as the kernel gave it (kept raw: an answer goes back to it unconverted).
+#[derive(Clone, Copy)]
+pub struct Peer {
+    name: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl Peer {
+    #[cfg(test)]
+    pub fn from_addr(p: &SocketAddr) -> Peer {
+        let (name, len) = to_storage(p);
+        Peer { name, len }
+    }
+
+    pub fn addr(&self) -> Option<SocketAddr> {
+        from_storage(&self.name)
+    }
+}
+
+/// Buffers and headers for one batch of received datagrams.
 pub struct RecvBatch {
     bufs: Vec<[u8; QUERY_MAX]>,
-    names: Vec<libc::sockaddr_storage>,
+    peers: Vec<Peer>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
     lens: Vec<usize>,
     count: usize,
 }
 
+// SAFETY: the raw pointers in `iovs`/`msgs` point only into this struct's own heap buffers,
+// which move with it; they are rewritten before every call that uses them.
+unsafe impl Send for RecvBatch {}
+
 impl Default for RecvBatch {
     fn default() -> Self {
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain data; all-zero is valid.
+        let zero_peer = Peer {
+            name: unsafe { zeroed() },
+            len: 0,
+        };
         RecvBatch {
             bufs: vec![[0u8; QUERY_MAX]; BATCH],
-            // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
-            names: vec![unsafe { zeroed() }; BATCH],
+            peers: vec![zero_peer; BATCH],
+            iovs: vec![unsafe { zeroed() }; BATCH],
+            msgs: vec![unsafe { zeroed() }; BATCH],
             lens: vec![0; BATCH],
             count: 0,
         }
@@ -35,35 +69,29 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     /// Blocks until at least one datagram is there, then takes every one that is waiting (up to
-    /// [`BATCH`]).
+    /// [`BATCH`]). Once the socket is shut down for reading it returns at once (nothing, or
+    /// empty datagrams).
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
+        for i in 0..BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
                 iov_len: QUERY_MAX,
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .zip(self.names.iter_mut())
-            .map(|(iov, name)| {
-                // SAFETY: mmsghdr is plain data; the pointers set below outlive the call.
-                let mut h: libc::mmsghdr = unsafe { zeroed() };
-                h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
-        // SAFETY: `msgs` holds BATCH headers whose buffers and names stay alive and unaliased
-        // for the call; the kernel writes at most their given lengths.
+            };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = (&mut self.peers[i].name as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: `msgs` holds BATCH headers whose buffers and names (in `self`) stay alive and
+        // unaliased for the call; the kernel writes at most their given lengths.
         let n = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
+                self.msgs.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
@@ -74,68 +102,116 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.count = n as usize;
-        for (i, m) in msgs.iter().take(self.count).enumerate() {
-            self.lens[i] = (m.msg_len as usize).min(QUERY_MAX);
+        for i in 0..self.count {
+            self.lens[i] = (self.msgs[i].msg_len as usize).min(QUERY_MAX);
+            self.peers[i].len = self.msgs[i].msg_hdr.msg_namelen;
         }
         Ok(self.count)
     }
 
     /// The `i`th datagram of the last batch and its sender.
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    pub fn get(&self, i: usize) -> Option<(&[u8], &Peer)> {
         if i >= self.count {
             return None;
         }
-        Some((&self.bufs[i][..self.lens[i]], from_storage(&self.names[i])?))
+        Some((&self.bufs[i][..self.lens[i]], &self.peers[i]))
     }
 }
 
-/// Sends every `(bytes, peer)` with one `sendmmsg` (more if the kernel takes part of them);
-/// answers the kernel refuses are dropped, as a lost UDP answer is (the client asks again).
-pub fn send_batch(sock: &UdpSocket, out: &[(Vec<u8>, SocketAddr)]) {
-    if out.is_empty() {
-        return;
-    }
-    let mut names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-        out.iter().map(|(_, p)| to_storage(p)).collect();
-    let mut iovs: Vec<libc::iovec> = out
-        .iter()
-        .map(|(b, _)| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .zip(names.iter_mut())
-        .map(|(iov, (name, len))| {
-            // SAFETY: plain data; pointers set below outlive the call.
-            let mut h: libc::mmsghdr = unsafe { zeroed() };
-            h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = *len;
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
-    let mut done = 0usize;
-    while done < msgs.len() {
-        // SAFETY: the headers from `done` on point at live buffers and names; the kernel only
-        // reads them (and writes msg_len).
-        let n = unsafe {
-            libc::sendmmsg(
-                sock.as_raw_fd(),
-                msgs[done..].as_mut_ptr(),
-                (msgs.len() - done) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
+/// Answers waiting to go out with one `sendmmsg`; their buffers are kept and reused.
+pub struct SendBatch {
+    bufs: Vec<Vec<u8>>,
+    peers: Vec<Peer>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+// SAFETY: as for RecvBatch: the pointers are into the struct's own buffers, rewritten per call.
+unsafe impl Send for SendBatch {}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        // SAFETY: plain data; all-zero is valid.
+        let zero_peer = Peer {
+            name: unsafe { zeroed() },
+            len: 0,
         };
-        if n <= 0 {
-            // Skip the datagram the kernel refused (e.g. an unreachable peer) and go on.
-            done += 1;
-        } else {
-            done += n as usize;
+        SendBatch {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            peers: vec![zero_peer; BATCH],
+            iovs: vec![unsafe { zeroed() }; BATCH],
+            msgs: vec![unsafe { zeroed() }; BATCH],
+            count: 0,
         }
     }
+}
+
+impl SendBatch {
+    /// Queues `bytes` for `peer`, with the first two bytes (a DNS message's ID) replaced by
+    /// `id` when given. A full batch is sent first.
+    pub fn push(&mut self, sock: &UdpSocket, bytes: &[u8], id: Option<[u8; 2]>, peer: &Peer) {
+        if self.count == BATCH {
+            self.flush(sock);
+        }
+        let b = &mut self.bufs[self.count];
+        b.clear();
+        b.extend_from_slice(bytes);
+        if let (Some(id), true) = (id, b.len() >= 2) {
+            b[..2].copy_from_slice(&id);
+        }
+        self.peers[self.count] = *peer;
+        self.count += 1;
+    }
+
+    /// Sends what is queued (more calls if the kernel takes part of it); answers the kernel
+    /// refuses are dropped, as a lost UDP answer is (the client asks again).
+    pub fn flush(&mut self, sock: &UdpSocket) {
+        for i in 0..self.count {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.bufs[i].len(),
+            };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = (&mut self.peers[i].name as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = self.peers[i].len;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        let mut done = 0usize;
+        while done < self.count {
+            // SAFETY: the headers from `done` on point at live buffers and names in `self`; the
+            // kernel only reads them (and writes msg_len).
+            let n = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    self.msgs[done..].as_mut_ptr(),
+                    (self.count - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                // Skip the datagram the kernel refused (e.g. an unreachable peer) and go on.
+                done += 1;
+            } else {
+                done += n as usize;
+            }
+        }
+        self.count = 0;
+    }
+}
+
+/// Sends every `(bytes, peer)` with one `sendmmsg` (more if the kernel takes part of them).
+#[cfg(test)]
+pub fn send_batch(sock: &UdpSocket, out: &[(Vec<u8>, SocketAddr)]) {
+    let mut b = SendBatch::default();
+    for (bytes, peer) in out {
+        b.push(sock, bytes, None, &Peer::from_addr(peer));
+    }
+    b.flush(sock);
 }
 
 /// One datagram, without blocking (for answers made on the async side).
@@ -151,6 +227,77 @@ pub fn send_one(sock: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
             (&name as *const libc::sockaddr_storage).cast(),
             len,
         );
+    }
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEPORT`, so that each worker can have one on the
+/// same address (the kernel picks a socket per client address and port). Sockets of one
+/// group must belong to the same user, as the kernel requires.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: the option value is a live c_int of the given size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if addr.is_ipv6() {
+        // As std's bind: an IPv6 socket serves IPv6 only (the IPv4 address has its own).
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let (name, len) = to_storage(&addr);
+    // SAFETY: `name` holds a sockaddr of `len` bytes for the call.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&name as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UdpSocket::from(fd))
+}
+
+/// Wakes a worker blocked in [`RecvBatch::recv`] on `sock` for good: further receives return
+/// no datagrams (shutdown for reading wakes receivers even on an unconnected UDP socket).
+pub fn shut_down_reading(sock: &UdpSocket) {
+    // SAFETY: shutdown(2) on a descriptor we hold; an unconnected socket reports ENOTCONN but
+    // is marked and its receivers are woken all the same.
+    unsafe {
+        libc::shutdown(sock.as_raw_fd(), libc::SHUT_RD);
     }
 }
 
@@ -222,7 +369,7 @@ mod tests {
             let n = batch.recv(&server).unwrap();
             for i in 0..n {
                 let (d, p) = batch.get(i).unwrap();
-                got.push((d.to_vec(), p));
+                got.push((d.to_vec(), p.addr().unwrap()));
             }
         }
         assert_eq!(got[0], (b"one".to_vec(), a.local_addr().unwrap()));
@@ -243,5 +390,33 @@ mod tests {
         send_one(&server, b"three", a.local_addr().unwrap());
         let (n, _) = a.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"three");
+        // An ID patched in on the way out.
+        let mut out = SendBatch::default();
+        out.push(
+            &server,
+            b"xxrest",
+            Some(*b"ab"),
+            &Peer::from_addr(&a.local_addr().unwrap()),
+        );
+        out.flush(&server);
+        let (n, _) = a.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"abrest");
+    }
+
+    #[test]
+    fn reuseport_sockets_share_an_address_and_shutdown_wakes_the_receiver() {
+        let first = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind_reuseport(addr).expect("a second socket on the same address");
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let second = std::sync::Arc::new(second);
+        let s2 = second.clone();
+        let t = std::thread::spawn(move || RecvBatch::default().recv(&s2));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        shut_down_reading(&second);
+        // It returns (with nothing, or empty datagrams, depending on the kernel).
+        let n = t.join().unwrap().unwrap();
+        assert!(n <= BATCH);
+        drop(first);
     }
 }

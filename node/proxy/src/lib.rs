@@ -622,6 +622,31 @@ fn node_addresses(node: Option<&Node>, fallback: &[IpAddr]) -> Vec<IpAddr> {
     v
 }
 
+/// The addresses the service load balancer announces, as k3s's servicelb picks them: the
+/// node's ExternalIPs when it has any, else its InternalIPs (else the configured ones).
+fn lb_node_addresses(node: Option<&Node>, fallback: &[IpAddr]) -> Vec<IpAddr> {
+    let of_type = |t: &str| -> Vec<IpAddr> {
+        node.and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .map(|a| {
+                a.iter()
+                    .filter(|a| a.type_ == t)
+                    .filter_map(|a| a.address.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let external = of_type("ExternalIP");
+    if !external.is_empty() {
+        return external;
+    }
+    let internal = of_type("InternalIP");
+    if !internal.is_empty() {
+        return internal;
+    }
+    fallback.to_vec()
+}
+
 type HealthMap = Arc<Mutex<BTreeMap<u16, (String, String, usize)>>>;
 
 /// Serves the health-check node ports of `externalTrafficPolicy: Local` Services: 200 with the
@@ -770,7 +795,8 @@ pub async fn run(
                             "synced service rules"
                         );
                     }
-                    for (ns, name, ips) in lb_statuses(&services, &ips, families) {
+                    let lb_ips = lb_node_addresses(node.as_deref(), &cfg.node_ips);
+                    for (ns, name, ips) in lb_statuses(&services, &lb_ips, families) {
                         let api: Api<Service> = Api::namespaced(client.clone(), &ns);
                         let ingress: Vec<LoadBalancerIngress> = ips
                             .into_iter()
@@ -826,8 +852,8 @@ pub async fn run(
 
 /// The `type: LoadBalancer` Services whose `status.loadBalancer.ingress` must change, with
 /// the addresses it must list: the node's addresses of the Service's `ipFamilies` (in that
-/// order) that this proxy serves (k3s's servicelb filters the node addresses by the
-/// Service's families alike).
+/// order, each family's sorted as text) that this proxy serves (k3s's servicelb filters the
+/// node addresses by the Service's families alike; [`lb_node_addresses`] picks them).
 fn lb_statuses(
     services: &[Arc<Service>],
     node_ips: &[IpAddr],
@@ -864,8 +890,16 @@ fn lb_statuses(
         let want: Vec<String> = svc_fams
             .iter()
             .filter(|f| families.contains(f))
-            .flat_map(|f| node_ips.iter().filter(move |ip| Family::of(ip) == *f))
-            .map(|ip| ip.to_string())
+            .flat_map(|f| {
+                let mut of_family: Vec<String> = node_ips
+                    .iter()
+                    .filter(|ip| Family::of(ip) == *f)
+                    .map(|ip| ip.to_string())
+                    .collect();
+                of_family.sort();
+                of_family.dedup();
+                of_family
+            })
             .collect();
         let have: Vec<String> = svc
             .status
@@ -938,6 +972,40 @@ mod tests {
         }))
         .unwrap();
         Arc::new(svc)
+    }
+
+    fn node(addrs: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sk-node"},
+            "status": {"addresses": addrs.iter().map(|(t, a)| serde_json::json!({"type": t, "address": a})).collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn load_balancer_prefers_external_ips_as_k3s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let fallback = [ip("127.0.0.1")];
+        let n = node(&[
+            ("InternalIP", "10.0.0.5"),
+            ("ExternalIP", "203.0.113.9"),
+            ("Hostname", "sk-node"),
+            ("InternalIP", "fd00::5"),
+        ]);
+        assert_eq!(
+            lb_node_addresses(Some(&n), &fallback),
+            vec![ip("203.0.113.9")]
+        );
+        let n = node(&[("InternalIP", "10.0.0.5"), ("InternalIP", "fd00::5")]);
+        assert_eq!(
+            lb_node_addresses(Some(&n), &fallback),
+            vec![ip("10.0.0.5"), ip("fd00::5")]
+        );
+        assert_eq!(lb_node_addresses(None, &fallback), fallback.to_vec());
+        // Each family's addresses sorted, as k3s lists them.
+        let ips = [ip("10.0.0.9"), ip("10.0.0.10")];
+        let got = lb_statuses(&[lb("v4", &["IPv4"], &[])], &ips, &[Family::V4]);
+        assert_eq!(got[0].2, vec!["10.0.0.10".to_string(), "10.0.0.9".into()]);
     }
 
     #[test]
