@@ -378,6 +378,46 @@ fn dns_load(server: SocketAddr, clients: usize, secs: f64) -> (f64, f64, bool) {
     (all.len() as f64 / secs, percentile(&all, 0.99), ok)
 }
 
+/// CPU time (user + system, clock ticks) of `/proc/<pid>/task/<tid>/stat`.
+fn task_ticks(stat: &str) -> u64 {
+    // Fields after the `(comm)`: state is the 3rd field, utime the 14th, stime the 15th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// CPU ticks the skiff DNS server's UDP workers (threads `skiff-dns-udp*` of this process)
+/// have used.
+fn skiff_dns_ticks() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("skiff-dns-udp"))
+        })
+        .map(|t| task_ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+        .sum()
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU ticks a process has used.
+fn process_ticks(pid: u32) -> u64 {
+    task_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
 /// The DNS server's UDP workers: `SK_DNS_WORKERS`, else the node agent's default.
 fn dns_workers() -> usize {
     std::env::var("SK_DNS_WORKERS")
@@ -438,12 +478,19 @@ fn dns_bench(secs: f64, clients: usize) {
     let mut dq = Vec::new();
     let mut dp = Vec::new();
     let mut ok = (true, true);
+    // Server CPU per query (ticks), which the other load on a shared machine disturbs far less
+    // than queries/s.
+    let (mut skiff_cpu, mut dm_cpu) = (Vec::new(), Vec::new());
     for _ in 0..3 {
+        let t0 = skiff_dns_ticks();
         let (q, p, o) = dns_load(skiff_addr, clients, secs);
+        skiff_cpu.push((skiff_dns_ticks() - t0) as f64 / (q * secs));
         sq.push(q);
         sp.push(p);
         ok.0 &= o;
+        let t0 = process_ticks(dm.id());
         let (q, p, o) = dns_load(dm_addr, clients, secs);
+        dm_cpu.push((process_ticks(dm.id()) - t0) as f64 / (q * secs));
         dq.push(q);
         dp.push(p);
         ok.1 &= o;
@@ -474,6 +521,17 @@ fn dns_bench(secs: f64, clients: usize) {
             median(&mut sp).unwrap_or(f64::NAN),
             "dnsmasq",
             median(&mut dp).unwrap_or(f64::NAN)
+        )
+    );
+    // Clock ticks per query -> microseconds of server CPU per query.
+    let tick_us = 1e6 / clock_ticks_per_s();
+    println!(
+        "{}",
+        line(
+            "dns_server_cpu_us_per_query",
+            median(&mut skiff_cpu).unwrap_or(f64::NAN) * tick_us,
+            "dnsmasq",
+            median(&mut dm_cpu).unwrap_or(f64::NAN) * tick_us
         )
     );
     println!("dns_rss_kib skiff_index_and_server_delta={dns_rss_delta} dnsmasq={dm_rss}");
