@@ -138,12 +138,30 @@ fn node_port_assigned_twice_in_the_store_gets_port_already_allocated() {
     });
 
     let db = c.dir().join("data/db");
+    // The store's lock goes with the last thread of the killed process, which can outlive the
+    // zombie leader for a moment.
+    let mut opened = None;
+    let mut last = String::new();
+    c.wait_for(
+        "the killed server's store lock to be released",
+        Duration::from_secs(60),
+        || match skiff_store::EmbeddedStore::open(&db) {
+            Ok(s) => {
+                opened = Some(s);
+                true
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        },
+    );
+    let store = opened.unwrap_or_else(|| panic!("open the stopped server's store: {last}"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio");
     rt.block_on(async {
-        let store = skiff_store::EmbeddedStore::open(&db).expect("open the stopped server's store");
         let (kvs, _) = store.list("/registry/").await.expect("list the store");
         let orig = kvs
             .iter()
@@ -168,6 +186,7 @@ fn node_port_assigned_twice_in_the_store_gets_port_already_allocated() {
             .await
             .expect("write the copy");
     });
+    drop(store);
     drop(rt);
     c.kill_and_restart();
 
