@@ -459,16 +459,20 @@ fn ipv6_node_ips_load_balancer_dns_and_udp_flush() {
     );
 
     // A web pod behind a dual-stack LoadBalancer Service.
-    create(
-        &c,
-        &pod(
-            "sk-web6",
-            "sk-web6",
-            &image,
-            "mkdir -p /www && echo sk-web6 > /www/index.html && exec httpd -f -p 8080 -h /www",
-        ),
-    );
+    // It also gets the downward API's status.hostIPs (both addresses, comma-separated).
+    let web = pod(
+        "sk-web6",
+        "sk-web6",
+        &image,
+        "mkdir -p /www && echo sk-web6 > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ) + "    env:\n    - name: SK_HOST_IPS\n      valueFrom:\n        fieldRef:\n          fieldPath: status.hostIPs\n";
+    create(&c, &web);
     wait_ready(&c, "sk-web6");
+    assert_eq!(
+        c.ok(&["exec", "sk-web6", "--", "sh", "-c", "echo $SK_HOST_IPS"])
+            .trim(),
+        format!("127.0.0.1,{node6}")
+    );
     // The pod's host addresses are the node's, one per family, primary first (upstream's
     // status.hostIPs); hostIP stays the primary one.
     assert_eq!(
