@@ -158,3 +158,154 @@ pub(crate) fn apply_limits(
     }
     Ok(())
 }
+
+/// What this host's cgroups offer for the container resources a kubelet may send, probed once,
+/// the way containerd's CRI plugin probes it (`SwapControllerAvailable`,
+/// `isHugetlbControllerPresent`, `IsCgroup2UnifiedMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Features {
+    /// `/sys/fs/cgroup` is a cgroup2 mount (the unified hierarchy alone).
+    pub unified: bool,
+    /// Swap accounting: `memory.memsw.limit_in_bytes` on v1, `memory.swap.max` in our own
+    /// cgroup on v2.
+    pub swap: bool,
+    /// The hugetlb controller: a v1 `cgroup` mount of it (containerd only lists
+    /// `/sys/fs/cgroup/hugetlb`, which may be an empty directory of the tmpfs), listed in the
+    /// root's `cgroup.controllers` on v2 (a hybrid host's v2 mount does not count).
+    pub hugetlb: bool,
+}
+
+pub(crate) fn features() -> Features {
+    static FEATURES: std::sync::OnceLock<Features> = std::sync::OnceLock::new();
+    *FEATURES.get_or_init(|| {
+        let unified = nix::sys::statfs::statfs(ROOT)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        let (swap, hugetlb) = if unified {
+            let own = std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                })
+                .unwrap_or_default();
+            let swap = PathBuf::from(ROOT)
+                .join(own.trim_start_matches('/'))
+                .join("memory.swap.max")
+                .exists();
+            let hugetlb = std::fs::read_to_string(PathBuf::from(ROOT).join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|w| w == "hugetlb"));
+            (swap, hugetlb)
+        } else {
+            (
+                file("memory", "", "memory.memsw.limit_in_bytes").exists(),
+                v1_mounted("hugetlb"),
+            )
+        };
+        let f = Features {
+            unified,
+            swap,
+            hugetlb,
+        };
+        tracing::debug!(?f, "cgroup features");
+        f
+    })
+}
+
+/// Whether a cgroup v1 hierarchy with `controller` is mounted (`/proc/self/mountinfo`).
+fn v1_mounted(controller: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let Some((_, fs)) = l.split_once(" - ") else {
+                return false;
+            };
+            let mut f = fs.split_whitespace();
+            f.next() == Some("cgroup")
+                && f.nth(1)
+                    .is_some_and(|opts| opts.split(',').any(|o| o == controller))
+        })
+    })
+}
+
+/// The resources as they apply on a host with `f`, as containerd maps them into the OCI spec
+/// (CreateContainer and UpdateContainerResources alike): with swap accounting, a memory limit
+/// without a swap limit gets swap = the limit (no swapping by default) and a swap limit is kept
+/// (OCI `memory.swap` is memory + swap; the runtime turns it into v2's `memory.swap.max`),
+/// without it the swap limit is dropped; hugepage limits only when the hugetlb controller
+/// exists (else skipped with a warning, containerd's default
+/// `tolerate_missing_hugetlb_controller`); `unified` only on a cgroup v2 host (a v1 runtime
+/// refuses it).
+pub(crate) fn effective_resources(
+    r: &skiff_proto::cri::LinuxContainerResources,
+    f: Features,
+) -> skiff_proto::cri::LinuxContainerResources {
+    let mut out = r.clone();
+    if !f.swap {
+        out.memory_swap_limit_in_bytes = 0;
+    } else if r.memory_limit_in_bytes > 0 && r.memory_swap_limit_in_bytes == 0 {
+        out.memory_swap_limit_in_bytes = r.memory_limit_in_bytes;
+    }
+    if !f.hugetlb && !r.hugepage_limits.is_empty() {
+        tracing::warn!("hugetlb cgroup controller is absent: skipping huge pages limits");
+        out.hugepage_limits.clear();
+    }
+    if !f.unified && !r.unified.is_empty() {
+        tracing::warn!(
+            keys = ?r.unified.keys().collect::<Vec<_>>(),
+            "unified (cgroup v2) resources given on a cgroup v1 host: skipped"
+        );
+        out.unified.clear();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::cri::{HugepageLimit, LinuxContainerResources};
+
+    fn res() -> LinuxContainerResources {
+        LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            hugepage_limits: vec![HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            unified: [("memory.high".to_string(), "50000000".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn v1_with_swap_accounting_no_hugetlb() {
+        let f = Features {
+            unified: false,
+            swap: true,
+            hugetlb: false,
+        };
+        let e = effective_resources(&res(), f);
+        assert_eq!(e.memory_swap_limit_in_bytes, 64 << 20);
+        assert!(e.hugepage_limits.is_empty());
+        assert!(e.unified.is_empty());
+        let mut r = res();
+        r.memory_swap_limit_in_bytes = 128 << 20;
+        assert_eq!(
+            effective_resources(&r, f).memory_swap_limit_in_bytes,
+            128 << 20
+        );
+    }
+
+    #[test]
+    fn v2_with_hugetlb_without_swap() {
+        let f = Features {
+            unified: true,
+            swap: false,
+            hugetlb: true,
+        };
+        let mut r = res();
+        r.memory_swap_limit_in_bytes = 128 << 20;
+        let e = effective_resources(&r, f);
+        assert_eq!(e.memory_swap_limit_in_bytes, 0);
+        assert_eq!(e.hugepage_limits.len(), 1);
+        assert_eq!(e.unified.len(), 1);
+    }
+}

@@ -23,6 +23,8 @@ mod pause;
 mod pod;
 mod sys;
 mod timefmt;
+#[cfg(target_arch = "x86_64")]
+mod tiny_pause;
 
 use std::process::ExitCode;
 

@@ -14,6 +14,8 @@
 //! together with the pod's net/ipc/uts (and pid) namespaces, which that user namespace then
 //! owns; the monitor writes the child's `uid_map`/`gid_map` (as runc's parent does for its
 //! init), and the child becomes root there and holds them (`userns_pause`).
+//! A forked pause child (either case) then exec's the tiny pause (`tiny_pause.rs`), so that it
+//! stops sharing the monitor's pages (RSS counted them twice).
 //! The loopback link is brought up by the CNI `loopback` plugin, not here.
 
 use std::io::Write;
@@ -45,7 +47,7 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
     if let (Some(maps), Some(dir)) = (&args.userns, socket_dir) {
         let Some(child) = userns_pause(&args.hostname, args.pid_ns, maps)? else {
             // The pause, in the pod's namespaces.
-            return hold(set);
+            return hold_exec(set);
         };
         // The pod monitor never left the host's namespaces: nothing to return to.
         return serve(dir, Some(child), Vec::new(), set);
@@ -69,7 +71,7 @@ pub fn run(args: PauseArgs) -> Result<(), String> {
                 if socket_dir.is_some() {
                     sys::die_with_parent()?;
                 }
-                return hold(set);
+                return hold_exec(set);
             }
             // Without a pod monitor the parent's work ends here: the caller tracks the child by
             // the pid it prints.
@@ -181,6 +183,20 @@ fn say_ready(line: &str) -> Result<(), String> {
     out.write_all(line.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| format!("write ready: {e}"))
+}
+
+/// The bare pause of a forked child: exec's the tiny pause (`tiny_pause.rs`), which owns
+/// two pages instead of sharing every page of this copy of the monitor; where that cannot
+/// run, holds here (`hold`), as before.
+fn hold_exec(set: nix::sys::signal::SigSet) -> Result<(), String> {
+    // Before the exec: the tiny pause must not keep the caller's pipes open.
+    sys::stdio_to_dev_null(&[0, 1, 2])?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Only returns on failure; stderr is gone by now, so the fallback is silent.
+        let _ = crate::tiny_pause::exec();
+    }
+    hold(set)
 }
 
 /// The bare pause: holds the namespaces until SIGTERM or SIGINT, reaping what it inherits.

@@ -1,6 +1,7 @@
 //! UpdateContainerResources: new cgroup limits for a created or running container, through the
 //! runtime's runc-compatible `update -r <resources.json> ID`; when the runtime cannot (no
-//! `update` verb, or it fails), the cgroup v1 files are written directly. The bundle's
+//! `update` verb, or it fails), the cgroup v1 files are written directly. Swap, hugepage and
+//! unified resources are mapped as at CreateContainer (`cgroups::effective_resources`). The bundle's
 //! config.json and the container record keep the new values.
 
 use std::process::Stdio;
@@ -53,6 +54,9 @@ pub(crate) fn oci_resources(r: &cri::LinuxContainerResources) -> Value {
             .collect();
         out.insert("hugepageLimits".into(), Value::Array(h));
     }
+    if !r.unified.is_empty() {
+        out.insert("unified".into(), json!(r.unified));
+    }
     Value::Object(out)
 }
 
@@ -86,7 +90,10 @@ pub(crate) async fn update(
     let Some(r) = req.linux else {
         return Ok(cri::UpdateContainerResourcesResponse {});
     };
-    let resources = oci_resources(&r);
+    // Swap, hugepages and unified as containerd maps them on this host (`cgroups.rs`); the
+    // container's record keeps what the kubelet asked.
+    let applied = crate::cgroups::effective_resources(&r, crate::cgroups::features());
+    let resources = oci_resources(&applied);
 
     // Keep the bundle's spec in step (it is what `runtime update` compares against, too).
     let spec_path = ct.bundle.join("config.json");
@@ -145,7 +152,7 @@ pub(crate) async fn update(
         }
     };
     if !runtime_ok {
-        crate::cgroups::apply_limits(&cgroups_path, &r).map_err(|e| CriError::Runtime {
+        crate::cgroups::apply_limits(&cgroups_path, &applied).map_err(|e| CriError::Runtime {
             verb: "update",
             id: ct.id.clone(),
             message: e.to_string(),
@@ -174,6 +181,12 @@ pub(crate) async fn update(
         }
         if !r.cpuset_mems.is_empty() {
             merged.cpuset_mems = r.cpuset_mems.clone();
+        }
+        if !r.hugepage_limits.is_empty() {
+            merged.hugepage_limits = r.hugepage_limits.clone();
+        }
+        if !r.unified.is_empty() {
+            merged.unified = r.unified.clone();
         }
         linux.resources = Some(merged);
     })?;

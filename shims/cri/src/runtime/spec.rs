@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use skiff_proto::cri;
 
@@ -529,13 +530,34 @@ pub(crate) fn generate(
             .access("rwm")
             .build()
             .map_err(spec_err)?]);
-    if resources.memory_limit_in_bytes > 0 {
-        rb = rb.memory(
-            LinuxMemoryBuilder::default()
-                .limit(resources.memory_limit_in_bytes)
-                .build()
-                .map_err(spec_err)?,
-        );
+    // Swap, hugepages and unified as containerd maps them on this host (`cgroups.rs`).
+    let resources = crate::cgroups::effective_resources(&resources, crate::cgroups::features());
+    if resources.memory_limit_in_bytes > 0 || resources.memory_swap_limit_in_bytes > 0 {
+        let mut mem = LinuxMemoryBuilder::default();
+        if resources.memory_limit_in_bytes > 0 {
+            mem = mem.limit(resources.memory_limit_in_bytes);
+        }
+        if resources.memory_swap_limit_in_bytes > 0 {
+            mem = mem.swap(resources.memory_swap_limit_in_bytes);
+        }
+        rb = rb.memory(mem.build().map_err(spec_err)?);
+    }
+    if !resources.hugepage_limits.is_empty() {
+        let limits = resources
+            .hugepage_limits
+            .iter()
+            .map(|h| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(h.page_size.clone())
+                    .limit(i64::try_from(h.limit).unwrap_or(i64::MAX))
+                    .build()
+                    .map_err(spec_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rb = rb.hugepage_limits(limits);
+    }
+    if !resources.unified.is_empty() {
+        rb = rb.unified(resources.unified.clone());
     }
     let mut cpu = LinuxCpuBuilder::default();
     let mut has_cpu = false;

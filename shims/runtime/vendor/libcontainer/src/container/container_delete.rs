@@ -46,6 +46,7 @@ impl Container {
                 // `runc` and `crun` allows deleting `created`. Therefore we
                 // decided to follow `runc` and `crun`.
                 self.do_kill(signal::Signal::SIGKILL, true)?;
+                self.wait_cgroup_empty()?;
                 self.set_status(ContainerStatus::Stopped).save()?;
             }
             ContainerStatus::Creating | ContainerStatus::Running | ContainerStatus::Paused => {
@@ -54,6 +55,7 @@ impl Container {
                 // processes associated with containers.
                 if force {
                     self.do_kill(signal::Signal::SIGKILL, true)?;
+                    self.wait_cgroup_empty()?;
                     self.set_status(ContainerStatus::Stopped).save()?;
                 } else {
                     tracing::error!(
@@ -131,6 +133,32 @@ impl Container {
             })?;
         }
 
+        Ok(())
+    }
+
+    /// Skiff: after the SIGKILL, waits until no process is left in the container's cgroup
+    /// (polling every 10 ms, 10 s at most, as runc's `killContainer` waits for its init), so
+    /// that removing the cgroup does not race processes still exiting: on a loaded machine
+    /// they can take longer than the ~100 ms of rmdir retries, and `delete --force` failed with
+    /// "could not delete". A process that is gone from `cgroup.procs` no longer keeps the
+    /// cgroup populated (zombies included).
+    fn wait_cgroup_empty(&self) -> Result<(), LibcontainerError> {
+        let cmanager =
+            libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+                cgroup_path: self.spec()?.cgroup_path,
+                systemd_cgroup: self.systemd(),
+                container_name: self.id().to_string(),
+            })?;
+        for _ in 0..1000 {
+            match cmanager.get_all_pids() {
+                Ok(pids) if !pids.is_empty() => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                // Empty, or nothing to read (no cgroup left): removal decides.
+                _ => return Ok(()),
+            }
+        }
+        tracing::warn!(id = ?self.id(), "processes left in the cgroup 10 s after SIGKILL");
         Ok(())
     }
 }

@@ -629,12 +629,12 @@ impl Mount {
         let source = m.source().as_ref().ok_or(MountError::NoSource)?;
         let dir_perm = Permissions::from_mode(0o755);
         let src = if is_bind(m) {
-            let src = canonicalize(source).map_err(|err| {
+            let (src, src_is_dir) = resolve_bind_source(source).map_err(|err| {
                 tracing::error!("failed to canonicalize {:?}: {}", source, err);
                 err
             })?;
 
-            if src.is_dir() {
+            if src_is_dir {
                 mkdir_all(container_dest, &dir_perm)?;
             } else {
                 let parent = container_dest
@@ -1050,6 +1050,35 @@ pub fn find_parent_mount(
             MountError::Custom(format!("can't find the parent mount of {:?}", rootfs))
         })?;
     Ok(parent_mount_info)
+}
+
+/// The canonical path of a bind source and whether it is a directory: one `O_PATH` open (which
+/// follows every link as `realpath` does), one `readlink` of its `/proc/self/fd` entry and one
+/// `fstat`, instead of glibc `realpath`'s `readlink` of each path component (Skiff: most of an
+/// init's `readlink` calls were the cgroup v1 bind sources). Falls back to `canonicalize`
+/// where the link cannot be read or names a deleted file.
+fn resolve_bind_source(source: &Path) -> std::io::Result<(PathBuf, bool)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fast = || -> Option<(PathBuf, bool)> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(source)
+            .ok()?;
+        let target = fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+        if !target.is_absolute() || target.as_os_str().as_bytes().ends_with(b" (deleted)") {
+            return None;
+        }
+        let is_dir = f.metadata().ok()?.is_dir();
+        Some((target, is_dir))
+    };
+    if let Some(r) = fast() {
+        return Ok(r);
+    }
+    let src = canonicalize(source)?;
+    let is_dir = src.is_dir();
+    Ok((src, is_dir))
 }
 
 #[cfg(test)]
