@@ -289,6 +289,9 @@ struct KubeletConfiguration {
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<String>,
     pod_logs_dir: Option<PathBuf>,
+    shutdown_grace_period: Option<String>,
+    shutdown_grace_period_critical_pods: Option<String>,
+    shutdown_grace_period_by_pod_priority: Option<Vec<skiff_node::shutdown::PriorityGrace>>,
     #[serde(flatten)]
     resources: ResourceFields,
     #[serde(flatten)]
@@ -599,6 +602,23 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
     }
     if let Some(d) = file.pod_logs_dir {
         c.pod_log_dir = d;
+    }
+    // Graceful node shutdown: KubeletConfiguration only, as upstream (no flags).
+    if let Some(d) = &file.shutdown_grace_period {
+        c.shutdown.grace_period = go_duration(d).context("shutdownGracePeriod")?;
+    }
+    if let Some(d) = &file.shutdown_grace_period_critical_pods {
+        c.shutdown.critical_grace_period =
+            go_duration(d).context("shutdownGracePeriodCriticalPods")?;
+    }
+    if let Some(g) = file.shutdown_grace_period_by_pod_priority.clone() {
+        if !g.is_empty() && !c.shutdown.grace_period.is_zero() {
+            bail!("invalid configuration: Cannot specify both shutdownGracePeriodByPodPriority and shutdownGracePeriod at the same time");
+        }
+        c.shutdown.by_priority = g;
+    }
+    if c.shutdown.critical_grace_period > c.shutdown.grace_period {
+        bail!("invalid configuration: shutdownGracePeriodCriticalPods ({:?}) must be <= shutdownGracePeriod ({:?})", c.shutdown.critical_grace_period, c.shutdown.grace_period);
     }
     apply_resources(&mut c, &args.resources, file.resources)?;
     crate::gc_flags::apply(&args.gc, &file.rest, &mut c.gc)?;
