@@ -741,6 +741,40 @@ mod tests {
     }
 
     #[test]
+    fn graceful_shutdown_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        let parse = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let t = T::parse_from([
+                "x",
+                "--kubeconfig",
+                "/k",
+                "--config",
+                file.to_str().unwrap(),
+            ]);
+            config(&t.k)
+        };
+        let c = parse("kind: KubeletConfiguration\nshutdownGracePeriod: 30s\nshutdownGracePeriodCriticalPods: 10s\n").unwrap();
+        assert_eq!(c.shutdown.grace_period.as_secs(), 30);
+        assert_eq!(c.shutdown.critical_grace_period.as_secs(), 10);
+        assert!(c.shutdown.enabled());
+        let c = parse("kind: KubeletConfiguration\nshutdownGracePeriodByPodPriority:\n- {priority: 0, shutdownGracePeriodSeconds: 5}\n- {priority: 1000, shutdownGracePeriodSeconds: 7}\n").unwrap();
+        assert_eq!(c.shutdown.total().as_secs(), 12);
+        let e = parse("kind: KubeletConfiguration\nshutdownGracePeriod: 5s\nshutdownGracePeriodCriticalPods: 10s\n").unwrap_err();
+        assert!(
+            e.to_string().contains("must be <= shutdownGracePeriod"),
+            "{e}"
+        );
+        let e = parse("kind: KubeletConfiguration\nshutdownGracePeriod: 5s\nshutdownGracePeriodByPodPriority:\n- {priority: 0, shutdownGracePeriodSeconds: 5}\n").unwrap_err();
+        assert!(e.to_string().contains("Cannot specify both"), "{e}");
+        assert!(!parse("kind: KubeletConfiguration\n")
+            .unwrap()
+            .shutdown
+            .enabled());
+    }
+
+    #[test]
     fn reserved_and_eviction_settings() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
