@@ -452,6 +452,21 @@ mod tests {
     }
 
     #[test]
+    fn every_pod_is_rejected_while_the_node_shuts_down() {
+        let a = Admission::new(SharedPressure::default());
+        assert!(a.admit(&best_effort(), &[]).is_ok());
+        a.shutdown.set(true);
+        let r = a.admit(&best_effort(), &[]).unwrap_err();
+        assert_eq!(r.reason, "NodeShutdown");
+        assert_eq!(
+            r.status_message(),
+            "Pod was rejected: Pod was rejected as the node is shutting down."
+        );
+        a.shutdown.set(false);
+        assert!(a.admit(&best_effort(), &[]).is_ok());
+    }
+
+    #[test]
     fn memory_pressure_rejects_best_effort_only() {
         let mem = Pressure {
             memory: true,
