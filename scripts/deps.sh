@@ -5,7 +5,7 @@ set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 want=(build-essential pkg-config libseccomp-dev protobuf-compiler libprotobuf-dev iproute2 ca-certificates curl musl-tools)
 if [ "${1:-build}" = test ]; then
-  want+=(busybox-static docker-registry apache2-utils containerd runc crun containernetworking-plugins etcd-server jq nftables dnsmasq-base iptables)
+  want+=(busybox-static docker-registry apache2-utils containerd runc crun containernetworking-plugins etcd-server jq nftables dnsmasq-base iptables systemd dbus util-linux)
 fi
 missing=()
 for p in "${want[@]}"; do

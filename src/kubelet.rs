@@ -289,6 +289,9 @@ struct KubeletConfiguration {
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<String>,
     pod_logs_dir: Option<PathBuf>,
+    shutdown_grace_period: Option<String>,
+    shutdown_grace_period_critical_pods: Option<String>,
+    shutdown_grace_period_by_pod_priority: Option<Vec<skiff_node::shutdown::PriorityGrace>>,
     #[serde(flatten)]
     resources: ResourceFields,
     #[serde(flatten)]
@@ -600,6 +603,23 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
     if let Some(d) = file.pod_logs_dir {
         c.pod_log_dir = d;
     }
+    // Graceful node shutdown: KubeletConfiguration only, as upstream (no flags).
+    if let Some(d) = &file.shutdown_grace_period {
+        c.shutdown.grace_period = go_duration(d).context("shutdownGracePeriod")?;
+    }
+    if let Some(d) = &file.shutdown_grace_period_critical_pods {
+        c.shutdown.critical_grace_period =
+            go_duration(d).context("shutdownGracePeriodCriticalPods")?;
+    }
+    if let Some(g) = file.shutdown_grace_period_by_pod_priority.clone() {
+        if !g.is_empty() && !c.shutdown.grace_period.is_zero() {
+            bail!("invalid configuration: Cannot specify both shutdownGracePeriodByPodPriority and shutdownGracePeriod at the same time");
+        }
+        c.shutdown.by_priority = g;
+    }
+    if c.shutdown.critical_grace_period > c.shutdown.grace_period {
+        bail!("invalid configuration: shutdownGracePeriodCriticalPods ({:?}) must be <= shutdownGracePeriod ({:?})", c.shutdown.critical_grace_period, c.shutdown.grace_period);
+    }
     apply_resources(&mut c, &args.resources, file.resources)?;
     crate::gc_flags::apply(&args.gc, &file.rest, &mut c.gc)?;
     Ok(c)
@@ -718,6 +738,40 @@ mod tests {
         assert_eq!(parse_taint("k:NoExecute").unwrap().value, None);
         let t = T::parse_from(["x", "--kubeconfig", "/k", "--cgroup-driver", "systemd"]);
         assert!(config(&t.k).is_err());
+    }
+
+    #[test]
+    fn graceful_shutdown_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        let parse = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let t = T::parse_from([
+                "x",
+                "--kubeconfig",
+                "/k",
+                "--config",
+                file.to_str().unwrap(),
+            ]);
+            config(&t.k)
+        };
+        let c = parse("kind: KubeletConfiguration\nshutdownGracePeriod: 30s\nshutdownGracePeriodCriticalPods: 10s\n").unwrap();
+        assert_eq!(c.shutdown.grace_period.as_secs(), 30);
+        assert_eq!(c.shutdown.critical_grace_period.as_secs(), 10);
+        assert!(c.shutdown.enabled());
+        let c = parse("kind: KubeletConfiguration\nshutdownGracePeriodByPodPriority:\n- {priority: 0, shutdownGracePeriodSeconds: 5}\n- {priority: 1000, shutdownGracePeriodSeconds: 7}\n").unwrap();
+        assert_eq!(c.shutdown.total().as_secs(), 12);
+        let e = parse("kind: KubeletConfiguration\nshutdownGracePeriod: 5s\nshutdownGracePeriodCriticalPods: 10s\n").unwrap_err();
+        assert!(
+            e.to_string().contains("must be <= shutdownGracePeriod"),
+            "{e}"
+        );
+        let e = parse("kind: KubeletConfiguration\nshutdownGracePeriod: 5s\nshutdownGracePeriodByPodPriority:\n- {priority: 0, shutdownGracePeriodSeconds: 5}\n").unwrap_err();
+        assert!(e.to_string().contains("Cannot specify both"), "{e}");
+        assert!(!parse("kind: KubeletConfiguration\n")
+            .unwrap()
+            .shutdown
+            .enabled());
     }
 
     #[test]

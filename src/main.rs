@@ -65,7 +65,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.cmd {
+    let result = match cli.cmd {
         Cmd::Scheduler(args) => rt.block_on(scheduler::run(args)),
         Cmd::ControllerManager(args) => rt.block_on(controller_manager::run(args)),
         Cmd::Kubelet(args) => rt.block_on(kubelet::run(*args)),
@@ -77,5 +77,9 @@ fn main() -> Result<()> {
             std::io::stdin().lock(),
             std::io::stdout().lock(),
         ))?),
-    }
+    };
+    // A blocking task still running (a read of a stuck filesystem, a D-Bus socket) must not
+    // keep the process alive after a shutdown signal: dropping the runtime would wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }

@@ -20,14 +20,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    ContainerPort, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{ContainerPort, Node, Pod, Taint, Toleration};
 use kube::api::Api;
 use kube::runtime::watcher;
 use kube::Client;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::eviction::{Pressure, SharedPressure};
 
@@ -64,6 +62,8 @@ impl Rejection {
 pub struct Admission {
     pub pressure: SharedPressure,
     pub node: Arc<RwLock<Option<Node>>>,
+    /// The node shutdown manager's state: while shutting down every pod is rejected.
+    pub shutdown: crate::shutdown::SharedShutdown,
 }
 
 impl Admission {
@@ -71,11 +71,18 @@ impl Admission {
         Admission {
             pressure,
             node: Arc::default(),
+            shutdown: Arc::default(),
         }
     }
 
     /// Admits `pod` beside `others` (the admitted pods that are not finished).
     pub fn admit(&self, pod: &Pod, others: &[&Pod]) -> Result<(), Rejection> {
+        if self.shutdown.is_shutting_down() {
+            return Err(Rejection {
+                reason: crate::shutdown::NOT_ADMITTED_REASON,
+                message: crate::shutdown::NOT_ADMITTED_MESSAGE.into(),
+            });
+        }
         let pressure = self.pressure.lock().map(|p| *p).unwrap_or_default();
         let node = self.node.read().ok().and_then(|n| n.clone());
         admit(pod, others, pressure, node.as_ref())
@@ -400,50 +407,9 @@ pub fn matches_node_affinity(
         .map(|r| r.node_selector_terms.clone());
     match terms {
         None => true,
-        Some(terms) => terms.iter().any(|t| term_matches(t, node_name, labels)),
-    }
-}
-
-fn term_matches(t: &NodeSelectorTerm, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields.iter().all(|r| {
-            let v = (r.key == "metadata.name").then(|| node_name.to_string());
-            requirement_matches(r, v.as_ref())
-        })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let num = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| num(v)),
-                values.first().and_then(|b| num(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        other => {
-            warn!(operator = other, "unknown node selector operator; no match");
-            false
-        }
+        Some(terms) => terms
+            .iter()
+            .any(|t| skiff_selectors::term_matches(t, node_name, labels)),
     }
 }
 
@@ -483,6 +449,21 @@ mod tests {
             ..Default::default()
         }]);
         p
+    }
+
+    #[test]
+    fn every_pod_is_rejected_while_the_node_shuts_down() {
+        let a = Admission::new(SharedPressure::default());
+        assert!(a.admit(&best_effort(), &[]).is_ok());
+        a.shutdown.set(true);
+        let r = a.admit(&best_effort(), &[]).unwrap_err();
+        assert_eq!(r.reason, "NodeShutdown");
+        assert_eq!(
+            r.status_message(),
+            "Pod was rejected: Pod was rejected as the node is shutting down."
+        );
+        a.shutdown.set(false);
+        assert!(a.admit(&best_effort(), &[]).is_ok());
     }
 
     #[test]

@@ -435,6 +435,8 @@ pub type SharedPressure = Arc<Mutex<Pressure>>;
 /// An eviction decided for a pod: the pod sync keeps it Failed with this message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
+    /// The pod status reason: `Evicted`, or `Terminated` for a node shutdown.
+    pub reason: String,
     pub message: String,
     pub grace_secs: i64,
 }
@@ -456,7 +458,8 @@ pub fn forget(uid: &str) {
     }
 }
 
-fn record(uid: &str, order: Order) {
+/// Records an order for pod `uid` (the eviction manager's, or the node shutdown manager's).
+pub fn record_order(uid: &str, order: Order) {
     if let Ok(mut o) = orders().lock() {
         o.insert(uid.to_string(), order);
     }
@@ -878,9 +881,10 @@ impl<R: CriRuntime> Manager<R> {
     async fn evict(&self, pod: &Pod, message: String, grace: i64) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         info!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, %uid, %message, "evicting pod");
-        record(
+        record_order(
             &uid,
             Order {
+                reason: crate::admission::REASON_EVICTED.into(),
                 message: message.clone(),
                 grace_secs: grace,
             },

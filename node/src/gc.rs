@@ -202,31 +202,9 @@ impl ImageGc {
             to_free,
             "image filesystem usage over the high threshold; removing unused images"
         );
-        let mut candidates: Vec<(cri::Image, ImageRecord)> = images
-            .into_iter()
-            .filter(|(img, used)| !used && !img.pinned)
-            .filter_map(|(img, _)| self.images.get(&img.id).map(|r| (img, *r)))
-            .collect();
-        // Least recently used first, then first detected.
-        candidates.sort_by_key(|(_, r)| (r.last_used, r.first_detected));
-        let mut freed = 0u64;
-        for (img, r) in candidates {
-            if freed >= to_free {
-                break;
-            }
-            if now.duration_since(r.first_detected) < cfg.minimum_image_ttl {
-                debug!(image = %img.id, "image younger than the minimum GC age; kept");
-                continue;
-            }
-            info!(image = %img.id, tags = ?img.repo_tags, size = r.size, "removing unused image");
-            match cri.remove_image(&img.id).await {
-                Ok(()) => {
-                    freed += r.size;
-                    self.images.remove(&img.id);
-                }
-                Err(e) => warn!(image = %img.id, error = %e, "cannot remove image"),
-            }
-        }
+        let freed = self
+            .remove_unused(cri, images, Some(to_free), cfg, now, "")
+            .await;
         if freed < to_free {
             return Err(format!(
                 "Failed to garbage collect required amount of images. Attempted to free {to_free} bytes, but only found {freed} bytes eligible to free."
@@ -247,19 +225,40 @@ impl ImageGc {
         now: Instant,
     ) -> Result<u64, String> {
         let images = self.detect(cri, now).await.map_err(|e| e.to_string())?;
+        Ok(self
+            .remove_unused(cri, images, None, cfg, now, "reclaim: ")
+            .await)
+    }
+
+    /// Removes unused, unpinned images first seen at least `minimum_image_ttl` ago, least
+    /// recently used first, until `to_free` bytes are freed (`None`: all of them). Each removal
+    /// is logged as `<log_prefix>removing unused image`. Returns the bytes freed.
+    async fn remove_unused<R: CriRuntime>(
+        &mut self,
+        cri: &R,
+        images: Vec<(cri::Image, bool)>,
+        to_free: Option<u64>,
+        cfg: &GcConfig,
+        now: Instant,
+        log_prefix: &str,
+    ) -> u64 {
+        let mut candidates: Vec<(cri::Image, ImageRecord)> = images
+            .into_iter()
+            .filter(|(img, used)| !used && !img.pinned)
+            .filter_map(|(img, _)| self.images.get(&img.id).map(|r| (img, *r)))
+            .collect();
+        // Least recently used first, then first detected.
+        candidates.sort_by_key(|(_, r)| (r.last_used, r.first_detected));
         let mut freed = 0u64;
-        for (img, used) in images {
-            if used || img.pinned {
-                continue;
+        for (img, r) in candidates {
+            if to_free.is_some_and(|t| freed >= t) {
+                break;
             }
-            let Some(r) = self.images.get(&img.id).copied() else {
-                continue;
-            };
             if now.duration_since(r.first_detected) < cfg.minimum_image_ttl {
                 debug!(image = %img.id, "image younger than the minimum GC age; kept");
                 continue;
             }
-            info!(image = %img.id, tags = ?img.repo_tags, size = r.size, "reclaim: removing unused image");
+            info!(image = %img.id, tags = ?img.repo_tags, size = r.size, "{log_prefix}removing unused image");
             match cri.remove_image(&img.id).await {
                 Ok(()) => {
                     freed += r.size;
@@ -268,7 +267,7 @@ impl ImageGc {
                 Err(e) => warn!(image = %img.id, error = %e, "cannot remove image"),
             }
         }
-        Ok(freed)
+        freed
     }
 }
 

@@ -39,6 +39,7 @@ pub mod reconcile;
 pub mod resources;
 pub mod security;
 pub mod server;
+pub mod shutdown;
 pub mod static_pods;
 pub mod status;
 pub mod stream;
@@ -145,6 +146,8 @@ pub struct KubeletConfig {
     pub cgroup_mount: PathBuf,
     /// Image and dead-container garbage collection (node/src/gc.rs).
     pub gc: gc::GcConfig,
+    /// Graceful node shutdown (`shutdownGracePeriod*`, node/src/shutdown.rs); off by default.
+    pub shutdown: shutdown::ShutdownConfig,
 }
 
 impl KubeletConfig {
@@ -182,6 +185,7 @@ impl KubeletConfig {
             eviction: eviction::EvictionConfig::default(),
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
             gc: gc::GcConfig::default(),
+            shutdown: shutdown::ShutdownConfig::default(),
         }
     }
 }
@@ -381,7 +385,23 @@ pub async fn run_with_runtime<R: CriRuntime>(
         images,
         stop_rx.clone(),
     ));
-    let admission = admission::Admission::new(pressure.clone());
+    let shutdown_state = shutdown::SharedShutdown::default();
+    if cfg.shutdown.enabled() {
+        tokio::spawn(
+            shutdown::Manager {
+                client: client.clone(),
+                cri: cri.clone(),
+                pods: reader.clone(),
+                node_name: cfg.node_name.clone(),
+                config: cfg.shutdown.clone(),
+                state: shutdown_state.clone(),
+                logind_dropin_dir: PathBuf::from(shutdown::LOGIND_DROPIN_DIR),
+            }
+            .run(stop_rx.clone()),
+        );
+    }
+    let mut admission = admission::Admission::new(pressure.clone());
+    admission.shutdown = shutdown_state.clone();
     tokio::spawn(admission.clone().watch_node(
         client.clone(),
         cfg.node_name.clone(),
@@ -412,6 +432,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
         ephemeral_storage: node::ephemeral_storage_capacity(&cfg.root_dir),
         reserved: node::allocatable_reserve(&reserved(&cfg), &cfg.eviction),
         pressure: Some(pressure),
+        shutdown: Some(shutdown_state.clone()),
     };
     let Some(node_obj) = retry(
         "cannot register the node with the API server",
@@ -518,6 +539,9 @@ pub async fn run_with_runtime<R: CriRuntime>(
             tokio::select! {
                 _ = hb_stop.changed() => return,
                 _ = tokio::time::sleep(interval) => {}
+                // A node shutdown (or its cancellation) is reported at once, as upstream's
+                // shutdown manager syncs the node status.
+                _ = shutdown_state.changed.notified() => {}
             }
         }
     });

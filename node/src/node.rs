@@ -113,6 +113,8 @@ pub struct NodeFacts {
     pub reserved: BTreeMap<String, i64>,
     /// The eviction manager's pressure conditions.
     pub pressure: Option<crate::eviction::SharedPressure>,
+    /// Set while the node shuts down (node/src/shutdown.rs): Ready turns False.
+    pub shutdown: Option<crate::shutdown::SharedShutdown>,
 }
 
 /// The root dir filesystem's size in bytes (capacity `ephemeral-storage`).
@@ -280,7 +282,14 @@ pub fn node_status(
             last_transition_time: Some(ltt),
         }
     };
+    let shutting_down = f.shutdown.as_ref().is_some_and(|s| s.is_shutting_down());
     let ready = match &rt.problem {
+        _ if shutting_down => cond(
+            "Ready",
+            false,
+            "KubeletNotReady",
+            crate::shutdown::NODE_NOT_READY_MESSAGE,
+        ),
         None => cond(
             "Ready",
             true,
@@ -534,6 +543,7 @@ mod tests {
             ephemeral_storage: None,
             reserved: BTreeMap::new(),
             pressure: None,
+            shutdown: None,
             host: HostInfo {
                 hostname: "h".into(),
                 cpus: 2,

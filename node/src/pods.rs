@@ -60,6 +60,9 @@ pub async fn run<R: CriRuntime>(
 ) {
     // Pods refused by admission (they never get a worker until they are deleted).
     let mut rejected: HashSet<String> = HashSet::new();
+    // Pods whose sandbox already runs (a restarted kubelet): admitted without a check, so a
+    // restart never ends a running pod, whatever the node's state now.
+    let in_runtime = running_pod_uids(&*cri).await;
     let StaticSource {
         rx: static_rx,
         registry,
@@ -145,12 +148,12 @@ pub async fn run<R: CriRuntime>(
                     }
                     Ok(watcher::Event::InitApply(p)) => {
                         init_seen.insert(uid_of(&p));
-                        if admitted(&p, &workers, &mut rejected, admission.as_ref(), &client, &ctx) {
+                        if admitted(&p, &workers, &in_runtime, &mut rejected, admission.as_ref(), &client, &ctx) {
                             dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
                         }
                     }
                     Ok(watcher::Event::Apply(p)) => {
-                        if admitted(&p, &workers, &mut rejected, admission.as_ref(), &client, &ctx) {
+                        if admitted(&p, &workers, &in_runtime, &mut rejected, admission.as_ref(), &client, &ctx) {
                             dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
                         }
                     }
@@ -261,13 +264,31 @@ fn dispatch<R: CriRuntime>(
     );
 }
 
-/// Whether `pod` may go to a worker: pods with a worker, pods being deleted, finished pods and
-/// static pods pass; a new pod goes through admission ([`crate::admission`]) once, and a
+/// The uids of the pods with a ready sandbox in the runtime (empty if it cannot be listed).
+async fn running_pod_uids<R: CriRuntime>(cri: &R) -> HashSet<String> {
+    let ready = skiff_proto::cri::PodSandboxState::SandboxReady as i32;
+    match cri.list_pod_sandbox(HashMap::new()).await {
+        Ok(s) => s
+            .iter()
+            .filter(|s| s.state == ready)
+            .filter_map(|s| s.labels.get(labels::POD_UID).cloned())
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "ListPodSandbox failed; pods already running go through admission");
+            HashSet::new()
+        }
+    }
+}
+
+/// Whether `pod` may go to a worker: pods with a worker, pods being deleted, finished pods,
+/// pods past Pending or already running in the runtime (`in_runtime`: a restarted kubelet
+/// accepts what it ran before) and static pods pass; a new pod goes through admission ([`crate::admission`]) once, and a
 /// rejected one gets phase Failed, the reason and `Pod was rejected: ...` (written in the
 /// background) and an event, and is skipped until it is deleted.
 fn admitted(
     pod: &Pod,
     workers: &HashMap<String, Worker>,
+    in_runtime: &HashSet<String>,
     rejected: &mut HashSet<String>,
     admission: Option<&crate::admission::Admission>,
     client: &Client,
@@ -286,6 +307,7 @@ fn admitted(
     };
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if workers.contains_key(&uid)
+        || in_runtime.contains(&uid)
         || !matches!(phase, None | Some("Pending"))
         || crate::static_pods::is_static(pod)
     {

@@ -1252,7 +1252,7 @@ impl<R: CriRuntime> PodSync<R> {
             let mut grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
             if let Some(o) = &evicted {
                 grace = o.grace_secs.min(grace);
-                info!("pod evicted; stopping its containers");
+                info!(reason = %o.reason, "pod evicted or terminated by the node shutdown; stopping its containers");
             } else {
                 info!("activeDeadlineSeconds exceeded; stopping the pod's containers");
                 self.events.push(PodEvent {
@@ -1362,7 +1362,7 @@ impl<R: CriRuntime> PodSync<R> {
             st.message =
                 Some("Pod was active on the node longer than the specified deadline".into());
             if let Some(o) = &evicted {
-                st.reason = Some("Evicted".into());
+                st.reason = Some(o.reason.clone());
                 st.message = Some(o.message.clone());
             }
         }

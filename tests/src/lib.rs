@@ -15,6 +15,7 @@ pub mod image;
 pub mod netns;
 pub mod registry;
 pub mod standalone;
+pub mod systemd_box;
 
 pub use cri_env::CriEnv;
 pub use image::{build_busybox_image, push, with_layer, OciImage};

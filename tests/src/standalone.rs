@@ -186,6 +186,23 @@ pub fn start_kubelet(
     cgroup_root: &str,
     dir: &Path,
 ) -> Proc {
+    let child = kubelet_command(cp, socket, name, cgroup_root, dir, "", &[])
+        .spawn()
+        .expect("start skiff kubelet");
+    Proc(child)
+}
+
+/// The command [`start_kubelet`] runs, with `extra_config` appended to the KubeletConfiguration
+/// (YAML lines) and the kubelet run through `wrapper` (e.g. `nsenter ... --`) when not empty.
+pub fn kubelet_command(
+    cp: &ControlPlane,
+    socket: &Path,
+    name: &str,
+    cgroup_root: &str,
+    dir: &Path,
+    extra_config: &str,
+    wrapper: &[String],
+) -> Command {
     std::fs::create_dir_all(dir).expect("kubelet dir");
     let skiff = workspace_bin("skiff");
     let tls = cp.dir().join("data/tls");
@@ -193,13 +210,20 @@ pub fn start_kubelet(
     std::fs::write(
         &config,
         format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDomain: cluster.local\npodLogsDir: {}\n{EVICTION_HARD}",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDomain: cluster.local\npodLogsDir: {}\n{EVICTION_HARD}{extra_config}",
             dir.join("pods").display()
         ),
     )
     .expect("kubelet config");
-    let child = Command::new(&skiff)
-        .arg("kubelet")
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&skiff);
+            c
+        }
+        None => Command::new(&skiff),
+    };
+    cmd.arg("kubelet")
         .arg("--kubeconfig")
         .arg(&cp.kubeconfig)
         .arg("--config")
@@ -229,10 +253,72 @@ pub fn start_kubelet(
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::File::create(dir.join("kubelet.log")).expect("kubelet log"),
-        ))
-        .spawn()
-        .expect("start skiff kubelet");
-    Proc(child)
+        ));
+    cmd
+}
+
+/// A standalone kubelet under test (the kubelet_* suites): its runtime's name, the control plane,
+/// the node name and the kubelet's folder (`kubelet.log`).
+pub struct KubeletNode<'a> {
+    pub runtime: &'static str,
+    pub cp: &'a ControlPlane,
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl KubeletNode<'_> {
+    /// How long [`KubeletNode::wait_for`] waits.
+    pub const WAIT: Duration = Duration::from_secs(90);
+
+    /// The last 60 lines of the kubelet's log.
+    pub fn kubelet_log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("kubelet.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(60);
+        format!(
+            "--- kubelet log on {} (tail) ---\n{}",
+            self.runtime,
+            lines[from..].join("\n")
+        )
+    }
+
+    /// Polls `f` until it holds; panics after [`KubeletNode::WAIT`] with the kubelet's log.
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Self::WAIT {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!(
+            "{}: timed out after {:?} waiting for {what}\n{}",
+            self.runtime,
+            Self::WAIT,
+            self.kubelet_log()
+        );
+    }
+
+    /// `kubectl get pod <pod> -o jsonpath=<path>`.
+    pub fn get(&self, pod: &str, path: &str) -> String {
+        self.cp
+            .kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+            .stdout
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cp.kubectl(args);
+        assert!(
+            o.ok,
+            "{}: kubectl {} failed:\n{}\n{}",
+            self.runtime,
+            args.join(" "),
+            o.stderr,
+            self.kubelet_log()
+        );
+        o.stdout
+    }
 }
 
 /// Kills every process left in cgroup `root` (a test's kubelet cgroup root, so only what the

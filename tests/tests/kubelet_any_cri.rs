@@ -13,7 +13,7 @@
 use skiff_proto::cri;
 use skiff_tests::control_plane::{kubectl_bin, ControlPlane};
 use skiff_tests::cri_env::containerd::ContainerdEnv;
-use skiff_tests::standalone::{start_kubelet, CgroupRoot, Proc, SkiffCri};
+use skiff_tests::standalone::{start_kubelet, CgroupRoot, KubeletNode, Proc, SkiffCri};
 use skiff_tests::Registry;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,62 +23,22 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// One node under test: the control plane, the runtime's socket and a standalone kubelet.
+/// One node under test: the shared standalone-kubelet helper, plus the runtime's socket and the
+/// test image.
 struct Node<'a> {
-    runtime: &'static str,
-    cp: &'a ControlPlane,
-    name: String,
+    k: KubeletNode<'a>,
     socket: PathBuf,
     busybox: String,
-    dir: PathBuf,
+}
+
+impl<'a> std::ops::Deref for Node<'a> {
+    type Target = KubeletNode<'a>;
+    fn deref(&self) -> &KubeletNode<'a> {
+        &self.k
+    }
 }
 
 impl Node<'_> {
-    fn kubelet_log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("kubelet.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let from = lines.len().saturating_sub(60);
-        format!(
-            "--- kubelet log on {} (tail) ---\n{}",
-            self.runtime,
-            lines[from..].join("\n")
-        )
-    }
-
-    fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        panic!(
-            "{}: timed out after {WAIT:?} waiting for {what}\n{}",
-            self.runtime,
-            self.kubelet_log()
-        );
-    }
-
-    fn get(&self, pod: &str, path: &str) -> String {
-        self.cp
-            .kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
-            .stdout
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.cp.kubectl(args);
-        assert!(
-            o.ok,
-            "{}: kubectl {} failed:\n{}\n{}",
-            self.runtime,
-            args.join(" "),
-            o.stderr,
-            self.kubelet_log()
-        );
-        o.stdout
-    }
-
     /// kubectl with stdin: (exit code, stdout, stderr).
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
         let mut child = Command::new(kubectl_bin(None))
@@ -472,12 +432,14 @@ async fn suite(runtime: &'static str, socket: &Path, busybox: &str, cgroup_root:
     let name = format!("sk-anycri-{runtime}-{}", std::process::id());
     let kubelet = start_kubelet(&cp, socket, &name, cgroup_root, &dir);
     let n = Node {
-        runtime,
-        cp: &cp,
-        name: name.clone(),
+        k: KubeletNode {
+            runtime,
+            cp: &cp,
+            name: name.clone(),
+            dir: dir.clone(),
+        },
         socket: socket.to_path_buf(),
         busybox: busybox.to_string(),
-        dir: dir.clone(),
     };
     n.wait_for("the node to be Ready", || {
         cp.kubectl(&[

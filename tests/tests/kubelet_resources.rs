@@ -12,12 +12,10 @@
 
 use skiff_tests::control_plane::ControlPlane;
 use skiff_tests::cri_env::containerd::ContainerdEnv;
-use skiff_tests::standalone::{start_kubelet, CgroupRoot, SkiffCri};
+use skiff_tests::standalone::{start_kubelet, CgroupRoot, KubeletNode as Node, SkiffCri};
 use skiff_tests::Registry;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(90);
 const CG: &str = "/sys/fs/cgroup";
 
 fn v2() -> bool {
@@ -119,47 +117,6 @@ fn want_shares(shares: u64) -> u64 {
         1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
     } else {
         shares
-    }
-}
-
-struct Node<'a> {
-    runtime: &'static str,
-    cp: &'a ControlPlane,
-    name: String,
-    dir: PathBuf,
-}
-
-impl Node<'_> {
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("kubelet.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let from = lines.len().saturating_sub(60);
-        format!(
-            "--- kubelet log on {} (tail) ---\n{}",
-            self.runtime,
-            lines[from..].join("\n")
-        )
-    }
-
-    fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        panic!(
-            "{}: timed out after {WAIT:?} waiting for {what}\n{}",
-            self.runtime,
-            self.log()
-        );
-    }
-
-    fn get(&self, pod: &str, path: &str) -> String {
-        self.cp
-            .kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
-            .stdout
     }
 }
 
@@ -273,7 +230,7 @@ spec:
         shares,
         want_shares(256),
         "{runtime}: Guaranteed cpu shares\n{}",
-        n.log()
+        n.kubelet_log()
     );
     assert_eq!(quota, Some(25_000), "{runtime}: Guaranteed cfs quota");
     assert_eq!(period, 100_000, "{runtime}: cfs period");
