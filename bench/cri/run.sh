@@ -28,12 +28,18 @@ KIND=release
 DAEMONS="$TARGET/$KIND"
 if [[ -z "${SKIP_BUILD:-}" && -n "${DEBUG_DAEMONS:-}" ]]; then
   cargo build -p skiff -p skiff-runtime -p skiff-cni
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p skiff-monitor --target "$TRIPLE"
+  # Not stripped by cargo (the profile's strip changes symbol hashes; shims/monitor/hot-symbols.txt
+  # is recorded from this very build), stripped below.
+  CARGO_PROFILE_RELEASE_STRIP=false RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p skiff-monitor --target "$TRIPLE"
 elif [[ -z "${SKIP_BUILD:-}" ]]; then
   cargo build --release -p skiff -p skiff-runtime -p skiff-cni -p skiff-monitor
   # With an explicit --target, RUSTFLAGS reach only that target's crates (not build scripts),
   # and the output lands in target/$TRIPLE: a separate cache.
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p skiff-monitor --target "$TRIPLE"
+  # Not stripped by cargo (the profile's strip changes symbol hashes; shims/monitor/hot-symbols.txt
+  # is recorded from this very build), stripped below.
+  CARGO_PROFILE_RELEASE_STRIP=false RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p skiff-monitor --target "$TRIPLE"
 fi
 BIN="$(mktemp -d /tmp/sk-bench-bin.XXXXXX)"
 CNI="$BIN/cni"
@@ -43,6 +49,7 @@ if [[ -n "${DYNAMIC_MONITOR:-}" ]]; then
   cp "$TARGET/release/skiff-monitor" "$BIN/"
 else
   cp "$TARGET/$TRIPLE/release/skiff-monitor" "$BIN/"
+  strip "$BIN/skiff-monitor"
 fi
 for p in bridge host-local loopback portmap; do ln -s "$(readlink -f "$DAEMONS/skiff-cni")" "$CNI/$p"; done
 echo "# daemons: $KIND builds, monitor: release, in $BIN; the CRI client (the test) is a debug build, the same for both"

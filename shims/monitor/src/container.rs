@@ -439,12 +439,13 @@ impl Container {
         let now = Instant::now();
         let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
         if due(self.out_buf.deadline()) || due(self.err_buf.deadline()) {
-            let ts = timefmt::now();
+            let ts = timefmt::stamp();
+            let ts = ts.as_bytes();
             if due(self.out_buf.deadline()) {
-                self.out_buf.flush_partial(&ts, &mut self.records);
+                self.out_buf.flush_partial(ts, &mut self.records);
             }
             if due(self.err_buf.deadline()) {
-                self.err_buf.flush_partial(&ts, &mut self.records);
+                self.err_buf.flush_partial(ts, &mut self.records);
             }
         }
         self.write_records();
@@ -482,9 +483,9 @@ impl Container {
 
     /// The init exited and was drained: flush the last pieces and write `exit`.
     pub fn finish(mut self) {
-        let ts = timefmt::now();
-        self.out_buf.flush_partial(&ts, &mut self.records);
-        self.err_buf.flush_partial(&ts, &mut self.records);
+        let ts = timefmt::stamp();
+        self.out_buf.flush_partial(ts.as_bytes(), &mut self.records);
+        self.err_buf.flush_partial(ts.as_bytes(), &mut self.records);
         self.write_records();
         if let Some((status, finished_at, _)) = self.init_exit.take() {
             self.write_exit(status, &finished_at);
@@ -544,19 +545,20 @@ impl Container {
             match result {
                 None => return,
                 Some(_) if eof => {
-                    let ts = timefmt::now();
+                    let ts = timefmt::stamp();
+                    let ts = ts.as_bytes();
                     match which {
                         Stream::Out => {
                             self.stdout = None;
-                            self.out_buf.flush_partial(&ts, &mut self.records);
+                            self.out_buf.flush_partial(ts, &mut self.records);
                         }
                         Stream::Err => {
                             self.stderr = None;
-                            self.err_buf.flush_partial(&ts, &mut self.records);
+                            self.err_buf.flush_partial(ts, &mut self.records);
                         }
                         Stream::Console => {
                             self.console = None;
-                            self.out_buf.flush_partial(&ts, &mut self.records);
+                            self.out_buf.flush_partial(ts, &mut self.records);
                         }
                     }
                     return;
@@ -576,11 +578,12 @@ impl Container {
                 .extend_from_slice(&data[..data.len().min(room)]);
             return;
         }
-        let ts = timefmt::now();
+        let ts = timefmt::stamp();
+        let ts = ts.as_bytes();
         let now = Instant::now();
         match which {
-            Stream::Out | Stream::Console => self.out_buf.push(data, &ts, now, &mut self.records),
-            Stream::Err => self.err_buf.push(data, &ts, now, &mut self.records),
+            Stream::Out | Stream::Console => self.out_buf.push(data, ts, now, &mut self.records),
+            Stream::Err => self.err_buf.push(data, ts, now, &mut self.records),
         }
     }
 

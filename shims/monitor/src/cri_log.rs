@@ -32,11 +32,17 @@ impl LineBuffer {
     }
 
     /// Add bytes read from the stream; complete records are appended to `out`.
-    pub fn push(&mut self, data: &[u8], ts: &str, now: Instant, out: &mut Vec<u8>) {
+    /// A full line read in one piece is encoded straight from `data` (not copied into the
+    /// pending buffer first).
+    pub fn push(&mut self, data: &[u8], ts: &[u8], now: Instant, out: &mut Vec<u8>) {
         let mut rest = data;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            self.pending.extend_from_slice(&rest[..i]);
-            self.emit_pending(ts, b'F', out);
+            if self.pending.is_empty() {
+                self.emit(ts, b'F', &rest[..i], out);
+            } else {
+                self.pending.extend_from_slice(&rest[..i]);
+                self.emit_pending(ts, b'F', out);
+            }
             rest = &rest[i + 1..];
         }
         self.pending.extend_from_slice(rest);
@@ -58,23 +64,26 @@ impl LineBuffer {
     }
 
     /// Write the held-back piece as `P` (on timeout or EOF).
-    pub fn flush_partial(&mut self, ts: &str, out: &mut Vec<u8>) {
+    pub fn flush_partial(&mut self, ts: &[u8], out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
             self.emit_pending(ts, b'P', out);
         }
         self.pending_since = None;
     }
 
-    fn emit_pending(&mut self, ts: &str, tag: u8, out: &mut Vec<u8>) {
-        out.extend_from_slice(ts.as_bytes());
+    fn emit_pending(&mut self, ts: &[u8], tag: u8, out: &mut Vec<u8>) {
+        self.emit(ts, tag, &self.pending, out);
+        self.pending.clear();
+    }
+
+    fn emit(&self, ts: &[u8], tag: u8, content: &[u8], out: &mut Vec<u8>) {
+        out.reserve(ts.len() + self.stream.len() + content.len() + 5);
+        out.extend_from_slice(ts);
         out.push(b' ');
         out.extend_from_slice(self.stream.as_bytes());
-        out.push(b' ');
-        out.push(tag);
-        out.push(b' ');
-        out.extend_from_slice(&self.pending);
+        out.extend_from_slice(&[b' ', tag, b' ']);
+        out.extend_from_slice(content);
         out.push(b'\n');
-        self.pending.clear();
     }
 }
 
@@ -121,6 +130,7 @@ mod tests {
     use super::*;
 
     const TS: &str = "2026-11-25T01:02:03.123456789Z";
+    const T: &[u8] = TS.as_bytes();
 
     fn lines(out: &[u8]) -> Vec<String> {
         String::from_utf8_lossy(out)
@@ -134,10 +144,10 @@ mod tests {
         let mut b = LineBuffer::new("stdout");
         let mut out = Vec::new();
         let now = Instant::now();
-        b.push(b"hello\nwor", TS, now, &mut out);
+        b.push(b"hello\nwor", T, now, &mut out);
         assert_eq!(lines(&out), vec![format!("{TS} stdout F hello")]);
         assert_eq!(b.deadline(), Some(now + PARTIAL_FLUSH));
-        b.push(b"ld\n\n", TS, now, &mut out);
+        b.push(b"ld\n\n", T, now, &mut out);
         assert_eq!(
             lines(&out)[1..],
             [format!("{TS} stdout F world"), format!("{TS} stdout F ")]
@@ -150,11 +160,26 @@ mod tests {
         let mut b = LineBuffer::new("stderr");
         let mut out = Vec::new();
         let long = vec![b'x'; MAX_LINE + 3];
-        b.push(&long, TS, Instant::now(), &mut out);
+        b.push(&long, T, Instant::now(), &mut out);
         assert_eq!(out.len(), TS.len() + " stderr P ".len() + MAX_LINE + 1);
-        b.flush_partial(TS, &mut out);
+        b.flush_partial(T, &mut out);
         assert_eq!(lines(&out)[1], format!("{TS} stderr P xxx"));
-        b.flush_partial(TS, &mut out);
+        b.flush_partial(T, &mut out);
         assert_eq!(lines(&out).len(), 2);
+    }
+
+    #[test]
+    fn a_piece_is_joined_with_the_rest_of_its_line() {
+        let mut b = LineBuffer::new("stdout");
+        let mut out = Vec::new();
+        b.push(b"ab", T, Instant::now(), &mut out);
+        assert!(out.is_empty());
+        b.push(b"c\nd\ne", T, Instant::now(), &mut out);
+        assert_eq!(
+            lines(&out),
+            [format!("{TS} stdout F abc"), format!("{TS} stdout F d")]
+        );
+        b.flush_partial(T, &mut out);
+        assert_eq!(lines(&out)[2], format!("{TS} stdout P e"));
     }
 }
