@@ -625,6 +625,51 @@ mod tests {
         assert!(st.start_time.is_some() && st.pod_ip.is_none());
     }
 
+    /// A slim bound pod still counts for resource fit and its anti-affinity still repels.
+    #[test]
+    fn placed_pods_count_in_filters() {
+        let mut c = Cache::default();
+        for n in ["n1", "n2"] {
+            c.set_node(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
+                    "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"},
+                               "conditions": [{"type": "Ready", "status": "True"}]}
+                }))
+                .unwrap(),
+            );
+        }
+        let bound = pod(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "ns", "uid": "u1", "labels": {"app": "db"}},
+            "spec": {"nodeName": "n1",
+                "containers": [{"name": "c", "resources": {"requests": {"cpu": "900m"}}}],
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": "kubernetes.io/hostname",
+                     "labelSelector": {"matchLabels": {"app": "web"}}}]}}}
+        }));
+        c.set_pod_placement(Arc::new(PodInfo::placed(bound)), Some("n1"));
+        let profile = crate::config::Profile::default_profile("default-scheduler");
+        let incoming = |labels: serde_json::Value, cpu: &str| {
+            PodInfo::new(Arc::new(pod(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u2", "labels": labels},
+                "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
+            }))))
+        };
+        let (n1, n2) = (&c.nodes["n1"], &c.nodes["n2"]);
+        let big = incoming(serde_json::json!({"app": "x"}), "200m");
+        let cycle = crate::framework::Cycle::new(&big, &c);
+        let unfit = cycle.filter(n1, &profile).unwrap_err();
+        assert!(
+            unfit.reasons.iter().any(|r| r == "Insufficient cpu"),
+            "{unfit:?}"
+        );
+        assert!(cycle.filter(n2, &profile).is_ok());
+        let web = incoming(serde_json::json!({"app": "web"}), "10m");
+        let cycle = crate::framework::Cycle::new(&web, &c);
+        assert!(cycle.filter(n1, &profile).is_err());
+        assert!(cycle.filter(n2, &profile).is_ok());
+    }
+
     #[test]
     fn image_names_normalize() {
         assert_eq!(
