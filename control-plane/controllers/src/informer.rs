@@ -234,6 +234,20 @@ pub fn slim_pod(p: &mut Pod) {
         };
         spec.containers.iter_mut().for_each(keep);
         spec.init_containers.iter_mut().flatten().for_each(keep);
+        // What only the scheduler and the kubelet read: spread constraints, pod (anti-)affinity
+        // (the DaemonSet controller reads the node affinity it sets), DNS, host aliases,
+        // overhead, gates, claims.
+        spec.topology_spread_constraints = None;
+        if let Some(a) = spec.affinity.as_mut() {
+            a.pod_affinity = None;
+            a.pod_anti_affinity = None;
+        }
+        spec.dns_config = None;
+        spec.host_aliases = None;
+        spec.overhead = None;
+        spec.scheduling_gates = None;
+        spec.resource_claims = None;
+        spec.ephemeral_containers = None;
     }
 }
 

@@ -203,6 +203,27 @@ impl PodInfo {
         }
     }
 
+    /// A pod bound to a node, as the cache keeps it (every bound pod of the cluster is there):
+    /// its requests and host ports are worked out first, then its copy keeps only what
+    /// scheduling other pods reads of it ([`slim_placed`]).
+    pub fn placed(mut pod: Pod) -> PodInfo {
+        let mut info = PodInfo::new(Arc::new(Pod::default()));
+        info.uid = pod.metadata.uid.clone().unwrap_or_default();
+        info.namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        info.name = pod.metadata.name.clone().unwrap_or_default();
+        info.requests = pod_requests(&pod, false);
+        info.non_zero = pod_requests(&pod, true);
+        info.ports = host_ports(&pod);
+        info.priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        slim_placed(&mut pod);
+        info.pod = Arc::new(pod);
+        info
+    }
+
     pub fn labels(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
         self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
@@ -221,6 +242,38 @@ impl PodInfo {
             .flatten()
             .find(|o| o.controller == Some(true))
             .map(|o| o.uid.as_str())
+    }
+}
+
+/// What the cache keeps of a pod placed on a node, on top of its [`PodInfo`] figures: labels,
+/// owner references, namespace, uid, resource version and deletion timestamp (spreading,
+/// affinity matching, preemption victims and their events), its own affinity (existing pods'
+/// anti-affinity and preferences), priority, claim volumes and node name, and the status's
+/// phase and start time (preemption). Containers, tolerations, spread constraints and node
+/// selectors only matter while a pod is being scheduled; a placed pod's `Container` alone is
+/// over 2 KiB as a Rust value (bench/README.md, "controllers + scheduler memory").
+pub fn slim_placed(p: &mut Pod) {
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    let m = &mut p.metadata;
+    m.annotations = None;
+    m.generate_name = None;
+    m.finalizers = None;
+    m.managed_fields = None;
+    if let Some(spec) = p.spec.take() {
+        p.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            affinity: spec.affinity,
+            priority: spec.priority,
+            volumes: spec.volumes,
+            ..Default::default()
+        });
+    }
+    if let Some(st) = p.status.take() {
+        p.status = Some(PodStatus {
+            phase: st.phase,
+            start_time: st.start_time,
+            ..Default::default()
+        });
     }
 }
 
@@ -529,6 +582,92 @@ mod tests {
             (nz.milli_cpu, nz.memory),
             (DEFAULT_MILLI_CPU, DEFAULT_MEMORY)
         );
+    }
+
+    #[test]
+    fn placed_pods_keep_their_requests_and_what_others_match() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                         "labels": {"app": "web"}, "annotations": {"a": "b"}},
+            "spec": {
+                "nodeName": "n1", "priority": 5,
+                "containers": [{"name": "c", "image": "busybox",
+                    "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}},
+                    "ports": [{"containerPort": 80, "hostPort": 8080}]}],
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": "kubernetes.io/hostname",
+                     "labelSelector": {"matchLabels": {"app": "web"}}}]}},
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "c"}}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.9",
+                       "startTime": "2026-12-06T10:00:00Z"}
+        }));
+        let full = PodInfo::new(Arc::new(p.clone()));
+        let placed = PodInfo::placed(p);
+        assert_eq!(placed.requests, full.requests);
+        assert_eq!(placed.non_zero, full.non_zero);
+        assert_eq!(placed.requests.milli_cpu, 250);
+        assert_eq!(placed.ports.len(), 1);
+        assert_eq!(placed.priority, 5);
+        assert_eq!(
+            (placed.uid.as_str(), placed.key()),
+            ("u", "ns/p".to_string())
+        );
+        assert_eq!(placed.labels().get("app").map(String::as_str), Some("web"));
+        let spec = placed.pod.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty() && spec.tolerations.is_none());
+        assert!(spec.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
+        assert!(placed.pod.metadata.annotations.is_none());
+        assert_eq!(placed.pod.metadata.resource_version.as_deref(), Some("7"));
+        let st = placed.pod.status.as_ref().unwrap();
+        assert!(st.start_time.is_some() && st.pod_ip.is_none());
+    }
+
+    /// A slim bound pod still counts for resource fit and its anti-affinity still repels.
+    #[test]
+    fn placed_pods_count_in_filters() {
+        let mut c = Cache::default();
+        for n in ["n1", "n2"] {
+            c.set_node(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
+                    "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"},
+                               "conditions": [{"type": "Ready", "status": "True"}]}
+                }))
+                .unwrap(),
+            );
+        }
+        let bound = pod(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "ns", "uid": "u1", "labels": {"app": "db"}},
+            "spec": {"nodeName": "n1",
+                "containers": [{"name": "c", "resources": {"requests": {"cpu": "900m"}}}],
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": "kubernetes.io/hostname",
+                     "labelSelector": {"matchLabels": {"app": "web"}}}]}}}
+        }));
+        c.set_pod_placement(Arc::new(PodInfo::placed(bound)), Some("n1"));
+        let profile = crate::config::Profile::default_profile("default-scheduler");
+        let incoming = |labels: serde_json::Value, cpu: &str| {
+            PodInfo::new(Arc::new(pod(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u2", "labels": labels},
+                "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
+            }))))
+        };
+        let (n1, n2) = (&c.nodes["n1"], &c.nodes["n2"]);
+        let big = incoming(serde_json::json!({"app": "x"}), "200m");
+        let cycle = crate::framework::Cycle::new(&big, &c);
+        let unfit = cycle.filter(n1, &profile).unwrap_err();
+        assert!(
+            unfit.reasons.iter().any(|r| r == "Insufficient cpu"),
+            "{unfit:?}"
+        );
+        assert!(cycle.filter(n2, &profile).is_ok());
+        let web = incoming(serde_json::json!({"app": "web"}), "10m");
+        let cycle = crate::framework::Cycle::new(&web, &c);
+        assert!(cycle.filter(n1, &profile).is_err());
+        assert!(cycle.filter(n2, &profile).is_ok());
     }
 
     #[test]

@@ -421,7 +421,7 @@ fn on_pod(s: &Shared, p: Pod) {
             s.queue.move_all();
         } else {
             s.cache()
-                .set_pod_placement(Arc::new(PodInfo::new(Arc::new(p))), Some(&node));
+                .set_pod_placement(Arc::new(PodInfo::placed(p)), Some(&node));
         }
         return;
     }
