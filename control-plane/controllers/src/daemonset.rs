@@ -124,65 +124,8 @@ pub fn add_daemon_tolerations(spec: &mut PodSpec) {
     }
 }
 
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect
-        .as_deref()
-        .is_some_and(|e| !e.is_empty() && e != taint.effect)
-    {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => t
-            .key
-            .as_deref()
-            .is_none_or(|k| k.is_empty() || k == taint.key),
-        _ => {
-            t.key.as_deref() == Some(taint.key.as_str())
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-    }
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let vals = r.values.clone().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| vals.contains(v)),
-        "NotIn" => !value.is_some_and(|v| vals.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(w)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                vals.first().and_then(|w| w.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > w
-            } else {
-                v < w
-            }
-        }
-        _ => false,
-    }
-}
-
 fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
-    let labels = node.labels();
-    let name = node.name_any();
-    let exprs = t.match_expressions.iter().flatten();
-    let fields = t.match_fields.iter().flatten();
-    if t.match_expressions.as_ref().is_none_or(|v| v.is_empty())
-        && t.match_fields.as_ref().is_none_or(|v| v.is_empty())
-    {
-        return false;
-    }
-    exprs
-        .into_iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields
-            .into_iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
+    skiff_selectors::term_matches(t, &node.name_any(), node.labels())
 }
 
 /// Upstream's `NodeShouldRunDaemonPod` (predicates part): whether a daemon pod should run on
@@ -226,7 +169,7 @@ pub fn placement(spec: &PodSpec, node: &Node) -> (bool, bool) {
         taints
             .iter()
             .filter(|t| t.effect == effect)
-            .all(|taint| tols.iter().any(|t| tolerates(t, taint)))
+            .all(|taint| skiff_selectors::tolerated(&tols, taint))
     };
     let cont = tolerated("NoExecute");
     (cont && tolerated("NoSchedule"), cont)
