@@ -135,6 +135,28 @@ pub trait CriRuntime: Send + Sync + 'static {
     }
 }
 
+/// Stops every running container of the pod `uid` at once, each with `grace` seconds, and
+/// returns when every stop has returned. Failures are logged; `why` says what the pod is
+/// stopped for (node shutdown, eviction, deletion).
+pub async fn stop_running_containers<R: CriRuntime>(cri: &R, uid: &str, grace: i64, why: &str) {
+    let sel = HashMap::from([(labels::POD_UID.to_string(), uid.to_string())]);
+    let running = cri::ContainerState::ContainerRunning as i32;
+    match cri.list_containers("", sel).await {
+        Ok(list) => {
+            let stops = list
+                .iter()
+                .filter(|c| c.state == running)
+                .map(|c| cri.stop_container(&c.id, grace));
+            for r in futures::future::join_all(stops).await {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, why, "StopContainer failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, why, "cannot list the containers of a pod to stop"),
+    }
+}
+
 /// A stream of CRI container events.
 pub type EventStream =
     futures::stream::BoxStream<'static, Result<cri::ContainerEventResponse, CriError>>;

@@ -26,7 +26,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::cri::{labels, CriRuntime};
+use crate::cri::CriRuntime;
 use crate::events::PodEvent;
 
 /// Upstream's eviction monitoring period.
@@ -903,23 +903,7 @@ impl<R: CriRuntime> Manager<R> {
         .await;
         // Stopping the containers wakes the pod worker (container events), which then writes
         // the Failed status.
-        let mut sel = HashMap::new();
-        sel.insert(labels::POD_UID.to_string(), uid);
-        let running = skiff_proto::cri::ContainerState::ContainerRunning as i32;
-        match self.cri.list_containers("", sel).await {
-            Ok(list) => {
-                let stops = list
-                    .iter()
-                    .filter(|c| c.state == running)
-                    .map(|c| self.cri.stop_container(&c.id, grace));
-                for r in futures::future::join_all(stops).await {
-                    if let Err(e) = r {
-                        warn!(error = %e, "StopContainer of an evicted pod failed");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot list the containers of an evicted pod"),
-        }
+        crate::cri::stop_running_containers(&*self.cri, &uid, grace, "eviction").await;
     }
 }
 

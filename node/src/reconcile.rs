@@ -1263,20 +1263,7 @@ impl<R: CriRuntime> PodSync<R> {
                 });
             }
             self.probes.clear();
-            let mut sel = HashMap::new();
-            sel.insert(labels::POD_UID.to_string(), uid.clone());
-            let running = cri::ContainerState::ContainerRunning as i32;
-            if let Ok(list) = self.cri.list_containers("", sel).await {
-                let stops = list
-                    .iter()
-                    .filter(|c| c.state == running)
-                    .map(|c| self.cri.stop_container(&c.id, grace));
-                for r in futures::future::join_all(stops).await {
-                    if let Err(e) = r {
-                        warn!(error = %e, "StopContainer failed");
-                    }
-                }
-            }
+            crate::cri::stop_running_containers(&*self.cri, &uid, grace, "pod deletion").await;
         }
         // Once this worker saw the pod finish (and stopped its sandbox), it stays finished even
         // while the API still shows the old phase: no new sandbox for a completed pod.

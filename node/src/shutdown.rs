@@ -24,7 +24,6 @@
 //! `/run/dbus/system_bus_socket`). The grouping and the grace periods are plain functions with
 //! unit tests; tests/tests/kubelet_shutdown.rs boots a real systemd and powers it off.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::cri::{labels, CriRuntime};
+use crate::cri::CriRuntime;
 
 /// Pod status reason of a pod ended by a node shutdown (upstream's `nodeShutdownReason`).
 pub const REASON: &str = "Terminated";
@@ -528,23 +527,7 @@ impl<R: CriRuntime> Manager<R> {
             },
         );
         // Stopping the containers wakes the pod worker, which writes the Failed status.
-        let mut sel = HashMap::new();
-        sel.insert(labels::POD_UID.to_string(), uid.clone());
-        let running = skiff_proto::cri::ContainerState::ContainerRunning as i32;
-        match self.cri.list_containers("", sel).await {
-            Ok(list) => {
-                let stops = list
-                    .iter()
-                    .filter(|c| c.state == running)
-                    .map(|c| self.cri.stop_container(&c.id, grace));
-                for r in futures::future::join_all(stops).await {
-                    if let Err(e) = r {
-                        warn!(error = %e, "StopContainer during node shutdown failed");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot list the containers of a pod to terminate"),
-        }
+        crate::cri::stop_running_containers(&*self.cri, &uid, grace, "node shutdown").await;
         let key = kube::runtime::reflector::ObjectRef::<Pod>::new(
             pod.metadata.name.as_deref().unwrap_or_default(),
         )
