@@ -23,6 +23,10 @@
 //!   ClusterRoleBinding) and with a service-account token (token authentication + RBAC through
 //!   a RoleBinding), interleaved in rounds; p50 of each and the difference to the baseline.
 //!   `SK_BENCH_ONLY=authz` runs only this part (no etcd, no idle window).
+//! * `SK_BENCH_ONLY=seq`: only the sequential creates, against etcd and skiff in interleaved
+//!   rounds (`SK_BENCH_ROUNDS`, default 7) so both see the same load; per round creates/s,
+//!   p50/p99/max, CPU per create of each server and skiff's context switches per create, then
+//!   the median ratio.
 //!
 //! When upstream Kubernetes runs beside it (../shared/upstream: `admin.kubeconfig` present and
 //! https://127.0.0.1:7443 answering), the same API workload runs against it as a third column
@@ -377,6 +381,118 @@ async fn ensure_namespace(c: &mut Conn, ns: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `SK_BENCH_ONLY=seq`: only the sequential-create figure, in interleaved rounds
+/// (`SK_BENCH_ROUNDS`, default 7) of 1,000 etcd puts then 1,000 API creates, so that both see the
+/// same machine load; prints each round and the medians.
+async fn seq_interleaved(skiff: &Skiff, etcd_addr: &str, etcd_pid: u32) -> Result<()> {
+    let rounds: usize = match std::env::var("SK_BENCH_ROUNDS") {
+        Ok(s) => s.parse().context("SK_BENCH_ROUNDS: a whole number")?,
+        Err(_) => 7,
+    };
+    println!(
+        "# skiff pid {}, etcd {etcd_addr}; {rounds} interleaved rounds of {SEQ} sequential creates",
+        skiff.pid()
+    );
+    let ep = format!("http://{etcd_addr}");
+    let mut etcd = etcd_client::Client::connect([ep.as_str()], None).await?;
+    let mut c = skiff.api.conn().await.context("connecting")?;
+    let ns = "sk-bench-cm";
+    ensure_namespace(&mut c, ns).await?;
+    let base = format!("/api/v1/namespaces/{ns}/configmaps");
+    let (mut ratios, mut sk_p50, mut et_p50) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fails = Failures::default();
+    for r in 0..rounds {
+        let mut e = Phase::default();
+        let ecpu0 = cpu_secs(etcd_pid);
+        let t0 = Instant::now();
+        for i in 0..SEQ {
+            let name = format!("cm-{r}-{i:05}");
+            let v = stored_configmap(ns, &name, i);
+            let t = Instant::now();
+            match etcd
+                .put(format!("/registry/configmaps/{ns}/{name}"), v, None)
+                .await
+            {
+                Ok(_) => {
+                    e.ok += 1;
+                    e.lat_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                Err(err) => e.fail(format!("put: {err}")),
+            }
+        }
+        e.secs = t0.elapsed().as_secs_f64();
+        let ecpu = cpu_secs(etcd_pid) - ecpu0;
+        let mut s = Phase::default();
+        let scpu0 = cpu_secs(skiff.pid());
+        let sctx0 = ctx_switches(skiff.pid());
+        let t0 = Instant::now();
+        for i in 0..SEQ {
+            let name = format!("cm-{r}-{i:05}");
+            let t = Instant::now();
+            let res = c.req("POST", &base, Some(configmap(&name, i, None))).await;
+            s.record(res, 201, t, &format!("create {name}"));
+        }
+        s.secs = t0.elapsed().as_secs_f64();
+        let scpu = cpu_secs(skiff.pid()) - scpu0;
+        let sctx = ctx_switches(skiff.pid()) - sctx0;
+        let ratio = s.per_s() / e.per_s();
+        println!(
+            "round {r}: creates/s skiff={:.0} etcd={:.0} ratio={ratio:.2}; p50/p99/max ms skiff={:.3}/{:.2}/{:.1} etcd={:.3}/{:.2}/{:.1}; cpu us/op skiff={:.0} etcd={:.0}; skiff context switches/op {:.1}; load {}",
+            s.per_s(),
+            e.per_s(),
+            s.p(0.5),
+            s.p(0.99),
+            s.p(1.0),
+            e.p(0.5),
+            e.p(0.99),
+            e.p(1.0),
+            scpu * 1e6 / SEQ as f64,
+            ecpu * 1e6 / SEQ as f64,
+            sctx as f64 / SEQ as f64,
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split(' ')
+                .next()
+                .unwrap_or("?")
+        );
+        ratios.push(ratio);
+        sk_p50.push(s.p(0.5));
+        et_p50.push(e.p(0.5));
+        fails.note("skiff", "creates sequential", &s);
+        fails.note("etcd", "puts sequential", &e);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "apiserver_create_seq_ratio_median ratio={:.2} (p50 ms skiff={:.3} etcd={:.3})",
+        med(&mut ratios),
+        med(&mut sk_p50),
+        med(&mut et_p50)
+    );
+    for f in &fails.0 {
+        println!("# failures: {f}");
+    }
+    Ok(())
+}
+
+/// Context switches (voluntary and not) of every thread of `pid` so far.
+fn ctx_switches(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|st| {
+            st.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Figures of the ConfigMap, pod and watch workload on one API server.
@@ -1163,6 +1279,9 @@ async fn run() -> Result<()> {
     }
     let etcd = Etcd::start(&parent).context("etcd (Debian's etcd-server) is needed as the peer")?;
     let skiff = Skiff::start(&bin, &parent).await?;
+    if std::env::var("SK_BENCH_ONLY").is_ok_and(|v| v == "seq") {
+        return seq_interleaved(&skiff, &etcd.addr, etcd.pid()).await;
+    }
     println!(
         "# skiff {} (pid {}), etcd {} (pid {}), data under {}; idle window {idle_secs} s",
         bin.display(),
