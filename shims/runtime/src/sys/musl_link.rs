@@ -16,6 +16,18 @@ use std::ffi::{c_char, c_int, c_void};
 #[path = "../../../../cni-plugins/src/musl_link.rs"]
 mod shared;
 
+/// Rust's allocations come from skiff-cni's bump arena in `.bss` (`cni-plugins/src/arena.rs`):
+/// musl's allocator maps and unmaps memory groups as they fill and empty, ~200 `mmap`,
+/// `munmap`, `mremap` and `madvise` calls per foreground `run` (each `munmap` a TLB
+/// shoot-down, an IPI on this VM), which gave back what musl's start-up saves. A runtime call
+/// allocates well under the arena's 8 MiB; untouched arena pages cost nothing, and a
+/// long-lived `events --stats` or terminal `run` that fills it goes on with musl's allocator.
+#[path = "../../../../cni-plugins/src/arena.rs"]
+mod arena;
+
+#[global_allocator]
+static ALLOC: arena::Arena = arena::Arena::new();
+
 /// glibc's fortified `fprintf`. Only libseccomp's PFC export (never called here) references
 /// it; answer "error" without writing, should that ever change.
 #[no_mangle]
