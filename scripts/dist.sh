@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binaries Skiff ships into target/dist/ (what scripts/server.sh runs):
 #   skiff          release build (dynamic): API server, scheduler, kubelet, CRI
-#   skiff-runtime  static, non-PIE, size-optimised (profile release-small) with its hot code
-#                  packed first (shims/runtime/hot-symbols.txt): the short-lived runtime's start
-#                  time and peak RSS are what count (bench/runtime)
+#   skiff-runtime  static (musl), non-PIE, size-optimised (profile release-small) with its hot
+#                  code packed first (shims/runtime/hot-symbols.txt): the short-lived runtime's
+#                  start time and peak RSS are what count (scripts/build-runtime.sh, bench/runtime)
 #   skiff-monitor  static, non-PIE (one per container: no ld.so/libc mappings)
 #   skiff-cni      static (musl), non-PIE, release-small with its hot code packed first:
 #                  a plugin lives for ~2 ms per call (scripts/build-cni.sh, bench/cni)
@@ -22,13 +22,11 @@ CARGO_PROFILE_RELEASE_STRIP=false RUSTFLAGS="$STATIC_FLAGS" \
   cargo build --release -p skiff-monitor --target "$TRIPLE"
 echo "building skiff-cni (static, release-small)..."
 CNI_BIN="$(bash scripts/build-cni.sh)"
-echo "building skiff-runtime (static, release-small)..."
-LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="/usr/lib/$(gcc -print-multiarch)" \
-  RUSTFLAGS="$STATIC_FLAGS -C force-unwind-tables=no" \
-  cargo build --profile release-small -p skiff-runtime --target "$TRIPLE"
+echo "building skiff-runtime (static (musl), release-small)..."
+RUNTIME_BIN="$(bash scripts/build-runtime.sh)"
 mkdir -p target/dist
 cp target/release/skiff "target/$TRIPLE/release/skiff-monitor" "$CNI_BIN" \
-  "target/$TRIPLE/release-small/skiff-runtime" target/dist/
+  "$RUNTIME_BIN" target/dist/
 strip target/dist/skiff-runtime target/dist/skiff-cni target/dist/skiff-monitor
 echo "binaries in target/dist:"
 ls -l target/dist

@@ -13,6 +13,7 @@ cargo fmt --all -- --check
 stamp "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p skiff-cni --features musl-link --all-targets -- -D warnings
+cargo clippy -p skiff-runtime --features musl-link --all-targets -- -D warnings
 stamp "build"
 cargo build --workspace --bins
 cargo test --workspace --no-run

@@ -16,6 +16,8 @@ skiff_robind is the binary on a read-only bind of itself, skiff_memfd a sealed m
 bind-mounted in place (runc's memfd-bind; how `skiff server` and `skiff cri` run it): neither
 re-executes itself to seal. SKIFF_RUNTIME_BASE=<binary> adds another skiff-runtime build (e.g. the previous commit's) as
 `skiff_base`, measured in the same rounds, for before/after figures.
+SK_BENCH_ONLY=run measures only the foreground `run` (and its CPU) of skiff_memfd, crun and
+skiff_base if given, interleaved as above: a quick A/B of the figure issue 16 targets.
 """
 
 import ctypes
@@ -189,21 +191,30 @@ def main():
         subprocess.run(["mount", "--bind", "-o", "ro", skiff, ro_bin], check=True)
         # A sealed memfd copy bind-mounted in place (runc's memfd-bind): what `skiff server` and
         # `skiff cri` run skiff-runtime from by default (shims/cri/src/seal.rs).
-        memfd_bin = os.path.join(work, "skiff-runtime-memfd")
-        open(memfd_bin, "w").close()
-        mfd = os.memfd_create("skiff-runtime", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        with open(skiff, "rb") as f:
-            data = memoryview(f.read())
-        while data:
-            data = data[os.write(mfd, data):]
-        fcntl.fcntl(mfd, fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-        # As memfd-bind: bind the /proc/self/fd magic link (the memfd itself lives on the
-        # kernel's internal mount); it resolves while this process keeps `mfd` open.
-        link = os.open(f"/proc/self/fd/{mfd}", os.O_PATH | os.O_NOFOLLOW)
-        if libc.mount(f"/proc/self/fd/{link}".encode(), memfd_bin.encode(), None, 4096, None) != 0:
-            die(f"bind-mounting the memfd copy: {os.strerror(ctypes.get_errno())}")
-        os.close(link)
+        def memfd_copy(src, name):
+            """`src` copied into a sealed memfd, bind-mounted at work/name (the mount holds it)."""
+            dst = os.path.join(work, name)
+            open(dst, "w").close()
+            mfd = os.memfd_create("skiff-runtime", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            with open(src, "rb") as f:
+                data = memoryview(f.read())
+            while data:
+                data = data[os.write(mfd, data):]
+            fcntl.fcntl(mfd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            # As memfd-bind: bind the /proc/self/fd magic link (the memfd itself lives on the
+            # kernel's internal mount).
+            link = os.open(f"/proc/self/fd/{mfd}", os.O_PATH | os.O_NOFOLLOW)
+            if libc.mount(f"/proc/self/fd/{link}".encode(), dst.encode(), None, 4096, None) != 0:
+                die(f"bind-mounting the memfd copy: {os.strerror(ctypes.get_errno())}")
+            os.close(link)
+            keep.append(mfd)
+            return dst
+
+        keep = []
+
+        memfd_bin = memfd_copy(skiff, "skiff-runtime-memfd")
+        only_run = os.environ.get("SK_BENCH_ONLY") == "run"
         runtimes = [
             Runtime("skiff", skiff, os.path.join(states, "root-skiff")),
             Runtime("skiff_robind", ro_bin, os.path.join(states, "root-skiff-ro")),
@@ -214,11 +225,18 @@ def main():
         base = os.environ.get("SKIFF_RUNTIME_BASE")
         if base:
             runtimes.append(Runtime("skiff_base", base, os.path.join(states, "root-skiff-base")))
+        if only_run:
+            # As `skiff server` installs it: the sealed memfd copy, the base build's too.
+            runtimes = [r for r in runtimes if r.name in ("skiff_memfd", "crun")]
+            if base:
+                runtimes.append(Runtime("skiff_base_memfd", memfd_copy(base, "skiff-runtime-base-memfd"),
+                                        os.path.join(states, "root-skiff-base-memfd")))
         pidfile = os.path.join(states, "pid")
         # Warm-up: page cache, first-use directories.
         for r in runtimes:
-            r.lifecycle_once(true_b, f"skw-{r.name}", pidfile)
-            r.detached_once(sleep_b, f"skwd-{r.name}", pidfile)
+            if not only_run:
+                r.lifecycle_once(true_b, f"skw-{r.name}", pidfile)
+                r.detached_once(sleep_b, f"skwd-{r.name}", pidfile)
             r.run_once(true_b, f"skwr-{r.name}")
             r.lifecycle, r.detached, r.cpu, r.create_rss = [], [], [], []
             r.run, r.run_cpu = [], []
@@ -226,14 +244,27 @@ def main():
             order = runtimes[:]
             random.shuffle(order)
             for r in order:
-                r.lifecycle_once(true_b, f"skb-{r.name}-{i}", pidfile)
-                r.detached_once(sleep_b, f"skd-{r.name}-{i}", pidfile)
+                if not only_run:
+                    r.lifecycle_once(true_b, f"skb-{r.name}-{i}", pidfile)
+                    r.detached_once(sleep_b, f"skd-{r.name}-{i}", pidfile)
                 r.run_once(true_b, f"skf-{r.name}-{i}")
                 reap_orphans()
+        by = {r.name: r for r in runtimes}
+        med = statistics.median
+        if only_run:
+            with open("/proc/loadavg") as f:
+                load = f.read().split()[0]
+            for metric, attr in (("runtime_run_p50_ms", "run"), ("runtime_run_cpu_p50_ms", "run_cpu")):
+                vals = {n: med(getattr(r, attr)) for n, r in by.items()}
+                parts = " ".join(f"{n}={v:.2f}" for n, v in vals.items())
+                ratios = " ".join(
+                    f"{n}_ratio_crun={vals[n] / vals['crun']:.2f}" for n in vals if n != "crun"
+                )
+                print(f"{metric} {parts} {ratios} (runs={runs}, load={load})")
+            return
         for i in range(10):
             for r in runtimes:
                 r.rss_once(true_b, f"skr-{r.name}-{i}", pidfile, os.path.join(states, "rss"))
-        by = {r.name: r for r in runtimes}
 
         def line(metric, values, fmt="{:.1f}"):
             names = ("skiff", "crun", "runc", "skiff_robind", "skiff_memfd") + (
@@ -250,7 +281,6 @@ def main():
                 ratios.append(f"base_ratio_crun={values['skiff_base'] / values['crun']:.2f}")
             print(f"{metric} {' '.join(parts)} {' '.join(ratios)}")
 
-        med = statistics.median
         line("runtime_lifecycle_p50_ms", {n: med(r.lifecycle) for n, r in by.items()})
         line("runtime_run_detach_kill_p50_ms", {n: med(r.detached) for n, r in by.items()})
         line("runtime_run_p50_ms", {n: med(r.run) for n, r in by.items()})
@@ -286,7 +316,7 @@ def main():
         print("# init not our child (waited by polling): "
               + " ".join(f"{n}={r.not_child}" for n, r in by.items()))
     finally:
-        for m in ("skiff-runtime-ro", "skiff-runtime-memfd", "state"):
+        for m in ("skiff-runtime-ro", "skiff-runtime-memfd", "skiff-runtime-base-memfd", "state"):
             # UMOUNT_NOFOLLOW (8) | MNT_DETACH (2): the memfd bind is a magic link.
             libc.umount2(os.path.join(work, m).encode(), 8 | 2)
         shutil.rmtree(work, ignore_errors=True)

@@ -1,16 +1,13 @@
 #!/bin/sh
-# Records which functions skiff-runtime runs for create/start/delete (perf, cpu-clock samples
-# with call chains) into shims/runtime/hot-symbols.txt, which shims/runtime/build.rs hands to
-# lld as a symbol ordering file. Run as root after changing the runtime or the toolchain, then
+# Records which functions skiff-runtime runs for create/start/delete and a foreground run (perf,
+# cpu-clock samples with call chains) into shims/runtime/hot-symbols.txt, which
+# shims/runtime/build.rs hands to lld as a symbol ordering file. Run as root after changing the runtime or the toolchain, then
 # rebuild (scripts/dist.sh). Needs: perf (Debian linux-perf), runc (for `runc spec`), busybox.
 set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
-triple=$(rustc -vV | awk '/^host:/ { print $2 }')
-LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="/usr/lib/$(gcc -print-multiarch)" \
-  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no" \
-  cargo build --profile release-small -p skiff-runtime --target "$triple" >&2
-bin="$repo/target/$triple/release-small/skiff-runtime"
+# The shipped build (scripts/build-runtime.sh): its libc's functions are the ones to pack.
+bin=$(bash scripts/build-runtime.sh)
 work=$(mktemp -d /tmp/sk-hot.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/b/rootfs/bin"
@@ -23,6 +20,7 @@ for i in \$(seq 1 200); do
   $bin --root $work/root create --bundle $work/b skhot\$i >/dev/null 2>&1
   $bin --root $work/root start skhot\$i >/dev/null 2>&1
   $bin --root $work/root delete --force skhot\$i >/dev/null 2>&1
+  $bin --root $work/root run --bundle $work/b skhotrun\$i >/dev/null 2>&1
 done
 LOOP
 chmod +x "$work/loop.sh"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Lifecycle benchmark: skiff-runtime vs crun vs runc, interleaved (see bench.py).
-# Usage (root): bench/runtime/run.sh            RUNS=50 by default
+# Usage (root): bench/runtime/run.sh            RUNS=50 by default; SK_BENCH_ONLY=run: only `run`
 # Builds skiff-runtime as scripts/dist.sh ships it, then runs the driver in a private mount namespace with
 # /sys/fs/cgroup/unified unmounted: crun 1.8 refuses this host's hybrid cgroup layout
 # otherwise. All three runtimes run in that same namespace.
@@ -8,14 +8,12 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
-# The shipped build (scripts/dist.sh): static, non-PIE, profile release-small, hot code first.
-triple=$(rustc -vV | awk '/^host:/ { print $2 }')
-LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="/usr/lib/$(gcc -print-multiarch)" \
-  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no" \
-  cargo build --profile release-small -p skiff-runtime --target "$triple" >&2
+# The shipped build (scripts/build-runtime.sh, as scripts/dist.sh makes it): static, non-PIE,
+# profile release-small, hot code first, linked against musl where musl-gcc is installed.
+built=$(bash scripts/build-runtime.sh)
 bin_dir="${CARGO_TARGET_DIR:-$repo/target}/bench-runtime"
 mkdir -p "$bin_dir"
-cp "${CARGO_TARGET_DIR:-$repo/target}/$triple/release-small/skiff-runtime" "$bin_dir/"
+cp "$built" "$bin_dir/"
 strip "$bin_dir/skiff-runtime"
 export SKIFF_RUNTIME="$bin_dir/skiff-runtime"
 export RUNS="${RUNS:-50}"

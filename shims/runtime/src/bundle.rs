@@ -2,7 +2,7 @@
 //!
 //! `libcontainer` reports a missing rootfs as a bare "io error" and leaves its state directory
 //! behind, so `create` checks the bundle first and says what to fix. It also makes two
-//! adjustments, fed to libcontainer as a shadow `config.json`: a *lower* `oomScoreAdj` than our
+//! adjustments to the spec handed to libcontainer (in memory): a *lower* `oomScoreAdj` than our
 //! own needs `CAP_SYS_RESOURCE`; without it the value is clamped to our own score (as
 //! containerd's `restrict_oom_score_adj` does) instead of failing the whole create; and the
 //! cgroup v1 hierarchies under a read-only `cgroup` mount are listed as `readonlyPaths`, which
@@ -13,6 +13,7 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
@@ -138,20 +139,6 @@ impl Bundle {
         }
         Ok(changed.then_some(spec))
     }
-
-    /// Write `spec` (with an absolute rootfs) into `shadow_dir`, for `libcontainer` to read
-    /// instead of the original bundle.
-    pub fn write_shadow(&self, shadow_dir: &Path, mut spec: Spec) -> Result<()> {
-        if let Some(mut root) = spec.root().clone() {
-            root.set_path(self.rootfs.clone());
-            spec.set_root(Some(root));
-        }
-        fs::create_dir_all(shadow_dir)
-            .with_context(|| format!("cannot create {}", shadow_dir.display()))?;
-        spec.save(shadow_dir.join("config.json"))
-            .with_context(|| format!("cannot write {}/config.json", shadow_dir.display()))?;
-        Ok(())
-    }
 }
 
 /// `noNewPrivileges: false` as no key at all. libcontainer 0.7 tests `is_none()`, not the
@@ -165,9 +152,18 @@ pub fn nnp_false_as_unset(mut process: oci_spec::runtime::Process) -> oci_spec::
     process
 }
 
+/// Our `/proc/self/mountinfo`, read once per invocation (the kernel formats every mount of the
+/// namespace on each read): `create` looks the cgroup v1 hierarchies up in it, and a foreground
+/// `run`'s teardown the cgroup directories it removes.
+pub fn own_mountinfo() -> Option<&'static str> {
+    static INFO: OnceLock<Option<String>> = OnceLock::new();
+    INFO.get_or_init(|| fs::read_to_string("/proc/self/mountinfo").ok())
+        .as_deref()
+}
+
 /// Mount points of the host's cgroup v1 hierarchies (`/sys/fs/cgroup/<name>`), by name.
 fn host_cgroup_v1_mounts() -> Vec<String> {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Some(mountinfo) = own_mountinfo() else {
         return Vec::new();
     };
     mountinfo

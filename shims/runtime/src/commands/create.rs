@@ -82,15 +82,17 @@ pub(super) fn build(
         .clone()
         .or_else(|| listener.as_ref().map(|l| l.path().to_path_buf()));
 
-    // `@` cannot appear in an id, so this never collides with a container directory.
-    let shadow_dir = globals.root_dir()?.join(format!("{id}@bundle"));
-    let spec_dir = match bundle.adjusted_spec()? {
-        Some(spec) => {
-            bundle.write_shadow(&shadow_dir, spec)?;
-            shadow_dir.clone()
-        }
-        None => bundle.dir.clone(),
+    // The spec goes to libcontainer in memory, adjusted where needed (see `Bundle`), so
+    // libcontainer neither reads config.json again nor needs a shadow copy on disk; the state
+    // names the caller's bundle.
+    let mut spec = match bundle.adjusted_spec()? {
+        Some(spec) => spec,
+        None => bundle.spec.clone(),
     };
+    if let Some(mut root) = spec.root().clone() {
+        root.set_path(bundle.rootfs.clone());
+        spec.set_root(Some(root));
+    }
 
     let result = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_pid_file(args.pid_file.as_ref())
@@ -98,7 +100,8 @@ pub(super) fn build(
         .map(|b| {
             b.with_console_socket(console.as_ref())
                 .with_preserved_fds(args.preserve_fds)
-                .as_init(&spec_dir)
+                .as_init(&bundle.dir)
+                .with_spec(spec)
                 .with_systemd(globals.systemd_cgroup)
                 // libcontainer's check reads "detached" as "a console socket is expected";
                 // runc's rules were applied above.
@@ -107,9 +110,6 @@ pub(super) fn build(
         })
         .and_then(|b| b.build());
 
-    if spec_dir == shadow_dir {
-        let _ = fs::remove_dir_all(&shadow_dir);
-    }
     let mut container = match result {
         Ok(container) => container,
         Err(err) => {
@@ -138,13 +138,6 @@ pub(super) fn build(
             }
             return Err(err).with_context(|| format!("cannot create container {id}"));
         }
-    }
-    if spec_dir != bundle.dir {
-        // Report the caller's bundle, not the shadow copy we fed libcontainer.
-        container.state.bundle = bundle.dir.clone();
-        container
-            .save()
-            .with_context(|| format!("cannot save the state of container {id}"))?;
     }
     Ok((container, listener))
 }

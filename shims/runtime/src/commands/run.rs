@@ -142,8 +142,7 @@ fn cgroup_dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
     match get_cgroup_setup().ok()? {
         CgroupSetup::Unified => Some(vec![Path::new(DEFAULT_CGROUP_ROOT).join(relative)]),
         CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-            let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-            let mounts = v1_controller_mounts(&mountinfo);
+            let mounts = v1_controller_mounts(crate::bundle::own_mountinfo()?);
             (!mounts.is_empty()).then(|| mounts.iter().map(|m| m.join(relative)).collect())
         }
     }

@@ -25,6 +25,9 @@ pub struct InitContainerBuilder {
     detached: bool,
     no_pivot: bool,
     as_sibling: bool,
+    // Skiff: a spec the caller has already loaded (and adjusted), used instead of reading
+    // `<bundle>/config.json` again.
+    spec: Option<Spec>,
 }
 
 impl InitContainerBuilder {
@@ -38,7 +41,16 @@ impl InitContainerBuilder {
             detached: true,
             no_pivot: false,
             as_sibling: false,
+            spec: None,
         }
+    }
+
+    /// Skiff: use this spec instead of loading `config.json` from the bundle (which still
+    /// names the bundle in the state, and resolves a relative `root.path`). The spec is
+    /// validated as a loaded one would be.
+    pub fn with_spec(mut self, spec: Spec) -> Self {
+        self.spec = Some(spec);
+        self
     }
 
     /// Sets if systemd should be used for managing cgroups
@@ -73,7 +85,7 @@ impl InitContainerBuilder {
     }
 
     /// Creates a new container
-    pub fn build(self) -> Result<Container, LibcontainerError> {
+    pub fn build(mut self) -> Result<Container, LibcontainerError> {
         let spec = self.load_spec()?;
         // validate terminal field against console socket presence before any side effects
         // (mirrors runc's checkTerminal called at the top of runner.run())
@@ -137,7 +149,14 @@ impl InitContainerBuilder {
 
         builder_impl.create()?;
 
-        container.refresh_state()?;
+        // Skiff: `create` updated (and saved) its copy of the state; take it rather than
+        // reading state.json back.
+        match builder_impl.container.take() {
+            Some(created) => container = created,
+            None => {
+                container.refresh_state()?;
+            }
+        }
 
         Ok(container)
     }
@@ -163,9 +182,11 @@ impl InitContainerBuilder {
         Ok(container_dir)
     }
 
-    fn load_spec(&self) -> Result<Spec, LibcontainerError> {
-        let source_spec_path = self.bundle.join("config.json");
-        let mut spec = Spec::load(source_spec_path)?;
+    fn load_spec(&mut self) -> Result<Spec, LibcontainerError> {
+        let mut spec = match self.spec.take() {
+            Some(spec) => spec,
+            None => Spec::load(self.bundle.join("config.json"))?,
+        };
         Self::validate_spec(&spec)?;
 
         spec.canonicalize_rootfs(&self.bundle).map_err(|err| {
