@@ -7,8 +7,6 @@
 //! would read a `Pod`. No controller writes a pod from its cached copy: they create pods from
 //! templates, and patch, delete or evict the cached ones.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{
     ContainerPort, ContainerState, NodeAffinity, PersistentVolumeClaimVolumeSource, PodCondition,
     PodIP, ResourceRequirements, Toleration,
@@ -145,25 +143,6 @@ impl k8s_openapi::Metadata for CachedPod {
     }
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
-    }
-}
-
-impl CachedPod {
-    /// The labels, or none.
-    pub fn labels_or_empty(&self) -> &BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.metadata.labels.as_ref().unwrap_or(&EMPTY)
-    }
-}
-
-/// A full pod as the cache would hold it (tests, and pods a controller has in hand from a
-/// write).
-impl From<&k8s_openapi::api::core::v1::Pod> for CachedPod {
-    fn from(p: &k8s_openapi::api::core::v1::Pod) -> Self {
-        serde_json::to_value(p)
-            .ok()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
     }
 }
 

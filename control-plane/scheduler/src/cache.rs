@@ -685,4 +685,82 @@ mod tests {
         );
         assert_eq!(normalize_image("quay.io/a/b:v1"), "quay.io/a/b:v1");
     }
+
+    /// Bytes allocated and not freed on this thread, so parallel tests do not disturb it.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+        thread_local! {
+            pub static LIVE: Cell<isize> = const { Cell::new(0) };
+        }
+        // SAFETY: every call is forwarded to the system allocator with its own arguments; the
+        // thread-local counter is a `const` `Cell`, which allocates nothing.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+                let _ = LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
+                // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
+                unsafe { System.alloc(l) }
+            }
+            unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+                let _ = LIVE.try_with(|c| c.set(c.get() - l.size() as isize));
+                // SAFETY: `p` came from `alloc` above with this layout.
+                unsafe { System.dealloc(p, l) }
+            }
+        }
+        #[global_allocator]
+        static A: Counting = Counting;
+
+        /// What `f`'s result keeps allocated, its own size included.
+        pub fn live_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            let before = LIVE.with(|c| c.get());
+            let v = f();
+            let after = LIVE.with(|c| c.get());
+            (v, (after - before) as usize + std::mem::size_of::<T>())
+        }
+    }
+
+    /// A bound pod of `bench/controllers/rss.sh` (zone spread, as the API server defaults it),
+    /// as the cache keeps it: a fraction of the `Pod` (figures in bench/README.md).
+    #[test]
+    fn a_placed_pod_is_small() {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "metadata": {"name": "sk-bench-04-5d8f7c9b6d-x7k2p", "generateName": "sk-bench-04-5d8f7c9b6d-",
+                "namespace": "sk-bench", "uid": "6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e",
+                "resourceVersion": "123456", "creationTimestamp": "2026-12-07T01:00:00Z",
+                "labels": {"app": "sk-bench-04", "pod-template-hash": "5d8f7c9b6d"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "sk-bench-04-5d8f7c9b6d", "uid": "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+                    "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {
+                "containers": [{"name": "c", "image": "sk-busybox",
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                    "terminationMessagePath": "/dev/termination-log", "imagePullPolicy": "Always"}],
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "sk-bench-04"}}}],
+                "restartPolicy": "Always", "nodeName": "sk-node-042", "schedulerName": "default-scheduler",
+                "tolerations": [
+                    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+                "priority": 0},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        }))
+        .unwrap();
+        // The shared empty `Pod` exists before the figure is taken.
+        drop(PodInfo::placed(Pod::default()));
+        let (full, full_bytes) =
+            counting::live_bytes(|| Arc::new(serde_json::from_slice::<Pod>(&body).unwrap()));
+        let (placed, placed_bytes) = counting::live_bytes(|| {
+            Arc::new(PodInfo::placed(
+                serde_json::from_slice::<Pod>(&body).unwrap(),
+            ))
+        });
+        eprintln!("bench pod live bytes: Pod {full_bytes}, placed PodInfo {placed_bytes}");
+        assert_eq!(placed.requests, pod_requests(&full, false));
+        assert!(
+            placed_bytes * 4 < full_bytes && placed_bytes < 2048,
+            "Pod {full_bytes} B, placed PodInfo {placed_bytes} B"
+        );
+    }
 }
