@@ -11,6 +11,7 @@
 //! `pod-template-generation`. `RollingUpdate` replaces pods node by node within `maxUnavailable`
 //! or, with `maxSurge`, starts the new pod beside the old one first; `OnDelete` only creates.
 
+use crate::cached_pod::CachedPod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +39,11 @@ use crate::workload::{self, Expectations};
 use crate::{Context, ControllerError};
 
 /// A node's active daemon pods: (old revisions, current revision).
-type OldAndNew = (Vec<Arc<Pod>>, Vec<Arc<Pod>>);
+type OldAndNew = (Vec<Arc<CachedPod>>, Vec<Arc<CachedPod>>);
 
 struct State {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     nodes: Store<Node>,
     exp: Expectations,
     rec: Recorder,
@@ -180,7 +181,7 @@ pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
 }
 
 /// Which node a daemon pod is for: `spec.nodeName`, else its `metadata.name` affinity.
-fn pod_node(p: &Pod) -> Option<String> {
+fn pod_node(p: &CachedPod) -> Option<String> {
     let spec = p.spec.as_ref()?;
     if let Some(n) = spec.node_name.clone().filter(|n| !n.is_empty()) {
         return Some(n);
@@ -288,7 +289,7 @@ async fn sync(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, DaemonSetErr
     .await?;
     let hash = revision::hash_of(&cur);
     let pods = workload::owned_by(&st.pods, &ns, &ds.uid().unwrap_or_default());
-    let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+    let mut by_node: HashMap<String, Vec<Arc<CachedPod>>> = HashMap::new();
     for p in &pods {
         if let Some(n) = pod_node(p) {
             by_node.entry(n).or_default().push(p.clone());
@@ -299,7 +300,7 @@ async fn sync(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action, DaemonSetErr
     let tspec = spec.template.spec.clone().unwrap_or_default();
     let nodes = st.nodes.state();
     let mut creates: Vec<String> = Vec::new();
-    let mut deletes: Vec<Arc<Pod>> = Vec::new();
+    let mut deletes: Vec<Arc<CachedPod>> = Vec::new();
     let mut status = DaemonSetStatus {
         observed_generation: ds.metadata.generation,
         collision_count: ds.status.as_ref().and_then(|s| s.collision_count),

@@ -5,6 +5,7 @@
 //! with upstream's reasons and messages (what `kubectl rollout status` reads). `kubectl rollout
 //! undo` and `restart` are client-side edits of the template; pause/resume flip `spec.paused`.
 
+use crate::cached_pod::CachedPod;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -62,7 +63,7 @@ struct Ctl {
     client: Client,
     deployments: Arc<Informer<Deployment>>,
     rss: Arc<Informer<ReplicaSet>>,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     queue: Arc<WorkQueue>,
     rec: Recorder,
 }
@@ -456,7 +457,7 @@ impl Ctl {
         }
     }
 
-    fn on_pod_deleted(&self, p: &Pod) {
+    fn on_pod_deleted(&self, p: &CachedPod) {
         let ns = p.namespace().unwrap_or_default();
         let Some(r) = util::controller_ref(&p.metadata) else {
             return;

@@ -12,6 +12,7 @@
 //! out of the healthy count until it is gone or two minutes have passed (then it warns with a
 //! `NotDeleted` event on the pod and forgets it).
 
+use crate::cached_pod::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -65,7 +66,7 @@ pub enum SyncError {
 struct Ctl {
     client: Client,
     pdbs: Arc<Informer<PodDisruptionBudget>>,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     rss: Arc<Informer<ReplicaSet>>,
     deployments: Arc<Informer<Deployment>>,
     rcs: Arc<Informer<ReplicationController>>,
@@ -195,7 +196,7 @@ impl Ctl {
         }
     }
 
-    fn on_pod(&self, pod: &Pod) {
+    fn on_pod(&self, pod: &CachedPod) {
         if let Some(since) = stale_disruption_since(pod) {
             let due = since + STALE_DISRUPTION;
             let wait = (due.as_millisecond() - Timestamp::now().as_millisecond()).max(0) as u64;
@@ -255,18 +256,29 @@ impl Ctl {
             let wait = (due.as_millisecond() - now.as_millisecond()).max(0) as u64;
             return Ok(Some(Duration::from_millis(wait)));
         }
-        let mut p = (*pod).clone();
-        p.metadata.managed_fields = None;
-        if let Some(cs) = p.status.as_mut().and_then(|s| s.conditions.as_mut()) {
-            for c in cs.iter_mut().filter(|c| c.type_ == "DisruptionTarget") {
-                c.status = "False".into();
-                c.reason = None;
-                c.message = None;
-                c.last_transition_time = Some(crate::workload::now());
-            }
+        // The cache holds only part of the pod, so the conditions go back as a merge patch
+        // (the whole list, as upstream's status update sends it), guarded by the cached
+        // resourceVersion as upstream's update is.
+        let mut conds = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        for c in conds.iter_mut().filter(|c| c.type_ == "DisruptionTarget") {
+            c.status = "False".into();
+            c.reason = None;
+            c.message = None;
+            c.last_transition_time = Some(crate::workload::now());
         }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": pod.metadata.resource_version},
+            "status": {"conditions": conds},
+        });
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        match api.replace_status(name, &PostParams::default(), &p).await {
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {
                 tracing::info!(
                     controller = COMPONENT,
@@ -280,7 +292,7 @@ impl Ctl {
         }
     }
 
-    fn pods_for(&self, pdb: &PodDisruptionBudget) -> Vec<Arc<Pod>> {
+    fn pods_for(&self, pdb: &PodDisruptionBudget) -> Vec<Arc<CachedPod>> {
         let ns = pdb.namespace();
         let sel = pdb.spec.as_ref().and_then(|s| s.selector.as_ref());
         let mut pods: Vec<_> = self
@@ -335,7 +347,7 @@ impl Ctl {
     async fn expected_count(
         &self,
         pdb: &PodDisruptionBudget,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
     ) -> Result<(i32, i32), SyncError> {
         let spec = pdb.spec.clone().unwrap_or_default();
         if let Some(mu) = &spec.max_unavailable {
@@ -357,7 +369,7 @@ impl Ctl {
     async fn expected_scale(
         &self,
         pdb: &PodDisruptionBudget,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
     ) -> Result<i32, SyncError> {
         let mut scales: BTreeMap<String, i32> = BTreeMap::new();
         for pod in pods {
@@ -479,7 +491,7 @@ impl Ctl {
     fn disrupted_pods(
         &self,
         pdb: &PodDisruptionBudget,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         now: Timestamp,
     ) -> (BTreeMap<String, Time>, Option<Timestamp>) {
         let mut out = BTreeMap::new();
@@ -597,7 +609,7 @@ impl Ctl {
 }
 
 /// When a pod that is not terminating got `DisruptionTarget=True`.
-fn stale_disruption_since(pod: &Pod) -> Option<Timestamp> {
+fn stale_disruption_since(pod: &CachedPod) -> Option<Timestamp> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -668,15 +680,16 @@ mod tests {
 
     #[test]
     fn stale_disruption_needs_a_true_condition_on_a_live_pod() {
-        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        use crate::cached_pod::CachedPodStatus;
+        use k8s_openapi::api::core::v1::PodCondition;
         let cond = |status: &str| PodCondition {
             type_: "DisruptionTarget".into(),
             status: status.into(),
             last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
             ..Default::default()
         };
-        let mut pod = Pod {
-            status: Some(PodStatus {
+        let mut pod = CachedPod {
+            status: Some(CachedPodStatus {
                 conditions: Some(vec![cond("True")]),
                 ..Default::default()
             }),

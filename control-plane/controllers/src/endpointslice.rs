@@ -10,12 +10,13 @@
 //! were written by hand gets them mirrored into slices (unless the Endpoints carry
 //! `endpointslice.kubernetes.io/skip-mirror: "true"`, as the API server's own `kubernetes` does).
 
+use crate::cached_pod::CachedPod;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, PostParams};
@@ -40,7 +41,7 @@ pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 /// The stores the controller reads.
 pub(crate) struct Stores {
     pub services: Store<Service>,
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub nodes: Store<Node>,
     pub slices: Store<EndpointSlice>,
     pub endpoints: Store<Endpoints>,
@@ -171,7 +172,7 @@ async fn run_inner(ctx: Context, stop: BoxFuture<'static, ()>) -> Result<(), Con
 }
 
 /// Whether the pod has condition Ready=True.
-pub(crate) fn pod_ready(p: &Pod) -> bool {
+pub(crate) fn pod_ready(p: &CachedPod) -> bool {
     p.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -179,7 +180,7 @@ pub(crate) fn pod_ready(p: &Pod) -> bool {
 }
 
 /// Pods that never get endpoints: no IP yet, or finished.
-pub(crate) fn pod_terminal_or_unaddressed(p: &Pod) -> bool {
+pub(crate) fn pod_terminal_or_unaddressed(p: &CachedPod) -> bool {
     let st = p.status.as_ref();
     let phase = st.and_then(|s| s.phase.as_deref()).unwrap_or("");
     phase == "Succeeded"
@@ -191,7 +192,7 @@ pub(crate) fn pod_terminal_or_unaddressed(p: &Pod) -> bool {
 }
 
 /// Pod IPs of one family (`IPv4` / `IPv6`).
-pub(crate) fn pod_ips(p: &Pod, family: &str) -> Vec<String> {
+pub(crate) fn pod_ips(p: &CachedPod, family: &str) -> Vec<String> {
     let st = p.status.as_ref();
     let mut ips: Vec<String> = st
         .and_then(|s| s.pod_ips.as_ref())
@@ -206,7 +207,7 @@ pub(crate) fn pod_ips(p: &Pod, family: &str) -> Vec<String> {
 }
 
 /// The pod's hostname when it is in the Service's subdomain (upstream's ShouldSetHostname).
-pub(crate) fn hostname_for(p: &Pod, svc: &Service) -> Option<String> {
+pub(crate) fn hostname_for(p: &CachedPod, svc: &Service) -> Option<String> {
     let spec = p.spec.as_ref()?;
     let h = spec.hostname.clone().filter(|h| !h.is_empty())?;
     (spec.subdomain.as_deref() == Some(svc.name_any().as_str()) && p.namespace() == svc.namespace())
@@ -215,7 +216,7 @@ pub(crate) fn hostname_for(p: &Pod, svc: &Service) -> Option<String> {
 
 /// The Service ports as this pod serves them: named target ports resolved from its containers'
 /// ports (a name the pod does not have leaves that port out, as upstream).
-pub(crate) fn resolve_ports(p: &Pod, svc: &Service) -> Vec<EndpointPort> {
+pub(crate) fn resolve_ports(p: &CachedPod, svc: &Service) -> Vec<EndpointPort> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let Some(ports) = svc.spec.as_ref().and_then(|s| s.ports.as_ref()) else {
         return Vec::new();

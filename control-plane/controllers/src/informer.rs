@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Node, ReplicationController};
+
+use crate::cached_pod::CachedPod;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
@@ -207,55 +209,11 @@ pub fn slim<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
-/// [`slim`] for pods, which are most of what the controllers cache: of the volumes only the
-/// PersistentVolumeClaim ones are kept (the volume binder looks for a claim's consumers; no
-/// other controller reads a pod's volumes, and the service-account token volume every pod has
-/// is large in memory); of each container what controllers read (name, image, ports for the
-/// endpoint controllers' named ports, resources for the autoscaler, restart policy for
-/// sidecars), not its command, environment, mounts or probes. No controller writes a pod from
-/// its cached copy (they patch, delete or evict).
-pub fn slim_pod(p: &mut Pod) {
-    slim(p);
-    if let Some(spec) = p.spec.as_mut() {
-        if let Some(vols) = spec.volumes.as_mut() {
-            vols.retain(|v| v.persistent_volume_claim.is_some());
-            vols.shrink_to_fit();
-        }
-        let keep = |c: &mut k8s_openapi::api::core::v1::Container| {
-            *c = k8s_openapi::api::core::v1::Container {
-                name: std::mem::take(&mut c.name),
-                image: c.image.take(),
-                image_pull_policy: c.image_pull_policy.take(),
-                ports: c.ports.take(),
-                resources: c.resources.take(),
-                restart_policy: c.restart_policy.take(),
-                ..Default::default()
-            };
-        };
-        spec.containers.iter_mut().for_each(keep);
-        spec.init_containers.iter_mut().flatten().for_each(keep);
-        // What only the scheduler and the kubelet read: spread constraints, pod (anti-)affinity
-        // (the DaemonSet controller reads the node affinity it sets), DNS, host aliases,
-        // overhead, gates, claims.
-        spec.topology_spread_constraints = None;
-        if let Some(a) = spec.affinity.as_mut() {
-            a.pod_affinity = None;
-            a.pod_anti_affinity = None;
-        }
-        spec.dns_config = None;
-        spec.host_aliases = None;
-        spec.overhead = None;
-        spec.scheduling_gates = None;
-        spec.resource_claims = None;
-        spec.ephemeral_containers = None;
-    }
-}
-
 /// The informers every controller shares, each started on first use.
 pub struct Informers {
     client: Client,
     stop: tokio::sync::watch::Receiver<bool>,
-    pods: OnceLock<Arc<Informer<Pod>>>,
+    pods: OnceLock<Arc<Informer<CachedPod>>>,
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
     rcs: OnceLock<Arc<Informer<ReplicationController>>>,
     deployments: OnceLock<Arc<Informer<Deployment>>>,
@@ -282,14 +240,14 @@ impl Informers {
             .clone()
     }
 
-    /// Every pod, as [`slim_pod`] leaves it.
-    pub fn pods(&self) -> Arc<Informer<Pod>> {
+    /// Every pod, as a [`CachedPod`]: deserialized straight into what the controllers read.
+    pub fn pods(&self) -> Arc<Informer<CachedPod>> {
         self.pods
             .get_or_init(|| {
                 Informer::start_with(
                     Api::all(self.client.clone()),
                     self.stop.clone(),
-                    slim_pod,
+                    slim::<CachedPod>,
                     POD_CHANGES,
                 )
             })
@@ -313,52 +271,5 @@ impl Informers {
             &self.node_leases,
             Api::namespaced(self.client.clone(), "kube-node-lease"),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slim_pod_keeps_what_controllers_read() {
-        let mut p: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                              "name": "rs", "uid": "u1", "controller": true}],
-                         "managedFields": [{"manager": "kubectl", "operation": "Apply",
-                                            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
-                                                       "command": ["sleep", "3600"],
-                                                       "ports": [{"name": "http", "containerPort": 80}],
-                                                       "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
-                     "volumes": [
-                         {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
-                         {"name": "kube-api-access", "projected": {"sources": [
-                             {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}},
-                         {"name": "tmp", "emptyDir": {}}]},
-            "status": {"phase": "Running", "podIP": "10.42.0.5"},
-        }))
-        .unwrap();
-        slim_pod(&mut p);
-        assert!(p.metadata.managed_fields.is_none());
-        let spec = p.spec.as_ref().unwrap();
-        let vols = spec.volumes.as_ref().unwrap();
-        assert_eq!(vols.len(), 1);
-        assert_eq!(
-            vols[0].persistent_volume_claim.as_ref().unwrap().claim_name,
-            "claim"
-        );
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert_eq!(spec.containers.len(), 1);
-        let c = &spec.containers[0];
-        assert_eq!(c.image.as_deref(), Some("busybox"));
-        assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
-        assert!(c.command.is_none() && c.volume_mounts.is_none());
-        assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
-        assert_eq!(
-            p.status.as_ref().unwrap().pod_ip.as_deref(),
-            Some("10.42.0.5")
-        );
     }
 }

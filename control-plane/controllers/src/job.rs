@@ -11,6 +11,7 @@
 //! and a `JOB_COMPLETION_INDEX` env var read from that annotation. A replacement for a failed
 //! pod waits upstream's back-off (10 s doubling per failure, at most 6 min).
 
+use crate::cached_pod::CachedPod;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(360);
 
 struct State {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     exp: Expectations,
     rec: Recorder,
     /// Pods this controller deleted; those deleted to suspend the job are not counted as failures.
@@ -91,18 +92,18 @@ fn error_policy(_job: Arc<Job>, err: &JobError, _st: Arc<State>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-fn has_finalizer(p: &Pod) -> bool {
+fn has_finalizer(p: &CachedPod) -> bool {
     p.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
 }
 
-fn index_failures(p: &Pod) -> i32 {
+fn index_failures(p: &CachedPod) -> i32 {
     p.annotations()
         .get(INDEX_FAILURES_KEY)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
 
-pub fn pod_index(p: &Pod) -> Option<i32> {
+pub fn pod_index(p: &CachedPod) -> Option<i32> {
     p.annotations()
         .get(INDEX_KEY)
         .or_else(|| p.labels().get(INDEX_KEY))
@@ -194,7 +195,7 @@ enum FailureAction {
     Count,
 }
 
-fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
+fn failure_action(job: &Job, pod: &CachedPod) -> FailureAction {
     let Some(policy) = job
         .spec
         .as_ref()
@@ -279,7 +280,7 @@ fn success_policy_met(
 
 /// With `restartPolicy: OnFailure` the kubelet restarts failed containers in place; upstream
 /// counts those restarts of the active pods against `backoffLimit`.
-fn past_backoff_limit_on_failure(job: &Job, active: &[&Arc<Pod>], limit: i32) -> bool {
+fn past_backoff_limit_on_failure(job: &Job, active: &[&Arc<CachedPod>], limit: i32) -> bool {
     let on_failure = job
         .spec
         .as_ref()
@@ -373,7 +374,7 @@ fn new_pod(job: &Job, index: Option<i32>) -> Pod {
     }
 }
 
-async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+async fn remove_finalizer(api: &Api<Pod>, pod: &CachedPod) -> Result<(), kube::Error> {
     let rest: Vec<String> = pod
         .finalizers()
         .iter()
@@ -398,7 +399,7 @@ async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> 
     }
 }
 
-async fn delete_pod(st: &State, key: &str, job: &Job, pod: &Pod) -> Result<(), kube::Error> {
+async fn delete_pod(st: &State, key: &str, job: &Job, pod: &CachedPod) -> Result<(), kube::Error> {
     let api: Api<Pod> = Api::namespaced(st.client.clone(), &pod.namespace().unwrap_or_default());
     let name = pod.name_any();
     st.deleted
@@ -458,7 +459,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     let mut unc_succ: Vec<String> = uncounted.succeeded.clone().unwrap_or_default();
     let mut unc_fail: Vec<String> = uncounted.failed.clone().unwrap_or_default();
     let mut fail_job: Option<String> = None;
-    let mut finalize_only: Vec<Arc<Pod>> = Vec::new();
+    let mut finalize_only: Vec<Arc<CachedPod>> = Vec::new();
     // `podReplacementPolicy: Failed`: a terminating pod is neither failed nor replaced until it
     // reaches the Failed phase.
     let only_replace_failed = spec.pod_replacement_policy.as_deref() == Some("Failed");
@@ -591,7 +592,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     let succeeded = status.succeeded.unwrap_or(0) + still_succ.len() as i32;
     let failed = status.failed.unwrap_or(0) + still_fail.len() as i32;
 
-    let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| workload::is_active(p)).collect();
+    let active: Vec<&Arc<CachedPod>> = pods.iter().filter(|p| workload::is_active(p)).collect();
     let tracked_left = pods.iter().any(|p| {
         has_finalizer(p)
             && !unc_succ.contains(&p.uid().unwrap_or_default())
@@ -675,7 +676,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
     }
 
     let suspended = spec.suspend.unwrap_or(false);
-    let mut to_delete: Vec<&Arc<Pod>> = Vec::new();
+    let mut to_delete: Vec<&Arc<CachedPod>> = Vec::new();
     let mut to_create: Vec<Option<i32>> = Vec::new();
     if was_finished {
         // Nothing to run; stragglers' finalizers were handled above.
@@ -755,7 +756,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>) -> Result<Action, JobError> {
         let parallelism = spec.parallelism.unwrap_or(1).max(0);
         if indexed {
             let c = completions.unwrap_or(0);
-            let mut by_index: BTreeMap<i32, Vec<&Arc<Pod>>> = BTreeMap::new();
+            let mut by_index: BTreeMap<i32, Vec<&Arc<CachedPod>>> = BTreeMap::new();
             for p in &active {
                 match pod_index(p) {
                     Some(i) if i < c && !completed.contains(&i) && !failed_ixs.contains(&i) => {

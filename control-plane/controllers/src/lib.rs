@@ -14,6 +14,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::Client;
 
+pub mod cached_pod;
 pub mod certificates;
 pub mod credentials;
 pub mod deployment;

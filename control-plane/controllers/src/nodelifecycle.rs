@@ -13,6 +13,7 @@
 //!   tolerate it for `tolerationSeconds` (300 s by the API server's DefaultTolerationSeconds)
 //!   once that has passed, with a DisruptionTarget condition and a TaintManagerEviction event.
 
+use crate::cached_pod::CachedPod;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ struct Ctl {
     client: Client,
     nodes: Arc<Informer<Node>>,
     leases: Arc<Informer<k8s_openapi::api::coordination::v1::Lease>>,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     rec: Recorder,
 }
 
@@ -332,7 +333,7 @@ impl Ctl {
         Ok(())
     }
 
-    async fn evict_pod(&self, p: &Pod) -> Result<(), ControllerError> {
+    async fn evict_pod(&self, p: &CachedPod) -> Result<(), ControllerError> {
         let ns = p.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         tracing::info!(pod = %p.name_any(), namespace = %ns, "evicting pod from a NoExecute-tainted node");

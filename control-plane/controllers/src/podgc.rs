@@ -5,6 +5,7 @@
 //!   are marked Failed with a DisruptionTarget condition (DeletionByPodGC) and force-deleted;
 //! - terminating pods never scheduled are force-deleted (no kubelet will ever confirm them).
 
+use crate::cached_pod::CachedPod;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub fn run(
     })
 }
 
-fn phase(p: &Pod) -> &str {
+fn phase(p: &CachedPod) -> &str {
     p.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -59,7 +60,7 @@ fn phase(p: &Pod) -> &str {
 
 async fn gc(
     client: &Client,
-    pods: &[std::sync::Arc<Pod>],
+    pods: &[std::sync::Arc<CachedPod>],
     nodes: &HashSet<String>,
 ) -> Result<(), ControllerError> {
     // Terminated pods over the threshold, oldest first.
@@ -121,7 +122,7 @@ async fn gc(
     Ok(())
 }
 
-async fn delete(client: &Client, p: &Pod, grace: Option<u32>) -> Result<(), ControllerError> {
+async fn delete(client: &Client, p: &CachedPod, grace: Option<u32>) -> Result<(), ControllerError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace().unwrap_or_default());
     let dp = DeleteParams {
         grace_period_seconds: grace,

@@ -4,6 +4,7 @@
 //! batches and delete the cheapest victims first; guarded by expectations; status with
 //! replicas/fullyLabeled/ready/available/observedGeneration and the ReplicaFailure condition.
 
+use crate::cached_pod::CachedPod;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -112,7 +113,7 @@ impl Replicated for ReplicationController {
 
 struct Ctl<K: Replicated> {
     client: Client,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     owners: Arc<Informer<K>>,
     exp: Expectations,
     queue: Arc<WorkQueue>,
@@ -207,7 +208,7 @@ impl<K: Replicated> Ctl<K> {
     }
 
     /// Owners in the pod's namespace whose selector matches it (candidates for adoption).
-    fn enqueue_matching(&self, p: &Pod) {
+    fn enqueue_matching(&self, p: &CachedPod) {
         let ns = p.namespace().unwrap_or_default();
         let labels = p.labels();
         for o in self.owners.store().state() {
@@ -219,7 +220,7 @@ impl<K: Replicated> Ctl<K> {
         }
     }
 
-    fn on_pod(&self, ch: Change<Pod>) {
+    fn on_pod(&self, ch: Change<CachedPod>) {
         match ch {
             Change::Added(p) => {
                 let ns = p.namespace().unwrap_or_default();
@@ -273,7 +274,7 @@ impl<K: Replicated> Ctl<K> {
         }
     }
 
-    fn on_pod_gone(&self, p: &Pod) {
+    fn on_pod_gone(&self, p: &CachedPod) {
         let ns = p.namespace().unwrap_or_default();
         if let Some(o) = util::controller_ref(&p.metadata).and_then(|r| self.resolve(&ns, r)) {
             let key = key_of(o.as_ref());
@@ -293,7 +294,7 @@ impl<K: Replicated> Ctl<K> {
         let needs_sync = self.exp.satisfied(key);
         tracing::debug!(needs_sync, "syncing");
         let selector = rs.selector();
-        let active: Vec<Arc<Pod>> = self
+        let active: Vec<Arc<CachedPod>> = self
             .pods
             .store()
             .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns) && util::is_active(p));
@@ -323,14 +324,15 @@ impl<K: Replicated> Ctl<K> {
         &self,
         rs: &Arc<K>,
         sel: Option<&LabelSelector>,
-        pods: Vec<Arc<Pod>>,
-    ) -> Result<Vec<Arc<Pod>>, ControllerError> {
+        pods: Vec<Arc<CachedPod>>,
+    ) -> Result<Vec<Arc<CachedPod>>, ControllerError> {
         let uid = rs.meta().uid.clone().unwrap_or_default();
         let deleting = rs.meta().deletion_timestamp.is_some();
         let mut out = Vec::new();
         let mut can_adopt: Option<bool> = None;
         let ns = rs.namespace().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        // Patch answers come back as cached pods (an adopted one joins `out`).
+        let api: Api<CachedPod> = Api::namespaced(self.client.clone(), &ns);
         for p in pods {
             let matches = util::selects(sel, p.labels());
             match util::controller_ref(&p.metadata) {
@@ -408,7 +410,7 @@ impl<K: Replicated> Ctl<K> {
     async fn manage(
         &self,
         rs: &Arc<K>,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         key: &str,
     ) -> Result<(), ControllerError> {
         let diff = pods.len() as i64 - i64::from(rs.replicas());
@@ -507,7 +509,12 @@ impl<K: Replicated> Ctl<K> {
         }
     }
 
-    async fn delete_pod(&self, rs: &Arc<K>, p: &Pod, key: &str) -> Result<(), ControllerError> {
+    async fn delete_pod(
+        &self,
+        rs: &Arc<K>,
+        p: &CachedPod,
+        key: &str,
+    ) -> Result<(), ControllerError> {
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
@@ -550,7 +557,7 @@ impl<K: Replicated> Ctl<K> {
 
     /// Active pods of every owner controlled by the same controller as `rs` (a Deployment's
     /// other ReplicaSets), for ranking victims that share a node.
-    fn related_pods(&self, rs: &Arc<K>) -> Vec<Arc<Pod>> {
+    fn related_pods(&self, rs: &Arc<K>) -> Vec<Arc<CachedPod>> {
         let ns = rs.namespace().unwrap_or_default();
         let owner_uids: Vec<String> = match util::controller_ref(rs.meta()) {
             Some(top) => self
@@ -632,7 +639,7 @@ pub fn api_message(e: &kube::Error) -> String {
 
 fn calculate_status<K: Replicated>(
     rs: &K,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     err: Option<&ControllerError>,
 ) -> ReplicaSetStatus {
     let mut st = rs.status();
@@ -695,15 +702,15 @@ fn calculate_status<K: Replicated>(
 /// up on a node first, the most recently ready first (log2 buckets), more restarts first, the
 /// newest first (log2 buckets); ties broken by UID.
 pub fn pods_to_delete(
-    pods: &[Arc<Pod>],
-    related: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
+    related: &[Arc<CachedPod>],
     n: usize,
     now: Timestamp,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     if n >= pods.len() {
         return pods.to_vec();
     }
-    let node_of = |p: &Pod| {
+    let node_of = |p: &CachedPod| {
         p.spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
@@ -716,7 +723,7 @@ pub fn pods_to_delete(
             *per_node.entry(nn).or_default() += 1;
         }
     }
-    let mut ranked: Vec<(Arc<Pod>, i32)> = pods
+    let mut ranked: Vec<(Arc<CachedPod>, i32)> = pods
         .iter()
         .map(|p| (p.clone(), per_node.get(&node_of(p)).copied().unwrap_or(0)))
         .collect();
@@ -724,7 +731,7 @@ pub fn pods_to_delete(
     ranked.into_iter().take(n).map(|(p, _)| p).collect()
 }
 
-fn phase_ordinal(p: &Pod) -> i32 {
+fn phase_ordinal(p: &CachedPod) -> i32 {
     match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") => 0,
         Some("Unknown") => 1,
@@ -733,14 +740,14 @@ fn phase_ordinal(p: &Pod) -> i32 {
     }
 }
 
-fn deletion_cost(p: &Pod) -> i32 {
+fn deletion_cost(p: &CachedPod) -> i32 {
     p.annotations()
         .get(DELETION_COST)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
-fn max_restarts(p: &Pod) -> i32 {
+fn max_restarts(p: &CachedPod) -> i32 {
     p.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
@@ -761,8 +768,8 @@ fn log_rank_diff(t1: Timestamp, t2: Timestamp, now: Timestamp) -> i64 {
     rank(t1) - rank(t2)
 }
 
-fn victim_order(a: &Pod, ra: i32, b: &Pod, rb: i32, now: Timestamp) -> Ordering {
-    let node = |p: &Pod| {
+fn victim_order(a: &CachedPod, ra: i32, b: &CachedPod, rb: i32, now: Timestamp) -> Ordering {
+    let node = |p: &CachedPod| {
         p.spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
@@ -815,7 +822,7 @@ fn victim_order(a: &Pod, ra: i32, b: &Pod, rb: i32, now: Timestamp) -> Ordering 
     if xa != xb {
         return xb.cmp(&xa);
     }
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let created = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let (ta, tb) = (created(a), created(b));
     if ta != tb {
         return match (ta, tb) {
@@ -834,10 +841,11 @@ fn victim_order(a: &Pod, ra: i32, b: &Pod, rb: i32, now: Timestamp) -> Ordering 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use crate::cached_pod::{CachedPodSpec as PodSpec, CachedPodStatus as PodStatus};
+    use k8s_openapi::api::core::v1::PodCondition;
 
-    fn pod(uid: &str, node: &str, phase: &str, ready: bool, cost: Option<&str>) -> Arc<Pod> {
-        let mut p = Pod::default();
+    fn pod(uid: &str, node: &str, phase: &str, ready: bool, cost: Option<&str>) -> Arc<CachedPod> {
+        let mut p = CachedPod::default();
         p.metadata.uid = Some(uid.into());
         if let Some(c) = cost {
             p.metadata.annotations = Some([(DELETION_COST.to_string(), c.to_string())].into());

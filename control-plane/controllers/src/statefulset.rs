@@ -13,6 +13,7 @@
 //! `maxUnavailable`) at a time, waiting for each to be Ready; `OnDelete` replaces only pods the
 //! user deleted. Templates are ControllerRevisions (`kubectl rollout history/undo sts`).
 
+use crate::cached_pod::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +44,7 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 struct State {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     exp: Expectations,
     rec: Recorder,
 }
@@ -94,7 +95,7 @@ pub fn claim_name(claim: &str, set: &str, ord: i32) -> String {
     format!("{claim}-{set}-{ord}")
 }
 
-fn running_and_ready(p: &Pod) -> bool {
+fn running_and_ready(p: &CachedPod) -> bool {
     workload::phase(p) == "Running" && workload::is_ready(p)
 }
 
@@ -223,7 +224,11 @@ async fn ensure_claims(st: &State, set: &StatefulSet, ord: i32) -> Result<(), ku
 }
 
 /// `whenScaled: Delete`: a pod condemned by a scale-down becomes its claims' owner.
-async fn hand_claims_to_pod(st: &State, set: &StatefulSet, pod: &Pod) -> Result<(), kube::Error> {
+async fn hand_claims_to_pod(
+    st: &State,
+    set: &StatefulSet,
+    pod: &CachedPod,
+) -> Result<(), kube::Error> {
     let ns = set.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(st.client.clone(), &ns);
     let spec = set.spec.clone().unwrap_or_default();
@@ -313,7 +318,7 @@ async fn sync(set: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, StatefulS
     let now = Timestamp::now();
 
     let owned = workload::owned_by(&st.pods, &ns, &set.uid().unwrap_or_default());
-    let mut by_ord: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
+    let mut by_ord: BTreeMap<i32, Arc<CachedPod>> = BTreeMap::new();
     let mut strays = Vec::new();
     for p in &owned {
         match ordinal(&sname, &p.name_any()) {
@@ -324,7 +329,7 @@ async fn sync(set: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, StatefulS
         }
     }
     let want = start..start + replicas;
-    let rev_of = |p: &Pod| {
+    let rev_of = |p: &CachedPod| {
         p.labels()
             .get(revision::HASH_LABEL)
             .cloned()
@@ -432,7 +437,7 @@ async fn sync(set: Arc<StatefulSet>, st: Arc<State>) -> Result<Action, StatefulS
     }
     // Scale down: ordinals outside the wanted range, highest first.
     if !acted && !blocked {
-        let mut condemned: Vec<&Arc<Pod>> = by_ord
+        let mut condemned: Vec<&Arc<CachedPod>> = by_ord
             .iter()
             .filter(|(o, _)| !want.contains(o))
             .map(|(_, p)| p)
@@ -529,7 +534,7 @@ async fn delete_pod(
     set: &StatefulSet,
     api: &Api<Pod>,
     key: &str,
-    p: &Pod,
+    p: &CachedPod,
 ) -> Result<(), kube::Error> {
     let pname = p.name_any();
     st.exp.expect_del(key, &pname);

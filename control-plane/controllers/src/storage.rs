@@ -16,6 +16,7 @@
 //! * A bound PV whose claim is gone becomes `Released`; with reclaim policy `Delete` it is
 //!   deleted (and a provisioned directory removed).
 
+use crate::cached_pod::CachedPod;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -25,7 +26,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec, Pod, VolumeNodeAffinity,
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -71,7 +72,7 @@ fn storage_dir() -> PathBuf {
 struct State {
     client: Client,
     pvs: Store<PersistentVolume>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     classes: Store<StorageClass>,
     rec: Recorder,
 }
@@ -99,7 +100,7 @@ pub fn run(
             Api::<PersistentVolumeClaim>::all(reader.clone()),
             watcher::Config::default(),
         )
-        .watches_shared_stream(pod_events, |pod: Arc<Pod>| {
+        .watches_shared_stream(pod_events, |pod: Arc<CachedPod>| {
             let ns = pod.namespace().unwrap_or_default();
             pod.spec
                 .iter()

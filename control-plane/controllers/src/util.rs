@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::cached_pod::CachedPod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -73,12 +73,12 @@ pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
 }
 
 /// Running or pending, not terminating: a pod that counts toward a controller's replicas.
-pub fn is_active(p: &Pod) -> bool {
+pub fn is_active(p: &CachedPod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
     !matches!(phase, Some("Succeeded") | Some("Failed")) && p.metadata.deletion_timestamp.is_none()
 }
 
-fn ready_condition(p: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+fn ready_condition(p: &CachedPod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
     p.status
         .as_ref()?
         .conditions
@@ -87,19 +87,19 @@ fn ready_condition(p: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition>
         .find(|c| c.type_ == "Ready")
 }
 
-pub fn is_ready(p: &Pod) -> bool {
+pub fn is_ready(p: &CachedPod) -> bool {
     ready_condition(p).is_some_and(|c| c.status == "True")
 }
 
 /// Since when the pod is ready, if it is.
-pub fn ready_since(p: &Pod) -> Option<Timestamp> {
+pub fn ready_since(p: &CachedPod) -> Option<Timestamp> {
     ready_condition(p)
         .filter(|c| c.status == "True")
         .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
 }
 
 /// Ready for at least `min_ready_seconds` (upstream's `IsPodAvailable`).
-pub fn is_available(p: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+pub fn is_available(p: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
     if !is_ready(p) {
         return false;
     }

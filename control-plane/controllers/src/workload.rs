@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cached_pod::CachedPod;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -62,8 +62,8 @@ where
 pub fn subscribe_pods(
     informers: &crate::informer::Informers,
 ) -> (
-    Store<Pod>,
-    impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    Store<CachedPod>,
+    impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
 ) {
     use crate::informer::Change;
     use tokio::sync::broadcast::error::RecvError;
@@ -151,29 +151,29 @@ pub fn selector_matches(sel: Option<&LabelSelector>, labels: &BTreeMap<String, S
     true
 }
 
-pub fn phase(pod: &Pod) -> &str {
+pub fn phase(pod: &CachedPod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Pending")
 }
 
-pub fn is_terminating(pod: &Pod) -> bool {
+pub fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
 /// Running or pending, and not being deleted (upstream's `IsPodActive`).
-pub fn is_active(pod: &Pod) -> bool {
+pub fn is_active(pod: &CachedPod) -> bool {
     !matches!(phase(pod), "Succeeded" | "Failed") && !is_terminating(pod)
 }
 
 /// The pod's `Ready` condition is `True`.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CachedPod) -> bool {
     pod_condition(pod, "Ready").is_some_and(|c| c.status == "True")
 }
 
 /// Ready for at least `min_ready_seconds` at `now` (upstream's `IsPodAvailable`).
-pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
     let Some(c) = pod_condition(pod, "Ready").filter(|c| c.status == "True") else {
         return false;
     };
@@ -186,7 +186,7 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 }
 
 pub fn pod_condition<'a>(
-    pod: &'a Pod,
+    pod: &'a CachedPod,
     type_: &str,
 ) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
     pod.status
@@ -295,7 +295,10 @@ impl Expectations {
 }
 
 /// `seen` for [`Expectations::satisfied`] over a pod cache in `ns`.
-pub fn pod_seen<'a>(store: &'a Store<Pod>, ns: &'a str) -> impl Fn(&str) -> Option<bool> + 'a {
+pub fn pod_seen<'a>(
+    store: &'a Store<CachedPod>,
+    ns: &'a str,
+) -> impl Fn(&str) -> Option<bool> + 'a {
     move |name| {
         store
             .get(&reflector::ObjectRef::new(name).within(ns))

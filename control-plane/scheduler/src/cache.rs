@@ -2,7 +2,8 @@
 //! bound or assumed on it and what they request, so a scheduling cycle needs no API call.
 
 use crate::quantity::{milli_cpu, value};
-use k8s_openapi::api::core::v1::{Container, Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Affinity, Container, Node, Pod, Taint};
+use k8s_openapi::jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -172,13 +173,27 @@ pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
     v
 }
 
-/// A pod as the scheduler sees it, with what it requests worked out once.
+/// A pod as the scheduler sees it, with what it requests worked out once, and what
+/// scheduling *other* pods reads of it (labels, controller, affinity, deletion, start time).
+/// A pod being scheduled keeps its (slimmed) `Pod` in `pod`; a pod placed on a node, which the
+/// cache keeps for every bound pod of the cluster, keeps only these fields and shares one
+/// empty `Pod` ([`PodInfo::placed`]): a k8s-openapi `Pod` is 2,176 bytes as a Rust value
+/// before any string.
 #[derive(Debug)]
 pub struct PodInfo {
     pub pod: Arc<Pod>,
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    pub resource_version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The uid of the controller that owns this pod, if any.
+    pub owner: Option<String>,
+    /// Its own affinity: existing pods' anti-affinity and preferences count for others.
+    pub affinity: Option<Box<Affinity>>,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    pub start_time: Option<Timestamp>,
     pub requests: Resources,
     pub non_zero: Resources,
     pub ports: Vec<HostPort>,
@@ -187,46 +202,60 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn new(pod: Arc<Pod>) -> PodInfo {
+        let mut info = PodInfo::of(&pod);
+        info.pod = pod;
+        info
+    }
+
+    /// Everything but `pod` (left the shared empty one).
+    fn of(pod: &Pod) -> PodInfo {
+        let m = &pod.metadata;
+        let spec = pod.spec.as_ref();
         PodInfo {
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            namespace: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            requests: pod_requests(&pod, false),
-            non_zero: pod_requests(&pod, true),
-            ports: host_ports(&pod),
-            priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
-            pod,
+            pod: empty_pod(),
+            uid: m.uid.clone().unwrap_or_default(),
+            namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: m.name.clone().unwrap_or_default(),
+            resource_version: m.resource_version.clone(),
+            labels: m.labels.clone().unwrap_or_default(),
+            owner: m
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            affinity: spec
+                .and_then(|s| s.affinity.as_ref())
+                .filter(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+                .map(|a| {
+                    Box::new(Affinity {
+                        node_affinity: None,
+                        pod_affinity: a.pod_affinity.clone(),
+                        pod_anti_affinity: a.pod_anti_affinity.clone(),
+                    })
+                }),
+            terminating: m.deletion_timestamp.is_some(),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
+            requests: pod_requests(pod, false),
+            non_zero: pod_requests(pod, true),
+            ports: host_ports(pod),
+            priority: spec.and_then(|s| s.priority).unwrap_or(0),
         }
     }
 
     /// A pod bound to a node, as the cache keeps it (every bound pod of the cluster is there):
-    /// its requests and host ports are worked out first, then its copy keeps only what
-    /// scheduling other pods reads of it ([`slim_placed`]).
-    pub fn placed(mut pod: Pod) -> PodInfo {
-        let mut info = PodInfo::new(Arc::new(Pod::default()));
-        info.uid = pod.metadata.uid.clone().unwrap_or_default();
-        info.namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        info.name = pod.metadata.name.clone().unwrap_or_default();
-        info.requests = pod_requests(&pod, false);
-        info.non_zero = pod_requests(&pod, true);
-        info.ports = host_ports(&pod);
-        info.priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-        slim_placed(&mut pod);
-        info.pod = Arc::new(pod);
-        info
+    /// its figures and what scheduling other pods reads of it, not the pod itself (`pod` is
+    /// the shared empty one).
+    pub fn placed(pod: Pod) -> PodInfo {
+        PodInfo::of(&pod)
     }
 
     pub fn labels(&self) -> &BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+        &self.labels
     }
 
     pub fn key(&self) -> String {
@@ -235,46 +264,14 @@ impl PodInfo {
 
     /// The uid of the controller that owns this pod, if any.
     pub fn controller_uid(&self) -> Option<&str> {
-        self.pod
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map(|o| o.uid.as_str())
+        self.owner.as_deref()
     }
 }
 
-/// What the cache keeps of a pod placed on a node, on top of its [`PodInfo`] figures: labels,
-/// owner references, namespace, uid, resource version and deletion timestamp (spreading,
-/// affinity matching, preemption victims and their events), its own affinity (existing pods'
-/// anti-affinity and preferences), priority, claim volumes and node name, and the status's
-/// phase and start time (preemption). Containers, tolerations, spread constraints and node
-/// selectors only matter while a pod is being scheduled; a placed pod's `Container` alone is
-/// over 2 KiB as a Rust value (bench/README.md, "controllers + scheduler memory").
-pub fn slim_placed(p: &mut Pod) {
-    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
-    let m = &mut p.metadata;
-    m.annotations = None;
-    m.generate_name = None;
-    m.finalizers = None;
-    m.managed_fields = None;
-    if let Some(spec) = p.spec.take() {
-        p.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            affinity: spec.affinity,
-            priority: spec.priority,
-            volumes: spec.volumes,
-            ..Default::default()
-        });
-    }
-    if let Some(st) = p.status.take() {
-        p.status = Some(PodStatus {
-            phase: st.phase,
-            start_time: st.start_time,
-            ..Default::default()
-        });
-    }
+/// The one empty `Pod` that every placed [`PodInfo`] points at.
+fn empty_pod() -> Arc<Pod> {
+    static EMPTY: std::sync::OnceLock<Arc<Pod>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::new(Pod::default())).clone()
 }
 
 /// A node and what is placed on it.
@@ -614,15 +611,17 @@ mod tests {
             ("u", "ns/p".to_string())
         );
         assert_eq!(placed.labels().get("app").map(String::as_str), Some("web"));
-        let spec = placed.pod.spec.as_ref().unwrap();
-        assert!(spec.containers.is_empty() && spec.tolerations.is_none());
-        assert!(spec.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
-        assert!(placed.pod.metadata.annotations.is_none());
-        assert_eq!(placed.pod.metadata.resource_version.as_deref(), Some("7"));
-        let st = placed.pod.status.as_ref().unwrap();
-        assert!(st.start_time.is_some() && st.pod_ip.is_none());
+        // The placed pod keeps no `Pod` of its own.
+        assert!(placed.pod.spec.is_none() && placed.pod.metadata.name.is_none());
+        assert!(placed
+            .affinity
+            .as_ref()
+            .unwrap()
+            .pod_anti_affinity
+            .is_some());
+        assert!(!placed.terminating);
+        assert_eq!(placed.resource_version.as_deref(), Some("7"));
+        assert!(placed.start_time.is_some());
     }
 
     /// A slim bound pod still counts for resource fit and its anti-affinity still repels.
@@ -685,5 +684,83 @@ mod tests {
             "127.0.0.1:5000/bb:latest"
         );
         assert_eq!(normalize_image("quay.io/a/b:v1"), "quay.io/a/b:v1");
+    }
+
+    /// Bytes allocated and not freed on this thread, so parallel tests do not disturb it.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+        thread_local! {
+            pub static LIVE: Cell<isize> = const { Cell::new(0) };
+        }
+        // SAFETY: every call is forwarded to the system allocator with its own arguments; the
+        // thread-local counter is a `const` `Cell`, which allocates nothing.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+                let _ = LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
+                // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
+                unsafe { System.alloc(l) }
+            }
+            unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+                let _ = LIVE.try_with(|c| c.set(c.get() - l.size() as isize));
+                // SAFETY: `p` came from `alloc` above with this layout.
+                unsafe { System.dealloc(p, l) }
+            }
+        }
+        #[global_allocator]
+        static A: Counting = Counting;
+
+        /// What `f`'s result keeps allocated, its own size included.
+        pub fn live_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            let before = LIVE.with(|c| c.get());
+            let v = f();
+            let after = LIVE.with(|c| c.get());
+            (v, (after - before) as usize + std::mem::size_of::<T>())
+        }
+    }
+
+    /// A bound pod of `bench/controllers/rss.sh` (zone spread, as the API server defaults it),
+    /// as the cache keeps it: a fraction of the `Pod` (figures in bench/README.md).
+    #[test]
+    fn a_placed_pod_is_small() {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "metadata": {"name": "sk-bench-04-5d8f7c9b6d-x7k2p", "generateName": "sk-bench-04-5d8f7c9b6d-",
+                "namespace": "sk-bench", "uid": "6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e",
+                "resourceVersion": "123456", "creationTimestamp": "2026-12-07T01:00:00Z",
+                "labels": {"app": "sk-bench-04", "pod-template-hash": "5d8f7c9b6d"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "sk-bench-04-5d8f7c9b6d", "uid": "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+                    "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {
+                "containers": [{"name": "c", "image": "sk-busybox",
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                    "terminationMessagePath": "/dev/termination-log", "imagePullPolicy": "Always"}],
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "sk-bench-04"}}}],
+                "restartPolicy": "Always", "nodeName": "sk-node-042", "schedulerName": "default-scheduler",
+                "tolerations": [
+                    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+                "priority": 0},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        }))
+        .unwrap();
+        // The shared empty `Pod` exists before the figure is taken.
+        drop(PodInfo::placed(Pod::default()));
+        let (full, full_bytes) =
+            counting::live_bytes(|| Arc::new(serde_json::from_slice::<Pod>(&body).unwrap()));
+        let (placed, placed_bytes) = counting::live_bytes(|| {
+            Arc::new(PodInfo::placed(
+                serde_json::from_slice::<Pod>(&body).unwrap(),
+            ))
+        });
+        eprintln!("bench pod live bytes: Pod {full_bytes}, placed PodInfo {placed_bytes}");
+        assert_eq!(placed.requests, pod_requests(&full, false));
+        assert!(
+            placed_bytes * 4 < full_bytes && placed_bytes < 2048,
+            "Pod {full_bytes} B, placed PodInfo {placed_bytes} B"
+        );
     }
 }

@@ -87,7 +87,7 @@ fn pod_ns_labels_match(
 }
 
 fn terminating(p: &PodInfo) -> bool {
-    p.pod.metadata.deletion_timestamp.is_some()
+    p.terminating
 }
 
 impl<'a> Cycle<'a> {
@@ -293,7 +293,7 @@ impl<'a> Cycle<'a> {
                     }
                 }
                 // The other direction: existing pods' anti-affinity (hard) and preferences.
-                let Some(eaff) = p.pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
+                let Some(eaff) = p.affinity.as_deref() else {
                     continue;
                 };
                 for t in eaff

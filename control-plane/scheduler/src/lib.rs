@@ -610,7 +610,7 @@ async fn bind(s: &Arc<Shared>, info: &PodInfo, node: &str) {
             tracing::info!(%node, "bound");
             event(
                 &s.client,
-                &info.pod,
+                info,
                 "Normal",
                 "Scheduled",
                 "Binding",
@@ -669,7 +669,7 @@ async fn report_unschedulable(s: &Arc<Shared>, info: &PodInfo, msg: String) {
     }
     event(
         &s.client,
-        &info.pod,
+        info,
         "Warning",
         "FailedScheduling",
         "Scheduling",
@@ -707,7 +707,7 @@ async fn evict(s: &Arc<Shared>, preemptor: &PodInfo, d: preempt::Decision) {
             Ok(_) => {
                 event(
                     &s.client,
-                    &v.pod,
+                    &v,
                     "Normal",
                     "Preempted",
                     "Preempting",
@@ -722,24 +722,24 @@ async fn evict(s: &Arc<Shared>, preemptor: &PodInfo, d: preempt::Decision) {
 
 async fn event(
     client: &Client,
-    pod: &Pod,
+    pod: &PodInfo,
     type_: &str,
     reason: &str,
     action: &str,
     message: String,
 ) {
-    let ns = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let ns = pod.namespace.clone();
     let now = k8s_openapi::jiff::Timestamp::now();
     let ev = Event {
         metadata: ObjectMeta {
             // `<pod>.<unix nanos in hex>` like upstream's recorder: events list in time order.
             name: Some(format!(
                 "{}.{:x}",
-                pod.metadata.name.as_deref().unwrap_or("pod"),
+                if pod.name.is_empty() {
+                    "pod"
+                } else {
+                    &pod.name
+                },
                 now.as_nanosecond()
             )),
             namespace: Some(ns.clone()),
@@ -748,10 +748,10 @@ async fn event(
         involved_object: ObjectReference {
             kind: Some("Pod".into()),
             api_version: Some("v1".into()),
-            name: pod.metadata.name.clone(),
+            name: Some(pod.name.clone()),
             namespace: Some(ns.clone()),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
+            uid: Some(pod.uid.clone()),
+            resource_version: pod.resource_version.clone(),
             ..Default::default()
         },
         reason: Some(reason.into()),

@@ -16,11 +16,7 @@ pub struct Decision {
 }
 
 fn start_time(p: &PodInfo) -> Option<k8s_openapi::jiff::Timestamp> {
-    p.pod
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .map(|t| t.0)
+    p.start_time
 }
 
 /// Picks victims, or says (upstream's words) why preemption cannot help.
@@ -41,7 +37,7 @@ pub fn preempt(cycle: &Cycle, unfit: &[(&NodeInfo, Unfit)]) -> Result<Decision, 
         let mut lower: Vec<Arc<PodInfo>> = n
             .pods
             .values()
-            .filter(|p| p.priority < pod.priority && p.pod.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.priority < pod.priority && !p.terminating)
             .cloned()
             .collect();
         let fits = |node: &NodeInfo| {
