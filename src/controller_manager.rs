@@ -56,7 +56,7 @@ pub async fn run(args: ControllerManagerArgs) -> Result<()> {
 /// After a burst of work, once the process has been idle (under 1% of a core) for 2 s, hands
 /// freed heap and start-up code pages back to the kernel, as `skiff scheduler` does: glibc
 /// keeps freed memory otherwise, so the RSS would stay at the burst's peak.
-async fn trim_when_idle() {
+pub(crate) async fn trim_when_idle() {
     const PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
     let mut last = cpu_ticks().await;
     let mut trimmed = false;

@@ -58,7 +58,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if matches!(cli.cmd, Cmd::Scheduler(_) | Cmd::ControllerManager(_)) {
+    if matches!(
+        cli.cmd,
+        Cmd::Scheduler(_) | Cmd::ControllerManager(_) | Cmd::Proxy(_)
+    ) {
         // Cache-holding clients: before any thread starts, so every allocation shares them.
         skiff_memtrim::limit_arenas(2);
     }

@@ -535,7 +535,7 @@ where
 /// `--cluster-dns`: the given address(es) (one, or one per family), else the tenth address of
 /// each service range (k3s's default: `10.43.0.10`; a dual-stack `--service-cidr` gives the
 /// IPv6 range's too).
-fn cluster_dns(given: &[IpAddr], service_cidr: &str) -> Result<Vec<IpAddr>> {
+pub(crate) fn cluster_dns(given: &[IpAddr], service_cidr: &str) -> Result<Vec<IpAddr>> {
     if !given.is_empty() {
         anyhow::ensure!(
             given.len() == 1 || (given.len() == 2 && given[0].is_ipv4() != given[1].is_ipv4()),

@@ -407,9 +407,6 @@ impl<R: CriRuntime> PodSync<R> {
         let env = volumes::Env {
             objects: &*self.objects,
             pod_dir: pod_dir(&self.ctx.root_dir, &uid),
-            node_name: &self.ctx.node_name,
-            node_ip: &self.ctx.node_ip,
-            pod_ip: self.pod_ips.first().map(String::as_str),
             node_capacity: node_capacity(),
         };
         match volumes::prepare(&env, pod, &mut self.tokens, &mut self.claim_paths).await {
@@ -819,6 +816,8 @@ impl<R: CriRuntime> PodSync<R> {
                     // Upstream joins the list with commas.
                     "status.hostIPs" => Some(self.host_ips().join(",")),
                     "status.podIP" => self.pod_ips.first().cloned(),
+                    // Every pod address, primary first, comma-separated (as upstream).
+                    "status.podIPs" => Some(self.pod_ips.join(",")),
                     other => match downward_map_key(other) {
                         Some(("metadata.annotations", k)) => {
                             md.annotations.as_ref().and_then(|a| a.get(k).cloned())

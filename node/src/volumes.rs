@@ -83,9 +83,6 @@ fn now_unix() -> i64 {
 pub struct Env<'a> {
     pub objects: &'a dyn ObjectSource,
     pub pod_dir: PathBuf,
-    pub node_name: &'a str,
-    pub node_ip: &'a str,
-    pub pod_ip: Option<&'a str>,
     /// Node capacity for resourceFieldRef without a limit: (cpu cores, memory bytes).
     pub node_capacity: (f64, f64),
 }
@@ -474,7 +471,7 @@ fn add_downward(
 ) -> Result<(), String> {
     for it in items {
         let value = if let Some(f) = &it.field_ref {
-            field_value(pod, &f.field_path, env)?
+            field_value(pod, &f.field_path)?
         } else if let Some(r) = &it.resource_field_ref {
             resource_value(pod, r, env.node_capacity)?
         } else {
@@ -499,10 +496,10 @@ fn format_map(m: Option<&BTreeMap<String, String>>) -> String {
         .join("\n")
 }
 
-/// The value of a downward-API `fieldRef`.
-pub fn field_value(pod: &Pod, path: &str, env: &Env<'_>) -> Result<String, String> {
+/// The value of a downward-API volume's `fieldRef` (upstream's `ExtractFieldPathAsString`:
+/// `metadata.*` only; env variables read `spec.*` and `status.*` in reconcile.rs).
+pub fn field_value(pod: &Pod, path: &str) -> Result<String, String> {
     let md = &pod.metadata;
-    let spec = pod.spec.clone().unwrap_or_default();
     let sub = |p: &str, prefix: &str| -> Option<String> {
         p.strip_prefix(prefix)
             .and_then(|r| r.strip_suffix("']"))
@@ -514,10 +511,9 @@ pub fn field_value(pod: &Pod, path: &str, env: &Env<'_>) -> Result<String, Strin
         "metadata.uid" => md.uid.clone().unwrap_or_default(),
         "metadata.labels" => format_map(md.labels.as_ref()),
         "metadata.annotations" => format_map(md.annotations.as_ref()),
-        "spec.nodeName" => env.node_name.to_string(),
-        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
-        "status.hostIP" | "status.hostIPs" => env.node_ip.to_string(),
-        "status.podIP" | "status.podIPs" => env.pod_ip.unwrap_or_default().to_string(),
+        // `spec.*` and `status.*` are env-only fields upstream: its API server refuses them in a
+        // volume and its kubelet's volume plugin answers "unsupported fieldPath" (below), so
+        // a volume never holds a value that differs from the env's.
         p => {
             if let Some(k) = sub(p, "metadata.labels['") {
                 md.labels

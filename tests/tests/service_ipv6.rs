@@ -60,6 +60,23 @@ fn describe(c: &ControlPlane, name: &str) -> String {
     c.kubectl(&["describe", "svc", name]).stdout
 }
 
+/// Waits for the node port repair controller's `reason` event on Service `name` saying
+/// `message`; the describe text.
+fn wait_for_repair_event(c: &ControlPlane, name: &str, reason: &str, message: &str) -> String {
+    let mut d = String::new();
+    c.wait_for(
+        &format!("the {reason} event on {name}"),
+        Duration::from_secs(60),
+        || {
+            d = describe(c, name);
+            d.contains(reason)
+        },
+    );
+    assert!(d.contains(message), "{d}");
+    assert!(d.contains("portallocator-repair-controller"), "{d}");
+    d
+}
+
 #[test]
 fn node_port_repair_events_on_start() {
     let mut c = ControlPlane::start_with_args(&["--service-node-port-range", "30000-30999"]);
@@ -69,20 +86,12 @@ fn node_port_repair_events_on_start() {
     // The range shrinks: the port outside it gets kube-apiserver's repair Warning.
     c.set_server_flag("--service-node-port-range", "30000-30499");
     c.kill_and_restart();
-    let mut d = String::new();
-    c.wait_for(
-        "the PortOutOfRange event on sk-np-out",
-        Duration::from_secs(60),
-        || {
-            d = describe(&c, "sk-np-out");
-            d.contains("PortOutOfRange")
-        },
+    wait_for_repair_event(
+        &c,
+        "sk-np-out",
+        "PortOutOfRange",
+        "Port 30900 is not within the port range 30000-30499; please recreate service",
     );
-    assert!(
-        d.contains("Port 30900 is not within the port range 30000-30499; please recreate service"),
-        "{d}"
-    );
-    assert!(d.contains("portallocator-repair-controller"), "{d}");
     let inside = describe(&c, "sk-np-in");
     assert!(
         !inside.contains("PortOutOfRange") && !inside.contains("PortNotAllocated"),
@@ -93,15 +102,12 @@ fn node_port_repair_events_on_start() {
     // it), so the repair records it again and says so.
     c.set_server_flag("--service-node-port-range", "30000-30999");
     c.kill_and_restart();
-    c.wait_for(
-        "the PortNotAllocated event on sk-np-out",
-        Duration::from_secs(60),
-        || {
-            d = describe(&c, "sk-np-out");
-            d.contains("PortNotAllocated")
-        },
+    wait_for_repair_event(
+        &c,
+        "sk-np-out",
+        "PortNotAllocated",
+        "Port 30900 is not allocated; repairing",
     );
-    assert!(d.contains("Port 30900 is not allocated; repairing"), "{d}");
     // Repaired: nobody else can take it now.
     let o = c.with_stdin(
         &["create", "-f", "-"],
@@ -190,20 +196,12 @@ fn node_port_assigned_twice_in_the_store_gets_port_already_allocated() {
     drop(rt);
     c.kill_and_restart();
 
-    let mut d = String::new();
-    c.wait_for(
-        "the PortAlreadyAllocated event on sk-np-b",
-        Duration::from_secs(60),
-        || {
-            d = describe(&c, "sk-np-b");
-            d.contains("PortAlreadyAllocated")
-        },
+    wait_for_repair_event(
+        &c,
+        "sk-np-b",
+        "PortAlreadyAllocated",
+        "Port 30777 was assigned to multiple services; please recreate service",
     );
-    assert!(
-        d.contains("Port 30777 was assigned to multiple services; please recreate service"),
-        "{d}"
-    );
-    assert!(d.contains("portallocator-repair-controller"), "{d}");
     let a = describe(&c, "sk-np-a");
     assert!(
         !a.contains("PortAlreadyAllocated"),
@@ -459,13 +457,15 @@ fn ipv6_node_ips_load_balancer_dns_and_udp_flush() {
     );
 
     // A web pod behind a dual-stack LoadBalancer Service.
-    // It also gets the downward API's status.hostIPs (both addresses, comma-separated).
+    // It also gets the downward API's status.hostIPs and status.podIPs as env (every
+    // address, primary first, comma-separated, as upstream).
     let web = pod(
         "sk-web6",
         "sk-web6",
         &image,
         "mkdir -p /www && echo sk-web6 > /www/index.html && exec httpd -f -p 8080 -h /www",
-    ) + "    env:\n    - name: SK_HOST_IPS\n      valueFrom:\n        fieldRef:\n          fieldPath: status.hostIPs\n";
+    ) + "    env:\n    - name: SK_HOST_IPS\n      valueFrom:\n        fieldRef:\n          fieldPath: status.hostIPs\n"
+        + "    - name: SK_POD_IPS\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIPs\n";
     create(&c, &web);
     wait_ready(&c, "sk-web6");
     assert_eq!(
@@ -473,6 +473,40 @@ fn ipv6_node_ips_load_balancer_dns_and_udp_flush() {
             .trim(),
         format!("127.0.0.1,{node6}")
     );
+    let pod_ips = jsonpath(&c, &["pod", "sk-web6"], "{.status.podIPs[*].ip}");
+    assert_eq!(pod_ips.split(' ').count(), 2, "a dual-stack pod: {pod_ips}");
+    assert_eq!(
+        c.ok(&["exec", "sk-web6", "--", "sh", "-c", "echo $SK_POD_IPS"])
+            .trim(),
+        pod_ips.replace(' ', ",")
+    );
+    // A downward API *volume* has no status fields (upstream: env only; its kubelet's volume
+    // plugin answers "unsupported fieldPath"), so no file can disagree with the env.
+    let dapi = pod("sk-dapi6", "sk-dapi6", &image, "sleep 3600")
+        + "    volumeMounts:\n    - name: info\n      mountPath: /info\n"
+        + "  volumes:\n  - name: info\n    downwardAPI:\n      items:\n"
+        + "      - path: hostips\n        fieldRef:\n          fieldPath: status.hostIPs\n";
+    create(&c, &dapi);
+    let mut d = String::new();
+    c.wait_for(
+        "the FailedMount event of sk-dapi6",
+        Duration::from_secs(60),
+        || {
+            d = c.kubectl(&["describe", "pod", "sk-dapi6"]).stdout;
+            d.contains("FailedMount")
+        },
+    );
+    assert!(
+        d.contains(
+            r#"MountVolume.SetUp failed for volume "info" : unsupported fieldPath: status.hostIPs"#
+        ),
+        "{d}"
+    );
+    assert_ne!(
+        jsonpath(&c, &["pod", "sk-dapi6"], "{.status.phase}"),
+        "Running"
+    );
+    c.ok(&["delete", "pod", "sk-dapi6", "--wait=false"]);
     // The pod's host addresses are the node's, one per family, primary first (upstream's
     // status.hostIPs); hostIP stays the primary one.
     assert_eq!(

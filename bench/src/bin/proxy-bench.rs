@@ -390,17 +390,25 @@ fn task_ticks(stat: &str) -> u64 {
 /// CPU ticks the skiff DNS server's UDP workers (threads `skiff-dns-udp*` of this process)
 /// have used.
 fn skiff_dns_ticks() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
+    skiff_dns_worker_ticks().iter().sum()
+}
+
+/// CPU ticks of each UDP worker thread of this process, in thread-name order.
+fn skiff_dns_worker_ticks() -> Vec<u64> {
+    let mut w: Vec<(String, u64)> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
         .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.starts_with("skiff-dns-udp"))
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            comm.starts_with("skiff-dns-udp").then(|| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                (comm, task_ticks(&stat))
+            })
         })
-        .map(|t| task_ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
-        .sum()
+        .collect();
+    w.sort();
+    w.into_iter().map(|(_, t)| t).collect()
 }
 
 fn clock_ticks_per_s() -> f64 {
@@ -481,25 +489,56 @@ fn dns_bench(secs: f64, clients: usize) {
     // Server CPU per query (ticks), which the other load on a shared machine disturbs far less
     // than queries/s.
     let (mut skiff_cpu, mut dm_cpu) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        let t0 = skiff_dns_ticks();
-        let (q, p, o) = dns_load(skiff_addr, clients, secs);
-        skiff_cpu.push((skiff_dns_ticks() - t0) as f64 / (q * secs));
-        sq.push(q);
-        sp.push(p);
-        ok.0 &= o;
-        let t0 = process_ticks(dm.id());
-        let (q, p, o) = dns_load(dm_addr, clients, secs);
-        dm_cpu.push((process_ticks(dm.id()) - t0) as f64 / (q * secs));
-        dq.push(q);
-        dp.push(p);
-        ok.1 &= o;
+    // Rounds alternate which server goes first, so that a drift of the machine's other load
+    // within a round does not always favour the same one; each round's ratio is kept.
+    let rounds: usize = std::env::var("SK_DNS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut ratios = Vec::new();
+    let mut shares = Vec::new();
+    for round in 0..rounds {
+        let mut skiff_round = || {
+            let t0 = skiff_dns_ticks();
+            let w0 = skiff_dns_worker_ticks();
+            let (q, p, o) = dns_load(skiff_addr, clients, secs);
+            skiff_cpu.push((skiff_dns_ticks() - t0) as f64 / (q * secs));
+            // The busiest worker's share of the workers' CPU in this round (1/n: balanced).
+            let w: Vec<u64> = skiff_dns_worker_ticks()
+                .iter()
+                .zip(&w0)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect();
+            let total: u64 = w.iter().sum();
+            shares.push(w.iter().max().copied().unwrap_or(0) as f64 / total.max(1) as f64);
+            sq.push(q);
+            sp.push(p);
+            ok.0 &= o;
+            q
+        };
+        let mut dm_round = || {
+            let t0 = process_ticks(dm.id());
+            let (q, p, o) = dns_load(dm_addr, clients, secs);
+            dm_cpu.push((process_ticks(dm.id()) - t0) as f64 / (q * secs));
+            dq.push(q);
+            dp.push(p);
+            ok.1 &= o;
+            q
+        };
+        let (a, b) = if round % 2 == 0 {
+            let a = skiff_round();
+            (a, dm_round())
+        } else {
+            let b = dm_round();
+            (skiff_round(), b)
+        };
+        ratios.push(a / b);
     }
     let dm_rss = rss_kib(dm.id());
     let _ = dm.kill();
     let _ = dm.wait();
     println!(
-        "# DNS: {SERVICES} names, {clients} closed-loop UDP clients ({} client), skiff UDP workers {}, 3 x {secs} s interleaved, medians; answers ok: skiff={} dnsmasq={}",
+        "# DNS: {SERVICES} names, {clients} closed-loop UDP clients ({} client), skiff UDP workers {}, {rounds} x {secs} s interleaved (order alternating), medians; answers ok: skiff={} dnsmasq={}",
         if hickory_client() { "hickory" } else { "pre-encoded" },
         dns_workers(),
         ok.0,
@@ -535,6 +574,287 @@ fn dns_bench(secs: f64, clients: usize) {
         )
     );
     println!("dns_rss_kib skiff_index_and_server_delta={dns_rss_delta} dnsmasq={dm_rss}");
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "dns_queries_per_s_round_ratios {} min={:.2}",
+        fmt(&ratios),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    println!("dns_busiest_worker_cpu_share {}", fmt(&shares));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy + DNS process as a user runs it
+
+/// A child process killed (SIGTERM, then SIGKILL) by PID on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child's PID; it is not reaped before the wait below.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `skiff` binary measured: `SKIFF_BIN`, else the one beside this bench.
+fn skiff_bin() -> std::path::PathBuf {
+    let bin = std::env::var_os("SKIFF_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("skiff")
+        });
+    assert!(
+        bin.exists(),
+        "{} is missing: build it (cargo build --release -p skiff) or set SKIFF_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// `kB` fields of `/proc/<pid>/smaps_rollup` (Rss, Anonymous, ...).
+fn smaps_rollup(pid: u32) -> BTreeMap<String, u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Creates namespace `ns` with `SERVICES` selector-less Services, each with one EndpointSlice
+/// of `ENDPOINTS` ready endpoints (as a controller writes them: targetRef, nodeName, owner).
+async fn create_service_objects(client: kube::Client, ns: &str) {
+    use futures::StreamExt;
+    use kube::api::{Api, PostParams};
+    let pp = PostParams::default();
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let nsobj = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    nss.create(&pp, &nsobj).await.expect("create the namespace");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(0..SERVICES)
+        .map(|i| {
+            let (svcs, slices, pp) = (svcs.clone(), slices.clone(), pp.clone());
+            async move {
+                let name = format!("svc-{i}");
+                let svc: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+                }))
+                .unwrap();
+                let svc = svcs.create(&pp, &svc).await.expect("create a Service");
+                let endpoints: Vec<_> = (0..ENDPOINTS)
+                    .map(|j| serde_json::json!({
+                        "addresses": [ep_ip(i, j).to_string()],
+                        "conditions": {"ready": true, "serving": true, "terminating": false},
+                        "nodeName": "sk-bench",
+                        "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("{name}-pod-{j}"), "uid": format!("00000000-0000-0000-0000-{:012}", i * ENDPOINTS + j)},
+                    }))
+                    .collect();
+                let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+                    "metadata": {
+                        "name": format!("{name}-sk"),
+                        "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "sk-bench"},
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true}],
+                    },
+                    "addressType": "IPv4",
+                    "endpoints": endpoints,
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                }))
+                .unwrap();
+                slices.create(&pp, &slice).await.expect("create an EndpointSlice");
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Whether `server` answers an A query for `name` with at least one record.
+fn dns_answers(server: SocketAddr, name: &str) -> bool {
+    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let mut buf = [0u8; 1500];
+    s.send_to(&dns_query(name, 7), server).is_ok()
+        && s.recv_from(&mut buf).is_ok_and(|(n, _)| {
+            n >= 12 && buf[3] & 0x0f == 0 && u16::from_be_bytes([buf[6], buf[7]]) > 0
+        })
+}
+
+/// `skiff proxy --cluster-dns` (the service proxy and the cluster DNS in the process a user
+/// runs) against a `skiff server --disable-agent` holding 1,000 Services x 10 endpoints: its
+/// VmRSS once both have synced and once idle, beside the 15 MiB target.
+fn rss_bench() {
+    let bin = skiff_bin();
+    let parent = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let dir = tempfile::Builder::new()
+        .prefix("sk-proxyrss")
+        .tempdir_in(&parent)
+        .expect("temp dir");
+    let port = skiff_bench::free_port().expect("a free port");
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    let log = |n: &str| std::fs::File::create(dir.path().join(n)).expect("log file");
+    let _server = Proc(
+        Command::new(&bin)
+            .args(["server", "--disable-agent", "--node-name", "sk-bench"])
+            .args(["--bind-address", "127.0.0.1", "--node-ip", "127.0.0.1"])
+            .arg("--https-listen-port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log("server.log"))
+            .spawn()
+            .expect("start skiff server"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let ns = "sk-bench-rss";
+    let t0 = Instant::now();
+    rt.block_on(async {
+        let client = loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "skiff server not ready in 90 s; see its log in {}",
+                dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(kc) = kube::config::Kubeconfig::read_from(&kubeconfig) else {
+                continue;
+            };
+            let Ok(cfg) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await
+            else {
+                continue;
+            };
+            let Ok(client) = kube::Client::try_from(cfg) else {
+                continue;
+            };
+            let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+                kube::Api::all(client.clone());
+            if nss.get("default").await.is_ok() {
+                break client;
+            }
+        };
+        create_service_objects(client, ns).await;
+    });
+    println!(
+        "# proxy + DNS process: {} objects written in {:.1} s",
+        2 * SERVICES,
+        t0.elapsed().as_secs_f64()
+    );
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "").expect("empty resolv.conf");
+    let dns: SocketAddr = "10.43.0.10:53".parse().unwrap();
+    let table = "skrssproxy";
+    let started = Instant::now();
+    let mut proxy = Command::new(&bin);
+    proxy
+        .args(["proxy", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--hostname-override", "sk-bench", "--nftables-table", table])
+        .args(["--cluster-cidr", "10.244.0.0/16"]);
+    if std::env::var("SK_RSS_NO_DNS").is_err() {
+        proxy
+            .args(["--cluster-dns", "10.43.0.10", "--resolv-conf"])
+            .arg(&resolv)
+            .args(["--cluster-dns-interface", "skrssdns"]);
+    }
+    let proxy = Proc(
+        proxy
+            .env("SKIFF_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log("proxy.log"))
+            .spawn()
+            .expect("start skiff proxy"),
+    );
+    let pid = proxy.0.id();
+    // Synced: the proxy's first full sync is logged with every endpoint of the 1,000 Services
+    // (it syncs only once both caches hold a full list), and the DNS answers the last name.
+    let last = format!("svc-{}.{ns}.svc.cluster.local.", SERVICES - 1);
+    let synced = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("synced service rules")
+                && l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("elements="))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .is_some_and(|n| n >= SERVICES * ENDPOINTS)
+        })
+    };
+    loop {
+        let plog = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+        if synced(&plog) && (std::env::var("SK_RSS_NO_DNS").is_ok() || dns_answers(dns, &last)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "skiff proxy did not sync in 90 s:\n{plog}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sync_s = started.elapsed().as_secs_f64();
+    let rss_synced = rss_kib(pid);
+    // Idle: the process trims freed heap and start-up code after 2 s without work.
+    std::thread::sleep(Duration::from_secs(8));
+    let rss_idle = rss_kib(pid);
+    let hwm = skiff_bench::hwm_kib(pid);
+    let sm = smaps_rollup(pid);
+    let anon = sm.get("Anonymous").copied().unwrap_or(0);
+    let rss_sm = sm.get("Rss").copied().unwrap_or(0);
+    println!(
+        "# `skiff proxy{}` ({}), {SERVICES} Services x {ENDPOINTS} endpoints in a skiff server --disable-agent, synced in {sync_s:.1} s",
+        if std::env::var("SK_RSS_NO_DNS").is_ok() { "" } else { " --cluster-dns" },
+        bin.display()
+    );
+    let target = 15.0 * 1024.0;
+    println!(
+        "{}",
+        line("proxy_dns_rss_idle_kib", rss_idle as f64, "target", target)
+    );
+    println!(
+        "{}",
+        line(
+            "proxy_dns_rss_synced_kib",
+            rss_synced as f64,
+            "target",
+            target
+        )
+    );
+    println!(
+        "{}",
+        line("proxy_dns_hwm_kib", hwm as f64, "target", target)
+    );
+    println!(
+        "proxy_dns_rss_parts_kib anonymous={anon} file={} (smaps_rollup, idle)",
+        rss_sm.saturating_sub(anon)
+    );
+    drop(proxy);
+    let _ = skiff_proxy::cleanup(table);
 }
 
 fn main() {
@@ -543,12 +863,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    // SK_BENCH_ONLY=dns or =proxy runs one half.
+    // SK_BENCH_ONLY=dns, =proxy or =rss runs one part.
     let only = std::env::var("SK_BENCH_ONLY").unwrap_or_default();
-    if only != "dns" {
+    if only.is_empty() || only == "proxy" {
         proxy_bench(rounds);
     }
-    if only != "proxy" {
+    if only.is_empty() || only == "dns" {
         dns_bench(2.0, 4);
+    }
+    if only.is_empty() || only == "rss" {
+        rss_bench();
     }
 }

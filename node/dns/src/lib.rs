@@ -18,13 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector;
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
+pub use skiff_proxy::informers::Informers;
 
 pub use server::{handle_query, Server};
 
@@ -161,10 +158,22 @@ async fn ensure_service(client: &kube::Client, cfg: &DnsConfig) -> Result<(), Dn
     Ok(())
 }
 
-/// Serves cluster DNS until `stop`.
+/// Serves cluster DNS until `stop`, with caches of its own.
 pub async fn run(
     client: kube::Client,
     cfg: DnsConfig,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), DnsError> {
+    let informers = Informers::spawn(&client);
+    run_with(client, cfg, informers, stop).await
+}
+
+/// Serves cluster DNS until `stop` from Service and EndpointSlice caches it may share (with
+/// the service proxy of the same process: `skiff proxy --cluster-dns`).
+pub async fn run_with(
+    client: kube::Client,
+    cfg: DnsConfig,
+    informers: Informers,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DnsError> {
     if let Some(ifname) = &cfg.interface {
@@ -174,43 +183,8 @@ pub async fn run(
                 .map_err(|e| DnsError::Link(ip, e))?;
         }
     }
-    let (svc_r, svc_w) = reflector::store::<Service>();
-    let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
-    let wake = Arc::new(tokio::sync::Notify::new());
-    {
-        let wake = wake.clone();
-        tokio::spawn(
-            reflector::reflector(
-                svc_w,
-                watcher(
-                    Api::<Service>::all(client.clone()),
-                    watcher::Config::default(),
-                )
-                .default_backoff(),
-            )
-            .for_each(move |_| {
-                wake.notify_one();
-                std::future::ready(())
-            }),
-        );
-    }
-    {
-        let wake = wake.clone();
-        tokio::spawn(
-            reflector::reflector(
-                sl_w,
-                watcher(
-                    Api::<EndpointSlice>::all(client.clone()),
-                    watcher::Config::default(),
-                )
-                .default_backoff(),
-            )
-            .for_each(move |_| {
-                wake.notify_one();
-                std::future::ready(())
-            }),
-        );
-    }
+    let mut changed = informers.subscribe();
+    let (svc_r, sl_r) = (informers.services.clone(), informers.slices.clone());
     let upstream: Vec<SocketAddr> = upstreams(&cfg.resolv_conf, cfg.address)
         .into_iter()
         .filter(|u| Some(u.ip()) != cfg.secondary)
@@ -240,12 +214,13 @@ pub async fn run(
         });
     }
     let rebuild = async {
-        let _ = svc_r.wait_until_ready().await;
-        let _ = sl_r.wait_until_ready().await;
+        let _ = informers.wait_until_ready().await;
         loop {
             let idx = index::Index::build(&cfg.cluster_domain, &svc_r.state(), &sl_r.state());
             server.set_index(idx);
-            wake.notified().await;
+            if changed.changed().await.is_err() {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };

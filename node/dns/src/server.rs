@@ -547,6 +547,11 @@ impl Server {
         for _ in 1..self.udp_workers {
             udp.push(crate::udp::bind_reuseport(addr).map_err(listen_err)?);
         }
+        if udp.len() > 1 {
+            if let Err(e) = crate::udp::steer_by_cpu(&udp[0], udp.len()) {
+                tracing::debug!(%addr, error = %e, "UDP workers chosen by client address hash");
+            }
+        }
         let tcp = TcpListener::bind(addr).await.map_err(listen_err)?;
         let u = self.clone().serve_udp(udp).map_err(listen_err)?;
         let s = self;

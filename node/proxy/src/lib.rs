@@ -7,6 +7,7 @@
 //! `externalTrafficPolicy: Local`, and conntrack flushes for UDP endpoints that are gone.
 
 pub mod events;
+pub mod informers;
 pub mod nodeport;
 pub mod rules;
 
@@ -692,10 +693,22 @@ fn serve_health(port: u16, map: HealthMap) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Runs the proxy until `stop`.
+/// Runs the proxy until `stop`, with caches of its own.
 pub async fn run(
     client: kube::Client,
     cfg: ProxyConfig,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    let informers = informers::Informers::spawn(&client);
+    run_with(client, cfg, informers, stop).await
+}
+
+/// Runs the proxy until `stop` on Service and EndpointSlice caches it may share (with the
+/// cluster DNS of the same process).
+pub async fn run_with(
+    client: kube::Client,
+    cfg: ProxyConfig,
+    informers: informers::Informers,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ProxyError> {
     if cfg.localhost_nodeports {
@@ -713,16 +726,10 @@ pub async fn run(
         .unwrap_or_default()
         .iter()
         .any(|n| n.0.is_ipv6());
-    let (svc_r, svc_w) = reflector::store::<Service>();
-    let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
+    let mut changed = informers.subscribe();
+    let (svc_r, sl_r) = (informers.services.clone(), informers.slices.clone());
     let (node_r, node_w) = reflector::store::<Node>();
     let wake = Arc::new(tokio::sync::Notify::new());
-    spawn_informer(Api::<Service>::all(client.clone()), svc_w, wake.clone());
-    spawn_informer(
-        Api::<EndpointSlice>::all(client.clone()),
-        sl_w,
-        wake.clone(),
-    );
     let node_api = Api::<Node>::all(client.clone());
     let node_cfg = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name));
     {
@@ -736,13 +743,7 @@ pub async fn run(
             ),
         );
     }
-    svc_r
-        .wait_until_ready()
-        .await
-        .map_err(|_| ProxyError::Stopped)?;
-    sl_r.wait_until_ready()
-        .await
-        .map_err(|_| ProxyError::Stopped)?;
+    informers.wait_until_ready().await?;
     tracing::info!(table = %cfg.table, node = %cfg.node_name, "service proxy caches synced");
     let health: HealthMap = Arc::default();
     let mut warned = events::Warned::default();
@@ -836,7 +837,13 @@ pub async fn run(
                 }
             }
             // Resync at least every 30 s (a table flushed by someone else comes back).
-            let _ = tokio::time::timeout(Duration::from_secs(30), wake.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = wake.notified() => {}
+                }
+            })
+            .await;
             tokio::time::sleep(cfg.min_sync_period).await;
         }
     };
@@ -923,28 +930,6 @@ fn has_v6_ip(svc: &Service) -> bool {
             .flatten()
             .any(|ip| ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()))
     })
-}
-
-fn spawn_informer<K>(api: Api<K>, w: reflector::store::Writer<K>, wake: Arc<tokio::sync::Notify>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    tokio::spawn(
-        reflector::reflector(
-            w,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .for_each(move |_| {
-            wake.notify_one();
-            std::future::ready(())
-        }),
-    );
 }
 
 /// Whether the proxy's table exists (tests, `--cleanup`).

@@ -1,0 +1,163 @@
+//! The Service and EndpointSlice caches of the proxy and the cluster DNS: one pair of watches
+//! and stores that both can share when one process runs both (`skiff proxy --cluster-dns`),
+//! holding slim objects: the fields neither reads (managedFields, annotations, owner
+//! references, each endpoint's targetRef, deprecatedTopology and hints) are dropped as each
+//! object arrives, as client-go informers with a transform function do (kube-proxy and
+//! CoreDNS strip managedFields alike), so a cache of 1,000 Services x 10 endpoints costs what
+//! the rules need, not what the API stored.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use kube::ResourceExt;
+
+/// Shared caches of Services and EndpointSlices.
+#[derive(Clone)]
+pub struct Informers {
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    /// Bumped after every event of either watch: each user `subscribe`s and waits for a
+    /// change (a `Notify` would wake only one of them).
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Informers {
+    /// Starts the two watches (on the current tokio runtime).
+    pub fn spawn(client: &kube::Client) -> Informers {
+        let (svc_r, svc_w) = reflector::store::<Service>();
+        let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let changed = Arc::new(tx);
+        spawn_watch(
+            Api::<Service>::all(client.clone()),
+            svc_w,
+            slim_service,
+            changed.clone(),
+        );
+        spawn_watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            sl_w,
+            slim_slice,
+            changed.clone(),
+        );
+        Informers {
+            services: svc_r,
+            slices: sl_r,
+            changed,
+        }
+    }
+
+    /// A receiver that sees every later change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until both caches hold a full list; `Err` when a watch is gone for good.
+    pub async fn wait_until_ready(&self) -> Result<(), crate::ProxyError> {
+        self.services
+            .wait_until_ready()
+            .await
+            .map_err(|_| crate::ProxyError::Stopped)?;
+        self.slices
+            .wait_until_ready()
+            .await
+            .map_err(|_| crate::ProxyError::Stopped)
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    w: reflector::store::Writer<K>,
+    slim: fn(&mut K),
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(slim)
+            .reflect(w)
+            .for_each(move |_| {
+                changed.send_modify(|n| *n = n.wrapping_add(1));
+                std::future::ready(())
+            }),
+    );
+}
+
+/// Metadata neither the proxy nor the DNS reads (they use name, namespace, uid, labels).
+fn slim_meta<K: kube::Resource>(o: &mut K) {
+    let m = o.meta_mut();
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.finalizers = None;
+}
+
+/// What the proxy and the DNS do not read of a Service (its spec and status stay).
+pub fn slim_service(s: &mut Service) {
+    slim_meta(s);
+}
+
+/// What the proxy and the DNS do not read of an EndpointSlice: besides metadata, each
+/// endpoint's `targetRef`, `deprecatedTopology` and `hints`, and labels other than the
+/// Service name.
+pub fn slim_slice(s: &mut EndpointSlice) {
+    slim_meta(s);
+    let keep = s.labels().get("kubernetes.io/service-name").cloned();
+    s.metadata.labels = keep.map(|n| [("kubernetes.io/service-name".to_string(), n)].into());
+    for e in &mut s.endpoints {
+        e.target_ref = None;
+        e.deprecated_topology = None;
+        e.hints = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_slices_keep_what_the_rules_and_names_need() {
+        let mut s: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "sk-a-x", "namespace": "default", "uid": "u1",
+                "labels": {"kubernetes.io/service-name": "sk-a", "endpointslice.kubernetes.io/managed-by": "x"},
+                "annotations": {"a": "b"},
+                "managedFields": [{"manager": "m", "operation": "Update"}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "sk-a", "uid": "u0"}],
+            },
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": ["10.244.0.5"], "hostname": "h", "nodeName": "n",
+                "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "name": "p", "namespace": "default", "uid": "u2"},
+            }],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        slim_slice(&mut s);
+        assert_eq!(s.labels().len(), 1);
+        assert_eq!(s.labels()["kubernetes.io/service-name"], "sk-a");
+        assert!(s.metadata.managed_fields.is_none() && s.metadata.annotations.is_none());
+        assert!(s.metadata.owner_references.is_none());
+        assert_eq!(s.metadata.uid.as_deref(), Some("u1"));
+        let e = &s.endpoints[0];
+        assert!(e.target_ref.is_none());
+        assert_eq!(e.hostname.as_deref(), Some("h"));
+        assert_eq!(e.node_name.as_deref(), Some("n"));
+        assert_eq!(e.addresses, vec!["10.244.0.5".to_string()]);
+        assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(8080));
+    }
+}
