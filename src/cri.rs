@@ -43,6 +43,11 @@ pub struct CriArgs {
     /// exists; the default needs not exist.
     #[arg(long, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// The systemd cgroup driver (containerd's `SystemdCgroup = true`): pod cgroup parents are
+    /// systemd slices, containers go into `cri-skiff-<id>.scope` below them; pair it with
+    /// `skiff kubelet --cgroup-driver=systemd` (also `systemd_cgroup = true` in --config).
+    #[arg(long)]
+    pub systemd_cgroup: bool,
 }
 
 /// `skiff cni-config`: installs the default pod network for a standalone `skiff cri`.
@@ -137,6 +142,9 @@ pub async fn run(args: CriArgs) -> Result<()> {
     };
     let mut cfg = finish_config(cfg, &args.config)?;
     cfg.trim_when_idle = true;
+    if args.systemd_cgroup {
+        cfg.systemd_cgroup = true;
+    }
     skiff_cri::serve(cfg, crate::server::shutdown_signal())
         .await
         .context("CRI server")

@@ -36,7 +36,8 @@ pub struct KubeletArgs {
     /// Maximum number of pods (capacity `pods`, default 110).
     #[arg(long)]
     pub max_pods: Option<u32>,
-    /// Cgroup driver: only `cgroupfs` is supported.
+    /// Cgroup driver: `cgroupfs` (default) or `systemd` (QoS slices through systemd's D-Bus
+    /// API); a runtime reporting another driver (RuntimeConfig) is refused.
     #[arg(long)]
     pub cgroup_driver: Option<String>,
     /// Root cgroup of pods: they go under `<cgroup-root>/kubepods` (default `/`).
@@ -462,14 +463,15 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
         }
         None => KubeletConfiguration::default(),
     };
-    let driver = args
+    let driver_set = args.cgroup_driver.is_some() || file.cgroup_driver.is_some();
+    let driver_name = args
         .cgroup_driver
         .clone()
         .or(file.cgroup_driver)
         .unwrap_or_else(|| "cgroupfs".into());
-    if driver != "cgroupfs" {
-        bail!("--cgroup-driver={driver}: only cgroupfs is supported");
-    }
+    let Some(driver) = skiff_node::cgroups::Driver::parse(&driver_name) else {
+        bail!("invalid configuration: cgroupDriver (--cgroup-driver) value {driver_name:?}: must be \"cgroupfs\" or \"systemd\"");
+    };
     let Some(kubeconfig) = args.kubeconfig.clone() else {
         bail!("--kubeconfig is required (the node's credentials for the API server)");
     };
@@ -519,7 +521,14 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_node::KubeletConfig> {
         .clone()
         .or(file.cgroup_root)
         .unwrap_or_else(|| "/".into());
+    // The systemd driver takes the root as a slice (`/`, `/sk.slice`): kept by its name.
+    let root = match driver {
+        skiff_node::cgroups::Driver::Systemd => skiff_node::systemd_cgroups::parse_root(&root),
+        skiff_node::cgroups::Driver::Cgroupfs => root,
+    };
     c.cgroup_root = format!("{}/kubepods", root.trim_end_matches('/'));
+    c.cgroup_driver = driver;
+    c.cgroup_driver_set = driver_set;
     let dns = if args.cluster_dns.is_empty() {
         file.cluster_dns.unwrap_or_default()
     } else {
@@ -737,7 +746,22 @@ mod tests {
         assert!(go_duration("5x").is_err());
         assert_eq!(parse_taint("k:NoExecute").unwrap().value, None);
         let t = T::parse_from(["x", "--kubeconfig", "/k", "--cgroup-driver", "systemd"]);
+        let sd = config(&t.k).unwrap();
+        assert_eq!(sd.cgroup_driver, skiff_node::cgroups::Driver::Systemd);
+        assert!(sd.cgroup_driver_set);
+        assert_eq!(sd.cgroup_root, "/kubepods");
+        let t = T::parse_from([
+            "x",
+            "--kubeconfig",
+            "/k",
+            "--cgroup-driver=systemd",
+            "--cgroup-root=/sk1.slice",
+        ]);
+        assert_eq!(config(&t.k).unwrap().cgroup_root, "/sk1/kubepods");
+        let t = T::parse_from(["x", "--kubeconfig", "/k", "--cgroup-driver", "cgroupsv3"]);
         assert!(config(&t.k).is_err());
+        let t = T::parse_from(["x", "--kubeconfig", "/k"]);
+        assert!(!config(&t.k).unwrap().cgroup_driver_set);
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!
 //! Every file write is in this module; the rest of the kubelet calls [`manager`] and the
 //! functions of [`QosCgroups`]. The host decides v1 or v2 (`statfs` of `/sys/fs/cgroup`).
+//!
+//! With the systemd driver ([`Driver::Systemd`], node/src/systemd_cgroups.rs) the same names
+//! become slices made through systemd's D-Bus API; only reading (usage, pids, the pods that
+//! exist) and removing what systemd left goes through the files, at the slices' paths below
+//! systemd's root cgroup.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -34,6 +39,32 @@ const MIN_QUOTA: i64 = 1000;
 /// cgroup v1 controllers the kubelet manages pod and QoS folders in (the runtime makes the
 /// others it needs, e.g. cpuset, below them).
 const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
+
+/// The cgroup driver (`--cgroup-driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Driver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+impl Driver {
+    /// `cgroupfs` or `systemd` (upstream's names); None for anything else.
+    pub fn parse(s: &str) -> Option<Driver> {
+        match s {
+            "cgroupfs" => Some(Driver::Cgroupfs),
+            "systemd" => Some(Driver::Systemd),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Cgroupfs => "cgroupfs",
+            Driver::Systemd => "systemd",
+        }
+    }
+}
 
 /// Which cgroup hierarchy the host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +246,17 @@ pub fn pod_cgroup_name(qos_root: &str, pod: &Pod) -> String {
     }
 }
 
+/// The pod's cgroup parent as the CRI gets it: [`pod_cgroup_name`], in systemd form
+/// (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`) when the
+/// kubelet of `qos_root` runs the systemd driver.
+pub fn pod_cgroup_parent(qos_root: &str, pod: &Pod) -> String {
+    let name = pod_cgroup_name(qos_root, pod);
+    match manager(qos_root).map(|m| m.driver) {
+        Some(Driver::Systemd) => crate::systemd_cgroups::to_systemd(&name),
+        _ => name,
+    }
+}
+
 /// The node's allocatable for the `kubepods` cgroup (cpu milli, memory bytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeAllocatable {
@@ -233,6 +275,11 @@ pub struct QosCgroups {
     burstable: Mutex<HashMap<String, i64>>,
     /// Pods whose cgroup this process set up.
     ensured: Mutex<HashSet<String>>,
+    driver: Driver,
+    /// systemd's root cgroup (systemd driver): the slices' folders are below it.
+    systemd_root: String,
+    /// The systemd connection (systemd driver), made on first use.
+    systemd: tokio::sync::OnceCell<crate::systemd_cgroups::Systemd>,
 }
 
 fn managers() -> &'static Mutex<HashMap<String, Arc<QosCgroups>>> {
@@ -267,12 +314,24 @@ impl QosCgroups {
     /// Registers the manager of the pods under `qos_root` (`/kubepods`) on `mount`
     /// (`/sys/fs/cgroup`).
     pub fn register(mount: &Path, qos_root: &str) -> Arc<QosCgroups> {
+        Self::register_with(mount, qos_root, Driver::Cgroupfs)
+    }
+
+    /// [`QosCgroups::register`] with a driver. The systemd driver's methods talk to systemd
+    /// on the system bus from the blocking threads they run on (`spawn_blocking`).
+    pub fn register_with(mount: &Path, qos_root: &str, driver: Driver) -> Arc<QosCgroups> {
         let m = Arc::new(QosCgroups {
             mount: mount.to_path_buf(),
             mode: detect(mount),
             root: format!("/{}", qos_root.trim_matches('/')),
             burstable: Mutex::default(),
             ensured: Mutex::default(),
+            driver,
+            systemd_root: match driver {
+                Driver::Systemd => crate::systemd_cgroups::root_cgroup(),
+                Driver::Cgroupfs => String::new(),
+            },
+            systemd: tokio::sync::OnceCell::new(),
         });
         if let Ok(mut all) = managers().lock() {
             all.insert(m.root.clone(), m.clone());
@@ -284,12 +343,56 @@ impl QosCgroups {
         self.mode
     }
 
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// The folder (below each controller's mount) of the kubelet's cgroup `name`: the name
+    /// itself, or the slice's path below systemd's root.
+    fn fs_rel(&self, name: &str) -> String {
+        match self.driver {
+            Driver::Cgroupfs => name.to_string(),
+            Driver::Systemd => format!(
+                "{}{}",
+                self.systemd_root,
+                crate::systemd_cgroups::to_systemd(name)
+            ),
+        }
+    }
+
+    /// Runs a systemd call from a blocking thread of the kubelet's runtime.
+    fn with_systemd<T>(
+        &self,
+        f: impl for<'a> FnOnce(
+            &'a crate::systemd_cgroups::Systemd,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<T, crate::systemd_cgroups::SystemdError>>
+                    + Send
+                    + 'a,
+            >,
+        >,
+    ) -> io::Result<T> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::other(format!("systemd driver outside the runtime: {e}")))?;
+        handle
+            .block_on(async {
+                let sd = self
+                    .systemd
+                    .get_or_try_init(crate::systemd_cgroups::Systemd::connect)
+                    .await?;
+                f(sd).await
+            })
+            .map_err(io::Error::other)
+    }
+
     /// Processes in pod `uid`'s cgroup (`pids.current`), 0 when unknown.
     pub fn pod_pids(&self, uid: &str) -> i64 {
         let Some(name) = self.existing_pods().get(uid).cloned() else {
             return 0;
         };
-        let rel = name.trim_start_matches('/');
+        let rel = self.fs_rel(&name);
+        let rel = rel.trim_start_matches('/');
         let d = match self.mode {
             CgroupMode::V1 => self.mount.join("pids").join(rel),
             CgroupMode::V2 => self.mount.join(rel),
@@ -313,6 +416,17 @@ impl QosCgroups {
 
     /// Creates cgroup `name` (and its parents) and applies `limits`.
     fn apply(&self, name: &str, limits: &CgroupLimits) -> io::Result<()> {
+        if self.driver == Driver::Systemd {
+            let unit = crate::systemd_cgroups::slice_name(name);
+            let parent = crate::systemd_cgroups::slice_name(
+                name.rsplit_once('/').map(|(p, _)| p).unwrap_or("/"),
+            );
+            let mode = self.mode;
+            let limits = limits.clone();
+            return self.with_systemd(move |sd| {
+                Box::pin(async move { sd.ensure_slice(&unit, &parent, mode, &limits).await })
+            });
+        }
         match self.mode {
             CgroupMode::V1 => {
                 for c in V1_CONTROLLERS {
@@ -434,7 +548,8 @@ impl QosCgroups {
         Ok(())
     }
 
-    /// The folders of the pod cgroups that exist now, by uid.
+    /// The pod cgroups that exist now: their names (cgroupfs-style, `/kubepods/burstable/pod<uid>`)
+    /// by uid.
     pub fn existing_pods(&self) -> HashMap<String, String> {
         let mut out = HashMap::new();
         let base = match self.mode {
@@ -442,15 +557,20 @@ impl QosCgroups {
             CgroupMode::V2 => self.mount.clone(),
         };
         for class in ["", "burstable", "besteffort"] {
-            let rel = format!("{}/{class}", self.root.trim_start_matches('/'));
-            let Ok(rd) = std::fs::read_dir(base.join(rel.trim_end_matches('/'))) else {
+            let name = format!("{}/{class}", self.root);
+            let name = name.trim_end_matches('/');
+            let rel = self.fs_rel(name);
+            let Ok(rd) = std::fs::read_dir(base.join(rel.trim_start_matches('/'))) else {
                 continue;
             };
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if let Some(uid) = n.strip_prefix("pod") {
-                    let name = format!("{}/{n}", rel.trim_end_matches('/'));
-                    out.insert(uid.to_string(), format!("/{name}"));
+                let uid = match self.driver {
+                    Driver::Cgroupfs => n.strip_prefix("pod").map(str::to_string),
+                    Driver::Systemd => crate::systemd_cgroups::pod_uid_of_slice(&n),
+                };
+                if let Some(uid) = uid {
+                    out.insert(uid.clone(), format!("{name}/pod{uid}"));
                 }
             }
         }
@@ -473,8 +593,16 @@ impl QosCgroups {
             }
         }
         if let Some(name) = self.existing_pods().get(uid) {
+            if self.driver == Driver::Systemd {
+                let unit = crate::systemd_cgroups::slice_name(name);
+                if let Err(e) =
+                    self.with_systemd(move |sd| Box::pin(async move { sd.stop(&unit).await }))
+                {
+                    warn!(%uid, error = %e, "cannot stop the pod's slice");
+                }
+            }
             let mut left = false;
-            for d in self.all_controller_dirs(name) {
+            for d in self.all_controller_dirs(&self.fs_rel(name)) {
                 if remove_tree(&d).is_err() {
                     left = true;
                 }
@@ -516,7 +644,7 @@ impl QosCgroups {
     /// Memory working set of pod `uid` in bytes (usage minus inactive file pages), if its
     /// cgroup exists.
     pub fn pod_working_set(&self, uid: &str) -> Option<u64> {
-        let name = self.existing_pods().get(uid)?.clone();
+        let name = self.fs_rel(self.existing_pods().get(uid)?);
         let rel = name.trim_start_matches('/');
         match self.mode {
             CgroupMode::V1 => {

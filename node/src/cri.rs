@@ -25,6 +25,13 @@ pub mod labels {
 /// The CRI calls the kubelet needs. Every method is one runtime.v1 RPC.
 pub trait CriRuntime: Send + Sync + 'static {
     fn version(&self) -> impl Future<Output = Result<cri::VersionResponse, CriError>> + Send;
+    /// The runtime's cgroup driver (`RuntimeConfig`); None when the runtime does not say
+    /// (an older CRI without the call).
+    fn cgroup_driver(
+        &self,
+    ) -> impl Future<Output = Result<Option<cri::CgroupDriver>, CriError>> + Send {
+        async { Ok(None) }
+    }
     fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
@@ -214,6 +221,22 @@ impl GrpcCri {
 }
 
 impl CriRuntime for GrpcCri {
+    async fn cgroup_driver(&self) -> Result<Option<cri::CgroupDriver>, CriError> {
+        match self
+            .runtime
+            .clone()
+            .runtime_config(cri::RuntimeConfigRequest {})
+            .await
+        {
+            Ok(r) => Ok(r
+                .into_inner()
+                .linux
+                .and_then(|l| cri::CgroupDriver::try_from(l.cgroup_driver).ok())),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(s) => Err(self.err("RuntimeConfig", s)),
+        }
+    }
+
     async fn version(&self) -> Result<cri::VersionResponse, CriError> {
         let r = self
             .runtime

@@ -43,6 +43,7 @@ pub mod shutdown;
 pub mod static_pods;
 pub mod status;
 pub mod stream;
+pub mod systemd_cgroups;
 pub mod tls;
 pub mod userns;
 pub mod volumes;
@@ -117,8 +118,14 @@ pub struct KubeletConfig {
     pub roles: Vec<String>,
     /// Extra node labels.
     pub node_labels: BTreeMap<String, String>,
-    /// Cgroup parent root of pods (cgroupfs layout), `/kubepods`.
+    /// Cgroup parent root of pods (cgroupfs layout), `/kubepods`; with the systemd driver the
+    /// same name stands for `kubepods.slice` (node/src/systemd_cgroups.rs).
     pub cgroup_root: String,
+    /// `--cgroup-driver` (`cgroupfs`).
+    pub cgroup_driver: cgroups::Driver,
+    /// Whether the driver was given (flag or file): a runtime that reports another one is then
+    /// refused; unset, the runtime's driver is used (upstream's `KubeletCgroupDriverFromCRI`).
+    pub cgroup_driver_set: bool,
     /// Node status and Lease renewal period (10 s).
     pub status_interval: Duration,
     /// Capacity `pods` (110).
@@ -172,6 +179,8 @@ impl KubeletConfig {
             roles: Vec::new(),
             node_labels: BTreeMap::new(),
             cgroup_root: "/kubepods".into(),
+            cgroup_driver: cgroups::Driver::Cgroupfs,
+            cgroup_driver_set: false,
             status_interval: Duration::from_secs(10),
             max_pods: 110,
             register_with_taints: Vec::new(),
@@ -263,8 +272,56 @@ pub async fn run(
         ));
     }
     let cri = Arc::new(GrpcCri::new(&cfg.cri_endpoint)?);
+    let mut cfg = cfg;
+    cfg.cgroup_driver = cgroup_driver(&cfg, &*cri).await?;
     setup_qos_cgroups(&cfg).await;
     run_with_runtime(cfg, cri, shutdown).await
+}
+
+/// The cgroup driver to run with: the runtime's (`RuntimeConfig`) when it reports one, as
+/// upstream's kubelet with `KubeletCgroupDriverFromCRI`; a different driver given explicitly is
+/// refused. The runtime gets up to 30 s to answer; a runtime without the call leaves the
+/// configured driver.
+pub async fn cgroup_driver<R: CriRuntime>(
+    cfg: &KubeletConfig,
+    cri: &R,
+) -> Result<cgroups::Driver, NodeError> {
+    let mut tries = 0;
+    let reported = loop {
+        match cri.cgroup_driver().await {
+            Ok(d) => break d,
+            Err(e) if tries < 30 => {
+                tries += 1;
+                tracing::debug!(error = %e, "RuntimeConfig: runtime not ready yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot ask the runtime for its cgroup driver; using cgroupDriver from the kubelet config");
+                return Ok(cfg.cgroup_driver);
+            }
+        }
+    };
+    let Some(reported) = reported else {
+        info!("CRI implementation should be updated to support RuntimeConfig. Falling back to using cgroupDriver from kubelet config.");
+        return Ok(cfg.cgroup_driver);
+    };
+    let runtime = match reported {
+        skiff_proto::cri::CgroupDriver::Systemd => cgroups::Driver::Systemd,
+        skiff_proto::cri::CgroupDriver::Cgroupfs => cgroups::Driver::Cgroupfs,
+    };
+    if runtime != cfg.cgroup_driver && cfg.cgroup_driver_set {
+        return Err(NodeError::Config(format!(
+            "misconfiguration: kubelet cgroup driver: {:?} is different from the container runtime's cgroup driver: {:?} (RuntimeConfig); set --cgroup-driver (cgroupDriver) to {:?} or change the runtime's",
+            cfg.cgroup_driver.name(),
+            runtime.name(),
+            runtime.name()
+        )));
+    }
+    info!(
+        cgroup_driver = runtime.name(),
+        "Using cgroup driver setting received from the CRI runtime"
+    );
+    Ok(runtime)
 }
 
 /// Reserved amounts (kube + system) by resource.
@@ -294,8 +351,9 @@ async fn setup_qos_cgroups(cfg: &KubeletConfig) {
     }
     let mount = cfg.cgroup_mount.clone();
     let root = cfg.cgroup_root.clone();
+    let driver = cfg.cgroup_driver;
     let done = tokio::task::spawn_blocking(move || {
-        let m = cgroups::QosCgroups::register(&mount, &root);
+        let m = cgroups::QosCgroups::register_with(&mount, &root, driver);
         m.setup(alloc)
     })
     .await;
@@ -396,6 +454,7 @@ pub async fn run_with_runtime<R: CriRuntime>(
                 config: cfg.shutdown.clone(),
                 state: shutdown_state.clone(),
                 logind_dropin_dir: PathBuf::from(shutdown::LOGIND_DROPIN_DIR),
+                state_file: cfg.root_dir.join(shutdown::STATE_FILE),
             }
             .run(stop_rx.clone()),
         );

@@ -727,7 +727,7 @@ impl<R: CriRuntime> PodSync<R> {
                 host_ip: p.host_ip.unwrap_or_default(),
             })
             .collect();
-        let cgroup_parent = crate::cgroups::pod_cgroup_name(&self.ctx.cgroup_root, pod);
+        let cgroup_parent = crate::cgroups::pod_cgroup_parent(&self.ctx.cgroup_root, pod);
         let ns_opts = self.pod_ns(pod);
         cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {

@@ -20,6 +20,17 @@
 //! `/etc/systemd/logind.conf.d/99-kubelet.conf` (`InhibitDelayMaxSec=`), has systemd send
 //! logind SIGHUP (`KillUnit`), and checks again, as upstream does.
 //!
+//! The shutdown is also written down, as upstream's `graceful_node_shutdown_state` file in the
+//! kubelet's root dir (`{"startTime": ..., "endTime": ...}`, written atomically): the start when
+//! the shutdown event arrives, the end once every group is done. A kubelet restarted while the
+//! node shuts down (killed, crashed, restarted by its unit while another delay lock holds logind
+//! back) asks logind whether it is `PreparingForShutdown` once it holds its own lock again: when
+//! it is, the node is shutting down from then on (NotReady, admission refuses pods),
+//! the shutdown keeps the start time of the file (log: `kubelet restarted during a node
+//! shutdown: resuming it`) and the pods left are
+//! terminated as on the event. A file with a start and no end on a node that is not shutting
+//! down is a shutdown the kubelet did not see to its end (logged, then the file is kept).
+//!
 //! The D-Bus side is [`Logind`] (zbus, the system bus of `DBUS_SYSTEM_BUS_ADDRESS` or
 //! `/run/dbus/system_bus_socket`). The grouping and the grace periods are plain functions with
 //! unit tests; tests/tests/kubelet_shutdown.rs boots a real systemd and powers it off.
@@ -55,6 +66,10 @@ pub const LOGIND_DROPIN_DIR: &str = "/etc/systemd/logind.conf.d";
 pub const LOGIND_DROPIN_FILE: &str = "99-kubelet.conf";
 /// system-cluster-critical's priority: the critical pods' group.
 pub const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
+/// The shutdown state file in the kubelet's root dir (upstream's `localStorageStateFile`).
+pub const STATE_FILE: &str = "graceful_node_shutdown_state";
+/// Go's zero `time.Time` in JSON: an unset time in the state file, as upstream writes it.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// Errors of the shutdown manager's D-Bus side.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +199,111 @@ pub fn logind_dropin(delay: Duration) -> String {
     )
 }
 
+/// Errors of the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("graceful shutdown state {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The state file's content: when the last shutdown the kubelet handled started and ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateRecord {
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateJson {
+    #[serde(default)]
+    start_time: String,
+    #[serde(default)]
+    end_time: String,
+}
+
+fn time_to_json(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .unwrap_or_else(|| GO_ZERO_TIME.to_string())
+}
+
+fn time_from_json(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    (t.timestamp() > 0).then(|| t.with_timezone(&chrono::Utc))
+}
+
+impl StateRecord {
+    /// A shutdown that started and was not seen to its end.
+    pub fn in_progress(&self) -> bool {
+        self.start.is_some() && self.end.is_none()
+    }
+
+    pub fn to_json(self) -> String {
+        serde_json::to_string(&StateJson {
+            start_time: time_to_json(self.start),
+            end_time: time_to_json(self.end),
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
+        let j: StateJson = serde_json::from_str(s)?;
+        Ok(StateRecord {
+            start: time_from_json(&j.start_time),
+            end: time_from_json(&j.end_time),
+        })
+    }
+
+    /// Reads the file; a missing file is an empty record (upstream's `Load`).
+    pub fn load(path: &Path) -> Result<Self, StateFileError> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Self::from_json(&s).map_err(|e| StateFileError::Read {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(StateFileError::Read {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes the file atomically: a temporary file beside it, fsync, rename.
+    pub fn store(self, path: &Path) -> Result<(), StateFileError> {
+        let err = |e: std::io::Error| StateFileError::Write {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = dir.join(format!(".tmp-{STATE_FILE}.{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        use std::io::Write;
+        f.write_all(self.to_json().as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Writes `rec` to `path` off the async workers; failures are logged (as upstream).
+async fn store_state(path: &Path, rec: StateRecord) {
+    let p = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || rec.store(&p)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "failed to store graceful shutdown state"),
+        Err(e) => warn!(error = %e, "failed to store graceful shutdown state"),
+    }
+}
+
 /// Whether the node is shutting down, shared with the node status and admission.
 #[derive(Debug, Default)]
 pub struct ShutdownState {
@@ -224,9 +344,12 @@ impl Logind {
         Ok(Logind { conn })
     }
 
-    /// logind's `InhibitDelayMaxUSec`.
-    pub async fn inhibit_delay(&self) -> Result<Duration, ShutdownError> {
-        let call = "Get(InhibitDelayMaxUSec)";
+    /// A property of logind's manager.
+    async fn property(
+        &self,
+        call: &'static str,
+        name: &str,
+    ) -> Result<zbus::zvariant::OwnedValue, ShutdownError> {
         let reply = self
             .conn
             .call_method(
@@ -234,19 +357,35 @@ impl Logind {
                 LOGIN1_PATH,
                 Some("org.freedesktop.DBus.Properties"),
                 "Get",
-                &(LOGIN1_MANAGER, "InhibitDelayMaxUSec"),
+                &(LOGIN1_MANAGER, name),
             )
             .await
             .map_err(|source| ShutdownError::Call { call, source })?;
-        let v: zbus::zvariant::OwnedValue = reply
+        reply
             .body()
             .deserialize()
-            .map_err(|source| ShutdownError::Call { call, source })?;
+            .map_err(|source| ShutdownError::Call { call, source })
+    }
+
+    /// logind's `InhibitDelayMaxUSec`.
+    pub async fn inhibit_delay(&self) -> Result<Duration, ShutdownError> {
+        let call = "Get(InhibitDelayMaxUSec)";
+        let v = self.property(call, "InhibitDelayMaxUSec").await?;
         let us = u64::try_from(v).map_err(|e| ShutdownError::Answer {
             call,
             message: e.to_string(),
         })?;
         Ok(Duration::from_micros(us))
+    }
+
+    /// logind's `PreparingForShutdown`: a shutdown was announced and waits for delay locks.
+    pub async fn preparing_for_shutdown(&self) -> Result<bool, ShutdownError> {
+        let call = "Get(PreparingForShutdown)";
+        let v = self.property(call, "PreparingForShutdown").await?;
+        bool::try_from(v).map_err(|e| ShutdownError::Answer {
+            call,
+            message: e.to_string(),
+        })
     }
 
     /// Takes a `delay` inhibitor lock on `shutdown`; the lock lasts while the fd is open.
@@ -375,6 +514,8 @@ pub struct Manager<R: CriRuntime> {
     pub state: SharedShutdown,
     /// Where the logind drop-in goes ([`LOGIND_DROPIN_DIR`]).
     pub logind_dropin_dir: PathBuf,
+    /// The state file ([`STATE_FILE`] in the kubelet's root dir).
+    pub state_file: PathBuf,
 }
 
 impl<R: CriRuntime> Manager<R> {
@@ -410,10 +551,45 @@ impl<R: CriRuntime> Manager<R> {
             }
         };
         info!("node shutdown manager holds the inhibitor lock (delay)");
+        let path = self.state_file.clone();
+        let record = tokio::task::spawn_blocking(move || StateRecord::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateFileError::Read {
+                    path: self.state_file.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "failed to load graceful shutdown state");
+                StateRecord::default()
+            });
+        // A shutdown announced before this kubelet subscribed (it was restarted meanwhile):
+        // logind says so, and the state file tells when it began.
+        let mut resumed = match logind.preparing_for_shutdown().await {
+            Ok(true) => {
+                info!(started = ?record.start, "kubelet restarted during a node shutdown: resuming it");
+                Some(record)
+            }
+            Ok(false) => {
+                if record.in_progress() {
+                    warn!(started = ?record.start, "the last node shutdown was not seen to its end");
+                }
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot ask logind whether the node is shutting down");
+                None
+            }
+        };
         loop {
-            let ev = tokio::select! {
-                _ = stop.changed() => return,
-                ev = signals.next() => ev,
+            let ev = if resumed.is_some() {
+                Some(true)
+            } else {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    ev = signals.next() => ev,
+                }
             };
             let Some(shutting_down) = ev else {
                 warn!("ended watching the node for shutdown events");
@@ -435,7 +611,19 @@ impl<R: CriRuntime> Manager<R> {
             .await;
             self.state.set(shutting_down);
             if shutting_down {
+                // A resumed shutdown keeps the start time the first kubelet wrote.
+                let start = resumed
+                    .take()
+                    .and_then(|r| r.start)
+                    .unwrap_or_else(chrono::Utc::now);
+                let mut rec = StateRecord {
+                    start: Some(start),
+                    end: None,
+                };
+                store_state(&self.state_file, rec).await;
                 self.process_shutdown(&groups).await;
+                rec.end = Some(chrono::Utc::now());
+                store_state(&self.state_file, rec).await;
                 // Closing the fd releases the lock: the shutdown goes on.
                 drop(lock.take());
                 info!("shutdown manager released the inhibitor lock");
@@ -647,6 +835,38 @@ mod tests {
             logind_dropin(Duration::from_secs(45)),
             "# Kubelet logind override\n[Login]\nInhibitDelayMaxSec=45\n"
         );
+    }
+
+    #[test]
+    fn state_file_round_trips_in_upstreams_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        assert_eq!(StateRecord::load(&path).unwrap(), StateRecord::default());
+        let start = chrono::DateTime::parse_from_rfc3339("2026-12-07T01:02:03Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let rec = StateRecord {
+            start: Some(start),
+            end: None,
+        };
+        rec.store(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            r#"{"startTime":"2026-12-07T01:02:03.000000000Z","endTime":"0001-01-01T00:00:00Z"}"#
+        );
+        let back = StateRecord::load(&path).unwrap();
+        assert_eq!(back, rec);
+        assert!(back.in_progress());
+        // Go's own encoding of a time (no fraction) reads too.
+        let go = StateRecord::from_json(
+            r#"{"startTime":"2026-12-07T01:02:03Z","endTime":"2026-12-07T01:02:33.5+00:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(go.start, Some(start));
+        assert!(!go.in_progress());
+        std::fs::write(&path, "{").unwrap();
+        assert!(StateRecord::load(&path).is_err());
     }
 
     #[test]

@@ -79,6 +79,22 @@ impl SkiffCri {
     /// Starts `skiff cri` with pod network `bridge`/`subnet`, trusting `registry` over plain
     /// HTTP, and waits for its socket.
     pub fn start(bridge: &str, subnet: &str, registry: &str) -> Result<SkiffCri> {
+        Self::start_with(bridge, subnet, registry, &[], &[], None)
+    }
+
+    /// [`SkiffCri::start`] with `extra` arguments for `skiff cri` (`--systemd-cgroup`), run
+    /// through `wrapper` when given (a `systemd-run` prefix of
+    /// [`crate::systemd_box::SystemdBox::service`]: then the server is the box's service, its
+    /// log goes where the wrapper says and it ends with the box), its folder made in `in_dir`
+    /// (a folder the box shares) instead of the temp dir.
+    pub fn start_with(
+        bridge: &str,
+        subnet: &str,
+        registry: &str,
+        extra: &[&str],
+        wrapper: &[String],
+        in_dir: Option<&Path>,
+    ) -> Result<SkiffCri> {
         let skiff = workspace_bin("skiff");
         for bin in ["skiff", "skiff-monitor", "skiff-runtime"] {
             let p = workspace_bin(bin);
@@ -89,17 +105,28 @@ impl SkiffCri {
                 )));
             }
         }
-        let tmp = tempfile::Builder::new()
-            .prefix("sk-cri-proc-")
-            .tempdir()
-            .map_err(io_err("creating temp dir"))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("sk-cri-proc-");
+        let tmp = match in_dir {
+            Some(d) => builder.tempdir_in(d),
+            None => builder.tempdir(),
+        }
+        .map_err(io_err("creating temp dir"))?;
         let t = tmp.path();
         let bin_dir = write_cni(&t.join("net.d"), &t.join("cni-bin"), bridge, subnet)?;
         let config = t.join("cri.toml");
         std::fs::write(&config, "").map_err(io_err("writing cri.toml"))?;
         let socket = t.join("cri.sock");
         let log = std::fs::File::create(t.join("cri.log")).map_err(io_err("creating log"))?;
-        let child = Command::new(&skiff)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&skiff);
+                c
+            }
+            None => Command::new(&skiff),
+        };
+        let child = cmd
             .arg("cri")
             .arg("--address")
             .arg(&socket)
@@ -118,6 +145,7 @@ impl SkiffCri {
             .args(["--insecure-registry", registry])
             .arg("--config")
             .arg(&config)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -147,6 +175,40 @@ impl SkiffCri {
     pub fn dir(&self) -> &Path {
         self.tmp.path()
     }
+
+    /// The server's log (`cri.log` in [`SkiffCri::dir`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("cri.log")).unwrap_or_default()
+    }
+}
+
+/// The set-up of the standalone-kubelet suites on Skiff's CRI: needs root; pushes busybox to
+/// the shared local registry; starts `skiff cri` on `bridge`/`subnet` (see [`SkiffCri`]) and a
+/// control plane without a node; then runs `scenario(control plane, CRI, busybox image, cgroup
+/// root)` off the async workers, the cgroup root being `/<cgroup_prefix><test pid>` (removed
+/// afterwards with what is left in it).
+pub async fn with_skiff_cri_node(
+    bridge: &'static str,
+    subnet: &'static str,
+    cgroup_prefix: &str,
+    scenario: impl FnOnce(&ControlPlane, &SkiffCri, &str, &str) + Send + 'static,
+) {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    crate::cri_env::init_tls();
+    let registry = crate::Registry::shared().expect("local registry");
+    let busybox = crate::cri_env::push_busybox(registry.addr(), "sk-busybox:latest").await;
+    let cgroups = CgroupRoot(format!("/{cgroup_prefix}{}", std::process::id()));
+    let cri = SkiffCri::start(bridge, subnet, registry.addr())
+        .expect("skiff cri (cargo build -p skiff -p skiff-monitor -p skiff-runtime -p skiff-cni)");
+    let root = cgroups.0.clone();
+    tokio::task::spawn_blocking(move || {
+        let cp = ControlPlane::start();
+        scenario(&cp, &cri, &busybox, &root);
+        drop(cri);
+    })
+    .await
+    .unwrap();
+    drop(cgroups);
 }
 
 impl Drop for SkiffCri {

@@ -8,8 +8,7 @@
 //! `cargo build -p skiff -p skiff-monitor -p skiff-runtime -p skiff-cni`.
 
 use skiff_tests::control_plane::ControlPlane;
-use skiff_tests::standalone::{kubelet_command, CgroupRoot, KubeletNode, Proc, SkiffCri};
-use skiff_tests::Registry;
+use skiff_tests::standalone::{kubelet_command, with_skiff_cri_node, KubeletNode, Proc, SkiffCri};
 
 fn pod(name: &str, node: &str, busybox: &str) -> String {
     format!(
@@ -126,19 +125,5 @@ fn scenario(cp: &ControlPlane, cri: &SkiffCri, busybox: &str, cgroup_root: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_pods_survive_a_restart_under_pressure() {
-    assert!(nix::unistd::geteuid().is_root(), "needs root");
-    skiff_tests::cri_env::init_tls();
-    let registry = Registry::shared().expect("local registry");
-    let busybox = skiff_tests::cri_env::push_busybox(registry.addr(), "sk-busybox:latest").await;
-    let cgroups = CgroupRoot(format!("/skreadm{}", std::process::id()));
-    let cri = SkiffCri::start("skbr49", "10.244.49.0/24", registry.addr())
-        .expect("skiff cri (cargo build -p skiff -p skiff-monitor -p skiff-runtime -p skiff-cni)");
-    let root = cgroups.0.clone();
-    tokio::task::spawn_blocking(move || {
-        let cp = ControlPlane::start();
-        scenario(&cp, &cri, &busybox, &root);
-        drop(cri);
-    })
-    .await
-    .unwrap();
+    with_skiff_cri_node("skbr49", "10.244.49.0/24", "skreadm", scenario).await;
 }

@@ -70,9 +70,122 @@ const POD_CONTROLLERS: [&str; 7] = [
 ];
 
 /// The cgroup of a sandbox's pause process: `<cgroup_parent>/<sandbox id>` (as containerd with
-/// cgroupfs).
-pub(crate) fn sandbox_path(parent: &str, id: &str) -> String {
-    format!("/{}/{}", parent.trim_matches('/'), id).replace("//", "/")
+/// cgroupfs), `<slice>/cri-skiff-<sandbox id>.scope` with the systemd driver.
+pub(crate) fn sandbox_path(sb: &crate::store::sandbox::Sandbox) -> String {
+    child_path(sb, &sb.id)
+}
+
+/// The cgroup of a sandbox's pause or container `id`.
+pub(crate) fn child_path(sb: &crate::store::sandbox::Sandbox, id: &str) -> String {
+    let name = if sb.systemd_cgroup {
+        systemd::scope_name(id)
+    } else {
+        id.to_string()
+    };
+    format!("/{}/{}", sb.cgroup_parent.trim_matches('/'), name).replace("//", "/")
+}
+
+/// The systemd cgroup driver's names (runc's `--systemd-cgroup` conventions, as containerd
+/// with `SystemdCgroup = true` uses them): a slice `a-b-c.slice` lives at
+/// `/a.slice/a-b.slice/a-b-c.slice` below systemd's root cgroup, and the container (or pause)
+/// `id` of a sandbox whose parent is that slice at `<slice path>/cri-skiff-<id>.scope`
+/// (containerd: `cri-containerd-<id>.scope`). The kubelet creates the slices through systemd;
+/// the scopes are made here as cgroupfs folders with those names (the runtime gets their path).
+pub(crate) mod systemd {
+    /// The prefix of the scope names (`<prefix>-<id>.scope`).
+    pub(crate) const SCOPE_PREFIX: &str = "cri-skiff";
+
+    pub(crate) fn scope_name(id: &str) -> String {
+        format!("{SCOPE_PREFIX}-{id}.scope")
+    }
+
+    /// The path of slice `name` below systemd's root (runc's `ExpandSlice`): `-.slice` is the
+    /// root; None for a name that is not a valid slice.
+    pub(crate) fn expand_slice(name: &str) -> Option<String> {
+        let base = name.strip_suffix(".slice")?;
+        if name.contains('/') {
+            return None;
+        }
+        if base == "-" {
+            return Some("/".into());
+        }
+        if base.is_empty() || base.starts_with('-') || base.ends_with('-') || base.contains("--") {
+            return None;
+        }
+        let mut path = String::new();
+        let mut prefix = String::new();
+        for part in base.split('-') {
+            prefix.push_str(part);
+            path.push('/');
+            path.push_str(&prefix);
+            path.push_str(".slice");
+            prefix.push('-');
+        }
+        Some(path)
+    }
+
+    /// systemd's root cgroup as PID 1 sees it (runc reads `/proc/1/cgroup` likewise): the path
+    /// of its `name=systemd` (or unified) hierarchy without `/init.scope`.
+    pub(crate) fn root() -> String {
+        let text = std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
+        root_of(&text)
+    }
+
+    pub(crate) fn root_of(proc_cgroup: &str) -> String {
+        let find = |want: &dyn Fn(&str) -> bool| {
+            proc_cgroup.lines().find_map(|l| {
+                let mut it = l.splitn(3, ':');
+                let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
+                want(ctl).then(|| path.to_string())
+            })
+        };
+        let path = find(&|c| c == "name=systemd")
+            .or_else(|| find(&|c| c.is_empty()))
+            .unwrap_or_default();
+        let path = path.strip_suffix("/init.scope").unwrap_or(&path);
+        path.trim_end_matches('/').to_string()
+    }
+
+    /// The cgroupfs path of a sandbox whose cgroup parent is `parent`, a slice given as its
+    /// name (`kubepods-burstable-pod<uid>.slice`) or its path (`/kubepods.slice/.../<name>`,
+    /// the kubelet's form): None when it is not a slice.
+    pub(crate) fn parent_path(parent: &str, root: &str) -> Option<String> {
+        let name = parent.trim_end_matches('/').rsplit('/').next()?;
+        let expanded = expand_slice(name)?;
+        Some(format!("{}{}", root.trim_end_matches('/'), expanded).replace("//", "/"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn slices_expand_as_runc() {
+            assert_eq!(expand_slice("-.slice").as_deref(), Some("/"));
+            assert_eq!(
+                expand_slice("kubepods-burstable-pod12_34.slice").as_deref(),
+                Some("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_34.slice")
+            );
+            assert_eq!(expand_slice("a--b.slice"), None);
+            assert_eq!(expand_slice("a.scope"), None);
+            assert_eq!(
+                parent_path("/kubepods.slice/kubepods-pod1.slice", "").as_deref(),
+                Some("/kubepods.slice/kubepods-pod1.slice")
+            );
+            assert_eq!(
+                parent_path("kubepods-pod1.slice", "/box").as_deref(),
+                Some("/box/kubepods.slice/kubepods-pod1.slice")
+            );
+            assert_eq!(parent_path("/kubepods/pod1", ""), None);
+            assert_eq!(
+                root_of("9:name=systemd:/init.scope\n4:memory:/x\n0::/init.scope\n"),
+                ""
+            );
+            assert_eq!(root_of("1:name=systemd:/skbox1/init.scope\n"), "/skbox1");
+            assert_eq!(root_of("0::/\n"), "");
+            assert_eq!(scope_name("abc"), "cri-skiff-abc.scope");
+        }
+    }
 }
 
 /// Creates `path` in every pod controller that is mounted and moves `pid` into it.

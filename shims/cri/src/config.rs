@@ -53,6 +53,12 @@ pub struct CriConfig {
     /// `<state_dir>/bin/<name>` (runc's `memfd-bind`; see `seal.rs`), so skiff-runtime needs
     /// no sealing re-exec of itself per call. `skiff server` and `skiff cri` set it.
     pub seal_runtime: bool,
+    /// The systemd cgroup driver (`skiff cri --systemd-cgroup`, `systemd_cgroup = true` in the
+    /// config file; containerd's `SystemdCgroup = true`): a sandbox's `.slice` cgroup parent is a
+    /// systemd slice, the pause process and the containers go into `cri-skiff-<id>.scope`
+    /// cgroups below it, and RuntimeConfig reports the `systemd` driver. See
+    /// [`crate::cgroups::systemd`].
+    pub systemd_cgroup: bool,
 }
 
 /// One RuntimeClass handler: a runc-compatible OCI runtime.
@@ -81,6 +87,9 @@ pub struct RuntimeHandler {
 pub struct ConfigFile {
     #[serde(default)]
     pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// The systemd cgroup driver ([`CriConfig::systemd_cgroup`]).
+    #[serde(default)]
+    pub systemd_cgroup: Option<bool>,
 }
 
 /// Errors of the config file.
@@ -125,6 +134,7 @@ impl Default for CriConfig {
             fetch_helper: None,
             trim_when_idle: false,
             seal_runtime: false,
+            systemd_cgroup: false,
         }
     }
 }
@@ -164,6 +174,9 @@ impl CriConfig {
             path: path.into(),
             source,
         })?;
+        if let Some(on) = file.systemd_cgroup {
+            self.systemd_cgroup = on;
+        }
         for (name, mut h) in file.runtimes {
             let bad = |msg: String| ConfigError::Handler {
                 path: path.into(),

@@ -9,6 +9,7 @@ mod bundle;
 mod commands;
 mod logging;
 mod sys;
+mod systemd_cgroup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

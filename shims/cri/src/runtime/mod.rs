@@ -533,7 +533,11 @@ impl RuntimeService for RuntimeSvc {
     ) -> Res<cri::RuntimeConfigResponse> {
         Ok(Response::new(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: if self.state.cfg.systemd_cgroup {
+                    cri::CgroupDriver::Systemd as i32
+                } else {
+                    cri::CgroupDriver::Cgroupfs as i32
+                },
             }),
         }))
     }

@@ -91,6 +91,15 @@ pub(crate) async fn run(
         .map(|l| l.cgroup_parent.clone())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| st.cfg.default_cgroup_parent.clone());
+    if st.cfg.systemd_cgroup {
+        // A slice (the kubelet's systemd form): its path below systemd's root. Anything else
+        // stays a cgroupfs path, as containerd does.
+        let root = crate::cgroups::systemd::root();
+        if let Some(path) = crate::cgroups::systemd::parent_path(&sb.cgroup_parent, &root) {
+            sb.cgroup_parent = path;
+            sb.systemd_cgroup = true;
+        }
+    }
     st.sandboxes.put(sb.clone())?;
 
     match setup(st, &mut sb).await {
@@ -127,8 +136,9 @@ async fn setup(st: &State, sb: &mut Sandbox) -> Result<()> {
     sb.pause_pid = pid;
     sb.pause_start_time = start_time;
     st.sandboxes.put(sb.clone())?;
-    // The pause process lives in the pod's cgroup, `<cgroup_parent>/<sandbox id>`.
-    let cg = crate::cgroups::sandbox_path(&sb.cgroup_parent, &sb.id);
+    // The pause process lives in the pod's cgroup, `<cgroup_parent>/<sandbox id>`
+    // (`cri-skiff-<sandbox id>.scope` in the pod's slice with the systemd driver).
+    let cg = crate::cgroups::sandbox_path(sb);
     crate::cgroups::enter(&cg, pid).map_err(|e| {
         CriError::Monitor(format!("moving the pause process into cgroup {cg}: {e}"))
     })?;

@@ -65,7 +65,7 @@ fn verbose_info(st: &State, sb: &Sandbox) -> serde_json::Value {
         "runtimeHandler": sb.runtime_handler,
         "runtimeType": "skiff",
         "cgroupParent": sb.cgroup_parent,
-        "sandboxCgroup": crate::cgroups::sandbox_path(&sb.cgroup_parent, &sb.id),
+        "sandboxCgroup": crate::cgroups::sandbox_path(sb),
         "hostNetwork": sb.host_network,
         "config": sb.config,
         "cniResult": cni,

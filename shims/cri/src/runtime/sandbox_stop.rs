@@ -56,7 +56,7 @@ pub(crate) async fn teardown(st: &State, sb: &Sandbox) -> Result<()> {
     }
 
     stop_pause(st, sb).await;
-    crate::cgroups::remove(&crate::cgroups::sandbox_path(&sb.cgroup_parent, &sb.id));
+    crate::cgroups::remove(&crate::cgroups::sandbox_path(sb));
 
     crate::sys::unmount(&dir.join("shm"))?;
 

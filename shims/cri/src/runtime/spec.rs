@@ -187,7 +187,7 @@ pub(crate) fn target_pid_ns(st: &State, sb: &Sandbox, target: &str) -> Result<Pa
 
 /// The container's cgroupfs path: `<sandbox cgroup parent>/<container id>`, absolute.
 pub(crate) fn cgroups_path(sb: &Sandbox, id: &str) -> String {
-    format!("/{}/{}", sb.cgroup_parent.trim_matches('/'), id).replace("//", "/")
+    crate::cgroups::child_path(sb, id)
 }
 
 /// The supplemental groups of the container's process, as containerd 2.x computes them:
@@ -522,7 +522,7 @@ pub(crate) fn generate(
         mounts.push(mount);
     }
 
-    // cgroups (cgroupfs driver): <sandbox cgroup parent>/<container id>.
+    // cgroups: <sandbox cgroup parent>/<container id> (systemd driver: cri-skiff-<id>.scope).
     let cgroups_path = PathBuf::from(cgroups_path(sb, &ct.id));
     let mut rb =
         LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()

@@ -31,8 +31,13 @@ pub(crate) struct Sandbox {
     pub host_network: bool,
     pub ip: String,
     pub additional_ips: Vec<String>,
-    /// cgroupfs path containers go under (sandbox's cgroup_parent).
+    /// cgroupfs path containers go under (sandbox's cgroup_parent; with the systemd driver
+    /// the slice's path below systemd's root, `/kubepods.slice/.../<pod>.slice`).
     pub cgroup_parent: String,
+    /// The parent is a systemd slice: the pause and the containers go into
+    /// `cri-skiff-<id>.scope` below it.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
     /// The pod's user namespace mappings (`userns_options` mode POD); the pause holds it.
     #[serde(default)]
     pub userns: Option<crate::runtime::PodUserns>,
@@ -58,6 +63,7 @@ impl Sandbox {
             ip: String::new(),
             additional_ips: Vec::new(),
             cgroup_parent: String::new(),
+            systemd_cgroup: false,
             userns: None,
         }
     }

@@ -41,6 +41,37 @@ pub struct Args {
     pub id: String,
 }
 
+/// `--systemd-cgroup` on a cgroup v1 host: a `slice:prefix:name` cgroups path becomes its
+/// cgroupfs path (see `crate::systemd_cgroup`) and the v1 manager runs; returns the spec to
+/// write and the systemd flag for libcontainer.
+fn systemd_v1_path(
+    bundle: &Bundle,
+    adjusted: Option<oci_spec::runtime::Spec>,
+    globals: &Globals,
+) -> (Option<oci_spec::runtime::Spec>, bool) {
+    if !globals.systemd_cgroup || !crate::systemd_cgroup::host_is_v1() {
+        return (adjusted, globals.systemd_cgroup);
+    }
+    let spec = adjusted.clone().unwrap_or_else(|| bundle.spec.clone());
+    let Some(mut linux) = spec.linux().clone() else {
+        return (adjusted, false);
+    };
+    let path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match crate::systemd_cgroup::to_cgroupfs(&path, &crate::systemd_cgroup::root()) {
+        Some(fs_path) => {
+            linux.set_cgroups_path(Some(PathBuf::from(fs_path)));
+            let mut spec = spec;
+            spec.set_linux(Some(linux));
+            (Some(spec), false)
+        }
+        None => (adjusted, false),
+    }
+}
+
 pub fn create(args: Args, globals: &Globals) -> Result<()> {
     build(&args, globals, true)?;
     Ok(())
@@ -85,7 +116,8 @@ pub(super) fn build(
     // The spec goes to libcontainer in memory, adjusted where needed (see `Bundle`), so
     // libcontainer neither reads config.json again nor needs a shadow copy on disk; the state
     // names the caller's bundle.
-    let mut spec = match bundle.adjusted_spec()? {
+    let (adjusted, systemd) = systemd_v1_path(&bundle, bundle.adjusted_spec()?, globals);
+    let mut spec = match adjusted {
         Some(spec) => spec,
         None => bundle.spec.clone(),
     };
@@ -102,7 +134,7 @@ pub(super) fn build(
                 .with_preserved_fds(args.preserve_fds)
                 .as_init(&bundle.dir)
                 .with_spec(spec)
-                .with_systemd(globals.systemd_cgroup)
+                .with_systemd(systemd)
                 // libcontainer's check reads "detached" as "a console socket is expected";
                 // runc's rules were applied above.
                 .with_detach(terminal)
