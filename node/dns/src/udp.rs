@@ -473,13 +473,11 @@ mod tests {
     #[test]
     fn steered_sockets_take_the_datagrams_of_their_cpu() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let socks = [
-            bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap(),
-            bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap(),
-        ];
-        let addr = socks[0].local_addr().unwrap();
-        let group = [bind_reuseport(addr).unwrap(), bind_reuseport(addr).unwrap()];
-        drop(socks);
+        // Bound in order, so that socket i is index i of the reuseport group (closing a member
+        // would move the last one into its slot).
+        let first = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let group = [first, bind_reuseport(addr).unwrap()];
         steer_by_cpu(&group[0], 2).expect("attach the reuseport program");
         for s in &group {
             s.set_nonblocking(true).unwrap();
