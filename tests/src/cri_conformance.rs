@@ -500,7 +500,7 @@ async fn container_lifecycle(t: &mut Target) -> Check {
                 &[
                     "sh",
                     "-c",
-                    "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+                    "trap 'exit 7' TERM; touch /tmp/sk-trap-set; while true; do sleep 0.1; done",
                 ],
             )),
             sandbox_config: Some(sb_cfg.clone()),
@@ -543,6 +543,26 @@ async fn container_lifecycle(t: &mut Target) -> Check {
         listed.len() == 1 && listed[0].id == id,
         "running filter gave {listed:?}"
     );
+    // The shell is the container's PID 1: a SIGTERM that comes before its trap is set is
+    // dropped by the kernel (no handler, PID 1), and the stop would end in SIGKILL. Wait for it.
+    let mut trap_set = false;
+    for _ in 0..300 {
+        let r =
+            t.rt.exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["test".into(), "-e".into(), "/tmp/sk-trap-set".into()],
+                timeout: 10,
+            })
+            .await
+            .map_err(e("ExecSync"))?
+            .into_inner();
+        if r.exit_code == 0 {
+            trap_set = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    ensure!(trap_set, "the container's shell never set its TERM trap");
     t.rt.stop_container(cri::StopContainerRequest {
         container_id: id.clone(),
         timeout: 10,

@@ -863,7 +863,16 @@ pub async fn oom_killed(t: &mut Target) -> Check {
             ..Default::default()
         });
         let id = t.start_container(&sb, &sb_cfg, c).await?;
-        let s = t.wait_ct(&id, cri::ContainerState::ContainerExited).await?;
+        let mut s = t.wait_ct(&id, cri::ContainerState::ContainerExited).await?;
+        // containerd learns of the OOM kill from an event that may come after the exit's:
+        // its status says OOMKilled a little later, as a kubelet's next poll sees it.
+        for _ in 0..100 {
+            if s.reason == "OOMKilled" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            s = t.ct_status(&id).await?;
+        }
         ensure!(
             s.exit_code == 137 && s.reason == "OOMKilled",
             "exit code {} reason {:?} (want 137, OOMKilled)",
