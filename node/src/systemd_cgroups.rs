@@ -123,26 +123,10 @@ pub fn pod_uid_of_slice(file_name: &str) -> Option<String> {
     last.strip_prefix("pod").map(unescape)
 }
 
-/// systemd's root cgroup as its PID 1 sees it (`/proc/1/cgroup`, without `/init.scope`), as
-/// runc finds it: the slices' folders are below it in every hierarchy.
+/// systemd's root cgroup as its PID 1 sees it, as runc finds it: the slices' folders are below
+/// it in every hierarchy.
 pub fn root_cgroup() -> String {
-    let text = std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
-    root_of(&text)
-}
-
-pub fn root_of(proc_cgroup: &str) -> String {
-    let find = |want: &dyn Fn(&str) -> bool| {
-        proc_cgroup.lines().find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
-            want(ctl).then(|| path.to_string())
-        })
-    };
-    let path = find(&|c| c == "name=systemd")
-        .or_else(|| find(&|c| c.is_empty()))
-        .unwrap_or_default();
-    let path = path.strip_suffix("/init.scope").unwrap_or(&path);
-    path.trim_end_matches('/').to_string()
+    skiff_systemd_root::root()
 }
 
 /// runc's rounding of a quota into `CPUQuotaPerSecUSec` (a multiple of 10 ms).
@@ -391,9 +375,15 @@ mod tests {
 
     #[test]
     fn root_and_properties() {
-        assert_eq!(root_of("9:name=systemd:/init.scope\n0::/init.scope\n"), "");
-        assert_eq!(root_of("1:name=systemd:/box/init.scope\n"), "/box");
-        assert_eq!(root_of("0::/\n"), "");
+        assert_eq!(
+            skiff_systemd_root::root_of("9:name=systemd:/init.scope\n0::/init.scope\n"),
+            ""
+        );
+        assert_eq!(
+            skiff_systemd_root::root_of("1:name=systemd:/box/init.scope\n"),
+            "/box"
+        );
+        assert_eq!(skiff_systemd_root::root_of("0::/\n"), "");
         assert_eq!(quota_per_sec(75_000), 750_000);
         assert_eq!(quota_per_sec(1_000), 10_000);
         assert_eq!(quota_per_sec(1_500), 20_000);

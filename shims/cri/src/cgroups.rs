@@ -127,23 +127,7 @@ pub(crate) mod systemd {
     /// systemd's root cgroup as PID 1 sees it (runc reads `/proc/1/cgroup` likewise): the path
     /// of its `name=systemd` (or unified) hierarchy without `/init.scope`.
     pub(crate) fn root() -> String {
-        let text = std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
-        root_of(&text)
-    }
-
-    pub(crate) fn root_of(proc_cgroup: &str) -> String {
-        let find = |want: &dyn Fn(&str) -> bool| {
-            proc_cgroup.lines().find_map(|l| {
-                let mut it = l.splitn(3, ':');
-                let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
-                want(ctl).then(|| path.to_string())
-            })
-        };
-        let path = find(&|c| c == "name=systemd")
-            .or_else(|| find(&|c| c.is_empty()))
-            .unwrap_or_default();
-        let path = path.strip_suffix("/init.scope").unwrap_or(&path);
-        path.trim_end_matches('/').to_string()
+        skiff_systemd_root::root()
     }
 
     /// The cgroupfs path of a sandbox whose cgroup parent is `parent`, a slice given as its
@@ -178,11 +162,16 @@ pub(crate) mod systemd {
             );
             assert_eq!(parent_path("/kubepods/pod1", ""), None);
             assert_eq!(
-                root_of("9:name=systemd:/init.scope\n4:memory:/x\n0::/init.scope\n"),
+                skiff_systemd_root::root_of(
+                    "9:name=systemd:/init.scope\n4:memory:/x\n0::/init.scope\n"
+                ),
                 ""
             );
-            assert_eq!(root_of("1:name=systemd:/skbox1/init.scope\n"), "/skbox1");
-            assert_eq!(root_of("0::/\n"), "");
+            assert_eq!(
+                skiff_systemd_root::root_of("1:name=systemd:/skbox1/init.scope\n"),
+                "/skbox1"
+            );
+            assert_eq!(skiff_systemd_root::root_of("0::/\n"), "");
             assert_eq!(scope_name("abc"), "cri-skiff-abc.scope");
         }
     }

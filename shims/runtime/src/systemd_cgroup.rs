@@ -58,22 +58,9 @@ pub fn to_cgroupfs(path: &str, root: &str) -> Option<String> {
     ))
 }
 
-/// systemd's root cgroup from `/proc/1/cgroup` (its `name=systemd` or unified path without
-/// `/init.scope`), as runc finds it.
+/// systemd's root cgroup, as runc finds it.
 pub fn root() -> String {
-    let text = std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
-    let find = |want: &dyn Fn(&str) -> bool| {
-        text.lines().find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
-            want(ctl).then(|| path.to_string())
-        })
-    };
-    let path = find(&|c| c == "name=systemd")
-        .or_else(|| find(&|c| c.is_empty()))
-        .unwrap_or_default();
-    let path = path.strip_suffix("/init.scope").unwrap_or(&path);
-    path.trim_end_matches('/').to_string()
+    skiff_systemd_root::root()
 }
 
 /// Whether the host's `/sys/fs/cgroup` is cgroup v1 (legacy or hybrid).
