@@ -875,9 +875,13 @@ pub async fn oom_killed(t: &mut Target) -> Check {
         }
         ensure!(
             s.exit_code == 137 && s.reason == "OOMKilled",
-            "exit code {} reason {:?} (want 137, OOMKilled)",
+            "exit code {} reason {:?} (want 137, OOMKilled){}",
             s.exit_code,
-            s.reason
+            s.reason,
+            crate::cri_env::containerd::oom_watch_problem()
+                .filter(|_| t.name == "containerd")
+                .map(|p| format!("; {p}"))
+                .unwrap_or_default()
         );
         // A plain non-zero exit is not an OOM kill.
         let c = t.container("skoomno", &["sh", "-c", "exit 3"]);

@@ -12,7 +12,8 @@
 //! [`SystemdBox::exec`] runs a command inside (`nsenter`), [`SystemdBox::service`] as a transient
 //! service of the box's systemd (`systemd-run`; processes that are not its children would hold
 //! up its final stage until the stop timeout, 20 s here); [`SystemdBox::poweroff`] powers the
-//! box off; dropping it kills what is left (by PID, in the box's cgroup) and removes the cgroup.
+//! box off; dropping it kills what is left (by PID, in the box's cgroup) and removes the cgroup
+//! and the cgroups the box's systemd added at the top of the host's hierarchies.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -35,6 +36,23 @@ mount -t proc proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"
 mount -o remount,bind,ro "$R/proc/sys"
 mount --rbind /sys "$R/sys"
+# systemd gets a cgroup tmpfs of its own: it remounts that tmpfs read-only, which on the host's
+# shared superblock would make the host's /sys/fs/cgroup read-only too. The host's hierarchies
+# are bound in; a controller the host has not mounted gets an empty placeholder mount, so systemd
+# does not mount it, which would make a new hierarchy that outlives the box and that containerd's
+# shim then cannot find in the host's mounts (no OOM events).
+mount -t tmpfs -o mode=755 skcg "$R/sys/fs/cgroup"
+for m in /sys/fs/cgroup/*; do
+  if mountpoint -q "$m"; then mkdir -p "$R$m"; mount --bind "$m" "$R$m"; fi
+done
+while read -r c _ _ on; do
+  case "$c" in \#*) continue;; esac
+  [ "$on" = 1 ] || continue
+  grep -q " - cgroup [^ ]* [^ ]*[ ,]$c\(,\|\$\)" /proc/self/mountinfo && continue
+  case "$c" in net_cls|net_prio) d=net_cls,net_prio;; cpu|cpuacct) d=cpu,cpuacct;; *) d=$c;; esac
+  mkdir -p "$R/sys/fs/cgroup/$d"
+  mountpoint -q "$R/sys/fs/cgroup/$d" || mount -t tmpfs -o size=4k,mode=555 sknone "$R/sys/fs/cgroup/$d"
+done < /proc/cgroups
 mount -t tmpfs -o mode=755 tmpfs "$R/run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
 for d in "$@"; do mkdir -p "$R$d"; mount --bind "$d" "$R$d"; done
@@ -63,7 +81,37 @@ pub struct SystemdBox {
     /// The box's PID 1 (systemd) as the host sees it.
     pub pid: u32,
     cgroup: String,
+    /// Cgroups at the top of the host's hierarchies before the boot: on v1 the box's systemd
+    /// makes its slices and scopes there, and the drop removes the ones it added.
+    top_before: Vec<PathBuf>,
     _scratch: tempfile::TempDir,
+}
+
+/// The folders one level below each mounted hierarchy (`/sys/fs/cgroup/<hierarchy>/<dir>`).
+fn top_level_cgroups() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for d in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+            if d.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(d.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes an empty cgroup tree, deepest first (a cgroup with processes stays).
+fn remove_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn missing(what: &str) -> HarnessError {
@@ -97,6 +145,7 @@ impl SystemdBox {
         std::fs::create_dir_all(&cg_dir).map_err(io_err("creating the box's systemd cgroup"))?;
         let log = std::fs::File::create(scratch.path().join("boot.log"))
             .map_err(io_err("creating the box's log"))?;
+        let top_before = top_level_cgroups();
         let procs = cg_dir.join("cgroup.procs");
         std::fs::create_dir_all(scratch.path().join("b")).map_err(io_err("box dir"))?;
         // The shell moves itself into the box's cgroup, then becomes unshare: systemd's cgroup
@@ -117,6 +166,7 @@ impl SystemdBox {
             pid: 0,
             proc: Some(Proc(child)),
             cgroup,
+            top_before,
             _scratch: scratch,
         };
         let start = Instant::now();
@@ -232,5 +282,23 @@ impl Drop for SystemdBox {
         }
         drop(self.proc.take());
         remove_cgroup_root(&self.cgroup);
+        // The box's processes are gone with its pid namespace; its systemd's cgroups at the top
+        // of the host's v1 hierarchies (system.slice, init.scope, ...) empty out a moment later.
+        let added: Vec<PathBuf> = top_level_cgroups()
+            .into_iter()
+            .filter(|d| !self.top_before.contains(d))
+            // Test-owned roots (`sk...`) are their tests' to remove, maybe still in use.
+            .filter(|d| {
+                !d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("sk"))
+            })
+            .collect();
+        for _ in 0..50 {
+            added.iter().for_each(|d| remove_cgroup_tree(d));
+            if added.iter().all(|d| !d.exists()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

@@ -19,6 +19,7 @@ async fn cri_pod_lifecycle() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiff_cri=debug".into()))
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
     assert!(nix::unistd::geteuid().is_root(), "cri_basic needs root");
     skiff_tests::cri_env::init_tls();

@@ -60,6 +60,7 @@ async fn cri_pulls_with_auth_indexes_mirrors_and_dedup() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiff_cri=info".into()))
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();

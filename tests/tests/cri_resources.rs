@@ -252,6 +252,7 @@ async fn cri_resources_skiff_and_containerd() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiff_cri=warn".into()))
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     assert!(

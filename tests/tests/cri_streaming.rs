@@ -43,6 +43,7 @@ async fn cri_streaming_exec_attach_portforward() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiff_cri=info".into()))
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     skiff_tests::cri_env::init_tls();

@@ -268,7 +268,11 @@ spec:
     );
 
     // Over its memory limit: OOMKilled, exit 137, and restarted (restartPolicy Always).
-    n.wait_for("sk-res-oom OOMKilled and restarted", || {
+    let what = match skiff_tests::cri_env::containerd::oom_watch_problem() {
+        Some(p) if runtime == "containerd" => format!("sk-res-oom OOMKilled and restarted ({p})"),
+        _ => "sk-res-oom OOMKilled and restarted".to_string(),
+    };
+    n.wait_for(&what, || {
         n.get(
             "sk-res-oom",
             "{.status.containerStatuses[0].lastState.terminated.reason}",
