@@ -186,7 +186,12 @@ async fn hugepages(t: &mut Target, sb: &str, sb_cfg: &cri::PodSandboxConfig) -> 
     check_memory(t, &id, 64 * MIB, 64 * MIB, "create with hugepage limits")?;
     r.hugepage_limits[0].limit = 8 << 20;
     update(t, &id, r).await?;
-    if hugetlb_mounted() {
+    if hugetlb_mounted() && t.name == "containerd" {
+        // containerd 1.6 + runc leave hugetlb unlimited here (runc's update has no hugetlb
+        // limits); recorded, not required of the peer.
+        let got = read_file(t, "hugetlb", &id, "hugetlb.2MB.limit_in_bytes")?;
+        eprintln!("[containerd] hugetlb.2MB.limit_in_bytes after the update: {got}");
+    } else if hugetlb_mounted() {
         let got = read_file(t, "hugetlb", &id, "hugetlb.2MB.limit_in_bytes")?;
         ensure!(
             got == (8 << 20).to_string(),

@@ -762,13 +762,18 @@ impl Mount {
                             0,
                         )?;
                     } else {
-                        self.syscall.fsconfig(
-                            fsfd,
-                            linux::FSCONFIG_SET_FLAG as u32,
-                            Some(opt),
-                            None,
-                            0,
-                        )?;
+                        // Skiff: a comounted v1 hierarchy's data is "cpu,cpuacct" or
+                        // "net_cls,net_prio": fsconfig takes one key per call (the whole string
+                        // as one key is EINVAL, "Unknown subsys name").
+                        for flag in opt.split(',').filter(|f| !f.is_empty()) {
+                            self.syscall.fsconfig(
+                                fsfd,
+                                linux::FSCONFIG_SET_FLAG as u32,
+                                Some(flag),
+                                None,
+                                0,
+                            )?;
+                        }
                     };
                 }
 
