@@ -89,6 +89,9 @@ pub struct PodSync<R: CriRuntime> {
     start_time: Option<Time>,
     crash: HashMap<String, CrashBackoff>,
     pull: HashMap<String, PullBackoff>,
+    /// Containers whose CreateContainer failed: not tried again before `until` (upstream
+    /// retries a CreateContainerError at the pod worker's 10 s back-off, not at every event).
+    create_failed: HashMap<String, PullBackoff>,
     /// Set once the pod reached Succeeded/Failed and its sandbox was stopped.
     terminal_done: bool,
     /// Events collected since the last [`PodSync::take_events`].
@@ -281,6 +284,7 @@ impl<R: CriRuntime> PodSync<R> {
             start_time: None,
             crash: HashMap::new(),
             pull: HashMap::new(),
+            create_failed: HashMap::new(),
             terminal_done: false,
             events: Vec::new(),
             reported: std::collections::HashSet::new(),
@@ -338,7 +342,7 @@ impl<R: CriRuntime> PodSync<R> {
                 wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
             }
         }
-        for b in self.pull.values() {
+        for b in self.pull.values().chain(self.create_failed.values()) {
             wait = wait.min(b.until.saturating_duration_since(now) + Duration::from_millis(50));
         }
         let has_api_volumes = pod
@@ -1601,6 +1605,15 @@ impl<R: CriRuntime> PodSync<R> {
                 }
             }
         };
+        if let Some(b) = self.create_failed.get(&c.name) {
+            if now < b.until {
+                waiting.insert(
+                    c.name.clone(),
+                    Waiting::new("CreateContainerError", b.message.clone()),
+                );
+                return;
+            }
+        }
         if let Err(w) = self.ensure_image(pod, c, sandbox_config, now).await {
             waiting.insert(c.name.clone(), w);
             return;
@@ -1664,9 +1677,18 @@ impl<R: CriRuntime> PodSync<R> {
                     c.name.clone(),
                     Waiting::new("CreateContainerError", e.message()),
                 );
+                self.create_failed.insert(
+                    c.name.clone(),
+                    PullBackoff {
+                        delay: BACKOFF_INITIAL,
+                        until: now + BACKOFF_INITIAL,
+                        message: e.message().to_string(),
+                    },
+                );
                 return;
             }
         };
+        self.create_failed.remove(&c.name);
         if attempt > 0 {
             let b = self.crash.entry(c.name.clone()).or_default();
             b.delay = next_delay(b.delay);
