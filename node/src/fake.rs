@@ -37,6 +37,7 @@ struct State {
     containers: BTreeMap<String, FakeContainer>,
     images: HashSet<String>,
     pull_errors: HashMap<String, String>,
+    create_errors: HashMap<String, String>,
     calls: Vec<String>,
 }
 
@@ -62,6 +63,18 @@ impl FakeCri {
 
     pub fn allow_pull(&self, image: &str) {
         self.lock().pull_errors.remove(image);
+    }
+
+    /// Makes CreateContainer of containers named `name` fail with `message` (until
+    /// [`FakeCri::allow_create`]).
+    pub fn fail_create(&self, name: &str, message: &str) {
+        self.lock()
+            .create_errors
+            .insert(name.into(), message.into());
+    }
+
+    pub fn allow_create(&self, name: &str) {
+        self.lock().create_errors.remove(name);
     }
 
     /// Marks an image as present.
@@ -233,6 +246,13 @@ impl CriRuntime for FakeCri {
         let mut s = self.lock();
         let name = config.metadata.clone().unwrap_or_default().name;
         Self::record(&mut s, format!("CreateContainer {name}"));
+        if let Some(message) = s.create_errors.get(&name) {
+            return Err(CriError::Call {
+                op: "CreateContainer",
+                code: tonic::Code::Unknown,
+                message: message.clone(),
+            });
+        }
         if !s.sandboxes.contains_key(sandbox_id) {
             return Err(CriError::not_found(
                 "CreateContainer",

@@ -308,6 +308,38 @@ async fn image_pull_errors_then_back_off_then_retry() {
 }
 
 #[tokio::test]
+async fn create_error_is_retried_after_the_back_off() {
+    let cri = Arc::new(FakeCri::new());
+    let mut sync = PodSync::new(cri.clone(), ctx());
+    let p = pod("Always", "busybox:1.36");
+    cri.fail_create("c", "failed to prepare rootfs");
+    let t0 = Instant::now();
+    let st = sync.sync(&p, t0).await;
+    let w = cs(&st).state.unwrap().waiting.unwrap();
+    assert_eq!(w.reason.as_deref(), Some("CreateContainerError"));
+    assert!(w.message.unwrap().contains("failed to prepare rootfs"));
+    assert_eq!(count(&cri.calls(), "CreateContainer"), 1);
+
+    // Woken again within the back-off (an event, a status write): no new attempt, same reason.
+    cri.clear_calls();
+    let st = sync.sync(&p, t0 + Duration::from_secs(3)).await;
+    assert_eq!(waiting_reason(&st).as_deref(), Some("CreateContainerError"));
+    assert_eq!(
+        count(&cri.calls(), "CreateContainer"),
+        0,
+        "{:?}",
+        cri.calls()
+    );
+    assert!(sync.next_wake(&p, &st, t0 + Duration::from_secs(3)) <= Duration::from_secs(8));
+
+    // After it: tried again, and runs once the runtime can create it.
+    cri.allow_create("c");
+    let st = sync.sync(&p, t0 + Duration::from_secs(11)).await;
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    assert_eq!(count(&cri.calls(), "CreateContainer"), 1);
+}
+
+#[tokio::test]
 async fn never_policy_does_not_pull() {
     let cri = Arc::new(FakeCri::new());
     let mut sync = PodSync::new(cri.clone(), ctx());
