@@ -56,29 +56,61 @@ pub async fn run(args: ControllerManagerArgs) -> Result<()> {
 /// After a burst of work, once the process has been idle (under 1% of a core) for 2 s, hands
 /// freed heap and start-up code pages back to the kernel, as `skiff scheduler` does: glibc
 /// keeps freed memory otherwise, so the RSS would stay at the burst's peak.
+///
+/// The first idle moment trims (start-up is over). After that, a trim happens only when the
+/// RSS has grown by [`REGROWTH`] over what it settled at one quiet period after the last trim:
+/// a process with steady periodic work (a kubelet with pods, ~1% of a core) would otherwise
+/// trim at every dip and pay for its hot code faulting back in each time.
 pub(crate) async fn trim_when_idle() {
     const PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+    /// RSS growth (KiB) over the settled size that is worth another trim.
+    const REGROWTH: u64 = 4 << 10;
     let mut last = cpu_ticks().await;
-    let mut trimmed = false;
+    // None: trim at the next idle moment; Some(None): measure the settled RSS at the next
+    // idle moment; Some(Some(kib)): the settled RSS.
+    let mut settled: Option<Option<u64>> = None;
     loop {
         tokio::time::sleep(PERIOD).await;
         let now = cpu_ticks().await;
-        // Clock ticks are 1/100 s: more than 2 in 2 s is over 1% of a core.
+        // More than 2 ticks (1/100 s) in 2 s is over 1% of a core.
         let busy = now.saturating_sub(last) > 2;
         last = now;
         if busy {
-            trimmed = false;
-        } else if !trimmed {
-            trimmed = true;
+            continue;
+        }
+        let rss = rss_kib().await;
+        let due = match settled {
+            None => true,
+            Some(None) => {
+                settled = Some(Some(rss));
+                false
+            }
+            Some(Some(base)) => rss >= base + REGROWTH,
+        };
+        if due {
             let _ = tokio::task::spawn_blocking(|| {
                 skiff_memtrim::trim_heap();
                 skiff_memtrim::trim_code_pages();
             })
             .await;
+            settled = Some(None);
             // The trim's own CPU time is not work.
             last = cpu_ticks().await;
         }
     }
+}
+
+/// Resident set size of this process in KiB (`/proc/self/statm`, second field, in pages).
+async fn rss_kib() -> u64 {
+    let statm = tokio::fs::read_to_string("/proc/self/statm")
+        .await
+        .unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4
 }
 
 /// User + system CPU time of this process so far, in clock ticks (`/proc/self/stat`).

@@ -641,6 +641,8 @@ pub async fn run(args: KubeletArgs) -> Result<()> {
         let _ = rx.await;
     }));
     crate::notify::ready();
+    // The kubelet works in bursts (pods starting, a relist) and idles in between.
+    let trim = tokio::spawn(crate::controller_manager::trim_when_idle());
     tokio::select! {
         r = kubelet => { r?.context("kubelet")?; }
         _ = crate::server::shutdown_signal() => {
@@ -648,6 +650,7 @@ pub async fn run(args: KubeletArgs) -> Result<()> {
             let _ = tx.send(());
         }
     }
+    trim.abort();
     Ok(())
 }
 

@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         .init();
     if matches!(
         cli.cmd,
-        Cmd::Scheduler(_) | Cmd::ControllerManager(_) | Cmd::Proxy(_)
+        Cmd::Scheduler(_) | Cmd::ControllerManager(_) | Cmd::Proxy(_) | Cmd::Kubelet(_)
     ) {
         // Cache-holding clients: before any thread starts, so every allocation shares them.
         skiff_memtrim::limit_arenas(2);
