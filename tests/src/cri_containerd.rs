@@ -75,6 +75,85 @@ pub fn oom_watch_problem() -> Option<String> {
     })
 }
 
+/// The controller sets (`net_cls,net_prio`, `name=x`) of the v1 hierarchies this process is
+/// in that no mount in this namespace shows.
+fn unmounted_hierarchies() -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = |sub: &str| {
+        mountinfo.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() >= 3
+                && f[f.len() - 3] == "cgroup"
+                && f[f.len() - 1].split(',').any(|o| o == sub)
+        })
+    };
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .filter(|subs| !subs.is_empty() && !subs.split(',').any(mounted))
+        .map(String::from)
+        .collect()
+}
+
+/// Hierarchies mounted under `/sys/fs/cgroup` for the running containerd instances of this
+/// process: (instances, mount points made).
+static ORPHAN_MOUNTS: std::sync::Mutex<(usize, Vec<PathBuf>)> =
+    std::sync::Mutex::new((0, Vec::new()));
+
+/// Mounts hierarchies nothing on the host has mounted (left by a process that mounted them in a
+/// namespace of its own) at `/sys/fs/cgroup/<controllers>`, as a systemd host has them, so that
+/// containerd's shim can load container cgroups and watch OOM events; undone by
+/// [`release_orphan_hierarchies`] when the last containerd of this process stops.
+fn mount_orphan_hierarchies() {
+    let mut g = ORPHAN_MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    g.0 += 1;
+    if g.0 > 1 {
+        return;
+    }
+    for subs in unmounted_hierarchies() {
+        let dir = PathBuf::from("/sys/fs/cgroup").join(&subs);
+        if dir.exists() || std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        let data = if subs.starts_with("name=") {
+            format!("none,{subs}")
+        } else {
+            subs.clone()
+        };
+        match nix::mount::mount(
+            Some("cgroup"),
+            &dir,
+            Some("cgroup"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(data.as_str()),
+        ) {
+            Ok(()) => {
+                eprintln!("containerd env: mounted the unmounted hierarchy {subs} at {dir:?}");
+                g.1.push(dir);
+            }
+            Err(e) => {
+                eprintln!("containerd env: mounting hierarchy {subs}: {e}");
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+}
+
+fn release_orphan_hierarchies() {
+    let mut g = ORPHAN_MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    g.0 = g.0.saturating_sub(1);
+    if g.0 > 0 {
+        return;
+    }
+    for dir in std::mem::take(&mut g.1) {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
@@ -176,13 +255,17 @@ state = "{state}"
         std::fs::write(&cfg_path, cfg).map_err(io_err("writing containerd config"))?;
         let log =
             std::fs::File::create(t.join("containerd.log")).map_err(io_err("creating log"))?;
+        mount_orphan_hierarchies();
         let child = Command::new(bin)
             .arg("--config")
             .arg(&cfg_path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(io_err("starting containerd"))?;
+            .map_err(|e| {
+                release_orphan_hierarchies();
+                io_err("starting containerd")(e)
+            })?;
         let cgroup_parent = format!(
             "/skctd{}",
             &t.file_name().unwrap_or_default().to_string_lossy()[7..]
@@ -286,5 +369,6 @@ impl Drop for ContainerdEnv {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        release_orphan_hierarchies();
     }
 }
