@@ -49,22 +49,7 @@ pub fn pause_image(base: &OciImage) -> OciImage {
 /// A hierarchy mounted only in another namespace (e.g. by a systemd in a box) and left behind
 /// makes every later OOM kill a plain `Error`.
 pub fn oom_watch_problem() -> Option<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mounted = |sub: &str| {
-        mountinfo.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f.len() >= 3
-                && f[f.len() - 3] == "cgroup"
-                && f[f.len() - 1].split(',').any(|o| o == sub)
-        })
-    };
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let missing: Vec<&str> = own
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .flat_map(|subs| subs.split(','))
-        .filter(|s| !s.is_empty() && !mounted(s))
-        .collect();
+    let missing = unmounted_hierarchies();
     (!missing.is_empty()).then(|| {
         format!(
             "this host has cgroup v1 hierarchies mounted nowhere in this mount namespace ({}), so \
