@@ -91,7 +91,8 @@ pub struct PodSync<R: CriRuntime> {
     pull: HashMap<String, PullBackoff>,
     /// Containers whose CreateContainer failed: not tried again before `until` (upstream
     /// retries a CreateContainerError at the pod worker's 10 s back-off, not at every event).
-    create_failed: HashMap<String, PullBackoff>,
+    /// Per container: when the next create may be tried, and the runtime's error.
+    create_failed: HashMap<String, (Instant, String)>,
     /// Set once the pod reached Succeeded/Failed and its sandbox was stopped.
     terminal_done: bool,
     /// Events collected since the last [`PodSync::take_events`].
@@ -342,8 +343,9 @@ impl<R: CriRuntime> PodSync<R> {
                 wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
             }
         }
-        for b in self.pull.values().chain(self.create_failed.values()) {
-            wait = wait.min(b.until.saturating_duration_since(now) + Duration::from_millis(50));
+        let untils = self.pull.values().map(|b| b.until);
+        for until in untils.chain(self.create_failed.values().map(|(u, _)| *u)) {
+            wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
         }
         let has_api_volumes = pod
             .spec
@@ -1605,11 +1607,11 @@ impl<R: CriRuntime> PodSync<R> {
                 }
             }
         };
-        if let Some(b) = self.create_failed.get(&c.name) {
-            if now < b.until {
+        if let Some((until, message)) = self.create_failed.get(&c.name) {
+            if now < *until {
                 waiting.insert(
                     c.name.clone(),
-                    Waiting::new("CreateContainerError", b.message.clone()),
+                    Waiting::new("CreateContainerError", message.clone()),
                 );
                 return;
             }
@@ -1679,11 +1681,7 @@ impl<R: CriRuntime> PodSync<R> {
                 );
                 self.create_failed.insert(
                     c.name.clone(),
-                    PullBackoff {
-                        delay: BACKOFF_INITIAL,
-                        until: now + BACKOFF_INITIAL,
-                        message: e.message().to_string(),
-                    },
+                    (now + BACKOFF_INITIAL, e.message().to_string()),
                 );
                 return;
             }

@@ -383,6 +383,16 @@ impl KubeletNode<'_> {
     }
 }
 
+/// Removes an empty cgroup tree, deepest first (a cgroup with processes stays).
+pub fn remove_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// Kills every process left in cgroup `root` (a test's kubelet cgroup root, so only what the
 /// test started) and removes the folders, deepest first, in every hierarchy.
 pub fn remove_cgroup_root(root: &str) {
@@ -399,14 +409,6 @@ pub fn remove_cgroup_root(root: &str) {
                 pids(&e.path(), out);
             }
         }
-    }
-    fn tree(dir: &Path) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                tree(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
     }
     let dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
@@ -429,7 +431,7 @@ pub fn remove_cgroup_root(root: &str) {
     }
     for _ in 0..50 {
         for d in &dirs {
-            tree(d);
+            remove_cgroup_tree(d);
         }
         if dirs.iter().all(|d| !d.exists()) {
             break;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::standalone::{remove_cgroup_root, Proc};
+use crate::standalone::{remove_cgroup_root, remove_cgroup_tree, Proc};
 use crate::{io_err, HarnessError, Result};
 
 /// Builds the box and execs systemd; runs as the first process of the new namespaces.
@@ -102,16 +102,6 @@ fn top_level_cgroups() -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// Removes an empty cgroup tree, deepest first (a cgroup with processes stays).
-fn remove_cgroup_tree(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 fn missing(what: &str) -> HarnessError {
