@@ -30,6 +30,7 @@ pub mod logs;
 pub mod monitor;
 pub mod mounts;
 pub mod node;
+pub mod object_watch;
 pub mod objects;
 pub mod pleg;
 pub mod pods;

@@ -49,6 +49,11 @@ pub trait ObjectSource: Send + Sync + 'static {
         let _ = (ns, name);
         Box::pin(async { Err("no API server".to_string()) })
     }
+    /// A counter that moves whenever a ConfigMap or Secret read through this source changes,
+    /// for sources that learn of changes (a watch); `None`: poll.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// No API: every object is missing (unit tests that use no such objects).
@@ -76,7 +81,35 @@ impl ObjectSource for NoObjects {
 /// Through the API server.
 pub struct KubeObjects(pub Client);
 
-fn missing(e: &kube::Error) -> bool {
+/// A ConfigMap's `data` and `binaryData`.
+pub(crate) fn config_map_data(cm: ConfigMap) -> Data {
+    let mut out: Data = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    for (k, v) in cm.binary_data.unwrap_or_default() {
+        out.insert(k, v.0);
+    }
+    out
+}
+
+/// A Secret's `data` (and `stringData`, which a server never returns but a test may set).
+pub(crate) fn secret_data(s: Secret) -> Data {
+    let mut out: Data = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.unwrap_or_default() {
+        out.insert(k, v.into_bytes());
+    }
+    out
+}
+
+pub(crate) fn missing(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
@@ -134,18 +167,7 @@ impl ObjectSource for KubeObjects {
         Box::pin(async move {
             let api: Api<ConfigMap> = Api::namespaced(self.0.clone(), &ns);
             match api.get(&name).await {
-                Ok(cm) => {
-                    let mut out: Data = cm
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    for (k, v) in cm.binary_data.unwrap_or_default() {
-                        out.insert(k, v.0);
-                    }
-                    Ok(Some(out))
-                }
+                Ok(cm) => Ok(Some(config_map_data(cm))),
                 Err(e) if missing(&e) => Ok(None),
                 Err(e) => Err(e.to_string()),
             }
@@ -156,18 +178,7 @@ impl ObjectSource for KubeObjects {
         Box::pin(async move {
             let api: Api<Secret> = Api::namespaced(self.0.clone(), &ns);
             match api.get(&name).await {
-                Ok(s) => {
-                    let mut out: Data = s
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    for (k, v) in s.string_data.unwrap_or_default() {
-                        out.insert(k, v.into_bytes());
-                    }
-                    Ok(Some(out))
-                }
+                Ok(s) => Ok(Some(secret_data(s))),
                 Err(e) if missing(&e) => Ok(None),
                 Err(e) => Err(e.to_string()),
             }

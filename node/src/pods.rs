@@ -77,6 +77,14 @@ pub async fn run<R: CriRuntime>(
         .boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let deps = WorkerDeps {
+        cri: cri.clone(),
+        ctx: ctx.clone(),
+        client: client.clone(),
+        objects: Arc::new(crate::object_watch::WatchedObjects::new(client.clone())),
+        done: done_tx,
+        shutdown: shutdown.clone(),
+    };
     let mut init_seen: HashSet<String> = HashSet::new();
     let mut synced = false;
     let (pleg_tx, mut pleg_rx) = mpsc::unbounded_channel::<String>();
@@ -129,7 +137,7 @@ pub async fn run<R: CriRuntime>(
                     if !static_uids.contains_key(&uid_of(&p)) {
                         info!(pod = %key_of(&p), uid = %uid_of(&p), "static pod from the manifest folder");
                     }
-                    dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                    dispatch(&mut workers, p, &deps);
                 }
                 static_uids = now;
             }
@@ -149,12 +157,12 @@ pub async fn run<R: CriRuntime>(
                     Ok(watcher::Event::InitApply(p)) => {
                         init_seen.insert(uid_of(&p));
                         if admitted(&p, &workers, &in_runtime, &mut rejected, admission.as_ref(), &client, &ctx) {
-                            dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                            dispatch(&mut workers, p, &deps);
                         }
                     }
                     Ok(watcher::Event::Apply(p)) => {
                         if admitted(&p, &workers, &in_runtime, &mut rejected, admission.as_ref(), &client, &ctx) {
-                            dispatch(&mut workers, p, &cri, &ctx, &client, &done_tx, &shutdown);
+                            dispatch(&mut workers, p, &deps);
                         }
                     }
                     Ok(watcher::Event::Delete(p)) => {
@@ -220,15 +228,26 @@ fn on_mirror(
     }
 }
 
-fn dispatch<R: CriRuntime>(
-    workers: &mut HashMap<String, Worker>,
-    pod: Pod,
-    cri: &Arc<R>,
-    ctx: &Arc<SyncContext>,
-    client: &Client,
-    done: &mpsc::UnboundedSender<String>,
-    shutdown: &watch::Receiver<bool>,
-) {
+/// What every pod worker is started with.
+struct WorkerDeps<R> {
+    cri: Arc<R>,
+    ctx: Arc<SyncContext>,
+    client: Client,
+    /// ConfigMaps, Secrets and tokens, shared by the workers (one watch per object).
+    objects: Arc<dyn crate::objects::ObjectSource>,
+    done: mpsc::UnboundedSender<String>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn dispatch<R: CriRuntime>(workers: &mut HashMap<String, Worker>, pod: Pod, deps: &WorkerDeps<R>) {
+    let WorkerDeps {
+        cri,
+        ctx,
+        client,
+        objects,
+        done,
+        shutdown,
+    } = deps;
     let uid = uid_of(&pod);
     if uid.is_empty() {
         return;
@@ -240,8 +259,7 @@ fn dispatch<R: CriRuntime>(
     }
     let key = key_of(&pod);
     let (tx, rx) = watch::channel(Some(pod));
-    let sync = PodSync::new(cri.clone(), ctx.clone())
-        .with_objects(Arc::new(crate::objects::KubeObjects(client.clone())));
+    let sync = PodSync::new(cri.clone(), ctx.clone()).with_objects(objects.clone());
     let wake_handle = sync.wake();
     let span = tracing::info_span!("pod", pod = %key, uid = %uid);
     tokio::spawn(
@@ -589,10 +607,15 @@ async fn pod_worker<R: CriRuntime>(
                 last_pod = Some(pod);
             }
         }
+        // A watched ConfigMap or Secret that changed is written into the volumes at once.
+        let api_volumes = last_pod
+            .as_ref()
+            .is_some_and(crate::reconcile::has_api_volumes);
         tokio::select! {
             _ = shutdown.changed() => return,
             r = rx.changed() => if r.is_err() { return },
             _ = wake.notified() => {}
+            _ = sync.objects_changed(), if api_volumes => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

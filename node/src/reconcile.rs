@@ -111,13 +111,38 @@ pub struct PodSync<R: CriRuntime> {
     /// Ephemeral containers with a `targetContainerName`: the CRI id of the container whose
     /// PID namespace they join.
     ephemeral_targets: HashMap<String, String>,
-    /// Set once every API-data volume was written; refreshed every [`VOLUME_REFRESH`].
+    /// Set once every API-data volume was written; refreshed every [`VOLUME_REFRESH`], when
+    /// a watched ConfigMap or Secret changes, when the pod's labels or annotations change
+    /// (downward API) and when a token is due for renewal.
     volumes_ready: bool,
     volumes_refreshed: Option<Instant>,
+    /// The object source's change counter and the pod's labels and annotations at the last
+    /// refresh.
+    volumes_seen: (u64, u64),
+    /// `objects.changes()`: `None` for sources without a watch.
+    object_changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
-/// How often ConfigMap/Secret/downwardAPI/projected volume contents are refreshed.
-pub const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+/// How often ConfigMap/Secret/downwardAPI/projected volume contents are refreshed when nothing
+/// announced a change (upstream's sync frequency: objects are watched, so this is a safety net).
+pub const VOLUME_REFRESH: Duration = Duration::from_secs(60);
+
+/// Whether `pod` has volumes made from API data (ConfigMap, Secret, projected, downward API).
+pub fn has_api_volumes(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|vs| vs.iter().any(|v| volumes::plugin_dir(v).is_some()))
+}
+
+/// A hash of what the downward API volumes show of the pod's metadata.
+fn metadata_hash(pod: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pod.metadata.labels.hash(&mut h);
+    pod.metadata.annotations.hash(&mut h);
+    h.finish()
+}
 
 /// Env values the kubelet looked up in the API for one container.
 #[derive(Debug, Default, Clone)]
@@ -297,6 +322,8 @@ impl<R: CriRuntime> PodSync<R> {
             ephemeral_targets: HashMap::new(),
             volumes_ready: false,
             volumes_refreshed: None,
+            volumes_seen: (0, 0),
+            object_changes: None,
         }
     }
 
@@ -347,17 +374,16 @@ impl<R: CriRuntime> PodSync<R> {
         for until in untils.chain(self.create_failed.values().map(|(u, _)| *u)) {
             wait = wait.min(until.saturating_duration_since(now) + Duration::from_millis(50));
         }
-        let has_api_volumes = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.volumes.as_ref())
-            .is_some_and(|vs| vs.iter().any(|v| volumes::plugin_dir(v).is_some()));
-        if has_api_volumes {
+        if has_api_volumes(pod) {
             let due = self
                 .volumes_refreshed
                 .map(|t| (t + VOLUME_REFRESH).saturating_duration_since(now))
                 .unwrap_or(crate::pods::RESYNC);
             wait = wait.min(due);
+            if let Some(at) = self.tokens.next_renewal() {
+                let secs = (at - crate::volumes::now_unix()).max(0) as u64;
+                wait = wait.min(Duration::from_secs(secs) + Duration::from_millis(100));
+            }
         }
         wait.max(Duration::from_millis(100))
     }
@@ -397,15 +423,39 @@ impl<R: CriRuntime> PodSync<R> {
 
     /// Reads ConfigMaps, Secrets and tokens through `objects`.
     pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
+        self.object_changes = objects.changes();
         self.objects = objects;
         self
     }
 
+    /// Resolves when a ConfigMap or Secret read through the object source changed (never for
+    /// sources without a watch).
+    pub async fn objects_changed(&mut self) {
+        match self.object_changes.as_mut() {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    self.object_changes = None;
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// Writes (or refreshes) the pod's API-data volumes. `false`: they are not usable yet.
     async fn sync_volumes(&mut self, pod: &Pod, now: Instant) -> bool {
-        let due = self
-            .volumes_refreshed
-            .is_none_or(|t| now.duration_since(t) >= VOLUME_REFRESH);
+        let seen = (
+            self.object_changes.as_ref().map_or(0, |rx| *rx.borrow()),
+            metadata_hash(pod),
+        );
+        let due = seen != self.volumes_seen
+            || self
+                .tokens
+                .next_renewal()
+                .is_some_and(|at| at <= crate::volumes::now_unix())
+            || self
+                .volumes_refreshed
+                .is_none_or(|t| now.duration_since(t) >= VOLUME_REFRESH);
         if !due {
             return self.volumes_ready;
         }
@@ -422,6 +472,7 @@ impl<R: CriRuntime> PodSync<R> {
                 }
                 self.volumes_ready = true;
                 self.volumes_refreshed = Some(now);
+                self.volumes_seen = seen;
             }
             Err(e) => {
                 warn!(volume = %e.volume, error = %e.message, "volume setup failed");

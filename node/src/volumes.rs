@@ -70,9 +70,20 @@ impl TokenCache {
         let life = (expires - issued).max(0);
         now >= issued + life * 8 / 10 || now - issued > 24 * 3600
     }
+
+    /// When the first held token is due for renewal (unix seconds).
+    pub fn next_renewal(&self) -> Option<i64> {
+        self.tokens
+            .values()
+            .map(|(tok, issued)| {
+                let life = (tok.expires_unix - issued).max(0);
+                (issued + life * 8 / 10).min(issued + 24 * 3600 + 1)
+            })
+            .min()
+    }
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -812,5 +823,24 @@ mod tests {
         assert!(!TokenCache::needs_renewal(1000, 2000, 1700));
         assert!(TokenCache::needs_renewal(1000, 2000, 1800));
         assert!(TokenCache::needs_renewal(0, 10 * 24 * 3600, 24 * 3600 + 1));
+        // The next renewal is the earliest held token's 80% point (or its 24 h age).
+        let mut c = TokenCache::default();
+        assert_eq!(c.next_renewal(), None);
+        let tok = |e| Token {
+            token: "t".into(),
+            expires_unix: e,
+        };
+        c.tokens.insert(("a".into(), "b".into()), (tok(2000), 1000));
+        c.tokens.insert(("c".into(), "d".into()), (tok(1500), 1000));
+        assert_eq!(c.next_renewal(), Some(1400));
+        assert!(TokenCache::needs_renewal(1000, 1500, 1400));
+        c.tokens.clear();
+        c.tokens
+            .insert(("a".into(), "b".into()), (tok(10 * 24 * 3600), 0));
+        assert!(TokenCache::needs_renewal(
+            0,
+            10 * 24 * 3600,
+            c.next_renewal().unwrap()
+        ));
     }
 }

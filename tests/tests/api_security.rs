@@ -894,6 +894,41 @@ spec:
     }
     let (code, body) = curl_cert(&cp, &crt, &key, "GET", &format!("{base}/secrets"), None);
     assert_eq!(code, 403, "{body}");
+    // A list (or watch) selecting one related object by name is a read of that object, as
+    // upstream's kubelet watches the Secrets and ConfigMaps its pods use; an unrelated one is not.
+    let (code, body) = curl_cert(
+        &cp,
+        &crt,
+        &key,
+        "GET",
+        &format!("{base}/secrets?fieldSelector=metadata.name%3Dsk-mine"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["items"][0]["metadata"]["name"], "sk-mine");
+    let (code, body) = curl_cert(
+        &cp,
+        &crt,
+        &key,
+        "GET",
+        &format!("{base}/configmaps?fieldSelector=metadata.name%3Dsk-mine-cm&watch=true&timeoutSeconds=1"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"ADDED\""), "{body}");
+    let (code, body) = curl_cert(
+        &cp,
+        &crt,
+        &key,
+        "GET",
+        &format!("{base}/secrets?fieldSelector=metadata.name%3Dsk-theirs"),
+        None,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        json(&body)["message"],
+        "secrets \"sk-theirs\" is forbidden: User \"system:node:sk-node\" cannot list resource \"secrets\" in API group \"\" in the namespace \"sk-nodes\": no relationship found between node 'sk-node' and this object"
+    );
     // Pods, nodes: readable (the kubelet's watch).
     let (code, body) = curl_cert(
         &cp,

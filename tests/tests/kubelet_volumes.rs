@@ -200,6 +200,26 @@ spec:
         cp.kubectl(&["exec", "sk-vol", "--", "cat", "/cm/a"]).stdout == "alpha2"
     });
     assert_eq!(sh(&cp, "sk-vol", "cat /etc/a.conf"), "alpha");
+    // A Secret update too, and a new label reaches the downward API file.
+    cp.ok(&[
+        "patch",
+        "secret",
+        "sk-sec",
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"pw":"s3cret2"}}"#,
+    ]);
+    cp.ok(&["label", "pod", "sk-vol", "tier=sk"]);
+    cp.wait_for("the new Secret content in the volume", WAIT, || {
+        cp.kubectl(&["exec", "sk-vol", "--", "cat", "/sec/pw"])
+            .stdout
+            == "s3cret2"
+    });
+    cp.wait_for("the new label in the downward API volume", WAIT, || {
+        cp.kubectl(&["exec", "sk-vol", "--", "cat", "/dapi/labels"])
+            .stdout
+            == "app=\"sk-vol\"\ntier=\"sk\""
+    });
     cp.ok(&["delete", "pod", "sk-vol", "--wait=true"]);
 }
 

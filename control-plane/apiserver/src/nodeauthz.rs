@@ -3,7 +3,8 @@
 //!
 //! Authorizer (upstream's `plugin/pkg/auth/authorizer/node`): secrets, configmaps,
 //! persistentvolumeclaims, persistentvolumes and service-account tokens only when a pod bound to
-//! the node refers to them, and only by name (`get`, token `create`); anything else by the
+//! the node refers to them, and only by name (`get`, a `list`/`watch` whose field selector names
+//! one object, token `create`); anything else by the
 //! static node rules ([`crate::policy::node_rules`]). Where upstream keeps a graph fed by
 //! informers, we read the node's pods from the store at decision time: correct at once, and
 //! paid only by kubelet requests for those kinds.
@@ -161,13 +162,19 @@ pub async fn authorize(ctx: &Ctx, node: &str, a: &Attrs) -> Result<(), String> {
             Err(String::new())
         };
     };
-    let verb_ok = if kind == "serviceaccount" {
-        a.verb == "create"
-    } else {
-        a.verb == "get"
-    };
-    if !verb_ok {
-        return Err("can only get individual resources of this type".into());
+    // Upstream: secrets, configmaps and claims may be read (get, and list or watch selecting
+    // one object by name); volumes only got; tokens only created.
+    match kind {
+        "serviceaccount" if a.verb != "create" => {
+            return Err("can only create tokens for individual service accounts".into())
+        }
+        "pv" if a.verb != "get" => {
+            return Err("can only get individual resources of this type".into())
+        }
+        "secret" | "configmap" | "pvc" if !matches!(a.verb.as_str(), "get" | "list" | "watch") => {
+            return Err("can only read resources of this type".into())
+        }
+        _ => {}
     }
     if r.name.is_empty() {
         return Err("No Object name found".into());

@@ -174,6 +174,13 @@ impl FieldSelector {
         Ok(Self(out))
     }
 
+    /// The value `field` must equal, when the selector requires an exact match on it
+    /// (upstream's `RequiresExactMatch`): the first term on `field` decides.
+    pub fn requires_exact(&self, field: &str) -> Option<&str> {
+        let (_, eq, v) = self.0.iter().find(|(k, _, _)| k == field)?;
+        eq.then_some(v.as_str())
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(k, eq, v)| {
             let mut cur = obj;
@@ -210,5 +217,17 @@ mod tests {
             .matches(&o));
         assert!(!FieldSelector::parse("spec.nodeName!=").unwrap().matches(&o));
         assert!(FieldSelector::parse("bogus").is_err());
+        // The name a list or watch selects (upstream's RequiresExactMatch).
+        let f = |s| FieldSelector::parse(s).unwrap();
+        assert_eq!(
+            f("metadata.name=a").requires_exact("metadata.name"),
+            Some("a")
+        );
+        assert_eq!(
+            f("type=x,metadata.name==b").requires_exact("metadata.name"),
+            Some("b")
+        );
+        assert_eq!(f("metadata.name!=a").requires_exact("metadata.name"), None);
+        assert_eq!(f("type=x").requires_exact("metadata.name"), None);
     }
 }

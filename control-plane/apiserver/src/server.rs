@@ -788,13 +788,24 @@ async fn resource(
         (None, Some(n)) if res.group.is_empty() && res.plural == "namespaces" => n,
         (ns, _) => ns.as_deref().unwrap_or(""),
     };
+    // As upstream's RequestInfo: a list or watch that selects one object by `metadata.name`
+    // names that object, so the node authorizer can allow a kubelet to watch one Secret.
+    let selected = match kube_verb {
+        "list" | "watch" => {
+            crate::selectors::FieldSelector::parse(t.param("fieldSelector").unwrap_or(""))
+                .ok()
+                .and_then(|f| f.requires_exact("metadata.name").map(str::to_owned))
+                .filter(|n| !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '%']))
+        }
+        _ => None,
+    };
     let attrs = crate::rbac::Attrs::resource(
         authz_verb,
         authz_ns,
         &res.group,
         &res.plural,
         t.sub.as_deref().unwrap_or(""),
-        t.name(),
+        selected.as_deref().unwrap_or(t.name()),
     );
     let d = crate::rbac::authorize(&ctx, &t.user, &attrs).await;
     crate::audit::with(|_, r| {
