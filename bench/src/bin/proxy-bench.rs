@@ -853,6 +853,11 @@ fn rss_bench() {
         "proxy_dns_rss_parts_kib anonymous={anon} file={} (smaps_rollup, idle)",
         rss_sm.saturating_sub(anon)
     );
+    if std::env::var_os("SK_BENCH_HOLD").is_some() {
+        println!("# SK_BENCH_HOLD: skiff proxy (pid {pid}) kept running; press Enter to stop");
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    }
     drop(proxy);
     let _ = skiff_proxy::cleanup(table);
 }

@@ -105,9 +105,22 @@ fn slim_meta<K: kube::Resource>(o: &mut K) {
     m.finalizers = None;
 }
 
-/// What the proxy and the DNS do not read of a Service (its spec and status stay).
+/// What the proxy and the DNS do not read of a Service (its spec and status stay), and the
+/// spare capacity of its lists: serde grows a list it reads from a watch body by doubling
+/// (the body gives no length ahead), so one port takes the room of four.
 pub fn slim_service(s: &mut Service) {
     slim_meta(s);
+    if let Some(spec) = s.spec.as_mut() {
+        for v in [&mut spec.cluster_ips, &mut spec.external_ips, &mut spec.ip_families]
+            .into_iter()
+            .flatten()
+        {
+            v.shrink_to_fit();
+        }
+        if let Some(p) = spec.ports.as_mut() {
+            p.shrink_to_fit();
+        }
+    }
 }
 
 /// What the proxy and the DNS do not read of an EndpointSlice: besides metadata, each
@@ -121,6 +134,13 @@ pub fn slim_slice(s: &mut EndpointSlice) {
         e.target_ref = None;
         e.deprecated_topology = None;
         e.hints = None;
+        e.addresses.shrink_to_fit();
+    }
+    // A k8s-openapi `Endpoint` is 352 bytes: 10 endpoints read from a watch body sit in room
+    // for 16 (serde doubles a list of unknown length), 2 KiB more per slice.
+    s.endpoints.shrink_to_fit();
+    if let Some(p) = s.ports.as_mut() {
+        p.shrink_to_fit();
     }
 }
 

@@ -10,6 +10,8 @@ pub mod events;
 pub mod informers;
 pub mod nodeport;
 pub mod rules;
+#[cfg(test)]
+mod memtest;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -138,12 +140,27 @@ struct Extras {
     used: BTreeSet<String>,
 }
 
-/// One Service's share of the program, with the objects it was computed from (the reflector
-/// hands out the same `Arc` while an object is unchanged).
+/// What the syncer keeps of one Service between syncs: the objects its share of the program
+/// was computed from (the reflector hands out the same `Arc` while an object is unchanged, so
+/// holding them costs nothing while the caches hold them too) and the figures of that share.
+/// The program itself is not kept: a sync rebuilds the old program of a Service that changed
+/// from these objects ([`build`] is deterministic, and the group ids of a Service in use stay
+/// in [`Ids`]), and a full sync rebuilds them all. A program with 10 endpoints is ~5 KB of
+/// maps and rules: 5 MB for 1,000 Services, kept only to be compared once in a while.
 struct Frag {
-    sources: Vec<usize>,
-    prog: Program,
+    svc: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
     extras: Extras,
+    /// Elements of the program, its hairpin ones left out (they are shared).
+    elements: usize,
+}
+
+impl Frag {
+    fn same_sources(&self, svc: &Arc<Service>, slices: &[Arc<EndpointSlice>]) -> bool {
+        Arc::ptr_eq(&self.svc, svc)
+            && self.slices.len() == slices.len()
+            && self.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 fn slice_endpoints(
@@ -379,6 +396,9 @@ pub struct Syncer {
     ids: Ids,
     frags: HashMap<(String, String), Frag>,
     shared: rules::Shared,
+    /// Rules of each per-count chain made so far (for the figures; the chains themselves are
+    /// in `shared`, counted).
+    chain_rules: HashMap<String, usize>,
     node_ips: Vec<IpAddr>,
     /// `--nodeport-addresses` resolved to this host's addresses (None: every local address).
     nodeport_ips: Option<Vec<IpAddr>>,
@@ -410,6 +430,7 @@ impl Syncer {
             ids: Ids::default(),
             frags: HashMap::new(),
             shared: rules::Shared::default(),
+            chain_rules: HashMap::new(),
             node_ips: Vec::new(),
             nodeport_ips: None,
             in_sync: false,
@@ -455,72 +476,114 @@ impl Syncer {
         }
         let mut old = std::mem::take(&mut self.frags);
         let mut frags = HashMap::with_capacity(services.len());
-        // (key, old program) of the Services that changed.
-        let mut changed: Vec<((String, String), Option<Frag>)> = Vec::new();
+        let full = !self.in_sync;
+        // The Services that changed: key, old program and extras (None: new), new ones (None:
+        // gone). Programs of unchanged Services are built only for a full sync.
+        type Built = Option<(Program, Extras)>;
+        let mut changed: Vec<((String, String), Built, Built)> = Vec::new();
+        let mut all: Vec<Program> = Vec::new();
+        // Group id keys of every program built for a full sync.
+        let mut all_used: BTreeSet<String> = BTreeSet::new();
+        let build_one = |ids: &mut Ids, svc: &Arc<Service>, sl: &[Arc<EndpointSlice>]| {
+            build(
+                &self.cfg,
+                fam,
+                self.cluster_cidr,
+                node_ips,
+                std::slice::from_ref(svc),
+                sl,
+                ids,
+            )
+        };
         for svc in services {
             let key = (svc.namespace().unwrap_or_default(), svc.name_any());
             let mut sl = by_svc.remove(&key).unwrap_or_default();
             sl.sort_by_key(|s| s.name_any());
-            let mut sources = vec![Arc::as_ptr(svc) as usize];
-            sources.extend(sl.iter().map(|s| Arc::as_ptr(s) as usize));
-            match old.remove(&key) {
-                Some(f) if f.sources == sources && self.in_sync => {
-                    frags.insert(key, f);
+            let prev = old.remove(&key);
+            let frag = match prev {
+                Some(f) if f.same_sources(svc, &sl) => {
+                    if full {
+                        let (prog, extras) = build_one(&mut self.ids, svc, &sl);
+                        all_used.extend(extras.used);
+                        all.push(prog);
+                    }
+                    f
                 }
                 prev => {
-                    let (prog, extras) = build(
-                        &self.cfg,
-                        fam,
-                        self.cluster_cidr,
-                        node_ips,
-                        std::slice::from_ref(svc),
-                        &sl,
-                        &mut self.ids,
-                    );
-                    frags.insert(
-                        key.clone(),
-                        Frag {
-                            sources,
-                            prog,
-                            extras,
+                    // The old program first: its group ids are still in `ids`.
+                    let before = match prev {
+                        Some(f) if !full => Some(build_one(&mut self.ids, &f.svc, &f.slices)),
+                        _ => None,
+                    };
+                    let (prog, extras) = build_one(&mut self.ids, svc, &sl);
+                    let frag = Frag {
+                        svc: svc.clone(),
+                        slices: sl,
+                        extras: Extras {
+                            health: extras.health.clone(),
+                            udp_endpoints: extras.udp_endpoints.clone(),
+                            used: BTreeSet::new(),
                         },
-                    );
-                    changed.push((key, prev));
+                        elements: prog.element_count() - prog.hairpin.len(),
+                    };
+                    if full {
+                        all_used.extend(extras.used);
+                        all.push(prog);
+                    } else {
+                        changed.push((key.clone(), before, Some((prog, extras))));
+                    }
+                    frag
                 }
-            }
+            };
+            frags.insert(key, frag);
         }
         // Services that are gone.
         for (key, f) in old {
-            changed.push((key, Some(f)));
+            if !full {
+                let before = build_one(&mut self.ids, &f.svc, &f.slices);
+                changed.push((key, Some(before), None));
+            }
         }
-        let full = !self.in_sync;
+        let new_progs = all
+            .iter()
+            .chain(changed.iter().filter_map(|(_, _, n)| n.as_ref().map(|b| &b.0)));
+        for prog in new_progs {
+            for (name, rules) in &prog.chains {
+                if !self.chain_rules.contains_key(name) {
+                    self.chain_rules.insert(name.clone(), rules.len());
+                }
+            }
+        }
         let batch = if full {
-            self.shared = rules::Shared::of(frags.values().map(|f| &f.prog));
-            let progs: Vec<&Program> = frags.values().map(|f| &f.prog).collect();
+            self.shared = rules::Shared::of(all.iter());
+            let progs: Vec<&Program> = all.iter().collect();
             rules::full_with(fam, &self.cfg.table, &progs, self.nodeport_ips.as_deref())
         } else {
             let pairs: Vec<(Option<&Program>, Option<&Program>)> = changed
                 .iter()
-                .map(|(key, prev)| {
-                    (
-                        prev.as_ref().map(|f| &f.prog),
-                        frags.get(key).map(|f| &f.prog),
-                    )
-                })
+                .map(|(_, o, n)| (o.as_ref().map(|b| &b.0), n.as_ref().map(|b| &b.0)))
                 .collect();
             rules::changes(&self.cfg.table, &pairs, &mut self.shared)
         };
         // Group ids of ports and Services that are gone (keys start with the Service's
-        // namespace/name, so no other Service uses them).
-        for (key, prev) in &changed {
-            let Some(prev) = prev else { continue };
-            let now = frags.get(key).map(|f| &f.extras.used);
-            for k in &prev.extras.used {
-                if !now.is_some_and(|u| u.contains(k)) {
-                    self.ids.by_key.remove(k);
+        // namespace/name, so no other Service uses them). After a full sync, the ids of the
+        // programs just built are the ones in use.
+        if full {
+            self.ids.by_key.retain(|k, _| all_used.contains(k));
+        } else {
+            for (_, before, now) in &changed {
+                let Some((_, before)) = before else { continue };
+                let now = now.as_ref().map(|n| &n.1.used);
+                for k in &before.used {
+                    if !now.is_some_and(|u| u.contains(k)) {
+                        self.ids.by_key.remove(k);
+                    }
                 }
             }
         }
+        let any_changed = !changed.is_empty();
+        drop(changed);
+        drop(all);
         let mut extras = Extras::default();
         for f in frags.values() {
             extras.health.extend(f.extras.health.clone());
@@ -550,28 +613,17 @@ impl Syncer {
             }
         }
         self.udp_endpoints = extras.udp_endpoints.clone();
-        let (rules_n, elements) = if full || !changed.is_empty() {
+        let (rules_n, elements) = if full || any_changed {
             let rules_n = rules::skeleton_rule_count_of(fam)
                 + self
                     .shared
                     .chains
                     .keys()
-                    .filter_map(|c| {
-                        self.frags
-                            .values()
-                            .find_map(|f| f.prog.chains.get(c).map(Vec::len))
-                    })
+                    .filter_map(|c| self.chain_rules.get(c))
                     .sum::<usize>();
-            let elements = self
-                .frags
-                .values()
-                .map(|f| f.prog.element_count())
-                .sum::<usize>()
-                - self
-                    .frags
-                    .values()
-                    .map(|f| f.prog.hairpin.len())
-                    .sum::<usize>()
+            self.chain_rules
+                .retain(|c, _| self.shared.chains.contains_key(c));
+            let elements = self.frags.values().map(|f| f.elements).sum::<usize>()
                 + self.shared.hairpin.len();
             (rules_n, elements)
         } else {
