@@ -38,7 +38,9 @@ fn ep_ip(i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, (n / 250) as u8, (n % 250) as u8 + 1)
 }
 
-fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+fn objects(
+    changed: Option<Ipv4Addr>,
+) -> (Vec<Arc<Service>>, Vec<Arc<skiff_proxy::CachedSlice>>) {
     let mut svcs = Vec::new();
     let mut slices = Vec::new();
     for i in 0..SERVICES {
@@ -81,7 +83,7 @@ fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSli
             .collect();
         let mut labels = BTreeMap::new();
         labels.insert("kubernetes.io/service-name".to_string(), name.clone());
-        slices.push(Arc::new(EndpointSlice {
+        slices.push(Arc::new(skiff_proxy::CachedSlice::from(EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(format!("{name}-abc")),
                 namespace: Some("bench".into()),
@@ -96,7 +98,7 @@ fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSli
                 protocol: Some("TCP".into()),
                 app_protocol: None,
             }]),
-        }));
+        })));
     }
     (svcs, slices)
 }

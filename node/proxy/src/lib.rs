@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+pub use informers::CachedSlice;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -149,14 +149,14 @@ struct Extras {
 /// maps and rules: 5 MB for 1,000 Services, kept only to be compared once in a while.
 struct Frag {
     svc: Arc<Service>,
-    slices: Vec<Arc<EndpointSlice>>,
+    slices: Vec<Arc<CachedSlice>>,
     extras: Extras,
     /// Elements of the program, its hairpin ones left out (they are shared).
     elements: usize,
 }
 
 impl Frag {
-    fn same_sources(&self, svc: &Arc<Service>, slices: &[Arc<EndpointSlice>]) -> bool {
+    fn same_sources(&self, svc: &Arc<Service>, slices: &[Arc<CachedSlice>]) -> bool {
         Arc::ptr_eq(&self.svc, svc)
             && self.slices.len() == slices.len()
             && self.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
@@ -165,7 +165,7 @@ impl Frag {
 
 fn slice_endpoints(
     fam: Family,
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<CachedSlice>],
     port_name: &str,
     proto: &str,
 ) -> Vec<(IpAddr, u16, Option<String>)> {
@@ -211,7 +211,7 @@ fn build(
     cluster_cidr: Option<(IpAddr, u8)>,
     node_ips: &[IpAddr],
     services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<CachedSlice>],
     ids: &mut Ids,
 ) -> (Program, Extras) {
     let mut p = Program {
@@ -221,7 +221,7 @@ fn build(
     };
     let mut x = Extras::default();
     let mut used = BTreeSet::new();
-    let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    let mut by_svc: HashMap<(String, String), Vec<Arc<CachedSlice>>> = HashMap::new();
     for s in slices {
         if let Some(name) = s.labels().get("kubernetes.io/service-name") {
             by_svc
@@ -443,7 +443,7 @@ impl Syncer {
         &mut self,
         node_ips: &[IpAddr],
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<CachedSlice>],
     ) -> Result<(SyncStats, Extras), ProxyError> {
         let start = Instant::now();
         let fam = self.fam;
@@ -465,7 +465,7 @@ impl Syncer {
             self.in_sync = false;
         }
         let node_ips = &self.node_ips;
-        let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        let mut by_svc: HashMap<(String, String), Vec<Arc<CachedSlice>>> = HashMap::new();
         for s in slices {
             if let Some(name) = s.labels().get("kubernetes.io/service-name") {
                 by_svc
@@ -484,7 +484,7 @@ impl Syncer {
         let mut all: Vec<Program> = Vec::new();
         // Group id keys of every program built for a full sync.
         let mut all_used: BTreeSet<String> = BTreeSet::new();
-        let build_one = |ids: &mut Ids, svc: &Arc<Service>, sl: &[Arc<EndpointSlice>]| {
+        let build_one = |ids: &mut Ids, svc: &Arc<Service>, sl: &[Arc<CachedSlice>]| {
             build(
                 &self.cfg,
                 fam,
@@ -643,7 +643,7 @@ impl Syncer {
     pub fn sync_objects(
         &mut self,
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<CachedSlice>],
     ) -> Result<SyncStats, ProxyError> {
         let ips = self.cfg.node_ips.clone();
         Ok(self.sync(&ips, services, slices)?.0)

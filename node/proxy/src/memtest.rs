@@ -95,10 +95,16 @@ fn per_service_bytes() {
     });
     let (sl, lb) = live_bytes(|| {
         let b = serde_json::to_vec(&bench_slice(7)).unwrap();
-        let mut s: EndpointSlice = serde_json::from_slice(&b).unwrap();
+        let mut s: crate::CachedSlice = serde_json::from_slice(&b).unwrap();
         crate::informers::slim_slice(&mut s);
         Arc::new(s)
     });
+    let (_raw, rb) = live_bytes(|| {
+        let b = serde_json::to_vec(&bench_slice(7)).unwrap();
+        let s: EndpointSlice = serde_json::from_slice(&b).unwrap();
+        (s.endpoints.capacity(), Arc::new(s))
+    });
+    eprintln!("slice as read {rb} (endpoints capacity {})", _raw.0);
     let cfg = crate::ProxyConfig::new("sk-bench");
     let mut ids = crate::Ids::default();
     let ((prog, extras), fb) = live_bytes(|| {
