@@ -495,47 +495,56 @@ impl Syncer {
                 ids,
             )
         };
+        // First what each Service is built from (long-lived), then the programs (freed at the
+        // end of the sync): made in this order, the few small allocations kept per Service do
+        // not sit between the programs' and pin their pages once these are freed.
+        let mut stale: Vec<((String, String), Option<Frag>)> = Vec::new();
         for svc in services {
             let key = (svc.namespace().unwrap_or_default(), svc.name_any());
             let mut sl = by_svc.remove(&key).unwrap_or_default();
             sl.sort_by_key(|s| s.name_any());
-            let prev = old.remove(&key);
-            let frag = match prev {
+            match old.remove(&key) {
                 Some(f) if f.same_sources(svc, &sl) => {
-                    if full {
-                        let (prog, extras) = build_one(&mut self.ids, svc, &sl);
-                        all_used.extend(extras.used);
-                        all.push(prog);
-                    }
-                    f
+                    frags.insert(key, f);
                 }
                 prev => {
-                    // The old program first: its group ids are still in `ids`.
-                    let before = match prev {
-                        Some(f) if !full => Some(build_one(&mut self.ids, &f.svc, &f.slices)),
-                        _ => None,
-                    };
-                    let (prog, extras) = build_one(&mut self.ids, svc, &sl);
-                    let frag = Frag {
+                    let f = Frag {
                         svc: svc.clone(),
                         slices: sl,
-                        extras: Extras {
-                            health: extras.health.clone(),
-                            udp_endpoints: extras.udp_endpoints.clone(),
-                            used: BTreeSet::new(),
-                        },
-                        elements: prog.element_count() - prog.hairpin.len(),
+                        extras: Extras::default(),
+                        elements: 0,
                     };
-                    if full {
-                        all_used.extend(extras.used);
-                        all.push(prog);
-                    } else {
-                        changed.push((key.clone(), before, Some((prog, extras))));
-                    }
-                    frag
+                    frags.insert(key.clone(), f);
+                    stale.push((key, prev));
                 }
+            }
+        }
+        let set_figures = |f: &mut Frag, prog: &Program, extras: &Extras| {
+            f.extras = Extras {
+                health: extras.health.clone(),
+                udp_endpoints: extras.udp_endpoints.clone(),
+                used: BTreeSet::new(),
             };
-            frags.insert(key, frag);
+            f.elements = prog.element_count() - prog.hairpin.len();
+        };
+        if full {
+            for f in frags.values_mut() {
+                let (prog, extras) = build_one(&mut self.ids, &f.svc, &f.slices);
+                set_figures(f, &prog, &extras);
+                all_used.extend(extras.used);
+                all.push(prog);
+            }
+        } else {
+            for (key, prev) in stale {
+                // The old program first: its group ids are still in `ids`.
+                let before = prev.map(|p| build_one(&mut self.ids, &p.svc, &p.slices));
+                let Some(f) = frags.get_mut(&key) else {
+                    continue;
+                };
+                let (prog, extras) = build_one(&mut self.ids, &f.svc, &f.slices);
+                set_figures(f, &prog, &extras);
+                changed.push((key, before, Some((prog, extras))));
+            }
         }
         // Services that are gone.
         for (key, f) in old {
