@@ -38,9 +38,7 @@ fn ep_ip(i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, (n / 250) as u8, (n % 250) as u8 + 1)
 }
 
-fn objects(
-    changed: Option<Ipv4Addr>,
-) -> (Vec<Arc<Service>>, Vec<Arc<skiff_proxy::CachedSlice>>) {
+fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<skiff_proxy::CachedSlice>>) {
     let mut svcs = Vec::new();
     let mut slices = Vec::new();
     for i in 0..SERVICES {

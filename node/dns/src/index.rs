@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use skiff_proxy::CachedSlice;
 use kube::ResourceExt;
+use skiff_proxy::CachedSlice;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rec {

@@ -112,9 +112,13 @@ fn slim_meta<K: kube::Resource>(o: &mut K) {
 pub fn slim_service(s: &mut Service) {
     slim_meta(s);
     if let Some(spec) = s.spec.as_mut() {
-        for v in [&mut spec.cluster_ips, &mut spec.external_ips, &mut spec.ip_families]
-            .into_iter()
-            .flatten()
+        for v in [
+            &mut spec.cluster_ips,
+            &mut spec.external_ips,
+            &mut spec.ip_families,
+        ]
+        .into_iter()
+        .flatten()
         {
             v.shrink_to_fit();
         }

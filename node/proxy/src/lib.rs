@@ -8,10 +8,10 @@
 
 pub mod events;
 pub mod informers;
-pub mod nodeport;
-pub mod rules;
 #[cfg(test)]
 mod memtest;
+pub mod nodeport;
+pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
 pub use informers::CachedSlice;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -159,7 +159,11 @@ impl Frag {
     fn same_sources(&self, svc: &Arc<Service>, slices: &[Arc<CachedSlice>]) -> bool {
         Arc::ptr_eq(&self.svc, svc)
             && self.slices.len() == slices.len()
-            && self.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self
+                .slices
+                .iter()
+                .zip(slices)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
@@ -553,9 +557,11 @@ impl Syncer {
                 changed.push((key, Some(before), None));
             }
         }
-        let new_progs = all
-            .iter()
-            .chain(changed.iter().filter_map(|(_, _, n)| n.as_ref().map(|b| &b.0)));
+        let new_progs = all.iter().chain(
+            changed
+                .iter()
+                .filter_map(|(_, _, n)| n.as_ref().map(|b| &b.0)),
+        );
         for prog in new_progs {
             for (name, rules) in &prog.chains {
                 if !self.chain_rules.contains_key(name) {
@@ -632,8 +638,8 @@ impl Syncer {
                     .sum::<usize>();
             self.chain_rules
                 .retain(|c, _| self.shared.chains.contains_key(c));
-            let elements = self.frags.values().map(|f| f.elements).sum::<usize>()
-                + self.shared.hairpin.len();
+            let elements =
+                self.frags.values().map(|f| f.elements).sum::<usize>() + self.shared.hairpin.len();
             (rules_n, elements)
         } else {
             (0, 0)

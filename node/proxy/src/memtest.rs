@@ -114,8 +114,14 @@ fn a_cached_slice_is_small() {
         "service read {svc_read} slim {svc_slim}; slice read {slice_read} cached {slice_cached}"
     );
     assert_eq!(cached.endpoints.len(), 10);
-    assert_eq!(cached.endpoints[9].addresses, vec!["10.244.0.80".to_string()]);
+    assert_eq!(
+        cached.endpoints[9].addresses,
+        vec!["10.244.0.80".to_string()]
+    );
     assert_eq!(cached.endpoints[9].node_name.as_deref(), Some("sk-bench"));
-    assert!(slice_cached * 3 < slice_read, "{slice_cached} vs {slice_read}");
+    assert!(
+        slice_cached * 3 < slice_read,
+        "{slice_cached} vs {slice_read}"
+    );
     assert!(svc_slim < svc_read, "{svc_slim} vs {svc_read}");
 }

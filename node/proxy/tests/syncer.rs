@@ -126,7 +126,9 @@ fn incremental_syncs_match_a_full_sync() {
     std::thread::spawn(|| {
         // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new network namespace.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
         let none = serde_json::json!({});
         let s0 = service("sk-a", "10.43.0.1", none.clone());
         let s1 = service("sk-b", "10.43.0.2", none.clone());
