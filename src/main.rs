@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     } else if matches!(cli.cmd, Cmd::Proxy(_)) {
         // One arena: the proxy's caches, its syncs' programs and the DNS index share one heap,
         // so memory a sync frees is reused by the next instead of pinning a second arena's
-        // pages (1,000 Services x 10 endpoints: 21.4 -> 17.5 MiB settled, bench/README.md);
+        // pages (1,000 Services x 10 endpoints: 20.9 -> 17.1 MiB settled, bench/README.md);
         // the DNS workers allocate nothing per cached answer, so they do not contend for it.
         skiff_memtrim::limit_arenas(1);
     }
