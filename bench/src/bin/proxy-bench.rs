@@ -38,7 +38,7 @@ fn ep_ip(i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, (n / 250) as u8, (n % 250) as u8 + 1)
 }
 
-fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<skiff_proxy::CachedSlice>>) {
     let mut svcs = Vec::new();
     let mut slices = Vec::new();
     for i in 0..SERVICES {
@@ -81,7 +81,7 @@ fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSli
             .collect();
         let mut labels = BTreeMap::new();
         labels.insert("kubernetes.io/service-name".to_string(), name.clone());
-        slices.push(Arc::new(EndpointSlice {
+        slices.push(Arc::new(skiff_proxy::CachedSlice::from(EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(format!("{name}-abc")),
                 namespace: Some("bench".into()),
@@ -96,7 +96,7 @@ fn objects(changed: Option<Ipv4Addr>) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSli
                 protocol: Some("TCP".into()),
                 app_protocol: None,
             }]),
-        }));
+        })));
     }
     (svcs, slices)
 }
@@ -853,6 +853,11 @@ fn rss_bench() {
         "proxy_dns_rss_parts_kib anonymous={anon} file={} (smaps_rollup, idle)",
         rss_sm.saturating_sub(anon)
     );
+    if std::env::var_os("SK_BENCH_HOLD").is_some() {
+        println!("# SK_BENCH_HOLD: skiff proxy (pid {pid}) kept running; press Enter to stop");
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    }
     drop(proxy);
     let _ = skiff_proxy::cleanup(table);
 }

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use skiff_proxy::CachedSlice;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rec {
@@ -37,13 +37,13 @@ fn dashed(ip: &IpAddr) -> String {
 }
 
 impl Index {
-    pub fn build(domain: &str, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Index {
+    pub fn build(domain: &str, services: &[Arc<Service>], slices: &[Arc<CachedSlice>]) -> Index {
         let domain = domain.trim_end_matches('.').to_lowercase();
         let mut idx = Index {
             domain: domain.clone(),
             ..Default::default()
         };
-        let mut by_svc: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+        let mut by_svc: HashMap<(String, String), Vec<&CachedSlice>> = HashMap::new();
         for s in slices {
             if let Some(n) = s.labels().get("kubernetes.io/service-name") {
                 by_svc

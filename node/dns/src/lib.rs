@@ -58,8 +58,8 @@ pub struct DnsConfig {
     pub node_name: String,
     /// Create the kube-dns Service and its Endpoints.
     pub manage_service: bool,
-    /// UDP worker threads per address, each on a `SO_REUSEPORT` socket of its own (default:
-    /// one per CPU, at most 4).
+    /// UDP worker threads per address, all receiving on its one socket (default: one per
+    /// CPU, at most 4).
     pub udp_workers: usize,
 }
 

@@ -36,7 +36,7 @@ pub struct Server {
     /// Bumped by every [`Server::set_index`]: each UDP worker keeps its own cache of encoded
     /// answers ([`WireCache`]) and empties it when this changes.
     generation: AtomicU64,
-    /// UDP worker threads per address, each with its own `SO_REUSEPORT` socket.
+    /// UDP worker threads per address, all on the address's one socket.
     udp_workers: usize,
 }
 
@@ -269,8 +269,7 @@ impl Server {
         }
     }
 
-    /// Serves UDP with `n` worker threads per address (at least one), each on a socket of its
-    /// own (`SO_REUSEPORT`).
+    /// Serves UDP with `n` worker threads per address (at least one), sharing its socket.
     pub fn with_udp_workers(mut self, n: usize) -> Self {
         self.udp_workers = n.max(1);
         self
@@ -432,34 +431,37 @@ impl Server {
             .unwrap_or(512)
     }
 
-    /// Serves UDP with [`Server::with_udp_workers`] threads, each on its own socket: batches of
-    /// queries in, batches of answers out (see [`crate::udp`]). Cluster names are answered on
-    /// those threads; forwarded ones in tasks on the async runtime. The returned task stops the
-    /// threads when it is aborted or dropped with the runtime.
-    fn serve_udp(
-        self: Arc<Self>,
-        socks: Vec<std::net::UdpSocket>,
-    ) -> std::io::Result<JoinHandle<()>> {
+    /// Serves UDP with [`Server::with_udp_workers`] threads on one socket: each blocks in a
+    /// batched receive on it and the kernel wakes one of them per datagram (a socket's
+    /// receivers wait exclusively), so whichever worker is free takes the next queries; then
+    /// it sends the answers as a batch (see [`crate::udp`]). Cluster names are answered on
+    /// those threads; forwarded ones in tasks on the async runtime. The returned task stops
+    /// the threads when it is aborted or dropped with the runtime.
+    ///
+    /// One socket per worker (`SO_REUSEPORT`) was tried and measured (bench/README.md, DNS
+    /// 2026-12-07): the kernel then ties each datagram to one worker (by a hash of the client's
+    /// address, or by the CPU it arrives on), and when that worker was not running (a busy
+    /// machine), its queries waited while the other worker idled.
+    fn serve_udp(self: Arc<Self>, sock: std::net::UdpSocket) -> std::io::Result<JoinHandle<()>> {
         let stop = Arc::new(AtomicBool::new(false));
         let rt = tokio::runtime::Handle::current();
-        let socks: Vec<Arc<std::net::UdpSocket>> = socks.into_iter().map(Arc::new).collect();
-        for (i, sock) in socks.iter().enumerate() {
+        let sock = Arc::new(sock);
+        for i in 0..self.udp_workers {
             let (s, sock, stop, rt) = (self.clone(), sock.clone(), stop.clone(), rt.clone());
             std::thread::Builder::new()
                 .name(format!("skiff-dns-udp{i}"))
                 .spawn(move || s.udp_loop(&sock, &rt, &stop))?;
         }
-        /// Stops the UDP workers when dropped: sets the flag and wakes their receives.
-        struct StopOnDrop(Arc<AtomicBool>, Vec<Arc<std::net::UdpSocket>>);
+        /// Stops the UDP workers when dropped: sets the flag and wakes their receives (a
+        /// shutdown wakes every receiver of the socket).
+        struct StopOnDrop(Arc<AtomicBool>, Arc<std::net::UdpSocket>);
         impl Drop for StopOnDrop {
             fn drop(&mut self) {
                 self.0.store(true, Ordering::SeqCst);
-                for s in &self.1 {
-                    crate::udp::shut_down_reading(s);
-                }
+                crate::udp::shut_down_reading(&self.1);
             }
         }
-        let guard = StopOnDrop(stop, socks);
+        let guard = StopOnDrop(stop, sock);
         Ok(tokio::spawn(async move {
             let _guard = guard;
             std::future::pending::<()>().await
@@ -540,18 +542,9 @@ impl Server {
         addr: SocketAddr,
     ) -> Result<(JoinHandle<()>, JoinHandle<()>), DnsError> {
         let listen_err = |source| DnsError::Listen { addr, source };
-        let first = crate::udp::bind_reuseport(addr).map_err(listen_err)?;
-        // Port 0: the others join the port the first one got.
-        let addr = first.local_addr().map_err(listen_err)?;
-        let mut udp = vec![first];
-        for _ in 1..self.udp_workers {
-            udp.push(crate::udp::bind_reuseport(addr).map_err(listen_err)?);
-        }
-        if udp.len() > 1 {
-            if let Err(e) = crate::udp::steer_by_cpu(&udp[0], udp.len()) {
-                tracing::debug!(%addr, error = %e, "UDP workers chosen by client address hash");
-            }
-        }
+        let udp = crate::udp::bind_reuseport(addr).map_err(listen_err)?;
+        // Port 0: TCP takes the port UDP got.
+        let addr = udp.local_addr().map_err(listen_err)?;
         let tcp = TcpListener::bind(addr).await.map_err(listen_err)?;
         let u = self.clone().serve_udp(udp).map_err(listen_err)?;
         let s = self;

@@ -1,8 +1,8 @@
 //! Batched UDP I/O for the DNS server: `recvmmsg(2)` and `sendmmsg(2)` on blocking sockets,
 //! so a worker thread takes every query that is waiting with one call and sends all the
 //! answers with one more (one receive and one send per batch instead of per query, and no
-//! readiness polling). Each worker has a socket of its own bound with `SO_REUSEPORT`, so the
-//! kernel spreads clients over the workers without a shared receive queue. The buffers and
+//! readiness polling). The workers of an address share its socket: the kernel wakes one
+//! blocked receiver per datagram, so a free worker takes what is waiting. The buffers and
 //! message headers are made once per worker: a batch allocates nothing. The only unsafe code
 //! of the crate is here.
 
@@ -230,9 +230,9 @@ pub fn send_one(sock: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
     }
 }
 
-/// A UDP socket bound to `addr` with `SO_REUSEPORT`, so that each worker can have one on the
-/// same address (the kernel picks a socket per client address and port). Sockets of one
-/// group must belong to the same user, as the kernel requires.
+/// A UDP socket bound to `addr` with `SO_REUSEPORT` (a restarted server can bind the address
+/// while the old one is still closing; sockets of one group must belong to the same user, as
+/// the kernel requires).
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
@@ -289,54 +289,6 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
         return Err(io::Error::last_os_error());
     }
     Ok(UdpSocket::from(fd))
-}
-
-/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; the same on x86, arm and riscv).
-const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-
-/// Makes the kernel give each datagram to the socket of the group (in bind order) whose index
-/// is the receiving CPU modulo `n`, instead of a hash of the client's address and port: with a
-/// hash, a few busy clients can land on one worker while another idles (4 clients on 2
-/// workers: all on one in 1 run of 8, 3 to 1 in half), which made the throughput of a run
-/// depend on the clients' random ports. By CPU, each worker serves what arrives on its CPU
-/// (the `SO_INCOMING_CPU` steering of the kernel's reuseport selftests). Called on one socket,
-/// it applies to the whole group. An error leaves the hash in place.
-pub fn steer_by_cpu(sock: &UdpSocket, n: usize) -> io::Result<()> {
-    let ins = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let mut prog = [
-        // A = the CPU the packet is processed on
-        ins(
-            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-            (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
-        ),
-        // A %= n
-        ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n.max(1) as u32),
-        // return A: the socket's index in the group
-        ins(libc::BPF_RET | libc::BPF_A, 0),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `prog`, both alive for the call; the kernel copies the program.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Wakes a worker blocked in [`RecvBatch::recv`] on `sock` for good: further receives return
@@ -468,44 +420,59 @@ mod tests {
         drop(first);
     }
 
-    /// Datagrams sent from a thread pinned to CPU c go to socket c % 2 of the group, whatever
-    /// the sender's port.
+    /// The workers of an address share its socket: each datagram is taken by exactly one of
+    /// the receivers blocked on it, and a shutdown wakes them all.
     #[test]
-    fn steered_sockets_take_the_datagrams_of_their_cpu() {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // Bound in order, so that socket i is index i of the reuseport group (closing a member
-        // would move the last one into its slot).
-        let first = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = first.local_addr().unwrap();
-        let group = [first, bind_reuseport(addr).unwrap()];
-        steer_by_cpu(&group[0], 2).expect("attach the reuseport program");
-        for s in &group {
-            s.set_nonblocking(true).unwrap();
-        }
-        for cpu in 0..cpus.min(2) {
-            std::thread::spawn(move || {
-                // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
-                let mut set: libc::cpu_set_t = unsafe { zeroed() };
-                unsafe { libc::CPU_SET(cpu, &mut set) };
-                // SAFETY: pins the calling thread; `set` is alive for the call.
-                let r = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
-                assert_eq!(r, 0, "pin to CPU {cpu}");
-                for _ in 0..8 {
-                    // A new source port each time.
-                    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-                    c.send_to(b"sk", addr).unwrap();
-                }
+    fn receivers_of_one_socket_take_each_datagram_once_and_all_wake_on_shutdown() {
+        let sock = std::sync::Arc::new(bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap());
+        let addr = sock.local_addr().unwrap();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let sock = sock.clone();
+                std::thread::spawn(move || {
+                    let mut batch = RecvBatch::default();
+                    let mut got = Vec::new();
+                    // Until the shutdown: then a receive returns nothing or empty datagrams.
+                    loop {
+                        let n = batch.recv(&sock).unwrap();
+                        let mut any = false;
+                        for i in 0..n {
+                            let (d, _) = batch.get(i).unwrap();
+                            if !d.is_empty() {
+                                got.push(d.to_vec());
+                                any = true;
+                            }
+                        }
+                        if !any {
+                            return got;
+                        }
+                    }
+                })
             })
-            .join()
-            .unwrap();
-            let mut buf = [0u8; 16];
-            let mut got = [0usize; 2];
-            for (i, s) in group.iter().enumerate() {
-                while s.recv_from(&mut buf).is_ok() {
-                    got[i] += 1;
-                }
-            }
-            assert_eq!(got[cpu % 2], 8, "CPU {cpu}: {got:?}");
+            .collect();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..100u8 {
+            client.send_to(&[b's', b'k', i], addr).unwrap();
         }
+        // Every datagram queued before the shutdown is taken before the receivers see it.
+        while !sock_queue_empty(&sock) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        shut_down_reading(&sock);
+        let mut all: Vec<Vec<u8>> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        all.sort();
+        let want: Vec<Vec<u8>> = (0..100u8).map(|i| vec![b's', b'k', i]).collect();
+        assert_eq!(all, want);
+    }
+
+    /// Whether nothing waits in the socket's receive queue (FIONREAD: the next datagram's size).
+    fn sock_queue_empty(sock: &UdpSocket) -> bool {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int to the given pointer.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+        r == 0 && n == 0
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod events;
 pub mod informers;
+#[cfg(test)]
+mod memtest;
 pub mod nodeport;
 pub mod rules;
 
@@ -17,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+pub use informers::CachedSlice;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -138,17 +140,36 @@ struct Extras {
     used: BTreeSet<String>,
 }
 
-/// One Service's share of the program, with the objects it was computed from (the reflector
-/// hands out the same `Arc` while an object is unchanged).
+/// What the syncer keeps of one Service between syncs: the objects its share of the program
+/// was computed from (the reflector hands out the same `Arc` while an object is unchanged, so
+/// holding them costs nothing while the caches hold them too) and the figures of that share.
+/// The program itself is not kept: a sync rebuilds the old program of a Service that changed
+/// from these objects ([`build`] is deterministic, and the group ids of a Service in use stay
+/// in [`Ids`]), and a full sync rebuilds them all. A program with 10 endpoints is ~5 KB of
+/// maps and rules: 5 MB for 1,000 Services, kept only to be compared once in a while.
 struct Frag {
-    sources: Vec<usize>,
-    prog: Program,
+    svc: Arc<Service>,
+    slices: Vec<Arc<CachedSlice>>,
     extras: Extras,
+    /// Elements of the program, its hairpin ones left out (they are shared).
+    elements: usize,
+}
+
+impl Frag {
+    fn same_sources(&self, svc: &Arc<Service>, slices: &[Arc<CachedSlice>]) -> bool {
+        Arc::ptr_eq(&self.svc, svc)
+            && self.slices.len() == slices.len()
+            && self
+                .slices
+                .iter()
+                .zip(slices)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 fn slice_endpoints(
     fam: Family,
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<CachedSlice>],
     port_name: &str,
     proto: &str,
 ) -> Vec<(IpAddr, u16, Option<String>)> {
@@ -194,7 +215,7 @@ fn build(
     cluster_cidr: Option<(IpAddr, u8)>,
     node_ips: &[IpAddr],
     services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<CachedSlice>],
     ids: &mut Ids,
 ) -> (Program, Extras) {
     let mut p = Program {
@@ -204,7 +225,7 @@ fn build(
     };
     let mut x = Extras::default();
     let mut used = BTreeSet::new();
-    let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    let mut by_svc: HashMap<(String, String), Vec<Arc<CachedSlice>>> = HashMap::new();
     for s in slices {
         if let Some(name) = s.labels().get("kubernetes.io/service-name") {
             by_svc
@@ -379,6 +400,9 @@ pub struct Syncer {
     ids: Ids,
     frags: HashMap<(String, String), Frag>,
     shared: rules::Shared,
+    /// Rules of each per-count chain made so far (for the figures; the chains themselves are
+    /// in `shared`, counted).
+    chain_rules: HashMap<String, usize>,
     node_ips: Vec<IpAddr>,
     /// `--nodeport-addresses` resolved to this host's addresses (None: every local address).
     nodeport_ips: Option<Vec<IpAddr>>,
@@ -410,6 +434,7 @@ impl Syncer {
             ids: Ids::default(),
             frags: HashMap::new(),
             shared: rules::Shared::default(),
+            chain_rules: HashMap::new(),
             node_ips: Vec::new(),
             nodeport_ips: None,
             in_sync: false,
@@ -422,7 +447,7 @@ impl Syncer {
         &mut self,
         node_ips: &[IpAddr],
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<CachedSlice>],
     ) -> Result<(SyncStats, Extras), ProxyError> {
         let start = Instant::now();
         let fam = self.fam;
@@ -444,7 +469,7 @@ impl Syncer {
             self.in_sync = false;
         }
         let node_ips = &self.node_ips;
-        let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        let mut by_svc: HashMap<(String, String), Vec<Arc<CachedSlice>>> = HashMap::new();
         for s in slices {
             if let Some(name) = s.labels().get("kubernetes.io/service-name") {
                 by_svc
@@ -455,72 +480,125 @@ impl Syncer {
         }
         let mut old = std::mem::take(&mut self.frags);
         let mut frags = HashMap::with_capacity(services.len());
-        // (key, old program) of the Services that changed.
-        let mut changed: Vec<((String, String), Option<Frag>)> = Vec::new();
+        let full = !self.in_sync;
+        // The Services that changed: key, old program and extras (None: new), new ones (None:
+        // gone). Programs of unchanged Services are built only for a full sync.
+        type Built = Option<(Program, Extras)>;
+        let mut changed: Vec<((String, String), Built, Built)> = Vec::new();
+        let mut all: Vec<Program> = Vec::new();
+        // Group id keys of every program built for a full sync.
+        let mut all_used: BTreeSet<String> = BTreeSet::new();
+        let build_one = |ids: &mut Ids, svc: &Arc<Service>, sl: &[Arc<CachedSlice>]| {
+            build(
+                &self.cfg,
+                fam,
+                self.cluster_cidr,
+                node_ips,
+                std::slice::from_ref(svc),
+                sl,
+                ids,
+            )
+        };
+        // First what each Service is built from (long-lived), then the programs (freed at the
+        // end of the sync): made in this order, the few small allocations kept per Service do
+        // not sit between the programs' and pin their pages once these are freed.
+        let mut stale: Vec<((String, String), Option<Frag>)> = Vec::new();
         for svc in services {
             let key = (svc.namespace().unwrap_or_default(), svc.name_any());
             let mut sl = by_svc.remove(&key).unwrap_or_default();
             sl.sort_by_key(|s| s.name_any());
-            let mut sources = vec![Arc::as_ptr(svc) as usize];
-            sources.extend(sl.iter().map(|s| Arc::as_ptr(s) as usize));
             match old.remove(&key) {
-                Some(f) if f.sources == sources && self.in_sync => {
+                Some(f) if f.same_sources(svc, &sl) => {
                     frags.insert(key, f);
                 }
                 prev => {
-                    let (prog, extras) = build(
-                        &self.cfg,
-                        fam,
-                        self.cluster_cidr,
-                        node_ips,
-                        std::slice::from_ref(svc),
-                        &sl,
-                        &mut self.ids,
-                    );
-                    frags.insert(
-                        key.clone(),
-                        Frag {
-                            sources,
-                            prog,
-                            extras,
-                        },
-                    );
-                    changed.push((key, prev));
+                    let f = Frag {
+                        svc: svc.clone(),
+                        slices: sl,
+                        extras: Extras::default(),
+                        elements: 0,
+                    };
+                    frags.insert(key.clone(), f);
+                    stale.push((key, prev));
                 }
+            }
+        }
+        let set_figures = |f: &mut Frag, prog: &Program, extras: &Extras| {
+            f.extras = Extras {
+                health: extras.health.clone(),
+                udp_endpoints: extras.udp_endpoints.clone(),
+                used: BTreeSet::new(),
+            };
+            f.elements = prog.element_count() - prog.hairpin.len();
+        };
+        if full {
+            for f in frags.values_mut() {
+                let (prog, extras) = build_one(&mut self.ids, &f.svc, &f.slices);
+                set_figures(f, &prog, &extras);
+                all_used.extend(extras.used);
+                all.push(prog);
+            }
+        } else {
+            for (key, prev) in stale {
+                // The old program first: its group ids are still in `ids`.
+                let before = prev.map(|p| build_one(&mut self.ids, &p.svc, &p.slices));
+                let Some(f) = frags.get_mut(&key) else {
+                    continue;
+                };
+                let (prog, extras) = build_one(&mut self.ids, &f.svc, &f.slices);
+                set_figures(f, &prog, &extras);
+                changed.push((key, before, Some((prog, extras))));
             }
         }
         // Services that are gone.
         for (key, f) in old {
-            changed.push((key, Some(f)));
+            if !full {
+                let before = build_one(&mut self.ids, &f.svc, &f.slices);
+                changed.push((key, Some(before), None));
+            }
         }
-        let full = !self.in_sync;
+        let new_progs = all.iter().chain(
+            changed
+                .iter()
+                .filter_map(|(_, _, n)| n.as_ref().map(|b| &b.0)),
+        );
+        for prog in new_progs {
+            for (name, rules) in &prog.chains {
+                if !self.chain_rules.contains_key(name) {
+                    self.chain_rules.insert(name.clone(), rules.len());
+                }
+            }
+        }
         let batch = if full {
-            self.shared = rules::Shared::of(frags.values().map(|f| &f.prog));
-            let progs: Vec<&Program> = frags.values().map(|f| &f.prog).collect();
+            self.shared = rules::Shared::of(all.iter());
+            let progs: Vec<&Program> = all.iter().collect();
             rules::full_with(fam, &self.cfg.table, &progs, self.nodeport_ips.as_deref())
         } else {
             let pairs: Vec<(Option<&Program>, Option<&Program>)> = changed
                 .iter()
-                .map(|(key, prev)| {
-                    (
-                        prev.as_ref().map(|f| &f.prog),
-                        frags.get(key).map(|f| &f.prog),
-                    )
-                })
+                .map(|(_, o, n)| (o.as_ref().map(|b| &b.0), n.as_ref().map(|b| &b.0)))
                 .collect();
             rules::changes(&self.cfg.table, &pairs, &mut self.shared)
         };
         // Group ids of ports and Services that are gone (keys start with the Service's
-        // namespace/name, so no other Service uses them).
-        for (key, prev) in &changed {
-            let Some(prev) = prev else { continue };
-            let now = frags.get(key).map(|f| &f.extras.used);
-            for k in &prev.extras.used {
-                if !now.is_some_and(|u| u.contains(k)) {
-                    self.ids.by_key.remove(k);
+        // namespace/name, so no other Service uses them). After a full sync, the ids of the
+        // programs just built are the ones in use.
+        if full {
+            self.ids.by_key.retain(|k, _| all_used.contains(k));
+        } else {
+            for (_, before, now) in &changed {
+                let Some((_, before)) = before else { continue };
+                let now = now.as_ref().map(|n| &n.1.used);
+                for k in &before.used {
+                    if !now.is_some_and(|u| u.contains(k)) {
+                        self.ids.by_key.remove(k);
+                    }
                 }
             }
         }
+        let any_changed = !changed.is_empty();
+        drop(changed);
+        drop(all);
         let mut extras = Extras::default();
         for f in frags.values() {
             extras.health.extend(f.extras.health.clone());
@@ -550,29 +628,18 @@ impl Syncer {
             }
         }
         self.udp_endpoints = extras.udp_endpoints.clone();
-        let (rules_n, elements) = if full || !changed.is_empty() {
+        let (rules_n, elements) = if full || any_changed {
             let rules_n = rules::skeleton_rule_count_of(fam)
                 + self
                     .shared
                     .chains
                     .keys()
-                    .filter_map(|c| {
-                        self.frags
-                            .values()
-                            .find_map(|f| f.prog.chains.get(c).map(Vec::len))
-                    })
+                    .filter_map(|c| self.chain_rules.get(c))
                     .sum::<usize>();
-            let elements = self
-                .frags
-                .values()
-                .map(|f| f.prog.element_count())
-                .sum::<usize>()
-                - self
-                    .frags
-                    .values()
-                    .map(|f| f.prog.hairpin.len())
-                    .sum::<usize>()
-                + self.shared.hairpin.len();
+            self.chain_rules
+                .retain(|c, _| self.shared.chains.contains_key(c));
+            let elements =
+                self.frags.values().map(|f| f.elements).sum::<usize>() + self.shared.hairpin.len();
             (rules_n, elements)
         } else {
             (0, 0)
@@ -591,7 +658,7 @@ impl Syncer {
     pub fn sync_objects(
         &mut self,
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<CachedSlice>],
     ) -> Result<SyncStats, ProxyError> {
         let ips = self.cfg.node_ips.clone();
         Ok(self.sync(&ips, services, slices)?.0)

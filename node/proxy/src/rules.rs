@@ -1023,8 +1023,30 @@ impl Program {
 /// What several services share: hairpin elements and per-count chains, counted.
 #[derive(Debug, Default)]
 pub struct Shared {
-    pub hairpin: std::collections::HashMap<Vec<u8>, usize>,
+    /// Hairpin elements (two addresses) held inline: one allocation for the whole map, not
+    /// one small one per element (10,000 of those, made while a full sync's programs are
+    /// alive, pinned the pages the programs freed).
+    pub hairpin: std::collections::HashMap<HairpinKey, usize>,
     pub chains: std::collections::HashMap<String, usize>,
+}
+
+/// A hairpin element (`ip . ip`, at most two IPv6 addresses) held inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HairpinKey {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl HairpinKey {
+    pub fn new(k: &[u8]) -> HairpinKey {
+        let mut bytes = [0u8; 32];
+        let len = k.len().min(32);
+        bytes[..len].copy_from_slice(&k[..len]);
+        HairpinKey {
+            len: len as u8,
+            bytes,
+        }
+    }
 }
 
 impl Shared {
@@ -1033,7 +1055,7 @@ impl Shared {
         let mut s = Shared::default();
         for p in progs {
             for h in &p.hairpin {
-                *s.hairpin.entry(h.clone()).or_default() += 1;
+                *s.hairpin.entry(HairpinKey::new(h)).or_default() += 1;
             }
             for c in p.chains.keys() {
                 *s.chains.entry(c.clone()).or_default() += 1;
@@ -1146,15 +1168,15 @@ pub fn changes(
         let n = n.unwrap_or(&empty);
         diff_program(o, n, &mut dels, &mut adds);
         for k in o.hairpin.difference(&n.hairpin) {
-            let c = shared.hairpin.entry(k.clone()).or_default();
+            let c = shared.hairpin.entry(HairpinKey::new(k)).or_default();
             *c = c.saturating_sub(1);
             if *c == 0 {
-                shared.hairpin.remove(k);
+                shared.hairpin.remove(&HairpinKey::new(k));
                 dels.entry(HAIRPIN).or_default().push(k.clone());
             }
         }
         for k in n.hairpin.difference(&o.hairpin) {
-            let c = shared.hairpin.entry(k.clone()).or_default();
+            let c = shared.hairpin.entry(HairpinKey::new(k)).or_default();
             *c += 1;
             if *c == 1 {
                 adds.entry(HAIRPIN)

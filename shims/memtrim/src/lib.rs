@@ -255,8 +255,15 @@ fn parse_line(line: &[u8], current: &mut Option<Mapping>, f: &mut impl FnMut(&Ma
 
 /// Caps glibc's malloc arenas at `n` (it makes up to 8 per core as threads contend, and memory
 /// freed in one arena is not reused by the others): for a long-lived process whose heap is
-/// mostly caches, fewer arenas mean a smaller RSS for the same live data. A no-op elsewhere.
+/// mostly caches, fewer arenas mean a smaller RSS for the same live data. A no-op elsewhere,
+/// and when the user set glibc's own `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES`
+/// `glibc.malloc.arena_max`): theirs wins.
 pub fn limit_arenas(n: i32) {
+    let user_set = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"));
+    if user_set {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes a tunable of the allocator; M_ARENA_MAX takes a count.
     unsafe {
