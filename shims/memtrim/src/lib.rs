@@ -95,7 +95,8 @@ fn drop_file_pages(start: usize, end: usize) {
                 entry[7] & 0x40 != 0,
                 entry[7] & 0x20 != 0,
             );
-            if !((present && file) || (!present && !swapped)) {
+            let droppable = if present { file } else { !swapped };
+            if !droppable {
                 // A private copy: keep it, and end the run before it.
                 drop_run(run, at);
                 run = at + PAGE;
