@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the binaries Skiff ships into target/dist/ (what scripts/server.sh runs):
-#   skiff          release build (dynamic): API server, scheduler, kubelet, CRI
+#   skiff          release build (dynamic, non-PIE: build.rs): API server, scheduler, kubelet, CRI
 #   skiff-runtime  static (musl), non-PIE, size-optimised (profile release-small) with its hot
 #                  code packed first (shims/runtime/hot-symbols.txt): the short-lived runtime's
 #                  start time and peak RSS are what count (scripts/build-runtime.sh, bench/runtime)

@@ -45,7 +45,7 @@ pub async fn run(args: ControllerManagerArgs) -> Result<()> {
     let config = crate::server::kube_config(&args.kubeconfig)
         .await
         .with_context(|| format!("connecting with {}", args.kubeconfig.display()))?;
-    let trim = tokio::spawn(trim_when_idle());
+    let trim = tokio::spawn(trim_when_idle(SWEEP_REGROWTH_KIB));
     let r = skiff_controllers::run(config, crate::server::shutdown_signal()).await;
     trim.abort();
     r?;
@@ -53,18 +53,27 @@ pub async fn run(args: ControllerManagerArgs) -> Result<()> {
     Ok(())
 }
 
+/// RSS regrowth (KiB) worth another trim in the controller manager: the garbage collector's
+/// sweep every 15 s brings back ~2.5 MiB of code and ~0.6 MiB of heap (bench/README.md,
+/// 2026-12-07), under [`REGROWTH_KIB`]; without a trim after it, that code stays resident
+/// between sweeps. The trim costs a few milliseconds of CPU per sweep.
+const SWEEP_REGROWTH_KIB: u64 = 2 << 10;
+
+/// RSS growth (KiB) over the settled size that is worth another trim, for a process with
+/// steady periodic work (a kubelet with pods, ~1% of a core).
+pub(crate) const REGROWTH_KIB: u64 = 4 << 10;
+
 /// After a burst of work, once the process has been idle (under 1% of a core) for 2 s, hands
 /// freed heap and start-up code pages back to the kernel, as `skiff scheduler` does: glibc
 /// keeps freed memory otherwise, so the RSS would stay at the burst's peak.
 ///
 /// The first idle moment trims (start-up is over). After that, a trim happens only when the
-/// RSS has grown by [`REGROWTH`] over what it settled at one quiet period after the last trim:
-/// a process with steady periodic work (a kubelet with pods, ~1% of a core) would otherwise
-/// trim at every dip and pay for its hot code faulting back in each time.
-pub(crate) async fn trim_when_idle() {
+/// RSS has grown by `regrowth_kib` ([`REGROWTH_KIB`] for most) over what it settled at one
+/// quiet period after the last trim: a process with steady periodic work (a kubelet with pods,
+/// ~1% of a core) would otherwise trim at every dip and pay for its hot code faulting back in
+/// each time.
+pub(crate) async fn trim_when_idle(regrowth_kib: u64) {
     const PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
-    /// RSS growth (KiB) over the settled size that is worth another trim.
-    const REGROWTH: u64 = 4 << 10;
     let mut last = cpu_ticks().await;
     // None: trim at the next idle moment; Some(None): measure the settled RSS at the next
     // idle moment; Some(Some(kib)): the settled RSS.
@@ -85,7 +94,7 @@ pub(crate) async fn trim_when_idle() {
                 settled = Some(Some(rss));
                 false
             }
-            Some(Some(base)) => rss >= base + REGROWTH,
+            Some(Some(base)) => rss >= base + regrowth_kib,
         };
         if due {
             let _ = tokio::task::spawn_blocking(|| {

@@ -642,7 +642,9 @@ pub async fn run(args: KubeletArgs) -> Result<()> {
     }));
     crate::notify::ready();
     // The kubelet works in bursts (pods starting, a relist) and idles in between.
-    let trim = tokio::spawn(crate::controller_manager::trim_when_idle());
+    let trim = tokio::spawn(crate::controller_manager::trim_when_idle(
+        crate::controller_manager::REGROWTH_KIB,
+    ));
     tokio::select! {
         r = kubelet => { r?.context("kubelet")?; }
         _ = crate::server::shutdown_signal() => {

@@ -49,6 +49,11 @@ enum Cmd {
     CriFetch,
 }
 
+/// Code mapped per page fault in the controller manager and the scheduler until their first idle
+/// trim, which then keeps a mapping boundary around each page in use
+/// (`skiff_memtrim::limit_fault_around`).
+const FAULT_AROUND: usize = 16 * 1024;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Several TLS users (API server, kube client, registry client) share one crypto provider.
@@ -70,6 +75,12 @@ fn main() -> Result<()> {
         // pages (1,000 Services x 10 endpoints: 20.9 -> 17.1 MiB settled, bench/README.md);
         // the DNS workers allocate nothing per cached answer, so they do not contend for it.
         skiff_memtrim::limit_arenas(1);
+    }
+    if matches!(cli.cmd, Cmd::Scheduler(_) | Cmd::ControllerManager(_)) {
+        // Idle most of their life after a burst, with periodic work (the controllers' sweeps)
+        // touching scattered code: after each idle trim only the pages that work runs come
+        // back, not the kernel's 64 KiB around each (bench/README.md, 2026-12-07).
+        skiff_memtrim::limit_fault_around(FAULT_AROUND);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -77,7 +77,9 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let client = crate::server::kube_client(&args.kubeconfig).await?;
     // One pair of watches and caches for both (slim objects: see skiff_proxy::informers).
     let informers = skiff_proxy::informers::Informers::spawn(&client);
-    let trim = tokio::spawn(crate::controller_manager::trim_when_idle());
+    let trim = tokio::spawn(crate::controller_manager::trim_when_idle(
+        crate::controller_manager::REGROWTH_KIB,
+    ));
     let proxy = skiff_proxy::run_with(
         client.clone(),
         cfg,

@@ -14,12 +14,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, OwnerReference, Time};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
     PropagationPolicy,
 };
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::{Api, Client, ResourceExt};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::{Context, ControllerError};
@@ -27,8 +29,8 @@ use crate::{Context, ControllerError};
 const NAME: &str = "garbage-collector-controller";
 const PERIOD: Duration = Duration::from_secs(15);
 const REDISCOVER_EVERY: u32 = 8;
-/// Objects per list page of the sweep.
-const PAGE: u32 = 250;
+/// Objects per list page of the sweep: each page's body is held whole while it is decoded.
+const PAGE: u32 = 100;
 
 pub fn run(
     ctx: Context,
@@ -91,16 +93,17 @@ async fn sweep(client: &Client, discovery: &Discovery) -> usize {
             // informers): the sweep never holds every object of a kind in full.
             let mut lp = ListParams::default().limit(PAGE);
             loop {
-                let Ok(list) = api.list_metadata(&lp).await else {
+                let Ok(list) = list_owned(client, &api, &lp).await else {
                     break;
                 };
-                let next = list.metadata.continue_.clone().filter(|c| !c.is_empty());
-                for obj in list.items {
-                    let refs = obj.owner_references().to_vec();
-                    if refs.is_empty() || obj.metadata.deletion_timestamp.is_some() {
+                let next = list.metadata.continue_.filter(|c| !c.is_empty());
+                for SweptObject { metadata: obj } in list.items {
+                    let refs = obj.owner_references;
+                    if refs.is_empty() || obj.deletion_timestamp.is_some() {
                         continue;
                     }
-                    let ns = obj.namespace().unwrap_or_default();
+                    let ns = obj.namespace.unwrap_or_default();
+                    let name = obj.name;
                     let mut dangling = Vec::new();
                     let mut foreground_owner = false;
                     let mut unknown = false;
@@ -123,31 +126,26 @@ async fn sweep(client: &Client, discovery: &Discovery) -> usize {
                     } else {
                         Api::all_with(client.clone(), &ar)
                     };
-                    let uid = obj.metadata.uid.clone();
+                    let uid = obj.uid;
                     if !unknown && dangling.len() == refs.len() {
-                        tracing::info!(kind = %ar.kind, namespace = %ns, name = %obj.name_any(), "deleting object whose owners are all gone");
-                        if delete(&dapi, &obj.name_any(), uid, PropagationPolicy::Background).await
-                        {
+                        tracing::info!(kind = %ar.kind, namespace = %ns, name = %name, "deleting object whose owners are all gone");
+                        if delete(&dapi, &name, uid, PropagationPolicy::Background).await {
                             acted += 1;
                         }
                     } else if !dangling.is_empty() {
                         let keep: Vec<_> =
                             refs.iter().filter(|r| !dangling.contains(&r.uid)).collect();
                         let patch = json!({"metadata": {"ownerReferences": keep, "uid": uid}});
-                        tracing::info!(kind = %ar.kind, namespace = %ns, name = %obj.name_any(), "removing references to missing owners");
+                        tracing::info!(kind = %ar.kind, namespace = %ns, name = %name, "removing references to missing owners");
                         if dapi
-                            .patch(
-                                &obj.name_any(),
-                                &PatchParams::default(),
-                                &Patch::Merge(&patch),
-                            )
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                             .await
                             .is_ok()
                         {
                             acted += 1;
                         }
                     } else if foreground_owner
-                        && delete(&dapi, &obj.name_any(), uid, PropagationPolicy::Foreground).await
+                        && delete(&dapi, &name, uid, PropagationPolicy::Foreground).await
                     {
                         acted += 1;
                     }
@@ -160,6 +158,53 @@ async fn sweep(client: &Client, discovery: &Discovery) -> usize {
         }
     }
     acted
+}
+
+/// What the sweep reads of an object: its metadata list entry without labels, annotations,
+/// managed fields or anything else. Deserialized straight from the metadata list body (serde
+/// skips the rest without building it), so a page of pods costs a few hundred bytes each, not
+/// a `PartialObjectMeta` with its managed fields as JSON values.
+#[derive(Deserialize)]
+struct SweptObject {
+    #[serde(default)]
+    metadata: SweptMeta,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SweptMeta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Deserialize)]
+struct SweptList {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<SweptObject>,
+}
+
+/// One page of `api`'s objects as a metadata list (`Api::list_metadata`'s request), decoded as
+/// [`SweptList`].
+async fn list_owned(
+    client: &Client,
+    api: &Api<DynamicObject>,
+    lp: &ListParams,
+) -> Result<SweptList, kube::Error> {
+    let mut req = kube::core::Request::new(api.resource_url())
+        .list_metadata(lp)
+        .map_err(kube::Error::BuildRequest)?;
+    req.extensions_mut().insert("list_metadata");
+    client.request::<SweptList>(req).await
 }
 
 async fn delete(
@@ -232,5 +277,51 @@ async fn lookup(client: &Client, ar: &ApiResource, ns: &str, name: &str) -> Owne
                 && o.finalizers().iter().any(|f| f == "foregroundDeletion"),
         },
         Err(_) => Owner::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metadata list page as the API server sends it decodes to what the sweep reads, the
+    /// rest (labels, managed fields) skipped.
+    #[test]
+    fn a_metadata_list_page_decodes_to_the_swept_fields() {
+        let body = json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": "42", "continue": "next-page"},
+            "items": [
+                {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                 "metadata": {"name": "p1", "namespace": "ns", "uid": "u1",
+                    "labels": {"app": "a"},
+                    "managedFields": [{"manager": "m", "operation": "Update",
+                        "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}],
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                        "name": "rs", "uid": "o1", "controller": true,
+                        "blockOwnerDeletion": true}]}},
+                {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                 "metadata": {"name": "n1", "uid": "u2",
+                    "deletionTimestamp": "2026-12-07T01:00:00Z"}},
+            ],
+        });
+        let list: SweptList = serde_json::from_value(body).unwrap();
+        assert_eq!(list.metadata.continue_.as_deref(), Some("next-page"));
+        let [a, b] = &list.items[..] else {
+            panic!("two items expected");
+        };
+        assert_eq!(a.metadata.name, "p1");
+        assert_eq!(a.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(a.metadata.uid.as_deref(), Some("u1"));
+        assert!(a.metadata.deletion_timestamp.is_none());
+        let r = &a.metadata.owner_references[0];
+        assert_eq!(
+            (r.kind.as_str(), r.name.as_str(), r.uid.as_str()),
+            ("ReplicaSet", "rs", "o1")
+        );
+        assert_eq!(r.block_owner_deletion, Some(true));
+        assert_eq!(b.metadata.namespace, None);
+        assert!(b.metadata.owner_references.is_empty());
+        assert!(b.metadata.deletion_timestamp.is_some());
     }
 }

@@ -7,8 +7,9 @@
 /// page tables once start-up or a burst of work is over. They are unmodified copies of the page
 /// cache, so nothing is lost: the few pages the idle loop needs fault back in. This takes the
 /// idle monitor from ~1 MiB RSS (mostly start-up code of std and glibc) to its working set.
-/// A mapping with any anonymous (copy-on-write) page, such as RELRO data written by relocation,
-/// is never touched: dropping it would bring back the unrelocated file contents.
+/// In a mapping with anonymous (copy-on-write) pages, such as RELRO data written by relocation,
+/// only the pages still the file's are dropped: dropping a written one would bring back the
+/// unrelocated file contents.
 pub fn trim_code_pages() {
     if FAULT_AROUND_LIMITED.load(std::sync::atomic::Ordering::Relaxed) {
         settle_fault_around();
@@ -18,7 +19,15 @@ pub fn trim_code_pages() {
     // Adjacent ranges are joined (after `limit_fault_around` the text is many mappings).
     let mut ranges = [(0usize, 0usize); 64];
     let mut n = 0;
+    // Read-only file mappings with some written pages: RELRO data (`.data.rel.ro`, `.got`),
+    // whose relocated pages are private copies but whose other pages are the file's.
+    let mut mixed = [(0usize, 0usize); 16];
+    let mut m_n = 0;
     for_each_mapping(|m| {
+        if m.readonly_file() && !m.clean_file_code() && m_n < mixed.len() {
+            mixed[m_n] = (m.start, m.end);
+            m_n += 1;
+        }
         if !m.clean_file_code() {
             return;
         }
@@ -38,6 +47,64 @@ pub fn trim_code_pages() {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
     }
+    for &(start, end) in &mixed[..m_n] {
+        drop_file_pages(start, end);
+    }
+}
+
+/// In a read-only private file mapping that also holds written (anonymous) pages, drops only
+/// the resident pages that are still the file's (/proc/self/pagemap: present, file-backed),
+/// in runs. A written page is never dropped: that would bring back the file's unrelocated
+/// contents. Such a mapping is read-only, so no page becomes a private copy meanwhile.
+fn drop_file_pages(start: usize, end: usize) {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
+        return;
+    };
+    let drop_run = |from: usize, to: usize| {
+        if to > from {
+            // SAFETY: [from, to) lies inside a read-only private file mapping of this process
+            // (from /proc/self/smaps) and holds only pages that pagemap showed as unmodified
+            // file pages (the mapping is read-only, so none can have been written since):
+            // MADV_DONTNEED removes their page-table entries, and the next access re-reads the
+            // identical page from the page cache.
+            unsafe {
+                libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED);
+            }
+        }
+    };
+    let mut buf = [0u8; 1024];
+    let mut page = start;
+    let mut run = start;
+    while page < end {
+        let count = ((end - page) / PAGE).min(buf.len() / 8);
+        if count == 0
+            || pagemap
+                .read_exact_at(&mut buf[..count * 8], (page / PAGE * 8) as u64)
+                .is_err()
+        {
+            return;
+        }
+        for (i, entry) in buf[..count * 8].chunks_exact(8).enumerate() {
+            let at = page + i * PAGE;
+            // Bit 63: present; bit 62: swapped; bit 61: file page (or shared anonymous);
+            // little-endian. Droppable: a present file page, or nothing at all.
+            let (present, swapped, file) = (
+                entry[7] & 0x80 != 0,
+                entry[7] & 0x40 != 0,
+                entry[7] & 0x20 != 0,
+            );
+            let droppable = if present { file } else { !swapped };
+            if !droppable {
+                // A private copy: keep it, and end the run before it.
+                drop_run(run, at);
+                run = at + PAGE;
+            }
+        }
+        page += count * PAGE;
+    }
+    drop_run(run, end);
 }
 
 /// Makes a page fault in this process's code and read-only data map at most `chunk` bytes
@@ -318,6 +385,68 @@ mod tests {
         let v: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
         assert_eq!(v[255], "ff");
         super::trim_heap();
+    }
+
+    /// Whether the page at `addr` is mapped in this process (/proc/self/pagemap bit 63).
+    fn present(addr: usize) -> bool {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let mut e = [0u8; 8];
+        f.read_exact_at(&mut e, (addr / 4096 * 8) as u64).unwrap();
+        e[7] & 0x80 != 0
+    }
+
+    /// A read-only private file mapping with one written page (as RELRO data after
+    /// relocation): the trim drops its file pages and keeps the written one.
+    #[test]
+    fn trim_keeps_written_pages_of_read_only_file_mappings() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        const PAGE: usize = 4096;
+        let mut file = tempfile::NamedTempFile::with_prefix("sk-memtrim").unwrap();
+        for i in 0..8u8 {
+            file.write_all(&[b'a' + i; PAGE]).unwrap();
+        }
+        file.flush().unwrap();
+        let len = 8 * PAGE;
+        // SAFETY: a fresh private mapping of our own temp file, unmapped at the end; only this
+        // test touches it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_file().as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let at = |page: usize| base as usize + page * PAGE;
+        // SAFETY: every address is inside the mapping made above; page 2 is written while it
+        // is writable, then the whole mapping becomes read-only.
+        unsafe {
+            for page in 0..8 {
+                std::ptr::read_volatile(at(page) as *const u8);
+            }
+            std::ptr::write_volatile(at(2) as *mut u8, b'Z');
+            assert_eq!(libc::mprotect(base, len, libc::PROT_READ), 0);
+        }
+        assert!((0..8).all(|p| present(at(p))));
+        super::trim_code_pages();
+        // The file's pages are gone from the page tables; the written copy stays.
+        assert!(present(at(2)), "the written page was dropped");
+        for p in [0, 1, 3, 4, 5, 6, 7] {
+            assert!(!present(at(p)), "file page {p} still mapped");
+        }
+        // SAFETY: inside the mapping, which is still readable.
+        unsafe {
+            assert_eq!(std::ptr::read_volatile(at(2) as *const u8), b'Z');
+            assert_eq!(std::ptr::read_volatile((at(2) + 1) as *const u8), b'c');
+            assert_eq!(std::ptr::read_volatile(at(5) as *const u8), b'f');
+            assert_eq!(libc::munmap(base, len), 0);
+        }
     }
 
     fn mappings_of_exe() -> usize {
