@@ -208,41 +208,9 @@ mod tests {
         assert_eq!(p.namespace().as_deref(), Some("ns"));
     }
 
-    /// Bytes allocated and not freed on this thread, so parallel tests do not disturb it.
-    mod counting {
-        use std::alloc::{GlobalAlloc, Layout, System};
-        use std::cell::Cell;
-
-        pub struct Counting;
-        thread_local! {
-            pub static LIVE: Cell<isize> = const { Cell::new(0) };
-        }
-        // SAFETY: every call is forwarded to the system allocator with its own arguments; the
-        // thread-local counter is a `const` `Cell`, which allocates nothing.
-        unsafe impl GlobalAlloc for Counting {
-            unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-                let _ = LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
-                // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
-                unsafe { System.alloc(l) }
-            }
-            unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-                let _ = LIVE.try_with(|c| c.set(c.get() - l.size() as isize));
-                // SAFETY: `p` came from `alloc` above with this layout.
-                unsafe { System.dealloc(p, l) }
-            }
-        }
-        #[global_allocator]
-        static A: Counting = Counting;
-
-        /// What `f`'s result keeps allocated (its inline size included, as a cache holds it
-        /// behind an `Arc`).
-        pub fn live_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
-            let before = LIVE.with(|c| c.get());
-            let v = f();
-            let after = LIVE.with(|c| c.get());
-            (v, (after - before) as usize + std::mem::size_of::<T>())
-        }
-    }
+    #[global_allocator]
+    static A: skiff_memtrim::counting::Counting = skiff_memtrim::counting::Counting;
+    use skiff_memtrim::counting;
 
     /// A pod of `bench/controllers/rss.sh` as the ReplicaSet controller creates it and the
     /// API server defaults and binds it.

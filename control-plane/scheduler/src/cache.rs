@@ -686,40 +686,9 @@ mod tests {
         assert_eq!(normalize_image("quay.io/a/b:v1"), "quay.io/a/b:v1");
     }
 
-    /// Bytes allocated and not freed on this thread, so parallel tests do not disturb it.
-    mod counting {
-        use std::alloc::{GlobalAlloc, Layout, System};
-        use std::cell::Cell;
-
-        pub struct Counting;
-        thread_local! {
-            pub static LIVE: Cell<isize> = const { Cell::new(0) };
-        }
-        // SAFETY: every call is forwarded to the system allocator with its own arguments; the
-        // thread-local counter is a `const` `Cell`, which allocates nothing.
-        unsafe impl GlobalAlloc for Counting {
-            unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-                let _ = LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
-                // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
-                unsafe { System.alloc(l) }
-            }
-            unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-                let _ = LIVE.try_with(|c| c.set(c.get() - l.size() as isize));
-                // SAFETY: `p` came from `alloc` above with this layout.
-                unsafe { System.dealloc(p, l) }
-            }
-        }
-        #[global_allocator]
-        static A: Counting = Counting;
-
-        /// What `f`'s result keeps allocated, its own size included.
-        pub fn live_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
-            let before = LIVE.with(|c| c.get());
-            let v = f();
-            let after = LIVE.with(|c| c.get());
-            (v, (after - before) as usize + std::mem::size_of::<T>())
-        }
-    }
+    #[global_allocator]
+    static A: skiff_memtrim::counting::Counting = skiff_memtrim::counting::Counting;
+    use skiff_memtrim::counting;
 
     /// A bound pod of `bench/controllers/rss.sh` (zone spread, as the API server defaults it),
     /// as the cache keeps it: a fraction of the `Pod` (figures in bench/README.md).

@@ -3,6 +3,8 @@
 //! per-container monitor and the CRI daemon when idle. The only unsafe code is `madvise` and
 //! `malloc_trim` on memory this module has checked.
 
+pub mod counting;
+
 /// Drop this process's clean, read-only file pages (our text and rodata, and libc's) from its
 /// page tables once start-up or a burst of work is over. They are unmodified copies of the page
 /// cache, so nothing is lost: the few pages the idle loop needs fault back in. This takes the
