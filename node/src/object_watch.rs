@@ -184,7 +184,12 @@ async fn follow<K>(
                         debug!(kind = ?key.0, ns = %key.1, name = %key.2, error = %e, "watch failed; retrying");
                         true
                     }
-                    None => false,
+                    None => {
+                        // The stream ended on its own: leave no entry behind that nothing
+                        // would refresh.
+                        lock(&entries).remove(&key);
+                        false
+                    }
                 };
                 if !alive {
                     break;
@@ -200,8 +205,8 @@ async fn follow<K>(
             }
         }
     }
-    // A watch that ended on its own leaves no entry behind that nothing would refresh.
-    lock(&entries).remove(&key);
+    // Every other way out found the entry gone already (dropped as idle, or by another
+    // reader's watch): removing it again here could drop a newer entry and its watch.
 }
 
 impl ObjectSource for WatchedObjects {
