@@ -434,6 +434,45 @@ fn dns_workers() -> usize {
         .unwrap_or_else(skiff_dns::default_udp_workers)
 }
 
+/// Debian's `dnsperf` (DNS-OARC's load tool, as used to measure CoreDNS and BIND) against
+/// `server` for `secs` seconds with up to `outstanding` queries in flight, reading the queries
+/// from `queries`; (queries/s, average latency ms, queries lost).
+fn dnsperf(
+    server: SocketAddr,
+    queries: &std::path::Path,
+    secs: f64,
+    outstanding: usize,
+) -> (f64, f64, u64) {
+    let out = Command::new("dnsperf")
+        .args([
+            "-s",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+        ])
+        .arg("-d")
+        .arg(queries)
+        .args(["-l", &format!("{secs}"), "-q", &outstanding.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run dnsperf (Debian's dnsperf package)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    match (field("Queries per second:"), field("Average Latency (s):")) {
+        (Some(q), Some(lat)) => (
+            q,
+            lat * 1000.0,
+            field("Queries lost:").unwrap_or(0.0) as u64,
+        ),
+        _ => panic!("dnsperf gave no figures (status {}): {text}", out.status),
+    }
+}
+
 fn dns_bench(secs: f64, clients: usize) {
     let (svcs, slices) = objects(None);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -534,6 +573,40 @@ fn dns_bench(secs: f64, clients: usize) {
         };
         ratios.push(a / b);
     }
+    // dnsperf: one client socket keeping up to 100 queries in flight (its defaults), the load
+    // DNS servers are usually measured with; rounds alternate which server goes first.
+    let qfile = dir.path().join("queries");
+    let mut q = String::new();
+    for i in 0..SERVICES {
+        q += &format!("svc-{i}.bench.svc.cluster.local A\n");
+    }
+    std::fs::write(&qfile, q).expect("dnsperf query file");
+    let (mut pq_s, mut pq_d, mut p_ratios, mut p_lat) =
+        (Vec::new(), Vec::new(), Vec::new(), (Vec::new(), Vec::new()));
+    let mut lost = (0u64, 0u64);
+    for round in 0..rounds {
+        let mut run = |addr: SocketAddr, skiff: bool| {
+            let (q, lat, l) = dnsperf(addr, &qfile, secs, 100);
+            if skiff {
+                pq_s.push(q);
+                p_lat.0.push(lat);
+                lost.0 += l;
+            } else {
+                pq_d.push(q);
+                p_lat.1.push(lat);
+                lost.1 += l;
+            }
+            q
+        };
+        let (a, b) = if round % 2 == 0 {
+            let a = run(skiff_addr, true);
+            (a, run(dm_addr, false))
+        } else {
+            let b = run(dm_addr, false);
+            (run(skiff_addr, true), b)
+        };
+        p_ratios.push(a / b);
+    }
     let dm_rss = rss_kib(dm.id());
     let _ = dm.kill();
     let _ = dm.wait();
@@ -586,6 +659,38 @@ fn dns_bench(secs: f64, clients: usize) {
         ratios.iter().copied().fold(f64::INFINITY, f64::min)
     );
     println!("dns_busiest_worker_cpu_share {}", fmt(&shares));
+    println!(
+        "# dnsperf {}: one client, up to 100 queries outstanding, {rounds} x {secs} s interleaved (order alternating), medians; queries lost: skiff={} dnsmasq={}",
+        String::from_utf8_lossy(&Command::new("dnsperf").arg("-h").output().map(|o| [o.stdout, o.stderr].concat()).unwrap_or_default())
+            .lines()
+            .find_map(|l| l.strip_prefix("Version "))
+            .unwrap_or("?"),
+        lost.0,
+        lost.1
+    );
+    println!(
+        "{}",
+        line(
+            "dns_dnsperf_queries_per_s",
+            median(&mut pq_s).unwrap_or(f64::NAN),
+            "dnsmasq",
+            median(&mut pq_d).unwrap_or(f64::NAN)
+        )
+    );
+    println!(
+        "{}",
+        line(
+            "dns_dnsperf_avg_latency_ms",
+            median(&mut p_lat.0).unwrap_or(f64::NAN),
+            "dnsmasq",
+            median(&mut p_lat.1).unwrap_or(f64::NAN)
+        )
+    );
+    println!(
+        "dns_dnsperf_queries_per_s_round_ratios {} min={:.2}",
+        fmt(&p_ratios),
+        p_ratios.iter().copied().fold(f64::INFINITY, f64::min)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

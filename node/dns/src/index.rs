@@ -83,10 +83,7 @@ impl Index {
                         if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                             continue;
                         }
-                        for a in &e.addresses {
-                            let Ok(ip) = a.parse::<IpAddr>() else {
-                                continue;
-                            };
+                        for &ip in &e.addresses {
                             recs.push(Rec::Ip(ip));
                             let host = e.hostname.clone().unwrap_or_else(|| dashed(&ip));
                             let fq = format!("{host}.{base}").to_lowercase();

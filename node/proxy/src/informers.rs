@@ -6,6 +6,7 @@
 //! straight into [`CachedSlice`], which has only the fields the rules and names use, so a
 //! cache of 1,000 Services x 10 endpoints costs what the rules need, not what the API stored.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -147,18 +148,55 @@ pub struct CachedSlice {
     pub ports: Option<Vec<EndpointPort>>,
 }
 
-/// One endpoint of a [`CachedSlice`].
+/// One endpoint of a [`CachedSlice`]: its addresses parsed and held inline (an endpoint has
+/// one in practice; addresses that do not parse are left out, as neither the rules nor the
+/// names could use them) and its node name shared with every endpoint of that node
+/// ([`intern_node`]): no allocation per endpoint but a headless pod's hostname.
 #[derive(Clone, Debug, Default, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedEndpoint {
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub addresses: Vec<String>,
+    #[serde(default, deserialize_with = "parsed_addresses")]
+    pub addresses: Addresses,
     #[serde(default)]
     pub conditions: Option<EndpointConditions>,
     #[serde(default)]
     pub hostname: Option<String>,
-    #[serde(default)]
-    pub node_name: Option<String>,
+    #[serde(default, deserialize_with = "interned_node")]
+    pub node_name: Option<Arc<str>>,
+}
+
+/// An endpoint's addresses, the first one inline.
+pub type Addresses = smallvec::SmallVec<[IpAddr; 1]>;
+
+fn parse_addresses<'a>(v: impl IntoIterator<Item = &'a str>) -> Addresses {
+    v.into_iter().filter_map(|a| a.parse().ok()).collect()
+}
+
+fn parsed_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Addresses, D::Error> {
+    use serde::Deserialize;
+    let v = Option::<Vec<String>>::deserialize(d)?.unwrap_or_default();
+    Ok(parse_addresses(v.iter().map(String::as_str)))
+}
+
+fn interned_node<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<String>::deserialize(d)?.map(|n| intern_node(&n)))
+}
+
+/// The one shared copy of a node name (a cluster has few nodes and each has many endpoints).
+/// Names no endpoint holds any more are dropped as the table grows.
+pub fn intern_node(name: &str) -> Arc<str> {
+    static NODES: std::sync::Mutex<Vec<Arc<str>>> = std::sync::Mutex::new(Vec::new());
+    let mut nodes = NODES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = nodes.iter().find(|n| &***n == name) {
+        return n.clone();
+    }
+    if nodes.len() >= 64 && nodes.len().is_power_of_two() {
+        nodes.retain(|n| Arc::strong_count(n) > 1);
+    }
+    let n: Arc<str> = Arc::from(name);
+    nodes.push(n.clone());
+    n
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -198,10 +236,10 @@ impl From<k8s_openapi::api::discovery::v1::EndpointSlice> for CachedSlice {
                 .endpoints
                 .into_iter()
                 .map(|e| CachedEndpoint {
-                    addresses: e.addresses,
+                    addresses: parse_addresses(e.addresses.iter().map(String::as_str)),
                     conditions: e.conditions,
                     hostname: e.hostname,
-                    node_name: e.node_name,
+                    node_name: e.node_name.as_deref().map(intern_node),
                 })
                 .collect(),
             ports: s.ports,
@@ -216,9 +254,6 @@ pub fn slim_slice(s: &mut CachedSlice) {
     slim_meta(s);
     let keep = s.labels().get("kubernetes.io/service-name").cloned();
     s.metadata.labels = keep.map(|n| [("kubernetes.io/service-name".to_string(), n)].into());
-    for e in &mut s.endpoints {
-        e.addresses.shrink_to_fit();
-    }
     s.endpoints.shrink_to_fit();
     if let Some(p) = s.ports.as_mut() {
         p.shrink_to_fit();
@@ -257,7 +292,10 @@ mod tests {
         let e = &s.endpoints[0];
         assert_eq!(e.hostname.as_deref(), Some("h"));
         assert_eq!(e.node_name.as_deref(), Some("n"));
-        assert_eq!(e.addresses, vec!["10.244.0.5".to_string()]);
+        assert_eq!(
+            e.addresses.as_slice(),
+            ["10.244.0.5".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(8080));
     }
 }

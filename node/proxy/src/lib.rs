@@ -172,7 +172,7 @@ fn slice_endpoints(
     slices: &[Arc<CachedSlice>],
     port_name: &str,
     proto: &str,
-) -> Vec<(IpAddr, u16, Option<String>)> {
+) -> Vec<(IpAddr, u16, Option<Arc<str>>)> {
     let mut out = Vec::new();
     for s in slices {
         if s.address_type != fam.address_type() {
@@ -194,11 +194,9 @@ fn slice_endpoints(
             if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
-            for a in &e.addresses {
-                if let Ok(ip) = a.parse::<IpAddr>() {
-                    if Family::of(&ip) == fam {
-                        out.push((ip, port as u16, e.node_name.clone()));
-                    }
+            for ip in &e.addresses {
+                if Family::of(ip) == fam {
+                    out.push((*ip, port as u16, e.node_name.clone()));
                 }
             }
         }
@@ -297,7 +295,7 @@ fn build(
                 .cloned()
                 .collect();
             local_total += local.len();
-            let eps = |v: &[(IpAddr, u16, Option<String>)]| -> Vec<rules::Ep> {
+            let eps = |v: &[(IpAddr, u16, Option<Arc<str>>)]| -> Vec<rules::Ep> {
                 v.iter().map(|e| (e.0, e.1)).collect()
             };
             if proto == 17 {

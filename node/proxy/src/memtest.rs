@@ -84,8 +84,8 @@ fn a_cached_slice_is_small() {
     );
     assert_eq!(cached.endpoints.len(), 10);
     assert_eq!(
-        cached.endpoints[9].addresses,
-        vec!["10.244.0.80".to_string()]
+        cached.endpoints[9].addresses.as_slice(),
+        ["10.244.0.80".parse::<std::net::IpAddr>().unwrap()]
     );
     assert_eq!(cached.endpoints[9].node_name.as_deref(), Some("sk-bench"));
     assert!(
