@@ -719,13 +719,19 @@ pub async fn undo_create(ctx: &Ctx, res: &Resource, obj: &Value) {
 /// What follows a create: a new namespace gets its `default` ServiceAccount and the
 /// `kube-root-ca.crt` ConfigMap.
 /// Quota status follows writes of the kinds quotas count (in namespaces that have quotas).
-fn refresh_quota(ctx: &Ctx, res: &Resource, obj: &Value) {
+/// The namespace's quotas are looked up here (a read of the store's memory, as admission's
+/// quota check does), and a task to recompute them is started only when there are some: a
+/// task per write woke a second runtime worker for every create in namespaces without quotas.
+async fn refresh_quota(ctx: &Ctx, res: &Resource, obj: &Value) {
     if !res.namespaced {
         return;
     }
     let Some(ns) = obj["metadata"]["namespace"].as_str() else {
         return;
     };
+    if !crate::quota::has_quotas(ctx, ns).await {
+        return;
+    }
     let Some(ctx) = ctx.self_ref() else { return };
     let ns = ns.to_string();
     tokio::spawn(async move { crate::quota::refresh_status(&ctx, &ns).await });
@@ -733,7 +739,7 @@ fn refresh_quota(ctx: &Ctx, res: &Resource, obj: &Value) {
 
 pub async fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
     after_update(ctx, res, obj).await;
-    refresh_quota(ctx, res, obj);
+    refresh_quota(ctx, res, obj).await;
     if res.group.is_empty() && res.kind == "Namespace" {
         if let Some(ns) = obj["metadata"]["name"].as_str() {
             namespace_contents(ctx, ns).await;
@@ -813,7 +819,7 @@ pub fn default_propagation(_res: &Resource) -> &'static str {
 
 /// After an object is gone: allocations are released, dependents collected (Background).
 pub async fn after_delete(ctx: &Ctx, res: &Resource, gone: &Value) {
-    refresh_quota(ctx, res, gone);
+    refresh_quota(ctx, res, gone).await;
     if res.group == crate::rbac::GROUP {
         ctx.rbac.invalidate();
     }

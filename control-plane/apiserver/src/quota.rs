@@ -501,6 +501,19 @@ pub async fn check_quota(
 }
 
 /// Writes `status.hard` and `status.used` of the namespace's quotas (after writes that count).
+/// Whether namespace `ns` holds a ResourceQuota.
+pub async fn has_quotas(ctx: &Ctx, ns: &str) -> bool {
+    let Some(res) = ctx.registry.by_kind("", "ResourceQuota") else {
+        return false;
+    };
+    let prefix = format!("{}{ns}/", res.prefix());
+    let one = skiff_store::RangeRequest {
+        limit: 1,
+        ..skiff_store::RangeRequest::prefix(prefix)
+    };
+    ctx.store.range(one).await.is_ok_and(|r| !r.kvs.is_empty())
+}
+
 pub async fn refresh_status(ctx: &Ctx, ns: &str) {
     let Some(res) = ctx.registry.by_kind("", "ResourceQuota") else {
         return;
