@@ -7,7 +7,7 @@
 //! - `_<port>._<proto>.<svc>.<ns>.svc.<domain>`: SRV for named ports;
 //! - PTR for ClusterIPs and headless endpoints.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -15,34 +15,62 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use skiff_proxy::CachedSlice;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record. Names are shared: a Service's name is one allocation for its own entry, its
+/// PTR and the SRV records that point at it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rec {
     Ip(IpAddr),
-    Cname(String),
-    Srv { port: u16, target: String },
+    Cname(Arc<str>),
+    Srv { port: u16, target: Arc<str> },
 }
 
 #[derive(Debug, Default)]
 pub struct Index {
     pub domain: String,
     /// Lower-case name without the final dot -> records.
-    pub names: HashMap<String, Vec<Rec>>,
+    pub names: HashMap<Arc<str>, Box<[Rec]>>,
     /// Names that exist only as parents of others (`<ns>.svc.<domain>`): NODATA, not NXDOMAIN.
-    pub parents: BTreeSet<String>,
-    pub ptr: HashMap<IpAddr, String>,
+    pub parents: HashSet<Box<str>>,
+    pub ptr: HashMap<IpAddr, Arc<str>>,
 }
 
 fn dashed(ip: &IpAddr) -> String {
     ip.to_string().replace(['.', ':'], "-")
 }
 
+/// A headless Service's SRV targets: (port name, protocol) -> (port, endpoint name).
+type SrvTargets = HashMap<(String, String), Vec<(u16, Arc<str>)>>;
+
+/// The names and records while they are gathered (records are appended per name).
+#[derive(Default)]
+struct Builder {
+    names: HashMap<Arc<str>, Vec<Rec>>,
+}
+
+impl Builder {
+    /// The shared copy of `name` (made on first use).
+    fn name(&mut self, name: String) -> Arc<str> {
+        match self.names.get_key_value(name.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = name.into();
+                self.names.insert(k.clone(), Vec::new());
+                k
+            }
+        }
+    }
+
+    fn push(&mut self, name: &Arc<str>, r: Rec) {
+        self.names.entry(name.clone()).or_default().push(r);
+    }
+}
+
 impl Index {
     pub fn build(domain: &str, services: &[Arc<Service>], slices: &[Arc<CachedSlice>]) -> Index {
         let domain = domain.trim_end_matches('.').to_lowercase();
-        let mut idx = Index {
-            domain: domain.clone(),
-            ..Default::default()
-        };
+        let mut b = Builder::default();
+        let mut parents: HashSet<Box<str>> = HashSet::new();
+        let mut ptr: HashMap<IpAddr, Arc<str>> = HashMap::new();
         let mut by_svc: HashMap<(String, String), Vec<&CachedSlice>> = HashMap::new();
         for s in slices {
             if let Some(n) = s.labels().get("kubernetes.io/service-name") {
@@ -58,15 +86,17 @@ impl Index {
             let Some(spec) = svc.spec.as_ref() else {
                 continue;
             };
-            let base = format!("{name}.{ns}.svc.{domain}").to_lowercase();
-            idx.parents
-                .insert(format!("{ns}.svc.{domain}").to_lowercase());
+            let base = b.name(format!("{name}.{ns}.svc.{domain}").to_lowercase());
+            parents.insert(format!("{ns}.svc.{domain}").to_lowercase().into());
             if spec.type_.as_deref() == Some("ExternalName") {
-                if let Some(ext) = &spec.external_name {
-                    idx.names.insert(
-                        base,
-                        vec![Rec::Cname(ext.trim_end_matches('.').to_lowercase())],
-                    );
+                match &spec.external_name {
+                    Some(ext) => {
+                        let target: Arc<str> = ext.trim_end_matches('.').to_lowercase().into();
+                        b.names.insert(base, vec![Rec::Cname(target)]);
+                    }
+                    None => {
+                        b.names.remove(&base);
+                    }
                 }
                 continue;
             }
@@ -76,8 +106,7 @@ impl Index {
                 let sl = by_svc
                     .remove(&(ns.clone(), name.clone()))
                     .unwrap_or_default();
-                // port name/proto -> (port, endpoint names)
-                let mut srv: HashMap<(String, String), Vec<(u16, String)>> = HashMap::new();
+                let mut srv: SrvTargets = HashMap::new();
                 for s in sl {
                     for e in &s.endpoints {
                         if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
@@ -86,9 +115,9 @@ impl Index {
                         for &ip in &e.addresses {
                             recs.push(Rec::Ip(ip));
                             let host = e.hostname.clone().unwrap_or_else(|| dashed(&ip));
-                            let fq = format!("{host}.{base}").to_lowercase();
-                            idx.names.entry(fq.clone()).or_default().push(Rec::Ip(ip));
-                            idx.ptr.entry(ip).or_insert(fq.clone());
+                            let fq = b.name(format!("{host}.{base}").to_lowercase());
+                            b.push(&fq, Rec::Ip(ip));
+                            ptr.entry(ip).or_insert_with(|| fq.clone());
                             for p in s.ports.iter().flatten() {
                                 let (Some(pn), Some(port)) = (p.name.as_ref(), p.port) else {
                                     continue;
@@ -105,10 +134,10 @@ impl Index {
                     }
                 }
                 for ((pn, proto), targets) in srv {
-                    let n = format!("_{pn}._{}.{base}", proto.to_lowercase()).to_lowercase();
-                    let v = idx.names.entry(n).or_default();
+                    let n =
+                        b.name(format!("_{pn}._{}.{base}", proto.to_lowercase()).to_lowercase());
                     for (port, target) in targets {
-                        v.push(Rec::Srv { port, target });
+                        b.push(&n, Rec::Srv { port, target });
                     }
                 }
             } else {
@@ -120,38 +149,57 @@ impl Index {
                     .unwrap_or_default();
                 for ip in ips.iter().filter_map(|i| i.parse::<IpAddr>().ok()) {
                     recs.push(Rec::Ip(ip));
-                    idx.ptr.insert(ip, base.clone());
+                    ptr.insert(ip, base.clone());
                 }
                 for p in spec.ports.iter().flatten() {
                     let Some(pn) = p.name.as_ref().filter(|n| !n.is_empty()) else {
                         continue;
                     };
                     let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                    let n = format!("_{pn}._{}.{base}", proto.to_lowercase()).to_lowercase();
-                    idx.names.entry(n).or_default().push(Rec::Srv {
-                        port: p.port as u16,
-                        target: base.clone(),
-                    });
+                    let n =
+                        b.name(format!("_{pn}._{}.{base}", proto.to_lowercase()).to_lowercase());
+                    b.push(
+                        &n,
+                        Rec::Srv {
+                            port: p.port as u16,
+                            target: base.clone(),
+                        },
+                    );
                 }
             }
-            recs.sort_by_key(|r| format!("{r:?}"));
+            recs.sort();
             recs.dedup();
-            idx.names.insert(base, recs);
+            b.names.insert(base, recs);
         }
-        // Every proper suffix under the domain of a known name exists (empty non-terminal).
-        let names: Vec<String> = idx.names.keys().cloned().collect();
-        for n in names {
-            let mut rest = n.as_str();
+        // Every proper suffix under the domain of a known name exists (empty non-terminal);
+        // the names themselves answer for themselves.
+        for n in b.names.keys() {
+            let mut rest: &str = n;
             while let Some((_, r)) = rest.split_once('.') {
                 if r.len() < domain.len() {
                     break;
                 }
-                idx.parents.insert(r.to_string());
+                if !b.names.contains_key(r) && !parents.contains(r) {
+                    parents.insert(r.into());
+                }
                 rest = r;
             }
         }
-        idx.parents.insert(domain.clone());
-        idx
+        parents.insert(domain.as_str().into());
+        parents.shrink_to_fit();
+        ptr.shrink_to_fit();
+        let mut names: HashMap<Arc<str>, Box<[Rec]>> = b
+            .names
+            .into_iter()
+            .map(|(k, v)| (k, v.into_boxed_slice()))
+            .collect();
+        names.shrink_to_fit();
+        Index {
+            domain,
+            names,
+            parents,
+            ptr,
+        }
     }
 
     pub fn exists(&self, name: &str) -> bool {

@@ -207,7 +207,7 @@ pub fn handle_query(idx: &Index, req: &Message) -> Option<Message> {
             found = true;
         }
     }
-    for r in idx.names.get(&qname).into_iter().flatten() {
+    for r in idx.names.get(qname.as_str()).into_iter().flatten() {
         match r {
             Rec::Ip(ip) => {
                 let t = if ip.is_ipv4() {
@@ -232,7 +232,7 @@ pub fn handle_query(idx: &Index, req: &Message) -> Option<Message> {
                         TTL,
                         RData::SRV(SRV::new(0, 100, *port, t.clone())),
                     ));
-                    for r in idx.names.get(target).into_iter().flatten() {
+                    for r in idx.names.get(&**target).into_iter().flatten() {
                         if let Rec::Ip(ip) = r {
                             additional.push(ip_record(&t, *ip));
                         }
