@@ -269,6 +269,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     } else {
         skiff_controllers::storage::set_data_dir(args.data_dir.clone());
         skiff_controllers::certificates::set_ca_dir(args.data_dir.join("tls"));
+        // The embedded store serves one server, so there is no other controller manager to
+        // elect against: like k3s on its single-server datastore (kube-controller-manager
+        // `--leader-elect=false`), no Lease is renewed every 2 s. Those renewals were an idle
+        // cluster's main disk writes (~144 KiB/min of fdatasync'd pages). A separate `skiff
+        // controller-manager` (with `--disable-controller-manager` here) still elects.
+        skiff_controllers::leader::set_leader_elect(false);
         tokio::spawn(skiff_controllers::run(ctl_config, stopped()))
     };
 
