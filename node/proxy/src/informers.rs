@@ -6,8 +6,9 @@
 //! straight into [`CachedSlice`], which has only the fields the rules and names use, so a
 //! cache of 1,000 Services x 10 endpoints costs what the rules need, not what the API stored.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -184,18 +185,22 @@ fn interned_node<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Arc<st
 }
 
 /// The one shared copy of a node name (a cluster has few nodes and each has many endpoints).
-/// Names no endpoint holds any more are dropped as the table grows.
+/// Names no endpoint holds any more are dropped whenever the table has doubled since the last
+/// sweep.
 pub fn intern_node(name: &str) -> Arc<str> {
-    static NODES: std::sync::Mutex<Vec<Arc<str>>> = std::sync::Mutex::new(Vec::new());
-    let mut nodes = NODES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(n) = nodes.iter().find(|n| &***n == name) {
+    type Table = (HashSet<Arc<str>>, usize);
+    static NODES: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new((HashSet::new(), 64)));
+    let mut guard = NODES.lock().unwrap_or_else(|e| e.into_inner());
+    let (names, sweep_at) = &mut *guard;
+    if let Some(n) = names.get(name) {
         return n.clone();
     }
-    if nodes.len() >= 64 && nodes.len().is_power_of_two() {
-        nodes.retain(|n| Arc::strong_count(n) > 1);
+    if names.len() >= *sweep_at {
+        names.retain(|n| Arc::strong_count(n) > 1);
+        *sweep_at = (names.len() * 2).max(64);
     }
     let n: Arc<str> = Arc::from(name);
-    nodes.push(n.clone());
+    names.insert(n.clone());
     n
 }
 
@@ -263,6 +268,18 @@ pub fn slim_slice(s: &mut CachedSlice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names_are_shared_and_dropped_when_unused() {
+        let a = intern_node("sk-intern-a");
+        let b = intern_node("sk-intern-a");
+        assert!(Arc::ptr_eq(&a, &b));
+        // Enough other names to reach a sweep: the unused ones go, the held one stays shared.
+        for i in 0..200 {
+            intern_node(&format!("sk-intern-tmp-{i}"));
+        }
+        assert!(Arc::ptr_eq(&a, &intern_node("sk-intern-a")));
+    }
 
     #[test]
     fn slim_slices_keep_what_the_rules_and_names_need() {
