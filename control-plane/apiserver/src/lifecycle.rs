@@ -716,8 +716,6 @@ pub async fn undo_create(ctx: &Ctx, res: &Resource, obj: &Value) {
     }
 }
 
-/// What follows a create: a new namespace gets its `default` ServiceAccount and the
-/// `kube-root-ca.crt` ConfigMap.
 /// Quota status follows writes of the kinds quotas count (in namespaces that have quotas).
 /// The namespace's quotas are looked up here (a read of the store's memory, as admission's
 /// quota check does), and a task to recompute them is started only when there are some: a
@@ -737,6 +735,8 @@ async fn refresh_quota(ctx: &Ctx, res: &Resource, obj: &Value) {
     tokio::spawn(async move { crate::quota::refresh_status(&ctx, &ns).await });
 }
 
+/// What follows a create: quota status, and a new namespace gets its `default`
+/// ServiceAccount and the `kube-root-ca.crt` ConfigMap.
 pub async fn after_create(ctx: &Ctx, res: &Resource, obj: &Value) {
     after_update(ctx, res, obj).await;
     refresh_quota(ctx, res, obj).await;

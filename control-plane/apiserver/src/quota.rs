@@ -500,13 +500,18 @@ pub async fn check_quota(
     Ok(())
 }
 
-/// Writes `status.hard` and `status.used` of the namespace's quotas (after writes that count).
-/// Whether namespace `ns` holds a ResourceQuota.
+/// The ResourceQuota kind and the store prefix of namespace `ns`'s quotas.
+fn quotas_of(ctx: &Ctx, ns: &str) -> Option<(std::sync::Arc<crate::registry::Resource>, String)> {
+    let res = ctx.registry.by_kind("", "ResourceQuota")?;
+    let prefix = format!("{}{ns}/", res.prefix());
+    Some((res, prefix))
+}
+
+/// Whether namespace `ns` holds a ResourceQuota (one key read).
 pub async fn has_quotas(ctx: &Ctx, ns: &str) -> bool {
-    let Some(res) = ctx.registry.by_kind("", "ResourceQuota") else {
+    let Some((_, prefix)) = quotas_of(ctx, ns) else {
         return false;
     };
-    let prefix = format!("{}{ns}/", res.prefix());
     let one = skiff_store::RangeRequest {
         limit: 1,
         ..skiff_store::RangeRequest::prefix(prefix)
@@ -514,11 +519,11 @@ pub async fn has_quotas(ctx: &Ctx, ns: &str) -> bool {
     ctx.store.range(one).await.is_ok_and(|r| !r.kvs.is_empty())
 }
 
+/// Writes `status.hard` and `status.used` of the namespace's quotas (after writes that count).
 pub async fn refresh_status(ctx: &Ctx, ns: &str) {
-    let Some(res) = ctx.registry.by_kind("", "ResourceQuota") else {
+    let Some((res, prefix)) = quotas_of(ctx, ns) else {
         return;
     };
-    let prefix = format!("{}{ns}/", res.prefix());
     let Ok((kvs, _)) = ctx.store.list(&prefix).await else {
         return;
     };

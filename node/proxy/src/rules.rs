@@ -1023,9 +1023,10 @@ impl Program {
 /// What several services share: hairpin elements and per-count chains, counted.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// Hairpin elements (two addresses) held inline: one allocation for the whole map, not
-    /// one small one per element (10,000 of those, made while a full sync's programs are
-    /// alive, pinned the pages the programs freed).
+    /// Hairpin elements, counted by the services that have them, keyed inline (see
+    /// [`HairpinKey`]): one allocation for the whole map, not one small one per element
+    /// (10,000 of those, made while a full sync's programs are alive, pinned the pages the
+    /// programs freed).
     pub hairpin: std::collections::HashMap<HairpinKey, u32>,
     pub chains: std::collections::HashMap<String, usize>,
 }
