@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 stamp() { echo "== $1 ($(( $(date +%s) - start ))s)"; }
 bash scripts/deps.sh test
+# The kubelet's disk-pressure signals depend on the host's free space: show it in the log.
+df -h . /tmp || true
 export CARGO_TERM_COLOR=never
 stamp "cargo fmt --check"
 cargo fmt --all -- --check

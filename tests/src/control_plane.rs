@@ -290,13 +290,8 @@ impl ControlPlane {
             }
             Some(a) => {
                 let svc_base = a.service_cidr.trim_end_matches(".0/24");
-                // Shared test hosts run with little free disk: upstream's default disk
-                // thresholds (nodefs 10%, imagefs 15%) would taint the node with DiskPressure.
                 if !extra.contains(&"--eviction-hard") {
-                    cmd.args([
-                        "--eviction-hard",
-                        "memory.available<100Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%",
-                    ]);
+                    cmd.args(["--eviction-hard", crate::TEST_EVICTION_HARD]);
                 }
                 // A dual-stack cluster's DNS has an address in each service range (the
                 // tenth, as the IPv4 one).

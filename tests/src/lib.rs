@@ -36,6 +36,12 @@ pub enum HarnessError {
     Other(String),
 }
 
+/// `--eviction-hard` for the test clusters. Shared test hosts run with little free disk:
+/// upstream's default disk thresholds (nodefs 10%, imagefs 15%) would taint the node with
+/// DiskPressure and admission would reject every pod. Tests of the eviction manager set their own.
+pub const TEST_EVICTION_HARD: &str =
+    "memory.available<100Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%";
+
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {

@@ -235,7 +235,7 @@ impl Drop for SkiffCri {
 
 /// Shared test hosts run with little free disk: upstream's default disk thresholds (nodefs 10%,
 /// imagefs 15%) would put the node under DiskPressure, and admission would reject every pod.
-/// The same relaxed thresholds as the cluster harness (`control_plane.rs`).
+/// The same relaxed thresholds as [`crate::TEST_EVICTION_HARD`], in the config file's form.
 pub const EVICTION_HARD: &str = "evictionHard:\n  memory.available: 100Mi\n  nodefs.available: 1%\n  imagefs.available: 1%\n  nodefs.inodesFree: 1%\n";
 
 /// `skiff kubelet` beside `cp` on the CRI at `socket`: node `name`, pods under `cgroup_root`,

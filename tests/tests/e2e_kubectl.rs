@@ -97,6 +97,7 @@ impl Server {
             .arg(dir.path().join("pods"))
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
+            .args(["--eviction-hard", skiff_tests::TEST_EVICTION_HARD])
             .env("SKIFF_LOG", "info,skiff_node=debug,skiff_cri=debug")
             .stdout(Stdio::null())
             .stderr(log)
