@@ -3,6 +3,7 @@
 use crate::model::{self, META};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 /// What the walk needs of a schema.
@@ -144,29 +145,47 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// Appends `.key` (or `key` at the root) to `path`; returns the length to truncate back to.
+fn push_key(path: &mut String, key: &str) -> usize {
+    let at = path.len();
+    if at > 0 {
+        path.push('.');
+    }
+    path.push_str(key);
+    at
+}
+
 impl Walk<'_> {
-    fn node(&mut self, id: u32, v: &Value, path: &str) {
+    /// Walks `v` against node `id`; `path` is the dotted path of `v`, extended in place for the
+    /// children (no string is built unless a field is unknown).
+    fn node(&mut self, id: u32, v: &Value, path: &mut String) {
         match (&self.tree.nodes[id as usize], v) {
             (Node::Object { props, extra }, Value::Object(m)) => {
                 for (k, child) in m {
-                    let p = join(path, k);
+                    let at = push_key(path, k);
                     match props.binary_search_by(|(n, _)| (**n).cmp(k.as_str())) {
-                        Ok(i) => self.node(props[i].1, child, &p),
+                        Ok(i) => self.node(props[i].1, child, path),
                         Err(_) => match extra {
-                            Some(e) => self.node(*e, child, &p),
-                            None => self.out.push(format!("unknown field \"{p}\"")),
+                            Some(e) => self.node(*e, child, path),
+                            None => self.out.push(format!("unknown field \"{path}\"")),
                         },
                     }
+                    path.truncate(at);
                 }
             }
             (Node::Map(e), Value::Object(m)) => {
                 for (k, child) in m {
-                    self.node(*e, child, &join(path, k));
+                    let at = push_key(path, k);
+                    self.node(*e, child, path);
+                    path.truncate(at);
                 }
             }
             (Node::Array(e), Value::Array(a)) => {
                 for (i, child) in a.iter().enumerate() {
-                    self.node(*e, child, &format!("{path}[{i}]"));
+                    let at = path.len();
+                    let _ = write!(path, "[{i}]");
+                    self.node(*e, child, path);
+                    path.truncate(at);
                 }
             }
             _ => {}
@@ -177,7 +196,7 @@ impl Walk<'_> {
     fn json(&mut self, schema: &Value, v: &Value, path: &str) {
         if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
             if let Some(&id) = self.tree.by_def.get(r.rsplit('/').next().unwrap_or(r)) {
-                self.node(id, v, path);
+                self.node(id, v, &mut path.to_string());
             }
             return;
         }
@@ -207,7 +226,7 @@ impl Walk<'_> {
                     } else if embedded && (k == "apiVersion" || k == "kind") {
                     } else if embedded && k == "metadata" {
                         if let Some(&id) = self.tree.by_def.get(&format!("{META}ObjectMeta")) {
-                            self.node(id, child, &p);
+                            self.node(id, child, &mut p.clone());
                         }
                     } else {
                         match extra {
@@ -243,7 +262,7 @@ pub fn unknown_fields(group: &str, version: &str, kind: &str, obj: &Value) -> Ve
         .by_gvk
         .get(&(group.to_string(), version.to_string(), kind.to_string()))
     {
-        w.node(id, obj, "");
+        w.node(id, obj, &mut String::new());
     } else {
         let crd = crate::with_crds(|m| {
             m.values()
@@ -351,9 +370,7 @@ impl Scanner<'_> {
                         continue;
                     }
                 }
-                b'"' => {
-                    self.string()?;
-                }
+                b'"' => self.skip_string()?,
                 _ => {
                     let start = self.i;
                     while self.i < self.b.len()
@@ -421,9 +438,32 @@ impl Scanner<'_> {
         Some(p)
     }
 
+    /// Steps over a string value at `self.i` (on its opening quote) without decoding it.
+    fn skip_string(&mut self) -> Option<()> {
+        self.i += 1;
+        loop {
+            let rest = self.b.get(self.i..)?;
+            let at = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+            if rest[at] == b'"' {
+                self.i += at + 1;
+                return Some(());
+            }
+            // A backslash: skip it and the character it escapes.
+            self.i += at + 2;
+        }
+    }
+
     /// A string at `self.i` (on its opening quote), unescaped.
     fn string(&mut self) -> Option<String> {
         self.i += 1;
+        // Most keys have no escapes: take them whole.
+        let rest = self.b.get(self.i..)?;
+        let end = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+        if rest[end] == b'"' {
+            let s = std::str::from_utf8(&rest[..end]).ok()?.to_string();
+            self.i += end + 1;
+            return Some(s);
+        }
         let mut out = Vec::new();
         loop {
             let c = *self.b.get(self.i)?;

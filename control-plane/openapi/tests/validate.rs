@@ -180,6 +180,11 @@ fn duplicates() {
     assert!(
         duplicate_fields(br#"{"a":[1,2,{"b":"\"}"}],"c":null,"d":-1.5e3,"e":true}"#).is_empty()
     );
+    // Values are stepped over, escapes included (an escaped backslash ends before the quote).
+    assert_eq!(
+        duplicate_fields(br#"{"a":"x\\","b":"\"\u0041","a":1}"#),
+        vec!["duplicate field \"a\""]
+    );
     // Garbage: reports what it saw before the error, does not panic.
     assert_eq!(
         duplicate_fields(br#"{"a":1,"a":2,"#),

@@ -22,6 +22,7 @@ const TASKS: usize = 8;
 fn open(dir: &std::path::Path) -> EmbeddedStore {
     let opts = EmbeddedOptions {
         rewrite_slack: 16 << 10,
+        ..Default::default()
     };
     EmbeddedStore::open_with(dir, opts).unwrap()
 }
