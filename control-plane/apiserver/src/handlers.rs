@@ -447,7 +447,7 @@ async fn ensure_namespace(ctx: &Ctx, t: &Target, creating: bool) -> Result<(), S
     match ctx.store.get(&nsres.key(None, ns)).await {
         Ok(Some(kv)) => {
             // Cheap test first: only a terminating namespace holds a deletionTimestamp.
-            if creating && kv.value.windows(19).any(|w| w == b"\"deletionTimestamp\"") {
+            if creating && memchr::memmem::find(&kv.value, b"\"deletionTimestamp\"").is_some() {
                 let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
                 if !v["metadata"]["deletionTimestamp"].is_null() {
                     return Err(StatusError::forbidden_terminating(&t.res, t.name(), ns));

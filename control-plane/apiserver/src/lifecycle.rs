@@ -988,6 +988,9 @@ fn stored_resources(ctx: &Ctx) -> Vec<Arc<Resource>> {
 /// Objects whose ownerReferences name `uid`.
 async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
     let mut out = vec![];
+    // A cluster-scoped owner's dependents may be anywhere: this reads every stored object, so
+    // the byte test must be a real substring search, not a comparison at every offset.
+    let finder = memchr::memmem::Finder::new(uid.as_bytes());
     for r in stored_resources(ctx) {
         let prefix = match ns {
             Some(ns) if r.namespaced => format!("{}{ns}/", r.prefix()),
@@ -999,7 +1002,7 @@ async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource
         };
         for kv in kvs {
             // Cheap check before decoding.
-            if !kv.value.windows(uid.len()).any(|w| w == uid.as_bytes()) {
+            if finder.find(&kv.value).is_none() {
                 continue;
             }
             if let Ok(o) = handlers::decode_as(&r, &kv) {
