@@ -988,23 +988,18 @@ fn stored_resources(ctx: &Ctx) -> Vec<Arc<Resource>> {
 /// Objects whose ownerReferences name `uid`.
 async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
     let mut out = vec![];
-    // A cluster-scoped owner's dependents may be anywhere: this reads every stored object, so
-    // the byte test must be a real substring search, not a comparison at every offset.
-    let finder = memchr::memmem::Finder::new(uid.as_bytes());
+    // A cluster-scoped owner's dependents may be anywhere: every stored object is searched for
+    // the uid's bytes (in place, by the store) before any is decoded.
     for r in stored_resources(ctx) {
         let prefix = match ns {
             Some(ns) if r.namespaced => format!("{}{ns}/", r.prefix()),
             Some(_) => continue,
             None => r.prefix(),
         };
-        let Ok((kvs, _)) = ctx.store.list(&prefix).await else {
+        let Ok(kvs) = ctx.store.list_containing(&prefix, uid.as_bytes()).await else {
             continue;
         };
         for kv in kvs {
-            // Cheap check before decoding.
-            if finder.find(&kv.value).is_none() {
-                continue;
-            }
             if let Ok(o) = handlers::decode_as(&r, &kv) {
                 let owned = o["metadata"]["ownerReferences"]
                     .as_array()

@@ -509,6 +509,29 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn list_containing<'a>(
+        &'a self,
+        prefix: &'a str,
+        needle: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<KeyValue>>> {
+        // Under the read lock, copying only the matches: a scan for a uid over every stored
+        // object would otherwise copy them all.
+        let finder = memchr::memmem::Finder::new(needle);
+        let kvs = {
+            let st = self.shared.state();
+            st.index
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(_, e)| finder.find(&e.value).is_some())
+                .map(|(k, e)| e.to_kv(k))
+                .collect()
+        };
+        Box::pin(std::future::ready(Ok(kvs)))
+    }
+
     fn watch<'a>(&'a self, prefix: &'a str, after: i64) -> BoxFuture<'a, Result<Watch>> {
         let w = self.shared.history().watch(prefix, after);
         Box::pin(std::future::ready(w))
@@ -616,6 +639,19 @@ mod tests {
             s.create(&format!("/p/{i}"), vec![i]).await.unwrap();
         }
         s.create("/q/x", b"x".to_vec()).await.unwrap();
+        // Values containing some bytes, under a prefix only.
+        s.create("/q/y", b"owner uid-1 here".to_vec())
+            .await
+            .unwrap();
+        s.create("/r/y", b"uid-1".to_vec()).await.unwrap();
+        let hits = s.list_containing("/q/", b"uid-1").await.unwrap();
+        assert_eq!(
+            hits.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+            ["/q/y"]
+        );
+        assert!(s.list_containing("/p/", b"uid-1").await.unwrap().is_empty());
+        s.delete("/q/y", None).await.unwrap();
+        s.delete("/r/y", None).await.unwrap();
         let before = s.current_revision().await.unwrap();
         let p3 = s.get("/p/3").await.unwrap().unwrap();
 

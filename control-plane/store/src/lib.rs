@@ -273,6 +273,25 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// The keys under `prefix` whose value contains the bytes `needle`, at the current revision:
+    /// a cheap pre-filter before decoding (e.g. the objects that may name an owner's uid). The
+    /// default lists and filters; a backend holding its values in memory skips copying the
+    /// others.
+    fn list_containing<'a>(
+        &'a self,
+        prefix: &'a str,
+        needle: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<KeyValue>>> {
+        Box::pin(async move {
+            let (kvs, _) = self.list(prefix).await?;
+            let finder = memchr::memmem::Finder::new(needle);
+            Ok(kvs
+                .into_iter()
+                .filter(|kv| finder.find(&kv.value).is_some())
+                .collect())
+        })
+    }
+
     /// Creates `key`; fails with `AlreadyExists` if it is there.
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<KeyValue>> {
         Box::pin(async move {
