@@ -75,8 +75,6 @@ struct Shared {
     history: Mutex<History>,
     /// The log, held by whoever commits.
     writer: Mutex<Writer>,
-    /// Transactions sent to the committer thread and not yet taken by it.
-    queued: AtomicUsize,
     /// Writes in progress (from `txn` until answered or dropped).
     writers: AtomicUsize,
     /// Commits so far: (all, inline).
@@ -187,7 +185,6 @@ impl EmbeddedStore {
                 file,
                 buf: Vec::new(),
             }),
-            queued: AtomicUsize::new(0),
             writers: AtomicUsize::new(0),
             commits: Default::default(),
             opts,
@@ -256,9 +253,9 @@ impl EmbeddedStore {
         (all.load(Ordering::Relaxed), inline.load(Ordering::Relaxed))
     }
 
-    /// Commits `txn` on this thread when `lone` (no other write in progress), nothing is
-    /// committing or queued and the thread is a worker of a multi-threaded runtime (see the
-    /// module docs); otherwise gives it back, for the committer.
+    /// Commits `txn` on this thread when `lone` (no other write in progress), the log is free
+    /// and the thread is a worker of a multi-threaded runtime (see the module docs); otherwise
+    /// gives it back, for the committer.
     fn commit_inline(
         &self,
         lone: bool,
@@ -270,11 +267,7 @@ impl EmbeddedStore {
             tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         };
-        if !lone
-            || !sh.opts.inline_commit
-            || sh.queued.load(Ordering::Acquire) != 0
-            || !multi_thread()
-        {
+        if !lone || !sh.opts.inline_commit || !multi_thread() {
             return Some((txn, reply));
         }
         let Ok(mut w) = sh.writer.try_lock() else {
@@ -339,7 +332,6 @@ fn commit_loop(shared: &Shared, rx: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         commit(shared, &mut w, batch);
     }
 }
@@ -348,116 +340,114 @@ fn commit_loop(shared: &Shared, rx: mpsc::Receiver<Request>) {
 fn commit(shared: &Shared, w: &mut Writer, batch: Vec<Request>) {
     shared.commits.0.fetch_add(1, Ordering::Relaxed);
     let Writer { file, buf } = w;
+    buf.clear();
+    let mut done: Vec<(oneshot::Sender<Result<TxnResponse>>, Result<Evaluated>)> =
+        Vec::with_capacity(batch.len());
     {
-        buf.clear();
-        let mut done: Vec<(oneshot::Sender<Result<TxnResponse>>, Result<Evaluated>)> =
-            Vec::with_capacity(batch.len());
-        {
-            let st = shared.state();
-            if let Some(f) = &st.failed {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::Backend(f.clone())));
-                }
-                return;
+        let st = shared.state();
+        if let Some(f) = &st.failed {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StoreError::Backend(f.clone())));
             }
-            // Values written earlier in this batch, not yet in the index.
-            let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
-            let mut rev = st.revision;
-            for (t, reply) in batch {
-                let r = txn::evaluate(t, rev, |k| {
-                    Ok(match overlay.get(k) {
-                        Some(v) => v.clone(),
-                        None => st.index.get(k).map(|e| e.to_kv(k)),
-                    })
-                });
-                if let Ok(ev) = &r {
-                    if !ev.writes.is_empty() {
-                        rev = ev.response.revision;
-                        log::encode_record(
-                            buf,
-                            rev,
-                            ev.writes.iter().map(|(k, v)| {
-                                (
-                                    k.as_str(),
-                                    v.as_ref().map(|kv| {
-                                        (kv.create_revision, kv.mod_revision, kv.value.as_slice())
-                                    }),
-                                )
-                            }),
-                        );
-                        for (k, v) in &ev.writes {
-                            overlay.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-                done.push((reply, r));
-            }
+            return;
         }
-        if !buf.is_empty() {
-            if let Err(e) = file.append(buf) {
-                let msg = format!("writing the store log failed, restart to recover: {e}");
-                tracing::error!(error = %e, "store log write failed; refusing further writes");
-                shared.state_mut().failed = Some(msg.clone());
-                for (reply, _) in done {
-                    let _ = reply.send(Err(StoreError::Backend(msg.clone())));
-                }
-                return;
-            }
-        }
-        // Durable: publish, answer, then send the events to watchers (the callers wait for
-        // their answer; watchers do not wait for each other's writers).
-        let mut published = Vec::new();
-        let rewrite = {
-            let mut st = shared.state_mut();
-            let mut history = shared.history();
-            for (_, r) in &mut done {
-                let Ok(ev) = r else { continue };
-                if ev.writes.is_empty() {
-                    continue;
-                }
-                for (k, v) in ev.writes.drain(..) {
-                    let key_len = Entry::encoded_len(&k, 0);
-                    let old = match v {
-                        Some(kv) => {
-                            st.live += key_len + kv.value.len() as u64;
-                            st.index.insert(
-                                k,
-                                Entry {
-                                    create_revision: kv.create_revision,
-                                    mod_revision: kv.mod_revision,
-                                    value: kv.value,
-                                },
+        // Values written earlier in this batch, not yet in the index.
+        let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
+        let mut rev = st.revision;
+        for (t, reply) in batch {
+            let r = txn::evaluate(t, rev, |k| {
+                Ok(match overlay.get(k) {
+                    Some(v) => v.clone(),
+                    None => st.index.get(k).map(|e| e.to_kv(k)),
+                })
+            });
+            if let Ok(ev) = &r {
+                if !ev.writes.is_empty() {
+                    rev = ev.response.revision;
+                    log::encode_record(
+                        buf,
+                        rev,
+                        ev.writes.iter().map(|(k, v)| {
+                            (
+                                k.as_str(),
+                                v.as_ref().map(|kv| {
+                                    (kv.create_revision, kv.mod_revision, kv.value.as_slice())
+                                }),
                             )
-                        }
-                        None => st.index.remove(&k),
-                    };
-                    if let Some(o) = old {
-                        st.live -= key_len + o.value.len() as u64;
+                        }),
+                    );
+                    for (k, v) in &ev.writes {
+                        overlay.insert(k.clone(), v.clone());
                     }
                 }
-                st.revision = ev.response.revision;
-                for e in ev.events.drain(..) {
-                    history.record(e.clone());
-                    published.push(e);
+            }
+            done.push((reply, r));
+        }
+    }
+    if !buf.is_empty() {
+        if let Err(e) = file.append(buf) {
+            let msg = format!("writing the store log failed, restart to recover: {e}");
+            tracing::error!(error = %e, "store log write failed; refusing further writes");
+            shared.state_mut().failed = Some(msg.clone());
+            for (reply, _) in done {
+                let _ = reply.send(Err(StoreError::Backend(msg.clone())));
+            }
+            return;
+        }
+    }
+    // Durable: publish, answer, then send the events to watchers (the callers wait for
+    // their answer; watchers do not wait for each other's writers).
+    let mut published = Vec::new();
+    let rewrite = {
+        let mut st = shared.state_mut();
+        let mut history = shared.history();
+        for (_, r) in &mut done {
+            let Ok(ev) = r else { continue };
+            if ev.writes.is_empty() {
+                continue;
+            }
+            for (k, v) in ev.writes.drain(..) {
+                let key_len = Entry::encoded_len(&k, 0);
+                let old = match v {
+                    Some(kv) => {
+                        st.live += key_len + kv.value.len() as u64;
+                        st.index.insert(
+                            k,
+                            Entry {
+                                create_revision: kv.create_revision,
+                                mod_revision: kv.mod_revision,
+                                value: kv.value,
+                            },
+                        )
+                    }
+                    None => st.index.remove(&k),
+                };
+                if let Some(o) = old {
+                    st.live -= key_len + o.value.len() as u64;
                 }
             }
-            needs_rewrite(file.len, st.live, &shared.opts)
-        };
-        for (reply, r) in done {
-            let _ = reply.send(r.map(|ev| ev.response));
+            st.revision = ev.response.revision;
+            for e in ev.events.drain(..) {
+                history.record(e.clone());
+                published.push(e);
+            }
         }
-        shared.history().fan_out(&published);
-        if rewrite {
-            let st = shared.state();
-            let before = file.len;
-            match file.rewrite(st.revision, &st.index) {
-                Ok(()) => tracing::info!(before, after = file.len, "store log rewritten"),
-                Err(e) => {
-                    drop(st);
-                    tracing::error!(error = %e, "store log rewrite failed; refusing further writes");
-                    shared.state_mut().failed =
-                        Some(format!("rewriting the store log failed, restart: {e}"));
-                }
+        needs_rewrite(file.len, st.live, &shared.opts)
+    };
+    for (reply, r) in done {
+        let _ = reply.send(r.map(|ev| ev.response));
+    }
+    shared.history().fan_out(&published);
+    if rewrite {
+        let st = shared.state();
+        let before = file.len;
+        match file.rewrite(st.revision, &st.index) {
+            Ok(()) => tracing::info!(before, after = file.len, "store log rewritten"),
+            Err(e) => {
+                drop(st);
+                tracing::error!(error = %e, "store log rewrite failed; refusing further writes");
+                shared.state_mut().failed =
+                    Some(format!("rewriting the store log failed, restart: {e}"));
             }
         }
     }
@@ -497,10 +487,7 @@ impl Store for EmbeddedStore {
                     .try_recv()
                     .map_err(|_| StoreError::Backend("an inline commit gave no answer".into()))?;
             };
-            let sent = self.tx.as_ref().is_some_and(|tx| {
-                self.shared.queued.fetch_add(1, Ordering::AcqRel);
-                tx.send(txn).is_ok()
-            });
+            let sent = self.tx.as_ref().is_some_and(|tx| tx.send(txn).is_ok());
             if !sent {
                 return Err(StoreError::Backend("the store is closed".into()));
             }
