@@ -26,7 +26,8 @@
 //! * `SK_BENCH_ONLY=seq`: only the sequential creates, against etcd and skiff in interleaved
 //!   rounds (`SK_BENCH_ROUNDS`, default 7) so both see the same load; per round creates/s,
 //!   p50/p99/max, CPU per create of each server and skiff's context switches per create, then
-//!   the median ratio.
+//!   the median ratio. With `SKIFF_BIN_B` set, a second server from that binary takes its turn
+//!   in each round too (an A/B of two builds), and the median per-round B/A ratio is printed.
 //!
 //! When upstream Kubernetes runs beside it (../shared/upstream: `admin.kubeconfig` present and
 //! https://127.0.0.1:7443 answering), the same API workload runs against it as a third column
@@ -384,24 +385,32 @@ async fn ensure_namespace(c: &mut Conn, ns: &str) -> Result<()> {
 }
 
 /// `SK_BENCH_ONLY=seq`: only the sequential-create figure, in interleaved rounds
-/// (`SK_BENCH_ROUNDS`, default 7) of 1,000 etcd puts then 1,000 API creates, so that both see the
-/// same machine load; prints each round and the medians.
-async fn seq_interleaved(skiff: &Skiff, etcd_addr: &str, etcd_pid: u32) -> Result<()> {
+/// (`SK_BENCH_ROUNDS`, default 7) of 1,000 etcd puts then 1,000 API creates against each server
+/// (`SKIFF_BIN`, and `SKIFF_BIN_B` when set: an A/B of two builds under the same load), so that
+/// all see the same machine load; prints each round and the medians.
+async fn seq_interleaved(skiffs: &[(&str, &Skiff)], etcd_addr: &str, etcd_pid: u32) -> Result<()> {
     let rounds: usize = match std::env::var("SK_BENCH_ROUNDS") {
         Ok(s) => s.parse().context("SK_BENCH_ROUNDS: a whole number")?,
         Err(_) => 7,
     };
-    println!(
-        "# skiff pid {}, etcd {etcd_addr}; {rounds} interleaved rounds of {SEQ} sequential creates",
-        skiff.pid()
-    );
+    for (name, skiff) in skiffs {
+        println!("# skiff {name} pid {}", skiff.pid());
+    }
+    println!("# etcd {etcd_addr}; {rounds} interleaved rounds of {SEQ} sequential creates");
     let ep = format!("http://{etcd_addr}");
     let mut etcd = etcd_client::Client::connect([ep.as_str()], None).await?;
-    let mut c = skiff.api.conn().await.context("connecting")?;
     let ns = "sk-bench-cm";
-    ensure_namespace(&mut c, ns).await?;
     let base = format!("/api/v1/namespaces/{ns}/configmaps");
-    let (mut ratios, mut sk_p50, mut et_p50) = (Vec::new(), Vec::new(), Vec::new());
+    let mut conns = Vec::new();
+    for (_, skiff) in skiffs {
+        let mut c = skiff.api.conn().await.context("connecting")?;
+        ensure_namespace(&mut c, ns).await?;
+        conns.push(c);
+    }
+    // Per server: ratios to etcd, p50s; etcd's p50s; per round, B's creates/s over A's.
+    let mut ratios = vec![Vec::new(); skiffs.len()];
+    let mut sk_p50 = vec![Vec::new(); skiffs.len()];
+    let (mut et_p50, mut b_over_a) = (Vec::new(), Vec::new());
     let mut fails = Failures::default();
     for r in 0..rounds {
         let mut e = Phase::default();
@@ -424,55 +433,78 @@ async fn seq_interleaved(skiff: &Skiff, etcd_addr: &str, etcd_pid: u32) -> Resul
         }
         e.secs = t0.elapsed().as_secs_f64();
         let ecpu = cpu_secs(etcd_pid) - ecpu0;
-        let mut s = Phase::default();
-        let scpu0 = cpu_secs(skiff.pid());
-        let sctx0 = ctx_switches(skiff.pid());
-        let t0 = Instant::now();
-        for i in 0..SEQ {
-            let name = format!("cm-{r}-{i:05}");
-            let t = Instant::now();
-            let res = c.req("POST", &base, Some(configmap(&name, i, None))).await;
-            s.record(res, 201, t, &format!("create {name}"));
-        }
-        s.secs = t0.elapsed().as_secs_f64();
-        let scpu = cpu_secs(skiff.pid()) - scpu0;
-        let sctx = ctx_switches(skiff.pid()) - sctx0;
-        let ratio = s.per_s() / e.per_s();
         println!(
-            "round {r}: creates/s skiff={:.0} etcd={:.0} ratio={ratio:.2}; p50/p99/max ms skiff={:.3}/{:.2}/{:.1} etcd={:.3}/{:.2}/{:.1}; cpu us/op skiff={:.0} etcd={:.0}; skiff context switches/op {:.1}; load {}",
-            s.per_s(),
+            "round {r}: etcd puts/s={:.0} p50/p99/max ms={:.3}/{:.2}/{:.1} cpu us/op={:.0}; load {}",
             e.per_s(),
-            s.p(0.5),
-            s.p(0.99),
-            s.p(1.0),
             e.p(0.5),
             e.p(0.99),
             e.p(1.0),
-            scpu * 1e6 / SEQ as f64,
             ecpu * 1e6 / SEQ as f64,
-            sctx as f64 / SEQ as f64,
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .split(' ')
                 .next()
                 .unwrap_or("?")
         );
-        ratios.push(ratio);
-        sk_p50.push(s.p(0.5));
         et_p50.push(e.p(0.5));
-        fails.note("skiff", "creates sequential", &s);
         fails.note("etcd", "puts sequential", &e);
+        let mut per_s = Vec::new();
+        for (k, ((label, skiff), c)) in skiffs.iter().zip(conns.iter_mut()).enumerate() {
+            let mut s = Phase::default();
+            let scpu0 = cpu_secs(skiff.pid());
+            let sctx0 = ctx_switches(skiff.pid());
+            let t0 = Instant::now();
+            for i in 0..SEQ {
+                let name = format!("cm-{r}-{i:05}");
+                let t = Instant::now();
+                let res = c.req("POST", &base, Some(configmap(&name, i, None))).await;
+                s.record(res, 201, t, &format!("create {name}"));
+            }
+            s.secs = t0.elapsed().as_secs_f64();
+            let scpu = cpu_secs(skiff.pid()) - scpu0;
+            let sctx = ctx_switches(skiff.pid()) - sctx0;
+            let ratio = s.per_s() / e.per_s();
+            println!(
+                "round {r}: skiff {label} creates/s={:.0} ratio={ratio:.2} p50/p99/max ms={:.3}/{:.2}/{:.1} cpu us/op={:.0} context switches/op={:.1}",
+                s.per_s(),
+                s.p(0.5),
+                s.p(0.99),
+                s.p(1.0),
+                scpu * 1e6 / SEQ as f64,
+                sctx as f64 / SEQ as f64,
+            );
+            ratios[k].push(ratio);
+            sk_p50[k].push(s.p(0.5));
+            per_s.push(s.per_s());
+            fails.note("skiff", "creates sequential", &s);
+        }
+        if let [a, b] = per_s[..] {
+            b_over_a.push(b / a);
+        }
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    println!(
-        "apiserver_create_seq_ratio_median ratio={:.2} (p50 ms skiff={:.3} etcd={:.3})",
-        med(&mut ratios),
-        med(&mut sk_p50),
-        med(&mut et_p50)
-    );
+    for (k, (label, _)) in skiffs.iter().enumerate() {
+        println!(
+            "apiserver_create_seq_ratio_median{} ratio={:.2} (p50 ms skiff={:.3} etcd={:.3})",
+            if skiffs.len() > 1 {
+                format!(" {label}")
+            } else {
+                String::new()
+            },
+            med(&mut ratios[k]),
+            med(&mut sk_p50[k]),
+            med(&mut et_p50)
+        );
+    }
+    if !b_over_a.is_empty() {
+        println!(
+            "apiserver_create_seq_b_over_a median={:.3} (creates/s of SKIFF_BIN_B over SKIFF_BIN, per round)",
+            med(&mut b_over_a)
+        );
+    }
     for f in &fails.0 {
         println!("# failures: {f}");
     }
@@ -1246,7 +1278,10 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run())
+    // The benchmark runs as a task on a worker, not on the main thread: its requests and the
+    // connection tasks of both clients then hand off to each other on one worker thread instead
+    // of waking the main thread for every response.
+    rt.block_on(async { tokio::spawn(run()).await? })
 }
 
 async fn run() -> Result<()> {
@@ -1280,7 +1315,11 @@ async fn run() -> Result<()> {
     let etcd = Etcd::start(&parent).context("etcd (Debian's etcd-server) is needed as the peer")?;
     let skiff = Skiff::start(&bin, &parent).await?;
     if std::env::var("SK_BENCH_ONLY").is_ok_and(|v| v == "seq") {
-        return seq_interleaved(&skiff, &etcd.addr, etcd.pid()).await;
+        let Some(bin_b) = std::env::var_os("SKIFF_BIN_B") else {
+            return seq_interleaved(&[("A", &skiff)], &etcd.addr, etcd.pid()).await;
+        };
+        let skiff_b = Skiff::start(Path::new(&bin_b), &parent).await?;
+        return seq_interleaved(&[("A", &skiff), ("B", &skiff_b)], &etcd.addr, etcd.pid()).await;
     }
     println!(
         "# skiff {} (pid {}), etcd {} (pid {}), data under {}; idle window {idle_secs} s",
