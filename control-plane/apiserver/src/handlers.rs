@@ -228,12 +228,51 @@ pub fn decode_as(res: &Resource, kv: &KeyValue) -> Result<Value, StatusError> {
 }
 
 pub fn encode_for(res: &Resource, obj: &Value) -> Vec<u8> {
+    if res.strategy.stores_as_served() {
+        return serde_json::to_vec(&WithoutResourceVersion(obj)).expect("json");
+    }
     let mut o = obj.clone();
     res.strategy.version_to_storage(&mut o);
     if let Some(m) = o["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
     serde_json::to_vec(&o).expect("json")
+}
+
+/// Serializes an object as it is but for `metadata.resourceVersion` (never stored: the store's
+/// revision is), without copying it.
+struct WithoutResourceVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(m) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut out = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            match v {
+                Value::Object(md) if k == "metadata" => {
+                    out.serialize_entry(k, &MetaWithoutResourceVersion(md))?
+                }
+                _ => out.serialize_entry(k, v)?,
+            }
+        }
+        out.end()
+    }
+}
+
+struct MetaWithoutResourceVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for MetaWithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut out = s.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| *k != "resourceVersion") {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
+    }
 }
 
 async fn load(ctx: &Ctx, t: &Target) -> Result<(Value, i64), StatusError> {
@@ -1544,4 +1583,36 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
         .header("transfer-encoding", "chunked")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    #[test]
+    fn storage_encoding_drops_only_the_resource_version() {
+        let reg = Registry::builtin();
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "d", "resourceVersion": "7", "uid": "u"},
+            "data": {"k": "v\"\u{e9}"}});
+        let cm = reg.by_kind("", "ConfigMap").unwrap();
+        assert!(cm.strategy.stores_as_served());
+        let mut want = obj.clone();
+        want["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert_eq!(encode_for(&cm, &obj), serde_json::to_vec(&want).unwrap());
+        // events.k8s.io/v1 Events are stored as core/v1 ones: converted on a copy.
+        let ev = reg.by_kind("events.k8s.io", "Event").unwrap();
+        assert!(!ev.strategy.stores_as_served());
+        let e = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "resourceVersion": "3"}, "note": "hi"});
+        let stored: Value = serde_json::from_slice(&encode_for(&ev, &e)).unwrap();
+        assert_eq!(stored["apiVersion"], "v1");
+        assert_eq!(stored["message"], "hi");
+        assert!(stored["metadata"]["resourceVersion"].is_null());
+        assert_eq!(e["metadata"]["resourceVersion"], "3");
+    }
 }

@@ -92,33 +92,61 @@ fn collect(v: &Value, prefix: &mut Path, out: &mut BTreeSet<Path>) {
 }
 
 /// Leaf paths of an object, without the server-owned and identity fields.
+/// Metadata fields no manager owns.
+const SERVER_META: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+    "generateName",
+];
+
+/// The field paths of `obj` a manager can own: all but `status`, `apiVersion`, `kind` and the
+/// server's metadata. Walks `obj` in place (no copy of the object).
 fn paths_of(obj: &Value) -> BTreeSet<Path> {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("status");
-        m.remove("apiVersion");
-        m.remove("kind");
-    }
-    if let Some(md) = o["metadata"].as_object_mut() {
-        for k in [
-            "name",
-            "namespace",
-            "uid",
-            "resourceVersion",
-            "generation",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "managedFields",
-            "selfLink",
-            "generateName",
-        ] {
-            md.remove(k);
-        }
-    }
     let mut out = BTreeSet::new();
-    collect(&o, &mut vec![], &mut out);
-    out.retain(|p| !p.is_empty());
+    let Some(m) = obj.as_object() else {
+        collect(obj, &mut vec![], &mut out);
+        out.retain(|p| !p.is_empty());
+        return out;
+    };
+    let mut prefix = Vec::new();
+    for (k, x) in m {
+        if matches!(k.as_str(), "status" | "apiVersion" | "kind") {
+            continue;
+        }
+        prefix.push(Step::Field(k.clone()));
+        match x.as_object().filter(|_| k == "metadata") {
+            Some(md) => {
+                let mut owned = false;
+                for (mk, mx) in md {
+                    if SERVER_META.contains(&mk.as_str()) {
+                        continue;
+                    }
+                    owned = true;
+                    prefix.push(Step::Field(mk.clone()));
+                    collect(mx, &mut prefix, &mut out);
+                    prefix.pop();
+                }
+                if !owned {
+                    // Nothing left of it: the (empty) metadata itself, as `collect` reports
+                    // an empty object.
+                    out.insert(prefix.clone());
+                }
+            }
+            None => collect(x, &mut prefix, &mut out),
+        }
+        prefix.pop();
+    }
+    if !m.contains_key("metadata") {
+        out.insert(vec![Step::Field("metadata".into())]);
+    }
     out
 }
 
@@ -197,7 +225,7 @@ fn set_entries(obj: &mut Value, list: Vec<Value>) {
             m.remove("managedFields");
         }
     } else {
-        obj["metadata"]["managedFields"] = json!(list);
+        obj["metadata"]["managedFields"] = Value::Array(list);
     }
 }
 
@@ -208,17 +236,16 @@ pub fn record(obj: &mut Value, old: Option<&Value>, manager: &str, op: &str, api
         return;
     }
     let new_paths = paths_of(obj);
-    let changed: BTreeSet<Path> = match old {
-        None => new_paths.clone(),
-        Some(o) => {
-            let old_paths = paths_of(o);
-            new_paths
-                .iter()
-                .filter(|p| !old_paths.contains(*p) || value_at(obj, p) != value_at(o, p))
-                .cloned()
-                .collect()
-        }
-    };
+    // On create every field is new: `changed` is `new_paths` itself.
+    let changed_on_update: Option<BTreeSet<Path>> = old.map(|o| {
+        let old_paths = paths_of(o);
+        new_paths
+            .iter()
+            .filter(|p| !old_paths.contains(*p) || value_at(obj, p) != value_at(o, p))
+            .cloned()
+            .collect()
+    });
+    let changed = changed_on_update.as_ref().unwrap_or(&new_paths);
     let mut list = old.map(entries).unwrap_or_default();
     // Fields gone from the object leave every set; changed fields move to this manager.
     for e in list.iter_mut() {
@@ -233,13 +260,13 @@ pub fn record(obj: &mut Value, old: Option<&Value>, manager: &str, op: &str, api
         {
             Some(e) => {
                 let mut ps = entry_paths(e);
-                ps.extend(changed);
+                ps.extend(changed.iter().cloned());
                 e["fieldsV1"] = to_fields_v1(&ps);
                 e["time"] = json!(now());
             }
             None => list.push(
                 json!({"manager": manager, "operation": op, "apiVersion": api_version,
-                "time": now(), "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&changed)}),
+                "time": now(), "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(changed)}),
             ),
         }
     }
@@ -480,6 +507,56 @@ pub async fn apply_create(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_paths_leave_out_status_and_server_metadata() {
+        let show = |o: Value| -> Vec<String> {
+            let mut v: Vec<String> = paths_of(&o)
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .map(|s| match s {
+                            Step::Field(f) => format!("f:{f}"),
+                            Step::Key(k) => format!("k:{k}"),
+                            Step::Val(v) => format!("v:{v}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "d", "uid": "u", "labels": {"x": "1"},
+                "finalizers": ["f1", "f2"], "managedFields": [{"manager": "m"}]},
+            "data": {"k": "v"}, "status": {"s": 1}});
+        assert_eq!(
+            show(cm),
+            [
+                "f:data/f:k",
+                "f:metadata/f:finalizers/v:\"f1\"",
+                "f:metadata/f:finalizers/v:\"f2\"",
+                "f:metadata/f:labels/f:x",
+            ]
+        );
+        // Only server-owned metadata left, or none at all: the metadata itself.
+        let bare = json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
+        assert_eq!(show(bare), ["f:data/f:k", "f:metadata"]);
+        let none = json!({"kind": "ConfigMap", "data": {"k": "v"}});
+        assert_eq!(show(none), ["f:data/f:k", "f:metadata"]);
+        let pod = json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        assert_eq!(
+            show(pod),
+            [
+                "f:metadata",
+                "f:spec/f:containers/k:{\"name\":\"c\"}",
+                "f:spec/f:containers/k:{\"name\":\"c\"}/f:image",
+                "f:spec/f:containers/k:{\"name\":\"c\"}/f:name",
+            ]
+        );
+    }
 
     #[test]
     fn fields_v1_round_trip() {

@@ -844,6 +844,9 @@ impl Strategy for Event {
             json!(s(&obj["message"])),
         ]
     }
+    fn stores_as_served(&self) -> bool {
+        matches!(self, Event::Core)
+    }
     fn version_to_storage(&self, obj: &mut Value) {
         if matches!(self, Event::Core) {
             return;

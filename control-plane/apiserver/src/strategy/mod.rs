@@ -66,6 +66,11 @@ pub trait Strategy: Send + Sync {
     /// version), and back.
     fn version_to_storage(&self, _obj: &mut Value) {}
     fn storage_to_version(&self, _obj: &mut Value) {}
+    /// Whether `version_to_storage` leaves every object as it is (the served version is the
+    /// stored one): writes then encode the object without copying it first.
+    fn stores_as_served(&self) -> bool {
+        true
+    }
 }
 
 /// A built-in strategy plus the `k8s-openapi` type of its kind.
@@ -126,6 +131,9 @@ where
     }
     fn storage_to_version(&self, obj: &mut Value) {
         self.inner.storage_to_version(obj)
+    }
+    fn stores_as_served(&self) -> bool {
+        self.inner.stores_as_served()
     }
 }
 

@@ -564,6 +564,9 @@ impl Strategy for Hpa {
     fn prepare_create(&self, obj: &mut Value) {
         obj["status"] = json!({"currentReplicas": 0, "desiredReplicas": 0});
     }
+    fn stores_as_served(&self) -> bool {
+        matches!(self, Hpa::V2)
+    }
     fn version_to_storage(&self, obj: &mut Value) {
         if matches!(self, Hpa::V2) {
             return;
