@@ -140,24 +140,54 @@ pub struct Registry {
     inner: RwLock<Inner>,
 }
 
+/// Maps looked up by `&str` pairs and triples, without building an owned key per lookup.
+type ByPair = HashMap<String, HashMap<String, Arc<Resource>>>;
+type ByTriple = HashMap<String, ByPair>;
+
+fn pair<'a>(m: &'a ByPair, a: &str, b: &str) -> Option<&'a Arc<Resource>> {
+    m.get(a)?.get(b)
+}
+
 #[derive(Default)]
 struct Inner {
     list: Vec<Arc<Resource>>,
-    by_path: HashMap<(String, String, String), Arc<Resource>>,
+    /// group -> version -> plural.
+    by_path: ByTriple,
+    /// group -> kind: the preferred version's entry (else the first listed).
+    by_kind: ByPair,
+    /// group -> version -> kind: the first entry listed.
+    by_gvk: ByTriple,
 }
 
 impl Inner {
+    /// Rebuilds the lookup maps from `list` (at start-up and when a CRD changes).
     fn index(&mut self) {
-        self.by_path = self
-            .list
-            .iter()
-            .map(|r| {
-                (
-                    (r.group.clone(), r.version.clone(), r.plural.clone()),
-                    r.clone(),
-                )
-            })
-            .collect();
+        let (mut by_path, mut by_kind, mut by_gvk) =
+            (ByTriple::new(), ByPair::new(), ByTriple::new());
+        for r in &self.list {
+            let (g, v) = (&r.group, &r.version);
+            by_path
+                .entry(g.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .insert(r.plural.clone(), r.clone());
+            by_gvk
+                .entry(g.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .entry(r.kind.clone())
+                .or_insert_with(|| r.clone());
+            let kinds = by_kind.entry(g.clone()).or_default();
+            match kinds.get(&r.kind) {
+                Some(have) if have.preferred || !r.preferred => {}
+                _ => {
+                    kinds.insert(r.kind.clone(), r.clone());
+                }
+            }
+        }
+        (self.by_path, self.by_kind, self.by_gvk) = (by_path, by_kind, by_gvk);
     }
 }
 
@@ -189,31 +219,18 @@ impl Registry {
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
-        self.read()
-            .by_path
-            .get(&(group.to_string(), version.to_string(), plural.to_string()))
-            .cloned()
+        pair(self.read().by_path.get(group)?, version, plural).cloned()
     }
 
     /// The preferred version's entry of a kind in a group.
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<Resource>> {
-        let r = self.read();
-        let mut it = r.list.iter().filter(|x| x.group == group && x.kind == kind);
-        let first = it.next()?.clone();
-        if first.preferred {
-            return Some(first);
-        }
-        it.find(|x| x.preferred).cloned().or(Some(first))
+        pair(&self.read().by_kind, group, kind).cloned()
     }
 
     /// The entry for an object's apiVersion and kind.
     pub fn by_gvk(&self, api_version: &str, kind: &str) -> Option<Arc<Resource>> {
         let (g, v) = api_version.split_once('/').unwrap_or(("", api_version));
-        self.read()
-            .list
-            .iter()
-            .find(|x| x.group == g && x.version == v && x.kind == kind)
-            .cloned()
+        pair(self.read().by_gvk.get(g)?, v, kind).cloned()
     }
 
     /// The groups served under `/apis` with their versions (preferred first), in discovery order.
@@ -242,5 +259,63 @@ impl Registry {
         w.list.retain(|r| !(r.group == group && r.plural == plural));
         w.list.extend(entries.into_iter().map(Arc::new));
         w.index();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_find_the_preferred_version_and_follow_replaced_groups() {
+        let reg = Registry::builtin();
+        let hpa = reg
+            .by_kind("autoscaling", "HorizontalPodAutoscaler")
+            .unwrap();
+        assert_eq!(
+            hpa.version, "v2",
+            "the preferred version, not the first listed"
+        );
+        let v1 = reg
+            .by_gvk("autoscaling/v1", "HorizontalPodAutoscaler")
+            .unwrap();
+        assert_eq!(v1.version, "v1");
+        let cm = reg.by_gvk("v1", "ConfigMap").unwrap();
+        assert_eq!((cm.group.as_str(), cm.plural.as_str()), ("", "configmaps"));
+        let found = reg
+            .find("autoscaling", "v1", "horizontalpodautoscalers")
+            .unwrap();
+        assert!(!found.preferred);
+        assert!(reg.find("", "v1", "nope").is_none());
+        assert!(reg.find("nope.example.com", "v1", "configmaps").is_none());
+        assert!(reg.by_kind("", "Nope").is_none());
+
+        // A CRD's versions: v1beta1 listed first, v1 preferred.
+        let mk = |version: &str, preferred: bool| {
+            let mut r = (*cm).clone();
+            r.group = "sk.example.com".into();
+            r.version = version.into();
+            r.plural = "widgets".into();
+            r.kind = "Widget".into();
+            r.preferred = preferred;
+            r
+        };
+        reg.replace_group_resource(
+            "sk.example.com",
+            "widgets",
+            vec![mk("v1beta1", false), mk("v1", true)],
+        );
+        assert_eq!(
+            reg.by_kind("sk.example.com", "Widget").unwrap().version,
+            "v1"
+        );
+        assert!(reg.find("sk.example.com", "v1beta1", "widgets").is_some());
+        reg.replace_group_resource("sk.example.com", "widgets", vec![mk("v2", true)]);
+        assert!(reg.find("sk.example.com", "v1", "widgets").is_none());
+        assert_eq!(
+            reg.by_kind("sk.example.com", "Widget").unwrap().version,
+            "v2"
+        );
+        assert!(reg.by_gvk("sk.example.com/v2", "Widget").is_some());
     }
 }
