@@ -741,7 +741,10 @@ mod tests {
         let len = log.len;
         drop(log);
         let mut log = LogFile::open(d, len, false).unwrap();
-        assert!(log.len % BLOCK != 0, "the records end inside a block");
+        assert!(
+            !log.len.is_multiple_of(BLOCK),
+            "the records end inside a block"
+        );
         put_records(&mut log, &mut rev, &mut expect, 30, 300);
         check_records(d, log.len, rev, &expect);
         // Reopened as after a torn tail: the file is cut at the records' end, then grows again.
