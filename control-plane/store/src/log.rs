@@ -363,6 +363,8 @@ static ZEROS: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
 /// Direct appends are written in whole blocks of this size, from buffers aligned to it (4 KiB
 /// covers 512-byte and 4 KiB logical blocks).
 const BLOCK: u64 = 4096;
+/// The direct appends' scratch buffer is kept while no larger than this.
+const SCRATCH_KEEP: usize = 256 << 10;
 
 /// Appends that bypass the page cache (`O_DIRECT`): each writes the log's last, partial block
 /// again with the new records after it, padded with zeros to a whole block. The fdatasync that
@@ -423,6 +425,10 @@ impl Direct {
         self.tail.clear();
         self.tail
             .extend_from_slice(&out[(new_start - start) as usize..(end - start) as usize]);
+        if self.scratch.len() > SCRATCH_KEEP {
+            // A large batch's buffer is not held on to; the usual append needs 4-72 KiB.
+            self.scratch = Vec::new();
+        }
         Ok(stop)
     }
 }
