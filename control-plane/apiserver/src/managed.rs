@@ -91,7 +91,6 @@ fn collect(v: &Value, prefix: &mut Path, out: &mut BTreeSet<Path>) {
     }
 }
 
-/// Leaf paths of an object, without the server-owned and identity fields.
 /// Metadata fields no manager owns.
 const SERVER_META: &[&str] = &[
     "name",
