@@ -1,7 +1,7 @@
 //! The default store: an append-only log (`log.rs`) and an in-memory index of the live keys.
 //!
 //! Reads are answered from memory under a read lock. A commit takes a batch of transactions,
-//! evaluates them in order against the index, appends one record per transaction, fdatasyncs
+//! evaluates them in order against the index, appends one record per transaction, makes them durable
 //! once, then publishes the batch (index, revision, watch events) and answers the callers. A write
 //! is visible to readers only once it is durable. When the log has grown past
 //! `2 x live data + rewrite_slack`, the commit rewrites it as a snapshot.
