@@ -33,6 +33,8 @@ pub struct Ctx {
     pub signer: Option<crate::tokens::Signer>,
     pub rbac: crate::rbac::Rbac,
     pub webhooks: crate::webhook::Webhooks,
+    /// Dependents by owner uid, for garbage collection.
+    pub owners: crate::owners::OwnerIndex,
     me: std::sync::OnceLock<std::sync::Weak<Ctx>>,
 }
 
@@ -83,6 +85,7 @@ impl Ctx {
             },
             rbac: Default::default(),
             webhooks: Default::default(),
+            owners: Default::default(),
             me: Default::default(),
         })
     }

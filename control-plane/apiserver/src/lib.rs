@@ -28,6 +28,7 @@ mod managed;
 mod metrics;
 mod metrics_api;
 mod nodeauthz;
+mod owners;
 mod patch;
 mod podsecurity;
 mod policy;

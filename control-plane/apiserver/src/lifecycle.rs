@@ -985,11 +985,60 @@ fn stored_resources(ctx: &Ctx) -> Vec<Arc<Resource>> {
         .collect()
 }
 
-/// Objects whose ownerReferences name `uid`.
+/// Objects whose ownerReferences name `uid` (in namespace `ns` for a namespaced owner).
 async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
+    let Some(keys) = ctx.owners.dependents_of(&*ctx.store, uid).await else {
+        tracing::warn!(
+            uid,
+            "owner index not caught up; searching the store for dependents"
+        );
+        return search_dependents(ctx, ns, uid).await;
+    };
+    let resources: Vec<(String, Arc<Resource>)> = stored_resources(ctx)
+        .into_iter()
+        .map(|r| (r.prefix(), r))
+        .collect();
     let mut out = vec![];
-    // A cluster-scoped owner's dependents may be anywhere: every stored object is searched for
-    // the uid's bytes (in place, by the store) before any is decoded.
+    for key in keys {
+        let Some((prefix, r)) = resources.iter().find(|(p, _)| key.starts_with(p.as_str())) else {
+            continue;
+        };
+        let in_scope = match ns {
+            Some(ns) => {
+                r.namespaced
+                    && key[prefix.len()..]
+                        .strip_prefix(ns)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            None => true,
+        };
+        if !in_scope {
+            continue;
+        }
+        let Ok(Some(kv)) = ctx.store.get(&key).await else {
+            continue;
+        };
+        if let Some(o) = owned_by(r, &kv, uid) {
+            out.push((r.clone(), o));
+        }
+    }
+    out
+}
+
+/// The object in `kv` if its ownerReferences name `uid`.
+fn owned_by(r: &Resource, kv: &skiff_store::KeyValue, uid: &str) -> Option<Value> {
+    let o = handlers::decode_as(r, kv).ok()?;
+    let owned = o["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|x| x["uid"] == uid));
+    owned.then_some(o)
+}
+
+/// [`dependents`] without the owner index: every stored object of the scope is searched for
+/// the uid's bytes (in place, by the store) before any is decoded.
+async fn search_dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource>, Value)> {
+    let mut out = vec![];
+    // A cluster-scoped owner's dependents may be anywhere.
     for r in stored_resources(ctx) {
         let prefix = match ns {
             Some(ns) if r.namespaced => format!("{}{ns}/", r.prefix()),
@@ -1000,13 +1049,8 @@ async fn dependents(ctx: &Ctx, ns: Option<&str>, uid: &str) -> Vec<(Arc<Resource
             continue;
         };
         for kv in kvs {
-            if let Ok(o) = handlers::decode_as(&r, &kv) {
-                let owned = o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|x| x["uid"] == uid));
-                if owned {
-                    out.push((r.clone(), o));
-                }
+            if let Some(o) = owned_by(&r, &kv, uid) {
+                out.push((r.clone(), o));
             }
         }
     }

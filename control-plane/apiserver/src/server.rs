@@ -154,6 +154,15 @@ pub enum CertUser {
     Invalid,
 }
 
+/// Aborts a background task when dropped (when [`serve`] returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves the API until `shutdown` completes.
 pub async fn serve(
     cfg: ApiServerConfig,
@@ -162,6 +171,10 @@ pub async fn serve(
 ) -> Result<(), ApiError> {
     let registry = Arc::new(Registry::builtin());
     let ctx = Ctx::new(store, registry, &cfg)?.into_arc();
+    let owners = AbortOnDrop(tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.owners.run(ctx.store.clone()).await }
+    }));
     crate::bootstrap::run(&ctx).await?;
     crate::service_repair::run(&ctx).await;
     crate::crd::load_all(&ctx).await;
@@ -238,6 +251,7 @@ pub async fn serve(
             }
         });
     }
+    drop(owners);
     Ok(())
 }
 

@@ -119,6 +119,11 @@ impl Watch {
     pub async fn next(&mut self) -> Option<Result<Event>> {
         self.rx.recv().await
     }
+    /// The next event if one is waiting (never waits). A watcher that drains in batches and
+    /// does not wait in between is not woken for each event.
+    pub fn try_next(&mut self) -> Option<Result<Event>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A range read: the keys starting with `prefix`, in key order (etcd `Range` with
