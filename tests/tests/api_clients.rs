@@ -146,3 +146,109 @@ fn bad_input_gets_status_errors() {
     assert_eq!(names.trim(), "configmap/kube-root-ca.crt", "{names}");
     assert!(cp.ok(&["get", "--raw", "/readyz"]).contains("ok"));
 }
+
+/// A plain JSON list is written from the stored bytes (resourceVersion spliced in): pages with
+/// `limit`/`continue` stay at the first page's revision, and every item is the object a GET
+/// returns.
+#[test]
+fn json_list_pages_are_consistent_and_match_gets() {
+    use serde_json::Value;
+    let cp = ControlPlane::start();
+    let get = |path: &str| -> Value {
+        let (code, body) = curl(&cp, "GET", path, "application/json", b"");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    };
+    cp.ok(&["create", "namespace", "sk-pages"]);
+    let cms = "/api/v1/namespaces/sk-pages/configmaps";
+    for i in 0..24 {
+        let cm = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("sk-cm-{i:02}"), "labels": {"i": i.to_string()},
+                "annotations": {"note": "\"quoted\" \\ \u{e9} \u{2028}"}},
+            "data": {"k": "v".repeat(i * 10)}
+        });
+        let (code, body) = curl(
+            &cp,
+            "POST",
+            cms,
+            "application/json",
+            cm.to_string().as_bytes(),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    let all = get(cms);
+    assert_eq!(all["kind"], "ConfigMapList");
+    assert_eq!(all["apiVersion"], "v1");
+    let items = all["items"].as_array().unwrap();
+    // The 24 and kube-root-ca.crt.
+    assert_eq!(items.len(), 25, "{all}");
+    for it in items {
+        let name = it["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            it,
+            &get(&format!("{cms}/{name}")),
+            "list item {name} differs from its GET"
+        );
+        assert!(it["metadata"]["resourceVersion"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()));
+    }
+    // Pages of 10 while objects change in between: every page is at the first one's revision.
+    let first = get(&format!("{cms}?limit=10"));
+    let rv = first["metadata"]["resourceVersion"].clone();
+    let mut token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let mut names: Vec<String> = Vec::new();
+    let mut seen = first["items"].as_array().unwrap().clone();
+    let patch = br#"{"data":{"k":"changed"}}"#;
+    let (code, body) = curl(
+        &cp,
+        "PATCH",
+        &format!("{cms}/sk-cm-20"),
+        "application/merge-patch+json",
+        patch,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(
+        &cp,
+        "DELETE",
+        &format!("{cms}/sk-cm-21"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    loop {
+        let page = get(&format!("{cms}?limit=10&continue={token}"));
+        assert_eq!(
+            page["metadata"]["resourceVersion"], rv,
+            "a page at another revision"
+        );
+        seen.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["metadata"]["continue"].as_str() {
+            Some(c) if !c.is_empty() => token = c.to_string(),
+            _ => break,
+        }
+    }
+    names.extend(
+        seen.iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+    );
+    let want: Vec<String> = items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, want, "the pages list what the full list did");
+    assert_eq!(
+        seen, *items,
+        "the pages hold the objects as they were at the first page"
+    );
+    // The change shows in a new list.
+    let now = get(cms);
+    let twenty = now["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == "sk-cm-20");
+    assert_eq!(twenty.unwrap()["data"]["k"], "changed");
+    assert_eq!(now["items"].as_array().unwrap().len(), 24);
+}

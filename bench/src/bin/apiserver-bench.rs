@@ -542,6 +542,11 @@ struct ApiFigures {
     pod_list: Phase,
     pod_list_bytes: usize,
     pod_list_items: usize,
+    /// The pods' deletecollection (grace period 0): the request, how long until none was
+    /// left, how many were left.
+    pod_delete: Phase,
+    pod_delete_ms: f64,
+    pod_delete_left: usize,
     watch: WatchFigures,
 }
 
@@ -651,6 +656,31 @@ async fn run_api(api: &Api, label: &str, server: Option<u32>) -> Result<ApiFigur
             f.pod_list_items = v["items"].as_array().map_or(0, Vec::len);
         }
     }
+
+    // All of them deleted with one deletecollection (grace period 0: their node never
+    // confirms), then listed until none is left.
+    let pods = "/api/v1/namespaces/sk-bench-pods/pods";
+    let t = Instant::now();
+    let body =
+        Bytes::from_static(br#"{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0}"#);
+    let r = c.req("DELETE", pods, Some(body)).await;
+    f.pod_delete.record(r, 200, t, "deletecollection pods");
+    f.pod_delete_left = usize::MAX;
+    while f.pod_delete.fails == 0 && t.elapsed() < Duration::from_secs(300) {
+        let r = c.req("GET", &format!("{pods}?limit=1"), None).await;
+        let v: serde_json::Value = match r {
+            Ok((200, b)) => serde_json::from_slice(&b).unwrap_or_default(),
+            _ => break,
+        };
+        let left = v["items"].as_array().map_or(usize::MAX, Vec::len);
+        f.pod_delete_left = left;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.pod_delete_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!("[{label}] pods deleted");
 
     f.watch = watch_fanout(api, &mut c, "sk-bench-watch").await?;
     eprintln!("[{label}] watch fan-out done");
@@ -1371,6 +1401,7 @@ async fn run() -> Result<()> {
         fails.note(col, "creates 16 clients", &f.create_16);
         fails.note(col, "pod creates", &f.pods_16);
         fails.note(col, "pod lists", &f.pod_list);
+        fails.note(col, "pod deletecollection", &f.pod_delete);
         fails.note(col, "watch creates", &f.watch.creates);
     }
 
@@ -1479,6 +1510,12 @@ async fn run() -> Result<()> {
         upv!(pod_list.p(0.5)),
     );
     row(
+        "apiserver_delete_10k_pods_ms",
+        sk.pod_delete_ms,
+        None,
+        upv!(pod_delete_ms),
+    );
+    row(
         "apiserver_watch_1000_event_p50_ms",
         sk.watch.from_send.p(0.5),
         None,
@@ -1538,6 +1575,14 @@ async fn run() -> Result<()> {
         sk.pods_16.ok,
         sk.pod_list_items,
         sk.pod_list_bytes as f64 / 1048576.0
+    );
+    println!(
+        "# pods deleted: one deletecollection (gracePeriodSeconds 0), then lists until empty: {}",
+        match sk.pod_delete_left {
+            0 => "all gone".to_string(),
+            usize::MAX => "the deletecollection or a list failed".to_string(),
+            n => format!("{n}+ still there after 300 s"),
+        }
     );
     println!(
         "# watch: {}/{WATCHERS} streams up over {} HTTP/2 connections; {} creates {} ms apart; {} receipts, {} missed",

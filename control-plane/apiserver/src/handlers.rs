@@ -355,6 +355,21 @@ async fn list_items(
     t: &Target,
 ) -> Result<(Vec<Value>, i64, Option<String>), StatusError> {
     let (ls, fs) = selectors(t)?;
+    list_each(ctx, t, |kv| {
+        let o = decode_as(&t.res, kv)?;
+        Ok((ls.matches(&o) && fs.matches(&o)).then_some(o))
+    })
+    .await
+}
+
+/// The items of a list request (`limit`, `continue`, `resourceVersionMatch=Exact`), each made
+/// by `item` from its stored key and value (`None`: not selected), with the revision and the
+/// continue token.
+async fn list_each<T>(
+    ctx: &Ctx,
+    t: &Target,
+    mut item: impl FnMut(&KeyValue) -> Result<Option<T>, StatusError>,
+) -> Result<(Vec<T>, i64, Option<String>), StatusError> {
     let limit: usize = t
         .param("limit")
         .and_then(|l| l.parse().ok())
@@ -411,10 +426,9 @@ async fn list_items(
         for kv in resp.kvs {
             let key = kv.key.clone();
             start = Some(format!("{key}\u{0}"));
-            let o = decode_as(&t.res, &kv)?;
-            if !(ls.matches(&o) && fs.matches(&o)) {
+            let Some(o) = item(&kv)? else {
                 continue;
-            }
+            };
             if limit > 0 && items.len() == limit {
                 return Ok((items, list_rv, Some(continue_token(list_rv, &last_key))));
             }
@@ -431,6 +445,12 @@ async fn list_items(
 pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     if t.res.group == crate::metrics_api::GROUP {
         return crate::metrics_api::list(ctx, t).await;
+    }
+    let unselected = ["labelSelector", "fieldSelector"]
+        .iter()
+        .all(|p| t.param(p).is_none_or(|s| s.trim().is_empty()));
+    if t.format == Format::Json && t.wants().is_none() && unselected {
+        return list_json(ctx, t).await;
     }
     let (items, rv, cont) = list_items(ctx, t).await?;
     if items.len() >= 1000 {
@@ -457,6 +477,96 @@ pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> 
         200,
         &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": md, "items": items}),
     ))
+}
+
+/// A plain JSON list (no selector, no `as=`), written from the stored bytes: each item is its
+/// stored JSON with `metadata.resourceVersion` spliced in (the stored form lacks only that),
+/// not decoded and encoded again. Items whose stored form is not the served one (another
+/// version, keys with escapes) go the long way. Byte for byte what [`list_items`] would give:
+/// objects keep serde_json's sorted keys.
+async fn list_json(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+    let api_version = t.res.api_version();
+    let (items, rv, cont) = list_each(ctx, t, |kv| {
+        Ok(Some(
+            match splice_resource_version(&api_version, &t.res.kind, kv) {
+                Some(b) => b,
+                None => serde_json::to_vec(&decode_as(&t.res, kv)?).expect("json"),
+            },
+        ))
+    })
+    .await?;
+    if items.len() >= 1000 {
+        tokio::task::spawn_blocking(skiff_memtrim::trim_heap);
+    }
+    let len: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut out = Vec::with_capacity(len + 256);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    serde_json::to_writer(&mut out, &api_version).expect("json");
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"],\"kind\":");
+    serde_json::to_writer(&mut out, &format!("{}List", t.res.kind)).expect("json");
+    out.extend_from_slice(b",\"metadata\":");
+    let mut md = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        md["continue"] = json!(c);
+    }
+    serde_json::to_writer(&mut out, &md).expect("json");
+    out.push(b'}');
+    Ok(wire::respond_bytes("application/json", 200, out, t.gzip))
+}
+
+/// The stored object `kv` as the JSON [`decode_as`] would serialize, if it is stored as
+/// `api_version`/`kind` serve it: its bytes with `"resourceVersion"` added to `metadata` in
+/// key order. `None` when it is not (or has keys this cannot borrow).
+fn splice_resource_version(api_version: &str, kind: &str, kv: &KeyValue) -> Option<Vec<u8>> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    type Fields<'a> = BTreeMap<&'a str, &'a RawValue>;
+    let top: Fields = serde_json::from_slice(&kv.value).ok()?;
+    let is = |field: &str, want: &str| {
+        top.get(field)
+            .and_then(|r| serde_json::from_str::<&str>(r.get()).ok())
+            == Some(want)
+    };
+    if !is("apiVersion", api_version) || !is("kind", kind) {
+        return None;
+    }
+    let mut md: Fields = serde_json::from_str(top.get("metadata")?.get()).ok()?;
+    let rv = format!("\"{}\"", kv.mod_revision);
+    let rv = RawValue::from_string(rv).ok()?;
+    md.insert("resourceVersion", &rv);
+    let mut out = Vec::with_capacity(kv.value.len() + 40);
+    let object =
+        |out: &mut Vec<u8>, fields: &Fields, inner: &mut dyn FnMut(&str, &mut Vec<u8>) -> bool| {
+            out.push(b'{');
+            for (i, (k, v)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Borrowed keys have no escapes: quoting them is their JSON.
+                out.push(b'"');
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(b"\":");
+                if !inner(k, out) {
+                    out.extend_from_slice(v.get().as_bytes());
+                }
+            }
+            out.push(b'}');
+        };
+    object(&mut out, &top, &mut |k, out| {
+        if k != "metadata" {
+            return false;
+        }
+        object(out, &md, &mut |_, _| false);
+        true
+    });
+    Some(out)
 }
 
 pub async fn get(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
@@ -1592,6 +1702,61 @@ pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
 mod tests {
     use super::*;
     use crate::registry::Registry;
+
+    /// The plain JSON list splices resourceVersion into the stored bytes: what it writes must be
+    /// the bytes the decoding path would write, for every shape of object.
+    #[test]
+    fn spliced_list_items_are_the_decoded_objects_bytes() {
+        let reg = Registry::builtin();
+        let pod = reg.by_kind("", "Pod").unwrap();
+        let kv = |value: Vec<u8>| KeyValue {
+            key: "/registry/core/pods/ns/p".into(),
+            value,
+            create_revision: 5,
+            mod_revision: 4_294_967_297,
+        };
+        let full = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "p", "namespace": "ns", "uid": "6f1c2a8e-0d3b-4c59-9a7e-000000000001",
+                "resourceVersion": "3",
+                "labels": {"app": "x", "z": "\"quoted\" \\ \u{e9} \u{2028} \u{1}"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"a\":[1,2.5,null]}\n"},
+                "managedFields": [{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}}}]
+            },
+            "spec": {"containers": [{"name": "c", "image": "i", "args": ["", "x y"]}],
+                "priority": -3, "activeDeadlineSeconds": 10},
+            "status": {"phase": "Pending"}
+        });
+        let bare = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}});
+        for obj in [full, bare] {
+            let kv = kv(encode_for(&pod, &obj));
+            let fast =
+                splice_resource_version(&pod.api_version(), &pod.kind, &kv).expect("spliced");
+            let slow = serde_json::to_vec(&decode_as(&pod, &kv).unwrap()).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+        }
+        // Stored as another version or kind, or not an object with metadata: the long way.
+        for other in [
+            json!({"apiVersion": "v2", "kind": "Pod", "metadata": {}}),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {}}),
+            json!({"apiVersion": "v1", "kind": "Pod"}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": null}),
+        ] {
+            let kv = kv(serde_json::to_vec(&other).unwrap());
+            assert!(
+                splice_resource_version("v1", "Pod", &kv).is_none(),
+                "{other}"
+            );
+        }
+        // A key with an escape cannot be borrowed: the long way too.
+        let kv = kv(br#"{"apiVersion":"v1","kind":"Pod","metadata":{"na\u006de":"p"}}"#.to_vec());
+        assert!(splice_resource_version("v1", "Pod", &kv).is_none());
+    }
 
     #[test]
     fn storage_encoding_drops_only_the_resource_version() {

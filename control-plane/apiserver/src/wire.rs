@@ -109,6 +109,12 @@ pub fn respond(format: Format, code: u16, v: &Value, gzip: bool) -> Response<Bod
             Err(_) => ("application/json", serde_json::to_vec(v).expect("json")),
         },
     };
+    respond_bytes(ct, code, bytes, gzip)
+}
+
+/// A response with `bytes` (already encoded as `ct`), gzipped if the client takes it and the
+/// body is large.
+pub fn respond_bytes(ct: &str, code: u16, bytes: Vec<u8>, gzip: bool) -> Response<Body> {
     let mut b = Response::builder().status(code).header("content-type", ct);
     let body = if gzip && bytes.len() > 128 * 1024 {
         use std::io::Write;

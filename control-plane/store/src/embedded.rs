@@ -750,6 +750,77 @@ mod tests {
         assert!(s.compact(before + 10).await.is_err());
     }
 
+    /// Ranges at past revisions (pages from several starts) against the state kept by the test
+    /// after each of many random puts and deletes.
+    #[tokio::test]
+    async fn past_revision_pages_match_the_state_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        s.create("/other", b"x".to_vec()).await.unwrap();
+        let mut state = std::collections::BTreeMap::new();
+        let mut states = vec![(s.current_revision().await.unwrap(), state.clone())];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..300u32 {
+            let key = format!("/k/{:02}", next() % 30);
+            if next() % 3 == 0 {
+                if s.delete(&key, None).await.is_ok() {
+                    state.remove(&key);
+                }
+            } else {
+                let v = i.to_be_bytes().to_vec();
+                let kv = s
+                    .txn(Txn {
+                        compare: vec![],
+                        ops: vec![put(&key, &v)],
+                    })
+                    .await
+                    .unwrap();
+                assert!(kv.succeeded);
+                state.insert(key, v);
+            }
+            states.push((s.current_revision().await.unwrap(), state.clone()));
+        }
+        for (rev, then) in states.iter().step_by(7) {
+            for start in [None, Some("/k/1"), Some("/k/25\0")] {
+                for limit in [0, 1, 5] {
+                    let got = s
+                        .range(RangeRequest {
+                            prefix: "/k/".into(),
+                            start: start.map(str::to_string),
+                            limit,
+                            revision: *rev,
+                        })
+                        .await
+                        .unwrap();
+                    let want: Vec<(&String, &Vec<u8>)> = then
+                        .iter()
+                        .filter(|(k, _)| start.is_none_or(|st| k.as_str() >= st))
+                        .collect();
+                    let n = if limit == 0 {
+                        want.len()
+                    } else {
+                        limit.min(want.len())
+                    };
+                    let kvs: Vec<(&String, &Vec<u8>)> =
+                        got.kvs.iter().map(|kv| (&kv.key, &kv.value)).collect();
+                    assert_eq!(
+                        kvs,
+                        want[..n],
+                        "revision {rev}, start {start:?}, limit {limit}"
+                    );
+                    assert_eq!(got.count, want.len());
+                    assert_eq!(got.more, want.len() > n);
+                }
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_writer_commits_inline() {
         let dir = tempfile::tempdir().unwrap();

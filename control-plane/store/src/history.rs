@@ -146,15 +146,11 @@ impl History {
                 oldest: self.base,
             });
         }
-        let mut all = BTreeMap::new();
-        for item in iter {
-            let item = item?;
-            if !key(&item).starts_with(&req.prefix) {
-                break;
-            }
-            let kv = to_kv(item)?;
-            all.insert(kv.key.clone(), kv);
-        }
+        // The keys changed since the revision, with what they held then (None: absent). Only
+        // those are taken from history; the others are read as they are now, and only the
+        // returned ones are copied (a page of a large list at a past revision used to copy
+        // every value of the prefix once per page).
+        let mut then: BTreeMap<&str, Option<&KeyValue>> = BTreeMap::new();
         for e in self.events.iter().rev() {
             if e.revision() <= req.revision {
                 break;
@@ -162,14 +158,53 @@ impl History {
             if !in_range(&e.kv.key) {
                 continue;
             }
+            // Newest first: the oldest event after the revision is the last one inserted.
             match (&e.kind, &e.prev) {
-                (_, Some(p)) => all.insert(p.key.clone(), p.clone()),
-                (EventKind::Put, None) => all.remove(&e.kv.key),
+                (_, Some(p)) => then.insert(e.kv.key.as_str(), Some(p)),
+                (EventKind::Put, None) => then.insert(e.kv.key.as_str(), None),
                 (EventKind::Delete, None) => None,
             };
         }
-        let count = all.len();
-        let kvs: Vec<KeyValue> = all.into_values().take(limit).collect();
+        let mut kvs = Vec::new();
+        let mut count = 0;
+        let take = |kv: Option<&KeyValue>, kvs: &mut Vec<KeyValue>, count: &mut usize| {
+            if let Some(kv) = kv {
+                *count += 1;
+                if kvs.len() < limit {
+                    kvs.push(kv.clone());
+                }
+            }
+        };
+        let mut changed = then.into_iter().peekable();
+        for item in iter {
+            let item = item?;
+            let now = {
+                let k = key(&item);
+                if !k.starts_with(&req.prefix) {
+                    break;
+                }
+                // Keys gone since the revision that sort before this one.
+                while let Some((_, kv)) = changed.next_if(|(c, _)| *c < k) {
+                    take(kv, &mut kvs, &mut count);
+                }
+                match changed.next_if(|(c, _)| *c == k) {
+                    Some((_, kv)) => {
+                        take(kv, &mut kvs, &mut count);
+                        false
+                    }
+                    None => true,
+                }
+            };
+            if now {
+                count += 1;
+                if kvs.len() < limit {
+                    kvs.push(to_kv(item)?);
+                }
+            }
+        }
+        for (_, kv) in changed {
+            take(kv, &mut kvs, &mut count);
+        }
         Ok(RangeResponse {
             more: count > kvs.len(),
             kvs,
