@@ -650,7 +650,9 @@ async fn report_unschedulable(s: &Arc<Shared>, info: &PodInfo, msg: String) {
     if !fresh {
         return;
     }
-    tracing::info!("{msg}");
+    // Upstream logs this at verbosity 2: at the default level, thousands of pending pods would
+    // write a line each per minute. The FailedScheduling event and the condition carry it.
+    tracing::debug!("{msg}");
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = serde_json::json!({"status": {"conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
