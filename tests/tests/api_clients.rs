@@ -251,4 +251,23 @@ fn json_list_pages_are_consistent_and_match_gets() {
         .find(|i| i["metadata"]["name"] == "sk-cm-20");
     assert_eq!(twenty.unwrap()["data"]["k"], "changed");
     assert_eq!(now["items"].as_array().unwrap().len(), 24);
+    // deletecollection with a selector answers the list of what it deleted.
+    let (code, body) = curl(
+        &cp,
+        "DELETE",
+        &format!("{cms}?labelSelector=i%20in%20(1,2,3)"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let gone: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(gone["kind"], "ConfigMapList");
+    let names: Vec<&str> = gone["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sk-cm-01", "sk-cm-02", "sk-cm-03"]);
+    assert_eq!(get(cms)["items"].as_array().unwrap().len(), 21);
 }
