@@ -35,6 +35,18 @@ fn python_kubernetes_client() {
 
 /// POSTs/GETs with curl and the admin certificate; returns (HTTP code, body).
 fn curl(cp: &ControlPlane, method: &str, path: &str, ct: &str, body: &[u8]) -> (u16, String) {
+    curl_accept(cp, method, path, ct, "application/json", body)
+}
+
+/// [`curl`] with an Accept header.
+fn curl_accept(
+    cp: &ControlPlane,
+    method: &str,
+    path: &str,
+    ct: &str,
+    accept: &str,
+    body: &[u8],
+) -> (u16, String) {
     let (crt, key, ca) = cp.admin_pems();
     let file = cp.dir().join("body");
     std::fs::write(&file, body).unwrap();
@@ -47,6 +59,7 @@ fn curl(cp: &ControlPlane, method: &str, path: &str, ct: &str, body: &[u8]) -> (
         .arg("--cacert")
         .arg(ca)
         .args(["-H", &format!("Content-Type: {ct}")])
+        .args(["-H", &format!("Accept: {accept}")])
         .arg("--data-binary")
         .arg(format!("@{}", file.display()))
         .arg(format!("{}{path}", cp.url()))
@@ -193,6 +206,35 @@ fn json_list_pages_are_consistent_and_match_gets() {
         assert!(it["metadata"]["resourceVersion"]
             .as_str()
             .is_some_and(|r| !r.is_empty()));
+    }
+    // The same as metadata only (what metadata informers and the garbage collector list).
+    let (code, body) = curl_accept(
+        &cp,
+        "GET",
+        cms,
+        "application/json",
+        "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json",
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["kind"], "PartialObjectMetadataList");
+    assert_eq!(meta["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(
+        meta["metadata"]["resourceVersion"],
+        all["metadata"]["resourceVersion"]
+    );
+    let metas = meta["items"].as_array().unwrap();
+    assert_eq!(metas.len(), items.len());
+    for (m, it) in metas.iter().zip(items) {
+        assert_eq!(m["kind"], "PartialObjectMetadata");
+        assert_eq!(m["apiVersion"], "meta.k8s.io/v1");
+        assert_eq!(m["metadata"], it["metadata"]);
+        assert_eq!(
+            m.as_object().unwrap().len(),
+            3,
+            "only kind, apiVersion, metadata: {m}"
+        );
     }
     // Pages of 10 while objects change in between: every page is at the first one's revision.
     let first = get(&format!("{cms}?limit=10"));

@@ -482,8 +482,14 @@ pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> 
     let unselected = ["labelSelector", "fieldSelector"]
         .iter()
         .all(|p| t.param(p).is_none_or(|s| s.trim().is_empty()));
-    if t.format == Format::Json && t.wants().is_none() && unselected {
-        return list_json(ctx, t).await;
+    if t.format == Format::Json && unselected {
+        match t.wants() {
+            None => return list_json(ctx, t, false).await,
+            Some("PartialObjectMetadataList") | Some("PartialObjectMetadata") => {
+                return list_json(ctx, t, true).await
+            }
+            _ => {}
+        }
     }
     let (items, rv, cont) = list_items(ctx, t).await?;
     if items.len() >= 1000 {
@@ -518,12 +524,15 @@ pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> 
 /// not decoded and encoded again. Items whose stored form is not the served one (another
 /// version, keys with escapes) go the long way. Byte for byte what [`list_items`] would give:
 /// objects keep serde_json's sorted keys.
-async fn list_json(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
+async fn list_json(ctx: &Ctx, t: &Target, metadata: bool) -> Result<Response<Body>, StatusError> {
     let api_version = t.res.api_version();
     let (items, rv, cont) = list_each(ctx, t, |kv| {
         Ok(Some(
-            match splice_resource_version(&api_version, &t.res.kind, kv) {
+            match splice_resource_version(&api_version, &t.res.kind, kv, metadata) {
                 Some(b) => b,
+                None if metadata => {
+                    serde_json::to_vec(&partial(decode_as(&t.res, kv)?)).expect("json")
+                }
                 None => serde_json::to_vec(&decode_as(&t.res, kv)?).expect("json"),
             },
         ))
@@ -536,17 +545,21 @@ async fn list_json(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError>
     if let Some(c) = cont {
         md["continue"] = json!(c);
     }
-    let body = json_list(&t.res, md, &items);
+    let body = if metadata {
+        json_list("meta.k8s.io/v1", "PartialObjectMetadataList", md, &items)
+    } else {
+        json_list(&api_version, &format!("{}List", t.res.kind), md, &items)
+    };
     Ok(wire::respond_bytes("application/json", 200, body, t.gzip))
 }
 
-/// A `<Kind>List` of `res` as JSON, from its metadata and its items' JSON: the bytes
-/// serializing the list as a value gives (keys in order).
-fn json_list(res: &Resource, md: Value, items: &[Vec<u8>]) -> Vec<u8> {
+/// A list as JSON, from its metadata and its items' JSON: the bytes serializing the list as a
+/// value gives (keys in order).
+fn json_list(api_version: &str, kind: &str, md: Value, items: &[Vec<u8>]) -> Vec<u8> {
     let len: usize = items.iter().map(|i| i.len() + 1).sum();
     let mut out = Vec::with_capacity(len + 256);
     out.extend_from_slice(b"{\"apiVersion\":");
-    serde_json::to_writer(&mut out, &res.api_version()).expect("json");
+    serde_json::to_writer(&mut out, api_version).expect("json");
     out.extend_from_slice(b",\"items\":[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
@@ -555,17 +568,23 @@ fn json_list(res: &Resource, md: Value, items: &[Vec<u8>]) -> Vec<u8> {
         out.extend_from_slice(item);
     }
     out.extend_from_slice(b"],\"kind\":");
-    serde_json::to_writer(&mut out, &format!("{}List", res.kind)).expect("json");
+    serde_json::to_writer(&mut out, kind).expect("json");
     out.extend_from_slice(b",\"metadata\":");
     serde_json::to_writer(&mut out, &md).expect("json");
     out.push(b'}');
     out
 }
 
-/// The stored object `kv` as the JSON [`decode_as`] would serialize, if it is stored as
-/// `api_version`/`kind` serve it: its bytes with `"resourceVersion"` added to `metadata` in
-/// key order. `None` when it is not (or has keys this cannot borrow).
-fn splice_resource_version(api_version: &str, kind: &str, kv: &KeyValue) -> Option<Vec<u8>> {
+/// The stored object `kv` as the JSON [`decode_as`] would serialize (with `partial`, as
+/// [`partial`] of it would), if it is stored as `api_version`/`kind` serve it: its bytes with
+/// `"resourceVersion"` added to `metadata` in key order. `None` when it is not (or has keys this
+/// cannot borrow).
+fn splice_resource_version(
+    api_version: &str,
+    kind: &str,
+    kv: &KeyValue,
+    partial: bool,
+) -> Option<Vec<u8>> {
     use serde_json::value::RawValue;
     use std::collections::BTreeMap;
     type Fields<'a> = BTreeMap<&'a str, &'a RawValue>;
@@ -600,6 +619,15 @@ fn splice_resource_version(api_version: &str, kind: &str, kv: &KeyValue) -> Opti
             }
             out.push(b'}');
         };
+    if partial {
+        // As `partial` gives it: the metadata alone.
+        out.extend_from_slice(
+            br#"{"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":"#,
+        );
+        object(&mut out, &md, &mut |_, _| false);
+        out.push(b'}');
+        return Some(out);
+    }
     object(&mut out, &top, &mut |k, out| {
         if k != "metadata" {
             return false;
@@ -1549,7 +1577,8 @@ pub async fn delete_collection(
     }
     let md = json!({"resourceVersion": rv.to_string()});
     if json {
-        let body = json_list(&t.res, md, &out_json);
+        let kind = format!("{}List", t.res.kind);
+        let body = json_list(&t.res.api_version(), &kind, md, &out_json);
         return Ok(wire::respond_bytes("application/json", 200, body, t.gzip));
     }
     Ok(t.respond(
@@ -1815,9 +1844,16 @@ mod tests {
         let bare = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}});
         for obj in [full, bare] {
             let kv = kv(encode_for(&pod, &obj));
-            let fast =
-                splice_resource_version(&pod.api_version(), &pod.kind, &kv).expect("spliced");
+            let fast = splice_resource_version(&pod.api_version(), &pod.kind, &kv, false)
+                .expect("spliced");
             let slow = serde_json::to_vec(&decode_as(&pod, &kv).unwrap()).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+            let fast =
+                splice_resource_version(&pod.api_version(), &pod.kind, &kv, true).expect("spliced");
+            let slow = serde_json::to_vec(&partial(decode_as(&pod, &kv).unwrap())).unwrap();
             assert_eq!(
                 String::from_utf8(fast).unwrap(),
                 String::from_utf8(slow).unwrap()
@@ -1832,13 +1868,13 @@ mod tests {
         ] {
             let kv = kv(serde_json::to_vec(&other).unwrap());
             assert!(
-                splice_resource_version("v1", "Pod", &kv).is_none(),
+                splice_resource_version("v1", "Pod", &kv, false).is_none(),
                 "{other}"
             );
         }
         // A key with an escape cannot be borrowed: the long way too.
         let kv = kv(br#"{"apiVersion":"v1","kind":"Pod","metadata":{"na\u006de":"p"}}"#.to_vec());
-        assert!(splice_resource_version("v1", "Pod", &kv).is_none());
+        assert!(splice_resource_version("v1", "Pod", &kv, true).is_none());
     }
 
     #[test]
