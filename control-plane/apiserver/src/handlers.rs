@@ -492,15 +492,7 @@ pub async fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> 
         }
     }
     let (items, rv, cont) = list_items(ctx, t).await?;
-    if items.len() >= 1000 {
-        // A large list leaves a burst of freed heap behind: give it back once the answer is
-        // built (off the async workers; glibc would otherwise keep it for the process's life).
-        tokio::task::spawn_blocking(skiff_memtrim::trim_heap);
-    }
-    let mut md = json!({"resourceVersion": rv.to_string()});
-    if let Some(c) = cont {
-        md["continue"] = json!(c);
-    }
+    let md = list_meta(items.len(), rv, cont);
     let list = match t.wants() {
         Some("Table") => table(t, items, md),
         Some("PartialObjectMetadataList") | Some("PartialObjectMetadata") => list_of(
@@ -538,19 +530,27 @@ async fn list_json(ctx: &Ctx, t: &Target, metadata: bool) -> Result<Response<Bod
         ))
     })
     .await?;
-    if items.len() >= 1000 {
-        tokio::task::spawn_blocking(skiff_memtrim::trim_heap);
-    }
-    let mut md = json!({"resourceVersion": rv.to_string()});
-    if let Some(c) = cont {
-        md["continue"] = json!(c);
-    }
+    let md = list_meta(items.len(), rv, cont);
     let body = if metadata {
         json_list("meta.k8s.io/v1", "PartialObjectMetadataList", md, &items)
     } else {
         json_list(&api_version, &format!("{}List", t.res.kind), md, &items)
     };
     Ok(wire::respond_bytes("application/json", 200, body, t.gzip))
+}
+
+/// A list answer's metadata. After a large list (`len` items), the freed heap is given back
+/// once the answer is built (off the async workers; glibc would otherwise keep it for the
+/// process's life).
+fn list_meta(len: usize, rv: i64, cont: Option<String>) -> Value {
+    if len >= 1000 {
+        tokio::task::spawn_blocking(skiff_memtrim::trim_heap);
+    }
+    let mut md = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        md["continue"] = json!(c);
+    }
+    md
 }
 
 /// A list as JSON, from its metadata and its items' JSON: the bytes serializing the list as a
@@ -1614,8 +1614,6 @@ impl Source {
     }
 }
 
-/// Watch: every change after the requested revision, as upstream's watch stream (JSON lines,
-/// or length-prefixed protobuf frames), with bookmarks and the initial-events end marker.
 /// A JSON watch event line, `{"object":..,"type":..}\n`: the bytes of `json!` then `to_vec`,
 /// without first copying the object into the macro's value.
 fn json_watch_frame(kind: &str, obj: &Value) -> Vec<u8> {
@@ -1628,6 +1626,8 @@ fn json_watch_frame(kind: &str, obj: &Value) -> Vec<u8> {
     b
 }
 
+/// Watch: every change after the requested revision, as upstream's watch stream (JSON lines,
+/// or length-prefixed protobuf frames), with bookmarks and the initial-events end marker.
 pub async fn watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, StatusError> {
     let (ls, fs) = selectors(t)?;
     let prefix = t.prefix();
